@@ -1,0 +1,46 @@
+"""rayflow's configuration: one pydantic-settings model, `RAYFLOW_*` env vars.
+
+Read once by `rayflow.init()` and passed down (to the Controller and every
+RunActor) so that all processes of one deployment agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAYFLOW_", extra="ignore")
+
+    #: Ray address to connect to; None starts (or joins) a local Ray on loopback.
+    address: str | None = None
+    #: Store URL: `sqlite:///path.db` or `postgresql://…`; empty = SQLite in data_dir.
+    store: str = ""
+    data_dir: Path = Path(".rayflow")
+    namespace: str = "rayflow"
+    #: Secret API key for backends; signs public access tokens. Generated and
+    #: kept in data_dir when unset.
+    secret_key: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    retention_days: float = 28.0
+    max_stream_bytes: int = 300 * MiB
+    max_input_bytes: int = 1 * MiB
+    #: warm RunActors kept ready so a trigger or revival skips actor start-up
+    pool_size: int = 2
+    #: SQLite `synchronous` pragma: FULL survives power loss, NORMAL a crash
+    sqlite_synchronous: str = "FULL"
+    #: how long writers outside the run coalesce chunks before one Ray call
+    flush_interval_s: float = 0.002
+    #: chunks kept in a RunActor's memory per stream before sealing a segment
+    tail_chunks: int = 1024
+    #: sealed segments per stream kept in the Ray object store (older: Store)
+    object_store_segments: int = 64
+    token_ttl_s: int = 3600
+
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{(self.data_dir / 'rayflow.db').resolve()}"

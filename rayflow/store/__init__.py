@@ -1,0 +1,28 @@
+"""Durable state behind rayflow: the Store protocol and its implementations."""
+
+from __future__ import annotations
+
+from rayflow.store.base import Store
+
+
+def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
+    """Open (and migrate) the store at `url`.
+
+    `sqlite:///path/to/file.db` or a plain path → SQLite;
+    `postgresql://…` / `postgres://…` → PostgreSQL.
+    """
+    store: Store
+    if url.startswith(("postgresql://", "postgres://")):
+        from rayflow.store.postgres import PostgresStore
+
+        store = PostgresStore(url)
+    else:
+        from rayflow.store.sqlite import SQLiteStore
+
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+        store = SQLiteStore(path, synchronous=sqlite_synchronous)
+    store.migrate()
+    return store
+
+
+__all__ = ["Store", "open_store"]

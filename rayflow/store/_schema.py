@@ -1,0 +1,97 @@
+"""The schema, versioned. Both SQL stores apply these in order.
+
+Each migration is a list of statements in the common subset of SQLite and
+PostgreSQL (BIGINT, TEXT, BYTEA/BLOB differ: `{blob}` is substituted).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    # 1: the initial schema
+    [
+        """CREATE TABLE IF NOT EXISTS tasks (
+            task_id TEXT PRIMARY KEY,
+            blob {blob} NOT NULL,
+            updated_at BIGINT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS runs (
+            id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            output TEXT,
+            error TEXT,
+            parent_id TEXT,
+            root_id TEXT,
+            options TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            idempotency_key TEXT,
+            attempt INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            actor_name TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)",
+        "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+        "CREATE INDEX IF NOT EXISTS runs_parent ON runs (parent_id)",
+        """CREATE UNIQUE INDEX IF NOT EXISTS runs_idempotency
+            ON runs (task_id, idempotency_key)""",
+        """CREATE TABLE IF NOT EXISTS streams (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            length BIGINT NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            closed INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (run_id, key)
+        )""",
+        """CREATE TABLE IF NOT EXISTS chunks (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            data TEXT NOT NULL,
+            record_id TEXT,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (run_id, key, seq)
+        )""",
+        """CREATE TABLE IF NOT EXISTS stream_writers (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            writer_id TEXT NOT NULL,
+            last_seq BIGINT NOT NULL,
+            PRIMARY KEY (run_id, key, writer_id)
+        )""",
+        """CREATE TABLE IF NOT EXISTS journal (
+            run_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (run_id, attempt, seq)
+        )""",
+        """CREATE TABLE IF NOT EXISTS inbox (
+            run_id TEXT NOT NULL,
+            stream_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            data TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (run_id, stream_id, seq)
+        )""",
+        """CREATE TABLE IF NOT EXISTS waitpoints (
+            run_id TEXT PRIMARY KEY,
+            stream_id TEXT NOT NULL,
+            deadline BIGINT,
+            idempotency_key TEXT,
+            status TEXT NOT NULL,
+            inbox_seq BIGINT,
+            created_at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS waitpoints_deadline ON waitpoints (status, deadline)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

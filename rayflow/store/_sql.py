@@ -1,0 +1,440 @@
+"""The Store written once in the SQL that SQLite and PostgreSQL share.
+
+Subclasses supply a connection (`_transaction`), the placeholder style and
+the row-locking clause; every query lives here, so both stores behave alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import fields
+from typing import Any
+
+from rayflow.store._schema import MIGRATIONS
+from rayflow.store.base import (
+    FINISHED_STATUSES,
+    AppendResult,
+    Chunk,
+    ChunkWrite,
+    InboxMessage,
+    JournalEntry,
+    RunRecord,
+    StreamInfo,
+    StreamTooLargeError,
+    Waitpoint,
+    now_ms,
+)
+
+_RUN_COLUMNS = [f.name for f in fields(RunRecord)]
+_RUN_SELECT = "SELECT " + ", ".join(_RUN_COLUMNS) + " FROM runs"
+_STREAM_SELECT = (
+    "SELECT run_id, key, length, size_bytes, closed, created_at, updated_at FROM streams"
+)
+_WP_SELECT = (
+    "SELECT run_id, stream_id, deadline, idempotency_key, status, inbox_seq, created_at"
+    " FROM waitpoints"
+)
+
+
+def _run(row: Any) -> RunRecord:
+    return RunRecord(**dict(zip(_RUN_COLUMNS, row, strict=True)))
+
+
+def _stream(row: Any) -> StreamInfo:
+    return StreamInfo(
+        run_id=row[0],
+        key=row[1],
+        length=int(row[2]),
+        size_bytes=int(row[3]),
+        closed=bool(row[4]),
+        created_at=int(row[5]),
+        updated_at=int(row[6]),
+    )
+
+
+def _waitpoint(row: Any) -> Waitpoint:
+    return Waitpoint(
+        run_id=row[0],
+        stream_id=row[1],
+        deadline=row[2],
+        idempotency_key=row[3],
+        status=row[4],
+        inbox_seq=row[5],
+        created_at=row[6],
+    )
+
+
+class SqlStore:
+    url: str
+    blob_type = "BLOB"
+    #: appended to a SELECT that must lock the row for the transaction
+    lock_clause = ""
+
+    # -- supplied by subclasses ---------------------------------------------
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A cursor inside one write transaction, committed on exit."""
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._transaction() as cur:
+            yield _Cursor(cur, self._sql)
+
+    def migrate(self) -> None:
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] if row and row[0] is not None else 0
+            for version, statements in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    c.execute(statement.format(blob=self.blob_type))
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    # -- tasks -----------------------------------------------------------------
+    def put_task(self, task_id: str, blob: bytes) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO tasks (task_id, blob, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (task_id) DO UPDATE SET blob = excluded.blob,"
+                " updated_at = excluded.updated_at",
+                (task_id, blob, now_ms()),
+            )
+
+    def get_task(self, task_id: str) -> bytes | None:
+        with self._tx() as c:
+            row = c.execute("SELECT blob FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def list_task_ids(self) -> list[str]:
+        with self._tx() as c:
+            return [r[0] for r in c.execute("SELECT task_id FROM tasks ORDER BY task_id")]
+
+    # -- runs ------------------------------------------------------------------
+    def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        with self._tx() as c:
+            if run.idempotency_key is not None:
+                row = c.execute(
+                    _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
+                    (run.task_id, run.idempotency_key),
+                ).fetchone()
+                if row:
+                    return _run(row), False
+            values = [getattr(run, name) for name in _RUN_COLUMNS]
+            c.execute(
+                f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
+                f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})",
+                values,
+            )
+        return run, True
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._tx() as c:
+            row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
+        return _run(row) if row else None
+
+    def update_run(self, run_id: str, **values: object) -> None:
+        unknown = set(values) - set(_RUN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown run fields {sorted(unknown)}")
+        values["updated_at"] = now_ms()
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._tx() as c:
+            c.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), run_id])
+
+    def finish_run(
+        self, run_id: str, status: str, output: str | None, error: str | None
+    ) -> bool:
+        now = now_ms()
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
+                f" updated_at = ?, actor_name = NULL WHERE id = ? AND status NOT IN ({finished})",
+                (status, output, error, now, now, run_id, *FINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return False
+            c.execute(
+                "UPDATE streams SET closed = 1, updated_at = ? WHERE run_id = ?", (now, run_id)
+            )
+            c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        return True
+
+    def list_runs(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        task_id: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        before_created_at: int | None = None,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        if task_id is not None:
+            where.append("task_id = ?")
+            args.append(task_id)
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            args.append(parent_id)
+        if before_created_at is not None:
+            where.append("created_at < ?")
+            args.append(before_created_at)
+        sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        with self._tx() as c:
+            return [_run(r) for r in c.execute(sql, [*args, limit])]
+
+    # -- output streams ------------------------------------------------------
+    def append_chunks(
+        self, run_id: str, key: str, writes: list[ChunkWrite], max_bytes: int
+    ) -> AppendResult:
+        now = now_ms()
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+                + self.lock_clause,
+                (run_id, key),
+            ).fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
+                    " updated_at) VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
+                    (run_id, key, now, now),
+                )
+                row = c.execute(
+                    "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+                    + self.lock_clause,
+                    (run_id, key),
+                ).fetchone()
+            length, size = int(row[0]), int(row[1])
+            last_by_writer: dict[str, int] = {}
+            for writer_id in {w.writer_id for w in writes if w.writer_id is not None}:
+                r = c.execute(
+                    "SELECT last_seq FROM stream_writers"
+                    " WHERE run_id = ? AND key = ? AND writer_id = ?",
+                    (run_id, key, writer_id),
+                ).fetchone()
+                last_by_writer[writer_id] = int(r[0]) if r else -1
+            seqs: list[int | None] = []
+            rows: list[tuple[object, ...]] = []
+            touched: dict[str, int] = {}
+            for w in writes:
+                if w.writer_id is not None and w.writer_seq is not None:
+                    if w.writer_seq <= last_by_writer[w.writer_id]:
+                        seqs.append(None)
+                        continue
+                    last_by_writer[w.writer_id] = w.writer_seq
+                    touched[w.writer_id] = w.writer_seq
+                size += len(w.data.encode())
+                if size > max_bytes:
+                    raise StreamTooLargeError(run_id, key, size, max_bytes)
+                seqs.append(length)
+                rows.append((run_id, key, length, w.data, w.record_id, now))
+                length += 1
+            if rows:
+                c.executemany(
+                    "INSERT INTO chunks (run_id, key, seq, data, record_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                c.execute(
+                    "UPDATE streams SET length = ?, size_bytes = ?, updated_at = ?"
+                    " WHERE run_id = ? AND key = ?",
+                    (length, size, now, run_id, key),
+                )
+            for writer_id, last in touched.items():
+                c.execute(
+                    "INSERT INTO stream_writers (run_id, key, writer_id, last_seq)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (run_id, key, writer_id)"
+                    " DO UPDATE SET last_seq = excluded.last_seq",
+                    (run_id, key, writer_id, last),
+                )
+        return AppendResult(seqs=seqs, length=length)
+
+    def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT seq, data, created_at, record_id FROM chunks"
+                " WHERE run_id = ? AND key = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (run_id, key, start, limit),
+            ).fetchall()
+        return [Chunk(seq=int(r[0]), data=r[1], created_at=int(r[2]), record_id=r[3]) for r in rows]
+
+    def stream_info(self, run_id: str, key: str) -> StreamInfo | None:
+        with self._tx() as c:
+            row = c.execute(_STREAM_SELECT + " WHERE run_id = ? AND key = ?", (run_id, key))
+            found = row.fetchone()
+        return _stream(found) if found else None
+
+    def list_streams(self, run_id: str) -> list[StreamInfo]:
+        with self._tx() as c:
+            rows = c.execute(_STREAM_SELECT + " WHERE run_id = ? ORDER BY key", (run_id,))
+            return [_stream(r) for r in rows.fetchall()]
+
+    def close_stream(self, run_id: str, key: str) -> None:
+        now = now_ms()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
+                " updated_at) VALUES (?, ?, 0, 0, 1, ?, ?) ON CONFLICT (run_id, key)"
+                " DO UPDATE SET closed = 1, updated_at = excluded.updated_at",
+                (run_id, key, now, now),
+            )
+
+    def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT key, writer_id, last_seq FROM stream_writers WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def delete_expired(self, finished_before: int) -> int:
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        with self._tx() as c:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    f"SELECT id FROM runs WHERE status IN ({finished})"
+                    " AND finished_at IS NOT NULL AND finished_at < ?",
+                    (*FINISHED_STATUSES, finished_before),
+                ).fetchall()
+            ]
+            for run_id in ids:
+                for table in ("chunks", "streams", "stream_writers", "journal", "inbox"):
+                    c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                c.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        return len(ids)
+
+    # -- journal ---------------------------------------------------------------
+    def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
+        if not entries:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO journal (run_id, attempt, seq, kind, name, value)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(run_id, attempt, e.seq, e.kind, e.name, e.value) for e in entries],
+            )
+
+    def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT seq, kind, name, value FROM journal"
+                " WHERE run_id = ? AND attempt = ? ORDER BY seq",
+                (run_id, attempt),
+            ).fetchall()
+        return [JournalEntry(seq=int(r[0]), kind=r[1], name=r[2], value=r[3]) for r in rows]
+
+    # -- input streams ---------------------------------------------------------
+    def inbox_append(self, run_id: str, stream_id: str, data: str) -> InboxMessage:
+        now = now_ms()
+        with self._tx() as c:
+            # the run row serialises concurrent senders to one run
+            c.execute("SELECT id FROM runs WHERE id = ?" + self.lock_clause, (run_id,))
+            row = c.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM inbox WHERE run_id = ? AND stream_id = ?",
+                (run_id, stream_id),
+            ).fetchone()
+            seq = int(row[0])
+            c.execute(
+                "INSERT INTO inbox (run_id, stream_id, seq, data, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (run_id, stream_id, seq, data, now),
+            )
+        return InboxMessage(seq=seq, data=data, created_at=now)
+
+    def inbox_read(
+        self, run_id: str, stream_id: str, start: int, limit: int
+    ) -> list[InboxMessage]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
+                " AND seq >= ? ORDER BY seq LIMIT ?",
+                (run_id, stream_id, start, limit),
+            ).fetchall()
+        return [InboxMessage(seq=int(r[0]), data=r[1], created_at=int(r[2])) for r in rows]
+
+    def inbox_streams(self, run_id: str) -> list[str]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT DISTINCT stream_id FROM inbox WHERE run_id = ? ORDER BY stream_id",
+                (run_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def put_waitpoint(self, wp: Waitpoint) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO waitpoints (run_id, stream_id, deadline, idempotency_key, status,"
+                " inbox_seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE SET stream_id = excluded.stream_id,"
+                " deadline = excluded.deadline, idempotency_key = excluded.idempotency_key,"
+                " status = excluded.status, inbox_seq = excluded.inbox_seq,"
+                " created_at = excluded.created_at",
+                (
+                    wp.run_id,
+                    wp.stream_id,
+                    wp.deadline,
+                    wp.idempotency_key,
+                    wp.status,
+                    wp.inbox_seq,
+                    wp.created_at,
+                ),
+            )
+
+    def get_waitpoint(self, run_id: str) -> Waitpoint | None:
+        with self._tx() as c:
+            row = c.execute(_WP_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
+        return _waitpoint(row) if row else None
+
+    def resolve_waitpoint(self, run_id: str, status: str, inbox_seq: int | None) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE waitpoints SET status = ?, inbox_seq = ?"
+                " WHERE run_id = ? AND status = 'PENDING'",
+                (status, inbox_seq, run_id),
+            )
+            return bool(cur.rowcount)
+
+    def due_waitpoints(self, now: int) -> list[Waitpoint]:
+        with self._tx() as c:
+            rows = c.execute(
+                _WP_SELECT + " WHERE status = 'PENDING' AND deadline IS NOT NULL"
+                " AND deadline <= ? ORDER BY deadline",
+                (now,),
+            ).fetchall()
+        return [_waitpoint(r) for r in rows]
+
+    def pending_waitpoints(self) -> list[Waitpoint]:
+        with self._tx() as c:
+            rows = c.execute(_WP_SELECT + " WHERE status = 'PENDING'").fetchall()
+        return [_waitpoint(r) for r in rows]
+
+
+class _Cursor:
+    """Rewrites `?` placeholders for the driver at hand."""
+
+    def __init__(self, cur: Any, sql: Any) -> None:
+        self._cur, self._convert = cur, sql
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        self._cur.execute(self._convert(sql), args)
+        return self._cur
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        self._cur.executemany(self._convert(sql), rows)
+        return self._cur

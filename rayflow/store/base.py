@@ -1,0 +1,211 @@
+"""The Store protocol: everything rayflow has told a user has happened lives here.
+
+Two implementations share this protocol: SQLite (embedded default, one machine)
+and PostgreSQL (a multi-node cluster). Callers only ever see `Store`; the
+implementation is chosen by URL in `open_store`.
+
+All methods are synchronous and short; async callers run them with
+`asyncio.to_thread`. Timestamps are integer milliseconds since the epoch.
+JSON values are stored as JSON text and handed back as text, so the Store
+never re-serialises a user's chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+#: Statuses a run goes through (the subset of Trigger.dev's that applies).
+ACTIVE_STATUSES = ("QUEUED", "EXECUTING", "WAITING")
+FINISHED_STATUSES = ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    task_id: str
+    status: str = "QUEUED"
+    payload: str = "null"  # JSON text
+    output: str | None = None  # JSON text
+    error: str | None = None  # JSON text: {"name", "message", "stack"?}
+    parent_id: str | None = None
+    root_id: str | None = None
+    options: str = "{}"  # JSON text: retry, max_duration, resources, ...
+    tags: str = "[]"  # JSON text
+    idempotency_key: str | None = None
+    attempt: int = 0
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+    started_at: int | None = None
+    finished_at: int | None = None
+    actor_name: str | None = None  # the Ray actor currently executing it
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+@dataclass
+class ChunkWrite:
+    """One chunk to append. `data` is JSON text."""
+
+    data: str
+    writer_id: str | None = None
+    writer_seq: int | None = None
+    record_id: str | None = None
+
+
+@dataclass
+class Chunk:
+    seq: int
+    data: str  # JSON text
+    created_at: int
+    record_id: str | None = None
+
+
+@dataclass
+class StreamInfo:
+    run_id: str
+    key: str
+    length: int  # number of chunks == next seq
+    size_bytes: int
+    closed: bool
+    created_at: int
+    updated_at: int
+
+
+@dataclass
+class AppendResult:
+    """What `append_chunks` did with each write, in order.
+
+    `seqs[i]` is the index given to write i, or None when it was a duplicate
+    of an already stored (writer_id, writer_seq) and was dropped.
+    """
+
+    seqs: list[int | None]
+    length: int  # stream length after the append
+
+
+@dataclass
+class JournalEntry:
+    seq: int
+    kind: str  # "step", "once", "wait", "on", "child", "now", "random", ...
+    name: str
+    value: str  # JSON text
+
+
+@dataclass
+class InboxMessage:
+    seq: int
+    data: str  # JSON text
+    created_at: int
+
+
+@dataclass
+class Waitpoint:
+    run_id: str
+    stream_id: str
+    deadline: int | None  # ms; None = no timeout
+    idempotency_key: str | None
+    status: str  # "PENDING" | "RESOLVED" | "TIMED_OUT"
+    inbox_seq: int | None  # the message that resolved it
+    created_at: int = field(default_factory=now_ms)
+
+
+class StreamTooLargeError(Exception):
+    """Raised by `append_chunks` when a write would take a stream past its limit."""
+
+    def __init__(self, run_id: str, key: str, size: int, limit: int) -> None:
+        super().__init__(f"stream {key!r} of run {run_id} would hold {size} bytes > {limit}")
+        self.run_id, self.key, self.size, self.limit = run_id, key, size, limit
+
+
+class Store(Protocol):
+    url: str
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the current version (idempotent)."""
+
+    def close(self) -> None: ...
+
+    # -- tasks: the pickled task function, so any process can run it ---------
+    def put_task(self, task_id: str, blob: bytes) -> None: ...
+    def get_task(self, task_id: str) -> bytes | None: ...
+    def list_task_ids(self) -> list[str]: ...
+
+    # -- runs ----------------------------------------------------------------
+    def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        """Insert `run`; with an idempotency key already used for the same
+        task, return the existing run instead. Returns (run, created)."""
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def update_run(self, run_id: str, **fields: object) -> None:
+        """Set the given RunRecord fields; `updated_at` is set too."""
+
+    def finish_run(
+        self, run_id: str, status: str, output: str | None, error: str | None
+    ) -> bool:
+        """Move an active run to a finished status; closes all its streams.
+        Returns False (and changes nothing) when it had already finished."""
+
+    def list_runs(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        task_id: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        before_created_at: int | None = None,
+    ) -> list[RunRecord]:
+        """Newest first."""
+
+    # -- output streams ------------------------------------------------------
+    def append_chunks(
+        self, run_id: str, key: str, writes: list[ChunkWrite], max_bytes: int
+    ) -> AppendResult:
+        """Append atomically: assign the next indexes, drop writes whose
+        (writer_id, writer_seq) is not above the writer's last stored seq,
+        and raise StreamTooLargeError (storing none of `writes`) past
+        `max_bytes`. Creates the stream on first use."""
+
+    def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
+        """Chunks with start <= seq, in order, at most `limit`; an index seek."""
+
+    def stream_info(self, run_id: str, key: str) -> StreamInfo | None: ...
+    def list_streams(self, run_id: str) -> list[StreamInfo]: ...
+    def close_stream(self, run_id: str, key: str) -> None: ...
+    def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
+        """(key, writer_id) -> last stored writer_seq, for a reviving run."""
+
+    def delete_expired(self, finished_before: int) -> int:
+        """Delete streams, journals, inbox logs of runs that finished before
+        the given time. Never touches an active run. Returns runs cleaned."""
+
+    # -- journal (durable operations of a run, for replay) ------------------
+    def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None: ...
+    def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]: ...
+
+    # -- input streams -------------------------------------------------------
+    def inbox_append(self, run_id: str, stream_id: str, data: str) -> InboxMessage:
+        """Append a message to the run's log for `stream_id` (seq 0, 1, ...)."""
+
+    def inbox_read(
+        self, run_id: str, stream_id: str, start: int, limit: int
+    ) -> list[InboxMessage]: ...
+    def inbox_streams(self, run_id: str) -> list[str]: ...
+
+    def put_waitpoint(self, wp: Waitpoint) -> None: ...
+    def get_waitpoint(self, run_id: str) -> Waitpoint | None: ...
+    def resolve_waitpoint(
+        self, run_id: str, status: str, inbox_seq: int | None
+    ) -> bool:
+        """PENDING -> status; False when it was not pending (someone else won)."""
+
+    def due_waitpoints(self, now: int) -> list[Waitpoint]: ...
+    def pending_waitpoints(self) -> list[Waitpoint]: ...
