@@ -1,0 +1,94 @@
+"""Public access tokens: HS256 JWTs in Trigger.dev's shape (see WIRE.md).
+
+Scopes are `action:type[:id]` strings; only the first two `:` separate, so
+an id may hold colons. `admin` allows everything; `read:runs` allows reading
+every run; `read:runs:<id>` / `write:inputStreams:<id>` one run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+from rayflow.errors import Forbidden, Unauthorized
+
+ISSUER = "https://id.trigger.dev"
+AUDIENCE = "https://api.trigger.dev"
+ENVIRONMENT_ID = "rayflow"
+
+
+def run_scopes(run_id: str) -> list[str]:
+    """The scopes a run's own token carries: read it, write its inputs."""
+    return [f"read:runs:{run_id}", f"write:inputStreams:{run_id}"]
+
+
+def token_claims(scopes: list[str], ttl_s: int) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": ENVIRONMENT_ID,
+        "pub": True,
+        "iat": now,
+        "exp": now + ttl_s,
+        "scopes": list(scopes),
+    }
+
+
+def mint_token(secret: str, scopes: list[str], ttl_s: int = 3600) -> str:
+    """A signed public access token carrying `scopes`, valid for `ttl_s`."""
+    return jwt.encode(token_claims(scopes, ttl_s), secret, algorithm="HS256")
+
+
+def decode_token(secret: str, token: str) -> dict[str, Any]:
+    """Verify signature, expiry, issuer, audience and `pub`; return the claims.
+
+    Raises Unauthorized with the reason when any check fails.
+    """
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": ["exp", "iat"]},
+        )
+    except jwt.ExpiredSignatureError as e:
+        raise Unauthorized("public access token has expired; mint a new one") from e
+    except jwt.InvalidTokenError as e:
+        raise Unauthorized(f"invalid public access token: {e}") from e
+    if claims.get("pub") is not True:
+        raise Unauthorized("token is not a public access token (pub: true is missing)")
+    if not isinstance(claims.get("scopes"), list):
+        raise Unauthorized("token carries no scopes")
+    return claims
+
+
+def _split(scope: str) -> tuple[str, str, str | None]:
+    parts = scope.split(":", 2)
+    if len(parts) == 1:
+        return parts[0], "", None
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    return parts[0], parts[1], parts[2]
+
+
+def allows(scopes: list[str], action: str, resource: str, resource_id: str | None) -> bool:
+    """Whether `scopes` allow `action` on `resource` (optionally one id)."""
+    for scope in scopes:
+        if scope == "admin":
+            return True
+        a, r, i = _split(scope)
+        if a == action and r == resource and (i is None or i == resource_id):
+            return True
+    return False
+
+
+def require(scopes: list[str], action: str, resource: str, resource_id: str | None) -> None:
+    """Raise Forbidden unless `scopes` allow the operation."""
+    if not allows(scopes, action, resource, resource_id):
+        what = f"{action}:{resource}" + (f":{resource_id}" if resource_id else "")
+        raise Forbidden(f"token does not allow {what}; its scopes are {scopes}")
