@@ -70,6 +70,9 @@ class SqlStore:
     blob_type = "BLOB"
     #: appended to a SELECT that must lock the row for the transaction
     lock_clause = ""
+    #: run first in `migrate` to serialise processes migrating at once; SQLite
+    #: needs none (BEGIN IMMEDIATE already holds the database's write lock)
+    migration_lock_sql: str | None = None
 
     # -- supplied by subclasses ---------------------------------------------
     def _transaction(self) -> contextlib.AbstractContextManager[Any]:
@@ -90,6 +93,8 @@ class SqlStore:
 
     def migrate(self) -> None:
         with self._tx() as c:
+            if self.migration_lock_sql:
+                c.execute(self.migration_lock_sql)
             c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
             current = row[0] if row and row[0] is not None else 0
@@ -121,21 +126,25 @@ class SqlStore:
 
     # -- runs ------------------------------------------------------------------
     def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        values = [getattr(run, name) for name in _RUN_COLUMNS]
         with self._tx() as c:
-            if run.idempotency_key is not None:
-                row = c.execute(
-                    _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
-                    (run.task_id, run.idempotency_key),
-                ).fetchone()
-                if row:
-                    return _run(row), False
-            values = [getattr(run, name) for name in _RUN_COLUMNS]
-            c.execute(
+            # Insert first and look the key up only on conflict: a SELECT first
+            # lets two concurrent triggers with one key both miss and both
+            # insert (PostgreSQL then fails the second with a unique violation
+            # instead of returning the first run). A NULL key never conflicts.
+            cur = c.execute(
                 f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
-                f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})",
+                f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})"
+                " ON CONFLICT (task_id, idempotency_key) DO NOTHING",
                 values,
             )
-        return run, True
+            if cur.rowcount == 1:
+                return run, True
+            row = c.execute(
+                _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
+                (run.task_id, run.idempotency_key),
+            ).fetchone()
+        return _run(row), False
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._tx() as c:
@@ -151,9 +160,7 @@ class SqlStore:
         with self._tx() as c:
             c.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), run_id])
 
-    def finish_run(
-        self, run_id: str, status: str, output: str | None, error: str | None
-    ) -> bool:
+    def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         now = now_ms()
         finished = ", ".join("?" for _ in FINISHED_STATUSES)
         with self._tx() as c:
@@ -309,7 +316,7 @@ class SqlStore:
                 r[0]
                 for r in c.execute(
                     f"SELECT id FROM runs WHERE status IN ({finished})"
-                    " AND finished_at IS NOT NULL AND finished_at < ?",
+                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id",
                     (*FINISHED_STATUSES, finished_before),
                 ).fetchall()
             ]
@@ -357,9 +364,7 @@ class SqlStore:
             )
         return InboxMessage(seq=seq, data=data, created_at=now)
 
-    def inbox_read(
-        self, run_id: str, stream_id: str, start: int, limit: int
-    ) -> list[InboxMessage]:
+    def inbox_read(self, run_id: str, stream_id: str, start: int, limit: int) -> list[InboxMessage]:
         with self._tx() as c:
             rows = c.execute(
                 "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
