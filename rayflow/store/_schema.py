@@ -12,6 +12,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE IF NOT EXISTS tasks (
             task_id TEXT PRIMARY KEY,
             blob {blob} NOT NULL,
+            defaults TEXT NOT NULL,
             updated_at BIGINT NOT NULL
         )""",
         """CREATE TABLE IF NOT EXISTS runs (

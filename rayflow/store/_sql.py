@@ -106,14 +106,19 @@ class SqlStore:
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     # -- tasks -----------------------------------------------------------------
-    def put_task(self, task_id: str, blob: bytes) -> None:
+    def put_task(self, task_id: str, blob: bytes, defaults: str = "{}") -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO tasks (task_id, blob, updated_at) VALUES (?, ?, ?)"
+                "INSERT INTO tasks (task_id, blob, defaults, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (task_id) DO UPDATE SET blob = excluded.blob,"
-                " updated_at = excluded.updated_at",
-                (task_id, blob, now_ms()),
+                " defaults = excluded.defaults, updated_at = excluded.updated_at",
+                (task_id, blob, defaults, now_ms()),
             )
+
+    def get_task_defaults(self, task_id: str) -> str | None:
+        with self._tx() as c:
+            row = c.execute("SELECT defaults FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def get_task(self, task_id: str) -> bytes | None:
         with self._tx() as c:
