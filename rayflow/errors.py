@@ -64,6 +64,13 @@ class RunFailed(RayflowError):
         super().__init__(message)
         self.run_id, self.status, self.error = run_id, status, error
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_run_failed, (str(self), self.run_id, self.status, self.error))
+
+
+def _run_failed(message: str, run_id: str, status: str, error: object) -> RunFailed:
+    return RunFailed(message, run_id=run_id, status=status, error=error)
+
 
 class WaitTimeout(RayflowError):
     """`Result.unwrap()` on a wait or once that timed out."""

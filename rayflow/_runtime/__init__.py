@@ -1,0 +1,1 @@
+"""The machinery behind the public API. Users never import from here."""

@@ -1,0 +1,66 @@
+"""Starting (or joining) Ray and the control plane for `rayflow.init()`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from rayflow._config import Settings
+from rayflow._runtime import connection
+from rayflow._runtime.connection import CONTROLLER_NAME, Connection
+from rayflow.errors import RayflowError
+
+log = logging.getLogger("rayflow")
+
+
+def start_ray(settings: Settings) -> None:
+    """Join the cluster at settings.address, or start a local Ray on loopback."""
+    if ray.is_initialized():
+        return
+    if settings.address is None:
+        # DESIGN §8: keep a local Ray on 127.0.0.1 only
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(
+            namespace=settings.namespace,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    else:
+        ray.init(address=settings.address, namespace=settings.namespace)
+
+
+def resolved(settings: Settings) -> Settings:
+    """Settings every process can use as they are: absolute paths, a store
+    URL and a secret key decided once here."""
+    data_dir = settings.data_dir.resolve()
+    fixed = settings.model_copy(update={"data_dir": data_dir})
+    return fixed.model_copy(
+        update={"store": fixed.store_url(), "secret_key": connection.secret_key_for(fixed)}
+    )
+
+
+def start_control_plane(settings: Settings) -> Connection:
+    from rayflow._runtime.controller import Controller
+
+    settings_json = settings.model_dump_json()
+    controller: Any = Controller.options(
+        name=CONTROLLER_NAME,
+        namespace=settings.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_concurrency=10_000,
+        num_cpus=0,
+    ).remote(settings_json)
+    store_url = ray.get(controller.ready.remote())
+    if store_url != settings.store_url():
+        raise RayflowError(
+            f"this Ray cluster's rayflow Controller uses the store {store_url}, not"
+            f" {settings.store_url()}; use the same store (or another namespace)"
+        )
+    return connection.connect(settings, controller)

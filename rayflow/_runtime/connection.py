@@ -1,0 +1,93 @@
+"""This process's link to a rayflow deployment: settings, Store, Controller.
+
+A driver gets it from `rayflow.init()`; the Controller and every RunActor
+build it from the settings the driver passed down, so task code can call the
+same public API (trigger, send, read) as a script.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rayflow._config import Settings
+from rayflow.errors import NotInitialized
+from rayflow.store import Store, open_store
+
+CONTROLLER_NAME = "rayflow-controller"
+
+
+@dataclass
+class Connection:
+    settings: Settings
+    store: Store
+    secret_key: str
+    _controller: Any = None
+
+    @property
+    def controller(self) -> Any:
+        if self._controller is None:
+            self._controller = ray.get_actor(CONTROLLER_NAME, namespace=self.settings.namespace)
+        return self._controller
+
+
+_current: Connection | None = None
+_lock = threading.Lock()
+
+
+def current() -> Connection:
+    if _current is None:
+        raise NotInitialized(
+            "rayflow is not initialised in this process; call rayflow.init() first"
+        )
+    return _current
+
+
+def is_connected() -> bool:
+    return _current is not None
+
+
+def secret_key_for(settings: Settings) -> str:
+    """The configured secret key, or one generated once and kept in data_dir."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "rf_sk_" + secrets.token_urlsafe(24)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def connect(settings: Settings, controller: Any = None) -> Connection:
+    """Open this process's connection (idempotent for the same store)."""
+    global _current
+    with _lock:
+        if _current is not None and _current.store.url == open_url(settings):
+            if controller is not None:
+                _current._controller = controller
+            return _current
+        store = open_store(open_url(settings), sqlite_synchronous=settings.sqlite_synchronous)
+        settings = settings.model_copy(update={"secret_key": secret_key_for(settings)})
+        assert settings.secret_key is not None
+        _current = Connection(settings, store, settings.secret_key, controller)
+        return _current
+
+
+def open_url(settings: Settings) -> str:
+    return settings.store_url()
+
+
+def disconnect() -> None:
+    global _current
+    with _lock:
+        if _current is not None:
+            _current.store.close()
+        _current = None

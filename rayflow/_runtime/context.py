@@ -1,0 +1,76 @@
+"""The run a piece of code is executing in, if any (a context variable)."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rayflow.errors import OutsideTask
+
+if TYPE_CHECKING:
+    from rayflow._runtime.journal import Journal
+    from rayflow._runtime.output import StreamBuffers
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    task_id: str
+    attempt: int
+    parent_id: str | None
+    root_id: str
+    journal: Journal
+    buffers: StreamBuffers
+    #: input-stream state of the run (set by the RunActor)
+    inputs: Any = None
+    _writers: int = field(default=0)
+
+    def next_writer_id(self, kind: str) -> str:
+        """Deterministic writer ids, so a replayed write is recognised."""
+        self._writers += 1
+        return f"{self.run_id}:{self.attempt}:{kind}{self._writers}"
+
+    def resolve_target(self, target: str) -> str:
+        if target == "self":
+            return self.run_id
+        if target == "parent":
+            if self.parent_id is None:
+                raise OutsideTask(f"run {self.run_id} has no parent; target='parent' is invalid")
+            return self.parent_id
+        if target == "root":
+            return self.root_id
+        return target
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "rayflow_run", default=None
+)
+
+
+def current_run() -> RunContext | None:
+    return _current.get()
+
+
+def require_run(what: str) -> RunContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise OutsideTask(f"{what} can only be used inside a running rayflow task")
+    return ctx
+
+
+def set_run(ctx: RunContext | None) -> contextvars.Token[RunContext | None]:
+    return _current.set(ctx)
+
+
+def resolve_target(target: str | None) -> str:
+    """The run id a stream operation addresses; outside a task it must be one."""
+    ctx = _current.get()
+    if ctx is not None:
+        return ctx.resolve_target(target or "self")
+    if target is None or target in ("self", "parent", "root"):
+        raise OutsideTask(
+            f"target={target!r} needs a running task; outside a task pass the run id"
+            " (target=handle.id)"
+        )
+    return target

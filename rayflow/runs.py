@@ -1,0 +1,147 @@
+"""`runs.retrieve / list / cancel`: look at and steer runs from anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from rayflow._response import Response
+from rayflow._runtime import connection
+from rayflow._runtime.calls import call
+from rayflow.errors import RunNotFound
+from rayflow.store.base import RunRecord
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class Run(BaseModel):
+    """A run as a user sees it."""
+
+    id: str
+    task_id: str
+    status: str
+    payload: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    tags: list[str] = []
+    attempt_count: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_queued(self) -> bool:
+        return self.status == "QUEUED"
+
+    @property
+    def is_executing(self) -> bool:
+        return self.status == "EXECUTING"
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status == "WAITING"
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status in ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+
+    @property
+    def is_success(self) -> bool:
+        return self.status == "COMPLETED"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status in ("FAILED", "CRASHED", "TIMED_OUT")
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.status == "CANCELED"
+
+    @classmethod
+    def from_record(cls, r: RunRecord) -> Run:
+        return cls(
+            id=r.id,
+            task_id=r.task_id,
+            status=r.status,
+            payload=json.loads(r.payload),
+            output=json.loads(r.output) if r.output is not None else None,
+            error=json.loads(r.error) if r.error is not None else None,
+            tags=json.loads(r.tags),
+            attempt_count=r.attempt,
+            parent_id=r.parent_id,
+            root_id=r.root_id,
+            created_at=_time(r.created_at),
+            updated_at=_time(r.updated_at),
+            started_at=_time(r.started_at),
+            finished_at=_time(r.finished_at),
+        )
+
+
+def retrieve(run_id: str) -> Response[Run]:
+    """The run's current state. Raises `RunNotFound`."""
+
+    async def go() -> Run:
+        store = connection.current().store
+        record = await asyncio.to_thread(store.get_run, run_id)
+        if record is None:
+            raise RunNotFound(f"run {run_id} does not exist (or was removed by retention)")
+        return Run.from_record(record)
+
+    return Response(go)
+
+
+def list(
+    *,
+    status: str | builtins.list[str] | None = None,
+    task_id: str | None = None,
+    parent_id: str | None = None,
+    limit: int = 100,
+) -> Response[builtins.list[Run]]:
+    """Runs, newest first, filtered by status(es), task or parent."""
+    statuses = [status] if isinstance(status, str) else status
+
+    async def go() -> builtins.list[Run]:
+        store = connection.current().store
+        records = await asyncio.to_thread(
+            store.list_runs, statuses=statuses, task_id=task_id, parent_id=parent_id, limit=limit
+        )
+        return [Run.from_record(r) for r in records]
+
+    return Response(go)
+
+
+def cancel(run_id: str) -> Response[bool]:
+    """Cancel a run (and its active child runs): its code is stopped, its
+    streams closed. Resolves False if it had already finished. Raises
+    `RunNotFound`."""
+
+    async def go() -> bool:
+        conn = connection.current()
+        canceled: bool = await call(conn.controller.cancel.remote(run_id))
+        return canceled
+
+    return Response(go)
+
+
+def wait(run_id: str) -> Response[Run]:
+    """Wait until a run has finished and resolve to it. Raises `RunNotFound`."""
+
+    async def go() -> Run:
+        conn = connection.current()
+        await call(conn.controller.wait_run.remote(run_id))
+        return await retrieve(run_id)
+
+    return Response(go)
+
+
+__all__ = ["Run", "cancel", "list", "retrieve", "wait"]

@@ -1,0 +1,364 @@
+"""`@task`, `RunHandle`, `Result`, trigger and trigger_and_wait."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar, overload
+
+import cloudpickle
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_jsonable_python
+
+from rayflow import _tokens
+from rayflow._response import Response
+from rayflow._runtime import connection
+from rayflow._runtime.calls import call
+from rayflow._runtime.context import current_run
+from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.journal import MISSING
+from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed attempt is retried: up to `max_attempts` attempts in all,
+    waiting min_delay_s * factor**(n-1) (capped at max_delay_s) between them.
+    Each attempt runs the task from the top with a fresh journal."""
+
+    max_attempts: int = 3
+    min_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """A triggered run: its id, and a public access token for frontends
+    (read its streams, write its input streams)."""
+
+    id: str
+    public_access_token: str
+    task_id: str = ""
+    is_cached: bool = False
+
+
+@dataclass
+class Result(Generic[T]):
+    """The outcome of a wait, a once or a child run: `ok` and `output`, or `error`.
+
+    `unwrap()` returns the output or raises the error (`WaitTimeout` for a
+    timed-out wait, `RunFailed` for a child run that did not complete).
+    """
+
+    ok: bool
+    output: T | None = None
+    error: RayflowError | None = None
+
+    def unwrap(self) -> T:
+        if not self.ok:
+            raise self.error or WaitTimeout("no result")
+        return self.output  # type: ignore[return-value]
+
+
+def _payload_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].annotation is inspect.Parameter.empty:
+        return None
+    hints = getattr(fn, "__annotations__", {})
+    annotation = hints.get(params[0].name)
+    if isinstance(annotation, str):
+        import typing
+
+        annotation = typing.get_type_hints(fn).get(params[0].name, Any)
+    return TypeAdapter(annotation)
+
+
+def _validate(adapter: TypeAdapter[Any] | None, value: Any, what: str) -> Any:
+    if adapter is None:
+        return value
+    try:
+        return adapter.validate_python(value)
+    except PydanticValidationError as e:
+        raise ValidationError(f"{what} is invalid: {e}") from None
+
+
+class Task(Generic[T, R]):
+    """A task: an `async def` function that runs as a rayflow run on Ray.
+
+    Create with `@task(id=...)`. Trigger it with `.trigger(payload)` from
+    anywhere, or `await .trigger_and_wait(payload)` inside another task.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        *,
+        id: str,
+        retry: RetryPolicy | int | None = None,
+        max_duration: float | str | None = None,
+        queue: str | None = None,
+        resources: dict[str, Any] | None = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"@task needs an `async def` function, got {fn!r}")
+        self.fn, self.id, self.queue = fn, id, queue
+        self.retry = RetryPolicy(max_attempts=retry) if isinstance(retry, int) else retry
+        self.max_duration_s = parse_duration(max_duration)
+        self.resources = resources or {}
+        self._adapter: TypeAdapter[Any] | None = None
+        self._adapter_built = False
+
+    # pickled into the Store; the adapter is rebuilt where it is used
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_adapter"], state["_adapter_built"] = None, False
+        return state
+
+    @property
+    def adapter(self) -> TypeAdapter[Any] | None:
+        if not self._adapter_built:
+            self._adapter, self._adapter_built = _payload_adapter(self.fn), True
+        return self._adapter
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            "retry": asdict(self.retry) if self.retry else None,
+            "max_duration_s": self.max_duration_s,
+            "queue": self.queue,
+            "resources": self.resources or None,
+        }
+
+    async def invoke(self, payload: Any) -> R:
+        """Run the function on a payload (inside the RunActor)."""
+        return await self.fn(_validate(self.adapter, payload, f"payload of task {self.id!r}"))
+
+    def trigger(
+        self,
+        payload: T,
+        *,
+        idempotency_key: str | None = None,
+        tags: list[str] | None = None,
+        max_duration: float | str | None = None,
+    ) -> Response[RunHandle]:
+        """Start a run of this task; resolves to its `RunHandle`.
+
+        Inside a task the new run is a child (its parent is the current run).
+        Raises `ValidationError` for a payload that fails the function's type.
+        The run starts even if you never read the handle, but only once the
+        response is awaited or `.result()` is called.
+        """
+        value = _validate(self.adapter, payload, f"payload of task {self.id!r}")
+        options: dict[str, Any] = {}
+        if max_duration is not None:
+            options["max_duration_s"] = parse_duration(max_duration)
+
+        async def go() -> RunHandle:
+            await self._register()
+            return await _trigger(self.id, value, options, idempotency_key, tags)
+
+        return Response(go)
+
+    async def trigger_and_wait(
+        self, payload: T, *, idempotency_key: str | None = None, tags: list[str] | None = None
+    ) -> Result[R]:
+        """Inside a task: trigger a child run and wait for its result.
+
+        The result is journaled, so a revived parent does not run the child
+        again. Returns a `Result`; `.unwrap()` raises `RunFailed`.
+        """
+        handle = await self.trigger(payload, idempotency_key=idempotency_key, tags=tags)
+        return await wait_for_run(handle.id)
+
+    async def _register(self) -> None:
+        conn = connection.current()
+        key = (conn.store.url, self.id)
+        if key in _registered:
+            return
+        module = sys.modules.get(self.fn.__module__)
+        if module is not None and _pickle_by_value(module):
+            cloudpickle.register_pickle_by_value(module)
+        blob = cloudpickle.dumps(self)
+        await call(
+            conn.controller.register_task.remote(self.id, blob, json.dumps(self.defaults()))
+        )
+        _registered.add(key)
+
+    async def __call__(self, payload: T) -> R:
+        """Call the function directly, in this process (no run is created)."""
+        return await self.fn(payload)
+
+
+_registered: set[tuple[str, str]] = set()
+
+
+def _pickle_by_value(module: Any) -> bool:
+    """User code that a worker may not be able to import travels by value."""
+    name = getattr(module, "__name__", "")
+    if name == "__main__" or name.startswith("rayflow"):
+        return False
+    path = getattr(module, "__file__", None) or ""
+    return not any(part in path for part in ("site-packages", "dist-packages")) and bool(
+        os.path.basename(path)
+    )
+
+
+async def _trigger(
+    task_id: str,
+    payload: Any,
+    options: dict[str, Any],
+    idempotency_key: str | None,
+    tags: list[str] | None,
+) -> RunHandle:
+    conn = connection.current()
+    ctx = current_run()
+    parent_id = None
+    if ctx is not None:
+        parent_id = ctx.run_id
+        recorded = ctx.journal.replay("trigger", task_id)
+        if recorded is not MISSING:
+            return _handle(conn.secret_key, recorded["id"], task_id, recorded["cached"])
+        # a crash between creating the child and journaling it must not make two
+        idempotency_key = idempotency_key or f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
+    run_id, created = await call(
+        conn.controller.trigger.remote(
+            task_id,
+            json.dumps(to_jsonable_python(payload)),
+            options,
+            parent_id,
+            idempotency_key,
+            tags,
+        )
+    )
+    if ctx is not None:
+        await ctx.journal.record("trigger", task_id, {"id": run_id, "cached": not created})
+    return _handle(conn.secret_key, run_id, task_id, not created)
+
+
+def _handle(secret: str, run_id: str, task_id: str, cached: bool) -> RunHandle:
+    ttl = connection.current().settings.token_ttl_s
+    token = _tokens.mint_token(secret, _tokens.run_scopes(run_id), ttl)
+    return RunHandle(id=run_id, public_access_token=token, task_id=task_id, is_cached=cached)
+
+
+async def wait_for_run(run_id: str) -> Result[Any]:
+    """Wait for a run to finish (journaled inside a task)."""
+    conn = connection.current()
+    ctx = current_run()
+    if ctx is not None:
+        recorded = ctx.journal.replay("child", run_id)
+        if recorded is not MISSING:
+            return _child_result(run_id, recorded)
+    status = await call(conn.controller.wait_run.remote(run_id))
+    import asyncio
+
+    run = await asyncio.to_thread(conn.store.get_run, run_id)
+    assert run is not None
+    outcome = {
+        "status": status,
+        "output": json.loads(run.output) if run.output else None,
+        "error": json.loads(run.error) if run.error else None,
+    }
+    if ctx is not None:
+        await ctx.journal.record("child", run_id, outcome)
+    return _child_result(run_id, outcome)
+
+
+def _child_result(run_id: str, outcome: dict[str, Any]) -> Result[Any]:
+    if outcome["status"] == "COMPLETED":
+        return Result(ok=True, output=outcome["output"])
+    error = outcome.get("error") or {}
+    return Result(
+        ok=False,
+        error=RunFailed(
+            f"child run {run_id} ended {outcome['status']}: {error.get('message', '')}",
+            run_id=run_id,
+            status=outcome["status"],
+            error=error,
+        ),
+    )
+
+
+@overload
+def task(fn: Callable[[T], Awaitable[R]], /) -> Task[T, R]: ...
+@overload
+def task(
+    *,
+    id: str | None = None,
+    retry: RetryPolicy | int | None = None,
+    max_duration: float | str | None = None,
+    queue: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: int | None = None,
+    resources: dict[str, float] | None = None,
+) -> Callable[[Callable[[T], Awaitable[R]]], Task[T, R]]: ...
+def task(
+    fn: Any = None,
+    /,
+    *,
+    id: str | None = None,
+    retry: RetryPolicy | int | None = None,
+    max_duration: float | str | None = None,
+    queue: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: int | None = None,
+    resources: dict[str, float] | None = None,
+) -> Any:
+    """Declare an `async def` function as a task.
+
+    `id` names it (default: the function name) — keep it stable, runs and
+    HTTP triggers refer to it. `retry` (int or RetryPolicy) retries failed
+    attempts with backoff; `max_duration` ("5m", seconds) ends a run as
+    TIMED_OUT; `num_cpus`/`num_gpus`/`memory`/`resources` are given to the
+    run's Ray actor. Code in a task that may suspend must be deterministic
+    between durable operations (see `step`).
+    """
+
+    def wrap(f: Callable[[T], Awaitable[R]]) -> Task[T, R]:
+        placement = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "memory": memory,
+            "resources": resources,
+        }
+        return Task(
+            f,
+            id=id or f.__name__,
+            retry=retry,
+            max_duration=max_duration,
+            queue=queue,
+            resources={k: v for k, v in placement.items() if v is not None},
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def trigger(
+    task_id: str,
+    payload: Any,
+    *,
+    idempotency_key: str | None = None,
+    tags: list[str] | None = None,
+    max_duration: float | str | None = None,
+) -> Response[RunHandle]:
+    """Trigger a registered task by its id (for code that does not import it).
+
+    Raises `TaskNotFound` if no process has registered the task yet.
+    """
+    options: dict[str, Any] = {}
+    if max_duration is not None:
+        options["max_duration_s"] = parse_duration(max_duration)
+    return Response(lambda: _trigger(task_id, payload, options, idempotency_key, tags))
+
+
+__all__ = ["Result", "RetryPolicy", "RunHandle", "Task", "task", "trigger", "wait_for_run"]
