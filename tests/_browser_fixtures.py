@@ -1,4 +1,6 @@
-"""Real headless Chromium for browser tests: Debian's `chromium` driven by Playwright.
+"""Real headless Chromium for browser tests, and `rayflow dev` as a subprocess.
+
+Chromium: Debian's `chromium` driven by Playwright.
 
 Playwright's own browser download does not work on these machines, so tests
 launch the system Chromium (`scripts/browser.sh` installs it and the Python
@@ -12,10 +14,14 @@ import contextlib
 import functools
 import http.server
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +134,123 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     if console:
         (ARTIFACTS / f"{name}-console.txt").write_text("\n".join(console) + "\n")
     context.close()
+
+
+# -- `rayflow dev` as a subprocess, as a user starts it --------------------------------------
+@dataclass(frozen=True)
+class ExampleRun:
+    """How the tests drive an example task: its file, task id, payload and inputs."""
+
+    path: str
+    task_id: str
+    payload: Any
+    follow_up_stream: str
+    follow_up: Any
+    wrap_up_stream: str
+    wrap_up: Any
+
+
+RESEARCH_AGENT = ExampleRun(
+    path="examples/research_agent.py",
+    task_id="research-agent",
+    payload={"topic": "Ray actors"},
+    follow_up_stream="follow-up",
+    follow_up={"question": "How do they recover from failures?"},
+    wrap_up_stream="wrap-up",
+    wrap_up={},
+)
+
+
+@dataclass
+class DevServer:
+    """A running `rayflow dev`: its HTTP base URL, secret key and data directory."""
+
+    url: str
+    secret_key: str
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def dev_env(data_dir: Path, port: int, secret_key: str) -> dict[str, str]:
+    """The environment a test gives `rayflow` commands: loopback only, its own data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYFLOW_"))}
+    env.update(
+        RAYFLOW_DATA_DIR=str(data_dir),
+        RAYFLOW_SECRET_KEY=secret_key,
+        RAYFLOW_HTTP_HOST="127.0.0.1",
+        RAYFLOW_HTTP_PORT=str(port),
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
+    return env
+
+
+@contextlib.contextmanager
+def start_dev_server(module: str, data_dir: Path, timeout_s: float = 240) -> Iterator[DevServer]:
+    """Run `rayflow dev MODULE` on a free loopback port until the block ends, then stop it
+    (SIGINT, then SIGKILL of its process group after 30 s)."""
+    import secrets
+
+    import httpx
+
+    port = free_port()
+    secret = "sk_" + secrets.token_hex(16)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dev_env(data_dir, port, secret)
+    log = data_dir / "dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayflow.cli", "dev", module, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = DevServer(f"http://127.0.0.1:{port}", secret, data_dir, env, proc, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"rayflow dev exited {proc.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(f"{server.url}/dashboard/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"rayflow dev did not serve /dashboard/ in {timeout_s} s:\n{server.output()}"
+                )
+            time.sleep(0.5)
+        yield server
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    # Ray's own processes (gcs, raylet, workers) started by `rayflow dev` are in its group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """`rayflow dev examples/research_agent.py` for the tests of one module."""
+    if not (ROOT / RESEARCH_AGENT.path).exists():
+        pytest.skip(f"{RESEARCH_AGENT.path} is not there yet")
+    with start_dev_server(RESEARCH_AGENT.path, tmp_path_factory.mktemp("rayflow-dev")) as s:
+        yield s
