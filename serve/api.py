@@ -1,0 +1,43 @@
+"""The FastAPI application: routers, error handlers, CORS and body limits."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from rayflow._config import Settings
+from serve.deps import MAX_APPEND_BYTES, ServeState
+from serve.errors import install_error_handlers
+from serve.middleware import EdgeMiddleware, default_body_limits
+from serve.routes import dashboard, inputs, runs, streams, tokens
+
+
+def create_app(settings: Settings, secret_key: str) -> FastAPI:
+    """The HTTP API over the rayflow deployment this process is connected to.
+
+    Holds no state beyond the settings and the secret key, so any number of
+    copies (Ray Serve replicas) serve the same API.
+    """
+    app = FastAPI(
+        title="rayflow",
+        version="0.1.0",
+        description=(
+            "Trigger tasks, read their output streams as SSE, send to their input "
+            "streams. The realtime endpoints follow Trigger.dev's wire format."
+        ),
+    )
+    app.state.rayflow = ServeState(settings=settings, secret_key=secret_key)
+    install_error_handlers(app)
+    # inputs before streams: `…/input/{id}` must win over `…/{target}/{key}`
+    for module in (runs, inputs, streams, tokens, dashboard):
+        app.include_router(module.router)
+    dashboard.mount_dashboard(app)
+
+    @app.get("/healthz", tags=["rayflow"])
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.add_middleware(
+        EdgeMiddleware,
+        limits=default_body_limits(settings.max_input_bytes, MAX_APPEND_BYTES),
+    )
+    return app

@@ -1,0 +1,96 @@
+"""The Ray Serve deployment of rayflow's HTTP API (wiring only).
+
+- `start(settings)` deploys it from a driver that ran `rayflow.init()`
+  (used by `rayflow.init(serve=True)` and `rayflow serve`);
+- `serve run serve/serve_config.yaml` (or `serve run serve.app:build`)
+  deploys it from Ray Serve's CLI, configured by `RAYFLOW_*` env vars.
+
+The listen address is `RAYFLOW_HTTP_HOST`:`RAYFLOW_HTTP_PORT` (default
+127.0.0.1:8000). Replicas hold no state; run as many as you like.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from rayflow._config import Settings
+
+log = logging.getLogger("rayflow.serve")
+
+APP_NAME = "rayflow"
+#: Serve's default (5) makes the 6th concurrent SSE reader hang (DESIGN §8);
+#: an SSE reader costs a replica one idle coroutine, so allow many.
+MAX_ONGOING_REQUESTS = 5000
+
+
+@serve.deployment(
+    name="RayflowHTTP",
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    ray_actor_options={"num_cpus": 0},
+)
+@serve.ingress()
+class RayflowHTTP:
+    """One replica: connects to the rayflow deployment and serves the API."""
+
+    def __init__(self, settings_json: str, secret_key: str) -> None:
+        from rayflow._runtime.connection import connect
+
+        settings = Settings.model_validate_json(settings_json)
+        settings = settings.model_copy(update={"secret_key": secret_key})
+        connect(settings)
+        self._settings, self._secret_key = settings, secret_key
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from serve.api import create_app
+
+        return create_app(self._settings, self._secret_key)
+
+
+def application(settings: Settings, *, num_replicas: int = 1) -> Application:
+    """The Serve application for `settings` (its secret key resolved)."""
+    from rayflow._runtime.connection import secret_key_for
+
+    secret = secret_key_for(settings)
+    # replicas run in other directories: pin the Store and data_dir absolutely
+    resolved = settings.model_copy(
+        update={
+            "secret_key": secret,
+            "store": settings.store_url(),
+            "data_dir": settings.data_dir.resolve(),
+        }
+    )
+    settings_json = resolved.model_dump_json()
+    return RayflowHTTP.options(num_replicas=num_replicas).bind(settings_json, secret)
+
+
+def build(args: dict[str, str]) -> Application:
+    """App builder for `serve run serve.app:build [num_replicas=N]`; settings
+    come from `RAYFLOW_*` env vars."""
+    return application(Settings(), num_replicas=int(args.get("num_replicas", 1)))
+
+
+def start(settings: Settings, *, num_replicas: int = 1) -> str:
+    """Start Serve on `settings.http_host:http_port` and deploy the API; returns
+    its base URL. Ray must be initialised (rayflow.init())."""
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": settings.http_host, "port": settings.http_port},
+    )
+    serve.run(
+        application(settings, num_replicas=num_replicas),
+        name=APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    log.info("rayflow HTTP API at %s (OpenAPI at %s/docs)", url, url)
+    return url
+
+
+def stop() -> None:
+    """Remove the API (Serve itself keeps running)."""
+    serve.delete(APP_NAME)

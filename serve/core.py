@@ -1,0 +1,174 @@
+"""The HTTP app's one door into rayflow: every call to the runtime is here.
+
+Reads (runs, stream chunks, input logs) go to the Store — the source of
+truth, and stateless, so any number of replicas serve them. Writes (trigger,
+cancel, append, send) go through rayflow's public API, which routes them to
+the Controller, the RunActor or the Inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from rayflow._runtime import http_support
+from rayflow._runtime.connection import Connection, current
+from rayflow.errors import RunNotFound
+from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
+from serve.sources import StoreSource, input_reader, output_reader
+from serve.sse import RecordSource
+
+
+def _conn() -> Connection:
+    return current()
+
+
+async def get_run(run_id: str) -> RunRecord:
+    run = await asyncio.to_thread(_conn().store.get_run, run_id)
+    if run is None:
+        raise RunNotFound(
+            f"run {run_id} not found; check the id (finished runs are deleted after retention)"
+        )
+    return run
+
+
+async def retrieve_with_relations(
+    run_id: str,
+) -> tuple[RunRecord, RunRecord | None, RunRecord | None, list[RunRecord]]:
+    store = _conn().store
+    run = await get_run(run_id)
+    parent = await asyncio.to_thread(store.get_run, run.parent_id) if run.parent_id else None
+    root = await asyncio.to_thread(store.get_run, run.root_id) if run.root_id else None
+    children = await asyncio.to_thread(store.list_runs, parent_id=run_id, limit=100)
+    return run, parent, root, children
+
+
+async def list_runs(
+    *, statuses: list[str] | None, task_ids: list[str] | None, limit: int, after: str | None
+) -> tuple[list[RunRecord], str | None]:
+    """Newest first; the cursor is the creation time (ms) of the last run returned."""
+    store = _conn().store
+    before = int(after) if after and after.isdigit() else None
+    task_id = task_ids[0] if task_ids and len(task_ids) == 1 else None
+    runs = await asyncio.to_thread(
+        store.list_runs,
+        statuses=statuses,
+        task_id=task_id,
+        limit=limit,
+        before_created_at=before,
+    )
+    if task_ids and task_id is None:
+        runs = [r for r in runs if r.task_id in task_ids]
+    cursor = str(runs[-1].created_at) if len(runs) == limit else None
+    return runs, cursor
+
+
+async def trigger(task_id: str, payload: Any, options: dict[str, Any]) -> tuple[str, bool]:
+    """Start a run; returns (run id, whether an idempotency key found an old run)."""
+    import rayflow
+
+    kwargs: dict[str, Any] = {}
+    if "idempotencyKey" in options:
+        kwargs["idempotency_key"] = options["idempotencyKey"]
+    if "tags" in options:
+        tags = options["tags"]
+        kwargs["tags"] = [tags] if isinstance(tags, str) else list(tags)
+    if "maxDuration" in options:
+        kwargs["max_duration"] = options["maxDuration"]
+    handle = await rayflow.tasks.trigger(task_id, payload, **kwargs)
+    return handle.id, bool(getattr(handle, "is_cached", False))
+
+
+async def cancel(run_id: str) -> None:
+    import rayflow
+
+    await get_run(run_id)
+    await rayflow.runs.cancel(run_id)
+
+
+async def append(run_id: str, key: str, text: str, record_id: str | None) -> None:
+    """Append one string chunk to a run's output stream from outside the run."""
+    await http_support.append_writes(run_id, key, [ChunkWrite(dumps(text), record_id=record_id)])
+
+
+async def append_writes(run_id: str, key: str, writer: str, chunks: list[tuple[int, str]]) -> None:
+    """Append JSON-text chunks numbered by their writer; a resent number is dropped."""
+    writes = [ChunkWrite(text, writer_id=writer, writer_seq=seq) for seq, text in chunks]
+    await http_support.append_writes(run_id, key, writes)
+
+
+async def writer_position(run_id: str, key: str, writer: str) -> int:
+    await get_run(run_id)
+    return await http_support.writer_position(run_id, key, writer)
+
+
+async def send_input(run_id: str, stream_id: str, data: Any) -> None:
+    """Send `data` to the run's input stream `stream_id` (durable before it returns)."""
+    import rayflow
+
+    await rayflow.streams.send(run_id, stream_id, data)
+
+
+async def stream_length(run_id: str, key: str) -> int:
+    info = await asyncio.to_thread(_conn().store.stream_info, run_id, key)
+    return info.length if info else 0
+
+
+async def output_source(run_id: str, key: str, start: int | None) -> RecordSource:
+    """Records of the run's stream `key` from `start` on (None: the current tail)."""
+    store = _conn().store
+    await get_run(run_id)
+    if start is None:
+        start = await stream_length(run_id, key)
+
+    async def is_closed() -> bool:
+        info = await asyncio.to_thread(store.stream_info, run_id, key)
+        if info is not None and info.closed:
+            return True
+        run = await asyncio.to_thread(store.get_run, run_id)
+        return run is None or run.finished
+
+    return StoreSource(output_reader(store, run_id, key), is_closed, start)
+
+
+async def input_source(run_id: str, stream_id: str, start: int | None) -> RecordSource:
+    """Messages sent to the run's input stream `stream_id`, from `start` on."""
+    store = _conn().store
+    await get_run(run_id)
+    if start is None:
+        start = len(await asyncio.to_thread(store.inbox_read, run_id, stream_id, 0, 1 << 30))
+
+    async def is_closed() -> bool:
+        run = await asyncio.to_thread(store.get_run, run_id)
+        return run is None or run.finished
+
+    return StoreSource(input_reader(store, run_id, stream_id), is_closed, start)
+
+
+async def task_ids() -> list[str]:
+    return await asyncio.to_thread(_conn().store.list_task_ids)
+
+
+async def run_streams(run_id: str) -> tuple[list[StreamInfo], list[tuple[str, int, bool]]]:
+    """The run's output streams, and its input streams as (id, messages, waiting)."""
+    store = _conn().store
+    await get_run(run_id)
+
+    def collect() -> tuple[list[StreamInfo], list[tuple[str, int, bool]]]:
+        outputs = store.list_streams(run_id)
+        wp = store.get_waitpoint(run_id)
+        waiting_on = wp.stream_id if wp is not None and wp.status == "PENDING" else None
+        ids = set(store.inbox_streams(run_id))
+        if waiting_on:
+            ids.add(waiting_on)
+        inputs = [
+            (i, len(store.inbox_read(run_id, i, 0, 1 << 30)), i == waiting_on) for i in sorted(ids)
+        ]
+        return outputs, inputs
+
+    return await asyncio.to_thread(collect)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,86 @@
+"""The one place where errors become HTTP responses.
+
+Every `rayflow.errors.RayflowError` subclass carries its status code
+(`http_status`); request-validation failures are 422; anything unexpected is
+a 500 with a JSON body, sent by `serve.middleware` (the traceback goes to
+the log, never to the client).
+Every body is `{"ok": false, "error": <message>, "code": <error name>}` —
+`error` is what Trigger.dev's clients show the user.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from rayflow.errors import RayflowError
+
+log = logging.getLogger("rayflow.serve")
+
+
+class BadRequest(RayflowError):
+    """The request is malformed in a way no other error names (400)."""
+
+    http_status = 400
+
+
+class RouteError(RayflowError):
+    """An error whose wire message differs from rayflow's own (WIRE.md fixes
+    some texts, e.g. "Run not found"); the rayflow message goes in `detail`."""
+
+    def __init__(self, status: int, wire_message: str, cause: RayflowError) -> None:
+        super().__init__(wire_message)
+        self.http_status = status
+        self.code = type(cause).__name__
+        self.detail = str(cause)
+
+
+def error_body(status: int, message: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": message, "code": code, "status": status, **extra}
+
+
+def error_response(status: int, message: str, code: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code, **extra), status_code=status)
+
+
+def rayflow_error_response(exc: RayflowError) -> JSONResponse:
+    if isinstance(exc, RouteError):
+        return error_response(exc.http_status, str(exc), exc.code, detail=exc.detail)
+    return error_response(exc.http_status, str(exc), type(exc).__name__)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a JSON response."""
+
+    async def on_rayflow(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RayflowError)
+        if exc.http_status >= 500:
+            log.error("request failed: %s", exc, exc_info=exc)
+        return rayflow_error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, _validation_message(exc), "ValidationError")
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        code = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+        return error_response(exc.status_code, message, code.get(exc.status_code, "HTTPError"))
+
+    app.add_exception_handler(RayflowError, on_rayflow)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)

@@ -1,0 +1,133 @@
+"""rayflow's own additions for the dashboard and tools: task ids, a run's
+streams, run-status events, and the dashboard's static files."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from serve import core
+from serve.deps import Caller
+from serve.routes.runs import run_response
+from serve.routes.streams import SSE_RESPONSES
+from serve.sse import DONE, PING_INTERVAL_S, SSE_HEADERS, encode_ping
+
+router = APIRouter(tags=["rayflow"])
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+RUN_EVENTS_POLL_S = 0.25
+RUN_EVENTS_MAX_S = 600.0
+
+
+class TaskItem(BaseModel):
+    id: str
+
+
+class TaskList(BaseModel):
+    data: list[TaskItem]
+
+
+class OutputStreamInfo(BaseModel):
+    key: str
+    length: int
+    sizeBytes: int
+    closed: bool
+    createdAt: int
+    updatedAt: int
+
+
+class InputStreamInfo(BaseModel):
+    id: str
+    messages: int
+    waiting: bool
+
+
+class RunStreams(BaseModel):
+    runId: str
+    outputs: list[OutputStreamInfo]
+    inputs: list[InputStreamInfo]
+
+
+@router.get("/rayflow/v1/tasks", response_model=TaskList)
+async def list_tasks(who: Caller) -> TaskList:
+    """The ids of the tasks that can be triggered."""
+    who.require("read", "runs", None)
+    ids = await core.task_ids()
+    return TaskList(data=[TaskItem(id=i) for i in ids])
+
+
+@router.get("/rayflow/v1/runs/{run_id}/streams", response_model=RunStreams)
+async def run_streams(run_id: str, who: Caller) -> RunStreams:
+    """A run's output streams (length, size, closed) and input streams
+    (messages sent, whether the run waits on it)."""
+    who.require("read", "runs", run_id)
+    outputs, inputs = await core.run_streams(run_id)
+    return RunStreams(
+        runId=run_id,
+        outputs=[
+            OutputStreamInfo(
+                key=o.key,
+                length=o.length,
+                sizeBytes=o.size_bytes,
+                closed=o.closed,
+                createdAt=o.created_at,
+                updatedAt=o.updated_at,
+            )
+            for o in outputs
+        ],
+        inputs=[InputStreamInfo(id=i, messages=n, waiting=w) for i, n, w in inputs],
+    )
+
+
+@router.get("/rayflow/v1/runs/{run_id}/events", responses=SSE_RESPONSES)
+async def run_events(run_id: str, who: Caller) -> StreamingResponse:
+    """`event: run` with the run (as `GET /api/v3/runs/{id}`) whenever its
+    status changes, then `data: [DONE]` once it has finished."""
+    who.require("read", "runs", run_id)
+    await core.get_run(run_id)
+    return StreamingResponse(
+        _run_events(run_id), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+async def _run_events(run_id: str) -> AsyncIterator[bytes]:
+    last_key = None
+    started = last_sent = time.monotonic()
+    while time.monotonic() - started < RUN_EVENTS_MAX_S:
+        run, parent, root, children = await core.retrieve_with_relations(run_id)
+        key = (run.status, run.updated_at, len(children))
+        if key != last_key:
+            last_key = key
+            body = run_response(run, parent, root, children).model_dump_json()
+            yield f"event: run\ndata: {body}\n\n".encode()
+            last_sent = time.monotonic()
+        if run.finished:
+            yield DONE
+            return
+        if time.monotonic() - last_sent >= PING_INTERVAL_S:
+            yield encode_ping()
+            last_sent = time.monotonic()
+        await asyncio.sleep(RUN_EVENTS_POLL_S)
+
+
+def mount_dashboard(app: FastAPI) -> None:
+    """The dashboard at /dashboard/ (and / redirects there); its JS client at /client.js."""
+    if not DASHBOARD_DIR.is_dir():
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
+    @app.get("/client.js", include_in_schema=False)
+    async def client_js() -> FileResponse:
+        return FileResponse(DASHBOARD_DIR / "client.js", media_type="text/javascript")
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")

@@ -1,0 +1,79 @@
+"""Input streams over HTTP: send into a running task, read the message log.
+
+`POST …/input/{streamId}` is what Trigger.dev's `inputStream.send()` and
+`useInputStreamSend` call; the texts of its 404/400 errors follow WIRE.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from rayflow.errors import RunFinished, RunNotFound
+from serve import core
+from serve.deps import Caller
+from serve.errors import BadRequest, RouteError
+from serve.routes.streams import SSE_RESPONSES, idle_timeout, sse_response, start_position
+from serve.sse import event_stream
+
+router = APIRouter(tags=["input streams"])
+
+
+class SendInputBody(BaseModel):
+    data: Any = Field(default=None, description="the message; it must fit the stream's type")
+
+
+class SendInputResponse(BaseModel):
+    ok: bool = True
+
+
+@router.post(
+    "/realtime/v1/streams/{run_id}/input/{stream_id}",
+    response_model=SendInputResponse,
+    responses={
+        400: {"description": "`data` missing, or the run has finished"},
+        404: {"description": "no such run"},
+        413: {"description": "the body is over 1 MiB"},
+        422: {"description": "malformed JSON, or `data` fails the stream's type"},
+    },
+)
+async def send_input(
+    run_id: str,
+    stream_id: str,
+    body: SendInputBody,
+    who: Caller,
+) -> SendInputResponse:
+    """Send `data` to the run's input stream `stream_id`. Durable when this
+    answers; the task receives it through `.on()`, `.once()`, `.wait()` or
+    `.peek()`. Secret key, or a token with `write:inputStreams:<runId>`."""
+    who.require("write", "inputStreams", run_id)
+    if "data" not in body.model_fields_set:
+        raise BadRequest('the body must be {"data": <message>}; "data" is missing')
+    try:
+        await core.send_input(run_id, stream_id, body.data)
+    except RunNotFound as e:
+        raise RouteError(404, "Run not found", e) from e
+    except RunFinished as e:
+        raise RouteError(400, "Cannot send to input stream on a completed run", e) from e
+    return SendInputResponse()
+
+
+@router.get("/realtime/v1/streams/{run_id}/input/{stream_id}", responses=SSE_RESPONSES)
+async def read_input(
+    run_id: str,
+    stream_id: str,
+    who: Caller,
+    last_event_id: Annotated[str | None, Header()] = None,
+    x_trigger_stream_start: Annotated[str | None, Header()] = None,
+    timeout_seconds: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """The messages sent to an input stream, as SSE in the same format as
+    output streams (for tools and tests)."""
+    who.require("read", "runs", run_id)
+    start = start_position(last_event_id, x_trigger_stream_start)
+    timeout = idle_timeout(timeout_seconds)
+    source = await core.input_source(run_id, stream_id, start)
+    return sse_response(event_stream(source, idle_timeout_s=timeout))

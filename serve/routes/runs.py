@@ -1,0 +1,247 @@
+"""Trigger a task; retrieve, list and cancel runs (Trigger.dev's REST shapes)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayflow._tokens import run_scopes, token_claims
+from rayflow.errors import ValidationError
+from serve import core
+from serve.deps import AppState, Caller
+
+router = APIRouter(tags=["runs"])
+
+PayloadType = Literal["application/json", "application/super+json", "text/plain"]
+
+
+# -- wire models --------------------------------------------------------------
+class TriggerOptions(BaseModel):
+    """Options of a trigger; unknown Trigger.dev options are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    idempotencyKey: str | None = Field(default=None, max_length=2048)
+    tags: str | list[str] | None = None
+    ttl: str | int | None = None
+    maxDuration: int | None = None
+    maxAttempts: int | None = None
+    parentRunId: str | None = None
+    payloadType: PayloadType | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class TriggerBody(BaseModel):
+    """`payload` is any JSON value, or a string serialised as `options.payloadType`."""
+
+    payload: Any = None
+    options: TriggerOptions | None = None
+
+
+class TriggerResponse(BaseModel):
+    id: str
+    isCached: bool = False
+
+
+class RunEnvironment(BaseModel):
+    id: str = "rayflow"
+    name: str = "rayflow"
+
+
+class RunSummary(BaseModel):
+    id: str
+    status: str
+    taskIdentifier: str
+    idempotencyKey: str | None = None
+    isQueued: bool
+    isExecuting: bool
+    isWaiting: bool
+    isCompleted: bool
+    isSuccess: bool
+    isFailed: bool
+    isCancelled: bool
+    isTest: bool = False
+    createdAt: datetime
+    updatedAt: datetime
+    startedAt: datetime | None = None
+    finishedAt: datetime | None = None
+    tags: list[str]
+    costInCents: float = 0
+    baseCostInCents: float = 0
+    durationMs: int = 0
+    depth: int = 0
+    triggerFunction: str = "trigger"
+
+
+class RelatedRuns(BaseModel):
+    root: RunSummary | None = None
+    parent: RunSummary | None = None
+    children: list[RunSummary] = []
+
+
+class RunError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    name: str | None = None
+    stackTrace: str | None = None
+
+
+class RunResponse(RunSummary):
+    payload: Any = None
+    output: Any = None
+    error: RunError | None = None
+    attemptCount: int = 0
+    relatedRuns: RelatedRuns = RelatedRuns()
+
+
+class ListedRun(RunSummary):
+    env: RunEnvironment = RunEnvironment()
+
+
+class Pagination(BaseModel):
+    next: str | None = None
+    previous: str | None = None
+
+
+class ListRunsResponse(BaseModel):
+    data: list[ListedRun]
+    pagination: Pagination
+
+
+class CanceledRunResponse(BaseModel):
+    id: str
+
+
+# -- conversions ----------------------------------------------------------------
+def decode_payload(payload: Any, payload_type: str | None) -> Any:
+    """The value the SDK meant: it sends a string serialised as `payloadType`."""
+    if not isinstance(payload, str) or payload_type in (None, "text/plain"):
+        return payload
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as e:
+        raise ValidationError(f"payload is not valid {payload_type}: {e}") from e
+    if payload_type == "application/super+json" and isinstance(value, dict) and "json" in value:
+        # superjson: {"json": <plain JSON>, "meta": {...}}; dates etc. arrive as
+        # their JSON forms, which is what a Python task can take anyway
+        return value["json"]
+    return value
+
+
+def _ms(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def summary_fields(run: Any) -> dict[str, Any]:
+    status = run.status
+    finished = status in ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+    started, ended = run.started_at, run.finished_at
+    tags = _json(run.tags) or []
+    return {
+        "id": run.id,
+        "status": status,
+        "taskIdentifier": run.task_id,
+        "idempotencyKey": run.idempotency_key,
+        "isQueued": status == "QUEUED",
+        "isExecuting": status == "EXECUTING",
+        "isWaiting": status == "WAITING",
+        "isCompleted": finished,
+        "isSuccess": status == "COMPLETED",
+        "isFailed": status in ("FAILED", "CRASHED", "TIMED_OUT"),
+        "isCancelled": status == "CANCELED",
+        "createdAt": _ms(run.created_at),
+        "updatedAt": _ms(run.updated_at),
+        "startedAt": _ms(started),
+        "finishedAt": _ms(ended),
+        "tags": tags if isinstance(tags, list) else [tags],
+        "durationMs": (ended - started) if started and ended else 0,
+        "depth": 0 if run.parent_id is None else 1,
+    }
+
+
+def run_response(run: Any, parent: Any, root: Any, children: list[Any]) -> RunResponse:
+    error = _json(run.error)
+    if isinstance(error, dict):
+        error = {**error, "message": str(error.get("message", ""))}
+    elif error is not None:
+        error = {"message": str(error)}
+    return RunResponse(
+        **summary_fields(run),
+        payload=_json(run.payload),
+        output=_json(run.output),
+        error=error,
+        attemptCount=run.attempt,
+        relatedRuns=RelatedRuns(
+            root=RunSummary(**summary_fields(root)) if root else None,
+            parent=RunSummary(**summary_fields(parent)) if parent else None,
+            children=[RunSummary(**summary_fields(c)) for c in children],
+        ),
+    )
+
+
+# -- routes -----------------------------------------------------------------------
+@router.post("/api/v1/tasks/{task_id}/trigger", response_model=TriggerResponse)
+async def trigger_task(
+    task_id: str,
+    body: TriggerBody,
+    response: Response,
+    who: Caller,
+    st: AppState,
+) -> TriggerResponse:
+    """Start a run of `task_id`. The response header `x-trigger-jwt` holds a
+    public access token that may read the run and write its input streams."""
+    who.require("trigger", "tasks", task_id)
+    options = body.options or TriggerOptions()
+    payload = decode_payload(body.payload, options.payloadType)
+    run_id, cached = await core.trigger(task_id, payload, options.model_dump(exclude_none=True))
+    scopes = run_scopes(run_id)
+    response.headers["x-trigger-jwt"] = st.mint(scopes)
+    response.headers["x-trigger-jwt-claims"] = json.dumps(
+        token_claims(scopes, st.settings.token_ttl_s)
+    )
+    return TriggerResponse(id=run_id, isCached=cached)
+
+
+@router.get("/api/v3/runs/{run_id}", response_model=RunResponse)
+async def retrieve_run(run_id: str, who: Caller) -> RunResponse:
+    """A run with its payload, output, error and related runs."""
+    who.require("read", "runs", run_id)
+    run, parent, root, children = await core.retrieve_with_relations(run_id)
+    return run_response(run, parent, root, children)
+
+
+@router.get("/api/v1/runs", response_model=ListRunsResponse)
+async def list_runs(
+    who: Caller,
+    status: Annotated[list[str] | None, Query(alias="filter[status]")] = None,
+    task: Annotated[list[str] | None, Query(alias="filter[taskIdentifier]")] = None,
+    limit: Annotated[int, Query(alias="page[size]", ge=1, le=100)] = 25,
+    after: Annotated[str | None, Query(alias="page[after]")] = None,
+) -> ListRunsResponse:
+    """Runs, newest first. Needs `read:runs` (all runs) or the secret key."""
+    who.require("read", "runs", None)
+    statuses = [s for value in status or [] for s in value.split(",") if s]
+    tasks = [t for value in task or [] for t in value.split(",") if t]
+    runs, next_cursor = await core.list_runs(
+        statuses=statuses or None, task_ids=tasks or None, limit=limit, after=after
+    )
+    return ListRunsResponse(
+        data=[ListedRun(**summary_fields(r)) for r in runs],
+        pagination=Pagination(next=next_cursor),
+    )
+
+
+@router.post("/api/v2/runs/{run_id}/cancel", response_model=CanceledRunResponse)
+async def cancel_run(run_id: str, who: Caller) -> CanceledRunResponse:
+    """Cancel a run; canceling a finished run changes nothing."""
+    who.require_secret("canceling a run")
+    await core.cancel(run_id)
+    return CanceledRunResponse(id=run_id)

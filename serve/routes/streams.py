@@ -1,0 +1,211 @@
+"""Output streams over HTTP: read as SSE, append from outside, the v1 writer.
+
+Reading follows Trigger.dev's realtime v2 wire format (see shared/WIRE.md),
+so `streams.read()` / `useRealtimeStream` work against rayflow unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from rayflow.errors import PayloadTooLarge
+from serve import core
+from serve.deps import MAX_APPEND_BYTES, Caller
+from serve.errors import BadRequest
+from serve.sse import SSE_HEADERS, event_stream, parse_last_event_id
+
+router = APIRouter(tags=["streams"])
+
+DEFAULT_TIMEOUT_S = 60
+MAX_TIMEOUT_S = 600
+
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`event: batch` records, `event: ping`, then `data: [DONE]`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class AppendResponse(BaseModel):
+    ok: bool = True
+
+
+class CreateStreamResponse(BaseModel):
+    version: str = "v1"
+
+
+def start_position(last_event_id: str | None, stream_start: str | None) -> int | None:
+    """The first index to send: after `Last-Event-ID`, the tail for `latest`
+    (None), else 0."""
+    try:
+        last = parse_last_event_id(last_event_id)
+    except ValueError as e:
+        raise BadRequest(str(e)) from e
+    if last is not None:
+        return last + 1
+    if stream_start is not None and stream_start.strip().lower() == "latest":
+        return None
+    return 0
+
+
+def idle_timeout(value: str | None) -> float:
+    if value is None or not value.strip():
+        return DEFAULT_TIMEOUT_S
+    v = value.strip()
+    if not v.isdigit() or not 1 <= int(v) <= MAX_TIMEOUT_S:
+        raise BadRequest(f"Timeout-Seconds must be a whole number from 1 to {MAX_TIMEOUT_S}")
+    return int(v)
+
+
+def sse_response(body: Any) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/realtime/v1/streams/{run_id}/{key}", responses=SSE_RESPONSES)
+async def read_stream(
+    run_id: str,
+    key: str,
+    who: Caller,
+    last_event_id: Annotated[str | None, Header()] = None,
+    x_trigger_stream_start: Annotated[str | None, Header()] = None,
+    timeout_seconds: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Read a run's output stream as SSE, from index 0, after `Last-Event-ID`,
+    or from the tail (`X-Trigger-Stream-Start: latest`); then live. The body
+    ends when the stream is closed or after `Timeout-Seconds` without data."""
+    who.require("read", "runs", run_id)
+    start = start_position(last_event_id, x_trigger_stream_start)
+    timeout = idle_timeout(timeout_seconds)
+    source = await core.output_source(run_id, key, start)
+    return sse_response(event_stream(source, idle_timeout_s=timeout))
+
+
+async def resolve_target(run_id: str, target: str) -> str:
+    """The run a write addressed to `target` (self/parent/root/run id) goes to."""
+    if target == "self":
+        return run_id
+    if target in ("parent", "root"):
+        run = await core.get_run(run_id)
+        other = run.parent_id if target == "parent" else run.root_id
+        return other or run_id
+    return target
+
+
+@router.post("/realtime/v1/streams/{run_id}/{target}/{key}/append", response_model=AppendResponse)
+async def append_chunk(
+    run_id: str,
+    target: str,
+    key: str,
+    request: Request,
+    who: Caller,
+    x_part_id: Annotated[str | None, Header()] = None,
+) -> AppendResponse:
+    """Append one chunk (the raw request body, stored as a string) to a run's
+    stream from outside the run. At most 512 KiB; 400 when the run finished."""
+    who.require_secret("appending to a stream")
+    target_id = await resolve_target(run_id, target)
+    body = await request.body()
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as e:
+        raise BadRequest("the chunk must be UTF-8 text") from e
+    await core.append(target_id, key, text, x_part_id)
+    return AppendResponse()
+
+
+@router.put("/realtime/v1/streams/{run_id}/{target}/{key}", response_model=CreateStreamResponse)
+async def create_stream(run_id: str, target: str, key: str, who: Caller) -> CreateStreamResponse:
+    """Start a writer session: rayflow answers `v1`, so the SDK streams NDJSON
+    to `POST` on the same path (and resumes with `HEAD`)."""
+    who.require_secret("writing to a stream")
+    target_id = await resolve_target(run_id, target)
+    run = await core.get_run(target_id)
+    if run.finished:
+        from rayflow.errors import RunFinished
+
+        raise RunFinished(f"run {target_id} is {run.status}; its streams take no more chunks")
+    return CreateStreamResponse()
+
+
+@router.head("/realtime/v1/streams/{run_id}/{target}/{key}")
+async def writer_position(
+    run_id: str,
+    target: str,
+    key: str,
+    who: Caller,
+    x_client_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """`X-Last-Chunk-Index`: the last chunk index stored from this writer
+    (`X-Client-Id`), -1 when none, so it resumes after it."""
+    who.require_secret("writing to a stream")
+    target_id = await resolve_target(run_id, target)
+    last = await core.writer_position(target_id, key, writer_id(x_client_id))
+    return Response(status_code=200, headers={"X-Last-Chunk-Index": str(last)})
+
+
+def writer_id(client_id: str | None) -> str:
+    return f"http-v1:{client_id or 'anonymous'}"
+
+
+@router.post(
+    "/realtime/v1/streams/{run_id}/{target}/{key}",
+    response_model=AppendResponse,
+    openapi_extra={
+        "requestBody": {
+            "description": "NDJSON: one JSON chunk per line",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def write_ndjson(
+    run_id: str,
+    target: str,
+    key: str,
+    request: Request,
+    who: Caller,
+    x_client_id: Annotated[str | None, Header()] = None,
+    x_resume_from_chunk: Annotated[str | None, Header()] = None,
+) -> AppendResponse:
+    """The SDK's v1 stream writer: a long-lived body of NDJSON chunks. Chunk
+    `i` of writer `X-Client-Id` is stored once, however often it is resent."""
+    who.require_secret("writing to a stream")
+    target_id = await resolve_target(run_id, target)
+    first = int(x_resume_from_chunk) if (x_resume_from_chunk or "").isdigit() else 0
+    writer = writer_id(x_client_id)
+    index = first
+    buffered = b""
+    pending: list[tuple[int, str]] = []
+    async for piece in request.stream():
+        buffered += piece
+        *lines, buffered = buffered.split(b"\n")
+        for line in lines:
+            if line.strip():
+                pending.append((index, _ndjson_chunk(line)))
+                index += 1
+        if len(buffered) > MAX_APPEND_BYTES:
+            raise PayloadTooLarge(f"a stream chunk is over {MAX_APPEND_BYTES} bytes")
+        if pending:
+            await core.append_writes(target_id, key, writer, pending)
+            pending = []
+    if buffered.strip():
+        pending.append((index, _ndjson_chunk(buffered)))
+    if pending:
+        await core.append_writes(target_id, key, writer, pending)
+    return AppendResponse()
+
+
+def _ndjson_chunk(line: bytes) -> str:
+    if len(line) > MAX_APPEND_BYTES:
+        raise PayloadTooLarge(f"a stream chunk is over {MAX_APPEND_BYTES} bytes")
+    try:
+        text = line.decode()
+        json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"every NDJSON line must be one JSON value: {e}") from e
+    return text
