@@ -1,0 +1,415 @@
+"""What every peer module shares: chunk format, statistics, helper processes, memory.
+
+Standard library only: this module is imported both by the peers' own venv
+(`.work/venv`) and by the project venv (Ray Serve and rayflow peers).
+
+Every peer module is a script with three roles, chosen by its first argument:
+
+- ``bench --config CFG --out OUT``: the host. Runs the tasks/workflows, starts
+  the helper processes below, writes one result dict (JSON) to OUT.
+- ``reader``: a helper process that reads an output stream (workloads 1, 2, 5).
+- ``sender``: a helper process that sends input (workloads 3, 4).
+
+Helpers talk to the host over stdin/stdout, one JSON object a line: the helper
+prints ``{"ready": true}`` once its client is connected, then takes one job a
+line and prints one result a line. So client start-up (``ray.init``, a DB
+pool) is never inside a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+CHUNK_BYTES = 64
+HERE = Path(__file__).resolve().parent
+
+
+# --- chunks: 64 ASCII bytes carrying their index and the writer's clock -----------------
+
+
+def make_chunk(seq: int) -> str:
+    """A 64-byte chunk: index, wall-clock ns at the moment of the write call, padding."""
+    head = f"{seq:08d} {time.time_ns():020d} "
+    return head + "x" * (CHUNK_BYTES - len(head))
+
+
+def chunk_seq(chunk: str) -> int:
+    return int(chunk[:8])
+
+
+def chunk_ts(chunk: str) -> int:
+    return int(chunk[9:29])
+
+
+def age_ms(ts_ns: int) -> float:
+    return (time.time_ns() - ts_ns) / 1e6
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no samples."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Median, p99 and count of a list of samples (the table's two numbers)."""
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "n": len(values)}
+
+
+def na(reason: str) -> dict[str, Any]:
+    return {"na": reason}
+
+
+# --- helper processes --------------------------------------------------------------------
+
+
+class Helper:
+    """A reader/sender subprocess driven line by line over stdin/stdout."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 120.0) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # inherit: a helper's traceback shows in the run's log
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {})},
+        )
+        first = self._read_line(ready_timeout_s)
+        if not first.get("ready"):
+            raise RuntimeError(f"helper {argv[1:3]} did not start: {first}")
+
+    def _read_line(self, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"helper {self.argv[1:3]} gave no answer in {timeout_s:.0f} s")
+                if not sel.select(timeout=min(left, 1.0)):
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(
+                            f"helper {self.argv[1:3]} exited with {self.proc.returncode}")
+                    continue
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(
+                        f"helper {self.argv[1:3]} closed its output (exit {self.proc.poll()})")
+                line = line.strip()
+                if line.startswith("{"):
+                    result: dict[str, Any] = json.loads(line)
+                    if "error" in result:
+                        raise RuntimeError(f"helper {self.argv[1:3]} failed: {result['error']}")
+                    return result
+                # anything else on stdout is a library's chatter; show it, keep reading
+                print(f"  [helper] {line}", file=sys.stderr)
+        finally:
+            sel.close()
+
+    def send(self, job: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, job: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
+        self.send(job)
+        return self._read_line(timeout_s)
+
+    def result(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        return self._read_line(timeout_s)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def __enter__(self) -> Helper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def helper_main(handle_job: Any, setup: Any = None) -> None:
+    """The loop of a helper process: set up, say ready, answer one job a line.
+
+    ``setup()`` returns a context object passed to ``handle_job(ctx, job)``; a
+    job's result dict is printed as one line. Exceptions are reported as
+    ``{"error": ...}`` and end the helper.
+    """
+    out = sys.stdout
+    # libraries that print to stdout must not break the line protocol
+    sys.stdout = sys.stderr
+    try:
+        ctx = setup() if setup else None
+        out.write(json.dumps({"ready": True}) + "\n")
+        out.flush()
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            result = handle_job(ctx, json.loads(line))
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+    except BaseException as e:  # report, then exit non-zero
+        import traceback
+
+        traceback.print_exc()
+        out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+        out.flush()
+        raise SystemExit(1) from e
+
+
+def helper_argv(script: str, role: str, cfg_path: str, python: str | None = None) -> list[str]:
+    return [python or sys.executable, str(HERE / script), role, "--config", cfg_path]
+
+
+# --- reading a stream: the shared measurement loop ----------------------------------------
+
+
+class LiveRead:
+    """Accumulates a live read of workload 1/5: per-chunk latency and throughput."""
+
+    def __init__(self) -> None:
+        self.lat_ms: list[float] = []
+        self.first_ts: int | None = None
+        self.last_recv: int = 0
+        self.expected_seq = 0
+        self.out_of_order = 0
+
+    def add(self, chunk: str) -> None:
+        now = time.time_ns()
+        ts = chunk_ts(chunk)
+        if self.first_ts is None:
+            self.first_ts = ts
+        if chunk_seq(chunk) != self.expected_seq:
+            self.out_of_order += 1
+        self.expected_seq = chunk_seq(chunk) + 1
+        self.lat_ms.append((now - ts) / 1e6)
+        self.last_recv = now
+
+    def result(self) -> dict[str, Any]:
+        span = (self.last_recv - (self.first_ts or self.last_recv)) / 1e9
+        return {
+            "count": len(self.lat_ms),
+            "throughput": len(self.lat_ms) / span if span > 0 else None,
+            "lat_ms": [round(x, 3) for x in self.lat_ms],
+            "out_of_order": self.out_of_order,
+        }
+
+
+def timed_late_read(chunks: Iterable[str], offset: int, total: int) -> dict[str, Any]:
+    """Workload 2: time to first chunk and to the last one, reading from ``offset``."""
+    t0 = time.perf_counter()
+    first_ms = None
+    n = 0
+    first_seq = None
+    for chunk in chunks:
+        if first_ms is None:
+            first_ms = (time.perf_counter() - t0) * 1e3
+            first_seq = chunk_seq(chunk)
+        n += 1
+        if first_seq is not None and first_seq + n >= total:
+            break
+    return {
+        "ttfc_ms": first_ms,
+        "all_ms": (time.perf_counter() - t0) * 1e3,
+        "count": n,
+        "first_seq": first_seq,
+    }
+
+
+# --- memory and processes held --------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces: the ppid follows the last ')'
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """The given pids and all their descendants that are alive now."""
+    kids = _children_map()
+    seen: list[int] = []
+    todo = [p for p in roots if os.path.exists(f"/proc/{p}")]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.append(pid)
+        todo.extend(kids.get(pid, []))
+    return seen
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def footprint(roots: Iterable[int]) -> dict[str, int]:
+    """Memory (PSS, KiB) and number of processes of the trees under ``roots``."""
+    pids = process_tree(roots)
+    return {"pss_kib": sum(pss_kib(p) for p in pids), "processes": len(pids)}
+
+
+# --- the bench entry -----------------------------------------------------------------------
+
+
+def load_config(argv: Sequence[str]) -> dict[str, Any]:
+    path = argv[argv.index("--config") + 1]
+    with open(path) as f:
+        cfg: dict[str, Any] = json.load(f)
+    cfg["_config_path"] = path
+    return cfg
+
+
+def write_result(argv: Sequence[str], result: dict[str, Any]) -> None:
+    path = argv[argv.index("--out") + 1]
+    with open(path, "w") as f:
+        json.dump(result, f)
+
+
+def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any]) -> dict[str, Any]:
+    """Run the selected workloads; a failure in one is recorded, the others still run."""
+    results: dict[str, Any] = {}
+    for number, fn in workloads.items():
+        if number not in cfg["workloads"]:
+            continue
+        started = time.monotonic()
+        print(f"  [{cfg['system']}] workload {number} …", file=sys.stderr, flush=True)
+        try:
+            results[f"w{number}"] = fn(cfg)
+        except Exception as e:  # one broken workload must not hide the others' figures
+            import traceback
+
+            traceback.print_exc()
+            results[f"w{number}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        results[f"w{number}"]["seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def paced(n: int, gap_s: float) -> Iterable[int]:
+    """Yield 0..n-1, one every ``gap_s`` seconds (open loop, no drift)."""
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i * gap_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield i
+
+
+# --- summaries the table is built from ---------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float | None:
+    return percentile(values, 50)
+
+
+def summarize_live(reps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Workloads 1 and 5: throughput (median of reps) and pooled per-chunk latency."""
+    lat: list[float] = [x for r in reps for x in r["lat_ms"]]
+    tps = [r["throughput"] for r in reps if r.get("throughput")]
+    return {
+        "throughput": median(tps),
+        "throughput_reps": [round(t) for t in tps],
+        "lat_ms": summary(lat),
+        "chunks": sum(r["count"] for r in reps),
+        "out_of_order": sum(r.get("out_of_order", 0) for r in reps),
+    }
+
+
+def summarize_late(samples: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Workload 2: time to first chunk from each offset, and to read to the end."""
+    out: dict[str, Any] = {}
+    for offset, reads in samples.items():
+        out[f"ttfc{offset}_ms"] = summary([r["ttfc_ms"] for r in reads if r["ttfc_ms"] is not None])
+        out[f"all{offset}_ms"] = summary([r["all_ms"] for r in reads])
+        out[f"count{offset}"] = [r["count"] for r in reads]
+    return out
+
+
+# --- SSE over HTTP (workload 5), for every system that offers it ----------------------------------
+
+
+def extract_chunk(data: str) -> str | None:
+    """The 64-byte chunk inside one SSE ``data:`` payload (raw or JSON-wrapped)."""
+    if len(data) == CHUNK_BYTES and data[8] == " ":
+        return data
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str) and len(v) == CHUNK_BYTES and v[8] == " ":
+            return v
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return None
+
+
+def sse_chunks(url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0,
+               total: int | None = None) -> Iterable[str]:
+    """Yield the chunks of an SSE response until it ends (or ``total`` were read)."""
+    import httpx
+
+    n = 0
+    with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client, \
+            client.stream("GET", url, headers={"Accept": "text/event-stream", **(headers or {})}) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            chunk = extract_chunk(line[5:].lstrip(" "))
+            if chunk is None:
+                continue
+            yield chunk
+            n += 1
+            if total is not None and n >= total:
+                return

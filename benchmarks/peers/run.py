@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""rayflow against its peers: the same workloads, one command, one table.
+
+    python benchmarks/peers/run.py                 # everything (~15-20 min on 2 cores)
+    python benchmarks/peers/run.py --quick         # small sizes, a few minutes
+    python benchmarks/peers/run.py --only dbos,redis --workloads 1,3
+
+Sets up what it needs (a venv with the peers' packages in benchmarks/peers/.work,
+Debian's redis-server and postgresql, the Restate server from npm), then runs
+the benchmark inside a fresh network namespace holding only the loopback
+interface (``unshare -n``), so no peer can reach anything but 127.0.0.1. Starts
+each server on a free loopback port, runs each system's module in its own
+process, prints the table and writes it into benchmarks/README.md between
+``<!-- peers:begin -->`` and ``<!-- peers:end -->``. Every server it started is
+stopped at the end, also on error.
+
+Workloads (issue 7): 1 output stream live, 2 late reader, 3 input while running,
+4 suspend and resume, 5 output stream over SSE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+WORK = HERE / ".work"
+VENV = WORK / "venv"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
+
+# Pinned: the table is only comparable between runs with the same peers.
+PEER_PACKAGES = [
+    "dbos==3.4.0",
+    "psycopg[binary]==3.3.9",
+    "restate-sdk==1.3.0",
+    "hypercorn==0.18.0",
+    "fastapi==0.165.0",
+    "sse-starlette==3.7.0",
+    "redis==8.1.0",
+    "uvicorn==0.54.0",
+    "httpx==0.28.1",
+]
+RESTATE_NPM = "@restatedev/restate-server@1.7.12"
+
+# name, module, which python runs it ("peers" venv or the "project" venv), servers it needs
+SYSTEMS: list[dict[str, Any]] = [
+    {"name": "rayflow", "module": "rayflow_peer.py", "python": "project", "needs": []},
+    {"name": "dbos-postgres", "module": "dbos_peer.py", "python": "peers", "needs": ["postgres"],
+     "extra": {"variant": "postgres"}},
+    {"name": "dbos-sqlite", "module": "dbos_peer.py", "python": "peers", "needs": [],
+     "extra": {"variant": "sqlite"}},
+    {"name": "restate", "module": "restate_peer.py", "python": "peers", "needs": ["restate"]},
+    {"name": "redis-diy", "module": "redis_diy_peer.py", "python": "peers", "needs": ["redis"]},
+    {"name": "ray-serve", "module": "serve_stream_peer.py", "python": "project", "needs": []},
+]
+
+SIZES = {
+    "full": {"n_chunks": 10_000, "reps": 3, "late_reps": 5, "n_inputs": 200, "input_gap_s": 0.01,
+             "n_waiters": 2000, "n_resume": 200, "resume_gap_s": 0.02, "timeout_s": 330},
+    "quick": {"n_chunks": 2_000, "reps": 1, "late_reps": 3, "n_inputs": 50, "input_gap_s": 0.01,
+              "n_waiters": 200, "n_resume": 50, "resume_gap_s": 0.02, "timeout_s": 180},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- setup: everything from the package registries, once ---------------------------------------
+
+
+def setup(systems: list[dict[str, Any]]) -> None:
+    needs = {n for s in systems for n in s["needs"]}
+    apt = []
+    if "redis" in needs and not shutil.which("redis-server"):
+        apt.append("redis-server")
+    if "postgres" in needs and not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
+        apt.append("postgresql")
+    if apt:
+        log(f"apt-get install {' '.join(apt)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *apt], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    if any(s["python"] == "peers" for s in systems):
+        marker = VENV / "peers-requirements.txt"
+        wanted = "\n".join(PEER_PACKAGES)
+        if not marker.exists() or marker.read_text() != wanted:
+            log(f"creating {VENV} with {len(PEER_PACKAGES)} packages from PyPI")
+            if not (VENV / "bin/python").exists():
+                subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+            subprocess.run([str(VENV / "bin/pip"), "install", "-q", *PEER_PACKAGES], check=True)
+            marker.write_text(wanted)
+    if "restate" in needs:
+        from _servers import RESTATE_BIN
+
+        if not RESTATE_BIN.exists():
+            log(f"npm install {RESTATE_NPM}")
+            (WORK / "restate").mkdir(parents=True, exist_ok=True)
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", RESTATE_NPM],
+                           cwd=WORK / "restate", check=True)
+
+
+def project_python() -> str:
+    venv = REPO / ".venv/bin/python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+# --- the benchmark phase (inside the loopback-only namespace) ----------------------------------------
+
+
+def run_system(system: dict[str, Any], cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    python = str(VENV / "bin/python") if system["python"] == "peers" else project_python()
+    with tempfile.TemporaryDirectory(prefix=f"peers-{system['name']}-") as tmp:
+        cfg_path, out_path = Path(tmp) / "config.json", Path(tmp) / "result.json"
+        cfg = {**cfg, **system.get("extra", {}), "system": system["name"], "tmp": tmp}
+        cfg_path.write_text(json.dumps(cfg))
+        argv = [python, str(HERE / system["module"]), "bench", "--config", str(cfg_path),
+                "--out", str(out_path)]
+        started = time.monotonic()
+        # its own process group, so a timeout ends the module and every helper it started
+        proc = subprocess.Popen(argv, cwd=HERE, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = None
+        finally:
+            # helpers left behind by a crash must not outlive the system's turn
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        seconds = round(time.monotonic() - started, 1)
+        result: dict[str, Any] = {}
+        if out_path.exists():
+            result = json.loads(out_path.read_text())
+        if "not_yet" in result:
+            return {"not_yet": result["not_yet"], "seconds": seconds}
+        if rc is None:
+            result["_error"] = f"timed out after {timeout_s:.0f} s"
+        elif rc != 0 and not result:
+            result["_error"] = f"exited with {rc}"
+        result["seconds"] = seconds
+        return result
+
+
+def bench(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, Any]:
+    from _servers import Servers, free_port
+
+    size = dict(SIZES["quick" if args.quick else "full"])
+    timeout_s = size.pop("timeout_s")
+    workloads = [int(w) for w in args.workloads.split(",")]
+    servers = Servers()
+    atexit.register(servers.stop_all)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results: dict[str, Any] = {}
+    try:
+        for system in systems:
+            cfg: dict[str, Any] = {**size, "workloads": workloads,
+                                   "free_ports": [free_port() for _ in range(3)],
+                                   "repo": str(REPO), "netns": bool(os.environ.get("PEERS_NETNS"))}
+            try:
+                for need in system["needs"]:
+                    if need == "postgres":
+                        if "postgres" not in servers.info:
+                            servers.start_postgres()
+                        cfg["pg_url"] = servers.create_database(
+                            f"bench_{system['name'].replace('-', '_')}_{int(time.time())}")
+                        cfg["pg_pid"] = servers.info["postgres"]["pid"]
+                    elif need == "redis":
+                        info = servers.info.get("redis") or servers.start_redis()
+                        cfg["redis_port"], cfg["redis_pid"] = info["port"], info["pid"]
+                    elif need == "restate":
+                        if not os.environ.get("PEERS_NETNS"):
+                            raise RuntimeError(
+                                "skipped: the Restate server checks for new versions on the "
+                                "internet; run.py runs it only in a loopback-only namespace "
+                                "(unshare -n), which is not available here")
+                        info = servers.info.get("restate") or servers.start_restate()
+                        cfg["restate"] = info
+            except Exception as e:
+                log(f"{system['name']}: cannot start its servers: {e}")
+                results[system["name"]] = {"_error": str(e)[:300]}
+                continue
+            log(f"{system['name']}: running workloads {workloads}")
+            results[system["name"]] = run_system(system, cfg, timeout_s)
+            log(f"{system['name']}: done in {results[system['name']].get('seconds')} s")
+    finally:
+        servers.stop_all()
+    return {"size": "quick" if args.quick else "full", "workloads": workloads,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results,
+            "size_params": size}
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+# (workload, label, key path, unit, lower is better, show p99)
+METRICS = [
+    (1, "chunks/s (median of runs)", ("w1", "throughput"), "/s", False, False),
+    (1, "write→read latency", ("w1", "lat_ms"), "ms", True, True),
+    (2, "first chunk from offset 0", ("w2", "ttfc0_ms"), "ms", True, True),
+    (2, "first chunk from offset 9,000", ("w2", "ttfc{late}_ms"), "ms", True, True),
+    (2, "read all from offset 0", ("w2", "all0_ms"), "ms", True, True),
+    (3, "send → received (running)", ("w3", "lat_ms"), "ms", True, True),
+    (4, "send → continued (suspended)", ("w4", "lat_ms"), "ms", True, True),
+    (4, "runs waiting at once", ("w4", "waiting"), "", False, False),
+    (4, "memory per waiting run", ("w4", "pss_kib_per_wait"), "KiB", True, False),
+    (4, "processes held while waiting", ("w4", "processes_held"), "", True, False),
+    (5, "SSE chunks/s (median of runs)", ("w5", "throughput"), "/s", False, False),
+    (5, "SSE write→read latency", ("w5", "lat_ms"), "ms", True, True),
+]
+
+
+def _fmt(x: float | None, unit: str) -> str:
+    if x is None:
+        return "–"
+    if float(x).is_integer() and unit in ("", "/s"):
+        return f"{x:,.0f}"
+    if unit == "/s" or abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _cell(result: dict[str, Any], path: tuple[str, str]) -> tuple[str, float | None]:
+    """Text of one cell and the number ratios are taken of (the median)."""
+    if "not_yet" in result:
+        return "not yet", None
+    if "_error" in result and path[0] not in result:
+        return "failed", None
+    w = result.get(path[0])
+    if w is None:
+        return "–", None
+    if "na" in w:
+        return "n/a", None
+    if "error" in w:
+        return "failed", None
+    v = w.get(path[1])
+    if v is None:
+        return "–", None
+    if isinstance(v, dict):
+        if v.get("na"):
+            return "n/a", None
+        return "", v.get("p50")
+    return "", float(v)
+
+
+def table(report: dict[str, Any]) -> str:
+    results = report["results"]
+    names = [s for s in results]
+    late = report["size_params"]["n_chunks"] - report["size_params"]["n_chunks"] // 10
+    head = ["#", "metric"] + names
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for number, label, path, unit, lower, p99 in METRICS:
+        if number not in report["workloads"]:
+            continue
+        path = (path[0], path[1].format(late=late))
+        label = label.replace("9,000", f"{late:,}")
+        ray = _cell(results["rayflow"], path)[1] if "rayflow" in results else None
+        row = [str(number), f"{label}{' (' + unit + ')' if unit and unit != '/s' else ''}"]
+        for name in names:
+            text, value = _cell(results[name], path)
+            if text:
+                row.append(text)
+                continue
+            v = results[name][path[0]][path[1]]
+            cell = _fmt(value, unit)
+            if p99 and isinstance(v, dict):
+                cell += f" / {_fmt(v.get('p99'), unit)}"
+            if name != "rayflow" and ray is not None and value:
+                cell += f" (×{ray / value:.2f})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    notes = []
+    for name in names:
+        r = results[name]
+        if "not_yet" in r:
+            notes.append(f"- **{name}**: not yet — {r['not_yet']}")
+        if "_error" in r:
+            notes.append(f"- **{name}**: {r['_error']}")
+        for w in ("w1", "w2", "w3", "w4", "w5"):
+            if isinstance(r.get(w), dict) and "na" in r[w]:
+                notes.append(f"- **{name}** workload {w[1]}: n/a — {r[w]['na']}")
+            elif isinstance(r.get(w), dict) and "error" in r[w]:
+                notes.append(f"- **{name}** workload {w[1]} failed: {r[w]['error']}")
+            elif isinstance(r.get(w), dict) and r[w].get("note"):
+                notes.append(f"- **{name}** workload {w[1]}: {r[w]['note']}")
+    sp = report["size_params"]
+    header = (
+        f"Run {report['date']} ({report['size']} size: {sp['n_chunks']:,} chunks × 64 B × "
+        f"{sp['reps']} runs, {sp['late_reps']} late reads per offset, {sp['n_inputs']} inputs "
+        f"every {sp['input_gap_s'] * 1000:.0f} ms, {sp['n_waiters']:,} waiting runs of which "
+        f"{sp['n_resume']} resumed). Cells: median / p99; in brackets the ratio "
+        "rayflow/peer of the medians (latency: < 1 means rayflow is faster; chunks/s: > 1 "
+        "means rayflow is faster). Noisy 2-core machine: read the ratios, not the digits."
+    )
+    return "\n".join([header, "", *lines, "", *notes])
+
+
+def write_readme(text: str, command: str) -> None:
+    section = f"{BEGIN}\n## Peers (issue 7)\n\nCommand: `{command}` — see `benchmarks/peers/run.py`.\n\n{text}\n{END}"
+    if README.exists():
+        body = README.read_text()
+        if BEGIN in body and END in body:
+            pre, rest = body.split(BEGIN, 1)
+            post = rest.split(END, 1)[1]
+            body = pre + section + post
+        else:
+            body = body.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        body = f"# Benchmarks\n\n{section}\n"
+    README.write_text(body)
+
+
+# --- entry ----------------------------------------------------------------------------------------------
+
+
+def select(only: str | None) -> list[dict[str, Any]]:
+    if not only:
+        return SYSTEMS
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = [s for s in SYSTEMS if any(s["name"].startswith(w) or w in s["name"] for w in wanted)]
+    if not chosen:
+        raise SystemExit(f"--only {only}: no system matches; systems: "
+                         + ", ".join(s["name"] for s in SYSTEMS))
+    return chosen
+
+
+def netns_available() -> bool:
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    try:
+        return subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"],
+                              capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    p.add_argument("--only", help="comma-separated systems (prefixes): rayflow,dbos,restate,redis,serve")
+    p.add_argument("--workloads", default="1,2,3,4,5", help="comma-separated workload numbers")
+    p.add_argument("--skip-setup", action="store_true", help="do not install anything")
+    p.add_argument("--no-netns", action="store_true",
+                   help="do not isolate in a loopback-only network namespace (Restate is skipped)")
+    p.add_argument("--no-readme", action="store_true", help="print the table only")
+    p.add_argument("--json", help="also write the raw results to this file")
+    args = p.parse_args()
+    sys.path.insert(0, str(HERE))
+    systems = select(args.only)
+    command = "python benchmarks/peers/run.py" + (" --quick" if args.quick else "")
+
+    if not os.environ.get("PEERS_BENCH_PHASE"):
+        if not args.skip_setup:
+            setup(systems)
+        env = {**os.environ, "PEERS_BENCH_PHASE": "1"}
+        argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+        if not args.no_netns and netns_available():
+            log("benchmarking inside a loopback-only network namespace (unshare -n)")
+            env["PEERS_NETNS"] = "1"
+            argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+        else:
+            log("no loopback-only namespace: servers still bind 127.0.0.1 only; Restate skipped")
+        return subprocess.run(argv, env=env).returncode
+
+    started = time.monotonic()
+    report = bench(args, systems)
+    report["seconds"] = round(time.monotonic() - started)
+    text = table(report)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    (WORK / "last-report.json").write_text(json.dumps(report, indent=1))
+    if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5":
+        write_readme(text, command)
+        log(f"table written to {README}")
+    elif not args.no_readme:
+        log("partial run (--only/--workloads): README not touched")
+    log(f"total {report['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
