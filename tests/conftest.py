@@ -1,0 +1,89 @@
+"""Shared fixtures: one real Ray instance per test session (on 127.0.0.1),
+and one rayflow deployment per store backend (SQLite, PostgreSQL) on it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from _store_fixtures import *  # noqa: F403  (store fixtures)
+
+T = TypeVar("T")
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(
+        namespace="rayflow-tests",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=8,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ],
+)
+def rf(
+    request: pytest.FixtureRequest,
+    ray_cluster: None,
+    session_store_url_for: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """rayflow initialised against a fresh store of each backend."""
+    import rayflow
+
+    backend: str = request.param
+    url = session_store_url_for(backend)
+    settings = rayflow.init(
+        store=url,
+        namespace=f"rf-test-{backend}",
+        data_dir=tmp_path_factory.mktemp(f"rf-{backend}"),
+        pool_size=2,
+    )
+    yield settings
+    rayflow.shutdown(stop_runs=True)
+
+
+def eventually(
+    check: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns a truthy value; fail clearly at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+
+
+async def eventually_async(
+    check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
