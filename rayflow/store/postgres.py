@@ -47,7 +47,7 @@ def redact(url: str) -> str:
 class PostgresStore(SqlStore):
     blob_type = "BYTEA"
     lock_clause = " FOR UPDATE"
-    migration_lock_sql = None  # f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
+    migration_lock_sql = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
 
     def __init__(
         self,
