@@ -28,7 +28,7 @@ from rayflow._response import Response
 from rayflow.durable import now, random, step
 from rayflow.runs import Run
 from rayflow.streams import OutputStream, StreamReader
-from rayflow.task import Result, RetryPolicy, RunHandle, Task, task, trigger
+from rayflow.task import Result, RetryPolicy, RunHandle, RunInfo, Task, context, task, trigger
 
 __version__ = "0.1.0"
 
@@ -94,9 +94,11 @@ __all__ = [
     "RetryPolicy",
     "Run",
     "RunHandle",
+    "RunInfo",
     "Settings",
     "StreamReader",
     "Task",
+    "context",
     "errors",
     "init",
     "now",

@@ -19,7 +19,7 @@ from rayflow import _tokens
 from rayflow._response import Response
 from rayflow._runtime import connection
 from rayflow._runtime.calls import call
-from rayflow._runtime.context import current_run
+from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
 from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
@@ -67,6 +67,33 @@ class Result(Generic[T]):
         if not self.ok:
             raise self.error or WaitTimeout("no result")
         return self.output  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run the calling code executes in (`rayflow.context()`)."""
+
+    id: str
+    task_id: str
+    attempt: int
+    parent_id: str | None
+    root_id: str
+    #: True while the run re-executes journaled operations after a revival
+    replaying: bool
+
+
+def context() -> RunInfo:
+    """The current run's id, task, attempt number and links. Raises
+    `OutsideTask` outside a running task."""
+    ctx = require_run("rayflow.context()")
+    return RunInfo(
+        id=ctx.run_id,
+        task_id=ctx.task_id,
+        attempt=ctx.attempt,
+        parent_id=ctx.parent_id,
+        root_id=ctx.root_id,
+        replaying=ctx.journal.replaying,
+    )
 
 
 def _payload_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
@@ -361,4 +388,14 @@ def trigger(
     return Response(lambda: _trigger(task_id, payload, options, idempotency_key, tags))
 
 
-__all__ = ["Result", "RetryPolicy", "RunHandle", "Task", "task", "trigger", "wait_for_run"]
+__all__ = [
+    "Result",
+    "RetryPolicy",
+    "RunHandle",
+    "RunInfo",
+    "Task",
+    "context",
+    "task",
+    "trigger",
+    "wait_for_run",
+]

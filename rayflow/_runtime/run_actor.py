@@ -184,6 +184,15 @@ class RunActor:
             raise RunFinished(f"run actor is not executing a run; write to the store for {key!r}")
         return await self.buffers.get(key).submit(writes)
 
+    def stream_stats(self) -> dict[str, dict[str, int]]:
+        """Per stream: committed length, chunks in the heap tail, sealed segments."""
+        if self.buffers is None:
+            return {}
+        return {
+            key: {"length": b.length, "tail": len(b.tail), "segments": len(b.segments)}
+            for key, b in self.buffers.streams.items()
+        }
+
     async def close_stream(self, key: str) -> None:
         if self.buffers is None:
             return
