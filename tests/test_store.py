@@ -1,0 +1,604 @@
+"""The Store contract, tested directly against SQLite and PostgreSQL.
+
+Every test taking `store` (or `store_url`) runs once per backend. The
+concurrency tests use separate store objects (separate connections) or
+separate processes, as the Controller, inbox actors and RunActors do.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
+
+from rayflow.store import Store, open_store
+from rayflow.store._schema import SCHEMA_VERSION
+from rayflow.store.base import (
+    ChunkWrite,
+    JournalEntry,
+    RunRecord,
+    StreamTooLargeError,
+    Waitpoint,
+    now_ms,
+)
+
+MiB = 1024 * 1024
+_spawn = multiprocessing.get_context("spawn")
+
+
+def _run(run_id: str, **fields: Any) -> RunRecord:
+    return RunRecord(id=run_id, task_id=fields.pop("task_id", "task-a"), **fields)
+
+
+def _chunks(*values: object) -> list[ChunkWrite]:
+    return [ChunkWrite(data=json.dumps(v)) for v in values]
+
+
+def _schema_versions(store: Store) -> list[int]:
+    with store._tx() as c:  # type: ignore[attr-defined]
+        return [int(r[0]) for r in c.execute("SELECT version FROM schema_version ORDER BY 1")]
+
+
+def _in_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, range(n)))
+
+
+# -- schema --------------------------------------------------------------------
+
+
+def test_migrate_twice_is_a_no_op(store: Store) -> None:
+    store.create_run(_run("run_1"))
+    store.migrate()
+    store.migrate()
+    assert _schema_versions(store) == list(range(1, SCHEMA_VERSION + 1))
+    got = store.get_run("run_1")
+    assert got is not None and got.task_id == "task-a"
+
+
+def _connect_unmigrated(url: str) -> Any:
+    if url.startswith("postgresql://"):
+        from rayflow.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    from rayflow.store.sqlite import SQLiteStore
+
+    return SQLiteStore(url.removeprefix("sqlite:///"))
+
+
+def _open_and_migrate(url: str, barrier: Any) -> None:
+    s = _connect_unmigrated(url)
+    barrier.wait(timeout=60)  # connected: now all migrate at the same moment
+    s.migrate()
+    s.close()
+
+
+def test_processes_opening_a_new_store_at_once_migrate_it_once(store_url: str) -> None:
+    barrier = _spawn.Barrier(3)
+    procs = [_spawn.Process(target=_open_and_migrate, args=(store_url, barrier)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    opened = open_store(store_url)
+    try:
+        assert _schema_versions(opened) == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        opened.close()
+
+
+# -- tasks ---------------------------------------------------------------------
+
+
+def test_task_blobs_round_trip_as_bytes(store: Store) -> None:
+    blob = bytes(range(256)) * 3
+    store.put_task("task-b", blob)
+    store.put_task("task-a", b"old")
+    store.put_task("task-a", b"new")
+    assert store.get_task("task-b") == blob
+    assert store.get_task("task-a") == b"new"
+    assert store.get_task("missing") is None
+    assert store.list_task_ids() == ["task-a", "task-b"]
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def test_create_and_get_run_round_trips_every_field(store: Store) -> None:
+    run = RunRecord(
+        id="run_1",
+        task_id="task-a",
+        status="EXECUTING",
+        payload='{"x": 1}',
+        parent_id="run_0",
+        root_id="run_0",
+        options='{"retry": 3}',
+        tags='["a"]',
+        idempotency_key="key-1",
+        attempt=2,
+        started_at=123,
+        actor_name="rayflow-run-run_1",
+    )
+    created, is_new = store.create_run(run)
+    assert is_new and created == run
+    assert store.get_run("run_1") == run
+    assert store.get_run("nope") is None
+
+
+def test_an_idempotency_key_returns_the_existing_run(store: Store) -> None:
+    first, created = store.create_run(_run("run_1", idempotency_key="k"))
+    assert created
+    again, created = store.create_run(_run("run_2", idempotency_key="k"))
+    assert not created and again.id == "run_1"
+    assert store.get_run("run_2") is None
+    # the key is per task, and runs without a key never collide
+    other, created = store.create_run(_run("run_3", task_id="task-b", idempotency_key="k"))
+    assert created and other.id == "run_3"
+    assert store.create_run(_run("run_4"))[1]
+    assert store.create_run(_run("run_5"))[1]
+
+
+def test_concurrent_triggers_with_one_idempotency_key_create_one_run(
+    store_url: str,
+) -> None:
+    stores = [open_store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def trigger(i: int) -> tuple[str, bool]:
+        barrier.wait(timeout=30)
+        run, created = stores[i].create_run(_run(f"run_{i}", idempotency_key="once"))
+        return run.id, created
+
+    try:
+        results = _in_threads(4, trigger)
+    finally:
+        for s in stores:
+            s.close()
+    assert sum(created for _, created in results) == 1
+    winner = next(run_id for run_id, created in results if created)
+    assert {run_id for run_id, _ in results} == {winner}
+
+
+def test_update_run_sets_fields_and_updated_at(store: Store) -> None:
+    store.create_run(_run("run_1", updated_at=1))
+    store.update_run("run_1", status="EXECUTING", attempt=1, actor_name="a1", started_at=5)
+    got = store.get_run("run_1")
+    assert got is not None
+    assert (got.status, got.attempt, got.actor_name, got.started_at) == ("EXECUTING", 1, "a1", 5)
+    assert got.updated_at > 1
+    with pytest.raises(ValueError, match="unknown run fields"):
+        store.update_run("run_1", colour="blue")
+
+
+def test_finish_run_closes_its_streams_and_only_happens_once(store: Store) -> None:
+    store.create_run(_run("run_1", status="WAITING", actor_name="a1"))
+    store.append_chunks("run_1", "default", _chunks("a"), MiB)
+    store.append_chunks("run_1", "logs", _chunks("b"), MiB)
+    store.put_waitpoint(Waitpoint("run_1", "approval", None, None, "PENDING", None))
+    assert store.finish_run("run_1", "COMPLETED", '{"ok": true}', None)
+    got = store.get_run("run_1")
+    assert got is not None and got.finished
+    assert (got.status, got.output, got.error, got.actor_name) == (
+        "COMPLETED",
+        '{"ok": true}',
+        None,
+        None,
+    )
+    assert got.finished_at is not None
+    assert [(s.key, s.closed) for s in store.list_streams("run_1")] == [
+        ("default", True),
+        ("logs", True),
+    ]
+    assert store.get_waitpoint("run_1") is None
+    # a second finish (a late cancel, a duplicate completion) changes nothing
+    assert not store.finish_run("run_1", "CANCELED", None, '{"name": "x"}')
+    again = store.get_run("run_1")
+    assert again is not None and (again.status, again.output) == ("COMPLETED", '{"ok": true}')
+
+
+def test_list_runs_filters_and_orders_newest_first(store: Store) -> None:
+    store.create_run(_run("r1", created_at=1000, status="COMPLETED"))
+    store.create_run(_run("r2", created_at=2000, task_id="task-b", parent_id="r1"))
+    store.create_run(_run("r3", created_at=3000, status="EXECUTING", parent_id="r1"))
+    store.create_run(_run("r4", created_at=4000, status="WAITING"))
+
+    def ids(**kw: Any) -> list[str]:
+        return [r.id for r in store.list_runs(**kw)]
+
+    assert ids() == ["r4", "r3", "r2", "r1"]
+    assert ids(statuses=["EXECUTING", "WAITING"]) == ["r4", "r3"]
+    assert ids(task_id="task-b") == ["r2"]
+    assert ids(parent_id="r1") == ["r3", "r2"]
+    assert ids(limit=2) == ["r4", "r3"]
+    assert ids(before_created_at=3000) == ["r2", "r1"]
+    assert ids(task_id="task-a", statuses=["QUEUED", "COMPLETED"]) == ["r1"]
+
+
+# -- output streams ------------------------------------------------------------
+
+
+def test_append_assigns_consecutive_indexes_and_reads_from_the_middle(store: Store) -> None:
+    first = store.append_chunks("run_1", "default", _chunks(*range(60)), MiB)
+    assert first.seqs == list(range(60)) and first.length == 60
+    second = store.append_chunks("run_1", "default", _chunks(*range(60, 100)), MiB)
+    assert second.seqs == list(range(60, 100)) and second.length == 100
+    middle = store.read_chunks("run_1", "default", 37, 5)
+    assert [c.seq for c in middle] == [37, 38, 39, 40, 41]
+    assert [json.loads(c.data) for c in middle] == [37, 38, 39, 40, 41]
+    assert [c.seq for c in store.read_chunks("run_1", "default", 98, 10)] == [98, 99]
+    assert store.read_chunks("run_1", "default", 100, 10) == []
+    # streams of one run are independent
+    assert store.append_chunks("run_1", "other", _chunks("x"), MiB).seqs == [0]
+    info = store.stream_info("run_1", "default")
+    assert info is not None
+    assert (info.length, info.closed) == (100, False)
+    assert info.size_bytes == sum(len(json.dumps(i)) for i in range(100))
+    assert store.stream_info("run_1", "missing") is None
+
+
+def test_chunks_keep_their_json_text_and_record_id(store: Store) -> None:
+    data = json.dumps({"text": "héllo ✓", "n": [1, 2.5, None]})
+    store.append_chunks("run_1", "k", [ChunkWrite(data=data, record_id="rec-1")], MiB)
+    [chunk] = store.read_chunks("run_1", "k", 0, 10)
+    assert (chunk.seq, chunk.data, chunk.record_id) == (0, data, "rec-1")
+    assert abs(chunk.created_at - now_ms()) < 60_000
+
+
+def test_replayed_writes_are_dropped_without_leaving_a_gap(store: Store) -> None:
+    def w(seq: int, value: object) -> ChunkWrite:
+        return ChunkWrite(data=json.dumps(value), writer_id="w1", writer_seq=seq)
+
+    first = store.append_chunks("run_1", "k", [w(0, "a"), w(1, "b"), w(1, "b"), w(0, "a")], MiB)
+    assert first.seqs == [0, 1, None, None] and first.length == 2
+    # a revived run replays its writes, then continues
+    replay = store.append_chunks(
+        "run_1", "k", [w(0, "a"), w(1, "b"), ChunkWrite(data='"anon"'), w(2, "c")], MiB
+    )
+    assert replay.seqs == [None, None, 2, 3] and replay.length == 4
+    assert [json.loads(c.data) for c in store.read_chunks("run_1", "k", 0, 10)] == [
+        "a",
+        "b",
+        "anon",
+        "c",
+    ]
+    store.append_chunks("run_1", "other", [ChunkWrite(data="1", writer_id="w1", writer_seq=7)], MiB)
+    assert store.writer_positions("run_1") == {("k", "w1"): 2, ("other", "w1"): 7}
+    assert store.writer_positions("run_2") == {}
+
+
+def test_a_batch_past_the_size_limit_stores_none_of_its_chunks(store: Store) -> None:
+    store.append_chunks("run_1", "k", [ChunkWrite(data='"abc"', writer_id="w", writer_seq=0)], 10)
+    batch = [
+        ChunkWrite(data='"d"', writer_id="w", writer_seq=1),
+        ChunkWrite(data='"efgh"', writer_id="w", writer_seq=2),
+    ]
+    with pytest.raises(StreamTooLargeError) as err:
+        store.append_chunks("run_1", "k", batch, 10)
+    assert (err.value.run_id, err.value.key, err.value.size, err.value.limit) == (
+        "run_1",
+        "k",
+        14,
+        10,
+    )
+    info = store.stream_info("run_1", "k")
+    assert info is not None and (info.length, info.size_bytes) == (1, 5)
+    assert [c.data for c in store.read_chunks("run_1", "k", 0, 10)] == ['"abc"']
+    assert store.writer_positions("run_1") == {("k", "w"): 0}
+    # the limit is in bytes of UTF-8, and a stream may fill it exactly
+    assert store.append_chunks("run_1", "k", _chunks("d", "e"), 11).seqs == [1, 2]
+    with pytest.raises(StreamTooLargeError):
+        store.append_chunks("run_1", "k2", [ChunkWrite(data='"éé"')], 5)
+    assert store.stream_info("run_1", "k2") is None
+
+
+def test_concurrent_appends_from_threads_give_a_gapless_sequence(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def writer(i: int) -> list[int | None]:
+        barrier.wait(timeout=30)
+        seqs: list[int | None] = []
+        for n in range(0, 100, 5):
+            writes = [
+                ChunkWrite(data=json.dumps([i, k]), writer_id=f"t{i}", writer_seq=k)
+                for k in range(n, n + 5)
+            ]
+            seqs += stores[i].append_chunks("run_1", "race", writes, MiB).seqs
+        return seqs
+
+    try:
+        results = _in_threads(2, writer)
+    finally:
+        for s in stores:
+            s.close()
+    opened = open_store(store_url)
+    try:
+        _assert_gapless_race(opened, results, writers=2, per_writer=100)
+    finally:
+        opened.close()
+
+
+def _append_from_process(url: str, i: int, barrier: Any, out: Any) -> None:
+    s = open_store(url)
+    barrier.wait(timeout=60)
+    seqs: list[int | None] = []
+    for n in range(0, 200, 10):
+        writes = [
+            ChunkWrite(data=json.dumps([i, k]), writer_id=f"p{i}", writer_seq=k)
+            for k in range(n, n + 10)
+        ]
+        seqs += s.append_chunks("run_1", "race", writes, MiB).seqs
+    s.close()
+    out.put((i, seqs))
+
+
+def test_concurrent_appends_from_two_processes_into_a_new_stream_are_gapless(
+    store_url: str,
+) -> None:
+    barrier, out = _spawn.Barrier(2), _spawn.Queue()
+    procs = [
+        _spawn.Process(target=_append_from_process, args=(store_url, i, barrier, out))
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    opened = open_store(store_url)
+    try:
+        _assert_gapless_race(opened, [got[0], got[1]], writers=2, per_writer=200)
+    finally:
+        opened.close()
+
+
+def _assert_gapless_race(
+    store: Store, results: list[list[int | None]], *, writers: int, per_writer: int
+) -> None:
+    total = writers * per_writer
+    returned = [s for seqs in results for s in seqs]
+    assert None not in returned
+    assert sorted(returned) == list(range(total))  # type: ignore[type-var]
+    chunks = store.read_chunks("run_1", "race", 0, total + 10)
+    assert [c.seq for c in chunks] == list(range(total))
+    values = [tuple(json.loads(c.data)) for c in chunks]
+    assert sorted(values) == [(i, k) for i in range(writers) for k in range(per_writer)]
+    for i in range(writers):
+        # each writer's own chunks keep its order, and got the seqs it was told
+        mine = [(c.seq, v[1]) for c, v in zip(chunks, values, strict=True) if v[0] == i]
+        assert [k for _, k in mine] == list(range(per_writer))
+        assert [seq for seq, _ in mine] == results[i]
+    info = store.stream_info("run_1", "race")
+    assert info is not None and info.length == total
+
+
+def test_close_stream_marks_it_closed_even_before_its_first_chunk(store: Store) -> None:
+    store.append_chunks("run_1", "a", _chunks(1, 2), MiB)
+    store.close_stream("run_1", "a")
+    store.close_stream("run_1", "b")
+    streams = {s.key: s for s in store.list_streams("run_1")}
+    assert set(streams) == {"a", "b"}
+    assert (streams["a"].closed, streams["a"].length) == (True, 2)
+    assert (streams["b"].closed, streams["b"].length) == (True, 0)
+
+
+def test_delete_expired_never_touches_active_runs(store: Store) -> None:
+    old, recent = now_ms() - 40 * 86_400_000, now_ms()
+    store.create_run(_run("active", status="WAITING", created_at=old))
+    store.create_run(_run("expired", created_at=old))
+    store.create_run(_run("recent", created_at=old))
+    for run_id in ("active", "expired", "recent"):
+        store.append_chunks(run_id, "k", [ChunkWrite(data="1", writer_id="w", writer_seq=0)], MiB)
+        store.journal_append(run_id, 0, [JournalEntry(0, "step", "s", "1")])
+        store.inbox_append(run_id, "approval", "true")
+    store.finish_run("expired", "COMPLETED", "1", None)
+    store.finish_run("recent", "COMPLETED", "1", None)
+    store.update_run("expired", finished_at=old)
+    store.update_run("recent", finished_at=recent)
+
+    assert store.delete_expired(now_ms() - 28 * 86_400_000) == 1
+
+    assert store.get_run("expired") is None
+    assert store.stream_info("expired", "k") is None
+    assert store.read_chunks("expired", "k", 0, 10) == []
+    assert store.writer_positions("expired") == {}
+    assert store.journal_load("expired", 0) == []
+    assert store.inbox_read("expired", "approval", 0, 10) == []
+    for run_id in ("active", "recent"):
+        assert store.get_run(run_id) is not None
+        assert len(store.read_chunks(run_id, "k", 0, 10)) == 1
+        assert store.writer_positions(run_id) == {("k", "w"): 0}
+        assert len(store.journal_load(run_id, 0)) == 1
+        assert len(store.inbox_read(run_id, "approval", 0, 10)) == 1
+    # even a cut-off in the future leaves the active run alone
+    assert store.delete_expired(now_ms() + 86_400_000) == 1
+    assert store.get_run("active") is not None
+    assert len(store.read_chunks("active", "k", 0, 10)) == 1
+
+
+# -- journal -------------------------------------------------------------------
+
+
+def test_journal_appends_load_in_order_per_attempt(store: Store) -> None:
+    store.journal_append("run_1", 0, [JournalEntry(1, "once", "approval", '{"ok": 1}')])
+    store.journal_append("run_1", 0, [JournalEntry(0, "step", "prepare", '"draft"')])
+    store.journal_append(
+        "run_1", 0, [JournalEntry(2, "now", "", "123"), JournalEntry(3, "random", "", "0.5")]
+    )
+    store.journal_append("run_1", 1, [JournalEntry(0, "step", "other", "null")])
+    store.journal_append("run_1", 0, [])
+    # a replayed entry with a seq already stored keeps the first outcome
+    store.journal_append("run_1", 0, [JournalEntry(0, "step", "prepare", '"changed"')])
+    assert store.journal_load("run_1", 0) == [
+        JournalEntry(0, "step", "prepare", '"draft"'),
+        JournalEntry(1, "once", "approval", '{"ok": 1}'),
+        JournalEntry(2, "now", "", "123"),
+        JournalEntry(3, "random", "", "0.5"),
+    ]
+    assert store.journal_load("run_1", 1) == [JournalEntry(0, "step", "other", "null")]
+    assert store.journal_load("run_2", 0) == []
+
+
+# -- input streams -------------------------------------------------------------
+
+
+def test_inbox_messages_are_numbered_per_stream_and_read_in_order(store: Store) -> None:
+    store.create_run(_run("run_1", status="EXECUTING"))
+    sent = [store.inbox_append("run_1", "approval", json.dumps(i)) for i in range(5)]
+    assert [m.seq for m in sent] == [0, 1, 2, 3, 4]
+    assert store.inbox_append("run_1", "cancel", "{}").seq == 0
+    got = store.inbox_read("run_1", "approval", 2, 2)
+    assert [(m.seq, m.data) for m in got] == [(2, "2"), (3, "3")]
+    assert [m.seq for m in store.inbox_read("run_1", "approval", 0, 100)] == list(range(5))
+    assert store.inbox_read("run_1", "approval", 5, 10) == []
+    assert store.inbox_streams("run_1") == ["approval", "cancel"]
+    assert store.inbox_streams("run_2") == []
+
+
+def test_concurrent_senders_to_one_run_get_gapless_ordered_seqs(store_url: str) -> None:
+    setup = open_store(store_url)
+    setup.create_run(_run("run_1", status="EXECUTING"))
+    stores = [open_store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def sender(i: int) -> list[int]:
+        barrier.wait(timeout=30)
+        return [stores[i].inbox_append("run_1", "chat", json.dumps([i, k])).seq for k in range(25)]
+
+    try:
+        results = _in_threads(4, sender)
+        messages = setup.inbox_read("run_1", "chat", 0, 1000)
+    finally:
+        for s in [setup, *stores]:
+            s.close()
+    assert sorted(s for seqs in results for s in seqs) == list(range(100))
+    assert [m.seq for m in messages] == list(range(100))
+    by_sender: dict[int, list[int]] = {}
+    for m in messages:
+        i, k = json.loads(m.data)
+        by_sender.setdefault(i, []).append(k)
+        assert m.seq == results[i][k]  # the seq each sender was acknowledged with
+    assert by_sender == {i: list(range(25)) for i in range(4)}
+
+
+def test_waitpoints_resolve_only_once_and_come_due_by_deadline(store: Store) -> None:
+    now = now_ms()
+    store.put_waitpoint(Waitpoint("late", "approval", now - 10, "idem", "PENDING", None))
+    store.put_waitpoint(Waitpoint("later", "approval", now - 5, None, "PENDING", None))
+    store.put_waitpoint(Waitpoint("future", "approval", now + 60_000, None, "PENDING", None))
+    store.put_waitpoint(Waitpoint("forever", "approval", None, None, "PENDING", None))
+
+    assert [w.run_id for w in store.due_waitpoints(now)] == ["late", "later"]
+    assert {w.run_id for w in store.pending_waitpoints()} == {"late", "later", "future", "forever"}
+    wp = store.get_waitpoint("late")
+    assert wp is not None
+    assert (wp.stream_id, wp.deadline, wp.idempotency_key, wp.status) == (
+        "approval",
+        now - 10,
+        "idem",
+        "PENDING",
+    )
+
+    assert store.resolve_waitpoint("late", "RESOLVED", 3)
+    assert not store.resolve_waitpoint("late", "TIMED_OUT", None)
+    resolved = store.get_waitpoint("late")
+    assert resolved is not None and (resolved.status, resolved.inbox_seq) == ("RESOLVED", 3)
+    assert [w.run_id for w in store.due_waitpoints(now)] == ["later"]
+    assert not store.resolve_waitpoint("nobody", "RESOLVED", 0)
+
+    # the run waits again: the waitpoint is replaced and pending once more
+    store.put_waitpoint(Waitpoint("late", "cancel", now + 60_000, None, "PENDING", None))
+    again = store.get_waitpoint("late")
+    assert again is not None and (again.stream_id, again.status, again.inbox_seq) == (
+        "cancel",
+        "PENDING",
+        None,
+    )
+
+
+def test_a_send_and_a_timeout_racing_for_one_waitpoint_have_one_winner(store_url: str) -> None:
+    setup = open_store(store_url)
+    setup.put_waitpoint(Waitpoint("run_1", "approval", now_ms(), None, "PENDING", None))
+    stores = [open_store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def resolve(i: int) -> bool:
+        barrier.wait(timeout=30)
+        return stores[i].resolve_waitpoint("run_1", "RESOLVED" if i % 2 else "TIMED_OUT", i)
+
+    try:
+        wins = _in_threads(4, resolve)
+        wp = setup.get_waitpoint("run_1")
+    finally:
+        for s in [setup, *stores]:
+            s.close()
+    assert wins.count(True) == 1
+    winner = wins.index(True)
+    assert wp is not None and wp.inbox_seq == winner
+
+
+# -- PostgreSQL specifics --------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_pickles_to_a_fresh_connection(
+    store_url_for: Callable[[str], str],
+) -> None:
+    url = store_url_for("postgres")
+    original = open_store(url)
+    original.create_run(_run("run_1"))
+    copy = pickle.loads(pickle.dumps(original))
+    try:
+        assert copy.url == url
+        got = copy.get_run("run_1")
+        assert got is not None and got.id == "run_1"
+    finally:
+        copy.close()
+        original.close()
+
+
+def test_an_unreachable_postgres_fails_clearly_without_showing_the_password() -> None:
+    import socket
+
+    from rayflow.store.postgres import PostgresStore
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://rayflow:s3cret@127.0.0.1:{port}/rayflow?connect_timeout=1"
+    with pytest.raises(ConnectionError) as err:
+        PostgresStore(url, connect_timeout_s=1.5)
+    assert "rayflow:***@127.0.0.1" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+def test_without_a_postgres_url_ci_fails_instead_of_skipping() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAYFLOW_TEST_POSTGRES_URL"}
+    env["CI"] = "1"
+    test_id = f"{__file__}::test_migrate_twice_is_a_no_op[postgres]"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test_id],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # a fixture failure is reported as an error: the run fails, nothing is skipped
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert "1 error" in summary and "skipped" not in summary, proc.stdout
+    assert "RAYFLOW_TEST_POSTGRES_URL is not set" in proc.stdout
