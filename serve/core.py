@@ -16,7 +16,7 @@ from rayflow._runtime import http_support
 from rayflow._runtime.connection import Connection, current
 from rayflow.errors import RunNotFound
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
-from serve.sources import StoreSource, input_reader, output_reader
+from serve.sources import ReaderSource, StoreSource, input_reader
 from serve.sse import RecordSource
 
 
@@ -68,16 +68,15 @@ async def trigger(task_id: str, payload: Any, options: dict[str, Any]) -> tuple[
     """Start a run; returns (run id, whether an idempotency key found an old run)."""
     import rayflow
 
-    kwargs: dict[str, Any] = {}
-    if "idempotencyKey" in options:
-        kwargs["idempotency_key"] = options["idempotencyKey"]
-    if "tags" in options:
-        tags = options["tags"]
-        kwargs["tags"] = [tags] if isinstance(tags, str) else list(tags)
-    if "maxDuration" in options:
-        kwargs["max_duration"] = options["maxDuration"]
-    handle = await rayflow.tasks.trigger(task_id, payload, **kwargs)
-    return handle.id, bool(getattr(handle, "is_cached", False))
+    tags = options.get("tags")
+    handle = await rayflow.trigger(
+        task_id,
+        payload,
+        idempotency_key=options.get("idempotencyKey"),
+        tags=[tags] if isinstance(tags, str) else tags,
+        max_duration=options.get("maxDuration"),
+    )
+    return handle.id, handle.is_cached
 
 
 async def cancel(run_id: str) -> None:
@@ -117,19 +116,10 @@ async def stream_length(run_id: str, key: str) -> int:
 
 async def output_source(run_id: str, key: str, start: int | None) -> RecordSource:
     """Records of the run's stream `key` from `start` on (None: the current tail)."""
-    store = _conn().store
     await get_run(run_id)
     if start is None:
         start = await stream_length(run_id, key)
-
-    async def is_closed() -> bool:
-        info = await asyncio.to_thread(store.stream_info, run_id, key)
-        if info is not None and info.closed:
-            return True
-        run = await asyncio.to_thread(store.get_run, run_id)
-        return run is None or run.finished
-
-    return StoreSource(output_reader(store, run_id, key), is_closed, start)
+    return ReaderSource(run_id, key, start)
 
 
 async def input_source(run_id: str, stream_id: str, start: int | None) -> RecordSource:

@@ -1,0 +1,209 @@
+"""Fixtures for the HTTP tests: the real Ray Serve app on a free loopback
+port, test tasks registered by id, and an SSE reader that records events.
+
+Use from a test module (which also pins the `rf` deployment to SQLite —
+the HTTP layer does not depend on the Store backend, tests/test_store.py
+covers that):
+
+    from _http_fixtures import *  # noqa: F403
+    pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+import rayflow
+from rayflow import streams, task
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class HttpApi:
+    url: str
+    secret_key: str
+
+    def headers(self, token: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.secret_key}", **extra}
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def http_api(rf: Any) -> Iterator[HttpApi]:
+    """rayflow's Serve app on 127.0.0.1:<free port>, for the whole session."""
+    from ray import serve as ray_serve
+
+    from serve.app import start
+
+    settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
+    url = start(settings)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Serve app did not answer on {url}/healthz within 60 s")
+        time.sleep(0.2)
+    yield HttpApi(url=url, secret_key=settings.secret_key)
+    ray_serve.shutdown()
+
+
+# -- tasks the HTTP tests trigger by id ------------------------------------------
+# (payload annotations use only builtins: the task travels to its RunActor by
+# value, and under `from __future__ import annotations` its annotations are
+# resolved there, where names like `Any` are not defined)
+@task(id="http-emit")
+async def http_emit(payload: dict) -> dict:  # type: ignore[type-arg]
+    """Write `n` chunks {"i": i} to stream `key`, `delay_s` apart, then finish
+    (or hold the run open `hold_s` more seconds)."""
+    key = payload.get("key", "default")
+    delay = float(payload.get("delay_s", 0))
+    n = int(payload["n"])
+    if delay:
+        for i in range(n):
+            await streams.append(key, {"i": i})
+            await asyncio.sleep(delay)
+    else:
+        async with streams.writer(key) as w:
+            for i in range(n):
+                w.write({"i": i})
+    await asyncio.sleep(float(payload.get("hold_s", 0)))
+    return {"emitted": n}
+
+
+@task(id="http-hold")
+async def http_hold(payload: dict) -> str:  # type: ignore[type-arg]
+    """Stay running `hold_s` seconds (streams are written from outside)."""
+    await asyncio.sleep(float(payload.get("hold_s", 60)))
+    return "held"
+
+
+TEST_TASKS = [http_emit, http_hold]
+
+
+@pytest.fixture(scope="session")
+async def http_tasks(http_api: HttpApi) -> HttpApi:
+    """The test tasks registered, so HTTP can trigger them by id."""
+    for t in TEST_TASKS:
+        await t._register()
+    return http_api
+
+
+async def trigger(api: HttpApi, task_id: str, payload: Any) -> tuple[str, str]:
+    """Trigger over HTTP; returns (run id, the run's public access token)."""
+    async with api.client() as c:
+        r = await c.post(
+            f"/api/v1/tasks/{task_id}/trigger", headers=api.headers(), json={"payload": payload}
+        )
+    assert r.status_code == 200, r.text
+    return r.json()["id"], r.headers["x-trigger-jwt"]
+
+
+async def wait_finished(run_id: str, timeout_s: float = 60) -> rayflow.Run:
+    run: rayflow.Run = await asyncio.wait_for(rayflow.runs.wait(run_id), timeout_s)
+    return run
+
+
+# -- an SSE client that records what it got -------------------------------------------
+@dataclass
+class SSEEvent:
+    event: str | None
+    id: str | None
+    data: str
+
+
+@dataclass
+class SSEResult:
+    status: int
+    headers: dict[str, str]
+    events: list[SSEEvent] = field(default_factory=list)
+    body: str = ""
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for ev in self.events:
+            if ev.event == "batch":
+                out.extend(json.loads(ev.data)["records"])
+        return out
+
+    @property
+    def chunks(self) -> list[tuple[int, Any]]:
+        """(index, data) of every record, in order."""
+        return [(r["seq_num"], json.loads(r["body"])["data"]) for r in self.records]
+
+    @property
+    def done(self) -> bool:
+        return any(ev.data == "[DONE]" for ev in self.events)
+
+
+def parse_sse(text: str) -> list[SSEEvent]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        event = id_ = None
+        data: list[str] = []
+        for line in block.split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "id":
+                id_ = value
+            elif name == "data":
+                data.append(value)
+        events.append(SSEEvent(event, id_, "\n".join(data)))
+    return events
+
+
+async def read_sse(
+    api: HttpApi,
+    path: str,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    max_records: int | None = None,
+    timeout_s: float = 60,
+) -> SSEResult:
+    """GET an SSE path and read until the body ends (or `max_records`, then
+    cut the connection)."""
+    async with api.client(timeout=httpx.Timeout(timeout_s)) as c:
+        hdrs = {"Accept": "text/event-stream", **api.headers(token), **(headers or {})}
+        async with c.stream("GET", path, headers=hdrs) as r:
+            result = SSEResult(status=r.status_code, headers=dict(r.headers))
+            buffered = ""
+            async for text in r.aiter_text():
+                buffered += text
+                complete, sep, rest = buffered.rpartition("\n\n")
+                if not sep:
+                    continue
+                result.events.extend(parse_sse(complete + sep))
+                result.body += complete + sep
+                buffered = rest
+                if max_records is not None and len(result.records) >= max_records:
+                    return result
+            result.body += buffered
+            result.events.extend(parse_sse(buffered))
+    return result
