@@ -79,9 +79,12 @@ MIGRATIONS: list[list[str]] = [
             stream_id TEXT NOT NULL,
             seq BIGINT NOT NULL,
             data TEXT NOT NULL,
+            message_id TEXT,
             created_at BIGINT NOT NULL,
             PRIMARY KEY (run_id, stream_id, seq)
         )""",
+        """CREATE UNIQUE INDEX IF NOT EXISTS inbox_message_id
+            ON inbox (run_id, stream_id, message_id)""",
         """CREATE TABLE IF NOT EXISTS waitpoints (
             run_id TEXT PRIMARY KEY,
             stream_id TEXT NOT NULL,

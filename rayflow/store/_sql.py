@@ -19,6 +19,8 @@ from rayflow.store.base import (
     ChunkWrite,
     InboxMessage,
     JournalEntry,
+    RunFinishedError,
+    RunMissingError,
     RunRecord,
     StreamInfo,
     StreamTooLargeError,
@@ -352,20 +354,36 @@ class SqlStore:
         return [JournalEntry(seq=int(r[0]), kind=r[1], name=r[2], value=r[3]) for r in rows]
 
     # -- input streams ---------------------------------------------------------
-    def inbox_append(self, run_id: str, stream_id: str, data: str) -> InboxMessage:
+    def inbox_append(
+        self, run_id: str, stream_id: str, data: str, message_id: str | None = None
+    ) -> InboxMessage:
         now = now_ms()
         with self._tx() as c:
             # the run row serialises concurrent senders to one run
-            c.execute("SELECT id FROM runs WHERE id = ?" + self.lock_clause, (run_id,))
+            run = c.execute(
+                "SELECT status FROM runs WHERE id = ?" + self.lock_clause, (run_id,)
+            ).fetchone()
+            if run is None:
+                raise RunMissingError(run_id)
+            if run[0] in FINISHED_STATUSES:
+                raise RunFinishedError(run_id, run[0])
+            if message_id is not None:
+                seen = c.execute(
+                    "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
+                    " AND message_id = ?",
+                    (run_id, stream_id, message_id),
+                ).fetchone()
+                if seen:
+                    return InboxMessage(seq=int(seen[0]), data=seen[1], created_at=int(seen[2]))
             row = c.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM inbox WHERE run_id = ? AND stream_id = ?",
                 (run_id, stream_id),
             ).fetchone()
             seq = int(row[0])
             c.execute(
-                "INSERT INTO inbox (run_id, stream_id, seq, data, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (run_id, stream_id, seq, data, now),
+                "INSERT INTO inbox (run_id, stream_id, seq, data, message_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, stream_id, seq, data, message_id, now),
             )
         return InboxMessage(seq=seq, data=data, created_at=now)
 
@@ -419,6 +437,10 @@ class SqlStore:
                 (status, inbox_seq, run_id),
             )
             return bool(cur.rowcount)
+
+    def delete_waitpoint(self, run_id: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
 
     def due_waitpoints(self, now: int) -> list[Waitpoint]:
         with self._tx() as c:

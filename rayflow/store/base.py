@@ -125,6 +125,18 @@ class StreamTooLargeError(Exception):
         self.run_id, self.key, self.size, self.limit = run_id, key, size, limit
 
 
+class RunMissingError(Exception):
+    """Raised by `inbox_append` for a run that does not exist."""
+
+
+class RunFinishedError(Exception):
+    """Raised by `inbox_append` for a run that has finished; `.status` says how."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} is {status}")
+        self.run_id, self.status = run_id, status
+
+
 class Store(Protocol):
     url: str
 
@@ -195,8 +207,14 @@ class Store(Protocol):
     def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]: ...
 
     # -- input streams -------------------------------------------------------
-    def inbox_append(self, run_id: str, stream_id: str, data: str) -> InboxMessage:
-        """Append a message to the run's log for `stream_id` (seq 0, 1, ...)."""
+    def inbox_append(
+        self, run_id: str, stream_id: str, data: str, message_id: str | None = None
+    ) -> InboxMessage:
+        """Append a message to the run's log for `stream_id` (seq 0, 1, ...),
+        atomically with checking that the run exists (RunMissingError) and
+        has not finished (RunFinishedError). A `message_id` already stored
+        for this run and stream returns the stored message instead (a
+        retried send is not duplicated)."""
 
     def inbox_read(
         self, run_id: str, stream_id: str, start: int, limit: int
@@ -210,5 +228,6 @@ class Store(Protocol):
     ) -> bool:
         """PENDING -> status; False when it was not pending (someone else won)."""
 
+    def delete_waitpoint(self, run_id: str) -> None: ...
     def due_waitpoints(self, now: int) -> list[Waitpoint]: ...
     def pending_waitpoints(self) -> list[Waitpoint]: ...
