@@ -602,3 +602,31 @@ def test_without_a_postgres_url_ci_fails_instead_of_skipping() -> None:
     summary = proc.stdout.strip().splitlines()[-1]
     assert "1 error" in summary and "skipped" not in summary, proc.stdout
     assert "RAYFLOW_TEST_POSTGRES_URL is not set" in proc.stdout
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_replaces_connections_the_server_closed(
+    store_url_for: Callable[[str], str], postgres_server_url: str
+) -> None:
+    import psycopg
+
+    from rayflow.store.postgres import PostgresStore
+
+    url = store_url_for("postgres") + "&application_name=rf_terminated"
+    s = PostgresStore(url, min_size=2, check_idle_s=0.0)
+    try:
+        s.migrate()
+        s.create_run(_run("run_1"))
+        # a server restart or failover ends every connection in the pool
+        with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'rf_terminated'"
+            ).fetchone()
+        assert row is not None and row[0] >= 1
+        got = s.get_run("run_1")
+        assert got is not None and got.id == "run_1"
+        s.append_chunks("run_1", "k", _chunks("after"), MiB)
+        assert [c.data for c in s.read_chunks("run_1", "k", 0, 10)] == ['"after"']
+    finally:
+        s.close()

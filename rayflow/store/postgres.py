@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from rayflow.store._sql import SqlStore
@@ -31,6 +34,15 @@ from rayflow.store._sql import SqlStore
 #: key of the advisory lock that serialises schema migrations (any constant
 #: shared by every rayflow process; "rayflow" in ASCII)
 _MIGRATION_LOCK_KEY = 0x7261_7966_6C6F_77
+
+#: libpq TCP keep-alives, unless the URL sets its own: a NAT or load balancer
+#: (AWS drops idle flows after ~350 s) must not silently cut pooled connections
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 @functools.lru_cache(maxsize=512)
@@ -56,6 +68,7 @@ class PostgresStore(SqlStore):
         min_size: int = 1,
         max_size: int = 8,
         connect_timeout_s: float = 30.0,
+        check_idle_s: float = 10.0,
     ) -> None:
         """Open a pool of connections to the database at `url`.
 
@@ -64,16 +77,27 @@ class PostgresStore(SqlStore):
         Raises `ConnectionError` when no connection can be made within
         `connect_timeout_s`. Pools are per process: keep `max_size` small,
         since every RunActor process opens one and the server's
-        `max_connections` bounds them all.
+        `max_connections` bounds them all. A connection idle in the pool for
+        `check_idle_s` or longer is checked before use, and replaced if the
+        server closed it meanwhile.
         """
         self.url = url
+        self._check_idle_s = check_idle_s
+        #: when each pooled connection was last given back (monotonic seconds)
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        given = conninfo_to_dict(url)
+        kwargs: dict[str, Any] = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        # transactions are explicit (conn.transaction()), never implicit
+        kwargs["autocommit"] = True
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
-            # transactions are explicit (conn.transaction()), never implicit
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
             timeout=connect_timeout_s,
+            check=self._check_if_idle,
             open=False,
             name="rayflow-store",
         )
@@ -86,10 +110,22 @@ class PostgresStore(SqlStore):
                 " check that the server is running and the URL (RAYFLOW_STORE) is right"
             ) from e
 
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        # A connection that sat in the pool may have been closed by the server
+        # (restart, failover, idle timeout); ping it before handing it out,
+        # but only then, so that busy connections cost no extra round trip.
+        last = self._last_used.get(conn)
+        if last is None or time.monotonic() - last >= self._check_idle_s:
+            ConnectionPool.check_connection(conn)
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            yield cur
+        with self._pool.connection() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            finally:
+                self._last_used[conn] = time.monotonic()
 
     def _sql(self, sql: str) -> str:
         return _to_pyformat(sql)
