@@ -331,6 +331,19 @@ def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any]) -> dict[str, A
     return results
 
 
+def reps(cfg: dict[str, Any]) -> Iterable[int]:
+    """Repetitions of workloads 1/5: always one, more only while within ``rep_budget_s``.
+
+    A slow system (a few hundred durable writes a second) would otherwise take the
+    whole run's time; the table says how many runs each median is of.
+    """
+    start = time.monotonic()
+    for i in range(cfg["reps"]):
+        if i > 0 and time.monotonic() - start > cfg["rep_budget_s"] * i / cfg["reps"]:
+            return
+        yield i
+
+
 def paced(n: int, gap_s: float) -> Iterable[int]:
     """Yield 0..n-1, one every ``gap_s`` seconds (open loop, no drift)."""
     start = time.perf_counter()

@@ -124,7 +124,7 @@ def w1(cfg: dict[str, Any]) -> dict[str, Any]:
     r = _redis(cfg)
     reps = []
     with _reader(cfg) as reader:
-        for rep in range(cfg["reps"]):
+        for _ in c.reps(cfg):
             key = f"w1:{uuid.uuid4().hex}"
             reader.send({"op": "live", "key": key})
             time.sleep(0.2)
@@ -235,7 +235,7 @@ def w5(cfg: dict[str, Any]) -> dict[str, Any]:
         _wait_http(f"http://127.0.0.1:{port}/docs")
         reps = []
         with _reader(cfg) as reader:
-            for _ in range(cfg["reps"]):
+            for _ in c.reps(cfg):
                 key = f"w5:{uuid.uuid4().hex}"
                 reader.send({"op": "sse", "url": f"http://127.0.0.1:{port}/streams/{key}"})
                 time.sleep(0.3)

@@ -68,10 +68,12 @@ SYSTEMS: list[dict[str, Any]] = [
 ]
 
 SIZES = {
-    "full": {"n_chunks": 10_000, "reps": 3, "late_reps": 5, "n_inputs": 200, "input_gap_s": 0.01,
-             "n_waiters": 2000, "n_resume": 200, "resume_gap_s": 0.02, "timeout_s": 330},
-    "quick": {"n_chunks": 2_000, "reps": 1, "late_reps": 3, "n_inputs": 50, "input_gap_s": 0.01,
-              "n_waiters": 200, "n_resume": 50, "resume_gap_s": 0.02, "timeout_s": 180},
+    "full": {"n_chunks": 10_000, "reps": 3, "rep_budget_s": 45, "late_reps": 5, "n_inputs": 100,
+             "input_gap_s": 0.05, "n_waiters": 2000, "n_resume": 100, "resume_gap_s": 0.05,
+             "timeout_s": 330},
+    "quick": {"n_chunks": 2_000, "reps": 1, "rep_budget_s": 20, "late_reps": 3, "n_inputs": 40,
+              "input_gap_s": 0.05, "n_waiters": 200, "n_resume": 40, "resume_gap_s": 0.05,
+              "timeout_s": 180},
 }
 
 
@@ -167,6 +169,11 @@ def bench(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, 
     from _servers import Servers, free_port
 
     size = dict(SIZES["quick" if args.quick else "full"])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in size:
+            raise SystemExit(f"--set {key}: not a size parameter ({', '.join(size)})")
+        size[key] = float(value) if "." in value else int(value)
     timeout_s = size.pop("timeout_s")
     workloads = [int(w) for w in args.workloads.split(",")]
     servers = Servers()
@@ -366,6 +373,8 @@ def main() -> int:
                    help="do not isolate in a loopback-only network namespace (Restate is skipped)")
     p.add_argument("--no-readme", action="store_true", help="print the table only")
     p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a size parameter, e.g. --set n_inputs=20 (numbers only)")
     args = p.parse_args()
     sys.path.insert(0, str(HERE))
     systems = select(args.only)
