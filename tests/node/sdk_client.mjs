@@ -1,0 +1,79 @@
+// Trigger.dev's own SDK pointed at a rayflow server: only baseURL and token change.
+//
+//   node sdk_client.mjs '<json command>'
+//
+// Commands (JSON): {"op": "read" | "send" | "trigger" | "pipe", "baseURL", "token", ...}
+//   read:    runId, key, startIndex?, timeoutInSeconds?  — streams.read(), the SDK's SSE reader
+//   send:    runId, streamId, data                       — streams.input({id}).send()
+//   trigger: taskId, payload                             — tasks.trigger(); prints the run's token
+//   pipe:    runId, key, chunks[]                        — the SDK's v1 NDJSON stream writer
+// Output: one JSON object per line; the last is {"type": "end"} or {"type": "error", ...}.
+import { auth, streams, tasks } from "@trigger.dev/sdk";
+import { apiClientManager } from "@trigger.dev/core/v3";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { pathToFileURL } from "node:url";
+
+// The SDK's realtime-streams manager (what `streams.pipe()` runs inside a
+// task) is not in the package's exports map; load the published file itself.
+async function loadStreamsManager() {
+  const require = createRequire(import.meta.url);
+  const core = dirname(require.resolve("@trigger.dev/core/package.json"));
+  const file = join(core, "dist", "esm", "v3", "realtimeStreams", "manager.js");
+  return (await import(pathToFileURL(file).href)).StandardRealtimeStreamsManager;
+}
+
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+async function read(cmd) {
+  const options = {};
+  if (cmd.startIndex !== undefined) options.startIndex = cmd.startIndex;
+  if (cmd.timeoutInSeconds !== undefined) options.timeoutInSeconds = cmd.timeoutInSeconds;
+  const stream = await streams.read(cmd.runId, cmd.key ?? "default", options);
+  let n = 0;
+  for await (const chunk of stream) {
+    out({ type: "chunk", data: chunk });
+    n += 1;
+    if (cmd.max !== undefined && n >= cmd.max) break;
+  }
+}
+
+async function send(cmd) {
+  await streams.input({ id: cmd.streamId }).send(cmd.runId, cmd.data);
+  out({ type: "sent" });
+}
+
+async function trigger(cmd) {
+  const handle = await tasks.trigger(cmd.taskId, cmd.payload);
+  out({ type: "triggered", id: handle.id, publicAccessToken: handle.publicAccessToken });
+}
+
+async function pipe(cmd) {
+  const client = apiClientManager.clientOrThrow();
+  const Manager = await loadStreamsManager();
+  const manager = new Manager(client, cmd.baseURL);
+  async function* source() {
+    for (const chunk of cmd.chunks) yield chunk;
+  }
+  const piped = manager.pipe(cmd.key, source(), { target: cmd.runId });
+  await piped.wait();
+  out({ type: "piped", count: cmd.chunks.length });
+}
+
+const ops = { read, send, trigger, pipe };
+
+async function main() {
+  const cmd = JSON.parse(process.argv[2] ?? "{}");
+  const op = ops[cmd.op];
+  if (!op) throw new Error(`unknown op ${cmd.op}`);
+  await auth.withAuth({ baseURL: cmd.baseURL, accessToken: cmd.token }, () => op(cmd));
+  out({ type: "end" });
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    out({ type: "error", name: err?.name, status: err?.status, message: String(err?.message ?? err) });
+    process.exit(1);
+  },
+);
