@@ -30,13 +30,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+# Read by Ray when it is imported: keep a local Ray on 127.0.0.1 (DESIGN §8).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from rayflow._config import Settings
-from rayflow.errors import RayflowError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.live import Live  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from rayflow._config import Settings  # noqa: E402
+from rayflow.errors import RayflowError  # noqa: E402
 
 app = typer.Typer(
     name="rayflow",
@@ -133,9 +136,31 @@ def read_dev_file(settings: Settings) -> dict[str, Any] | None:
     return info
 
 
+def _loopback_ray() -> None:
+    """Keep the Ray that `rayflow dev` starts on 127.0.0.1 (DESIGN §8). Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is first imported, which `import rayflow`
+    already did; this applies the setting anyway."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def _quiet_ray_logs() -> None:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _use_ray_auth(mode: str | None) -> None:
+    """Ray turns token auth on by default for a local cluster, but a driver joining
+    by explicit address must be told (~/.ray/auth_token holds the token)."""
+    if not mode or os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ["RAY_AUTH_MODE"] = mode
+    with contextlib.suppress(ImportError):  # Ray reads the mode again only when told to
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def connect(data_dir: Path | None) -> dict[str, Any]:
@@ -147,6 +172,7 @@ def connect(data_dir: Path | None) -> dict[str, Any]:
 
     settings = settings_for(data_dir)
     _quiet_ray_logs()
+    _loopback_ray()
     if settings.address:
         ray.init(
             address=settings.address,
@@ -162,10 +188,11 @@ def connect(data_dir: Path | None) -> dict[str, Any]:
             f"no rayflow is running for {settings.data_dir}: start one with `rayflow dev`"
             " (or set RAYFLOW_ADDRESS / RAYFLOW_DATA_DIR)"
         )
+    _use_ray_auth(info.get("ray_auth_mode"))
     ray.init(
         address=info["ray_address"],
         namespace=info["namespace"],
-        _node_ip_address="127.0.0.1",
+        _node_ip_address=info.get("node_ip", "127.0.0.1"),
         log_to_driver=False,
         logging_level=logging.WARNING,
     )
@@ -274,6 +301,7 @@ def dev(
         raise fail(f"{target} defines no @task functions")
 
     _quiet_ray_logs()
+    _loopback_ray()
     with _status(f"starting Ray, the store and the HTTP API on {host}:{port}"):
         resolved = rayflow.init(data_dir=settings.data_dir, http_host=host, http_port=port)
         url = serve_app.start(resolved, num_replicas=replicas)
@@ -286,6 +314,8 @@ def dev(
                 "pid": os.getpid(),
                 "url": url,
                 "ray_address": ray.get_runtime_context().gcs_address,
+                "node_ip": ray.util.get_node_ip_address(),
+                "ray_auth_mode": os.environ.get("RAY_AUTH_MODE"),
                 "namespace": resolved.namespace,
                 "store": resolved.store_url(),
             }
