@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from _http_fixtures import *  # noqa: F403
 from _http_fixtures import HttpApi, read_sse, trigger, wait_finished
+
+import rayflow
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
 
@@ -18,12 +22,148 @@ async def test_sse_read_from_start_gets_every_chunk_then_done(http_tasks: HttpAp
     assert res.status == 200
     assert res.headers["content-type"].startswith("text/event-stream")
     assert res.headers["x-stream-version"] == "v2"
-    run = await wait_finished(run_id)
-    assert res.chunks == [(i, {"i": i}) for i in range(50)], (run.error, res.body[:300])
+    assert res.headers["access-control-allow-origin"] == "*"
+    assert res.chunks == [(i, {"i": i}) for i in range(50)]
     assert res.done
     assert res.events[-1].data == "[DONE]"
-    # many records per batch event, and the event id is the last seq_num in it
+    # many records per batch event; the event id is the last seq_num in it
     batches = [ev for ev in res.events if ev.event == "batch"]
     assert len(batches) < 50
     for ev in batches:
-        assert int(ev.id) == json.loads(ev.data)["records"][-1]["seq_num"]
+        assert int(ev.id or -1) == json.loads(ev.data)["records"][-1]["seq_num"]
+    # each body is a JSON string holding {"data", "id"} with a unique id
+    bodies = [json.loads(r["body"]) for r in res.records]
+    assert len({b["id"] for b in bodies}) == 50
+    assert all(isinstance(r["timestamp"], int) for r in res.records)
+
+
+@pytest.mark.parametrize("last_event_id", ["19", "19-0", "19,abc"])
+async def test_sse_read_from_the_middle_resumes_after_last_event_id(
+    http_tasks: HttpApi, last_event_id: str
+) -> None:
+    run_id, _ = await trigger(http_tasks, "http-emit", {"n": 50})
+    await wait_finished(run_id)
+    res = await read_sse(
+        http_tasks,
+        f"/realtime/v1/streams/{run_id}/default",
+        headers={"Last-Event-ID": last_event_id},
+    )
+    assert res.chunks == [(i, {"i": i}) for i in range(20, 50)]
+    assert res.done
+
+
+async def test_sse_read_from_the_tail_gets_only_new_chunks(http_tasks: HttpApi) -> None:
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    for i in range(5):
+        await rayflow.streams.append("tail", {"old": i}, target=run_id)
+
+    async def later() -> None:
+        await asyncio.sleep(1.0)
+        for i in range(3):
+            await rayflow.streams.append("tail", {"new": i}, target=run_id)
+        await rayflow.runs.cancel(run_id)
+
+    writer = asyncio.create_task(later())
+    res = await read_sse(
+        http_tasks,
+        f"/realtime/v1/streams/{run_id}/tail",
+        headers={"X-Trigger-Stream-Start": "latest"},
+    )
+    await writer
+    assert res.chunks == [(5, {"new": 0}), (6, {"new": 1}), (7, {"new": 2})]
+    assert res.done  # the run was canceled: its streams closed, the body ended
+
+
+async def test_sse_live_reader_resumed_after_20_cut_connections_gets_every_chunk_once(
+    http_tasks: HttpApi,
+) -> None:
+    n = 600
+    run_id, token = await trigger(http_tasks, "http-emit", {"n": n, "delay_s": 0.01})
+    got: list[tuple[int, object]] = []
+    cuts = 0
+    last: int | None = None
+    for _ in range(100):  # bounded: 20 cuts, then reads to the end
+        headers = {} if last is None else {"Last-Event-ID": str(last)}
+        cut_here = cuts < 20
+        res = await read_sse(
+            http_tasks,
+            f"/realtime/v1/streams/{run_id}/default",
+            token=token,
+            headers=headers,
+            max_records=10 if cut_here else None,
+        )
+        assert res.status == 200
+        got.extend(res.chunks)
+        if res.chunks:
+            last = res.chunks[-1][0]
+        if res.done:
+            break
+        cuts += 1
+    assert cuts >= 20, "the stream ended before it could be cut 20 times"
+    assert [i for i, _ in got] == list(range(n)), "a chunk was lost or delivered twice"
+    assert [c for _, c in got] == [{"i": i} for i in range(n)]
+    run = await rayflow.runs.retrieve(run_id)
+    assert run.status == "COMPLETED"
+
+
+async def test_sse_caught_up_reader_gets_pings_then_done_after_idle_timeout(
+    http_tasks: HttpApi,
+) -> None:
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    await rayflow.streams.append("quiet", "only chunk", target=run_id)
+    started = time.monotonic()
+    res = await read_sse(
+        http_tasks,
+        f"/realtime/v1/streams/{run_id}/quiet",
+        headers={"Timeout-Seconds": "12"},
+    )
+    elapsed = time.monotonic() - started
+    assert res.chunks == [(0, "only chunk")]
+    pings = [ev for ev in res.events if ev.event == "ping"]
+    assert pings, "no ping while caught up for 12 s"
+    assert isinstance(json.loads(pings[0].data)["timestamp"], int)
+    assert res.done and 11.5 <= elapsed < 20
+    await rayflow.runs.cancel(run_id)
+
+
+async def test_sse_read_of_an_unknown_run_is_404_json(http_tasks: HttpApi) -> None:
+    res = await read_sse(http_tasks, "/realtime/v1/streams/run_doesnotexist/default")
+    assert res.status == 404
+    body = json.loads(res.body)
+    assert body["ok"] is False and "run_doesnotexist" in body["error"]
+    assert res.headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Timeout-Seconds": "0"},
+        {"Timeout-Seconds": "601"},
+        {"Timeout-Seconds": "soon"},
+        {"Last-Event-ID": "abc"},
+    ],
+)
+async def test_sse_read_with_a_bad_header_is_400(
+    http_tasks: HttpApi, headers: dict[str, str]
+) -> None:
+    run_id, _ = await trigger(http_tasks, "http-emit", {"n": 1})
+    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/default", headers=headers)
+    assert res.status == 400
+    assert json.loads(res.body)["ok"] is False
+
+
+async def test_append_from_outside_is_read_back_as_a_string_chunk(http_tasks: HttpApi) -> None:
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    async with http_tasks.client() as c:
+        for i in range(3):
+            r = await c.post(
+                f"/realtime/v1/streams/{run_id}/self/logs/append",
+                headers=http_tasks.headers(**{"X-Part-Id": f"part-{i}"}),
+                content=f"line {i}",
+            )
+            assert r.status_code == 200, r.text
+            assert r.json() == {"ok": True}
+    await rayflow.runs.cancel(run_id)
+    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/logs")
+    assert res.chunks == [(0, "line 0"), (1, "line 1"), (2, "line 2")]
+    assert [json.loads(r["body"])["id"] for r in res.records] == ["part-0", "part-1", "part-2"]
