@@ -219,11 +219,10 @@ def start_dev_server(module: str, data_dir: Path, timeout_s: float = 240) -> Ite
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"rayflow dev exited {proc.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{server.url}/dashboard/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if "Press Ctrl-C to stop." in server.output():  # printed once all is ready
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{server.url}/dashboard/", timeout=2).status_code == 200:
+                        break
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"rayflow dev did not serve /dashboard/ in {timeout_s} s:\n{server.output()}"

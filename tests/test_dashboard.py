@@ -21,8 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-
-from tests._browser_fixtures import (  # noqa: F401  (fixtures)
+from _browser_fixtures import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     RESEARCH_AGENT,
     ROOT,
