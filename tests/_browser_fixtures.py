@@ -248,8 +248,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    """`rayflow dev examples/research_agent.py` for the tests of one module."""
-    if not (ROOT / RESEARCH_AGENT.path).exists():
-        pytest.skip(f"{RESEARCH_AGENT.path} is not there yet")
-    with start_dev_server(RESEARCH_AGENT.path, tmp_path_factory.mktemp("rayflow-dev")) as s:
+    """`rayflow dev examples/research_agent.py` for the tests of one module
+    (RAYFLOW_TEST_RESEARCH_AGENT names another file in its shape)."""
+    path = os.environ.get("RAYFLOW_TEST_RESEARCH_AGENT", RESEARCH_AGENT.path)
+    if not (ROOT / path).exists():
+        pytest.skip(f"{path} is not there yet")
+    with start_dev_server(path, tmp_path_factory.mktemp("rayflow-dev")) as s:
         yield s
