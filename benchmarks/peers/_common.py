@@ -312,10 +312,17 @@ def write_result(argv: Sequence[str], result: dict[str, Any]) -> None:
         json.dump(result, f)
 
 
-def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any]) -> dict[str, Any]:
-    """Run the selected workloads; a failure in one is recorded, the others still run."""
+def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any],
+                  argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the selected workloads; a failure in one is recorded, the others still run.
+
+    With ``argv`` the results so far are written after every workload, so a system
+    that runs out of time still shows what it finished.
+    """
     results: dict[str, Any] = {}
-    for number, fn in workloads.items():
+    # suspend/resume last: the waiting runs it leaves must not load the other workloads
+    for number in sorted(workloads, key=lambda w: (w == 4, w)):
+        fn = workloads[number]
         if number not in cfg["workloads"]:
             continue
         started = time.monotonic()
@@ -328,6 +335,8 @@ def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any]) -> dict[str, A
             traceback.print_exc()
             results[f"w{number}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         results[f"w{number}"]["seconds"] = round(time.monotonic() - started, 1)
+        if argv is not None:
+            write_result(argv, results)
     return results
 
 
@@ -344,10 +353,13 @@ def reps(cfg: dict[str, Any]) -> Iterable[int]:
         yield i
 
 
-def paced(n: int, gap_s: float) -> Iterable[int]:
-    """Yield 0..n-1, one every ``gap_s`` seconds (open loop, no drift)."""
+def paced(n: int, gap_s: float, budget_s: float | None = None) -> Iterable[int]:
+    """Yield 0..n-1, one every ``gap_s`` seconds (open loop, no drift), for at most
+    ``budget_s`` seconds: a system whose sends block must not stall the whole run."""
     start = time.perf_counter()
     for i in range(n):
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            return
         delay = start + i * gap_s - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
@@ -387,24 +399,37 @@ def summarize_late(samples: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
 # --- SSE over HTTP (workload 5), for every system that offers it ----------------------------------
 
 
-def extract_chunk(data: str) -> str | None:
-    """The 64-byte chunk inside one SSE ``data:`` payload (raw or JSON-wrapped)."""
-    if len(data) == CHUNK_BYTES and data[8] == " ":
-        return data
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    todo = [value]
-    while todo:
-        v = todo.pop()
-        if isinstance(v, str) and len(v) == CHUNK_BYTES and v[8] == " ":
-            return v
-        if isinstance(v, dict):
-            todo.extend(v.values())
+def _is_chunk(v: object) -> bool:
+    return isinstance(v, str) and len(v) == CHUNK_BYTES and v[8] == " "
+
+
+def extract_chunks(data: str) -> list[str]:
+    """The 64-byte chunks inside one SSE ``data:`` payload, in order.
+
+    Raw (one chunk an event) or JSON-wrapped, also batched and nested (rayflow follows
+    Trigger.dev's wire format: ``{"records": [{"body": "<JSON text>"}]}``).
+    """
+    if _is_chunk(data):
+        return [data]
+    found: list[str] = []
+
+    def walk(v: object) -> None:
+        if _is_chunk(v):
+            found.append(v)  # type: ignore[arg-type]
+        elif isinstance(v, str) and v[:1] in ("{", "[", '"'):
+            try:
+                walk(json.loads(v))
+            except ValueError:
+                pass
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
         elif isinstance(v, list):
-            todo.extend(v)
-    return None
+            for x in v:
+                walk(x)
+
+    walk(data)
+    return found
 
 
 def sse_chunks(url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0,
@@ -419,10 +444,8 @@ def sse_chunks(url: str, headers: dict[str, str] | None = None, timeout_s: float
         for line in resp.iter_lines():
             if not line.startswith("data:"):
                 continue
-            chunk = extract_chunk(line[5:].lstrip(" "))
-            if chunk is None:
-                continue
-            yield chunk
-            n += 1
-            if total is not None and n >= total:
-                return
+            for chunk in extract_chunks(line[5:].lstrip(" ")):
+                yield chunk
+                n += 1
+                if total is not None and n >= total:
+                    return

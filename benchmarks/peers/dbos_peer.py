@@ -57,9 +57,9 @@ def reader_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = job["targets"]
-    for i in c.paced(len(targets), job["gap_s"]):
+    for i in c.paced(len(targets), job["gap_s"], job.get("budget_s")):
         client.send(targets[i], {"i": i, "ts": time.time_ns()}, topic=job["topic"])
-    return {"sent": len(targets)}
+    return {"sent": i + 1}
 
 
 # --- the app (host) ------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def launch(cfg: dict[str, Any]) -> Any:
     def receiver(n: int) -> list[float]:
         lat = []
         for _ in range(n):
-            msg = DBOS.recv("in", timeout_seconds=60)
+            msg = DBOS.recv("in", timeout_seconds=15)
             if msg is None:
                 break
             lat.append(c.age_ms(msg["ts"]))
@@ -144,7 +144,8 @@ def w3(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
     time.sleep(0.5)
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
         sender.ask({"topic": "in", "targets": [handle.get_workflow_id()] * n,
-                    "gap_s": cfg["input_gap_s"]})
+                    "gap_s": cfg["input_gap_s"],
+                    "budget_s": cfg["send_budget_s"]})
     return {"lat_ms": c.summary(handle.get_result())}
 
 
@@ -167,13 +168,14 @@ def w4(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
         during = c.footprint(roots)
         ids = [h.get_workflow_id() for h in handles[:n_resume]]
 
-        def send_all() -> None:
+        def send_all() -> int:
             with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-                sender.ask({"topic": "go", "targets": ids, "gap_s": cfg["resume_gap_s"]})
+                return int(sender.ask({"topic": "go", "targets": ids, "gap_s": cfg["resume_gap_s"],
+                                       "budget_s": cfg["send_budget_s"]})["sent"])
 
-        await asyncio.to_thread(send_all)
+        sent = await asyncio.to_thread(send_all)
         lat = []
-        for h in handles[:n_resume]:
+        for h in handles[:sent]:
             v = await asyncio.wait_for(h.get_result(), timeout=60)
             if v is not None:
                 lat.append(v)
@@ -206,7 +208,7 @@ def main(argv: list[str]) -> None:
             1: lambda cfg: w1(cfg, app), 2: lambda cfg: w2(cfg, app),
             3: lambda cfg: w3(cfg, app), 4: lambda cfg: w4(cfg, app),
             5: lambda cfg: c.na("DBOS offers no SSE/HTTP stream endpoint"),
-        })
+        }, argv)
         c.write_result(argv, results)
         sys.stdout.flush()
         os._exit(0)  # waiting workflows left in the app must not hold the exit

@@ -70,10 +70,10 @@ def reader_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 def sender_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = job["targets"]
-    for i in c.paced(len(targets), job["gap_s"]):
+    for i in c.paced(len(targets), job["gap_s"], job.get("budget_s")):
         r.xadd(job["stream"].format(run=targets[i]),
                {"run": targets[i], "i": i, "ts": time.time_ns()})
-    return {"sent": len(targets)}
+    return {"sent": i + 1}
 
 
 # --- the SSE app (served by uvicorn in its own process) ----------------------------------------
@@ -168,7 +168,8 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     t = threading.Thread(target=task, daemon=True)
     t.start()
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-        sender.ask({"stream": "in:{run}", "targets": [run] * n, "gap_s": cfg["input_gap_s"]})
+        sender.ask({"stream": "in:{run}", "targets": [run] * n, "gap_s": cfg["input_gap_s"],
+                    "budget_s": cfg["send_budget_s"]})
     t.join(timeout=60)
     return {"lat_ms": c.summary(lat)}
 
@@ -205,7 +206,8 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
     worker = threading.Thread(target=resume_worker, daemon=True)
     worker.start()
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-        sender.ask({"stream": stream, "targets": runs[:n_resume], "gap_s": cfg["resume_gap_s"]})
+        sender.ask({"stream": stream, "targets": runs[:n_resume], "gap_s": cfg["resume_gap_s"],
+                    "budget_s": cfg["send_budget_s"]})
     deadline = time.monotonic() + 30
     while len(lat) < n_resume and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -269,7 +271,7 @@ def main(argv: list[str]) -> None:
     elif role == "sender":
         c.helper_main(sender_job, lambda: _redis(cfg))
     elif role == "bench":
-        c.write_result(argv, c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5}))
+        c.write_result(argv, c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5}, argv))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

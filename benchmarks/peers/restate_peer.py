@@ -14,7 +14,6 @@ recomputed on replay.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -69,9 +68,9 @@ except ImportError:
 
 def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     urls = job["urls"]
-    for i in c.paced(len(urls), job["gap_s"]):
+    for i in c.paced(len(urls), job["gap_s"], job.get("budget_s")):
         client.post(urls[i], json={"i": i, "ts": time.time_ns()}).raise_for_status()
-    return {"sent": len(urls)}
+    return {"sent": i + 1}
 
 
 # --- host ----------------------------------------------------------------------------------------
@@ -116,7 +115,8 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     httpx.post(f"{ingress}/W3/{wfid}/run/send", json=n, timeout=30).raise_for_status()
     time.sleep(0.5)
     with _sender(cfg) as sender:
-        sender.ask({"urls": [f"{ingress}/W3/{wfid}/w3_msg"] * n, "gap_s": cfg["input_gap_s"]})
+        sender.ask({"urls": [f"{ingress}/W3/{wfid}/w3_msg"] * n, "gap_s": cfg["input_gap_s"],
+                    "budget_s": cfg["send_budget_s"]})
     lat = httpx.get(f"{ingress}/restate/workflow/W3/{wfid}/attach", timeout=120).json()
     return {"lat_ms": c.summary(lat)}
 
@@ -153,10 +153,10 @@ def w4(cfg: dict[str, Any], sdk_pid: int) -> dict[str, Any]:
     during = c.footprint(roots)
     statuses = _suspended(cfg)
     with _sender(cfg) as sender:
-        sender.ask({"urls": [f"{ingress}/W4/{i}/w4_go" for i in ids[:n_resume]],
-                    "gap_s": cfg["resume_gap_s"]})
+        sent = sender.ask({"urls": [f"{ingress}/W4/{i}/w4_go" for i in ids[:n_resume]],
+                           "gap_s": cfg["resume_gap_s"], "budget_s": cfg["send_budget_s"]})["sent"]
     lat = [httpx.get(f"{ingress}/restate/workflow/W4/{i}/attach", timeout=120).json()
-           for i in ids[:n_resume]]
+           for i in ids[:sent]]
     return {
         "lat_ms": c.summary(lat),
         "waiting": n_wait,
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> None:
             c.write_result(argv, c.run_workloads(cfg, {
                 1: lambda cfg: c.na(no_streams), 2: lambda cfg: c.na(no_streams),
                 3: w3, 4: lambda cfg: w4(cfg, sdk.pid), 5: lambda cfg: c.na(no_streams),
-            }))
+            }, argv))
         finally:
             sdk.terminate()
             sdk.wait(timeout=10)

@@ -70,10 +70,10 @@ SYSTEMS: list[dict[str, Any]] = [
 SIZES = {
     "full": {"n_chunks": 10_000, "reps": 3, "rep_budget_s": 45, "late_reps": 5, "n_inputs": 100,
              "input_gap_s": 0.05, "n_waiters": 2000, "n_resume": 100, "resume_gap_s": 0.05,
-             "timeout_s": 330},
+             "send_budget_s": 40, "wait_settle_s": 90, "timeout_s": 330},
     "quick": {"n_chunks": 2_000, "reps": 1, "rep_budget_s": 20, "late_reps": 3, "n_inputs": 40,
               "input_gap_s": 0.05, "n_waiters": 200, "n_resume": 40, "resume_gap_s": 0.05,
-              "timeout_s": 180},
+              "send_budget_s": 20, "wait_settle_s": 40, "timeout_s": 180},
 }
 
 

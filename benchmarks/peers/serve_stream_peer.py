@@ -18,10 +18,9 @@ import time
 import uuid
 from typing import Any
 
+import _common as c
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-
-import _common as c
 
 
 def _app() -> Any:
@@ -98,9 +97,9 @@ def sender_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     with httpx.Client(timeout=30) as client:
-        for i in c.paced(job["n"], job["gap_s"]):
+        for i in c.paced(job["n"], job["gap_s"], job.get("budget_s")):
             client.post(job["url"], params={"i": i, "ts": time.time_ns()}).raise_for_status()
-    return {"sent": job["n"]}
+    return {"sent": i + 1}
 
 
 # --- workloads (host) ---------------------------------------------------------------------------
@@ -139,7 +138,8 @@ def w3(cfg: dict[str, Any], base: str) -> dict[str, Any]:
             client.stream("GET", f"{base}/w3/{rid}?n={n}") as resp:
         lines = resp.iter_lines()
         assert next(lines) == "ready"
-        sender.send({"url": f"{base}/w3/{rid}", "n": n, "gap_s": cfg["input_gap_s"]})
+        sender.send({"url": f"{base}/w3/{rid}", "n": n, "gap_s": cfg["input_gap_s"],
+                    "budget_s": cfg["send_budget_s"]})
         for line in lines:
             if line:
                 lat.append(float(line))
@@ -163,11 +163,11 @@ def main(argv: list[str]) -> None:
                 3: lambda cfg: w3(cfg, base),
                 4: lambda cfg: c.na("Ray cannot suspend a call and release its replica"),
                 5: lambda cfg: _live(cfg, base, 1),
-            })
+            }, argv)
             c.write_result(argv, results)
         finally:
-            from ray import serve
             import ray
+            from ray import serve
 
             serve.shutdown()
             ray.shutdown()
