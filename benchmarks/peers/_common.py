@@ -18,6 +18,7 @@ pool) is never inside a measurement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,7 +34,7 @@ CHUNK_BYTES = 64
 HERE = Path(__file__).resolve().parent
 
 
-# --- chunks: 64 ASCII bytes carrying their index and the writer's clock -----------------
+# --- chunks: 64 ASCII bytes carrying their index and the writer's clock ---
 
 
 def make_chunk(seq: int) -> str:
@@ -54,7 +55,7 @@ def age_ms(ts_ns: int) -> float:
     return (time.time_ns() - ts_ns) / 1e6
 
 
-# --- statistics ------------------------------------------------------------------------
+# --- statistics ---
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -75,14 +76,15 @@ def na(reason: str) -> dict[str, Any]:
     return {"na": reason}
 
 
-# --- helper processes --------------------------------------------------------------------
+# --- helper processes ---
 
 
 class Helper:
     """A reader/sender subprocess driven line by line over stdin/stdout."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, argv: list[str], *, env: dict[str, str] | None = None, ready_timeout_s: float = 120.0
+    ) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
@@ -106,16 +108,20 @@ class Helper:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"helper {self.argv[1:3]} gave no answer in {timeout_s:.0f} s")
+                    raise TimeoutError(
+                        f"helper {self.argv[1:3]} gave no answer in {timeout_s:.0f} s"
+                    )
                 if not sel.select(timeout=min(left, 1.0)):
                     if self.proc.poll() is not None:
                         raise RuntimeError(
-                            f"helper {self.argv[1:3]} exited with {self.proc.returncode}")
+                            f"helper {self.argv[1:3]} exited with {self.proc.returncode}"
+                        )
                     continue
                 line = self.proc.stdout.readline()
                 if not line:
                     raise RuntimeError(
-                        f"helper {self.argv[1:3]} closed its output (exit {self.proc.poll()})")
+                        f"helper {self.argv[1:3]} closed its output (exit {self.proc.poll()})"
+                    )
                 line = line.strip()
                 if line.startswith("{"):
                     result: dict[str, Any] = json.loads(line)
@@ -189,7 +195,7 @@ def helper_argv(script: str, role: str, cfg_path: str, python: str | None = None
     return [python or sys.executable, str(HERE / script), role, "--config", cfg_path]
 
 
-# --- reading a stream: the shared measurement loop ----------------------------------------
+# --- reading a stream: the shared measurement loop ---
 
 
 class LiveRead:
@@ -244,7 +250,7 @@ def timed_late_read(chunks: Iterable[str], offset: int, total: int) -> dict[str,
     }
 
 
-# --- memory and processes held --------------------------------------------------------------
+# --- memory and processes held ---
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -295,7 +301,7 @@ def footprint(roots: Iterable[int]) -> dict[str, int]:
     return {"pss_kib": sum(pss_kib(p) for p in pids), "processes": len(pids)}
 
 
-# --- the bench entry -----------------------------------------------------------------------
+# --- the bench entry ---
 
 
 def load_config(argv: Sequence[str]) -> dict[str, Any]:
@@ -312,8 +318,9 @@ def write_result(argv: Sequence[str], result: dict[str, Any]) -> None:
         json.dump(result, f)
 
 
-def run_workloads(cfg: dict[str, Any], workloads: dict[int, Any],
-                  argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run_workloads(
+    cfg: dict[str, Any], workloads: dict[int, Any], argv: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Run the selected workloads; a failure in one is recorded, the others still run.
 
     With ``argv`` the results so far are written after every workload, so a system
@@ -366,7 +373,7 @@ def paced(n: int, gap_s: float, budget_s: float | None = None) -> Iterable[int]:
         yield i
 
 
-# --- summaries the table is built from ---------------------------------------------------------
+# --- summaries the table is built from ---
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -396,7 +403,7 @@ def summarize_late(samples: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-# --- SSE over HTTP (workload 5), for every system that offers it ----------------------------------
+# --- SSE over HTTP (workload 5), for every system that offers it ---
 
 
 def _is_chunk(v: object) -> bool:
@@ -417,10 +424,8 @@ def extract_chunks(data: str) -> list[str]:
         if _is_chunk(v):
             found.append(v)  # type: ignore[arg-type]
         elif isinstance(v, str) and v[:1] in ("{", "[", '"'):
-            try:
+            with contextlib.suppress(ValueError):
                 walk(json.loads(v))
-            except ValueError:
-                pass
         elif isinstance(v, dict):
             for x in v.values():
                 walk(x)
@@ -432,14 +437,22 @@ def extract_chunks(data: str) -> list[str]:
     return found
 
 
-def sse_chunks(url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0,
-               total: int | None = None) -> Iterable[str]:
+def sse_chunks(
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    total: int | None = None,
+) -> Iterable[str]:
     """Yield the chunks of an SSE response until it ends (or ``total`` were read)."""
     import httpx
 
     n = 0
-    with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client, \
-            client.stream("GET", url, headers={"Accept": "text/event-stream", **(headers or {})}) as resp:
+    with (
+        httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
+        client.stream(
+            "GET", url, headers={"Accept": "text/event-stream", **(headers or {})}
+        ) as resp,
+    ):
         resp.raise_for_status()
         for line in resp.iter_lines():
             if not line.startswith("data:"):

@@ -58,7 +58,7 @@ class Servers:
         self.cleanups: list[Any] = []
         self.info: dict[str, Any] = {}
 
-    # --- PostgreSQL --------------------------------------------------------------------------
+    # --- PostgreSQL ---
 
     def start_postgres(self) -> dict[str, Any]:
         """initdb into a fresh directory owned by ``postgres`` (it refuses to run as root)."""
@@ -71,14 +71,41 @@ class Servers:
             os.chown(data, pw.pw_uid, pw.pw_gid)
             as_pg = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "cwd": str(data)}
         self.cleanups.append(lambda: shutil.rmtree(data, ignore_errors=True))
-        subprocess.run([str(bindir / "initdb"), "-D", str(data / "db"), "-U", "bench",
-                        "--auth=trust", "-E", "UTF8", "--no-sync"],
-                       check=True, stdout=subprocess.DEVNULL, **as_pg)
+        subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data / "db"),
+                "-U",
+                "bench",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            **as_pg,
+        )
         proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(data / "db"), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
-             "-c", "max_connections=300", "-c", "shared_buffers=256MB"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_pg,
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data / "db"),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data}",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=256MB",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **as_pg,
         )
         self.procs.append(("postgres", proc))
         wait_port(port, 60, proc)
@@ -89,20 +116,49 @@ class Servers:
 
     def create_database(self, name: str) -> str:
         pg = self.info["postgres"]
-        subprocess.run([str(pg_bindir() / "createdb"), "-h", "127.0.0.1", "-p", str(pg["port"]),
-                        "-U", "bench", name], check=True)
+        subprocess.run(
+            [
+                str(pg_bindir() / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(pg["port"]),
+                "-U",
+                "bench",
+                name,
+            ],
+            check=True,
+        )
         return f"postgresql://bench@127.0.0.1:{pg['port']}/{name}"
 
-    # --- Redis -----------------------------------------------------------------------------------
+    # --- Redis ---
 
     def start_redis(self) -> dict[str, Any]:
         port = free_port()
         data = Path(tempfile.mkdtemp(prefix="rayflow-peers-redis-"))
         self.cleanups.append(lambda: shutil.rmtree(data, ignore_errors=True))
         proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--protected-mode", "yes", "--daemonize", "no", "--logfile", str(data / "log")],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(data / "log"),
+            ],
             stdout=subprocess.DEVNULL,
         )
         self.procs.append(("redis", proc))
@@ -110,7 +166,7 @@ class Servers:
         self.info["redis"] = {"port": port, "pid": proc.pid}
         return self.info["redis"]
 
-    # --- Restate -----------------------------------------------------------------------------------
+    # --- Restate ---
 
     def start_restate(self) -> dict[str, Any]:
         if not RESTATE_BIN.exists():
@@ -132,19 +188,34 @@ class Servers:
             "RESTATE_LOG_FILTER": "warn",
         }
         proc = subprocess.Popen(
-            [str(RESTATE_BIN), "--base-dir", str(base), "--node-name", "bench", "--no-logo",
-             "--bind-ip", "127.0.0.1", "--listen-mode", "tcp"],
-            env=env, stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [
+                str(RESTATE_BIN),
+                "--base-dir",
+                str(base),
+                "--node-name",
+                "bench",
+                "--no-logo",
+                "--bind-ip",
+                "127.0.0.1",
+                "--listen-mode",
+                "tcp",
+            ],
+            env=env,
+            stdout=open(base / "server.log", "w"),  # noqa: SIM115 (the server outlives this call)
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(("restate", proc))
         wait_port(admin, 60, proc)
         wait_port(ingress, 60, proc)
-        self.info["restate"] = {"ingress": f"http://127.0.0.1:{ingress}",
-                                "admin": f"http://127.0.0.1:{admin}", "pid": proc.pid,
-                                "log": str(base / "server.log")}
+        self.info["restate"] = {
+            "ingress": f"http://127.0.0.1:{ingress}",
+            "admin": f"http://127.0.0.1:{admin}",
+            "pid": proc.pid,
+            "log": str(base / "server.log"),
+        }
         return self.info["restate"]
 
-    # --- stop ---------------------------------------------------------------------------------------
+    # --- stop ---
 
     def stop_all(self) -> None:
         for _name, proc in reversed(self.procs):

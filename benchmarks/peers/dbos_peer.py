@@ -33,11 +33,10 @@ def _url(cfg: dict[str, Any]) -> str:
 def _client(cfg: dict[str, Any]) -> Any:
     from dbos import DBOSClient
 
-    return DBOSClient(system_database_url=_url(cfg),
-                      use_listen_notify=cfg["variant"] == "postgres")
+    return DBOSClient(system_database_url=_url(cfg), use_listen_notify=cfg["variant"] == "postgres")
 
 
-# --- helpers (other processes) -----------------------------------------------------------------
+# --- helpers (other processes) ---
 
 
 def reader_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +49,12 @@ def reader_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
             live.add(chunk)
         return live.result()
     if job["op"] == "late":
-        return {"reads": [c.timed_late_read(chunks(job["offset"]), job["offset"], job["n"])
-                          for _ in range(job["reps"])]}
+        return {
+            "reads": [
+                c.timed_late_read(chunks(job["offset"]), job["offset"], job["n"])
+                for _ in range(job["reps"])
+            ]
+        }
     raise ValueError(job["op"])
 
 
@@ -62,14 +65,18 @@ def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     return {"sent": i + 1}
 
 
-# --- the app (host) ------------------------------------------------------------------------------
+# --- the app (host) ---
 
 
 def launch(cfg: dict[str, Any]) -> Any:
     from dbos import DBOS
 
-    config: dict[str, Any] = {"name": "peers-bench", "system_database_url": _url(cfg),
-                              "log_level": "WARNING", "sys_db_pool_size": 20}
+    config: dict[str, Any] = {
+        "name": "peers-bench",
+        "system_database_url": _url(cfg),
+        "log_level": "WARNING",
+        "sys_db_pool_size": 20,
+    }
     if cfg["variant"] == "sqlite":
         config["notification_listener_polling_interval_sec"] = POLL_S
 
@@ -133,8 +140,9 @@ def w2(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
     samples = {}
     with _reader(cfg) as reader:
         for offset in (0, n - n // 10):
-            samples[offset] = reader.ask({"op": "late", "wfid": wfid, "offset": offset, "n": n,
-                                          "reps": cfg["late_reps"]})["reads"]
+            samples[offset] = reader.ask(
+                {"op": "late", "wfid": wfid, "offset": offset, "n": n, "reps": cfg["late_reps"]}
+            )["reads"]
     return c.summarize_late(samples)
 
 
@@ -143,9 +151,14 @@ def w3(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
     handle = _start(app, "receiver", n)
     time.sleep(0.5)
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-        sender.ask({"topic": "in", "targets": [handle.get_workflow_id()] * n,
-                    "gap_s": cfg["input_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.ask(
+            {
+                "topic": "in",
+                "targets": [handle.get_workflow_id()] * n,
+                "gap_s": cfg["input_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
     return {"lat_ms": c.summary(handle.get_result())}
 
 
@@ -170,8 +183,16 @@ def w4(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
 
         def send_all() -> int:
             with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-                return int(sender.ask({"topic": "go", "targets": ids, "gap_s": cfg["resume_gap_s"],
-                                       "budget_s": cfg["send_budget_s"]})["sent"])
+                return int(
+                    sender.ask(
+                        {
+                            "topic": "go",
+                            "targets": ids,
+                            "gap_s": cfg["resume_gap_s"],
+                            "budget_s": cfg["send_budget_s"],
+                        }
+                    )["sent"]
+                )
 
         sent = await asyncio.to_thread(send_all)
         lat = []
@@ -204,11 +225,17 @@ def main(argv: list[str]) -> None:
         c.helper_main(sender_job, lambda: _client(cfg))
     elif role == "bench":
         app = launch(cfg)
-        results = c.run_workloads(cfg, {
-            1: lambda cfg: w1(cfg, app), 2: lambda cfg: w2(cfg, app),
-            3: lambda cfg: w3(cfg, app), 4: lambda cfg: w4(cfg, app),
-            5: lambda cfg: c.na("DBOS offers no SSE/HTTP stream endpoint"),
-        }, argv)
+        results = c.run_workloads(
+            cfg,
+            {
+                1: lambda cfg: w1(cfg, app),
+                2: lambda cfg: w2(cfg, app),
+                3: lambda cfg: w3(cfg, app),
+                4: lambda cfg: w4(cfg, app),
+                5: lambda cfg: c.na("DBOS offers no SSE/HTTP stream endpoint"),
+            },
+            argv,
+        )
         c.write_result(argv, results)
         sys.stdout.flush()
         os._exit(0)  # waiting workflows left in the app must not hold the exit

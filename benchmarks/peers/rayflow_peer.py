@@ -74,7 +74,7 @@ def _join(cfg: dict[str, Any]) -> None:
     rayflow.init(address=os.environ["PEERS_RAY_ADDRESS"], data_dir=_data_dir(cfg))
 
 
-# --- helpers (other processes) -------------------------------------------------------------------
+# --- helpers (other processes) ---
 
 
 def reader_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -84,10 +84,16 @@ def reader_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
             live.add(chunk)
         return live.result()
     if job["op"] == "late":
-        return {"reads": [
-            c.timed_late_read(out.read(job["run_id"], start_index=job["offset"], timeout_s=60),
-                              job["offset"], job["n"])
-            for _ in range(job["reps"])]}
+        return {
+            "reads": [
+                c.timed_late_read(
+                    out.read(job["run_id"], start_index=job["offset"], timeout_s=60),
+                    job["offset"],
+                    job["n"],
+                )
+                for _ in range(job["reps"])
+            ]
+        }
     if job["op"] == "sse":
         live = c.LiveRead()
         for chunk in c.sse_chunks(job["url"], headers=job["headers"]):
@@ -104,12 +110,14 @@ def sender_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
     return {"sent": i + 1}
 
 
-# --- host -------------------------------------------------------------------------------------------
+# --- host ---
 
 
 def _helper(cfg: dict[str, Any], role: str) -> c.Helper:
-    return c.Helper(c.helper_argv(__file__, role, cfg["_config_path"]),
-                    env={"PEERS_RAY_ADDRESS": cfg["_ray_address"]})
+    return c.Helper(
+        c.helper_argv(__file__, role, cfg["_config_path"]),
+        env={"PEERS_RAY_ADDRESS": cfg["_ray_address"]},
+    )
 
 
 def _output(run_id: str, timeout_s: float = 120.0) -> Any:
@@ -129,7 +137,8 @@ def w1(cfg: dict[str, Any]) -> dict[str, Any]:
     with _helper(cfg, "reader") as reader:
         for _ in c.reps(cfg):
             handle = writer.trigger({"n": cfg["n_chunks"], "start_at": time.time() + 0.5}).result(
-                timeout_s=60)
+                timeout_s=60
+            )
             reps.append(reader.ask({"op": "live", "run_id": handle.id}))
             _output(handle.id)
     cfg["_w1_run"] = handle.id
@@ -145,8 +154,9 @@ def w2(cfg: dict[str, Any]) -> dict[str, Any]:
     samples = {}
     with _helper(cfg, "reader") as reader:
         for offset in (0, n - n // 10):
-            samples[offset] = reader.ask({"op": "late", "run_id": run_id, "offset": offset,
-                                          "n": n, "reps": cfg["late_reps"]})["reads"]
+            samples[offset] = reader.ask(
+                {"op": "late", "run_id": run_id, "offset": offset, "n": n, "reps": cfg["late_reps"]}
+            )["reads"]
     return c.summarize_late(samples)
 
 
@@ -158,8 +168,14 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     if run.is_completed:
         raise RuntimeError(f"run {handle.id} ended {run.status} before any input: {run.error}")
     with _helper(cfg, "sender") as sender:
-        sender.ask({"stream": "in", "targets": [handle.id] * n, "gap_s": cfg["input_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.ask(
+            {
+                "stream": "in",
+                "targets": [handle.id] * n,
+                "gap_s": cfg["input_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
     return {"lat_ms": c.summary(_output(handle.id))}
 
 
@@ -172,18 +188,23 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
         ids: list[str] = []
         for start in range(0, n_wait, 50):
             handles = await asyncio.gather(
-                *[waiter.trigger({}) for _ in range(start, min(n_wait, start + 50))])
+                *[waiter.trigger({}) for _ in range(start, min(n_wait, start + 50))]
+            )
             ids.extend(h.id for h in handles)
         return ids
 
     t0 = time.monotonic()
-    ids = asyncio.run(trigger_all())
+    asyncio.run(trigger_all())
     start_s = time.monotonic() - t0
     deadline = time.monotonic() + cfg["wait_settle_s"]
     waiting_ids: list[str] = []
     while time.monotonic() < deadline:
-        waiting_ids = [r.id for r in rayflow.runs.list(
-            status="WAITING", task_id="peers-waiter", limit=n_wait + 10).result(timeout_s=60)]
+        waiting_ids = [
+            r.id
+            for r in rayflow.runs.list(
+                status="WAITING", task_id="peers-waiter", limit=n_wait + 10
+            ).result(timeout_s=60)
+        ]
         if len(waiting_ids) >= n_wait:
             break
         time.sleep(1.0)
@@ -195,8 +216,14 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
     sent = 0
     if resumed:
         with _helper(cfg, "sender") as sender:
-            sent = sender.ask({"stream": "go", "targets": resumed, "gap_s": cfg["resume_gap_s"],
-                               "budget_s": cfg["send_budget_s"]})["sent"]
+            sent = sender.ask(
+                {
+                    "stream": "go",
+                    "targets": resumed,
+                    "gap_s": cfg["resume_gap_s"],
+                    "budget_s": cfg["send_budget_s"],
+                }
+            )["sent"]
     lat: list[float] = []
     deadline = time.monotonic() + 60
     for run_id in resumed[:sent]:
@@ -212,8 +239,11 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
         "start_s": round(start_s, 2),
         "settle_s": round(settle_s, 1),
         "resumed": len(lat),
-        "note": (f"{waiting} of {n_wait} triggered runs were WAITING after {settle_s:.0f} s"
-                 if waiting < n_wait else ""),
+        "note": (
+            f"{waiting} of {n_wait} triggered runs were WAITING after {settle_s:.0f} s"
+            if waiting < n_wait
+            else ""
+        ),
         "pss_kib_per_wait": (during["pss_kib"] - before["pss_kib"]) / max(1, waiting),
         "processes_held": during["processes"] - before["processes"],
         "footprint_before": before,
@@ -233,9 +263,17 @@ def w5(cfg: dict[str, Any]) -> dict[str, Any]:
     with _helper(cfg, "reader") as reader:
         for _ in c.reps(cfg):
             handle = writer.trigger({"n": cfg["n_chunks"], "start_at": time.time() + 0.5}).result(
-                timeout_s=60)
-            reps.append(reader.ask({"op": "sse", "headers": headers,
-                                    "url": f"{base}/realtime/v1/streams/{handle.id}/out"}))
+                timeout_s=60
+            )
+            reps.append(
+                reader.ask(
+                    {
+                        "op": "sse",
+                        "headers": headers,
+                        "url": f"{base}/realtime/v1/streams/{handle.id}/out",
+                    }
+                )
+            )
             _output(handle.id)
     return c.summarize_live(reps)
 
@@ -264,7 +302,8 @@ def main(argv: list[str]) -> None:
         raise NotImplementedError(IMPORT_ERROR)
     # Ray workers (RunActors) import _common too
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(c.HERE), os.environ.get("PYTHONPATH")]))
+        filter(None, [str(c.HERE), os.environ.get("PYTHONPATH")])
+    )
     if role in ("reader", "sender"):
         c.helper_main(reader_job if role == "reader" else sender_job, lambda: _join(cfg))
     elif role == "bench":

@@ -48,7 +48,7 @@ def read_stream(r: Any, key: str, offset: int = 0, block_ms: int = 30_000):
             yield fields["c"]
 
 
-# --- helpers (other processes) --------------------------------------------------------------
+# --- helpers (other processes) ---
 
 
 def reader_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +58,14 @@ def reader_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
             live.add(chunk)
         return live.result()
     if job["op"] == "late":
-        return {"reads": [c.timed_late_read(read_stream(r, job["key"], job["offset"]),
-                                            job["offset"], job["n"]) for _ in range(job["reps"])]}
+        return {
+            "reads": [
+                c.timed_late_read(
+                    read_stream(r, job["key"], job["offset"]), job["offset"], job["n"]
+                )
+                for _ in range(job["reps"])
+            ]
+        }
     if job["op"] == "sse":
         live = c.LiveRead()
         for chunk in c.sse_chunks(job["url"]):
@@ -71,12 +77,13 @@ def reader_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
 def sender_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = job["targets"]
     for i in c.paced(len(targets), job["gap_s"], job.get("budget_s")):
-        r.xadd(job["stream"].format(run=targets[i]),
-               {"run": targets[i], "i": i, "ts": time.time_ns()})
+        r.xadd(
+            job["stream"].format(run=targets[i]), {"run": targets[i], "i": i, "ts": time.time_ns()}
+        )
     return {"sent": i + 1}
 
 
-# --- the SSE app (served by uvicorn in its own process) ----------------------------------------
+# --- the SSE app (served by uvicorn in its own process) ---
 
 
 def sse_app() -> Any:
@@ -85,8 +92,9 @@ def sse_app() -> Any:
     from sse_starlette.sse import EventSourceResponse
 
     app = FastAPI()
-    r = aredis.Redis(host="127.0.0.1", port=int(os.environ["PEER_REDIS_PORT"]),
-                     decode_responses=True)
+    r = aredis.Redis(
+        host="127.0.0.1", port=int(os.environ["PEER_REDIS_PORT"]), decode_responses=True
+    )
 
     @app.get("/streams/{key}")
     async def stream(key: str, offset: int = 0) -> EventSourceResponse:
@@ -107,7 +115,7 @@ def sse_app() -> Any:
     return app
 
 
-# --- workloads (host) ----------------------------------------------------------------------------
+# --- workloads (host) ---
 
 
 def _reader(cfg: dict[str, Any]) -> c.Helper:
@@ -144,8 +152,9 @@ def w2(cfg: dict[str, Any]) -> dict[str, Any]:
     samples = {}
     with _reader(cfg) as reader:
         for offset in (0, n - n // 10):
-            samples[offset] = reader.ask({"op": "late", "key": key, "offset": offset, "n": n,
-                                          "reps": cfg["late_reps"]})["reads"]
+            samples[offset] = reader.ask(
+                {"op": "late", "key": key, "offset": offset, "n": n, "reps": cfg["late_reps"]}
+            )["reads"]
     return c.summarize_late(samples)
 
 
@@ -168,8 +177,14 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     t = threading.Thread(target=task, daemon=True)
     t.start()
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-        sender.ask({"stream": "in:{run}", "targets": [run] * n, "gap_s": cfg["input_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.ask(
+            {
+                "stream": "in:{run}",
+                "targets": [run] * n,
+                "gap_s": cfg["input_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
     t.join(timeout=60)
     return {"lat_ms": c.summary(lat)}
 
@@ -196,7 +211,7 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
         last = "0-0"
         while not done.is_set():
             resp = r.xread({stream: last}, count=100, block=1000)
-            for entry_id, fields in (resp[0][1] if resp else []):
+            for entry_id, fields in resp[0][1] if resp else []:
                 state = r.hgetall(f"state:{fields['run']}")
                 if state.get("status") == "WAITING":  # continue the task from its state
                     r.hset(f"state:{fields['run']}", "status", "DONE")
@@ -206,8 +221,14 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
     worker = threading.Thread(target=resume_worker, daemon=True)
     worker.start()
     with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender:
-        sender.ask({"stream": stream, "targets": runs[:n_resume], "gap_s": cfg["resume_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.ask(
+            {
+                "stream": stream,
+                "targets": runs[:n_resume],
+                "gap_s": cfg["resume_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
     deadline = time.monotonic() + 30
     while len(lat) < n_resume and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -229,9 +250,21 @@ def w5(cfg: dict[str, Any]) -> dict[str, Any]:
     r = _redis(cfg)
     port = cfg["free_ports"][0]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "redis_diy_peer:sse_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=str(c.HERE), env={**os.environ, "PEER_REDIS_PORT": str(cfg["redis_port"])},
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "redis_diy_peer:sse_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=str(c.HERE),
+        env={**os.environ, "PEER_REDIS_PORT": str(cfg["redis_port"])},
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/docs")

@@ -63,7 +63,7 @@ except ImportError:
     app = None
 
 
-# --- helpers (other processes) ----------------------------------------------------------------
+# --- helpers (other processes) ---
 
 
 def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     return {"sent": i + 1}
 
 
-# --- host ----------------------------------------------------------------------------------------
+# --- host ---
 
 
 def start_sdk(cfg: dict[str, Any]) -> subprocess.Popen[Any]:
@@ -81,16 +81,27 @@ def start_sdk(cfg: dict[str, Any]) -> subprocess.Popen[Any]:
 
     port = cfg["free_ports"][0]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "restate_peer:app", "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "restate_peer:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
         cwd=str(c.HERE),
     )
     deadline = time.monotonic() + 30
     admin = cfg["restate"]["admin"]
     while True:  # register the deployment once hypercorn answers
         try:
-            r = httpx.post(f"{admin}/deployments", json={"uri": f"http://127.0.0.1:{port}",
-                                                         "force": True}, timeout=10)
+            r = httpx.post(
+                f"{admin}/deployments",
+                json={"uri": f"http://127.0.0.1:{port}", "force": True},
+                timeout=10,
+            )
             if r.status_code < 300:
                 time.sleep(1.0)  # the ingress learns the new services asynchronously
                 return proc
@@ -115,8 +126,13 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     httpx.post(f"{ingress}/W3/{wfid}/run/send", json=n, timeout=30).raise_for_status()
     time.sleep(0.5)
     with _sender(cfg) as sender:
-        sender.ask({"urls": [f"{ingress}/W3/{wfid}/w3_msg"] * n, "gap_s": cfg["input_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.ask(
+            {
+                "urls": [f"{ingress}/W3/{wfid}/w3_msg"] * n,
+                "gap_s": cfg["input_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
     lat = httpx.get(f"{ingress}/restate/workflow/W3/{wfid}/attach", timeout=120).json()
     return {"lat_ms": c.summary(lat)}
 
@@ -124,10 +140,15 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
 def _suspended(cfg: dict[str, Any]) -> dict[str, int]:
     import httpx
 
-    r = httpx.post(f"{cfg['restate']['admin']}/query",
-                   json={"query": "SELECT status, count(*) AS n FROM sys_invocation "
-                                  "WHERE target_service_name = 'W4' GROUP BY status"},
-                   headers={"Accept": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{cfg['restate']['admin']}/query",
+        json={
+            "query": "SELECT status, count(*) AS n FROM sys_invocation "
+            "WHERE target_service_name = 'W4' GROUP BY status"
+        },
+        headers={"Accept": "application/json"},
+        timeout=30,
+    )
     if r.status_code >= 300:
         return {"query_failed": r.status_code}
     return {row["status"]: row["n"] for row in r.json().get("rows", [])}
@@ -144,8 +165,10 @@ def w4(cfg: dict[str, Any], sdk_pid: int) -> dict[str, Any]:
     before = c.footprint(roots)
     ids = [uuid.uuid4().hex for _ in range(n_wait)]
     t0 = time.monotonic()
-    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16)) as client, \
-            concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with (
+        httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16)) as client,
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
         for r in pool.map(lambda i: client.post(f"{ingress}/W4/{i}/run/send"), ids):
             r.raise_for_status()
     start_s = time.monotonic() - t0
@@ -153,10 +176,17 @@ def w4(cfg: dict[str, Any], sdk_pid: int) -> dict[str, Any]:
     during = c.footprint(roots)
     statuses = _suspended(cfg)
     with _sender(cfg) as sender:
-        sent = sender.ask({"urls": [f"{ingress}/W4/{i}/w4_go" for i in ids[:n_resume]],
-                           "gap_s": cfg["resume_gap_s"], "budget_s": cfg["send_budget_s"]})["sent"]
-    lat = [httpx.get(f"{ingress}/restate/workflow/W4/{i}/attach", timeout=120).json()
-           for i in ids[:sent]]
+        sent = sender.ask(
+            {
+                "urls": [f"{ingress}/W4/{i}/w4_go" for i in ids[:n_resume]],
+                "gap_s": cfg["resume_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )["sent"]
+    lat = [
+        httpx.get(f"{ingress}/restate/workflow/W4/{i}/attach", timeout=120).json()
+        for i in ids[:sent]
+    ]
     return {
         "lat_ms": c.summary(lat),
         "waiting": n_wait,
@@ -180,10 +210,20 @@ def main(argv: list[str]) -> None:
         sdk = start_sdk(cfg)
         try:
             no_streams = "Restate has no output streams"
-            c.write_result(argv, c.run_workloads(cfg, {
-                1: lambda cfg: c.na(no_streams), 2: lambda cfg: c.na(no_streams),
-                3: w3, 4: lambda cfg: w4(cfg, sdk.pid), 5: lambda cfg: c.na(no_streams),
-            }, argv))
+            c.write_result(
+                argv,
+                c.run_workloads(
+                    cfg,
+                    {
+                        1: lambda cfg: c.na(no_streams),
+                        2: lambda cfg: c.na(no_streams),
+                        3: w3,
+                        4: lambda cfg: w4(cfg, sdk.pid),
+                        5: lambda cfg: c.na(no_streams),
+                    },
+                    argv,
+                ),
+            )
         finally:
             sdk.terminate()
             sdk.wait(timeout=10)

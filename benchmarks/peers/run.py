@@ -58,22 +58,54 @@ RESTATE_NPM = "@restatedev/restate-server@1.7.12"
 # name, module, which python runs it ("peers" venv or the "project" venv), servers it needs
 SYSTEMS: list[dict[str, Any]] = [
     {"name": "rayflow", "module": "rayflow_peer.py", "python": "project", "needs": []},
-    {"name": "dbos-postgres", "module": "dbos_peer.py", "python": "peers", "needs": ["postgres"],
-     "extra": {"variant": "postgres"}},
-    {"name": "dbos-sqlite", "module": "dbos_peer.py", "python": "peers", "needs": [],
-     "extra": {"variant": "sqlite"}},
+    {
+        "name": "dbos-postgres",
+        "module": "dbos_peer.py",
+        "python": "peers",
+        "needs": ["postgres"],
+        "extra": {"variant": "postgres"},
+    },
+    {
+        "name": "dbos-sqlite",
+        "module": "dbos_peer.py",
+        "python": "peers",
+        "needs": [],
+        "extra": {"variant": "sqlite"},
+    },
     {"name": "restate", "module": "restate_peer.py", "python": "peers", "needs": ["restate"]},
     {"name": "redis-diy", "module": "redis_diy_peer.py", "python": "peers", "needs": ["redis"]},
     {"name": "ray-serve", "module": "serve_stream_peer.py", "python": "project", "needs": []},
 ]
 
 SIZES = {
-    "full": {"n_chunks": 10_000, "reps": 3, "rep_budget_s": 45, "late_reps": 5, "n_inputs": 100,
-             "input_gap_s": 0.05, "n_waiters": 2000, "n_resume": 100, "resume_gap_s": 0.05,
-             "send_budget_s": 40, "wait_settle_s": 90, "timeout_s": 330},
-    "quick": {"n_chunks": 2_000, "reps": 1, "rep_budget_s": 20, "late_reps": 3, "n_inputs": 40,
-              "input_gap_s": 0.05, "n_waiters": 200, "n_resume": 40, "resume_gap_s": 0.05,
-              "send_budget_s": 20, "wait_settle_s": 40, "timeout_s": 180},
+    "full": {
+        "n_chunks": 10_000,
+        "reps": 3,
+        "rep_budget_s": 45,
+        "late_reps": 5,
+        "n_inputs": 100,
+        "input_gap_s": 0.05,
+        "n_waiters": 2000,
+        "n_resume": 100,
+        "resume_gap_s": 0.05,
+        "send_budget_s": 40,
+        "wait_settle_s": 90,
+        "timeout_s": 330,
+    },
+    "quick": {
+        "n_chunks": 2_000,
+        "reps": 1,
+        "rep_budget_s": 20,
+        "late_reps": 3,
+        "n_inputs": 40,
+        "input_gap_s": 0.05,
+        "n_waiters": 200,
+        "n_resume": 40,
+        "resume_gap_s": 0.05,
+        "send_budget_s": 20,
+        "wait_settle_s": 40,
+        "timeout_s": 180,
+    },
 }
 
 
@@ -81,7 +113,7 @@ def log(msg: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# --- setup: everything from the package registries, once ---------------------------------------
+# --- setup: everything from the package registries, once ---
 
 
 def setup(systems: list[dict[str, Any]]) -> None:
@@ -95,8 +127,12 @@ def setup(systems: list[dict[str, Any]]) -> None:
         log(f"apt-get install {' '.join(apt)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *apt], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *apt],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
     if any(s["python"] == "peers" for s in systems):
         marker = VENV / "peers-requirements.txt"
         wanted = "\n".join(PEER_PACKAGES)
@@ -112,8 +148,11 @@ def setup(systems: list[dict[str, Any]]) -> None:
         if not RESTATE_BIN.exists():
             log(f"npm install {RESTATE_NPM}")
             (WORK / "restate").mkdir(parents=True, exist_ok=True)
-            subprocess.run(["npm", "install", "--no-audit", "--no-fund", RESTATE_NPM],
-                           cwd=WORK / "restate", check=True)
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", RESTATE_NPM],
+                cwd=WORK / "restate",
+                check=True,
+            )
 
 
 def project_python() -> str:
@@ -121,7 +160,7 @@ def project_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-# --- the benchmark phase (inside the loopback-only namespace) ----------------------------------------
+# --- the benchmark phase (inside the loopback-only namespace) ---
 
 
 def run_system(system: dict[str, Any], cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -130,8 +169,15 @@ def run_system(system: dict[str, Any], cfg: dict[str, Any], timeout_s: float) ->
         cfg_path, out_path = Path(tmp) / "config.json", Path(tmp) / "result.json"
         cfg = {**cfg, **system.get("extra", {}), "system": system["name"], "tmp": tmp}
         cfg_path.write_text(json.dumps(cfg))
-        argv = [python, str(HERE / system["module"]), "bench", "--config", str(cfg_path),
-                "--out", str(out_path)]
+        argv = [
+            python,
+            str(HERE / system["module"]),
+            "bench",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out_path),
+        ]
         started = time.monotonic()
         # its own process group, so a timeout ends the module and every helper it started
         proc = subprocess.Popen(argv, cwd=HERE, start_new_session=True)
@@ -182,16 +228,21 @@ def bench(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, 
     results: dict[str, Any] = {}
     try:
         for system in systems:
-            cfg: dict[str, Any] = {**size, "workloads": workloads,
-                                   "free_ports": [free_port() for _ in range(3)],
-                                   "repo": str(REPO), "netns": bool(os.environ.get("PEERS_NETNS"))}
+            cfg: dict[str, Any] = {
+                **size,
+                "workloads": workloads,
+                "free_ports": [free_port() for _ in range(3)],
+                "repo": str(REPO),
+                "netns": bool(os.environ.get("PEERS_NETNS")),
+            }
             try:
                 for need in system["needs"]:
                     if need == "postgres":
                         if "postgres" not in servers.info:
                             servers.start_postgres()
                         cfg["pg_url"] = servers.create_database(
-                            f"bench_{system['name'].replace('-', '_')}_{int(time.time())}")
+                            f"bench_{system['name'].replace('-', '_')}_{int(time.time())}"
+                        )
                         cfg["pg_pid"] = servers.info["postgres"]["pid"]
                     elif need == "redis":
                         info = servers.info.get("redis") or servers.start_redis()
@@ -201,7 +252,8 @@ def bench(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, 
                             raise RuntimeError(
                                 "skipped: the Restate server checks for new versions on the "
                                 "internet; run.py runs it only in a loopback-only namespace "
-                                "(unshare -n), which is not available here")
+                                "(unshare -n), which is not available here"
+                            )
                         info = servers.info.get("restate") or servers.start_restate()
                         cfg["restate"] = info
             except Exception as e:
@@ -213,12 +265,16 @@ def bench(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, 
             log(f"{system['name']}: done in {results[system['name']].get('seconds')} s")
     finally:
         servers.stop_all()
-    return {"size": "quick" if args.quick else "full", "workloads": workloads,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results,
-            "size_params": size}
+    return {
+        "size": "quick" if args.quick else "full",
+        "workloads": workloads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "results": results,
+        "size_params": size,
+    }
 
 
-# --- the table ---------------------------------------------------------------------------------------
+# --- the table ---
 
 # (workload, label, key path, unit, lower is better, show p99)
 METRICS = [
@@ -278,7 +334,7 @@ def table(report: dict[str, Any]) -> str:
     late = report["size_params"]["n_chunks"] - report["size_params"]["n_chunks"] // 10
     head = ["#", "metric"] + names
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for number, label, path, unit, lower, p99 in METRICS:
+    for number, label, path, unit, _lower, p99 in METRICS:
         if number not in report["workloads"]:
             continue
         path = (path[0], path[1].format(late=late))
@@ -325,7 +381,10 @@ def table(report: dict[str, Any]) -> str:
 
 
 def write_readme(text: str, command: str) -> None:
-    section = f"{BEGIN}\n## Peers (issue 7)\n\nCommand: `{command}` — see `benchmarks/peers/run.py`.\n\n{text}\n{END}"
+    section = (
+        f"{BEGIN}\n## Peers (issue 7)\n\nCommand: `{command}` (see `benchmarks/peers/run.py`)."
+        f"\n\n{text}\n{END}"
+    )
     if README.exists():
         body = README.read_text()
         if BEGIN in body and END in body:
@@ -339,7 +398,7 @@ def write_readme(text: str, command: str) -> None:
     README.write_text(body)
 
 
-# --- entry ----------------------------------------------------------------------------------------------
+# --- entry ---
 
 
 def select(only: str | None) -> list[dict[str, Any]]:
@@ -348,8 +407,9 @@ def select(only: str | None) -> list[dict[str, Any]]:
     wanted = [w.strip() for w in only.split(",") if w.strip()]
     chosen = [s for s in SYSTEMS if any(s["name"].startswith(w) or w in s["name"] for w in wanted)]
     if not chosen:
-        raise SystemExit(f"--only {only}: no system matches; systems: "
-                         + ", ".join(s["name"] for s in SYSTEMS))
+        raise SystemExit(
+            f"--only {only}: no system matches; systems: " + ", ".join(s["name"] for s in SYSTEMS)
+        )
     return chosen
 
 
@@ -357,8 +417,12 @@ def netns_available() -> bool:
     if not shutil.which("unshare") or not shutil.which("ip"):
         return False
     try:
-        return subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"],
-                              capture_output=True, timeout=20).returncode == 0
+        return (
+            subprocess.run(
+                ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -366,15 +430,25 @@ def netns_available() -> bool:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    p.add_argument("--only", help="comma-separated systems (prefixes): rayflow,dbos,restate,redis,serve")
+    p.add_argument(
+        "--only", help="comma-separated systems (prefixes): rayflow,dbos,restate,redis,serve"
+    )
     p.add_argument("--workloads", default="1,2,3,4,5", help="comma-separated workload numbers")
     p.add_argument("--skip-setup", action="store_true", help="do not install anything")
-    p.add_argument("--no-netns", action="store_true",
-                   help="do not isolate in a loopback-only network namespace (Restate is skipped)")
+    p.add_argument(
+        "--no-netns",
+        action="store_true",
+        help="do not isolate in a loopback-only network namespace (Restate is skipped)",
+    )
     p.add_argument("--no-readme", action="store_true", help="print the table only")
     p.add_argument("--json", help="also write the raw results to this file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a size parameter, e.g. --set n_inputs=20 (numbers only)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a size parameter, e.g. --set n_inputs=20 (numbers only)",
+    )
     args = p.parse_args()
     sys.path.insert(0, str(HERE))
     systems = select(args.only)

@@ -72,14 +72,16 @@ def _app() -> Any:
     return Streams.bind()
 
 
-# --- helpers (other processes) --------------------------------------------------------------
+# --- helpers (other processes) ---
 
 
 def _lines(url: str) -> Any:
     import httpx
 
-    with httpx.Client(timeout=httpx.Timeout(120, connect=10)) as client, \
-            client.stream("GET", url) as resp:
+    with (
+        httpx.Client(timeout=httpx.Timeout(120, connect=10)) as client,
+        client.stream("GET", url) as resp,
+    ):
         resp.raise_for_status()
         yield from resp.iter_lines()
 
@@ -102,13 +104,15 @@ def sender_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
     return {"sent": i + 1}
 
 
-# --- workloads (host) ---------------------------------------------------------------------------
+# --- workloads (host) ---
 
 
 def start(cfg: dict[str, Any]) -> str:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # the replica imports _common too
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(c.HERE), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(c.HERE), os.environ.get("PYTHONPATH")])
+    )
     import ray
     from ray import serve
 
@@ -133,13 +137,21 @@ def w3(cfg: dict[str, Any], base: str) -> dict[str, Any]:
 
     rid, n = uuid.uuid4().hex, cfg["n_inputs"]
     lat: list[float] = []
-    with c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender, \
-            httpx.Client(timeout=httpx.Timeout(120, connect=10)) as client, \
-            client.stream("GET", f"{base}/w3/{rid}?n={n}") as resp:
+    with (
+        c.Helper(c.helper_argv(__file__, "sender", cfg["_config_path"])) as sender,
+        httpx.Client(timeout=httpx.Timeout(120, connect=10)) as client,
+        client.stream("GET", f"{base}/w3/{rid}?n={n}") as resp,
+    ):
         lines = resp.iter_lines()
         assert next(lines) == "ready"
-        sender.send({"url": f"{base}/w3/{rid}", "n": n, "gap_s": cfg["input_gap_s"],
-                    "budget_s": cfg["send_budget_s"]})
+        sender.send(
+            {
+                "url": f"{base}/w3/{rid}",
+                "n": n,
+                "gap_s": cfg["input_gap_s"],
+                "budget_s": cfg["send_budget_s"],
+            }
+        )
         for line in lines:
             if line:
                 lat.append(float(line))
@@ -157,13 +169,19 @@ def main(argv: list[str]) -> None:
     elif role == "bench":
         base = start(cfg)
         try:
-            results = c.run_workloads(cfg, {
-                1: lambda cfg: _live(cfg, base, 0),
-                2: lambda cfg: c.na("no durability: nothing is kept for a reader that comes later"),
-                3: lambda cfg: w3(cfg, base),
-                4: lambda cfg: c.na("Ray cannot suspend a call and release its replica"),
-                5: lambda cfg: _live(cfg, base, 1),
-            }, argv)
+            results = c.run_workloads(
+                cfg,
+                {
+                    1: lambda cfg: _live(cfg, base, 0),
+                    2: lambda cfg: c.na(
+                        "no durability: nothing is kept for a reader that comes later"
+                    ),
+                    3: lambda cfg: w3(cfg, base),
+                    4: lambda cfg: c.na("Ray cannot suspend a call and release its replica"),
+                    5: lambda cfg: _live(cfg, base, 1),
+                },
+                argv,
+            )
             c.write_result(argv, results)
         finally:
             import ray
