@@ -158,7 +158,7 @@ def _use_ray_auth(mode: str | None) -> None:
         return
     os.environ["RAY_AUTH_MODE"] = mode
     with contextlib.suppress(ImportError):  # Ray reads the mode again only when told to
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
 
@@ -314,7 +314,7 @@ def dev(
                 "pid": os.getpid(),
                 "url": url,
                 "ray_address": ray.get_runtime_context().gcs_address,
-                "node_ip": ray.util.get_node_ip_address(),
+                "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
                 "ray_auth_mode": os.environ.get("RAY_AUTH_MODE"),
                 "namespace": resolved.namespace,
                 "store": resolved.store_url(),
@@ -335,11 +335,12 @@ def dev(
     out.print(f"stopping ({stop})…")
     with contextlib.suppress(OSError):
         dev_file.unlink()
-    with contextlib.suppress(Exception):  # best effort: Ray itself goes down next
-        from ray import serve
+    from ray import serve
 
-        serve.shutdown()
-    ray.shutdown()
+    try:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+    finally:
+        ray.shutdown()
 
 
 def _register(task: Any) -> None:
@@ -609,11 +610,7 @@ def send(
 
     value = parse_json(data, "the message")
     connect(data_dir)
-    send_fn = getattr(streams, "send", None)
-    if send_fn is not None:
-        send_fn(run_id, stream, value).result()
-    else:
-        streams.input(stream).send(run_id, value).result()  # type: ignore[attr-defined]
+    streams.send(run_id, stream, value).result()
     err.print(f"sent to {run_id} / {stream}")
 
 
