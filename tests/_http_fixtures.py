@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 import rayflow
 from rayflow import streams, task
@@ -99,7 +100,26 @@ async def http_hold(payload: dict) -> str:  # type: ignore[type-arg]
     return "held"
 
 
-TEST_TASKS = [http_emit, http_hold]
+class Approval(BaseModel):
+    approved: bool
+    reviewer: str
+
+
+approval = streams.input("approval", Approval)
+notes = streams.input("notes", dict)
+
+
+@task(id="http-approve")
+async def http_approve(payload: dict) -> dict:  # type: ignore[type-arg]
+    """Wait for `count` messages on the "approval" input stream; return them."""
+    received = []
+    for _ in range(int(payload.get("count", 1))):
+        result = await approval.once(timeout_s=float(payload.get("timeout_s", 60)))
+        received.append(result.unwrap().model_dump())
+    return {"received": received}
+
+
+TEST_TASKS = [http_emit, http_hold, http_approve]
 
 
 @pytest.fixture(scope="session")

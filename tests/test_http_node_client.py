@@ -50,8 +50,11 @@ def node_sdk() -> Path:
     return NODE_DIR
 
 
-async def run_node(node_dir: Path, command: dict[str, Any], timeout_s: float = 90) -> list[Any]:
-    """Run one sdk_client.mjs command; returns its JSON lines (fails on error)."""
+async def run_node(
+    node_dir: Path, command: dict[str, Any], timeout_s: float = 90, *, fails: bool = False
+) -> list[Any]:
+    """Run one sdk_client.mjs command; returns its JSON lines. Unless `fails`,
+    the command must succeed."""
     proc = await asyncio.create_subprocess_exec(
         "node",
         "sdk_client.mjs",
@@ -67,6 +70,9 @@ async def run_node(node_dir: Path, command: dict[str, Any], timeout_s: float = 9
         await proc.wait()
         pytest.fail(f"node {command['op']} did not finish within {timeout_s} s")
     lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    if fails:
+        assert proc.returncode != 0 and lines and lines[-1]["type"] == "error", lines
+        return lines
     assert proc.returncode == 0 and lines and lines[-1]["type"] == "end", (
         f"node {command['op']} failed: {lines[-3:]}\n{err.decode()[-2000:]}"
     )
@@ -105,6 +111,42 @@ async def test_sdk_stream_reader_starts_at_start_index_in_the_middle(
         },
     )
     assert chunks_of(lines) == [{"i": i} for i in range(30, 80)]
+
+
+async def test_sdk_input_stream_send_reaches_the_task_with_the_run_token(
+    http_tasks: HttpApi, node_sdk: Path
+) -> None:
+    run_id, token = await trigger(http_tasks, "http-approve", {"count": 1})
+    lines = await run_node(
+        node_sdk,
+        {
+            "op": "send",
+            "baseURL": http_tasks.url,
+            "token": token,
+            "runId": run_id,
+            "streamId": "approval",
+            "data": {"approved": True, "reviewer": "node"},
+        },
+    )
+    assert lines[0] == {"type": "sent"}
+    run = await wait_finished(run_id)
+    assert run.status == "COMPLETED", run.error
+    assert run.output == {"received": [{"approved": True, "reviewer": "node"}]}
+    # the SDK sees our refusal of a send to a finished run as Trigger.dev's
+    failed = await run_node(
+        node_sdk,
+        {
+            "op": "send",
+            "baseURL": http_tasks.url,
+            "token": token,
+            "runId": run_id,
+            "streamId": "approval",
+            "data": {"approved": False, "reviewer": "late"},
+        },
+        fails=True,
+    )
+    assert failed[-1]["status"] == 400
+    assert "Cannot send to input stream on a completed run" in failed[-1]["message"]
 
 
 async def test_sdk_trigger_token_from_x_trigger_jwt_alone_reads_the_run(
