@@ -56,6 +56,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     tasks.write_text(textwrap.dedent(TASKS))
     with start_dev_server(str(tasks), home / "data") as server:
         yield server
+    # stopped with SIGINT (Ctrl-C): a clean exit that leaves no dev file behind
+    assert server.proc.returncode == 0, server.output()[-2000:]
+    assert not (server.data_dir / "dev.json").exists()
 
 
 def rayflow(

@@ -290,3 +290,19 @@ def test_client_js_is_served_at_the_root_for_any_page(dev_server: DevServer) -> 
     assert "javascript" in r.headers["content-type"]
     assert "export class RayflowClient" in r.text
     assert Path(DASHBOARD / "client.js").read_text() == r.text
+
+
+def test_a_run_can_be_canceled_from_its_page(
+    page: Any,  # noqa: F811
+    dev_server: DevServer,  # noqa: F811
+) -> None:
+    page.goto(f"{dev_server.url}/dashboard/#key={dev_server.secret_key}")
+    page.fill("#task-input", RESEARCH_AGENT.task_id)
+    page.fill("#payload-input", json.dumps(RESEARCH_AGENT.payload))
+    page.click("#trigger-button")
+    page.wait_for_url("**/run.html?id=*", timeout=30_000)
+    _wait(page, "section.stream[data-length]:not([data-length='0'])", "first chunks", 90)
+    page.click("#cancel-button")
+    _wait(page, "#run-status[data-status='CANCELED']", "the run canceled", 60)
+    assert page.is_hidden("#cancel-button")
+    _wait(page, "section.stream[data-ended='true']", "its streams closed", 30)
