@@ -64,7 +64,9 @@ def application(settings: Settings, *, num_replicas: int = 1) -> Application:
         }
     )
     settings_json = resolved.model_dump_json()
-    return RayflowHTTP.options(num_replicas=num_replicas).bind(settings_json, secret)
+    deployment: Any = RayflowHTTP  # Serve's decorator returns a Deployment
+    app: Application = deployment.options(num_replicas=num_replicas).bind(settings_json, secret)
+    return app
 
 
 def build(args: dict[str, str]) -> Application:

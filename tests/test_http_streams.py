@@ -167,3 +167,32 @@ async def test_append_from_outside_is_read_back_as_a_string_chunk(http_tasks: Ht
     res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/logs")
     assert res.chunks == [(0, "line 0"), (1, "line 1"), (2, "line 2")]
     assert [json.loads(r["body"])["id"] for r in res.records] == ["part-0", "part-1", "part-2"]
+
+
+async def test_v1_ndjson_writer_resumes_without_duplicates(http_tasks: HttpApi) -> None:
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    path = f"/realtime/v1/streams/{run_id}/self/ndjson"
+    writer = {"X-Client-Id": "w1"}
+    async with http_tasks.client() as c:
+        created = await c.put(path, headers=http_tasks.headers())
+        assert created.json() == {"version": "v1"}
+        probe = await c.head(path, headers=http_tasks.headers(**writer))
+        assert probe.headers["x-last-chunk-index"] == "-1"
+        lines = b"".join(json.dumps({"n": i}).encode() + b"\n" for i in range(5))
+        r = await c.post(path, headers=http_tasks.headers(**writer), content=lines)
+        assert r.status_code == 200, r.text
+        probe = await c.head(path, headers=http_tasks.headers(**writer))
+        assert probe.headers["x-last-chunk-index"] == "4"
+        # a writer that lost its connection resends from chunk 3: 3 and 4 are dropped
+        resent = b"".join(json.dumps({"n": i}).encode() + b"\n" for i in range(3, 8))
+        r = await c.post(
+            path,
+            headers=http_tasks.headers(**writer, **{"X-Resume-From-Chunk": "3"}),
+            content=resent,
+        )
+        assert r.status_code == 200, r.text
+        bad = await c.post(path, headers=http_tasks.headers(**writer), content=b"not json\n")
+        assert bad.status_code == 400
+    await rayflow.runs.cancel(run_id)
+    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/ndjson")
+    assert res.chunks == [(i, {"n": i}) for i in range(8)]

@@ -176,7 +176,8 @@ async def write_ndjson(
     `i` of writer `X-Client-Id` is stored once, however often it is resent."""
     who.require_secret("writing to a stream")
     target_id = await resolve_target(run_id, target)
-    first = int(x_resume_from_chunk) if (x_resume_from_chunk or "").isdigit() else 0
+    resume = (x_resume_from_chunk or "").strip()
+    first = int(resume) if resume.isdigit() else 0
     writer = writer_id(x_client_id)
     index = first
     buffered = b""
