@@ -304,6 +304,7 @@ def dev(
     _loopback_ray()
     with _status(f"starting Ray, the store and the HTTP API on {host}:{port}"):
         resolved = rayflow.init(data_dir=settings.data_dir, http_host=host, http_port=port)
+        _start_quiet_serve(host, port)
         url = serve_app.start(resolved, num_replicas=replicas)
         for t in tasks:  # registered, a task can be triggered by id (HTTP, `rayflow trigger`)
             _register(t)
@@ -341,6 +342,18 @@ def dev(
         serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()
+
+
+def _start_quiet_serve(host: str, port: int) -> None:
+    """Start Serve with its per-request INFO logs off, so the terminal shows the
+    banner and the tasks' own output; serve/app.py then deploys onto it."""
+    from ray import serve
+
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": host, "port": port},
+        logging_config={"log_level": "WARNING"},
+    )
 
 
 def _register(task: Any) -> None:
