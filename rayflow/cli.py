@@ -36,6 +36,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.live import Live  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from rayflow._config import Settings  # noqa: E402
@@ -98,7 +99,7 @@ def friendly(fn: F) -> F:
 
 def _die(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
-    err.print(f"[bold red]error:[/] {first}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(first)}", markup=True, highlight=False)
     raise typer.Exit(1)
 
 
