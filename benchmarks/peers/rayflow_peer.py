@@ -153,7 +153,7 @@ def w2(cfg: dict[str, Any]) -> dict[str, Any]:
         _output(run_id)
     samples = {}
     with _helper(cfg, "reader") as reader:
-        for offset in (0, n - n // 10):
+        for offset in (0, c.late_offset(n)):
             samples[offset] = reader.ask(
                 {"op": "late", "run_id": run_id, "offset": offset, "n": n, "reps": cfg["late_reps"]}
             )["reads"]

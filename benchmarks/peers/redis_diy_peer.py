@@ -151,7 +151,7 @@ def w2(cfg: dict[str, Any]) -> dict[str, Any]:
         _write(r, key, n)
     samples = {}
     with _reader(cfg) as reader:
-        for offset in (0, n - n // 10):
+        for offset in (0, c.late_offset(n)):
             samples[offset] = reader.ask(
                 {"op": "late", "key": key, "offset": offset, "n": n, "reps": cfg["late_reps"]}
             )["reads"]

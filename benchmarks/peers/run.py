@@ -82,6 +82,7 @@ SIZES = {
         "n_chunks": 10_000,
         "reps": 3,
         "rep_budget_s": 45,
+        "write_budget_s": 90,
         "late_reps": 5,
         "n_inputs": 100,
         "input_gap_s": 0.05,
@@ -90,12 +91,13 @@ SIZES = {
         "resume_gap_s": 0.05,
         "send_budget_s": 40,
         "wait_settle_s": 90,
-        "timeout_s": 330,
+        "timeout_s": 420,
     },
     "quick": {
         "n_chunks": 2_000,
         "reps": 1,
         "rep_budget_s": 20,
+        "write_budget_s": 30,
         "late_reps": 3,
         "n_inputs": 40,
         "input_gap_s": 0.05,
@@ -281,13 +283,13 @@ METRICS = [
     (1, "chunks/s (median of runs)", ("w1", "throughput"), "/s", False, False),
     (1, "write→read latency", ("w1", "lat_ms"), "ms", True, True),
     (2, "first chunk from offset 0", ("w2", "ttfc0_ms"), "ms", True, True),
-    (2, "first chunk from offset 9,000", ("w2", "ttfc{late}_ms"), "ms", True, True),
+    (2, "first chunk from offset 9,000", ("w2", "ttfc_late_ms"), "ms", True, True),
     (2, "read all from offset 0", ("w2", "all0_ms"), "ms", True, True),
     (3, "send → received (running)", ("w3", "lat_ms"), "ms", True, True),
     (4, "send → continued (suspended)", ("w4", "lat_ms"), "ms", True, True),
     (4, "runs waiting at once", ("w4", "waiting"), "", False, False),
     (4, "memory per waiting run", ("w4", "pss_kib_per_wait"), "KiB", True, False),
-    (4, "processes held while waiting", ("w4", "processes_held"), "", True, False),
+    (4, "processes held while waiting", ("w4", "processes_held"), "", True, None),
     (5, "SSE chunks/s (median of runs)", ("w5", "throughput"), "/s", False, False),
     (5, "SSE write→read latency", ("w5", "lat_ms"), "ms", True, True),
 ]
@@ -303,6 +305,12 @@ def _fmt(x: float | None, unit: str) -> str:
     if abs(x) >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}"
+
+
+def _ratio(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def _cell(result: dict[str, Any], path: tuple[str, str]) -> tuple[str, float | None]:
@@ -337,7 +345,6 @@ def table(report: dict[str, Any]) -> str:
     for number, label, path, unit, _lower, p99 in METRICS:
         if number not in report["workloads"]:
             continue
-        path = (path[0], path[1].format(late=late))
         label = label.replace("9,000", f"{late:,}")
         ray = _cell(results["rayflow"], path)[1] if "rayflow" in results else None
         row = [str(number), f"{label}{' (' + unit + ')' if unit and unit != '/s' else ''}"]
@@ -350,8 +357,8 @@ def table(report: dict[str, Any]) -> str:
             cell = _fmt(value, unit)
             if p99 and isinstance(v, dict):
                 cell += f" / {_fmt(v.get('p99'), unit)}"
-            if name != "rayflow" and ray is not None and value:
-                cell += f" (×{ray / value:.2f})"
+            if name != "rayflow" and ray is not None and value and p99 is not None:
+                cell += f" (×{_ratio(ray / value)})"
             row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     notes = []
@@ -368,6 +375,8 @@ def table(report: dict[str, Any]) -> str:
                 notes.append(f"- **{name}** workload {w[1]} failed: {r[w]['error']}")
             elif isinstance(r.get(w), dict) and r[w].get("note"):
                 notes.append(f"- **{name}** workload {w[1]}: {r[w]['note']}")
+            if w == "w2" and isinstance(r.get(w), dict) and r[w].get("late_offset", late) != late:
+                notes.append(f"- **{name}** workload 2: second offset {r[w]['late_offset']:,}")
     sp = report["size_params"]
     header = (
         f"Run {report['date']} ({report['size']} size: {sp['n_chunks']:,} chunks × 64 B × "
@@ -380,10 +389,41 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join([header, "", *lines, "", *notes])
 
 
+METHOD = """\
+How each system does each workload (same machine, same run, loopback only):
+
+- **rayflow** — embedded default (local Ray + SQLite, `synchronous=FULL`). The task writes
+  with `out.writer()` (group commit) and yields to its loop every 100 chunks; readers in
+  another process join with `rayflow.init(address=…)` and iterate `out.read(run_id)`;
+  input `inp.send()` → `inp.once()`; suspend `go.wait()`; SSE through `serve/` (Ray Serve).
+- **dbos-postgres / dbos-sqlite** — DBOS Transact: `DBOS.write_stream` per chunk inside a
+  workflow; `DBOSClient.read_stream` in the reader (LISTEN/NOTIFY on PostgreSQL, 10 ms
+  polling on SQLite — the default 1 s would be unfair); `DBOSClient.send` → `DBOS.recv`;
+  suspend = `await DBOS.recv_async` (DBOS cannot release a waiting workflow's process: the
+  waiters are coroutines of the app process). No SSE.
+- **restate** — restate-server (npm) + restate-sdk on hypercorn. No output streams. Input =
+  a workflow's shared handler resolves a durable promise the running handler awaits; suspend
+  = the same with `inactivity_timeout` 1 s, so the server has suspended every waiter (checked
+  with its admin SQL API) before anything is sent.
+- **redis-diy** — Redis streams (AOF, `appendfsync everysec`): `XADD` per chunk with
+  explicit ids (resume from any index), `XREAD BLOCK`; suspend = state in a hash, one resume
+  worker reading a shared `inputs` stream; SSE = FastAPI + sse-starlette on uvicorn.
+- **ray-serve** — a Ray Serve streaming response: the reader is the HTTP caller (no stream
+  another reader can join, no durability: workloads 2 and 4 n/a); input = a second request
+  filling the running generator's `asyncio.Queue`.
+
+Latency = the reader's clock minus the writer's clock embedded in each 64-byte chunk (one
+machine). A live write starts 0.5 s after the reader subscribed; writers go as fast as they
+can, so write→read latency includes any queueing. Input: one message every 50 ms from
+another process; resume: one every 50 ms, only to runs that are suspended. Memory = PSS of
+the system's processes (its servers and app/worker processes; for rayflow the whole local
+Ray) while the runs wait, minus before, divided by the runs waiting."""
+
+
 def write_readme(text: str, command: str) -> None:
     section = (
         f"{BEGIN}\n## Peers (issue 7)\n\nCommand: `{command}` (see `benchmarks/peers/run.py`)."
-        f"\n\n{text}\n{END}"
+        f"\n\n{text}\n\n{METHOD}\n{END}"
     )
     if README.exists():
         body = README.read_text()
