@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     #: sealed segments per stream kept in the Ray object store (older: Store)
     object_store_segments: int = 64
     token_ttl_s: int = 3600
+    #: Inbox actors per input stream id; runs are spread over them by id
+    inbox_shards: int = 1
+    #: how often the Controller looks for waitpoints past their deadline
+    timer_interval_s: float = 0.5
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{(self.data_dir / 'rayflow.db').resolve()}"

@@ -22,6 +22,7 @@ from rayflow._runtime.context import current_run, resolve_target
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.writer import ChunkWriter
 from rayflow.errors import ValidationError
+from rayflow.inputs import InputStream
 
 T = TypeVar("T")
 
@@ -238,9 +239,7 @@ class OutputStream(Generic[T]):
 
         return Response(go)
 
-    def pipe(
-        self, source: AsyncIterable[T] | Iterable[T], *, target: str | None = None
-    ) -> Pipe[T]:
+    def pipe(self, source: AsyncIterable[T] | Iterable[T], *, target: str | None = None) -> Pipe[T]:
         """Append every value of a sync or async iterable, in the background."""
         return _in_loop(lambda: Pipe(self._codec, _new_writer(self.id, target), source))
 
@@ -328,6 +327,16 @@ def writer(key: str = DEFAULT_KEY, *, target: str | None = None) -> StreamWriter
     return _by_key(key).writer(target=target)
 
 
+def input(id: str, type: type[T] | Any = Any) -> InputStream[T]:
+    """Define a typed input stream: data sent into running tasks."""
+    return InputStream(id, type)
+
+
+def send(run_id: str, stream_id: str, data: Any) -> Response[None]:
+    """Send JSON `data` to input stream `stream_id` of a run (untyped)."""
+    return InputStream(stream_id, Any).send(run_id, data)
+
+
 def list_streams(run_id: str) -> Response[list[dict[str, Any]]]:
     """The run's output streams: key, length, size, closed."""
 
@@ -344,6 +353,9 @@ def list_streams(run_id: str) -> Response[list[dict[str, Any]]]:
 
 __all__ = [
     "DEFAULT_KEY",
+    "InputStream",
+    "input",
+    "send",
     "OutputStream",
     "Pipe",
     "StreamReader",

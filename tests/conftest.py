@@ -3,19 +3,20 @@ and one rayflow deployment per store backend (SQLite, PostgreSQL) on it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
-import pytest
+# before Ray is imported (DESIGN §8): a local Ray that advertises 127.0.0.1
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from _store_fixtures import *  # noqa: F403  (store fixtures)
+import asyncio  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
+
+import pytest  # noqa: E402
+from _store_fixtures import *  # noqa: F403, E402  (store fixtures)
 
 T = TypeVar("T")
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,11 @@ def ray_cluster() -> Iterator[None]:
     ray.init(
         namespace="rayflow-tests",
         _node_ip_address="127.0.0.1",
-        include_dashboard=False,
+        # the dashboard serves Ray's state API (used to prove a waiting run
+        # holds no actor); it listens on 127.0.0.1 like the rest
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=0,
         num_cpus=8,
     )
     yield
@@ -60,9 +65,7 @@ def rf(
     rayflow.shutdown(stop_runs=True)
 
 
-def eventually(
-    check: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition"
-) -> T:
+def eventually(check: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition") -> T:
     """Poll `check` until it returns a truthy value; fail clearly at the deadline."""
     deadline = time.monotonic() + timeout_s
     last: Any = None

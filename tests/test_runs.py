@@ -59,7 +59,12 @@ def test_trigger_retrieve_and_list() -> None:
     handle = typed_payload.trigger({"a": 1, "b": 2}, tags=["sum"]).result()
     assert handle.id.startswith("run_") and handle.public_access_token.count(".") == 2
     run = rayflow.runs.wait(handle.id).result()
-    assert (run.status, run.output, run.payload, run.tags) == ("COMPLETED", 3, {"a": 1, "b": 2}, ["sum"])
+    assert (run.status, run.output, run.payload, run.tags) == (
+        "COMPLETED",
+        3,
+        {"a": 1, "b": 2},
+        ["sum"],
+    )
     assert run.is_completed and run.is_success and not run.is_failed
     assert run.started_at is not None and run.finished_at is not None
     listed = rayflow.runs.list(task_id="typed-payload", status="COMPLETED").result()
@@ -188,7 +193,10 @@ def test_a_long_stream_keeps_a_bounded_tail_and_reads_from_the_end_by_seek() -> 
     assert stats["segments"] <= settings.object_store_segments
     # reading near the end starts there (a seek, not a scan)
     assert list(long_stream.read(handle.id, start_index=n - 3, timeout_s=10)) == [
-        n - 3, n - 2, n - 1, -1,
+        n - 3,
+        n - 2,
+        n - 1,
+        -1,
     ]
     # and chunks in sealed segments and in the Store read back exactly
     middle = iter(long_stream.read(handle.id, start_index=5_000, timeout_s=10))

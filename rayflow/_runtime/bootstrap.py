@@ -54,6 +54,9 @@ def start_control_plane(settings: Settings) -> Connection:
         lifetime="detached",
         get_if_exists=True,
         max_restarts=-1,
+        # calls in flight when it restarts are retried (all are idempotent
+        # except trigger, which opts out)
+        max_task_retries=-1,
         max_concurrency=10_000,
         num_cpus=0,
     ).remote(settings_json)

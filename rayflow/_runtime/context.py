@@ -63,6 +63,14 @@ def set_run(ctx: RunContext | None) -> contextvars.Token[RunContext | None]:
     return _current.set(ctx)
 
 
+def reset_run(token: contextvars.Token[RunContext | None]) -> None:
+    _current.reset(token)
+
+
+def reset_run(token: contextvars.Token[RunContext | None]) -> None:
+    _current.reset(token)
+
+
 def resolve_target(target: str | None) -> str:
     """The run id a stream operation addresses; outside a task it must be one."""
     ctx = _current.get()

@@ -43,6 +43,7 @@ class Controller:
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._crashes: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._reviving: set[str] = set()
         self._started = False
 
     def _spawn(self, coro: Any) -> None:
@@ -56,6 +57,7 @@ class Controller:
             self.pool.fill_soon()
             await self._recover()
             self._spawn(self._retention_loop())
+            self._spawn(self._timer_loop())
         return self.store.url
 
     # -- tasks -----------------------------------------------------------------
@@ -66,6 +68,7 @@ class Controller:
         return await asyncio.to_thread(self.store.list_task_ids)
 
     # -- runs ------------------------------------------------------------------
+    @ray.method(max_task_retries=0)
     async def trigger(
         self,
         task_id: str,
@@ -131,6 +134,11 @@ class Controller:
             return
         if run.finished:
             self._notify(run_id, run.status)
+        elif run.status == "WAITING":
+            # a send or the deadline may have resolved it while it suspended
+            wp = await asyncio.to_thread(self.store.get_waitpoint, run_id)
+            if wp is None or wp.status != "PENDING":
+                await self.revive(run_id)
 
     async def _resume_after_crash(self, run: RunRecord) -> None:
         crashes = self._crashes.get(run.id, 0) + 1
@@ -149,6 +157,38 @@ class Controller:
             return
         options = json.loads(run.options)
         await self._launch(run.id, options.get("resources"))
+
+    async def revive(self, run_id: str) -> bool:
+        """Start a WAITING run again (its waitpoint was resolved or timed out).
+
+        A run still suspending is left alone: its supervisor revives it once
+        its actor has returned. Returns whether a revival was started.
+        """
+        if run_id in self.live or run_id in self._reviving:
+            return False
+        self._reviving.add(run_id)
+        try:
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            if run is None or run.status != "WAITING" or run_id in self.live:
+                return False
+            if not await asyncio.to_thread(self.store.set_active_status, run_id, "QUEUED"):
+                return False
+            await self._launch(run_id, json.loads(run.options).get("resources"))
+            return True
+        finally:
+            self._reviving.discard(run_id)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            try:
+                for wp in await asyncio.to_thread(self.store.due_waitpoints, now_ms()):
+                    if await asyncio.to_thread(
+                        self.store.resolve_waitpoint, wp.run_id, "TIMED_OUT", None
+                    ):
+                        await self.revive(wp.run_id)
+            except Exception:
+                log.exception("waitpoint timer failed")
+            await asyncio.sleep(self.settings.timer_interval_s)
 
     def _notify(self, run_id: str, status: str) -> None:
         self._crashes.pop(run_id, None)
@@ -207,6 +247,13 @@ class Controller:
         runs = await asyncio.to_thread(
             self.store.list_runs, statuses=["QUEUED", "EXECUTING"], limit=100_000
         )
+        # pending deadlines need nothing here: they are in the Store and the
+        # timer loop finds them
+        waiting = await asyncio.to_thread(self.store.list_runs, statuses=["WAITING"], limit=100_000)
+        for run in waiting:
+            wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
+            if wp is None or wp.status != "PENDING":
+                self._spawn(self.revive(run.id))
         for run in runs:
             actor = None
             if run.actor_name:

@@ -48,8 +48,15 @@ class ReadReply:
 
 class StreamBuffer:
     def __init__(
-        self, run_id: str, key: str, store: Store, *, length: int, tail_chunks: int,
-        segments: int, max_bytes: int,
+        self,
+        run_id: str,
+        key: str,
+        store: Store,
+        *,
+        length: int,
+        tail_chunks: int,
+        segments: int,
+        max_bytes: int,
     ) -> None:
         self.run_id, self.key, self.store = run_id, key, store
         self.length = length
@@ -67,9 +74,7 @@ class StreamBuffer:
         """Queue writes for the next group commit; the future gives their indexes."""
         future: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
         if self.closed:
-            future.set_exception(
-                RunFinished(f"stream {self.key!r} of run {self.run_id} is closed")
-            )
+            future.set_exception(RunFinished(f"stream {self.key!r} of run {self.run_id} is closed"))
             return future
         self._pending.append((writes, future))
         if self._committer is None or self._committer.done():
@@ -137,7 +142,9 @@ class StreamBuffer:
         if rows and rows[0][0] != self.length:
             # someone wrote to the Store directly meanwhile (the run was not
             # live for them): take the gap from the Store to keep order
-            gap = self.store.read_chunks(self.run_id, self.key, self.length, rows[0][0] - self.length)
+            gap = self.store.read_chunks(
+                self.run_id, self.key, self.length, rows[0][0] - self.length
+            )
             rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
         if rows:
             self.tail.extend(rows)

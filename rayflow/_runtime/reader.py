@@ -33,7 +33,11 @@ class ChunkReader:
     """Batches of rows `(seq, JSON text, created_at ms, record id)`, in order."""
 
     def __init__(
-        self, run_id: str, key: str, start_index: int = 0, timeout_s: float | None = 60.0,
+        self,
+        run_id: str,
+        key: str,
+        start_index: int = 0,
+        timeout_s: float | None = 60.0,
         batch: int = 1000,
     ) -> None:
         if start_index < 0:
@@ -46,7 +50,9 @@ class ChunkReader:
 
     async def _read_store(self, start: int) -> list[Row]:
         store = connection.current().store
-        chunks = await asyncio.to_thread(store.read_chunks, self.run_id, self.key, start, self.batch)
+        chunks = await asyncio.to_thread(
+            store.read_chunks, self.run_id, self.key, start, self.batch
+        )
         return rows_from_chunks(chunks)
 
     async def _store_says_closed(self) -> bool:
@@ -74,7 +80,9 @@ class ChunkReader:
                 located_at = time.monotonic()
             rows: list[Row] = []
             if actor is not None:
-                wait = LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
+                wait = (
+                    LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
+                )
                 try:
                     reply = await actor.read.remote(self.key, self.next_index, self.batch, wait)
                 except ray.exceptions.RayActorError:

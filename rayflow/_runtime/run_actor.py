@@ -23,10 +23,11 @@ from pydantic_core import to_jsonable_python
 from rayflow._config import Settings
 from rayflow._runtime import connection
 from rayflow._runtime.context import RunContext, set_run
+from rayflow._runtime.inputs import RunInputs
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.output import ReadReply, StreamBuffers
 from rayflow.errors import RunFinished
-from rayflow.store.base import ChunkWrite, now_ms
+from rayflow.store.base import ChunkWrite, InboxMessage, now_ms
 
 log = logging.getLogger("rayflow")
 
@@ -59,7 +60,7 @@ class RunActor:
         self.settings = settings
         self.run_id: str | None = None
         self.buffers: StreamBuffers | None = None
-        self.inputs: Any = None
+        self.inputs: RunInputs | None = None
         self._task: asyncio.Task[Any] | None = None
         self._canceled = False
         self._execution: asyncio.Future[str] | None = None
@@ -93,18 +94,29 @@ class RunActor:
             return run.status
         self.run_id = run_id
         self.buffers = StreamBuffers(run_id, store, self.settings)
+        self.inputs = RunInputs(store, run_id)
         blob = store.get_task(run.task_id)
         if blob is None:
-            store.finish_run(run_id, "FAILED", None, json.dumps(
-                {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}))
+            store.finish_run(
+                run_id,
+                "FAILED",
+                None,
+                json.dumps(
+                    {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
+                ),
+            )
             return "FAILED"
         task = cloudpickle.loads(blob)
         options = json.loads(run.options)
         retry = options.get("retry") or {}
         max_attempts = int(retry.get("max_attempts", 1))
         attempt = max(run.attempt, 1)
-        started = run.started_at or now_ms()
-        store.update_run(run_id, status="EXECUTING", attempt=attempt, started_at=started)
+        if not store.set_active_status(
+            run_id, "EXECUTING", attempt=attempt, started_at=run.started_at or now_ms()
+        ):
+            return "CANCELED"  # canceled before it started
+        # max_duration counts execution, not time spent suspended in .wait()
+        started = now_ms()
         max_duration = options.get("max_duration_s")
         payload = json.loads(run.payload)
         status: str
@@ -120,9 +132,8 @@ class RunActor:
                 journal=await asyncio.to_thread(Journal, store, run_id, attempt),
                 buffers=self.buffers,
             )
-            if self.inputs is not None:
-                self.inputs.bind(ctx)
             ctx.inputs = self.inputs
+            self.inputs.bind(ctx)
             self._task = asyncio.get_running_loop().create_task(self._call(task, payload, ctx))
             try:
                 if max_duration is not None:
@@ -133,6 +144,7 @@ class RunActor:
                 status, output = "COMPLETED", json.dumps(to_jsonable_python(result))
             except Suspended:
                 await self.buffers.drain()
+                await asyncio.to_thread(store.set_active_status, run_id, "WAITING", actor_name=None)
                 return "WAITING"
             except asyncio.TimeoutError:
                 status = "TIMED_OUT"
@@ -163,6 +175,11 @@ class RunActor:
     async def _call(self, task: Any, payload: Any, ctx: RunContext) -> Any:
         set_run(ctx)
         return await task.invoke(payload)
+
+    def deliver(self, stream_id: str, message: InboxMessage) -> None:
+        """The Inbox made a message durable for this run: take it in."""
+        if self.inputs is not None:
+            self.inputs.poke(stream_id, message)
 
     async def cancel(self) -> None:
         """Stop the run's code (the Controller has already marked it CANCELED)."""

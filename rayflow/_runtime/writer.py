@@ -35,9 +35,7 @@ def too_large(e: StreamTooLargeError) -> StreamTooLarge:
 
 
 def finished_error(run_id: str, status: str) -> RunFinished:
-    return RunFinished(
-        f"run {run_id} is {status}; its streams are closed and take no more chunks"
-    )
+    return RunFinished(f"run {run_id} is {status}; its streams are closed and take no more chunks")
 
 
 class ChunkWriter:
@@ -54,8 +52,9 @@ class ChunkWriter:
     def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
         """Queue one chunk (JSON text); the future resolves to its index once
         durable (None when it was a duplicate)."""
-        w = ChunkWrite(data=data_json, writer_id=self.writer_id, writer_seq=self._seq,
-                       record_id=record_id)
+        w = ChunkWrite(
+            data=data_json, writer_id=self.writer_id, writer_seq=self._seq, record_id=record_id
+        )
         self._seq += 1
         if self._local is not None:
             batch = self._local.submit([w])
@@ -117,7 +116,10 @@ class ChunkWriter:
         conn = connection.current()
         try:
             result = await asyncio.to_thread(
-                conn.store.append_chunks, self.run_id, self.key, writes,
+                conn.store.append_chunks,
+                self.run_id,
+                self.key,
+                writes,
                 conn.settings.max_stream_bytes,
             )
         except StreamTooLargeError as e:

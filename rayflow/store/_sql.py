@@ -167,6 +167,20 @@ class SqlStore:
         with self._tx() as c:
             c.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), run_id])
 
+    def set_active_status(self, run_id: str, status: str, **values: object) -> bool:
+        """Move a run between active statuses (and set fields) unless it has
+        finished meanwhile — a cancel must never be undone."""
+        values["status"] = status
+        values["updated_at"] = now_ms()
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        with self._tx() as c:
+            cur = c.execute(
+                f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({finished})",
+                [*values.values(), run_id, *FINISHED_STATUSES],
+            )
+            return bool(cur.rowcount)
+
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         now = now_ms()
         finished = ", ".join("?" for _ in FINISHED_STATUSES)

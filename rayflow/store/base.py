@@ -163,9 +163,11 @@ class Store(Protocol):
     def update_run(self, run_id: str, **fields: object) -> None:
         """Set the given RunRecord fields; `updated_at` is set too."""
 
-    def finish_run(
-        self, run_id: str, status: str, output: str | None, error: str | None
-    ) -> bool:
+    def set_active_status(self, run_id: str, status: str, **fields: object) -> bool:
+        """Set an active status (and fields) unless the run has finished;
+        returns False, changing nothing, if it has."""
+
+    def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         """Move an active run to a finished status; closes all its streams.
         Returns False (and changes nothing) when it had already finished."""
 
@@ -223,9 +225,7 @@ class Store(Protocol):
 
     def put_waitpoint(self, wp: Waitpoint) -> None: ...
     def get_waitpoint(self, run_id: str) -> Waitpoint | None: ...
-    def resolve_waitpoint(
-        self, run_id: str, status: str, inbox_seq: int | None
-    ) -> bool:
+    def resolve_waitpoint(self, run_id: str, status: str, inbox_seq: int | None) -> bool:
         """PENDING -> status; False when it was not pending (someone else won)."""
 
     def delete_waitpoint(self, run_id: str) -> None: ...

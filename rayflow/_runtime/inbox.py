@@ -1,0 +1,118 @@
+"""Inbox actors: one per input stream id (sharded by run id), the way in.
+
+A send is acknowledged only once the message is durable in the Store (the
+append also checks, atomically, that the run exists and is still running).
+Then the Inbox either resolves the run's pending waitpoint on this stream
+and asks the Controller to revive it, or pokes the live RunActor. The Inbox
+keeps nothing of its own: one that dies and restarts loses no acknowledged
+message, and a sender's retry is recognised by its message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import OrderedDict
+from typing import Any
+
+import ray
+
+from rayflow._config import Settings
+from rayflow._runtime import connection
+from rayflow._runtime.calls import call
+from rayflow.errors import PayloadTooLarge, RunFinished, RunNotFound
+from rayflow.store.base import RunFinishedError, RunMissingError
+
+log = logging.getLogger("rayflow")
+
+_ACTOR_CACHE = 10_000
+
+
+def finished_message(run_id: str, status: str) -> str:
+    return f"run {run_id} is {status}; input can only be sent to a run that is still running"
+
+
+@ray.remote
+class InboxActor:
+    def __init__(self, settings_json: str) -> None:
+        self.settings = Settings.model_validate_json(settings_json)
+        self.conn = connection.connect(self.settings)
+        self._actors: OrderedDict[str, Any] = OrderedDict()
+
+    async def send(self, run_id: str, stream_id: str, data: str, message_id: str) -> int:
+        size = len(data.encode())
+        if size > self.settings.max_input_bytes:
+            raise PayloadTooLarge(
+                f"message for input stream {stream_id!r} of run {run_id} is {size} bytes;"
+                f" the limit is {self.settings.max_input_bytes}"
+            )
+        store = self.conn.store
+        try:
+            message = await asyncio.to_thread(
+                store.inbox_append, run_id, stream_id, data, message_id
+            )
+        except RunMissingError:
+            raise RunNotFound(f"run {run_id} does not exist") from None
+        except RunFinishedError as e:
+            raise RunFinished(finished_message(run_id, e.status)) from None
+        wp = await asyncio.to_thread(store.get_waitpoint, run_id)
+        if wp is not None and wp.status == "PENDING" and wp.stream_id == stream_id:
+            if await asyncio.to_thread(store.resolve_waitpoint, run_id, "RESOLVED", message.seq):
+                await call(self.conn.controller.revive.remote(run_id))
+                return message.seq
+        actor = await self._actor_for(run_id)
+        if actor is not None:
+            try:
+                await actor.deliver.remote(stream_id, message)
+            except ray.exceptions.RayActorError:
+                # the run moved on (suspended, finished, crashed): wherever it
+                # runs next it reads this message from the Store
+                self._actors.pop(run_id, None)
+        return message.seq
+
+    async def _actor_for(self, run_id: str) -> Any:
+        actor = self._actors.get(run_id)
+        if actor is not None:
+            self._actors.move_to_end(run_id)
+            return actor
+        _, actor = await call(self.conn.controller.locate.remote(run_id))
+        if actor is not None:
+            self._actors[run_id] = actor
+            if len(self._actors) > _ACTOR_CACHE:
+                self._actors.popitem(last=False)
+        return actor
+
+    def ready(self) -> bool:
+        return True
+
+
+_handles: dict[tuple[str, str, int], Any] = {}
+
+
+def inbox_for(stream_id: str, run_id: str) -> Any:
+    """The Inbox actor for this stream and run (started on first use)."""
+    conn = connection.current()
+    shards = max(1, conn.settings.inbox_shards)
+    shard = zlib.crc32(run_id.encode()) % shards
+    key = (conn.settings.namespace, stream_id, shard)
+    handle = _handles.get(key)
+    if handle is None:
+        handle = InboxActor.options(
+            name=f"rayflow-inbox-{stream_id}-{shard}",
+            namespace=conn.settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=1000,
+            num_cpus=0,
+        ).remote(conn.settings.model_dump_json())
+        _handles[key] = handle
+    return handle
+
+
+def forget(stream_id: str, run_id: str) -> None:
+    conn = connection.current()
+    shard = zlib.crc32(run_id.encode()) % max(1, conn.settings.inbox_shards)
+    _handles.pop((conn.settings.namespace, stream_id, shard), None)

@@ -1,0 +1,219 @@
+"""A run's input streams, inside its RunActor: buffer, waiters, handlers.
+
+Messages live in the Store's per-(run, stream) log; the Inbox pokes the
+live RunActor after each durable send. Here they are handed out with the
+semantics of DESIGN §3: a message goes to the oldest pending `once`/`wait`
+(if any) and to every `.on()` handler; with neither it is buffered. Which
+message went where is journaled, so a revived run replays the same story
+and then goes live with exactly the messages it had not yet taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayflow._runtime.context import RunContext, reset_run, set_run
+from rayflow.store import Store
+from rayflow.store.base import InboxMessage, JournalEntry
+
+log = logging.getLogger("rayflow")
+
+Handler = Callable[[Any], Any]
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    next_seq: int = 0  # next message of the Store log not yet taken in
+    consumed: set[int] = field(default_factory=set)
+    buffer: deque[InboxMessage] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[InboxMessage]] = field(default_factory=deque)
+    handlers: list[Handler] = field(default_factory=list)
+    latest: InboxMessage | None = None
+
+
+class RunInputs:
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self.streams: dict[str, _Stream] = {}
+        self.ctx: RunContext | None = None
+        self.live = False
+        self._pulling: dict[str, asyncio.Task[None]] = {}
+
+    def bind(self, ctx: RunContext) -> None:
+        """Start an attempt: fresh state, the journal decides what was taken."""
+        self.ctx, self.live, self.streams = ctx, False, {}
+        ctx.journal.dispatch_on = self._dispatch_recorded
+        ctx.journal.on_live = self._go_live
+        ctx.journal.pump()
+
+    def stream(self, stream_id: str) -> _Stream:
+        s = self.streams.get(stream_id)
+        if s is None:
+            s = self.streams[stream_id] = _Stream(stream_id)
+            if self.live:
+                assert self.ctx is not None
+                s.consumed = self.ctx.journal.consumed(stream_id)
+                self.pull(stream_id)
+        return s
+
+    # -- arrival ---------------------------------------------------------------
+    def _go_live(self) -> None:
+        assert self.ctx is not None
+        self.live = True
+        known = set(self.streams) | set(self.store.inbox_streams(self.run_id))
+        for stream_id in known:
+            s = self.stream(stream_id)
+            s.consumed = self.ctx.journal.consumed(stream_id)
+            s.next_seq = 0
+            self.pull(stream_id)
+
+    def poke(self, stream_id: str, message: InboxMessage | None) -> None:
+        """The Inbox says a message is durable; take it (and any gap) in."""
+        if not self.live:
+            return  # replaying: going live pulls everything from the Store
+        s = self.stream(stream_id)
+        if message is not None and message.seq == s.next_seq and stream_id not in self._pulling:
+            s.next_seq += 1
+            self._arrive(s, message)
+        elif message is None or message.seq > s.next_seq:
+            self.pull(stream_id)
+
+    def pull(self, stream_id: str) -> None:
+        task = self._pulling.get(stream_id)
+        if task is not None and not task.done():
+            return
+        self._pulling[stream_id] = asyncio.get_running_loop().create_task(self._pull(stream_id))
+
+    async def _pull(self, stream_id: str) -> None:
+        s = self.streams[stream_id]
+        try:
+            while True:
+                batch = await asyncio.to_thread(
+                    self.store.inbox_read, self.run_id, stream_id, s.next_seq, 1000
+                )
+                if not batch:
+                    return
+                for message in batch:
+                    if message.seq < s.next_seq:
+                        continue
+                    s.next_seq = message.seq + 1
+                    if message.seq in s.consumed:
+                        s.latest = message
+                        continue
+                    self._arrive(s, message)
+        finally:
+            self._pulling.pop(stream_id, None)
+
+    def _arrive(self, s: _Stream, message: InboxMessage) -> None:
+        s.latest = message
+        taken = False
+        while s.waiters:
+            waiter = s.waiters.popleft()
+            if not waiter.done():
+                s.consumed.add(message.seq)
+                waiter.set_result(message)
+                taken = True
+                break
+        for handler in list(s.handlers):
+            self._deliver(s, handler, message)
+            taken = True
+        if not taken:
+            s.buffer.append(message)
+
+    def _deliver(self, s: _Stream, handler: Handler, message: InboxMessage) -> None:
+        assert self.ctx is not None
+        s.consumed.add(message.seq)
+        self._call_handler(handler, json.loads(message.data))
+        # journaled where it was observed, so a replay hands it over there too
+        asyncio.ensure_future(self.ctx.journal.record("on", s.stream_id, {"seq": message.seq}))
+
+    def _dispatch_recorded(self, entry: JournalEntry) -> bool:
+        s = self.stream(entry.name)
+        if not s.handlers:
+            return False
+        seq = int(json.loads(entry.value)["seq"])
+        found = self.store.inbox_read(self.run_id, entry.name, seq, 1)
+        if not found or found[0].seq != seq:
+            return False
+        s.consumed.add(seq)
+        s.latest = found[0]
+        value = json.loads(found[0].data)
+        for handler in list(s.handlers):
+            self._call_handler(handler, value)
+        return True
+
+    def _call_handler(self, handler: Handler, value: Any) -> None:
+        """Run a handler inside the run's context (it may append, send, …)."""
+        token = set_run(self.ctx)
+        try:
+            result = handler(value)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+        except Exception:
+            log.exception("run %s: an .on() handler raised", self.run_id)
+        finally:
+            reset_run(token)
+
+    # -- the task's side -------------------------------------------------------
+    def add_handler(self, stream_id: str, handler: Handler) -> None:
+        s = self.stream(stream_id)
+        s.handlers.append(handler)
+        if self.live:
+            while s.buffer:
+                self._deliver(s, handler, s.buffer.popleft())
+        else:
+            assert self.ctx is not None
+            self.ctx.journal.pump()
+
+    def remove_handler(self, stream_id: str, handler: Handler) -> None:
+        s = self.stream(stream_id)
+        if handler in s.handlers:
+            s.handlers.remove(handler)
+
+    def take_buffered(self, stream_id: str) -> InboxMessage | None:
+        s = self.stream(stream_id)
+        if s.buffer:
+            message = s.buffer.popleft()
+            s.consumed.add(message.seq)
+            return message
+        return None
+
+    def waiter(self, stream_id: str) -> asyncio.Future[InboxMessage]:
+        future: asyncio.Future[InboxMessage] = asyncio.get_running_loop().create_future()
+        self.stream(stream_id).waiters.append(future)
+        return future
+
+    def mark_consumed(self, stream_id: str, seq: int) -> None:
+        s = self.stream(stream_id)
+        s.consumed.add(seq)
+        s.buffer = deque(m for m in s.buffer if m.seq != seq)
+
+    def oldest_unconsumed(self, stream_id: str) -> InboxMessage | None:
+        """From the Store: the oldest message this attempt has not taken."""
+        s = self.stream(stream_id)
+        start = 0
+        while True:
+            batch = self.store.inbox_read(self.run_id, stream_id, start, 1000)
+            if not batch:
+                return None
+            for message in batch:
+                if message.seq not in s.consumed:
+                    return message
+            start = batch[-1].seq + 1
+
+    def latest(self, stream_id: str) -> InboxMessage | None:
+        return self.stream(stream_id).latest
+
+    def message(self, stream_id: str, seq: int) -> InboxMessage:
+        found = self.store.inbox_read(self.run_id, stream_id, seq, 1)
+        if not found or found[0].seq != seq:
+            raise LookupError(f"message {seq} of input stream {stream_id!r} is missing")
+        return found[0]

@@ -1,0 +1,277 @@
+"""Input streams: typed data sent into a running task.
+
+    approval = streams.input("approval", Approval)
+    approval.send(run_id, {"approved": True, "reviewer": "alice"}).result()
+
+Inside the task, four ways to receive (DESIGN §3):
+- `.on(handler)` every message, buffered ones first; returns a subscription;
+- `await .once(timeout_s=)` the oldest unconsumed message, holding the process;
+- `.peek()` the latest message received so far, or None; never blocks;
+- `await .wait(timeout=)` the same as once, but the run is suspended while it
+  waits and holds no process: it is revived (on any node) and its function
+  replays from the top to this point. See `rayflow.durable` for the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from rayflow._response import Response
+from rayflow._runtime import connection, inbox
+from rayflow._runtime.calls import call
+from rayflow._runtime.context import RunContext, current_run, require_run
+from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.journal import MISSING
+from rayflow._runtime.run_actor import Suspended
+from rayflow.errors import PayloadTooLarge, ValidationError, WaitTimeout
+from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint, now_ms
+from rayflow.task import Result
+
+T = TypeVar("T")
+
+#: a send is retried this often when its Inbox actor dies mid-call
+_SEND_TRIES = 5
+
+
+@dataclass
+class Subscription:
+    """An `.on()` registration; `off()` stops it. Removed when the run ends."""
+
+    stream_id: str
+    handler: Callable[[Any], Any]
+    _ctx: RunContext
+
+    def off(self) -> None:
+        self._ctx.inputs.remove_handler(self.stream_id, self.handler)
+
+
+class InputStream(Generic[T]):
+    """A typed input stream handle: `streams.input("approval", Approval)`."""
+
+    def __init__(self, id: str, type: Any = Any) -> None:
+        self.id, self.type = id, type
+        self._adapter: TypeAdapter[Any] = TypeAdapter(type)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InputStream, (self.id, self.type))
+
+    def __repr__(self) -> str:
+        return f"InputStream({self.id!r}, {getattr(self.type, '__name__', self.type)!r})"
+
+    # -- sending -------------------------------------------------------------
+    def _encode(self, data: Any) -> str:
+        try:
+            typed = self._adapter.validate_python(data)
+        except PydanticValidationError as e:
+            raise ValidationError(f"data for input stream {self.id!r} is invalid: {e}") from None
+        return self._adapter.dump_json(typed).decode()
+
+    def _decode(self, message: InboxMessage) -> T:
+        value: T = self._adapter.validate_json(message.data)
+        return value
+
+    def send(self, run_id: str, data: T | Any) -> Response[None]:
+        """Send `data` to the run; resolves once it is durable.
+
+        Raises `ValidationError` (wrong type), `PayloadTooLarge` (over 1 MiB),
+        `RunNotFound`, `RunFinished` (COMPLETED, FAILED, CANCELED, CRASHED,
+        TIMED_OUT) — and stores nothing then. Sending from inside a task is
+        journaled, so a replay does not send twice.
+        """
+        encoded = self._encode(data)
+
+        async def go() -> None:
+            conn = connection.current()
+            size = len(encoded.encode())
+            if size > conn.settings.max_input_bytes:
+                raise PayloadTooLarge(
+                    f"data for input stream {self.id!r} is {size} bytes; the limit is"
+                    f" {conn.settings.max_input_bytes} bytes"
+                )
+            ctx = current_run()
+            name = f"{run_id}/{self.id}"
+            if ctx is not None:
+                if ctx.journal.replay("send", name) is not MISSING:
+                    return
+                message_id = f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
+            else:
+                message_id = uuid.uuid4().hex
+            await _send(self.id, run_id, encoded, message_id)
+            if ctx is not None:
+                await ctx.journal.record("send", name, None)
+
+        return Response(go)
+
+    # -- receiving, inside a task --------------------------------------------
+    def on(self, handler: Callable[[T], Any]) -> Subscription:
+        """Call `handler` (sync or async) with every message, buffered ones
+        first, in order, until `.off()` or the end of the run."""
+        ctx = require_run(f"{self.id}.on()")
+
+        def typed(value: Any) -> Any:
+            return handler(self._adapter.validate_python(value))
+
+        ctx.inputs.add_handler(self.id, typed)
+        return Subscription(self.id, typed, ctx)
+
+    def peek(self) -> T | None:
+        """The latest message received so far, or None. Never blocks; not
+        journaled (its answer may differ on replay)."""
+        ctx = require_run(f"{self.id}.peek()")
+        latest = ctx.inputs.latest(self.id)
+        return None if latest is None else self._decode(latest)
+
+    async def once(self, *, timeout_s: float | None = None) -> Result[T]:
+        """Take the oldest unconsumed message, waiting up to `timeout_s`
+        (None: forever) with the process held. `Result.ok` is False on
+        timeout; `unwrap()` then raises `WaitTimeout`."""
+        ctx = require_run(f"{self.id}.once()")
+        recorded = ctx.journal.replay("once", self.id)
+        if recorded is not MISSING:
+            return self._recorded(ctx, recorded, timeout_s)
+        message = ctx.inputs.take_buffered(self.id)
+        if message is None:
+            waiter = ctx.inputs.waiter(self.id)
+            try:
+                message = await asyncio.wait_for(waiter, timeout_s)
+            except asyncio.TimeoutError:
+                await ctx.journal.record("once", self.id, {"timeout": True})
+                return self._timeout(ctx, timeout_s)
+        await ctx.journal.record("once", self.id, {"seq": message.seq})
+        return Result(ok=True, output=self._decode(message))
+
+    async def wait(
+        self, *, timeout: float | str | None = None, idempotency_key: str | None = None
+    ) -> Result[T]:
+        """Like `once`, but suspends the run while it waits: the RunActor
+        commits, exits and holds no process; a send (or the timeout) revives
+        the run, whose function replays from the top to here and continues.
+
+        `timeout`: seconds or "30s", "5m", "24h", "7d"; None waits forever.
+        `idempotency_key`: a retried attempt that reaches a wait with the same
+        key gets the same result instead of waiting again.
+        """
+        ctx = require_run(f"{self.id}.wait()")
+        timeout_s = parse_duration(timeout)
+        store = connection.current().store
+        if idempotency_key is not None:
+            earlier = await asyncio.to_thread(_keyed_result, store, ctx.run_id, idempotency_key)
+            if earlier is not None:
+                return self._recorded(ctx, earlier, timeout_s)
+        recorded = ctx.journal.replay("wait", self.id)
+        if recorded is not MISSING:
+            return self._recorded(ctx, recorded, timeout_s)
+        message = ctx.inputs.take_buffered(self.id)
+        outcome: dict[str, Any] | None = None
+        if message is not None:
+            outcome = {"seq": message.seq}
+        else:
+            outcome = await asyncio.to_thread(
+                self._resume_or_register, ctx, timeout_s, idempotency_key
+            )
+        if outcome is None:
+            raise Suspended()
+        await ctx.journal.record("wait", self.id, outcome)
+        if idempotency_key is not None:
+            await asyncio.to_thread(_keep_keyed_result, store, ctx.run_id, idempotency_key, outcome)
+        return self._recorded(ctx, outcome, timeout_s, consume=True)
+
+    def _resume_or_register(
+        self, ctx: RunContext, timeout_s: float | None, key: str | None
+    ) -> dict[str, Any] | None:
+        """The outcome of this wait if it is already decided (we are its
+        revival, or a message raced in), else register it and return None."""
+        store = connection.current().store
+        inputs = ctx.inputs
+        wp = store.get_waitpoint(ctx.run_id)
+        if wp is not None and wp.stream_id == self.id and wp.status != "PENDING":
+            return self._settle(ctx, wp.status)
+        deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
+        store.put_waitpoint(Waitpoint(ctx.run_id, self.id, deadline, key, "PENDING", None))
+        # a message that arrived between our buffer check and the waitpoint
+        if inputs.oldest_unconsumed(self.id) is not None:
+            store.resolve_waitpoint(ctx.run_id, "RESOLVED", None)
+            wp = store.get_waitpoint(ctx.run_id)
+            assert wp is not None
+            return self._settle(ctx, wp.status)
+        return None
+
+    def _settle(self, ctx: RunContext, status: str) -> dict[str, Any] | None:
+        store = connection.current().store
+        store.delete_waitpoint(ctx.run_id)
+        if status == "TIMED_OUT":
+            return {"timeout": True}
+        message = ctx.inputs.oldest_unconsumed(self.id)
+        return None if message is None else {"seq": message.seq}
+
+    def _recorded(
+        self,
+        ctx: RunContext,
+        outcome: dict[str, Any],
+        timeout_s: float | None,
+        consume: bool = True,
+    ) -> Result[T]:
+        if outcome.get("timeout"):
+            return self._timeout(ctx, timeout_s)
+        seq = int(outcome["seq"])
+        if consume:
+            ctx.inputs.mark_consumed(self.id, seq)
+        return Result(ok=True, output=self._decode(ctx.inputs.message(self.id, seq)))
+
+    def _timeout(self, ctx: RunContext, timeout_s: float | None) -> Result[T]:
+        return Result(
+            ok=False,
+            error=WaitTimeout(
+                f"run {ctx.run_id}: no message on input stream {self.id!r} within {timeout_s} s"
+            ),
+        )
+
+    # -- reading the log (tools, tests, the HTTP API) ------------------------
+    def messages(self, run_id: str, *, start_index: int = 0) -> Response[list[T]]:
+        """Every message sent to this stream of the run so far, in order."""
+
+        async def go() -> list[T]:
+            store = connection.current().store
+            found = await asyncio.to_thread(store.inbox_read, run_id, self.id, start_index, 10**9)
+            return [self._decode(m) for m in found]
+
+        return Response(go)
+
+
+async def _send(stream_id: str, run_id: str, data: str, message_id: str) -> None:
+    import ray
+
+    for attempt in range(_SEND_TRIES):
+        actor = inbox.inbox_for(stream_id, run_id)
+        try:
+            await call(actor.send.remote(run_id, stream_id, data, message_id))
+            return
+        except ray.exceptions.RayActorError:
+            # the Inbox died; its restart (or a new one) dedupes by message id
+            inbox.forget(stream_id, run_id)
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise ConnectionError(f"could not reach the inbox for {stream_id!r} after {_SEND_TRIES} tries")
+
+
+def _keyed_result(store: Any, run_id: str, key: str) -> dict[str, Any] | None:
+    for entry in store.journal_load(run_id, 0):
+        if entry.kind == "wait-key" and entry.name == key:
+            value: dict[str, Any] = json.loads(entry.value)
+            return value
+    return None
+
+
+def _keep_keyed_result(store: Any, run_id: str, key: str, outcome: dict[str, Any]) -> None:
+    # attempt 0 holds what outlives attempts: results of keyed waits
+    seq = len(store.journal_load(run_id, 0))
+    store.journal_append(
+        run_id, 0, [JournalEntry(seq=seq, kind="wait-key", name=key, value=json.dumps(outcome))]
+    )

@@ -1,0 +1,324 @@
+"""Input streams, suspension and replay through the public API, on real Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from conftest import eventually
+from pydantic import BaseModel
+from ray.util import state as ray_state
+
+import rayflow
+from rayflow import errors, step, streams, task
+from rayflow._runtime import connection
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+
+class Approval(BaseModel):
+    approved: bool
+    reviewer: str
+
+
+approval = streams.input("approval", Approval)
+messages = streams.input("messages", str)
+go = streams.input("go", dict)
+log = streams.define("log", str)
+
+
+def count_lines(path: str) -> int:
+    p = Path(path)
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def mark(path: str, text: str) -> str:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return text
+
+
+@task(id="collector")
+async def collector(payload: dict) -> list[str]:
+    # wait for the test's go, so messages pile up in the buffer first
+    (await go.once(timeout_s=60)).unwrap()
+    got: list[str] = []
+    sub = messages.on(got.append)
+    await log.append(f"peek={messages.peek()}")
+    while "stop" not in got:
+        await asyncio.sleep(0.02)
+    sub.off()
+    return got
+
+
+def test_buffered_messages_reach_a_late_handler_first_and_in_order() -> None:
+    handle = collector.trigger({}).result()
+    for text in ("one", "two", "three"):
+        messages.send(handle.id, text).result()
+    go.send(handle.id, {}).result()
+    eventually(lambda: list(log.read(handle.id, timeout_s=0.5)), what="the peek line")
+    messages.send(handle.id, "four").result()
+    messages.send(handle.id, "stop").result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == ["one", "two", "three", "four", "stop"]
+    assert list(log.read(handle.id, timeout_s=1)) == ["peek=three"]
+
+
+def test_send_rejects_bad_input_and_stores_nothing() -> None:
+    handle = collector.trigger({}).result()
+    with pytest.raises(errors.ValidationError, match="approval"):
+        approval.send(handle.id, {"approved": "maybe"}).result()
+    with pytest.raises(errors.PayloadTooLarge, match="limit"):
+        messages.send(handle.id, "x" * (1024 * 1024 + 1)).result()
+    with pytest.raises(errors.RunNotFound, match="run_missing"):
+        messages.send("run_missing", "hello").result()
+    assert approval.messages(handle.id).result() == []
+    assert messages.messages(handle.id).result() == []
+    rayflow.runs.cancel(handle.id).result()
+    with pytest.raises(errors.RunFinished, match="CANCELED; input can only be sent"):
+        messages.send(handle.id, "late").result()
+    assert messages.messages(handle.id).result() == []
+
+
+@task(id="once-peek")
+async def once_peek(payload: dict) -> dict:
+    first = await messages.once(timeout_s=0.3)
+    await log.append("first once returned")
+    try:
+        first.unwrap()
+        timed_out = False
+    except errors.WaitTimeout:
+        timed_out = True
+    (await go.once(timeout_s=60)).unwrap()
+    second = await messages.once(timeout_s=60)
+    return {
+        "timed_out": timed_out and not first.ok,
+        "second": second.unwrap(),
+        "peek": messages.peek(),
+    }
+
+
+def test_once_times_out_then_takes_the_oldest_and_peek_sees_the_latest() -> None:
+    handle = once_peek.trigger({}).result()
+    eventually(
+        lambda: list(log.read(handle.id, timeout_s=0.2)), what="the first once() to time out"
+    )
+    messages.send(handle.id, "a").result()
+    messages.send(handle.id, "b").result()
+    go.send(handle.id, {}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == {"timed_out": True, "second": "a", "peek": "b"}
+
+
+# -- wait: suspension, revival, replay ------------------------------------------
+
+
+@task(id="publish-post")
+async def publish_post(payload: dict) -> dict:
+    draft = await step("prepare", mark, payload["marks"], "prepared")
+    await log.append("draft ready")
+    result = await approval.wait(timeout=payload.get("timeout", "7d"))
+    await log.append("decided")
+    if not result.ok:
+        return {"draft": draft, "timed_out": True}
+    return {"draft": draft, "approved": result.unwrap().approved, "by": result.output.reviewer}
+
+
+def run_actor_pid(run_id: str) -> int | None:
+    _, actor = ray.get(connection.current().controller.locate.remote(run_id))
+    if actor is None:
+        return None
+    try:
+        return int(ray.get(actor.pid.remote()))
+    except ray.exceptions.RayActorError:
+        return None  # the Controller has not noticed its death yet
+
+
+def test_wait_holds_no_actor_while_suspended_and_resumes_after_send(tmp_path: Path) -> None:
+    marks = str(tmp_path / "marks")
+    handle = publish_post.trigger({"marks": marks}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    # no Ray actor and no worker process holds the run
+    assert run_actor_pid(handle.id) is None
+    name = connection.current().store.get_run(handle.id)
+    assert name is not None and name.actor_name is None
+    address = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
+    alive = ray_state.list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10_000)
+    run_actor_names = {a.name for a in alive if a.name and a.name.startswith("rayflow-run-")}
+    live = set(ray.get(connection.current().controller.live_runs.remote()))
+    assert handle.id not in live
+    dead = ray_state.list_actors(
+        address=address, filters=[("state", "=", "DEAD")], limit=10_000, detail=True
+    )
+    pids = [a.pid for a in dead if a.name and a.name.startswith("rayflow-run-") and a.pid]
+    assert pids, "the suspended run's actor should be among the dead ones"
+    assert len(run_actor_names) <= connection.current().settings.pool_size + len(live)
+    assert list(log.read(handle.id, timeout_s=1)) == ["draft ready"]
+
+    approval.send(handle.id, {"approved": True, "reviewer": "alice"}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == {"draft": "prepared", "approved": True, "by": "alice"}
+    # replay did not run the step again nor duplicate the chunk written before
+    assert count_lines(marks) == 1
+    assert list(log.read(handle.id, timeout_s=1)) == ["draft ready", "decided"]
+
+
+def test_a_message_sent_before_the_wait_is_returned_at_once(tmp_path: Path) -> None:
+    handle = publish_post.trigger({"marks": str(tmp_path / "m")}).result()
+    approval.send(handle.id, {"approved": False, "reviewer": "bob"}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output["approved"] is False and run.output["by"] == "bob"
+
+
+def test_wait_timeout_revives_the_run_with_ok_false(tmp_path: Path) -> None:
+    marks = str(tmp_path / "marks")
+    handle = publish_post.trigger({"marks": marks, "timeout": "1s"}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == {"draft": "prepared", "timed_out": True}
+    assert count_lines(marks) == 1
+
+
+def test_a_waits_deadline_survives_a_controller_restart(tmp_path: Path) -> None:
+    handle = publish_post.trigger({"marks": str(tmp_path / "m"), "timeout": "3s"}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    controller = connection.current().controller
+    ray.kill(controller, no_restart=False)
+    eventually(lambda: _answers(controller), timeout_s=60, what="the Controller to return")
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output["timed_out"] is True
+
+
+def _answers(controller: Any) -> bool:
+    try:
+        return bool(ray.get(controller.ready.remote(), timeout=5))
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
+
+
+@task(id="keyed-wait", retry=rayflow.RetryPolicy(max_attempts=2, min_delay_s=0.05))
+async def keyed_wait(payload: dict) -> dict:
+    result = await approval.wait(timeout="1m", idempotency_key="review-1")
+    attempt = rayflow.context().attempt
+    if attempt == 1:
+        raise RuntimeError("fail after the approval, to retry")
+    return {"attempt": attempt, "by": result.unwrap().reviewer}
+
+
+def test_idempotency_key_gives_a_retried_attempt_the_same_result() -> None:
+    handle = keyed_wait.trigger({}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    approval.send(handle.id, {"approved": True, "reviewer": "carol"}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == {"attempt": 2, "by": "carol"}
+    assert len(approval.messages(handle.id).result()) == 1
+
+
+# -- crash: SIGKILL the worker mid-run ---------------------------------------------
+
+progress = streams.define("progress", int)
+
+
+@task(id="crash-me")
+async def crash_me(payload: dict) -> int:
+    total = 0
+    for i in range(payload["steps"]):
+        total += await step(f"work-{i}", mark, payload["marks"], f"step {i}") and 1
+        await progress.append(i)
+        if i == payload["pause_at"]:
+            (await go.once(timeout_s=120)).unwrap()
+    now = await rayflow.now()
+    await progress.append(-1 if now <= 0 else 1000)
+    return total
+
+
+def test_a_killed_worker_resumes_from_its_journal_without_repeats(tmp_path: Path) -> None:
+    marks = str(tmp_path / "marks")
+    handle = crash_me.trigger({"steps": 8, "pause_at": 4, "marks": marks}).result()
+    reader = iter(progress.read(handle.id, timeout_s=60))
+    assert [next(reader) for _ in range(5)] == [0, 1, 2, 3, 4]
+    pid = eventually(lambda: run_actor_pid(handle.id), what="the run's worker pid")
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: (run_actor_pid(handle.id) or pid) != pid, timeout_s=60, what="a new actor")
+    go.send(handle.id, {}).result()
+    rest = list(reader)
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.status == "COMPLETED" and run.output == 8
+    assert rest == [5, 6, 7, 1000]
+    assert list(progress.read(handle.id, timeout_s=1)) == [0, 1, 2, 3, 4, 5, 6, 7, 1000]
+    assert count_lines(marks) == 8  # no finished step ran twice
+
+
+# -- the inbox: durability and senders inside tasks ------------------------------
+
+
+def test_an_inbox_that_dies_loses_no_acknowledged_message() -> None:
+    handle = collector.trigger({}).result()
+    for i in range(10):
+        messages.send(handle.id, f"m{i}").result()
+    inbox = ray.get_actor(
+        "rayflow-inbox-messages-0", namespace=connection.current().settings.namespace
+    )
+    ray.kill(inbox, no_restart=False)
+    for i in range(10, 20):
+        messages.send(handle.id, f"m{i}").result()
+    go.send(handle.id, {}).result()
+    messages.send(handle.id, "stop").result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == [f"m{i}" for i in range(20)] + ["stop"]
+
+
+@task(id="sender")
+async def sender(payload: dict) -> str:
+    await messages.send(payload["to"], "from a task")
+    await messages.send(payload["to"], "stop")
+    return "sent"
+
+
+def test_a_task_sends_to_another_run() -> None:
+    target = collector.trigger({}).result()
+    go.send(target.id, {}).result()
+    assert (
+        rayflow.runs.wait(sender.trigger({"to": target.id}).result().id).result().output == "sent"
+    )
+    assert rayflow.runs.wait(target.id).result().output == ["from a task", "stop"]
+
+
+@task(id="handler-after-revival")
+async def handler_after_revival(payload: dict) -> list[str]:
+    seen: list[str] = []
+    messages.on(seen.append)
+    await approval.wait(timeout="1m")
+    # the handler's earlier deliveries are replayed before the wait returns
+    while "stop" not in seen:
+        await asyncio.sleep(0.02)
+    return seen
+
+
+def test_on_deliveries_replay_at_the_point_they_were_observed() -> None:
+    handle = handler_after_revival.trigger({}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    messages.send(handle.id, "while-suspended").result()
+    approval.send(handle.id, {"approved": True, "reviewer": "d"}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "EXECUTING",
+        what="the revival",
+    )
+    messages.send(handle.id, "stop").result()
+    assert rayflow.runs.wait(handle.id).result().output == ["while-suspended", "stop"]
