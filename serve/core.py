@@ -16,7 +16,8 @@ from rayflow._runtime import http_support
 from rayflow._runtime.connection import Connection, current
 from rayflow.errors import RunNotFound
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
-from serve.sources import ReaderSource, StoreSource, input_reader
+from serve.fanout import HubSource
+from serve.sources import StoreSource, input_reader
 from serve.sse import RecordSource
 
 
@@ -119,7 +120,7 @@ async def output_source(run_id: str, key: str, start: int | None) -> RecordSourc
     await get_run(run_id)
     if start is None:
         start = await stream_length(run_id, key)
-    return ReaderSource(run_id, key, start)
+    return HubSource(run_id, key, start)
 
 
 async def input_source(run_id: str, stream_id: str, start: int | None) -> RecordSource:

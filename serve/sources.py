@@ -1,86 +1,24 @@
 """Where SSE responses take their records from.
 
-`ReaderSource` follows an output stream with the runtime's `ChunkReader`:
-history from the RunActor, the Ray object store or the Store, then live
-chunks pushed by the run's RunActor (one long-poll call per batch, never
-one per chunk). Batches that pile up while the client is slow are merged
-into one SSE event.
-
-`StoreSource` reads a stream (or an input stream's message log) straight
+Output streams come from `serve.fanout` (one live subscription per replica
+and stream). `StoreSource` reads a stream (or an input stream's message log) straight
 from the Store: acknowledged = durable = visible, so everything a writer was
 told has happened is there. It seeks by index, returns whatever is there in
-one batch, and while caught up polls at `poll_s`. It is the fallback used
-when the runtime offers no push reader for the stream.
+one batch, and while caught up polls at `poll_s`. Input-stream logs are
+read this way: the runtime has no push reader for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from rayflow._runtime.reader import ChunkReader
 from rayflow.store import Store
 from serve.sse import Batch, Record
 
 #: at most this many records in one SSE event
 BATCH_LIMIT = 1000
-
-
-_END = object()
-
-
-class ReaderSource:
-    """Records of one output stream from `start` on, via the runtime's reader."""
-
-    def __init__(self, run_id: str, key: str, start: int, *, queued_batches: int = 8) -> None:
-        # idle timeouts are the SSE layer's: the reader itself never gives up
-        self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queued_batches)
-        self._pump: asyncio.Task[None] | None = None
-        self._ended = False
-
-    async def _run(self) -> None:
-        try:
-            async for rows in self._reader.batches():
-                await self._queue.put([Record(*row) for row in rows])
-        except Exception as e:  # surfaces in next_batch; the client reconnects
-            await self._queue.put(e)
-            return
-        await self._queue.put(_END)
-
-    def _take(self, item: Any, records: list[Record]) -> bool:
-        """Add a queued item to `records`; True when the stream ended."""
-        if item is _END:
-            self._ended = True
-            return True
-        if isinstance(item, Exception):
-            raise item
-        records.extend(item)
-        return False
-
-    async def next_batch(self, timeout_s: float) -> Batch:
-        if self._ended:
-            return Batch([], closed=True)
-        if self._pump is None:
-            self._pump = asyncio.get_running_loop().create_task(self._run())
-        records: list[Record] = []
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout_s)
-        except asyncio.TimeoutError:
-            return Batch([])
-        ended = self._take(item, records)
-        while not ended and not self._queue.empty() and len(records) < BATCH_LIMIT:
-            ended = self._take(self._queue.get_nowait(), records)
-        return Batch(records, closed=ended)
-
-    async def aclose(self) -> None:
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
 
 
 class StoreSource:

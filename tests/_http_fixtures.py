@@ -15,7 +15,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +46,21 @@ class HttpApi:
         return httpx.AsyncClient(base_url=self.url, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def http_api(rf: Any) -> Iterator[HttpApi]:
-    """rayflow's Serve app on 127.0.0.1:<free port>, for the whole session."""
-    from ray import serve as ray_serve
+#: one Serve app per rayflow deployment for the whole session. Each test
+#: module that star-imports this file gets its own copy of the fixture
+#: functions (pytest scopes fixtures to the module defining them), so the
+#: app itself is kept here and started once; Ray's shutdown at the end of
+#: the session stops it.
+_apps: dict[str, HttpApi] = {}
 
+
+@pytest.fixture(scope="session")
+def http_api(rf: Any) -> HttpApi:
+    """rayflow's Serve app on 127.0.0.1:<free port>, for the whole session."""
     from serve.app import start
 
+    if rf.store_url() in _apps:
+        return _apps[rf.store_url()]
     settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
     url = start(settings)
     deadline = time.monotonic() + 60
@@ -66,8 +73,8 @@ def http_api(rf: Any) -> Iterator[HttpApi]:
         if time.monotonic() > deadline:
             pytest.fail(f"the Serve app did not answer on {url}/healthz within 60 s")
         time.sleep(0.2)
-    yield HttpApi(url=url, secret_key=settings.secret_key)
-    ray_serve.shutdown()
+    _apps[rf.store_url()] = HttpApi(url=url, secret_key=settings.secret_key)
+    return _apps[rf.store_url()]
 
 
 # -- tasks the HTTP tests trigger by id ------------------------------------------

@@ -196,3 +196,24 @@ async def test_v1_ndjson_writer_resumes_without_duplicates(http_tasks: HttpApi) 
     await rayflow.runs.cancel(run_id)
     res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/ndjson")
     assert res.chunks == [(i, {"n": i}) for i in range(8)]
+
+
+async def test_many_concurrent_sse_readers_of_one_live_stream_all_get_every_chunk(
+    http_tasks: HttpApi,
+) -> None:
+    # more than Serve's default max_ongoing_requests (5), which would hang the 6th
+    readers, n = 100, 300
+    run_id, token = await trigger(http_tasks, "http-emit", {"n": n, "delay_s": 0.01})
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(
+            read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/default", token=token)
+            for _ in range(readers)
+        )
+    )
+    elapsed = time.monotonic() - started
+    for res in results:
+        assert res.status == 200
+        assert res.chunks == [(i, {"i": i}) for i in range(n)]
+        assert res.done
+    assert elapsed < 60

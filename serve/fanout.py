@@ -1,0 +1,149 @@
+"""One upstream subscription per replica and stream, fanned out to its clients.
+
+A Ray call costs the same for one chunk or a thousand (DESIGN §8), so N
+browsers reading one live stream must not mean N long polls of its
+RunActor. Each replica keeps one `StreamHub` per (run, key) being read: one
+runtime `ChunkReader` follows the live tail and keeps the newest records in
+a bounded window; every client reads from that window. A client that is
+behind the window (it asked for old history, or was too slow) reads the
+Store by index until it catches up — every acknowledged chunk is there
+(acknowledged = durable = visible) — so each client gets every chunk once,
+in order, whatever its position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from rayflow._runtime.connection import current
+from rayflow._runtime.reader import ChunkReader
+from serve.sse import Batch, Record
+
+log = logging.getLogger("rayflow.serve")
+
+#: at most this many records in one SSE event
+BATCH_LIMIT = 1000
+#: records a hub keeps for its clients; older ones are read from the Store
+WINDOW = 4096
+
+
+class StreamHub:
+    """The live tail of one stream in this replica, shared by its readers."""
+
+    def __init__(self, run_id: str, key: str, start: int) -> None:
+        self.run_id, self.key = run_id, key
+        self.records: list[Record] = []
+        #: seq of records[0] (== the next seq expected while records is empty)
+        self.window_start = start
+        self.closed = False
+        self.error: BaseException | None = None
+        self.clients = 0
+        self._changed = asyncio.Event()
+        self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    @property
+    def next_seq(self) -> int:
+        return self.window_start + len(self.records)
+
+    async def _follow(self) -> None:
+        try:
+            async for rows in self._reader.batches():
+                self.records.extend(Record(*row) for row in rows)
+                if len(self.records) > 2 * WINDOW:
+                    drop = len(self.records) - WINDOW
+                    self.records = self.records[drop:]
+                    self.window_start += drop
+                self._notify()
+            self.closed = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # every client hears it and reconnects
+            log.warning("stream %r of run %s: reader failed: %s", self.key, self.run_id, e)
+            self.error = e
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def records_from(self, seq: int) -> list[Record]:
+        offset = seq - self.window_start
+        return self.records[offset : offset + BATCH_LIMIT]
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        changed = self._changed
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+_hubs: dict[tuple[str, str], StreamHub] = {}
+
+
+def _hub_for(run_id: str, key: str, start: int) -> StreamHub:
+    hub = _hubs.get((run_id, key))
+    if hub is None or hub.error is not None:
+        hub = StreamHub(run_id, key, start)
+        _hubs[(run_id, key)] = hub
+    hub.clients += 1
+    return hub
+
+
+async def _release(hub: StreamHub) -> None:
+    hub.clients -= 1
+    if hub.clients <= 0:
+        if _hubs.get((hub.run_id, hub.key)) is hub:
+            del _hubs[(hub.run_id, hub.key)]
+        await hub.stop()
+
+
+class HubSource:
+    """One client's position in a stream, served from its replica's hub."""
+
+    def __init__(self, run_id: str, key: str, start: int) -> None:
+        self.run_id, self.key = run_id, key
+        self.position = start
+        self._hub: StreamHub | None = None
+
+    async def _from_store(self, until: int) -> list[Record]:
+        store = current().store
+        limit = min(BATCH_LIMIT, until - self.position)
+        chunks = await asyncio.to_thread(
+            store.read_chunks, self.run_id, self.key, self.position, limit
+        )
+        return [Record(c.seq, c.data, c.created_at, c.record_id) for c in chunks]
+
+    async def next_batch(self, timeout_s: float) -> Batch:
+        if self._hub is None:
+            self._hub = _hub_for(self.run_id, self.key, self.position)
+        hub = self._hub
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self.position < hub.window_start:
+                records = await self._from_store(hub.window_start)
+            else:
+                records = hub.records_from(self.position)
+            if records:
+                self.position = records[-1].seq + 1
+                return Batch(records)
+            if hub.error is not None:
+                raise hub.error
+            if hub.closed and self.position >= hub.next_seq:
+                return Batch([], closed=True)
+            left = deadline - loop.time()
+            if left <= 0:
+                return Batch([])
+            await hub.wait_changed(left)
+
+    async def aclose(self) -> None:
+        if self._hub is not None:
+            hub, self._hub = self._hub, None
+            await _release(hub)
