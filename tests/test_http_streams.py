@@ -217,3 +217,22 @@ async def test_many_concurrent_sse_readers_of_one_live_stream_all_get_every_chun
         assert res.chunks == [(i, {"i": i}) for i in range(n)]
         assert res.done
     assert elapsed < 60
+
+
+async def test_late_reader_far_behind_the_live_window_catches_up_from_the_store(
+    http_tasks: HttpApi,
+) -> None:
+    # the replica keeps the newest few thousand records of a live stream for
+    # its readers; one that joins 12k chunks late reads the rest by index
+    n = 12_000
+    run_id, token = await trigger(http_tasks, "http-emit", {"n": n, "hold_s": 4})
+    path = f"/realtime/v1/streams/{run_id}/default"
+
+    async def late() -> object:
+        await asyncio.sleep(2.0)
+        return await read_sse(http_tasks, path, token=token)
+
+    early, late_res = await asyncio.gather(read_sse(http_tasks, path, token=token), late())
+    for res in (early, late_res):
+        assert [i for i, _ in res.chunks] == list(range(n))  # type: ignore[attr-defined]
+        assert res.done  # type: ignore[attr-defined]
