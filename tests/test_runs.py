@@ -4,7 +4,6 @@ Controller restart, retention, bounded memory of long streams."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest

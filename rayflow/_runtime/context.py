@@ -67,10 +67,6 @@ def reset_run(token: contextvars.Token[RunContext | None]) -> None:
     _current.reset(token)
 
 
-def reset_run(token: contextvars.Token[RunContext | None]) -> None:
-    _current.reset(token)
-
-
 def resolve_target(target: str | None) -> str:
     """The run id a stream operation addresses; outside a task it must be one."""
     ctx = _current.get()

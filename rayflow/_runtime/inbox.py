@@ -57,10 +57,14 @@ class InboxActor:
         except RunFinishedError as e:
             raise RunFinished(finished_message(run_id, e.status)) from None
         wp = await asyncio.to_thread(store.get_waitpoint, run_id)
-        if wp is not None and wp.status == "PENDING" and wp.stream_id == stream_id:
-            if await asyncio.to_thread(store.resolve_waitpoint, run_id, "RESOLVED", message.seq):
-                await call(self.conn.controller.revive.remote(run_id))
-                return message.seq
+        if (
+            wp is not None
+            and wp.status == "PENDING"
+            and wp.stream_id == stream_id
+            and await asyncio.to_thread(store.resolve_waitpoint, run_id, "RESOLVED", message.seq)
+        ):
+            await call(self.conn.controller.revive.remote(run_id))
+            return message.seq
         actor = await self._actor_for(run_id)
         if actor is not None:
             try:

@@ -15,6 +15,7 @@ read from the Store by an index seek.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -179,10 +180,8 @@ class StreamBuffer:
     async def read(self, start: int, limit: int, wait_s: float) -> ReadReply:
         if start >= self.length and not self.closed and wait_s > 0:
             changed = self._changed
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait_s)
-            except asyncio.TimeoutError:
-                pass
         return self._serve(start, limit)
 
     def _serve(self, start: int, limit: int) -> ReadReply:
