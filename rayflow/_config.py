@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = "FULL"
     #: how long writers outside the run coalesce chunks before one Ray call
     flush_interval_s: float = 0.002
-    #: chunks kept in a RunActor's memory per stream before sealing a segment
-    tail_chunks: int = 1024
+    #: chunks kept in a RunActor's memory per stream before sealing a segment;
+    #: large enough that a segment of small chunks passes Ray's 100 KB inline
+    #: limit and lands in the shared object store, not the actor's heap
+    tail_chunks: int = 4096
     #: sealed segments per stream kept in the Ray object store (older: Store)
     object_store_segments: int = 64
     token_ttl_s: int = 3600
