@@ -24,9 +24,7 @@ def background_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
-            threading.Thread(
-                target=loop.run_forever, name="rayflow-io", daemon=True
-            ).start()
+            threading.Thread(target=loop.run_forever, name="rayflow-io", daemon=True).start()
             _loop = loop
         return _loop
 

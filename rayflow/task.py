@@ -214,9 +214,7 @@ class Task(Generic[T, R]):
         if module is not None and _pickle_by_value(module):
             cloudpickle.register_pickle_by_value(module)
         blob = cloudpickle.dumps(self)
-        await call(
-            conn.controller.register_task.remote(self.id, blob, json.dumps(self.defaults()))
-        )
+        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(self.defaults())))
         _registered.add(key)
 
     async def __call__(self, payload: T) -> R:
