@@ -111,7 +111,9 @@ def launch_chromium() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture(scope="session")
+# module scope: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, which breaks every asyncio test that runs after it
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with launch_chromium() as b:
         yield b
