@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import ray
 from conftest import eventually
@@ -118,8 +119,13 @@ def test_once_times_out_then_takes_the_oldest_and_peek_sees_the_latest() -> None
 # -- wait: suspension, revival, replay ------------------------------------------
 
 
+whoami = streams.define("whoami", dict)
+
+
 @task(id="publish-post")
 async def publish_post(payload: dict) -> dict:
+    # which Ray actor and process execute this segment of the run
+    await whoami.append({"actor": ray.get_runtime_context().get_actor_name(), "pid": os.getpid()})
     draft = await step("prepare", mark, payload["marks"], "prepared")
     await log.append("draft ready")
     result = await approval.wait(timeout=payload.get("timeout", "7d"))
@@ -148,19 +154,17 @@ def test_wait_holds_no_actor_while_suspended_and_resumes_after_send(tmp_path: Pa
     )
     # no Ray actor and no worker process holds the run
     assert run_actor_pid(handle.id) is None
-    name = connection.current().store.get_run(handle.id)
-    assert name is not None and name.actor_name is None
+    record = connection.current().store.get_run(handle.id)
+    assert record is not None and record.actor_name is None
+    assert handle.id not in ray.get(connection.current().controller.live_runs.remote())
+    first = list(whoami.read(handle.id, timeout_s=1))
+    assert len(first) == 1
     address = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
-    alive = ray_state.list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10_000)
-    run_actor_names = {a.name for a in alive if a.name and a.name.startswith("rayflow-run-")}
-    live = set(ray.get(connection.current().controller.live_runs.remote()))
-    assert handle.id not in live
-    dead = ray_state.list_actors(
-        address=address, filters=[("state", "=", "DEAD")], limit=10_000, detail=True
+    actors = ray_state.list_actors(
+        address=address, filters=[("name", "=", first[0]["actor"])], detail=True
     )
-    pids = [a.pid for a in dead if a.name and a.name.startswith("rayflow-run-") and a.pid]
-    assert pids, "the suspended run's actor should be among the dead ones"
-    assert len(run_actor_names) <= connection.current().settings.pool_size + len(live)
+    assert [a.state for a in actors] == ["DEAD"], actors
+    assert not psutil.pid_exists(first[0]["pid"]), "the run's worker process is still alive"
     assert list(log.read(handle.id, timeout_s=1)) == ["draft ready"]
 
     approval.send(handle.id, {"approved": True, "reviewer": "alice"}).result()
@@ -169,6 +173,8 @@ def test_wait_holds_no_actor_while_suspended_and_resumes_after_send(tmp_path: Pa
     # replay did not run the step again nor duplicate the chunk written before
     assert count_lines(marks) == 1
     assert list(log.read(handle.id, timeout_s=1)) == ["draft ready", "decided"]
+    # the revival replayed the whoami append too, and it was dropped as a duplicate
+    assert list(whoami.read(handle.id, timeout_s=1)) == first
 
 
 def test_a_message_sent_before_the_wait_is_returned_at_once(tmp_path: Path) -> None:
