@@ -205,6 +205,12 @@ class Task(Generic[T, R]):
         handle = await self.trigger(payload, idempotency_key=idempotency_key, tags=tags)
         return await wait_for_run(handle.id)
 
+    def register(self) -> Response[None]:
+        """Make the task known to the cluster, so it can be triggered by id
+        (`rayflow.trigger`, HTTP) before anyone triggers it from Python.
+        Triggering registers it too; calling this again is cheap."""
+        return Response(self._register)
+
     async def _register(self) -> None:
         conn = connection.current()
         key = (conn.store.url, self.id)

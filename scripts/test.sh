@@ -14,6 +14,7 @@ if [ ! -d tests/node/node_modules ]; then
   (cd tests/node && npm install --no-audit --no-fund --loglevel=error)
 fi
 .venv/bin/ruff check rayflow serve tests examples benchmarks
+.venv/bin/ruff format --check -q rayflow serve tests examples benchmarks
 # a Ray left over from an interrupted run would be found by `address="auto"`
 .venv/bin/ray stop --force >/dev/null 2>&1 || true
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
