@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_input_bytes: int = 1 * MiB
     #: warm RunActors kept ready so a trigger or revival skips actor start-up
     pool_size: int = 2
+    #: runs executing at once per deployment (each holds a RunActor, ~50 MB);
+    #: more wait QUEUED, suspended runs hold none
+    max_live_runs: int = 100
     #: SQLite `synchronous` pragma: FULL survives power loss, NORMAL a crash
     sqlite_synchronous: str = "FULL"
     #: how long writers outside the run coalesce chunks before one Ray call

@@ -202,3 +202,35 @@ def test_a_long_stream_keeps_a_bounded_tail_and_reads_from_the_end_by_seek() -> 
     assert [next(middle) for _ in range(3)] == [5_000, 5_001, 5_002]
     first = iter(long_stream.read(handle.id, start_index=0, timeout_s=10))
     assert [next(first) for _ in range(2)] == [0, 1]
+
+
+def test_runs_past_max_live_runs_wait_queued_and_all_complete(
+    rf: Any, store_url_for: Any, tmp_path: Any
+) -> None:
+    backend = "postgres" if rf.store.startswith("postgres") else "sqlite"
+    rayflow.shutdown()
+    try:
+        rayflow.init(
+            store=store_url_for(backend),
+            namespace=f"rf-test-queue-{backend}",
+            data_dir=tmp_path,
+            max_live_runs=2,
+            pool_size=0,
+        )
+        handles = [sleeper.trigger({"n": 4, "delay": 0.1}).result() for _ in range(5)]
+        controller = connection.current().controller
+        assert ray.get(controller.queue_length.remote()) >= 3
+        most = 0
+        statuses: list[str] = []
+
+        def all_done() -> bool:
+            nonlocal most, statuses
+            statuses = [rayflow.runs.retrieve(h.id).result().status for h in handles]
+            most = max(most, statuses.count("EXECUTING"))
+            return all(s == "COMPLETED" for s in statuses)
+
+        eventually(all_done, timeout_s=120, what=f"all queued runs to complete ({statuses})")
+        assert 1 <= most <= 2
+    finally:
+        rayflow.shutdown(stop_runs=True)
+        rayflow.init(store=rf.store, namespace=rf.namespace, data_dir=rf.data_dir, pool_size=2)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
+from collections import deque
 from typing import Any
 
 import ray
@@ -44,6 +45,10 @@ class Controller:
         self._crashes: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._reviving: set[str] = set()
+        #: RunActors in use (live runs and runs being started)
+        self._slots = 0
+        self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
+        self._draining: asyncio.Task[None] | None = None
         self._started = False
 
     def _spawn(self, coro: Any) -> None:
@@ -105,14 +110,45 @@ class Controller:
         )
         run, created = await asyncio.to_thread(self.store.create_run, record)
         if created:
-            await self._launch(run.id, options.get("resources"))
+            await self._launch(run.id, options.get("resources"), child=parent_id is not None)
         return run.id, created
 
-    async def _launch(self, run_id: str, resources: dict[str, Any] | None) -> None:
-        name, actor = await self.pool.take(resources)
-        await asyncio.to_thread(self.store.update_run, run_id, actor_name=name)
+    async def _launch(
+        self, run_id: str, resources: dict[str, Any] | None, *, child: bool = False
+    ) -> None:
+        """Start the run on a RunActor, or queue it (QUEUED) while
+        `max_live_runs` runs already hold one: a box holds ~100–150 live
+        actors (DESIGN §8), so the rest wait their turn in the Store. A child
+        run skips the queue: its parent holds a slot while it waits for it,
+        and queueing children behind parents could deadlock."""
+        if self._slots >= self.settings.max_live_runs and not child:
+            self._queue.append((run_id, resources))
+            return
+        self._slots += 1
+        try:
+            name, actor = await self.pool.take(resources)
+            await asyncio.to_thread(self.store.update_run, run_id, actor_name=name)
+        except BaseException:
+            self._release_slot()
+            raise
         self.live[run_id] = (name, actor)
         self._spawn(self._supervise(run_id, actor, actor.execute.remote(run_id)))
+
+    def _release_slot(self) -> None:
+        self._slots -= 1
+        if self._queue and (self._draining is None or self._draining.done()):
+            self._draining = asyncio.get_running_loop().create_task(self._drain_queue())
+
+    async def _drain_queue(self) -> None:
+        while self._queue and self._slots < self.settings.max_live_runs:
+            run_id, resources = self._queue.popleft()
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            if run is None or run.finished or run_id in self.live:
+                continue  # canceled (or otherwise ended) while it queued
+            await self._launch(run_id, resources)
+
+    async def queue_length(self) -> int:
+        return len(self._queue)
 
     async def _supervise(self, run_id: str, actor: Any, ref: Any) -> None:
         status: str | None = None
@@ -126,6 +162,7 @@ class Controller:
             if self.live.get(run_id, (None, None))[1] is actor:
                 del self.live[run_id]
             ray.kill(actor, no_restart=True)
+            self._release_slot()
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
             return
@@ -264,6 +301,7 @@ class Controller:
             if actor is not None:
                 log.info("re-attaching to run %s on %s", run.id, run.actor_name)
                 self.live[run.id] = (run.actor_name or "", actor)
+                self._slots += 1
                 self._spawn(self._supervise(run.id, actor, actor.join.remote()))
             else:
                 log.info("resuming run %s from its journal", run.id)
