@@ -27,6 +27,28 @@ APP_NAME = "rayflow"
 MAX_ONGOING_REQUESTS = 5000
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _keep_replica_grpc_on_loopback() -> None:
+    """Ray Serve 2.60 starts each replica's inter-deployment gRPC server on
+    `[::]:0` — every interface — whatever Ray's node address is. A loopback
+    deployment must listen on nothing else (DESIGN §8), so bind it to
+    127.0.0.1. Runs in the replica's constructor, before Serve starts that
+    server; on a multi-node cluster (not loopback) Serve's default stays."""
+    from ray.serve._private import replica
+
+    module: Any = replica
+    original = module.add_port_to_grpc_server
+
+    def loopback(server: Any, address: str) -> Any:
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    module.add_port_to_grpc_server = loopback
+
+
 @serve.deployment(
     name="RayflowHTTP",
     max_ongoing_requests=MAX_ONGOING_REQUESTS,
@@ -37,11 +59,15 @@ class RayflowHTTP:
     """One replica: connects to the rayflow deployment and serves the API."""
 
     def __init__(self, settings_json: str, secret_key: str) -> None:
-        from rayflow._runtime.connection import connect
+        from rayflow._runtime import bootstrap
 
         settings = Settings.model_validate_json(settings_json)
         settings = settings.model_copy(update={"secret_key": secret_key})
-        connect(settings)
+        # joins the deployment's Controller, or starts it when the app was
+        # deployed on its own (`serve run serve/serve_config.yaml`)
+        bootstrap.start_control_plane(settings)
+        if settings.http_host in LOOPBACK_HOSTS:
+            _keep_replica_grpc_on_loopback()
         self._settings, self._secret_key = settings, secret_key
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -194,3 +194,24 @@ async def test_openapi_document_lists_the_wire_endpoints(http_tasks: HttpApi) ->
     ):
         assert path in paths
     assert "SendInputBody" in json.dumps(doc["components"])
+
+
+async def test_the_http_app_listens_on_loopback_only(http_tasks: HttpApi) -> None:
+    psutil = pytest.importorskip("psutil")
+    import ray
+
+    node = ray._private.worker._global_node
+    raylet = [p.process.pid for p in node.all_processes.get("raylet", [])]
+    assert raylet, "no raylet found for this Ray session"
+    serve_procs = [
+        p
+        for p in psutil.Process(raylet[0]).children(recursive=True)
+        if p.name().startswith(("ray::Serve", "ray::ProxyActor"))
+    ]
+    assert serve_procs, "no Serve processes found"
+    for proc in serve_procs:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                assert conn.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), (
+                    f"{proc.name()} (pid {proc.pid}) listens on {conn.laddr}"
+                )
