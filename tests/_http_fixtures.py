@@ -133,7 +133,7 @@ TEST_TASKS = [http_emit, http_hold, http_approve]
 async def http_tasks(http_api: HttpApi) -> HttpApi:
     """The test tasks registered, so HTTP can trigger them by id."""
     for t in TEST_TASKS:
-        await t._register()
+        await t.register()
     return http_api
 
 
