@@ -29,6 +29,9 @@ from rayflow.store.base import Chunk, ChunkWrite, StreamTooLargeError
 
 log = logging.getLogger("rayflow")
 
+#: most writes in one group commit
+COMMIT_BATCH = 512
+
 #: one chunk as sent to readers: (seq, JSON text, created_at ms, record id)
 Row = tuple[int, str, int, str | None]
 
@@ -67,69 +70,58 @@ class StreamBuffer:
         self.tail_chunks, self.max_bytes = tail_chunks, max_bytes
         self.closed = False
         self._changed = asyncio.Event()
-        self._pending: list[tuple[list[ChunkWrite], asyncio.Future[list[int | None]]]] = []
+        self._pending: list[tuple[ChunkWrite, asyncio.Future[int | None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
     # -- writing ---------------------------------------------------------------
-    def submit(self, writes: list[ChunkWrite]) -> asyncio.Future[list[int | None]]:
-        """Queue writes for the next group commit; the future gives their indexes."""
-        future: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
+    def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
+        """Queue a write for the next group commit; the future gives its index
+        once durable (None when it was a duplicate)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int | None] = loop.create_future()
         if self.closed:
             future.set_exception(RunFinished(f"stream {self.key!r} of run {self.run_id} is closed"))
             return future
-        self._pending.append((writes, future))
+        self._pending.append((write, future))
         if self._committer is None or self._committer.done():
-            self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+            self._committer = loop.create_task(self._commit_loop())
         return future
+
+    async def submit_many(self, writes: list[ChunkWrite]) -> list[int | None]:
+        return list(await asyncio.gather(*(self.submit(w) for w in writes)))
 
     async def _commit_loop(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending, []
-            writes = [w for ws, _ in batch for w in ws]
+            # bounded batches: a flood of writes becomes visible in steps,
+            # not all at once after one huge transaction
+            batch, self._pending = self._pending[:COMMIT_BATCH], self._pending[COMMIT_BATCH:]
             try:
-                result = await asyncio.to_thread(
-                    self.store.append_chunks, self.run_id, self.key, writes, self.max_bytes
-                )
+                await self._commit(batch)
             except StreamTooLargeError:
-                # one of them is too large: commit the rest, fail only those
-                for ws, fut in batch:
-                    await self._commit_one(ws, fut)
-                continue
+                # one of them is too large: commit the others, fail only those
+                for item in batch:
+                    try:
+                        await self._commit([item])
+                    except StreamTooLargeError as e:
+                        item[1].set_exception(too_large(e))
+                    except Exception as e:
+                        item[1].set_exception(e)
             except BaseException as e:  # the Store failed: every writer must hear it
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)
                 if not isinstance(e, Exception):
                     raise
-                continue
-            self._publish(writes, result.seqs, result.length)
-            i = 0
-            for ws, fut in batch:
-                if not fut.done():
-                    fut.set_result(result.seqs[i : i + len(ws)])
-                i += len(ws)
 
-    async def _commit_one(
-        self, writes: list[ChunkWrite], fut: asyncio.Future[list[int | None]]
-    ) -> None:
-        try:
-            result = await asyncio.to_thread(
-                self.store.append_chunks, self.run_id, self.key, writes, self.max_bytes
-            )
-        except StreamTooLargeError as e:
-            fut.set_exception(
-                StreamTooLarge(
-                    f"stream {self.key!r} of run {self.run_id} would grow to {e.size} bytes,"
-                    f" over its limit of {e.limit}; nothing of this write was stored. Write"
-                    " large results elsewhere and stream references to them."
-                )
-            )
-            return
-        except Exception as e:
-            fut.set_exception(e)
-            return
+    async def _commit(self, batch: list[tuple[ChunkWrite, asyncio.Future[int | None]]]) -> None:
+        writes = [w for w, _ in batch]
+        result = await asyncio.to_thread(
+            self.store.append_chunks, self.run_id, self.key, writes, self.max_bytes
+        )
         self._publish(writes, result.seqs, result.length)
-        fut.set_result(result.seqs)
+        for (_, fut), seq in zip(batch, result.seqs, strict=True):
+            if not fut.done():
+                fut.set_result(seq)
 
     def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
         from rayflow.store.base import now_ms
@@ -198,6 +190,14 @@ class StreamBuffer:
                 return reply
         reply.from_store = True
         return reply
+
+
+def too_large(e: StreamTooLargeError) -> StreamTooLarge:
+    return StreamTooLarge(
+        f"stream {e.key!r} of run {e.run_id} would grow to {e.size} bytes, over its limit of"
+        f" {e.limit}; nothing of this write was stored. Write large results elsewhere and"
+        " stream references to them."
+    )
 
 
 class StreamBuffers:

@@ -199,7 +199,7 @@ class RunActor:
     async def append(self, key: str, writes: list[ChunkWrite]) -> list[int | None]:
         if self.buffers is None:
             raise RunFinished(f"run actor is not executing a run; write to the store for {key!r}")
-        return await self.buffers.get(key).submit(writes)
+        return await self.buffers.get(key).submit_many(writes)
 
     def stream_stats(self) -> dict[str, dict[str, int]]:
         """Per stream: committed length, chunks in the heap tail, sealed segments."""

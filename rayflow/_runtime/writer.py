@@ -20,18 +20,11 @@ import ray
 from rayflow._runtime import connection
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run
-from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
+from rayflow._runtime.output import too_large
+from rayflow.errors import RunFinished, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, ChunkWrite, StreamTooLargeError
 
 Pending = tuple[ChunkWrite, "asyncio.Future[int | None]"]
-
-
-def too_large(e: StreamTooLargeError) -> StreamTooLarge:
-    return StreamTooLarge(
-        f"stream {e.key!r} of run {e.run_id} would grow to {e.size} bytes, over its limit of"
-        f" {e.limit}; nothing of this write was stored. Write large results elsewhere and"
-        " stream references to them."
-    )
 
 
 def finished_error(run_id: str, status: str) -> RunFinished:
@@ -57,20 +50,8 @@ class ChunkWriter:
         )
         self._seq += 1
         if self._local is not None:
-            batch = self._local.submit([w])
-            fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-
-            def done(b: asyncio.Future[list[int | None]]) -> None:
-                if fut.done():
-                    return
-                if b.exception() is not None:
-                    fut.set_exception(b.exception())  # type: ignore[arg-type]
-                else:
-                    fut.set_result(b.result()[0])
-
-            batch.add_done_callback(done)
-            return fut
-        fut = asyncio.get_running_loop().create_future()
+            return self._local.submit(w)
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._queue.append((w, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
