@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ["research_agent.py", "approval.py", "cancellable_stream.py"]
+SCRIPTS = ["research_agent.py", "approval.py", "cancellable_stream.py", "http_tour.py"]
+
+
+EXPECTED = {
+    "research_agent.py": "result: COMPLETED",
+    "approval.py": "result: COMPLETED",
+    "cancellable_stream.py": "'canceled': True",
+    "http_tour.py": "run: COMPLETED",
+}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -22,9 +30,10 @@ def test_example_runs_to_completion(script: str, tmp_path: Path) -> None:
         [sys.executable, str(EXAMPLES / script)],
         cwd=tmp_path,
         env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert out.returncode == 0, f"{script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-    assert "result: COMPLETED" in out.stdout or "result:" in out.stdout or "received" in out.stdout
+    assert EXPECTED[script] in out.stdout, out.stdout[-2000:]
