@@ -52,6 +52,8 @@ class HttpApi:
 #: app itself is kept here and started once; Ray's shutdown at the end of
 #: the session stops it.
 _apps: dict[str, HttpApi] = {}
+#: Serve listens on one port per Ray session; a redeploy (another store) keeps it
+_port: list[int] = []
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +63,9 @@ def http_api(rf: Any) -> HttpApi:
 
     if rf.store_url() in _apps:
         return _apps[rf.store_url()]
-    settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
+    if not _port:
+        _port.append(free_port())
+    settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": _port[0]})
     url = start(settings)
     deadline = time.monotonic() + 60
     while True:
