@@ -131,11 +131,16 @@ class EdgeMiddleware:
         try:
             await self.app(scope, wrapped_receive, send_with_cors)
         except Exception as exc:
+            if started:
+                # mid-response (an SSE stream): nearly always the client went
+                # away (Serve's receive() raises TaskCancelledError); nothing
+                # can be sent any more, and the client resumes by Last-Event-ID
+                log.debug("%s %s ended: %r", method, scope["path"], exc)
+                return
             log.error("unexpected error on %s %s", method, scope["path"], exc_info=exc)
-            if not started:
-                await _send_error(
-                    send, origin, 500, f"internal error: {type(exc).__name__}", "InternalError"
-                )
+            await _send_error(
+                send, origin, 500, f"internal error: {type(exc).__name__}", "InternalError"
+            )
 
 
 def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
