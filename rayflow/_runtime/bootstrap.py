@@ -15,6 +15,17 @@ from rayflow.errors import RayflowError
 
 log = logging.getLogger("rayflow")
 
+#: every Ray cluster's head node has this resource (a single node is its own
+#: head); a tiny share of it pins an actor there without using any CPU
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def on_head_node() -> dict[str, Any]:
+    """Actor options that place a control-plane actor (Controller, Inbox) on
+    the head node: runs come and go with worker nodes, the control plane
+    lives as long as the cluster (losing the head loses the GCS anyway)."""
+    return {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.0001}}
+
 
 def start_ray(settings: Settings) -> None:
     """Join the cluster at settings.address, or start a local Ray on loopback."""
@@ -58,7 +69,7 @@ def start_control_plane(settings: Settings) -> Connection:
         # except trigger, which opts out)
         max_task_retries=-1,
         max_concurrency=10_000,
-        num_cpus=0,
+        **on_head_node(),
     ).remote(settings_json)
     store_url = ray.get(controller.ready.remote())
     if store_url != settings.store_url():

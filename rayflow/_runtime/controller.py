@@ -50,6 +50,12 @@ class Controller:
         self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
         self._draining: asyncio.Task[None] | None = None
         self._started = False
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # Ray restarted this Controller (its process or node died): start
+            # recovery, supervision and the deadline timer now, not when some
+            # client next happens to call ready() — until then live runs have
+            # no supervisor, waiters are never told and deadlines never fire
+            ray.get_runtime_context().current_actor.ready.remote()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -20,6 +20,7 @@ import ray
 
 from rayflow._config import Settings
 from rayflow._runtime import connection
+from rayflow._runtime.bootstrap import on_head_node
 from rayflow._runtime.calls import call
 from rayflow.errors import PayloadTooLarge, RunFinished, RunNotFound
 from rayflow.store.base import RunFinishedError, RunMissingError
@@ -110,7 +111,7 @@ def inbox_for(stream_id: str, run_id: str) -> Any:
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=1000,
-            num_cpus=0,
+            **on_head_node(),
         ).remote(conn.settings.model_dump_json())
         _handles[key] = handle
     return handle
