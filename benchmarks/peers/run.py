@@ -386,6 +386,16 @@ def table(report: dict[str, Any]) -> str:
         "rayflow/peer of the medians (latency: < 1 means rayflow is faster; chunks/s: > 1 "
         "means rayflow is faster). Noisy 2-core machine: read the ratios, not the digits."
     )
+    if report.get("loadavg"):
+        la = report["loadavg"]
+        if "before" in la:
+            header += (
+                f" Load average (1 min) {la['before'][0]:.1f} before, {la['after'][0]:.1f} after."
+            )
+        if la.get("note"):
+            header += f" {la['note']}."
+    if report.get("seconds"):
+        header += f" Whole run: {report['seconds']} s."
     return "\n".join([header, "", *lines, "", *notes])
 
 
@@ -482,6 +492,7 @@ def main() -> int:
     )
     p.add_argument("--no-readme", action="store_true", help="print the table only")
     p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--render", metavar="REPORT_JSON", help="print (and write) a saved report")
     p.add_argument(
         "--set",
         action="append",
@@ -494,7 +505,7 @@ def main() -> int:
     systems = select(args.only)
     command = "python benchmarks/peers/run.py" + (" --quick" if args.quick else "")
 
-    if not os.environ.get("PEERS_BENCH_PHASE"):
+    if not os.environ.get("PEERS_BENCH_PHASE") and not args.render:
         if not args.skip_setup:
             setup(systems)
         env = {**os.environ, "PEERS_BENCH_PHASE": "1"}
@@ -507,14 +518,21 @@ def main() -> int:
             log("no loopback-only namespace: servers still bind 127.0.0.1 only; Restate skipped")
         return subprocess.run(argv, env=env).returncode
 
-    started = time.monotonic()
-    report = bench(args, systems)
-    report["seconds"] = round(time.monotonic() - started)
+    if args.render:  # re-render a saved report (e.g. after a change to the table's layout)
+        report = json.loads(Path(args.render).read_text())
+    else:
+        started = time.monotonic()
+        load_before = os.getloadavg()
+        report = bench(args, systems)
+        report["seconds"] = round(time.monotonic() - started)
+        report["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     text = table(report)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-    (WORK / "last-report.json").write_text(json.dumps(report, indent=1))
+    if not args.render:
+        WORK.mkdir(exist_ok=True)
+        (WORK / "last-report.json").write_text(json.dumps(report, indent=1))
     if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5":
         write_readme(text, command)
         log(f"table written to {README}")
