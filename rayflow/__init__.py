@@ -31,7 +31,7 @@ if not (_os.environ.get("RAY_ADDRESS") or _os.environ.get("RAYFLOW_ADDRESS")):
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from rayflow import errors, runs, streams  # noqa: E402
+from rayflow import auth, errors, runs, streams  # noqa: E402
 from rayflow._config import Settings  # noqa: E402
 from rayflow._response import Response  # noqa: E402
 from rayflow.durable import now, random, step  # noqa: E402
@@ -57,6 +57,7 @@ def init(
     *,
     data_dir: str | Path | None = None,
     namespace: str | None = None,
+    serve: bool = False,
     **settings: Any,
 ) -> Settings:
     """Connect this process to rayflow, starting what is missing.
@@ -66,6 +67,8 @@ def init(
     cluster (`"auto"` for the local one); `store=` is `sqlite:///…` or
     `postgresql://…`. Every other `RAYFLOW_*` setting can be passed by name
     (e.g. `retention_days=7`). Environment variables fill what is not passed.
+    `serve=True` also starts the HTTP API and dashboard (Ray Serve) on
+    `http_host:http_port` (127.0.0.1:8000 by default).
     Returns the settings in force. Calling it again is a no-op.
     """
     from rayflow._runtime import bootstrap, connection
@@ -86,7 +89,13 @@ def init(
             return current.settings
         connection.disconnect()
     bootstrap.start_ray(resolved)
-    return bootstrap.start_control_plane(resolved).settings
+    settings_in_force = bootstrap.start_control_plane(resolved).settings
+    if serve:
+        from serve import app as serve_app
+
+        url = serve_app.start(settings_in_force)
+        print(f"rayflow HTTP API and dashboard: {url}/dashboard/")
+    return settings_in_force
 
 
 def shutdown(*, stop_runs: bool = False) -> None:
@@ -116,6 +125,7 @@ __all__ = [
     "Settings",
     "StreamReader",
     "Task",
+    "auth",
     "context",
     "errors",
     "init",

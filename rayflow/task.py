@@ -96,17 +96,32 @@ def context() -> RunInfo:
     )
 
 
-def _payload_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+_UNRESOLVED = "<payload type not resolved yet>"
+
+
+def _unresolved(t: Any) -> bool:
+    return isinstance(t, str) and t == _UNRESOLVED
+
+
+def _payload_type(fn: Callable[..., Any]) -> Any:
+    """The first parameter's type, resolved where the function was defined.
+
+    Resolved in the defining process: a string annotation (`from __future__
+    import annotations`) names things, like `Any`, that a function pickled by
+    value does not carry to the RunActor. None when unannotated.
+    """
     params = list(inspect.signature(fn).parameters.values())
     if not params or params[0].annotation is inspect.Parameter.empty:
         return None
-    hints = getattr(fn, "__annotations__", {})
-    annotation = hints.get(params[0].name)
+    annotation = params[0].annotation
     if isinstance(annotation, str):
         import typing
 
-        annotation = typing.get_type_hints(fn).get(params[0].name, Any)
-    return TypeAdapter(annotation)
+        try:
+            annotation = typing.get_type_hints(fn).get(params[0].name, Any)
+        except NameError:
+            return _UNRESOLVED  # defined later in its module: resolve at registration
+    return annotation
 
 
 def _validate(adapter: TypeAdapter[Any] | None, value: Any, what: str) -> Any:
@@ -141,6 +156,7 @@ class Task(Generic[T, R]):
         self.retry = RetryPolicy(max_attempts=retry) if isinstance(retry, int) else retry
         self.max_duration_s = parse_duration(max_duration)
         self.resources = resources or {}
+        self.payload_type = _payload_type(fn)
         self._adapter: TypeAdapter[Any] | None = None
         self._adapter_built = False
 
@@ -153,7 +169,13 @@ class Task(Generic[T, R]):
     @property
     def adapter(self) -> TypeAdapter[Any] | None:
         if not self._adapter_built:
-            self._adapter, self._adapter_built = _payload_adapter(self.fn), True
+            if _unresolved(self.payload_type):
+                self.payload_type = _payload_type(self.fn)
+            if self.payload_type is None or _unresolved(self.payload_type):
+                self._adapter = None
+            else:
+                self._adapter = TypeAdapter(self.payload_type)
+            self._adapter_built = True
         return self._adapter
 
     def defaults(self) -> dict[str, Any]:
@@ -216,6 +238,8 @@ class Task(Generic[T, R]):
         key = (conn.store.url, self.id)
         if key in _registered:
             return
+        if _unresolved(self.payload_type):
+            self.payload_type = _payload_type(self.fn)
         module = sys.modules.get(self.fn.__module__)
         if module is not None and _pickle_by_value(module):
             cloudpickle.register_pickle_by_value(module)

@@ -15,6 +15,4 @@ if [ ! -d tests/node/node_modules ]; then
 fi
 .venv/bin/ruff check rayflow serve tests examples benchmarks
 .venv/bin/ruff format --check -q rayflow serve tests examples benchmarks
-# a Ray left over from an interrupted run would be found by `address="auto"`
-.venv/bin/ray stop --force >/dev/null 2>&1 || true
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

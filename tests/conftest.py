@@ -24,6 +24,7 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",  # our own, even if another Ray runs on this machine
         namespace="rayflow-tests",
         _node_ip_address="127.0.0.1",
         # the dashboard serves Ray's state API (used to prove a waiting run

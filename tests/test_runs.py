@@ -54,6 +54,19 @@ async def typed_payload(payload: dict[str, int]) -> int:
     return sum(payload.values())
 
 
+@task(id="any-payload")
+async def any_payload(payload: dict[str, Any]) -> list[str]:
+    return sorted(payload)
+
+
+def test_a_string_annotation_naming_any_resolves_where_the_task_is_defined() -> None:
+    # `from __future__ import annotations` makes "dict[str, Any]" a string;
+    # the RunActor gets the function by value, without this module's `Any`
+    handle = any_payload.trigger({"b": 1, "a": [2]}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert (run.status, run.output) == ("COMPLETED", ["a", "b"]), run.error
+
+
 def test_trigger_retrieve_and_list() -> None:
     handle = typed_payload.trigger({"a": 1, "b": 2}, tags=["sum"]).result()
     assert handle.id.startswith("run_") and handle.public_access_token.count(".") == 2
@@ -234,3 +247,15 @@ def test_runs_past_max_live_runs_wait_queued_and_all_complete(
     finally:
         rayflow.shutdown(stop_runs=True)
         rayflow.init(store=rf.store, namespace=rf.namespace, data_dir=rf.data_dir, pool_size=2)
+
+
+def test_a_public_token_is_scoped_to_its_run() -> None:
+    from rayflow import _tokens
+
+    handle = typed_payload.trigger({"x": 1}).result()
+    token = rayflow.auth.create_public_token(handle.id, ttl_s=60)
+    claims = _tokens.decode_token(connection.current().secret_key, token)
+    assert claims["scopes"] == [f"read:runs:{handle.id}", f"write:inputStreams:{handle.id}"]
+    assert claims["exp"] - claims["iat"] == 60
+    assert _tokens.allows(claims["scopes"], "read", "runs", handle.id)
+    assert not _tokens.allows(claims["scopes"], "read", "runs", "run_other")

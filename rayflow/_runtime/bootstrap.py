@@ -35,6 +35,9 @@ def start_ray(settings: Settings) -> None:
         # DESIGN §8: keep a local Ray on 127.0.0.1 only
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(
+            # its own local Ray, not whatever `ray start` left running
+            # (join that with address="auto")
+            address="local",
             namespace=settings.namespace,
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
