@@ -120,7 +120,12 @@ class Controller:
         return run.id, created
 
     async def _launch(
-        self, run_id: str, resources: dict[str, Any] | None, *, child: bool = False
+        self,
+        run_id: str,
+        resources: dict[str, Any] | None,
+        *,
+        child: bool = False,
+        front: bool = False,
     ) -> None:
         """Start the run on a RunActor, or queue it (QUEUED) while
         `max_live_runs` runs already hold one: a box holds ~100–150 live
@@ -128,7 +133,11 @@ class Controller:
         run skips the queue: its parent holds a slot while it waits for it,
         and queueing children behind parents could deadlock."""
         if self._slots >= self.settings.max_live_runs and not child:
-            self._queue.append((run_id, resources))
+            # a revival goes first: it continues work already under way
+            if front:
+                self._queue.appendleft((run_id, resources))
+            else:
+                self._queue.append((run_id, resources))
             return
         self._slots += 1
         try:
@@ -216,7 +225,7 @@ class Controller:
                 return False
             if not await asyncio.to_thread(self.store.set_active_status, run_id, "QUEUED"):
                 return False
-            await self._launch(run_id, json.loads(run.options).get("resources"))
+            await self._launch(run_id, json.loads(run.options).get("resources"), front=True)
             return True
         finally:
             self._reviving.discard(run_id)
