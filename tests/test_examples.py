@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ["research_agent.py", "approval.py", "cancellable_stream.py", "http_tour.py"]
+SCRIPTS = [
+    "research_agent.py",
+    "approval.py",
+    "cancellable_stream.py",
+    "http_tour.py",
+    "chat_agent.py",
+    "child_tasks.py",
+    "fastapi_pipe.py",
+]
 
 
 EXPECTED = {
@@ -19,6 +27,9 @@ EXPECTED = {
     "approval.py": "result: COMPLETED",
     "cancellable_stream.py": "'canceled': True",
     "http_tour.py": "run: COMPLETED",
+    "chat_agent.py": "result: COMPLETED {'turns': 2}",
+    "child_tasks.py": "result: COMPLETED",
+    "fastapi_pipe.py": "result: COMPLETED",
 }
 
 
