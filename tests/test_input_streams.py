@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -328,3 +329,53 @@ def test_on_deliveries_replay_at_the_point_they_were_observed() -> None:
     )
     messages.send(handle.id, "stop").result()
     assert rayflow.runs.wait(handle.id).result().output == ["while-suspended", "stop"]
+
+
+@task(id="peeker")
+async def peeker(payload: dict) -> dict:
+    before = messages.peek()
+    await log.append("ready")
+    taken = (await messages.once(timeout_s=60)).unwrap()
+    return {"before": before, "taken": taken, "after": messages.peek()}
+
+
+def test_peek_before_and_after_a_send() -> None:
+    handle = peeker.trigger({}).result()
+    eventually(lambda: list(log.read(handle.id, timeout_s=0.2)), what="the task to peek")
+    messages.send(handle.id, "x").result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == {"before": None, "taken": "x", "after": "x"}
+
+
+@task(id="waits-in-a-row")
+async def waits_in_a_row(payload: dict) -> list[str]:
+    got = []
+    for _ in range(payload["n"]):
+        got.append((await messages.wait(timeout="1m")).unwrap())
+    return got
+
+
+def test_two_waits_in_a_row_on_one_stream_each_suspend() -> None:
+    handle = waits_in_a_row.trigger({"n": 2}).result()
+    for text in ("first", "second"):
+        eventually(
+            lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+            what=f"the run to suspend before {text!r}",
+        )
+        messages.send(handle.id, text).result()
+    assert rayflow.runs.wait(handle.id).result().output == ["first", "second"]
+
+
+def test_sends_racing_suspensions_lose_nothing_and_repeat_nothing() -> None:
+    import random
+
+    rng = random.Random(7)
+    runs = [waits_in_a_row.trigger({"n": 4}).result() for _ in range(3)]
+    for i in range(4):
+        for handle in runs:
+            # at random moments: before the wait, while suspending, while suspended
+            time.sleep(rng.uniform(0, 0.08))
+            messages.send(handle.id, f"{handle.id}-{i}").result()
+    for handle in runs:
+        run = rayflow.runs.wait(handle.id).result()
+        assert run.output == [f"{handle.id}-{i}" for i in range(4)], run
