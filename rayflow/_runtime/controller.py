@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
+import warnings
 from collections import deque
 from typing import Any
 
@@ -50,7 +51,11 @@ class Controller:
         self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
         self._draining: asyncio.Task[None] | None = None
         self._started = False
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():
+            # Ray 2.60's own property reads its deprecated actor_id
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             # Ray restarted this Controller (its process or node died): start
             # recovery, supervision and the deadline timer now, not when some
             # client next happens to call ready() — until then live runs have
