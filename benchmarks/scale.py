@@ -112,6 +112,37 @@ class StoreSize:
         return {t: int(b) for t, b in rows if t in TABLES}
 
 
+def row_bytes(url: str, run_ids: list[str]) -> dict[str, float]:
+    """Bytes of these runs' rows per table, per run (the data itself, without
+    page and index overhead; page-level sizes are too coarse for N runs)."""
+    per_table: dict[str, float] = {}
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            for t in TABLES:
+                cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
+                size = " + ".join(f"COALESCE(length(CAST({c} AS BLOB)), 0)" for c in cols)
+                key = "id" if t == "runs" else "run_id"
+                marks = ",".join("?" * len(run_ids))
+                (total,) = db.execute(
+                    f"SELECT COALESCE(SUM({size}), 0) FROM {t} WHERE {key} IN ({marks})", run_ids
+                ).fetchone()
+                per_table[t] = total / len(run_ids)
+        return per_table
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        for t in TABLES:
+            key = "id" if t == "runs" else "run_id"
+            (total,) = db.execute(
+                f"SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM {t} t WHERE {key} = ANY(%s)",
+                (run_ids,),
+            ).fetchone()
+            per_table[t] = float(total) / len(run_ids)
+    return per_table
+
+
 def delta(before: dict[str, int], after: dict[str, int], per: float) -> dict[str, float]:
     return {t: (after.get(t, 0) - before.get(t, 0)) / per for t in TABLES}
 
@@ -219,6 +250,7 @@ def main() -> None:
         report["trigger_s_per_run"] = t_triggered / n
         report["trigger_to_all_completed_s"] = t_done
         report["completed_run_bytes"] = delta(size0, size1, n)
+        report["completed_run_row_bytes"] = row_bytes(url, ids)
         report["controller_calls_per_completed_run"] = {
             k: v / n for k, v in (calls1 - calls0).items()
         }
@@ -228,6 +260,9 @@ def main() -> None:
         rayflow.runs.wait(run_id).result(timeout_s=300)
         size2 = size.tables()
         report["stream_bytes_per_kb"] = delta(size1, size2, args.kb)
+        report["stream_row_bytes_per_kb"] = {
+            t: v / args.kb for t, v in row_bytes(url, [run_id]).items()
+        }
 
         # -- live runs: memory -------------------------------------------------
         live = asyncio.run(trigger_many(hold, args.live, {}))
@@ -260,6 +295,7 @@ def main() -> None:
         size4 = size.tables()
         report["suspend_n_s"] = t_suspend
         report["waiting_run_bytes"] = delta(size3, size4, n)
+        report["waiting_run_row_bytes"] = row_bytes(url, waiting)
         report["waiting_runs_actors"] = len(
             ray.get(connection.current().controller.live_runs.remote())
         )
@@ -298,9 +334,15 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"store: {r['store']}, N = {n}")
     print(f"idle warm RunActor USS: {r['idle_actor_uss_mib']:.1f} MiB (median of 5)")
     print(f"live RunActor USS: {r['live_actor_uss_mib']:.1f} MiB (median)")
-    print(table_line("store bytes per completed run", r["completed_run_bytes"]))
-    print(table_line("store bytes per KB streamed", r["stream_bytes_per_kb"]))
-    print(table_line("store bytes per waiting run", r["waiting_run_bytes"]))
+    for what, key in (
+        ("completed run", "completed_run"),
+        ("KB streamed", "stream_row_bytes_per_kb"),
+        ("waiting run", "waiting_run"),
+    ):
+        rows = r[key] if key.startswith("stream") else r[f"{key}_row_bytes"]
+        pages = r["stream_bytes_per_kb"] if key.startswith("stream") else r[f"{key}_bytes"]
+        print(table_line(f"row bytes per {what}", rows))
+        print(table_line(f"  allocated (pages, indexes) per {what}", pages))
     print(
         f"trigger: {r['trigger_s_per_run'] * 1000:.1f} ms per run ({n} concurrent);"
         f" all {n} completed after {r['trigger_to_all_completed_s']:.1f} s"
