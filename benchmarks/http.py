@@ -1,0 +1,610 @@
+"""rayflow's HTTP/SSE API against a do-it-yourself baseline (issue 4, item 6).
+
+    .venv/bin/python benchmarks/http.py [--quick]
+
+Prints, side by side, rayflow / baseline and their ratio:
+
+1. append → SSE client latency (p50/p99) at 1 stream and at 10 streams ×
+   50 chunks/s (10 runs, one stream each), plus where rayflow's time goes:
+   the append's acknowledgement, a Python reader (`streams.read`, no HTTP),
+   10 streams of one run (one RunActor, one SQLite writer) and, at 1
+   stream, appends through the HTTP endpoint instead of the Python API;
+2. SSE throughput of one stream to one client (chunks/s);
+3. 500 concurrent SSE readers of one live stream (rayflow 2,000 chunks, the
+   baseline 200: it sends one event per chunk and reader, and would take
+   minutes): every reader must get every chunk, in order; total delivered
+   chunks/s.
+
+rayflow: the embedded default (local Ray + SQLite, `synchronous=FULL`) with
+`serve/` on Ray Serve. Each stream belongs to a running task that waits on
+an input stream; the benchmark appends with `streams.append(key, chunk,
+target=run_id)` (the Python API; in the throughput and fan-out parts
+`streams.writer(key, target=run_id)`, group-committed) and reads
+`/realtime/v1/streams/{run}/{key}` with the run's public token.
+
+Baseline: `redis_diy_peer.sse_app` from benchmarks/peers (FastAPI +
+sse-starlette on uvicorn relaying `XREAD BLOCK`, one event per chunk) on a
+Redis server from the Debian packages (AOF, `appendfsync everysec`) started
+by `_servers.Servers`, the app's Redis pool raised from redis-py's default
+100 connections (each reader holds one); the benchmark appends with `XADD`
+(its throughput and fan-out parts pipeline 1,000 `XADD`s per round trip).
+
+Both are read by the same client: httpx streaming in this process, the
+chunk's 64 bytes carrying its index and the wall clock at the append call
+(benchmarks/peers/_common.py). Everything listens on 127.0.0.1, free ports.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEERS = HERE / "peers"
+# this file is named like the stdlib's `http`: keep its directory off the path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path[:0] = [str(PEERS), str(REPO)]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import _common as c  # noqa: E402
+import httpx  # noqa: E402
+from _servers import Servers, free_port, wait_port  # noqa: E402
+
+import rayflow  # noqa: E402
+from rayflow import streams, task  # noqa: E402
+
+gate = streams.input("bench-http-gate", dict)
+
+SIZES = {
+    "full": {"lat_s": 10.0, "tput_chunks": 20_000, "readers": 500, "fan_chunks": 2_000},
+    "quick": {"lat_s": 3.0, "tput_chunks": 5_000, "readers": 100, "fan_chunks": 500},
+}
+#: the baseline sends one SSE event per chunk per reader: 500 × 2,000 would take it
+#: minutes on 2 cores, so its fan-out streams a tenth of the chunks (same readers)
+BASELINE_FAN_SHARE = 10
+RATE = 50  # chunks/s per stream in the latency parts
+BATCH = 1000  # chunks per write batch in the throughput and fan-out parts
+
+
+@task(id="bench-http-idle")
+async def idle(payload: dict) -> None:
+    """A running task whose streams the benchmark appends to from outside."""
+    await gate.once(timeout_s=900)
+
+
+# --- the SSE client (shared by both systems) ---
+
+
+@dataclass
+class Reader:
+    """One SSE connection's chunks: latency per chunk, count, order."""
+
+    live: c.LiveRead = field(default_factory=c.LiveRead)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def read_sse(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], total: int, reader: Reader
+) -> None:
+    """Read `url` until `total` chunks arrived (the chunks carry their send time)."""
+    async with client.stream("GET", url, headers={"Accept": "text/event-stream", **headers}) as r:
+        r.raise_for_status()
+        reader.connected.set()
+        async for line in r.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            for chunk in c.extract_chunks(line[5:].lstrip(" ")):
+                reader.live.add(chunk)
+            if len(reader.live.lat_ms) >= total:
+                return
+
+
+async def start_readers(
+    client: httpx.AsyncClient, targets: list[tuple[str, dict[str, str]]], total: int
+) -> tuple[list[Reader], list[asyncio.Task[None]]]:
+    """Open one SSE reader per target and wait until all are subscribed."""
+    readers = [Reader() for _ in targets]
+    tasks = [
+        asyncio.create_task(read_sse(client, url, headers, total, rd))
+        for (url, headers), rd in zip(targets, readers, strict=True)
+    ]
+    connected = asyncio.ensure_future(asyncio.gather(*(rd.connected.wait() for rd in readers)))
+    done, _ = await asyncio.wait(
+        [connected, *tasks], timeout=60, return_when=asyncio.FIRST_COMPLETED
+    )
+    for t in tasks:
+        if t in done:
+            t.result()  # a reader failed before the others subscribed: raise its error
+    if connected not in done:
+        raise TimeoutError(
+            f"{sum(not rd.connected.is_set() for rd in readers)} readers unconnected"
+        )
+    await asyncio.sleep(0.5)  # the server side subscribes after the headers went out
+    return readers, tasks
+
+
+def sse_client(connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections + 10, max_keepalive_connections=0)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0, connect=30.0))
+
+
+# --- the two systems behind one interface ---
+
+
+@dataclass
+class System:
+    name: str
+    #: SSE URL and headers of stream `i` of the part named `part`
+    target: Callable[[str, int], tuple[str, dict[str, str]]]
+    #: append one chunk to stream `i` of `part`; resolves when acknowledged
+    append: Callable[[str, int, str], Awaitable[Any]]
+    #: write chunks 0..n-1 to stream `i` of `part` as fast as the API allows
+    write_fast: Callable[[str, int, int], Awaitable[Any]]
+    #: concurrent appends to one stream keep their call order
+    ordered: bool = True
+
+
+class RedisClient:
+    """Just enough RESP for XADD: redis-py is in the peers' venv, not ours."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._lock = asyncio.Lock()
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def _conn(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._io is None:
+            self._io = await asyncio.open_connection("127.0.0.1", self.port)
+        return self._io
+
+    @staticmethod
+    def _command(*args: str) -> bytes:
+        out = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            b = a.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(out)
+
+    async def xadd_many(self, key: str, entries: list[tuple[int, str]]) -> None:
+        """`XADD key 0-<seq+1> c <chunk>` for each entry, pipelined."""
+        payload = b"".join(self._command("XADD", key, f"0-{s + 1}", "c", d) for s, d in entries)
+        async with self._lock:
+            rd, wr = await self._conn()
+            wr.write(payload)
+            await wr.drain()
+            for _ in entries:
+                head = await rd.readline()
+                if head.startswith(b"-"):
+                    raise RuntimeError(head.decode().strip())
+                await rd.readline()  # the bulk string: the entry id
+
+    async def close(self) -> None:
+        if self._io is not None:
+            self._io[1].close()
+
+
+def baseline_system(base: str, redis: RedisClient) -> System:
+    run = uuid.uuid4().hex[:8]
+
+    def key(part: str, i: int) -> str:
+        return f"http:{run}:{part}:{i}"
+
+    async def write_fast(part: str, i: int, n: int) -> None:
+        for start in range(0, n, BATCH):
+            chunks = [(s, c.make_chunk(s)) for s in range(start, min(n, start + BATCH))]
+            await redis.xadd_many(key(part, i), chunks)
+
+    return System(
+        "baseline",
+        lambda part, i: (f"{base}/streams/{key(part, i)}", {}),
+        lambda part, i, chunk: redis.xadd_many(key(part, i), [(c.chunk_seq(chunk), chunk)]),
+        write_fast,
+    )
+
+
+def rayflow_system(base: str, runs: list[tuple[str, str]], *, one_run: bool = False) -> System:
+    """`runs`: (run id, public token) of the running tasks. Stream i of a part is
+    that part's key on run i or, with `one_run`, key `<part>-<i>` of run 0."""
+
+    def where(part: str, i: int) -> tuple[str, str, str]:
+        if one_run:
+            return runs[0][0], runs[0][1], f"{part}-{i}"
+        return runs[i][0], runs[i][1], part
+
+    def target(part: str, i: int) -> tuple[str, dict[str, str]]:
+        run_id, token, key = where(part, i)
+        return f"{base}/realtime/v1/streams/{run_id}/{key}", {"Authorization": f"Bearer {token}"}
+
+    async def append(part: str, i: int, chunk: str) -> int:
+        run_id, _, key = where(part, i)
+        return await streams.append(key, chunk, target=run_id)
+
+    async def write_fast(part: str, i: int, n: int) -> None:
+        run_id, _, key = where(part, i)
+        async with streams.writer(key, target=run_id) as w:
+            for start in range(0, n, BATCH):
+                for s in range(start, min(n, start + BATCH)):
+                    w.write(c.make_chunk(s))
+                await asyncio.sleep(0)  # let the writer ship this batch
+
+    return System("rayflow (one run)" if one_run else "rayflow", target, append, write_fast)
+
+
+def rayflow_http_append(system: System, base: str, runs: list[tuple[str, str]], secret: str):
+    """The same rayflow, appending through `POST …/{run}/self/{key}/append`."""
+    client = httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    )
+
+    async def append(part: str, i: int, chunk: str) -> None:
+        r = await client.post(
+            f"/realtime/v1/streams/{runs[i][0]}/self/{part}/append", content=chunk
+        )
+        r.raise_for_status()
+
+    # concurrent POSTs may land in any order: only the count is checked
+    http = System("rayflow (HTTP append)", system.target, append, system.write_fast, False)
+    return http, client
+
+
+# --- the three parts ---
+
+
+async def paced_appends(system: System, part: str, streams_n: int, seconds: float) -> list[float]:
+    """Open loop: RATE chunks/s on each stream; returns each append's ack time (ms)."""
+    acks: list[float] = []
+    n = int(RATE * seconds)
+
+    async def one(i: int, seq: int) -> None:
+        chunk = c.make_chunk(seq)
+        await system.append(part, i, chunk)
+        acks.append(c.age_ms(c.chunk_ts(chunk)))
+
+    pending = []
+    start = time.perf_counter()
+    for seq in range(n):
+        for i in range(streams_n):
+            pending.append(asyncio.create_task(one(i, seq)))
+        await asyncio.sleep(max(0.0, start + (seq + 1) / RATE - time.perf_counter()))
+    await asyncio.gather(*pending)
+    return acks
+
+
+async def python_reader(run_id: str, part: str, total: int) -> list[float]:
+    """rayflow's own reader in this process (no HTTP): latency per chunk (ms)."""
+    live = c.LiveRead()
+    async for chunk in streams.read(run_id, part, timeout_s=60):
+        live.add(chunk)
+        if len(live.lat_ms) >= total:
+            break
+    return live.lat_ms
+
+
+async def latency(
+    system: System, streams_n: int, seconds: float, py_run: str | None = None
+) -> dict[str, Any]:
+    """Part 1: append → SSE client latency, `streams_n` streams × RATE chunks/s."""
+    part = f"lat{streams_n}-{uuid.uuid4().hex[:6]}"
+    total = int(RATE * seconds)
+    async with sse_client(streams_n) as client:
+        py = asyncio.create_task(python_reader(py_run, part, total)) if py_run else None
+        targets = [system.target(part, i) for i in range(streams_n)]
+        readers, tasks = await start_readers(client, targets, total)
+        acks = await paced_appends(system, part, streams_n, seconds)
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        py_lat = await asyncio.wait_for(py, 60) if py else None
+    lat = [x for rd in readers for x in rd.live.lat_ms]
+    check(readers, total, system.ordered)
+    out = {"sse_ms": c.summary(lat), "ack_ms": c.summary(acks)}
+    if py_lat is not None:
+        out["py_ms"] = c.summary(py_lat)
+    return out
+
+
+async def throughput(system: System, n: int) -> dict[str, Any]:
+    """Part 2: one stream, one SSE client, the writer as fast as it goes."""
+    part = f"tput-{uuid.uuid4().hex[:6]}"
+    async with sse_client(1) as client:
+        readers, tasks = await start_readers(client, [system.target(part, 0)], n)
+        await system.write_fast(part, 0, n)
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    check(readers, n)
+    live = readers[0].live
+    return {"chunks_s": live.result()["throughput"], "sse_ms": c.summary(live.lat_ms)}
+
+
+async def fanout(system: System, n_readers: int, n: int) -> dict[str, Any]:
+    """Part 3: `n_readers` SSE readers of one live stream of `n` chunks."""
+    part = f"fan-{uuid.uuid4().hex[:6]}"
+    async with sse_client(n_readers) as client:
+        readers, tasks = await start_readers(client, [system.target(part, 0)] * n_readers, n)
+        t0 = time.time_ns()
+        await system.write_fast(part, 0, n)
+        await asyncio.wait_for(asyncio.gather(*tasks), 180)
+    check(readers, n)
+    span_s = (max(rd.live.last_recv for rd in readers) - t0) / 1e9
+    delivered = sum(len(rd.live.lat_ms) for rd in readers)
+    return {
+        "chunks_s": delivered / span_s,
+        "delivered": delivered,
+        "seconds": span_s,
+        "sse_ms": c.summary([x for rd in readers for x in rd.live.lat_ms]),
+    }
+
+
+def check(readers: list[Reader], total: int, ordered: bool = True) -> None:
+    """Every reader got every chunk (in order, when sent in order)."""
+    for k, rd in enumerate(readers):
+        got, disorder = len(rd.live.lat_ms), rd.live.out_of_order if ordered else 0
+        if got != total or disorder:
+            raise AssertionError(f"reader {k}: {got} of {total} chunks, {disorder} out of order")
+
+
+# --- servers ---
+
+
+#: uvicorn serving `redis_diy_peer.sse_app`. Every SSE reader holds one Redis
+#: connection (XREAD BLOCK) and redis-py's pool stops at 100 by default, so the
+#: app's client gets a pool of 1,000: 500 readers need 500 connections.
+BASELINE_SERVER = """
+import functools, redis.asyncio, uvicorn
+redis.asyncio.Redis = functools.partial(redis.asyncio.Redis, max_connections=1000)
+uvicorn.run("redis_diy_peer:sse_app", factory=True, host="127.0.0.1", port={port},
+            log_level="warning")
+"""
+
+
+def start_baseline(servers: Servers) -> tuple[str, RedisClient]:
+    """Redis (Debian's redis-server) and the DIY SSE app of benchmarks/peers."""
+    redis_port = servers.start_redis()["port"]
+    python = ensure_peers_venv()
+    port = free_port()
+    proc = subprocess.Popen(
+        [python, "-c", BASELINE_SERVER.format(port=port)],
+        cwd=PEERS,
+        env={**os.environ, "PEER_REDIS_PORT": str(redis_port)},
+    )
+    servers.procs.append(("uvicorn", proc))
+    wait_port(port, 60, proc)
+    return f"http://127.0.0.1:{port}", RedisClient(redis_port)
+
+
+def ensure_peers_venv() -> str:
+    """The peers' venv (redis-py, sse-starlette, uvicorn), made by peers/run.py's setup."""
+    import run as peers_run
+
+    system = next(s for s in peers_run.SYSTEMS if s["name"] == "redis-diy")
+    peers_run.setup([system])
+    return str(peers_run.VENV / "bin/python")
+
+
+def start_rayflow(
+    data_dir: str, n_runs: int, synchronous: str
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """Local Ray + SQLite, the HTTP API on a free port, `n_runs` running tasks."""
+    from serve.app import start as start_http
+
+    # Ray starts its workers (RunActors, Serve's proxy and replica) at nice 15;
+    # Redis and uvicorn run at 0: on a shared machine that alone decides latency
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous)
+    settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
+    base = start_http(settings)
+    wait_http(f"{base}/healthz")
+    handles = [idle.trigger({}).result(timeout_s=120) for _ in range(n_runs)]
+    for h in handles:
+        wait_executing(h.id)
+    assert settings.secret_key
+    return base, settings.secret_key, [(h.id, h.public_access_token) for h in handles]
+
+
+def wait_executing(run_id: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = rayflow.runs.retrieve(run_id).result(timeout_s=30).status
+        if status == "EXECUTING":
+            return
+        if status not in ("QUEUED", "PENDING"):
+            raise RuntimeError(f"run {run_id} is {status}, not running")
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} not running after {timeout_s} s")
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
+
+
+def stop_rayflow(runs: list[tuple[str, str]]) -> None:
+    import ray
+    from ray import serve
+
+    for run_id, _ in runs:
+        with contextlib.suppress(Exception):
+            gate.send(run_id, {}).result(timeout_s=10)
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    with contextlib.suppress(Exception):
+        rayflow.shutdown(stop_runs=True)
+    ray.shutdown()
+
+
+# --- the table ---
+
+
+def ms(s: dict[str, Any] | None) -> str:
+    if not s or s.get("p50") is None:
+        return "–"
+    return f"{s['p50']:.2f} / {s['p99']:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "–" if not a or not b else f"×{a / b:.2f}"
+
+
+def lat_row(label: str, ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {ms(ours)} | {ms(theirs)} | "
+        f"{ratio(ours['p50'], theirs['p50'])} / {ratio(ours['p99'], theirs['p99'])} |"
+    )
+
+
+def table(res: dict[str, Any], size: dict[str, Any]) -> str:
+    r, b = res["rayflow"], res["baseline"]
+    rows = [
+        "| metric | rayflow | baseline | rayflow / baseline |",
+        "|---|---:|---:|---:|",
+        lat_row(
+            "append → SSE, 1 stream × 50/s (ms, p50 / p99)",
+            r["lat1"]["sse_ms"],
+            b["lat1"]["sse_ms"],
+        ),
+        lat_row("append → SSE, 10 streams × 50/s (ms)", r["lat10"]["sse_ms"], b["lat10"]["sse_ms"]),
+        lat_row("append ack, 1 stream (ms)", r["lat1"]["ack_ms"], b["lat1"]["ack_ms"]),
+        lat_row("append ack, 10 streams (ms)", r["lat10"]["ack_ms"], b["lat10"]["ack_ms"]),
+        py_row("append → Python reader, no HTTP, 1 stream (ms)", r["lat1"]),
+        py_row("append → Python reader, no HTTP, 10 streams (ms)", r["lat10"]),
+    ]
+    if "lat10_one" in r:
+        o = r["lat10_one"]
+        label = "append → SSE, 10 streams of one run (one RunActor) (ms)"
+        rows.append(lat_row(label, o["sse_ms"], b["lat10"]["sse_ms"]))
+        rows.append(
+            lat_row("append ack, 10 streams of one run (ms)", o["ack_ms"], b["lat10"]["ack_ms"])
+        )
+    if "lat1_http" in r:
+        h = r["lat1_http"]
+        rows.append(lat_row("HTTP append → SSE, 1 stream (ms)", h["sse_ms"], b["lat1"]["sse_ms"]))
+        rows.append(lat_row("HTTP append ack, 1 stream (ms)", h["ack_ms"], b["lat1"]["ack_ms"]))
+    tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
+    label = "SSE throughput, 1 stream → 1 client (chunks/s)"
+    rows.append(f"| {label} | {tr:,.0f} | {tb:,.0f} | {ratio(tr, tb)} |")
+    fr, fb = r.get("fan"), b.get("fan")
+    label = f"{size['readers']} SSE readers of one live stream: delivered chunks/s"
+    rows.append(
+        f"| {label} | {fmt_fan(fr)} | {fmt_fan(fb)} | "
+        f"{ratio(fr and fr.get('chunks_s'), fb and fb.get('chunks_s'))} |"
+    )
+    return "\n".join(rows)
+
+
+def py_row(label: str, part: dict[str, Any]) -> str:
+    return f"| {label} | {ms(part.get('py_ms'))} | – | |"
+
+
+def fmt_fan(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "–"
+    if "error" in f:
+        return f"failed: {f['error'][:80]}"
+    return f"{f['chunks_s']:,.0f} ({f['delivered']:,} in {f['seconds']:.1f} s)"
+
+
+# --- entry ---
+
+
+async def run_parts(
+    system: System, size: dict[str, Any], fan_chunks: int, py_runs: list[str] | None
+) -> dict[str, Any]:
+    """Parts 1–3 for one system; `py_runs`: also read with rayflow's Python reader."""
+    out: dict[str, Any] = {}
+    log(f"{system.name}: latency, 1 stream")
+    out["lat1"] = await latency(system, 1, size["lat_s"], py_runs[0] if py_runs else None)
+    log(f"{system.name}: latency, 10 streams")
+    out["lat10"] = await latency(system, 10, size["lat_s"], py_runs[1] if py_runs else None)
+    log(f"{system.name}: throughput")
+    out["tput"] = await throughput(system, size["tput_chunks"])
+    log(f"{system.name}: {size['readers']} readers × {fan_chunks} chunks")
+    try:
+        out["fan"] = await fanout(system, size["readers"], fan_chunks)
+    except Exception as e:  # a failed fan-out must not hide the other figures
+        out["fan"] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"[http-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def bench_baseline(base: str, redis: RedisClient, size: dict[str, Any]) -> dict[str, Any]:
+    try:
+        fan_chunks = size["fan_chunks"] // BASELINE_FAN_SHARE
+        return await run_parts(baseline_system(base, redis), size, fan_chunks, None)
+    finally:
+        await redis.close()
+
+
+async def bench_rayflow(
+    base: str, secret: str, runs: list[tuple[str, str]], size: dict[str, Any]
+) -> dict[str, Any]:
+    system = rayflow_system(base, runs)
+    out = await run_parts(system, size, size["fan_chunks"], [runs[0][0], runs[1][0]])
+    log("rayflow: latency, 10 streams of one run")
+    one_run = rayflow_system(base, runs, one_run=True)
+    out["lat10_one"] = await latency(one_run, 10, size["lat_s"])
+    log("rayflow: latency, 1 stream, HTTP append")
+    http_system, client = rayflow_http_append(system, base, runs, secret)
+    async with client:
+        out["lat1_http"] = await latency(http_system, 1, size["lat_s"])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument(
+        "--sqlite-synchronous",
+        default="FULL",
+        choices=["FULL", "NORMAL"],
+        help="rayflow's SQLite durability (default FULL, rayflow's own default)",
+    )
+    args = p.parse_args()
+    size = SIZES["quick" if args.quick else "full"]
+    started, load_before = time.monotonic(), os.getloadavg()[0]
+    servers = Servers()
+    results: dict[str, Any] = {}
+    runs: list[tuple[str, str]] = []
+    try:
+        log("starting Redis and the DIY SSE app")
+        base, redis = start_baseline(servers)
+        results["baseline"] = asyncio.run(bench_baseline(base, redis, size))
+        log("starting rayflow (local Ray, SQLite, Serve)")
+        with tempfile.TemporaryDirectory(prefix="rayflow-http-bench-") as tmp:
+            rf_base, secret, runs = start_rayflow(tmp, 10, args.sqlite_synchronous)
+            try:
+                results["rayflow"] = asyncio.run(bench_rayflow(rf_base, secret, runs, size))
+            finally:
+                stop_rayflow(runs)
+    finally:
+        servers.stop_all()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(table(results, size))
+    print(
+        f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s, "
+        f"rayflow SQLite synchronous={args.sqlite_synchronous}, "
+        f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
+
+
+if __name__ == "__main__":
+    main()
