@@ -131,30 +131,47 @@ async def collector(payload: dict) -> list[str]:
 
 
 # -- the cluster ---------------------------------------------------------------
+def start_cluster() -> Cluster:
+    """A head node on loopback; tried twice, since Ray's node start-up can
+    time out on a loaded 2-core box."""
+    for attempt in (1, 2):
+        cluster = Cluster()
+        try:
+            cluster.add_node(
+                num_cpus=1,
+                node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                _system_config=SYSTEM_CONFIG,
+            )
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
+            print("the head node did not start; trying once more")
+    raise AssertionError("unreachable")
+
+
 class Scenarios:
     def __init__(self, store_url: str, tmp: Path) -> None:
         self.store_url, self.tmp = store_url, tmp
-        self.cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 1,
-                "node_ip_address": "127.0.0.1",
-                "include_dashboard": False,
-                "_system_config": SYSTEM_CONFIG,
-            },
-        )
+        self.cluster = start_cluster()
         self.workers: list[Any] = []
-        self.add_worker()
-        ray.init(address=self.cluster.address, namespace=NAMESPACE)
-        self.head_id = ray.get_runtime_context().get_node_id()
-        rayflow.init(
-            address=self.cluster.address,
-            store=store_url,
-            namespace=NAMESPACE,
-            data_dir=tmp / "data",
-            pool_size=0,
-            timer_interval_s=0.2,
-        )
+        try:
+            self.add_worker()
+            ray.init(address=self.cluster.address, namespace=NAMESPACE)
+            self.head_id = ray.get_runtime_context().get_node_id()
+            rayflow.init(
+                address=self.cluster.address,
+                store=store_url,
+                namespace=NAMESPACE,
+                data_dir=tmp / "data",
+                pool_size=0,
+                timer_interval_s=0.2,
+            )
+        except BaseException:
+            self.shutdown()
+            raise
 
     def add_worker(self, resources: dict[str, float] | None = None, num_cpus: int = 2) -> Any:
         node = self.cluster.add_node(
