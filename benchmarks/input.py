@@ -136,10 +136,12 @@ def live_runs() -> int:
 
 
 def run_actor_processes() -> int:
-    """RunActors alive in Ray (live runs and the warm pool): Ray lists only
-    live named actors."""
-    names = ray.util.list_named_actors(all_namespaces=True)
-    return sum(1 for a in names if a["name"].startswith("rayflow-run-"))
+    """RunActors ALIVE in Ray's GCS (started: live runs and the warm pool;
+    actors still being created are PENDING_CREATION and not counted)."""
+    from ray._private import state
+
+    alive = state.actors(actor_state_name="ALIVE").values()
+    return sum(1 for a in alive if a["Name"].startswith("rayflow-run-"))
 
 
 def wait_until(pred: Any, timeout_s: float, every_s: float = 0.1) -> bool:
