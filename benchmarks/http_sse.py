@@ -1,6 +1,6 @@
 """rayflow's HTTP/SSE API against a do-it-yourself baseline (issue 4, item 6).
 
-    .venv/bin/python benchmarks/http.py [--quick]
+    .venv/bin/python benchmarks/http_sse.py [--quick]
 
 Prints, side by side, rayflow / baseline and their ratio:
 

@@ -16,12 +16,6 @@ PostgreSQL server URL it works in a fresh schema that it drops at the end.
 from __future__ import annotations
 
 import os
-import sys
-
-# this script's directory holds benchmarks/http.py, which would shadow the
-# standard library's `http` package for everything imported below
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
