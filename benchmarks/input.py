@@ -27,14 +27,6 @@ the run's output, or appended to an output stream) minus the driver's
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# a script's own folder comes first on sys.path; benchmarks/ holds modules
-# named like the standard library's (http.py), which would shadow it
-if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import os  # noqa: E402
@@ -42,6 +34,7 @@ import sqlite3  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path
 from typing import Any  # noqa: E402
 
 import ray  # noqa: E402

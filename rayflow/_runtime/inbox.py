@@ -40,6 +40,7 @@ class InboxActor:
         self.settings = Settings.model_validate_json(settings_json)
         self.conn = connection.connect(self.settings)
         self._actors: OrderedDict[str, Any] = OrderedDict()
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     async def send(self, run_id: str, stream_id: str, data: str, message_id: str) -> int:
         size = len(data.encode())
@@ -66,15 +67,30 @@ class InboxActor:
         ):
             await call(self.conn.controller.revive.remote(run_id))
             return message.seq
-        actor = await self._actor_for(run_id)
-        if actor is not None:
-            try:
-                await actor.deliver.remote(stream_id, message)
-            except ray.exceptions.RayActorError:
-                # the run moved on (suspended, finished, crashed): wherever it
-                # runs next it reads this message from the Store
-                self._actors.pop(run_id, None)
+        # acknowledged = stored; handing it to the live run happens behind the
+        # ack (a run whose actor is still starting must not hold the sender)
+        task = asyncio.get_running_loop().create_task(self._deliver(run_id, stream_id, message))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
         return message.seq
+
+    async def _deliver(self, run_id: str, stream_id: str, message: Any) -> None:
+        try:
+            actor = await self._actor_for(run_id)
+            if actor is not None:
+                await actor.deliver.remote(stream_id, message)
+        except ray.exceptions.RayActorError:
+            # the run moved on (suspended, finished, crashed): wherever it
+            # runs next it reads this message from the Store
+            self._actors.pop(run_id, None)
+        except Exception:
+            log.exception(
+                "run %s: message %d of %r is stored but was not handed to the live run;"
+                " the run reads it from the Store when it next pulls",
+                run_id,
+                message.seq,
+                stream_id,
+            )
 
     async def _actor_for(self, run_id: str) -> Any:
         actor = self._actors.get(run_id)
