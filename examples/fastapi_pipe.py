@@ -52,7 +52,7 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
     handle = collect_webhooks.trigger({}).result()
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         for i in range(3):
             print("webhook:", client.post(f"/webhook/{handle.id}", json={"delivery": i}).json())
     done.send(handle.id, {}).result()
