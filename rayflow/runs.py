@@ -80,8 +80,8 @@ class Run(BaseModel):
             attempt_count=r.attempt,
             parent_id=r.parent_id,
             root_id=r.root_id,
-            created_at=_time(r.created_at),
-            updated_at=_time(r.updated_at),
+            created_at=datetime.fromtimestamp(r.created_at / 1000, tz=timezone.utc),
+            updated_at=datetime.fromtimestamp(r.updated_at / 1000, tz=timezone.utc),
             started_at=_time(r.started_at),
             finished_at=_time(r.finished_at),
         )

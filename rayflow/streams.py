@@ -19,6 +19,7 @@ from rayflow._response import Response, background_loop, run_sync
 from rayflow._runtime import connection
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run, resolve_target
+from rayflow._runtime.output import Row
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.writer import ChunkWriter
 from rayflow.errors import ValidationError
@@ -104,13 +105,13 @@ class StreamReader(Generic[T]):
         try:
             while True:
                 try:
-                    rows = run_sync(batches.__anext__())
+                    rows: list[Row] = run_sync(batches.__anext__())  # type: ignore[arg-type]
                 except StopAsyncIteration:
                     return
                 for row in rows:
                     yield self._codec.decode(row[1])
         finally:
-            run_sync(batches.aclose())
+            run_sync(batches.aclose())  # type: ignore[attr-defined]
 
     @property
     def next_index(self) -> int:
@@ -152,10 +153,10 @@ class StreamWriter(Generic[T]):
 
 async def _aiter(source: AsyncIterable[T] | Iterable[T]) -> AsyncIterator[T]:
     if hasattr(source, "__aiter__"):
-        async for value in source:  # type: ignore[union-attr]
+        async for value in source:
             yield value
     else:
-        for i, value in enumerate(source):  # type: ignore[union-attr]
+        for i, value in enumerate(source):
             yield value
             if i % 64 == 63:
                 await asyncio.sleep(0)  # let the committer run
@@ -241,7 +242,8 @@ class OutputStream(Generic[T]):
 
     def pipe(self, source: AsyncIterable[T] | Iterable[T], *, target: str | None = None) -> Pipe[T]:
         """Append every value of a sync or async iterable, in the background."""
-        return _in_loop(lambda: Pipe(self._codec, _new_writer(self.id, target), source))
+        pipe: Pipe[T] = _in_loop(lambda: Pipe(self._codec, _new_writer(self.id, target), source))
+        return pipe
 
     def writer(self, *, target: str | None = None) -> StreamWriter[T]:
         """A writer for `write()`/`merge()`; use with `async with`."""

@@ -66,7 +66,7 @@ def start_control_plane(settings: Settings) -> Connection:
     from rayflow._runtime.controller import Controller
 
     settings_json = settings.model_dump_json()
-    controller: Any = Controller.options(
+    controller: Any = Controller.options(  # type: ignore[attr-defined]
         name=CONTROLLER_NAME,
         namespace=settings.namespace,
         lifetime="detached",

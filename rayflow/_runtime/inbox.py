@@ -119,7 +119,7 @@ def inbox_for(stream_id: str, run_id: str) -> Any:
     key = (conn.settings.namespace, stream_id, shard)
     handle = _handles.get(key)
     if handle is None:
-        handle = InboxActor.options(
+        handle = InboxActor.options(  # type: ignore[attr-defined]
             name=f"rayflow-inbox-{stream_id}-{shard}",
             namespace=conn.settings.namespace,
             lifetime="detached",

@@ -54,7 +54,8 @@ class RunActorPool:
 
     def _start(self, resources: dict[str, Any] | None) -> tuple[str, Any]:
         options = actor_options(self.namespace, resources)
-        return options["name"], RunActor.options(**options).remote(self.settings_json)
+        actor = RunActor.options(**options).remote(self.settings_json)  # type: ignore[attr-defined]
+        return options["name"], actor
 
     async def take(self, resources: dict[str, Any] | None) -> tuple[str, Any]:
         """A started RunActor (warm when the defaults suffice)."""
