@@ -15,4 +15,5 @@ if [ ! -d tests/node/node_modules ]; then
 fi
 .venv/bin/ruff check rayflow serve tests examples benchmarks
 .venv/bin/ruff format --check -q rayflow serve tests examples benchmarks
+.venv/bin/mypy rayflow serve
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
