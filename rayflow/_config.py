@@ -30,8 +30,19 @@ class Settings(BaseSettings):
     retention_days: float = 28.0
     max_stream_bytes: int = 300 * MiB
     max_input_bytes: int = 1 * MiB
-    #: warm RunActors kept ready so a trigger or revival skips actor start-up
+    #: warm RunActors kept ready (the pool's minimum) so a trigger or revival
+    #: skips actor start-up; each idle actor costs ~50 MB
     pool_size: int = 2
+    #: most RunActors the pool holds (idle + busy); None: `max_live_runs`
+    pool_max_size: int | None = None
+    #: an idle RunActor beyond the minimum is stopped after this many seconds
+    pool_idle_s: float = 60.0
+    #: a RunActor whose run suspended or ended serves the next run (False:
+    #: one process per run, killed when the run leaves it)
+    pool_recycle: bool = True
+    #: a recycled RunActor is retired after this many runs (like a web
+    #: server's max-requests: bounds what leaks from run to run)
+    max_runs_per_actor: int = 1000
     #: runs executing at once per deployment (each holds a RunActor, ~50 MB);
     #: more wait QUEUED, suspended runs hold none
     max_live_runs: int = 100

@@ -170,47 +170,22 @@ class InputStream(Generic[T]):
         if recorded is not MISSING:
             return self._recorded(ctx, recorded, timeout_s)
         message = ctx.inputs.take_buffered(self.id)
-        outcome: dict[str, Any] | None = None
+        outcome: dict[str, Any] | None
         if message is not None:
             outcome = {"seq": message.seq}
         else:
-            outcome = await asyncio.to_thread(
-                self._resume_or_register, ctx, timeout_s, idempotency_key
-            )
+            outcome = await asyncio.to_thread(ctx.inputs.settle_wait, self.id)
         if outcome is None:
-            raise Suspended()
+            deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
+            # the RunActor drains the run's streams, then registers this
+            # waitpoint and marks the run WAITING in one transaction
+            raise Suspended(
+                Waitpoint(ctx.run_id, self.id, deadline, idempotency_key, "PENDING", None)
+            )
         await ctx.journal.record("wait", self.id, outcome)
         if idempotency_key is not None:
             await asyncio.to_thread(_keep_keyed_result, store, ctx.run_id, idempotency_key, outcome)
         return self._recorded(ctx, outcome, timeout_s, consume=True)
-
-    def _resume_or_register(
-        self, ctx: RunContext, timeout_s: float | None, key: str | None
-    ) -> dict[str, Any] | None:
-        """The outcome of this wait if it is already decided (we are its
-        revival, or a message raced in), else register it and return None."""
-        store = connection.current().store
-        inputs = ctx.inputs
-        wp = store.get_waitpoint(ctx.run_id)
-        if wp is not None and wp.stream_id == self.id and wp.status != "PENDING":
-            return self._settle(ctx, wp.status)
-        deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
-        store.put_waitpoint(Waitpoint(ctx.run_id, self.id, deadline, key, "PENDING", None))
-        # a message that arrived between our buffer check and the waitpoint
-        if inputs.oldest_unconsumed(self.id) is not None:
-            store.resolve_waitpoint(ctx.run_id, "RESOLVED", None)
-            wp = store.get_waitpoint(ctx.run_id)
-            assert wp is not None
-            return self._settle(ctx, wp.status)
-        return None
-
-    def _settle(self, ctx: RunContext, status: str) -> dict[str, Any] | None:
-        store = connection.current().store
-        store.delete_waitpoint(ctx.run_id)
-        if status == "TIMED_OUT":
-            return {"timeout": True}
-        message = ctx.inputs.oldest_unconsumed(self.id)
-        return None if message is None else {"seq": message.seq}
 
     def _recorded(
         self,

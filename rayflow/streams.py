@@ -12,12 +12,13 @@ import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+import ray
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response, background_loop, run_sync
 from rayflow._runtime import connection
-from rayflow._runtime.calls import call
+from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run, resolve_target
 from rayflow._runtime.output import Row
 from rayflow._runtime.reader import ChunkReader
@@ -286,9 +287,12 @@ async def close_stream(run_id: str, key: str) -> None:
     conn = connection.current()
     _, actor = await call(conn.controller.locate.remote(run_id))
     if actor is not None:
-        await call(actor.close_stream.remote(key))
-    else:
-        await asyncio.to_thread(conn.store.close_stream, run_id, key)
+        try:
+            await call(actor.close_stream.remote(run_id, key))
+            return
+        except (RunMoved, ray.exceptions.RayActorError):
+            pass  # the run left that actor: the Store is the truth
+    await asyncio.to_thread(conn.store.close_stream, run_id, key)
 
 
 _untyped: dict[str, OutputStream[Any]] = {}

@@ -216,6 +216,40 @@ class Task(Generic[T, R]):
 
         return Response(go)
 
+    def batch_trigger(
+        self,
+        payloads: list[T],
+        *,
+        idempotency_keys: list[str | None] | None = None,
+        tags: list[str] | None = None,
+        max_duration: float | str | None = None,
+    ) -> Response[list[RunHandle]]:
+        """Start one run per payload in a single call and a single Store
+        transaction; resolves to their `RunHandle`s, in order.
+
+        Much cheaper than N `trigger` calls for many runs. Every payload is
+        validated first: one that fails the function's type raises
+        `ValidationError` and no run is created. `idempotency_keys` (one per
+        payload, None for none) and `tags` (for all) work as in `trigger`.
+        """
+        values = [_validate(self.adapter, p, f"payload of task {self.id!r}") for p in payloads]
+        keys: list[str | None] = (
+            list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
+        )
+        if len(keys) != len(values):
+            raise ValueError(
+                f"batch_trigger got {len(values)} payloads but {len(keys)} idempotency keys"
+            )
+        options: dict[str, Any] = {}
+        if max_duration is not None:
+            options["max_duration_s"] = parse_duration(max_duration)
+
+        async def go() -> list[RunHandle]:
+            await self._register()
+            return await _trigger_batch(self.id, values, options, keys, tags)
+
+        return Response(go)
+
     async def trigger_and_wait(
         self, payload: T, *, idempotency_key: str | None = None, tags: list[str] | None = None
     ) -> Result[R]:
@@ -296,6 +330,61 @@ async def _trigger(
     if ctx is not None:
         await ctx.journal.record("trigger", task_id, {"id": run_id, "cached": not created})
     return _handle(conn.secret_key, run_id, task_id, not created)
+
+
+async def _trigger_batch(
+    task_id: str,
+    payloads: list[Any],
+    options: dict[str, Any],
+    keys: list[str | None],
+    tags: list[str] | None,
+) -> list[RunHandle]:
+    conn = connection.current()
+    ctx = current_run()
+    parent_id = None
+    if ctx is not None:
+        parent_id = ctx.run_id
+        recorded = ctx.journal.replay("batch-trigger", task_id)
+        if recorded is not MISSING:
+            return [_handle(conn.secret_key, i, task_id, c) for i, c in recorded["runs"]]
+        # a crash between creating the children and journaling them must not make two
+        prefix = f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
+        keys = [k or f"{prefix}:{n}" for n, k in enumerate(keys)]
+    items = [
+        (json.dumps(to_jsonable_python(p)), options, k, tags)
+        for p, k in zip(payloads, keys, strict=True)
+    ]
+    created: list[tuple[str, bool]] = await call(
+        conn.controller.trigger_batch.remote(task_id, items, parent_id)
+    )
+    runs = [(run_id, not new) for run_id, new in created]
+    if ctx is not None:
+        await ctx.journal.record("batch-trigger", task_id, {"runs": runs})
+    return [_handle(conn.secret_key, run_id, task_id, cached) for run_id, cached in runs]
+
+
+def batch_trigger(
+    task_id: str,
+    payloads: list[Any],
+    *,
+    idempotency_keys: list[str | None] | None = None,
+    tags: list[str] | None = None,
+    max_duration: float | str | None = None,
+) -> Response[list[RunHandle]]:
+    """Trigger many runs of a registered task by its id, in one call and one
+    Store transaction (see `Task.batch_trigger`). Raises `TaskNotFound` if no
+    process has registered the task yet."""
+    keys: list[str | None] = (
+        list(idempotency_keys) if idempotency_keys is not None else [None] * len(payloads)
+    )
+    if len(keys) != len(payloads):
+        raise ValueError(
+            f"batch_trigger got {len(payloads)} payloads but {len(keys)} idempotency keys"
+        )
+    options: dict[str, Any] = {}
+    if max_duration is not None:
+        options["max_duration_s"] = parse_duration(max_duration)
+    return Response(lambda: _trigger_batch(task_id, list(payloads), options, keys, tags))
 
 
 def _handle(secret: str, run_id: str, task_id: str, cached: bool) -> RunHandle:
@@ -418,6 +507,7 @@ def trigger(
 
 __all__ = [
     "Result",
+    "batch_trigger",
     "RetryPolicy",
     "RunHandle",
     "RunInfo",

@@ -10,6 +10,12 @@ import ray
 from rayflow.errors import RayflowError
 
 
+class RunMoved(RayflowError):
+    """A RunActor was asked about a run it does not execute (the run
+    suspended, finished or moved; the actor may serve another run now).
+    Internal: callers look the run up again and never show this to a user."""
+
+
 async def call(ref: Any) -> Any:
     try:
         return await ref

@@ -52,6 +52,13 @@ def current_run() -> RunContext | None:
     return _current.get()
 
 
+def run_of(context: contextvars.Context | None) -> RunContext | None:
+    """The run `context` belongs to (the current context when None)."""
+    if context is None:
+        return _current.get()
+    return context.get(_current)
+
+
 def require_run(what: str) -> RunContext:
     ctx = _current.get()
     if ctx is None:

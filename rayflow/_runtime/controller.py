@@ -4,6 +4,14 @@ One named, detached actor per deployment. It keeps nothing that matters in
 memory: runs, waitpoints and deadlines live in the Store, so a restarted
 Controller (`_recover`) re-attaches to the RunActors still running and
 resumes the runs whose actors are gone.
+
+A run is created QUEUED (triggers arriving together share one transaction),
+then handed to a RunActor from the elastic pool, which claims it in the
+Store (QUEUED -> EXECUTING, one claimant only) — so a run launched twice by
+a race or a recovery still executes once. Whoever resolves a waitpoint (a
+send, the deadline timer) queues the run in the same transaction and asks
+the Controller to revive it; a periodic sweep launches any queued run that
+such a request never reached.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 import warnings
 from collections import deque
 from typing import Any
@@ -20,14 +29,18 @@ import ray
 
 from rayflow._config import Settings
 from rayflow._runtime import connection
+from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.pool import RunActorPool
+from rayflow._runtime.run_actor import LOST
 from rayflow.errors import RunNotFound, TaskNotFound
-from rayflow.store.base import ACTIVE_STATUSES, RunRecord, now_ms
+from rayflow.store.base import ACTIVE_STATUSES, FINISHED_STATUSES, RunRecord, now_ms
 
 log = logging.getLogger("rayflow")
 
 #: how often a run may lose its actor (node death, OOM kill) and be resumed
 MAX_CRASH_RESUMES = 3
+#: a QUEUED run nobody launched for this long is launched by the sweep
+STRAY_QUEUED_MS = 2000
 
 
 def new_run_id() -> str:
@@ -40,16 +53,22 @@ class Controller:
         self.settings = Settings.model_validate_json(settings_json)
         self.conn = connection.connect(self.settings)
         self.store = self.conn.store
-        self.pool = RunActorPool(self.settings.pool_size, self.settings.namespace, settings_json)
+        self.pool = RunActorPool(self.settings, settings_json)
+        #: runs on a RunActor: run id -> (actor name, actor)
         self.live: dict[str, tuple[str, Any]] = {}
+        #: runs queued here or waiting for an actor from the pool
+        self._pending: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._crashes: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._reviving: set[str] = set()
-        #: RunActors in use (live runs and runs being started)
+        self._defaults: dict[str, str] = {}
+        self._creates: GroupCommit[RunRecord, tuple[RunRecord, bool]] = GroupCommit(
+            self.store.create_runs
+        )
+        #: runs holding a slot (on an actor or getting one); past
+        #: max_live_runs the rest wait in `_queue`
         self._slots = 0
         self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
-        self._draining: asyncio.Task[None] | None = None
         self._started = False
         with warnings.catch_warnings():
             # Ray 2.60's own property reads its deprecated actor_id
@@ -79,9 +98,23 @@ class Controller:
     # -- tasks -----------------------------------------------------------------
     async def register_task(self, task_id: str, blob: bytes, defaults_json: str) -> None:
         await asyncio.to_thread(self.store.put_task, task_id, blob, defaults_json)
+        self._defaults[task_id] = defaults_json
 
     async def task_ids(self) -> list[str]:
         return await asyncio.to_thread(self.store.list_task_ids)
+
+    async def _task_defaults(self, task_id: str) -> dict[str, Any]:
+        defaults = self._defaults.get(task_id)
+        if defaults is None:
+            defaults = await asyncio.to_thread(self.store.get_task_defaults, task_id)
+            if defaults is None:
+                raise TaskNotFound(
+                    f"no task {task_id!r} is registered; define it with @task and trigger it"
+                    " once from Python (or load its module with `rayflow dev`)"
+                )
+            self._defaults[task_id] = defaults
+        result: dict[str, Any] = json.loads(defaults)
+        return result
 
     # -- runs ------------------------------------------------------------------
     @ray.method(max_task_retries=0)
@@ -95,85 +128,108 @@ class Controller:
         tags: list[str] | None = None,
     ) -> tuple[str, bool]:
         """Create a run and start it; returns (run id, newly created)."""
-        defaults = await asyncio.to_thread(self.store.get_task_defaults, task_id)
-        if defaults is None:
-            raise TaskNotFound(
-                f"no task {task_id!r} is registered; define it with @task and trigger it once"
-                " from Python (or load its module with `rayflow dev`)"
-            )
-        options = {**json.loads(defaults), **options}
+        item = (payload_json, options, idempotency_key, tags)
+        created: list[tuple[str, bool]] = await self.trigger_batch(task_id, [item], parent_id)
+        return created[0]
+
+    @ray.method(max_task_retries=0)
+    async def trigger_batch(
+        self,
+        task_id: str,
+        items: list[tuple[str, dict[str, Any], str | None, list[str] | None]],
+        parent_id: str | None = None,
+    ) -> list[tuple[str, bool]]:
+        """Create runs of one task, each item (payload JSON, options,
+        idempotency key, tags), in one transaction, and start them; returns
+        (run id, newly created) per item."""
+        defaults = await self._task_defaults(task_id)
         root_id = None
         if parent_id is not None:
             parent = await asyncio.to_thread(self.store.get_run, parent_id)
             if parent is None:
                 raise RunNotFound(f"parent run {parent_id} does not exist")
             root_id = parent.root_id or parent.id
-        run_id = new_run_id()
-        record = RunRecord(
-            id=run_id,
-            task_id=task_id,
-            payload=payload_json,
-            options=json.dumps(options),
-            tags=json.dumps(tags or []),
-            parent_id=parent_id,
-            root_id=root_id or run_id,
-            idempotency_key=idempotency_key,
-        )
-        run, created = await asyncio.to_thread(self.store.create_run, record)
-        if created:
-            await self._launch(run.id, options.get("resources"), child=parent_id is not None)
-        return run.id, created
+        records: list[RunRecord] = []
+        resources: list[dict[str, Any] | None] = []
+        for payload_json, options, idempotency_key, tags in items:
+            run_options = {**defaults, **options}
+            run_id = new_run_id()
+            resources.append(run_options.get("resources"))
+            records.append(
+                RunRecord(
+                    id=run_id,
+                    task_id=task_id,
+                    payload=payload_json,
+                    options=json.dumps(run_options),
+                    tags=json.dumps(tags or []),
+                    parent_id=parent_id,
+                    root_id=root_id or run_id,
+                    idempotency_key=idempotency_key,
+                )
+            )
+        created = await self._creates.submit_many(records)
+        for (run, new), needs in zip(created, resources, strict=True):
+            if new:
+                self._launch(run.id, needs, child=parent_id is not None)
+        return [(run.id, new) for run, new in created]
 
-    async def _launch(
+    def _launch(
         self,
         run_id: str,
         resources: dict[str, Any] | None,
         *,
         child: bool = False,
         front: bool = False,
-    ) -> None:
-        """Start the run on a RunActor, or queue it (QUEUED) while
+    ) -> bool:
+        """Hand the run to a RunActor, or queue it (QUEUED) while
         `max_live_runs` runs already hold one: a box holds ~100–150 live
-        actors (DESIGN §8), so the rest wait their turn in the Store. A child
-        run skips the queue: its parent holds a slot while it waits for it,
-        and queueing children behind parents could deadlock."""
+        actors (DESIGN §8), so the rest wait their turn. A child run skips
+        the queue: its parent holds a slot while it waits for it, and
+        queueing children behind parents could deadlock. A revival goes to
+        the front: it continues work already under way. False when the run
+        is already live or on its way."""
+        if run_id in self.live or run_id in self._pending:
+            return False
+        self._pending.add(run_id)
         if self._slots >= self.settings.max_live_runs and not child:
-            # a revival goes first: it continues work already under way
             if front:
                 self._queue.appendleft((run_id, resources))
             else:
                 self._queue.append((run_id, resources))
-            return
+            return True
         self._slots += 1
+        self._spawn(self._run_on_actor(run_id, resources))
+        return True
+
+    async def _run_on_actor(self, run_id: str, resources: dict[str, Any] | None) -> None:
         try:
             name, actor = await self.pool.take(resources)
-            await asyncio.to_thread(self.store.update_run, run_id, actor_name=name)
-        except BaseException:
-            self._release_slot()
-            raise
+        finally:
+            self._pending.discard(run_id)
         self.live[run_id] = (name, actor)
-        self._spawn(self._supervise(run_id, actor, actor.execute.remote(run_id)))
+        await self._supervise(run_id, name, actor, resources, actor.execute.remote(run_id))
 
     def _release_slot(self) -> None:
         self._slots -= 1
-        if self._queue and (self._draining is None or self._draining.done()):
-            self._draining = asyncio.get_running_loop().create_task(self._drain_queue())
-
-    async def _drain_queue(self) -> None:
         while self._queue and self._slots < self.settings.max_live_runs:
             run_id, resources = self._queue.popleft()
-            run = await asyncio.to_thread(self.store.get_run, run_id)
-            if run is None or run.finished or run_id in self.live:
-                continue  # canceled (or otherwise ended) while it queued
-            await self._launch(run_id, resources)
+            self._slots += 1
+            self._spawn(self._run_on_actor(run_id, resources))
 
     async def queue_length(self) -> int:
         return len(self._queue)
 
-    async def _supervise(self, run_id: str, actor: Any, ref: Any) -> None:
+    async def pool_stats(self) -> dict[str, int]:
+        """The pool's idle, busy and starting actors; live and queued runs."""
+        return {**self.pool.stats(), "live_runs": len(self.live), "queued": len(self._queue)}
+
+    async def _supervise(
+        self, run_id: str, name: str, actor: Any, resources: dict[str, Any] | None, ref: Any
+    ) -> None:
         status: str | None = None
+        recyclable = False
         try:
-            status = await ref
+            status, recyclable = await ref
         except ray.exceptions.RayActorError:
             log.warning("run %s lost its actor", run_id)
         except Exception:
@@ -181,61 +237,61 @@ class Controller:
         finally:
             if self.live.get(run_id, (None, None))[1] is actor:
                 del self.live[run_id]
-            ray.kill(actor, no_restart=True)
+            if recyclable:
+                self.pool.give_back(name, actor, resources)
+            else:
+                self.pool.retire(name, actor, resources)
             self._release_slot()
+        if status is None or status == LOST:
+            await self._resume_after_crash(run_id, resources)
+        elif status in FINISHED_STATUSES:
+            self._notify(run_id, status)
+        elif status == "QUEUED":
+            # a message woke it while it suspended
+            self._launch(run_id, resources, front=True)
+
+    async def _resume_after_crash(self, run_id: str, resources: dict[str, Any] | None) -> None:
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None:
-            return
-        if status is None and not run.finished and run.status != "WAITING":
-            await self._resume_after_crash(run)
+        if run is None or run.status == "WAITING":
             return
         if run.finished:
             self._notify(run_id, run.status)
-        elif run.status == "WAITING":
-            # a send or the deadline may have resolved it while it suspended
-            wp = await asyncio.to_thread(self.store.get_waitpoint, run_id)
-            if wp is None or wp.status != "PENDING":
-                await self.revive(run_id)
-
-    async def _resume_after_crash(self, run: RunRecord) -> None:
-        crashes = self._crashes.get(run.id, 0) + 1
-        self._crashes[run.id] = crashes
+            return
+        crashes = self._crashes.get(run_id, 0) + 1
+        self._crashes[run_id] = crashes
         if crashes > MAX_CRASH_RESUMES:
             await asyncio.to_thread(
                 self.store.finish_run,
-                run.id,
+                run_id,
                 "CRASHED",
                 None,
                 json.dumps(
-                    {"name": "Crashed", "message": f"run {run.id} lost its actor {crashes} times"}
+                    {"name": "Crashed", "message": f"run {run_id} lost its actor {crashes} times"}
                 ),
             )
-            self._notify(run.id, "CRASHED")
+            self._notify(run_id, "CRASHED")
             return
-        options = json.loads(run.options)
-        await self._launch(run.id, options.get("resources"))
+        # give Ray time to notice a lost node before it places the run again:
+        # a resume onto the dying node would spend another of its crashes
+        await asyncio.sleep(min(5.0, 0.5 * (crashes - 1)))
+        if run.status == "EXECUTING" and not await asyncio.to_thread(
+            self.store.set_active_status, run_id, "QUEUED", actor_name=None
+        ):
+            return
+        self._launch(run_id, resources, front=True)
 
     async def revive(self, run_id: str) -> bool:
-        """Start a WAITING run again (its waitpoint was resolved or timed out).
-
-        A run still suspending is left alone: its supervisor revives it once
-        its actor has returned. Returns whether a revival was started.
-        """
-        if run_id in self.live or run_id in self._reviving:
+        """Launch a run whose waitpoint was resolved (the resolver queued it).
+        Returns whether a launch was started."""
+        if run_id in self.live or run_id in self._pending:
             return False
-        self._reviving.add(run_id)
-        try:
-            run = await asyncio.to_thread(self.store.get_run, run_id)
-            if run is None or run.status != "WAITING" or run_id in self.live:
-                return False
-            if not await asyncio.to_thread(self.store.set_active_status, run_id, "QUEUED"):
-                return False
-            await self._launch(run_id, json.loads(run.options).get("resources"), front=True)
-            return True
-        finally:
-            self._reviving.discard(run_id)
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is None or run.status != "QUEUED":
+            return False
+        return self._launch(run_id, json.loads(run.options).get("resources"), front=True)
 
     async def _timer_loop(self) -> None:
+        last_sweep = 0.0
         while True:
             try:
                 for wp in await asyncio.to_thread(self.store.due_waitpoints, now_ms()):
@@ -243,9 +299,23 @@ class Controller:
                         self.store.resolve_waitpoint, wp.run_id, "TIMED_OUT", None
                     ):
                         await self.revive(wp.run_id)
+                if time.monotonic() - last_sweep >= STRAY_QUEUED_MS / 1000:
+                    last_sweep = time.monotonic()
+                    await self._launch_strays()
             except Exception:
                 log.exception("waitpoint timer failed")
             await asyncio.sleep(self.settings.timer_interval_s)
+
+    async def _launch_strays(self) -> None:
+        """Launch queued runs that no revival request reached (the resolver
+        died before it asked, or the request failed): none is left behind."""
+        cutoff = now_ms() - STRAY_QUEUED_MS
+        queued = await asyncio.to_thread(self.store.list_runs, statuses=["QUEUED"], limit=10_000)
+        for run in queued:
+            if run.updated_at < cutoff and self._launch(
+                run.id, json.loads(run.options).get("resources"), front=True
+            ):
+                log.info("launching queued run %s that no revival reached", run.id)
 
     def _notify(self, run_id: str, status: str) -> None:
         self._crashes.pop(run_id, None)
@@ -287,7 +357,7 @@ class Controller:
         live = self.live.get(run_id)
         if live is not None:
             try:
-                await asyncio.wait_for(live[1].cancel.remote(), 5)
+                await asyncio.wait_for(live[1].cancel.remote(run_id), 5)
             except (asyncio.TimeoutError, ray.exceptions.RayActorError):
                 ray.kill(live[1], no_restart=True)
         if canceled:
@@ -301,32 +371,50 @@ class Controller:
 
     # -- recovery and housekeeping ---------------------------------------------
     async def _recover(self) -> None:
-        runs = await asyncio.to_thread(
+        """Re-attach to RunActors still executing runs, stop the idle ones a
+        previous Controller pooled, and launch every active run left without
+        an actor."""
+        attached: dict[str, tuple[str, Any]] = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] != self.settings.namespace or not name.startswith("rayflow-run-"):
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=self.settings.namespace)
+                run_id: str | None = await asyncio.wait_for(actor.current_run_id.remote(), 10)
+            except (ValueError, asyncio.TimeoutError, ray.exceptions.RayActorError):
+                continue
+            if run_id is None:
+                ray.kill(actor, no_restart=True)
+            else:
+                attached[run_id] = (name, actor)
+        for run_id, (name, actor) in attached.items():
+            log.info("re-attaching to run %s on %s", run_id, name)
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            resources = json.loads(run.options).get("resources") if run else None
+            self.live[run_id] = (name, actor)
+            self._slots += 1
+            self.pool.adopt(resources)
+            self._spawn(self._supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
+        active = await asyncio.to_thread(
             self.store.list_runs, statuses=["QUEUED", "EXECUTING"], limit=100_000
         )
-        # pending deadlines need nothing here: they are in the Store and the
-        # timer loop finds them
+        for run in active:
+            if run.id in attached:
+                continue
+            log.info("resuming run %s from its journal", run.id)
+            if run.status == "EXECUTING":
+                await asyncio.to_thread(
+                    self.store.set_active_status, run.id, "QUEUED", actor_name=None
+                )
+            self._launch(run.id, json.loads(run.options).get("resources"))
+        # waitpoints resolved by an older version that did not queue the run
         waiting = await asyncio.to_thread(self.store.list_runs, statuses=["WAITING"], limit=100_000)
         for run in waiting:
             wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
             if wp is None or wp.status != "PENDING":
-                self._spawn(self.revive(run.id))
-        for run in runs:
-            actor = None
-            if run.actor_name:
-                try:
-                    actor = ray.get_actor(run.actor_name, namespace=self.settings.namespace)
-                except ValueError:
-                    actor = None
-            if actor is not None:
-                log.info("re-attaching to run %s on %s", run.id, run.actor_name)
-                self.live[run.id] = (run.actor_name or "", actor)
-                self._slots += 1
-                self._spawn(self._supervise(run.id, actor, actor.join.remote()))
-            else:
-                log.info("resuming run %s from its journal", run.id)
-                options = json.loads(run.options)
-                await self._launch(run.id, options.get("resources"))
+                await asyncio.to_thread(self.store.set_active_status, run.id, "QUEUED")
+                self._launch(run.id, json.loads(run.options).get("resources"), front=True)
 
     async def cleanup_expired(self) -> int:
         cutoff = now_ms() - int(self.settings.retention_days * 86_400_000)
@@ -346,7 +434,7 @@ class Controller:
         return sorted(self.live)
 
     async def shutdown(self) -> None:
-        """Stop every RunActor (live or warm); runs stay in the Store."""
+        """Stop every RunActor (live or pooled); runs stay in the Store."""
         for _, actor in list(self.live.values()) + [("", a) for a in self.pool.drain()]:
             ray.kill(actor, no_restart=True)
         self.live.clear()

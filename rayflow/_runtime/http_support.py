@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.connection import current
 from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
 from rayflow.store.base import ChunkWrite, StreamTooLargeError
@@ -33,10 +34,10 @@ async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list
         )
     if actor is not None:
         try:
-            seqs: list[int | None] = await actor.append.remote(key, writes)
+            seqs: list[int | None] = await actor.append.remote(run_id, key, writes)
             return seqs
-        except ray.exceptions.RayActorError:
-            pass  # the actor went away meanwhile: the Store is the truth
+        except (ray.exceptions.RayActorError, RunMoved):
+            pass  # the run left that actor meanwhile: the Store is the truth
         except RunFinished:
             run = await asyncio.to_thread(conn.store.get_run, run_id)
             if run is None or run.finished:

@@ -2,8 +2,9 @@
 
 A send is acknowledged only once the message is durable in the Store (the
 append also checks, atomically, that the run exists and is still running).
-Then the Inbox either resolves the run's pending waitpoint on this stream
-and asks the Controller to revive it, or pokes the live RunActor. The Inbox
+In the same transaction a run waiting on this stream has its waitpoint
+resolved and is queued; then (behind the acknowledgement) the Inbox asks the
+Controller to revive it, or pokes the live RunActor. The Inbox
 keeps nothing of its own: one that dies and restarts loses no acknowledged
 message, and a sender's retry is recognised by its message id.
 """
@@ -28,6 +29,8 @@ from rayflow.store.base import RunFinishedError, RunMissingError
 log = logging.getLogger("rayflow")
 
 _ACTOR_CACHE = 10_000
+#: how often a send that woke its run asks the Controller to revive it
+_REVIVE_TRIES = 5
 
 
 def finished_message(run_id: str, status: str) -> str:
@@ -49,48 +52,61 @@ class InboxActor:
                 f"message for input stream {stream_id!r} of run {run_id} is {size} bytes;"
                 f" the limit is {self.settings.max_input_bytes}"
             )
-        store = self.conn.store
         try:
-            message = await asyncio.to_thread(
-                store.inbox_append, run_id, stream_id, data, message_id
+            # one transaction: the message, and when the run waits on this
+            # stream, its waitpoint resolved and the run queued
+            message, woke = await asyncio.to_thread(
+                self.conn.store.inbox_send, run_id, stream_id, data, message_id
             )
         except RunMissingError:
             raise RunNotFound(f"run {run_id} does not exist") from None
         except RunFinishedError as e:
             raise RunFinished(finished_message(run_id, e.status)) from None
-        wp = await asyncio.to_thread(store.get_waitpoint, run_id)
-        if (
-            wp is not None
-            and wp.status == "PENDING"
-            and wp.stream_id == stream_id
-            and await asyncio.to_thread(store.resolve_waitpoint, run_id, "RESOLVED", message.seq)
-        ):
-            await call(self.conn.controller.revive.remote(run_id))
-            return message.seq
-        # acknowledged = stored; handing it to the live run happens behind the
-        # ack (a run whose actor is still starting must not hold the sender)
-        task = asyncio.get_running_loop().create_task(self._deliver(run_id, stream_id, message))
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
+        # acknowledged = stored: what follows happens behind the ack, and a
+        # failure there never fails a send whose message is durable
+        if woke:
+            self._behind_ack(self._revive(run_id))
+        else:
+            self._behind_ack(self._deliver(run_id, stream_id, message))
         return message.seq
 
+    def _behind_ack(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _revive(self, run_id: str) -> None:
+        for attempt in range(_REVIVE_TRIES):
+            try:
+                await call(self.conn.controller.revive.remote(run_id))
+                return
+            except Exception as e:
+                log.warning("run %s: asking the Controller to revive it failed: %r", run_id, e)
+                await asyncio.sleep(0.2 * 2**attempt)
+        # the run is QUEUED in the Store: the Controller's sweep launches it
+        log.error("run %s: gave up asking for its revival; the Controller's sweep will", run_id)
+
     async def _deliver(self, run_id: str, stream_id: str, message: Any) -> None:
-        try:
-            actor = await self._actor_for(run_id)
-            if actor is not None:
-                await actor.deliver.remote(stream_id, message)
-        except ray.exceptions.RayActorError:
-            # the run moved on (suspended, finished, crashed): wherever it
-            # runs next it reads this message from the Store
+        """Poke the run's live RunActor. A cached actor may have moved on to
+        another run (recycled): then look the run up once more. A run that
+        is not live reads the message from the Store when it next pulls."""
+        for _ in range(2):
+            try:
+                actor = await self._actor_for(run_id)
+                if actor is None or await actor.deliver.remote(run_id, stream_id, message):
+                    return
+            except ray.exceptions.RayActorError:
+                pass
+            except Exception:
+                log.exception(
+                    "run %s: message %d of %r is stored but was not handed to the live run;"
+                    " the run reads it from the Store when it next pulls",
+                    run_id,
+                    message.seq,
+                    stream_id,
+                )
+                return
             self._actors.pop(run_id, None)
-        except Exception:
-            log.exception(
-                "run %s: message %d of %r is stored but was not handed to the live run;"
-                " the run reads it from the Store when it next pulls",
-                run_id,
-                message.seq,
-                stream_id,
-            )
 
     async def _actor_for(self, run_id: str) -> Any:
         actor = self._actors.get(run_id)

@@ -21,7 +21,7 @@ from typing import Any
 
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow.store import Store
-from rayflow.store.base import InboxMessage, JournalEntry
+from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint
 
 log = logging.getLogger("rayflow")
 
@@ -40,12 +40,20 @@ class _Stream:
 
 
 class RunInputs:
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, resolved: Waitpoint | None = None) -> None:
         self.store, self.run_id = store, run_id
         self.streams: dict[str, _Stream] = {}
         self.ctx: RunContext | None = None
         self.live = False
+        #: the waitpoint whose resolution (or timeout) revived this run; the
+        #: `.wait()` it belongs to takes it on replay
+        self.resolved = resolved
         self._pulling: dict[str, asyncio.Task[None]] = {}
+        #: streams poked while a pull was in flight: pull again, the poked
+        #: message may have been committed after that pull read the Store
+        self._dirty: set[str] = set()
+        #: journal writes of `.on()` deliveries, awaited before the run leaves
+        self._records: set[asyncio.Future[None]] = set()
 
     def bind(self, ctx: RunContext) -> None:
         """Start an attempt: fresh state, the journal decides what was taken."""
@@ -80,15 +88,18 @@ class RunInputs:
         if not self.live:
             return  # replaying: going live pulls everything from the Store
         s = self.stream(stream_id)
+        if message is not None and message.seq < s.next_seq:
+            return  # already taken in
         if message is not None and message.seq == s.next_seq and stream_id not in self._pulling:
             s.next_seq += 1
             self._arrive(s, message)
-        elif message is None or message.seq > s.next_seq:
+        else:
             self.pull(stream_id)
 
     def pull(self, stream_id: str) -> None:
         task = self._pulling.get(stream_id)
         if task is not None and not task.done():
+            self._dirty.add(stream_id)
             return
         self._pulling[stream_id] = asyncio.get_running_loop().create_task(self._pull(stream_id))
 
@@ -96,10 +107,13 @@ class RunInputs:
         s = self.streams[stream_id]
         try:
             while True:
+                self._dirty.discard(stream_id)
                 batch = await asyncio.to_thread(
                     self.store.inbox_read, self.run_id, stream_id, s.next_seq, 1000
                 )
                 if not batch:
+                    if stream_id in self._dirty:
+                        continue
                     return
                 for message in batch:
                     if message.seq < s.next_seq:
@@ -133,7 +147,11 @@ class RunInputs:
         s.consumed.add(message.seq)
         self._call_handler(handler, json.loads(message.data))
         # journaled where it was observed, so a replay hands it over there too
-        asyncio.ensure_future(self.ctx.journal.record("on", s.stream_id, {"seq": message.seq}))
+        record = asyncio.ensure_future(
+            self.ctx.journal.record("on", s.stream_id, {"seq": message.seq})
+        )
+        self._records.add(record)
+        record.add_done_callback(self._records.discard)
 
     def _dispatch_recorded(self, entry: JournalEntry) -> bool:
         s = self.stream(entry.name)
@@ -161,6 +179,27 @@ class RunInputs:
             log.exception("run %s: an .on() handler raised", self.run_id)
         finally:
             reset_run(token)
+
+    async def close(self) -> None:
+        """The run leaves its actor: stop pulling, make every journal write of
+        an `.on()` delivery durable (a replay must hand it over again)."""
+        for task in list(self._pulling.values()):
+            task.cancel()
+        await asyncio.gather(*self._pulling.values(), return_exceptions=True)
+        if self._records:
+            await asyncio.gather(*self._records, return_exceptions=True)
+
+    def settle_wait(self, stream_id: str) -> dict[str, Any] | None:
+        """The outcome of a `.wait()` on `stream_id` that this run was revived
+        for, or None (not revived for it: register a waitpoint). Reads the Store."""
+        wp = self.resolved
+        if wp is None or wp.stream_id != stream_id:
+            return None
+        self.resolved = None
+        if wp.status == "TIMED_OUT":
+            return {"timeout": True}
+        message = self.oldest_unconsumed(stream_id)
+        return None if message is None else {"seq": message.seq}
 
     # -- the task's side -------------------------------------------------------
     def add_handler(self, stream_id: str, handler: Handler) -> None:

@@ -230,6 +230,12 @@ class StreamBuffers:
         for buf in list(self.streams.values()):
             await buf.drain()
 
+    def release(self) -> None:
+        """The run left this actor: wake every long poll, so that its reader
+        asks again and is sent to the Store (or the run's next actor)."""
+        for buf in self.streams.values():
+            buf._notify()
+
     def close_all(self) -> None:
         self.closed = True
         for buf in self.streams.values():

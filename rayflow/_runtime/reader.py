@@ -84,7 +84,9 @@ class ChunkReader:
                     LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
                 )
                 try:
-                    reply = await actor.read.remote(self.key, self.next_index, self.batch, wait)
+                    reply = await actor.read.remote(
+                        self.run_id, self.key, self.next_index, self.batch, wait
+                    )
                 except ray.exceptions.RayActorError:
                     actor, located_at = None, 0.0
                     continue

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection
-from rayflow._runtime.calls import call
+from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.output import too_large
 from rayflow.errors import RunFinished, RunNotFound
@@ -85,11 +85,13 @@ class ChunkWriter:
                 if self._actor is None:
                     return await self._append_to_store(writes)
             try:
-                result: list[int | None] = await call(self._actor.append.remote(self.key, writes))
+                result: list[int | None] = await call(
+                    self._actor.append.remote(self.run_id, self.key, writes)
+                )
                 return result
             except ray.exceptions.RayActorError:
                 self._actor = None  # it moved (finished, suspended, crashed): look again
-            except RunFinished:
+            except (RunFinished, RunMoved):
                 self._actor = None
         raise RunNotFound(f"could not reach run {self.run_id} to write to {self.key!r}")
 

@@ -17,6 +17,7 @@ from rayflow.store.base import (
     AppendResult,
     Chunk,
     ChunkWrite,
+    Claim,
     InboxMessage,
     JournalEntry,
     RunFinishedError,
@@ -77,8 +78,9 @@ class SqlStore:
     migration_lock_sql: str | None = None
 
     # -- supplied by subclasses ---------------------------------------------
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """A cursor inside one write transaction, committed on exit."""
+    def _transaction(self, write: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """A cursor inside one transaction, committed on exit. `write=False`
+        for a transaction that only reads: it must not block writers."""
         raise NotImplementedError
 
     def _sql(self, sql: str) -> str:
@@ -91,6 +93,11 @@ class SqlStore:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         with self._transaction() as cur:
+            yield _Cursor(cur, self._sql)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._transaction(write=False) as cur:
             yield _Cursor(cur, self._sql)
 
     def migrate(self) -> None:
@@ -118,43 +125,48 @@ class SqlStore:
             )
 
     def get_task_defaults(self, task_id: str) -> str | None:
-        with self._tx() as c:
+        with self._read() as c:
             row = c.execute("SELECT defaults FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return str(row[0]) if row else None
 
     def get_task(self, task_id: str) -> bytes | None:
-        with self._tx() as c:
+        with self._read() as c:
             row = c.execute("SELECT blob FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return bytes(row[0]) if row else None
 
     def list_task_ids(self) -> list[str]:
-        with self._tx() as c:
+        with self._read() as c:
             return [r[0] for r in c.execute("SELECT task_id FROM tasks ORDER BY task_id")]
 
     # -- runs ------------------------------------------------------------------
     def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        values = [getattr(run, name) for name in _RUN_COLUMNS]
+        return self.create_runs([run])[0]
+
+    def create_runs(self, runs: list[RunRecord]) -> list[tuple[RunRecord, bool]]:
         with self._tx() as c:
-            # Insert first and look the key up only on conflict: a SELECT first
-            # lets two concurrent triggers with one key both miss and both
-            # insert (PostgreSQL then fails the second with a unique violation
-            # instead of returning the first run). A NULL key never conflicts.
-            cur = c.execute(
-                f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
-                f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})"
-                " ON CONFLICT (task_id, idempotency_key) DO NOTHING",
-                values,
-            )
-            if cur.rowcount == 1:
-                return run, True
-            row = c.execute(
-                _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
-                (run.task_id, run.idempotency_key),
-            ).fetchone()
+            return [self._insert_run(c, run) for run in runs]
+
+    def _insert_run(self, c: Any, run: RunRecord) -> tuple[RunRecord, bool]:
+        # Insert first and look the key up only on conflict: a SELECT first
+        # lets two concurrent triggers with one key both miss and both
+        # insert (PostgreSQL then fails the second with a unique violation
+        # instead of returning the first run). A NULL key never conflicts.
+        cur = c.execute(
+            f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
+            f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})"
+            " ON CONFLICT (task_id, idempotency_key) DO NOTHING",
+            [getattr(run, name) for name in _RUN_COLUMNS],
+        )
+        if cur.rowcount == 1:
+            return run, True
+        row = c.execute(
+            _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
+            (run.task_id, run.idempotency_key),
+        ).fetchone()
         return _run(row), False
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        with self._tx() as c:
+        with self._read() as c:
             row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
         return _run(row) if row else None
 
@@ -180,6 +192,42 @@ class SqlStore:
                 [*values.values(), run_id, *FINISHED_STATUSES],
             )
             return bool(cur.rowcount)
+
+    def claim_run(self, run_id: str, actor_name: str) -> Claim:
+        now = now_ms()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = 'EXECUTING', actor_name = ?,"
+                " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
+                " started_at = COALESCE(started_at, ?), updated_at = ?"
+                " WHERE id = ? AND status = 'QUEUED'",
+                (actor_name, now, now, run_id),
+            )
+            claimed = bool(cur.rowcount)
+            row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
+            waitpoint = None
+            if claimed:
+                found = c.execute(
+                    _WP_SELECT + " WHERE run_id = ? AND status <> 'PENDING'", (run_id,)
+                ).fetchone()
+                if found:
+                    waitpoint = _waitpoint(found)
+                    c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        return Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
+
+    def suspend_run(self, wp: Waitpoint) -> bool:
+        now = now_ms()
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = 'WAITING', actor_name = NULL, updated_at = ?"
+                f" WHERE id = ? AND status NOT IN ({finished})",
+                (now, wp.run_id, *FINISHED_STATUSES),
+            )
+            if not cur.rowcount:
+                return False
+            self._upsert_waitpoint(c, wp)
+        return True
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         now = now_ms()
@@ -223,7 +271,7 @@ class SqlStore:
             args.append(before_created_at)
         sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        with self._tx() as c:
+        with self._read() as c:
             return [_run(r) for r in c.execute(sql, [*args, limit])]
 
     # -- output streams ------------------------------------------------------
@@ -294,7 +342,7 @@ class SqlStore:
         return AppendResult(seqs=seqs, length=length)
 
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 "SELECT seq, data, created_at, record_id FROM chunks"
                 " WHERE run_id = ? AND key = ? AND seq >= ? ORDER BY seq LIMIT ?",
@@ -303,13 +351,13 @@ class SqlStore:
         return [Chunk(seq=int(r[0]), data=r[1], created_at=int(r[2]), record_id=r[3]) for r in rows]
 
     def stream_info(self, run_id: str, key: str) -> StreamInfo | None:
-        with self._tx() as c:
+        with self._read() as c:
             row = c.execute(_STREAM_SELECT + " WHERE run_id = ? AND key = ?", (run_id, key))
             found = row.fetchone()
         return _stream(found) if found else None
 
     def list_streams(self, run_id: str) -> list[StreamInfo]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(_STREAM_SELECT + " WHERE run_id = ? ORDER BY key", (run_id,))
             return [_stream(r) for r in rows.fetchall()]
 
@@ -324,7 +372,7 @@ class SqlStore:
             )
 
     def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 "SELECT key, writer_id, last_seq FROM stream_writers WHERE run_id = ?", (run_id,)
             ).fetchall()
@@ -359,7 +407,7 @@ class SqlStore:
             )
 
     def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 "SELECT seq, kind, name, value FROM journal"
                 " WHERE run_id = ? AND attempt = ? ORDER BY seq",
@@ -371,38 +419,58 @@ class SqlStore:
     def inbox_append(
         self, run_id: str, stream_id: str, data: str, message_id: str | None = None
     ) -> InboxMessage:
-        now = now_ms()
         with self._tx() as c:
-            # the run row serialises concurrent senders to one run
-            run = c.execute(
-                "SELECT status FROM runs WHERE id = ?" + self.lock_clause, (run_id,)
+            return self._inbox_insert(c, run_id, stream_id, data, message_id)[0]
+
+    def inbox_send(
+        self, run_id: str, stream_id: str, data: str, message_id: str | None = None
+    ) -> tuple[InboxMessage, bool]:
+        with self._tx() as c:
+            message, new = self._inbox_insert(c, run_id, stream_id, data, message_id)
+            if not new:
+                return message, False
+            found = c.execute(
+                "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = 'PENDING'",
+                (run_id,),
             ).fetchone()
-            if run is None:
-                raise RunMissingError(run_id)
-            if run[0] in FINISHED_STATUSES:
-                raise RunFinishedError(run_id, run[0])
-            if message_id is not None:
-                seen = c.execute(
-                    "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
-                    " AND message_id = ?",
-                    (run_id, stream_id, message_id),
-                ).fetchone()
-                if seen:
-                    return InboxMessage(seq=int(seen[0]), data=seen[1], created_at=int(seen[2]))
-            row = c.execute(
-                "SELECT COALESCE(MAX(seq) + 1, 0) FROM inbox WHERE run_id = ? AND stream_id = ?",
-                (run_id, stream_id),
+            if found is None or found[0] != stream_id:
+                return message, False
+            return message, self._resolve(c, run_id, "RESOLVED", message.seq)
+
+    def _inbox_insert(
+        self, c: Any, run_id: str, stream_id: str, data: str, message_id: str | None
+    ) -> tuple[InboxMessage, bool]:
+        now = now_ms()
+        # the run row serialises concurrent senders to one run
+        run = c.execute(
+            "SELECT status FROM runs WHERE id = ?" + self.lock_clause, (run_id,)
+        ).fetchone()
+        if run is None:
+            raise RunMissingError(run_id)
+        if run[0] in FINISHED_STATUSES:
+            raise RunFinishedError(run_id, run[0])
+        if message_id is not None:
+            seen = c.execute(
+                "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
+                " AND message_id = ?",
+                (run_id, stream_id, message_id),
             ).fetchone()
-            seq = int(row[0])
-            c.execute(
-                "INSERT INTO inbox (run_id, stream_id, seq, data, message_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, stream_id, seq, data, message_id, now),
-            )
-        return InboxMessage(seq=seq, data=data, created_at=now)
+            if seen:
+                return InboxMessage(seq=int(seen[0]), data=seen[1], created_at=int(seen[2])), False
+        row = c.execute(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM inbox WHERE run_id = ? AND stream_id = ?",
+            (run_id, stream_id),
+        ).fetchone()
+        seq = int(row[0])
+        c.execute(
+            "INSERT INTO inbox (run_id, stream_id, seq, data, message_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, stream_id, seq, data, message_id, now),
+        )
+        return InboxMessage(seq=seq, data=data, created_at=now), True
 
     def inbox_read(self, run_id: str, stream_id: str, start: int, limit: int) -> list[InboxMessage]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
                 " AND seq >= ? ORDER BY seq LIMIT ?",
@@ -411,7 +479,7 @@ class SqlStore:
         return [InboxMessage(seq=int(r[0]), data=r[1], created_at=int(r[2])) for r in rows]
 
     def inbox_streams(self, run_id: str) -> list[str]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 "SELECT DISTINCT stream_id FROM inbox WHERE run_id = ? ORDER BY stream_id",
                 (run_id,),
@@ -420,44 +488,58 @@ class SqlStore:
 
     def put_waitpoint(self, wp: Waitpoint) -> None:
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO waitpoints (run_id, stream_id, deadline, idempotency_key, status,"
-                " inbox_seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id) DO UPDATE SET stream_id = excluded.stream_id,"
-                " deadline = excluded.deadline, idempotency_key = excluded.idempotency_key,"
-                " status = excluded.status, inbox_seq = excluded.inbox_seq,"
-                " created_at = excluded.created_at",
-                (
-                    wp.run_id,
-                    wp.stream_id,
-                    wp.deadline,
-                    wp.idempotency_key,
-                    wp.status,
-                    wp.inbox_seq,
-                    wp.created_at,
-                ),
-            )
+            self._upsert_waitpoint(c, wp)
+
+    def _upsert_waitpoint(self, c: Any, wp: Waitpoint) -> None:
+        c.execute(
+            "INSERT INTO waitpoints (run_id, stream_id, deadline, idempotency_key, status,"
+            " inbox_seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET stream_id = excluded.stream_id,"
+            " deadline = excluded.deadline, idempotency_key = excluded.idempotency_key,"
+            " status = excluded.status, inbox_seq = excluded.inbox_seq,"
+            " created_at = excluded.created_at",
+            (
+                wp.run_id,
+                wp.stream_id,
+                wp.deadline,
+                wp.idempotency_key,
+                wp.status,
+                wp.inbox_seq,
+                wp.created_at,
+            ),
+        )
 
     def get_waitpoint(self, run_id: str) -> Waitpoint | None:
-        with self._tx() as c:
+        with self._read() as c:
             row = c.execute(_WP_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
         return _waitpoint(row) if row else None
 
     def resolve_waitpoint(self, run_id: str, status: str, inbox_seq: int | None) -> bool:
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE waitpoints SET status = ?, inbox_seq = ?"
-                " WHERE run_id = ? AND status = 'PENDING'",
-                (status, inbox_seq, run_id),
-            )
-            return bool(cur.rowcount)
+            return self._resolve(c, run_id, status, inbox_seq)
+
+    def _resolve(self, c: Any, run_id: str, status: str, inbox_seq: int | None) -> bool:
+        cur = c.execute(
+            "UPDATE waitpoints SET status = ?, inbox_seq = ?"
+            " WHERE run_id = ? AND status = 'PENDING'",
+            (status, inbox_seq, run_id),
+        )
+        if not cur.rowcount:
+            return False
+        # the run is ready to continue: queued for a RunActor, in the same
+        # transaction, so no crash can leave it resolved but still WAITING
+        c.execute(
+            "UPDATE runs SET status = 'QUEUED', updated_at = ? WHERE id = ? AND status = 'WAITING'",
+            (now_ms(), run_id),
+        )
+        return True
 
     def delete_waitpoint(self, run_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
 
     def due_waitpoints(self, now: int) -> list[Waitpoint]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(
                 _WP_SELECT + " WHERE status = 'PENDING' AND deadline IS NOT NULL"
                 " AND deadline <= ? ORDER BY deadline",
@@ -466,7 +548,7 @@ class SqlStore:
         return [_waitpoint(r) for r in rows]
 
     def pending_waitpoints(self) -> list[Waitpoint]:
-        with self._tx() as c:
+        with self._read() as c:
             rows = c.execute(_WP_SELECT + " WHERE status = 'PENDING'").fetchall()
         return [_waitpoint(r) for r in rows]
 

@@ -117,6 +117,16 @@ class Waitpoint:
     created_at: int = field(default_factory=now_ms)
 
 
+@dataclass
+class Claim:
+    """What `claim_run` found: the run (None if unknown), whether this caller
+    now executes it, and the resolved waitpoint it took off the run."""
+
+    run: RunRecord | None
+    claimed: bool
+    waitpoint: Waitpoint | None = None
+
+
 class StreamTooLargeError(Exception):
     """Raised by `append_chunks` when a write would take a stream past its limit."""
 
@@ -166,6 +176,19 @@ class Store(Protocol):
     def set_active_status(self, run_id: str, status: str, **fields: object) -> bool:
         """Set an active status (and fields) unless the run has finished;
         returns False, changing nothing, if it has."""
+
+    def create_runs(self, runs: list[RunRecord]) -> list[tuple[RunRecord, bool]]:
+        """`create_run` for many runs, in one transaction."""
+
+    def claim_run(self, run_id: str, actor_name: str) -> Claim:
+        """QUEUED -> EXECUTING on `actor_name` (attempt at least 1, started_at
+        set once), in one transaction that also deletes and returns the run's
+        resolved or timed-out waitpoint. Only one caller can claim a queued
+        run: a second one (a relaunch racing an old launch) gets claimed=False."""
+
+    def suspend_run(self, wp: Waitpoint) -> bool:
+        """EXECUTING -> WAITING (no actor) with its PENDING waitpoint, in one
+        transaction. False, changing nothing, when the run has finished."""
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         """Move an active run to a finished status; closes all its streams.
@@ -218,6 +241,13 @@ class Store(Protocol):
         for this run and stream returns the stored message instead (a
         retried send is not duplicated)."""
 
+    def inbox_send(
+        self, run_id: str, stream_id: str, data: str, message_id: str | None = None
+    ) -> tuple[InboxMessage, bool]:
+        """`inbox_append`, and in the same transaction: when the run waits on
+        this stream (a PENDING waitpoint), resolve it with this message and
+        queue the run. Returns (message, whether it woke the run)."""
+
     def inbox_read(
         self, run_id: str, stream_id: str, start: int, limit: int
     ) -> list[InboxMessage]: ...
@@ -226,7 +256,8 @@ class Store(Protocol):
     def put_waitpoint(self, wp: Waitpoint) -> None: ...
     def get_waitpoint(self, run_id: str) -> Waitpoint | None: ...
     def resolve_waitpoint(self, run_id: str, status: str, inbox_seq: int | None) -> bool:
-        """PENDING -> status; False when it was not pending (someone else won)."""
+        """PENDING -> status, and a WAITING run -> QUEUED, in one transaction;
+        False when it was not pending (someone else won)."""
 
     def delete_waitpoint(self, run_id: str) -> None: ...
     def due_waitpoints(self, now: int) -> list[Waitpoint]: ...

@@ -119,7 +119,7 @@ class PostgresStore(SqlStore):
             ConnectionPool.check_connection(conn)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+    def _transaction(self, write: bool = True) -> Iterator[psycopg.Cursor[Any]]:
         with self._pool.connection() as conn:
             try:
                 with conn.transaction(), conn.cursor() as cur:

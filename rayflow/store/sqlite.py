@@ -4,6 +4,8 @@ Several processes on one machine (the driver, the Controller, every
 RunActor) open the same file; SQLite's lock serialises their writes, and
 `BEGIN IMMEDIATE` takes that lock up front so a read-then-write transaction
 (`append_chunks`) can never be overtaken between its read and its write.
+Transactions that only read use a plain `BEGIN`: in WAL mode they see a
+consistent snapshot and neither wait for writers nor hold them up.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ class SQLiteStore(SqlStore):
         self._conn.execute("PRAGMA busy_timeout=30000")
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            # a reader in WAL mode takes no write lock: it never waits for
+            # (or holds up) another process's commit
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield cur
             except BaseException:
