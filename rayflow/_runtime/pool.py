@@ -112,13 +112,17 @@ class RunActorPool:
         _, shape = self._shape(None)
         missing = self.min_size - len(shape.idle) - shape.busy - shape.starting
         for _ in range(max(0, missing)):
-            self._spawn(self._start(shape))
+            self._start_soon(shape)
         if self._shrinker is None or self._shrinker.done():
             self._shrinker = asyncio.get_running_loop().create_task(self._shrink_loop())
 
-    async def _start(self, shape: _Shape) -> None:
+    def _start_soon(self, shape: _Shape) -> None:
+        # counted before the task runs, so a loop deciding to start more sees it
         shape.starting += 1
         self._started += 1
+        self._spawn(self._start(shape))
+
+    async def _start(self, shape: _Shape) -> None:
         began = time.monotonic()
         options = actor_options(self.settings.namespace, shape.resources)
         actor = RunActor.options(**options).remote(self.settings_json)  # type: ignore[attr-defined]
@@ -162,8 +166,7 @@ class RunActorPool:
         while shape.waiters:
             future, _ = shape.waiters.popleft()
             if not future.done():
-                shape.busy -= 1  # take() counts it up again
-                future.set_result((name, actor))
+                future.set_result((name, actor))  # take() counts it busy
                 return
         shape.idle.append((name, actor, time.monotonic()))
 
@@ -192,8 +195,7 @@ class RunActorPool:
                 and self.total < self.max_size
                 and (shape.busy == 0 or expected_s > shape.start_s)
             ):
-                self._spawn(self._start(shape))
-                await asyncio.sleep(0)
+                self._start_soon(shape)
                 continue
             await asyncio.sleep(0.02)
 

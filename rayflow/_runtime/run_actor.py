@@ -78,6 +78,14 @@ def backoff_s(retry: dict[str, Any], attempt: int) -> float:
     return min(delay, float(retry.get("max_delay_s", 30.0)))
 
 
+def _pool_worker(thread: threading.Thread) -> bool:
+    """A worker of a thread pool (the event loop's executor behind
+    asyncio.to_thread, a store's connection pool): it outlives runs by design."""
+    target = getattr(thread, "_target", None)
+    module = getattr(target, "__module__", "") or ""
+    return module.startswith(("concurrent.futures", "psycopg_pool"))
+
+
 @dataclass
 class Execution:
     """Everything of the run an actor executes; dropped when it ends."""
@@ -161,21 +169,17 @@ class RunActor:
         for t in pending:
             t.cancel()
         stray = [
-            t
+            t.name
             for t in threading.enumerate()
-            if t not in threads
-            and t.is_alive()
-            and not t.daemon
-            # the event loop's default executor (asyncio.to_thread) is ours
-            and not t.name.startswith("asyncio_")
+            if t not in threads and t.is_alive() and not t.daemon and not _pool_worker(t)
         ]
         if pending or stray:
             log.warning(
-                "run %s left %d asyncio task(s) and %d thread(s) running; its actor %s is"
+                "run %s left %d asyncio task(s) and threads %s running; its actor %s is"
                 " retired instead of recycled",
                 run_id,
                 len(pending),
-                len(stray),
+                stray,
                 self.name,
             )
             return False
