@@ -21,6 +21,7 @@ import ray
 
 from rayflow._config import Settings
 from rayflow._runtime import connection
+from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.bootstrap import on_head_node
 from rayflow._runtime.calls import call
 from rayflow.errors import PayloadTooLarge, RunFinished, RunNotFound
@@ -44,6 +45,8 @@ class InboxActor:
         self.conn = connection.connect(self.settings)
         self._actors: OrderedDict[str, Any] = OrderedDict()
         self._deliveries: set[asyncio.Task[None]] = set()
+        #: sends arriving together are stored in one transaction
+        self._sends = GroupCommit(self.conn.store.inbox_send_many)
 
     async def send(self, run_id: str, stream_id: str, data: str, message_id: str) -> int:
         size = len(data.encode())
@@ -55,9 +58,10 @@ class InboxActor:
         try:
             # one transaction: the message, and when the run waits on this
             # stream, its waitpoint resolved and the run queued
-            message, woke = await asyncio.to_thread(
-                self.conn.store.inbox_send, run_id, stream_id, data, message_id
-            )
+            result = await self._sends.submit((run_id, stream_id, data, message_id))
+            if isinstance(result, Exception):
+                raise result
+            message, woke = result
         except RunMissingError:
             raise RunNotFound(f"run {run_id} does not exist") from None
         except RunFinishedError as e:

@@ -191,7 +191,7 @@ class RunActorPool:
             # runs ahead of the newest waiter, served by the actors there are
             expected_s = shape.hold_s * waiting / max(1, shape.busy + shape.starting)
             if (
-                shape.starting < MAX_STARTING
+                shape.starting < min(MAX_STARTING, waiting)
                 and self.total < self.max_size
                 and (shape.busy == 0 or expected_s > shape.start_s)
             ):

@@ -425,17 +425,36 @@ class SqlStore:
     def inbox_send(
         self, run_id: str, stream_id: str, data: str, message_id: str | None = None
     ) -> tuple[InboxMessage, bool]:
+        result = self.inbox_send_many([(run_id, stream_id, data, message_id)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def inbox_send_many(
+        self, sends: list[tuple[str, str, str, str | None]]
+    ) -> list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]:
+        results: list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]
+        results = [RunMissingError("")] * len(sends)
         with self._tx() as c:
-            message, new = self._inbox_insert(c, run_id, stream_id, data, message_id)
-            if not new:
-                return message, False
-            found = c.execute(
-                "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = 'PENDING'",
-                (run_id,),
-            ).fetchone()
-            if found is None or found[0] != stream_id:
-                return message, False
-            return message, self._resolve(c, run_id, "RESOLVED", message.seq)
+            # run rows are locked in one order, so two batches cannot deadlock
+            for i in sorted(range(len(sends)), key=lambda i: sends[i][0]):
+                run_id, stream_id, data, message_id = sends[i]
+                try:
+                    message, new = self._inbox_insert(c, run_id, stream_id, data, message_id)
+                except (RunMissingError, RunFinishedError) as e:
+                    results[i] = e  # raised before this send wrote anything
+                    continue
+                results[i] = (message, new and self._wake(c, run_id, stream_id, message.seq))
+        return results
+
+    def _wake(self, c: Any, run_id: str, stream_id: str, seq: int) -> bool:
+        found = c.execute(
+            "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = 'PENDING'",
+            (run_id,),
+        ).fetchone()
+        if found is None or found[0] != stream_id:
+            return False
+        return self._resolve(c, run_id, "RESOLVED", seq)
 
     def _inbox_insert(
         self, c: Any, run_id: str, stream_id: str, data: str, message_id: str | None

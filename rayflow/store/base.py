@@ -248,6 +248,13 @@ class Store(Protocol):
         this stream (a PENDING waitpoint), resolve it with this message and
         queue the run. Returns (message, whether it woke the run)."""
 
+    def inbox_send_many(
+        self, sends: list[tuple[str, str, str, str | None]]
+    ) -> list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]:
+        """`inbox_send` for many (run id, stream id, data, message id), in one
+        transaction; a send to a missing or finished run gets its error in
+        its place and stores nothing, the others are stored."""
+
     def inbox_read(
         self, run_id: str, stream_id: str, start: int, limit: int
     ) -> list[InboxMessage]: ...

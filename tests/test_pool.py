@@ -1,0 +1,220 @@
+"""The elastic pool of RunActors: recycling, isolation between runs, growth
+and shrinking, pools per resource shape — on real Ray, both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import ray
+from conftest import eventually
+
+import rayflow
+from rayflow import step, streams, task
+from rayflow._runtime import connection
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+numbers = streams.define("pool-numbers", int)
+go = streams.input("pool-go", dict)
+
+#: a module global the runs below write to; each run must start from []
+SEEN: list[str] = []
+
+
+@task(id="pool-whoami")
+async def whoami(payload: dict) -> dict:
+    SEEN.append(rayflow.context().id)
+    return {"pid": os.getpid(), "seen": list(SEEN)}
+
+
+@task(id="pool-whoami-half-cpu", num_cpus=0.5)
+async def whoami_half_cpu(payload: dict) -> int:
+    return os.getpid()
+
+
+@task(id="pool-leaves-a-task")
+async def leaves_a_task(payload: dict) -> int:
+    asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+    return os.getpid()
+
+
+@task(id="pool-leaves-a-thread")
+async def leaves_a_thread(payload: dict) -> int:
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind").start()
+    return os.getpid()
+
+
+@task(id="pool-crashes-mid-write")
+async def crashes_mid_write(payload: dict) -> int:
+    async def numbers_then_boom() -> Any:
+        for i in range(5):
+            yield i
+        raise RuntimeError("the source broke mid-stream")
+
+    await numbers.pipe(numbers_then_boom()).wait_until_complete()
+    return os.getpid()
+
+
+@task(id="pool-writes")
+async def writes(payload: dict) -> dict:
+    await numbers.append(payload["n"])
+    listed = await streams.list_streams(rayflow.context().id)
+    return {"pid": os.getpid(), "streams": [s["key"] for s in listed]}
+
+
+@task(id="pool-killed-mid-run")
+async def killed_mid_run(payload: dict) -> int:
+    for i in range(6):
+        await step("mark", _mark, payload["marks"], i)
+        await numbers.append(i)
+        if i == 2:
+            (await go.once(timeout_s=120)).unwrap()
+    return os.getpid()
+
+
+@task(id="pool-sleeper")
+async def sleeper(payload: dict) -> int:
+    await asyncio.sleep(payload["s"])
+    return os.getpid()
+
+
+def _mark(path: str, i: int) -> int:
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i
+
+
+def run_output(handle: Any) -> Any:
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.status == "COMPLETED", run.error
+    return run.output
+
+
+def pool_stats() -> dict[str, int]:
+    return dict(ray.get(connection.current().controller.pool_stats.remote()))
+
+
+def test_runs_one_after_another_reuse_one_process() -> None:
+    run_output(whoami.trigger({}).result())  # the pool may still be starting its actors
+    pids = [run_output(whoami.trigger({}).result())["pid"] for _ in range(4)]
+    # the pool hands out the actor that came back last
+    assert len(set(pids)) == 1, pids
+    assert psutil.pid_exists(pids[0])
+
+
+def test_module_globals_of_one_run_are_not_seen_by_the_next() -> None:
+    first_handle = whoami.trigger({}).result()
+    first = run_output(first_handle)
+    second_handle = whoami.trigger({}).result()
+    second = run_output(second_handle)
+    assert first["pid"] == second["pid"], "both runs should have used one recycled actor"
+    assert first["seen"] == [first_handle.id]
+    assert second["seen"] == [second_handle.id]
+
+
+@pytest.mark.parametrize("leaver", [leaves_a_task, leaves_a_thread], ids=["task", "thread"])
+def test_a_run_that_leaves_something_running_retires_its_actor(leaver: Any) -> None:
+    pid = run_output(leaver.trigger({}).result())
+    eventually(lambda: not psutil.pid_exists(pid), what=f"actor process {pid} to be stopped")
+    assert run_output(whoami.trigger({}).result())["pid"] != pid
+
+
+def test_a_run_that_crashed_mid_write_leaves_nothing_to_the_next_run() -> None:
+    crashed = crashes_mid_write.trigger({}).result()
+    run = rayflow.runs.wait(crashed.id).result()
+    assert run.status == "FAILED" and "broke mid-stream" in run.error["message"]
+    assert list(numbers.read(crashed.id, timeout_s=5)) == [0, 1, 2, 3, 4]
+    after = writes.trigger({"n": 42}).result()
+    out = run_output(after)
+    assert list(numbers.read(after.id, timeout_s=5)) == [42]
+    assert out["streams"] == ["pool-numbers"]
+
+
+def test_a_recycled_actor_killed_mid_run_resumes_the_run_from_its_journal(
+    tmp_path: Path,
+) -> None:
+    served = {run_output(whoami.trigger({}).result())["pid"] for _ in range(3)}
+    marks = str(tmp_path / "marks")
+    handle = killed_mid_run.trigger({"marks": marks}).result()
+    reader = iter(numbers.read(handle.id, timeout_s=60))
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    _, actor = ray.get(connection.current().controller.locate.remote(handle.id))
+    pid = ray.get(actor.pid.remote())
+    assert pid in served, "the run should be on an actor that already served runs"
+    os.kill(pid, signal.SIGKILL)
+
+    def resumed() -> bool:
+        _, a = ray.get(connection.current().controller.locate.remote(handle.id))
+        try:
+            return a is not None and ray.get(a.pid.remote()) != pid
+        except ray.exceptions.RayActorError:
+            return False  # the Controller has not noticed the kill yet
+
+    eventually(resumed, timeout_s=60, what="the run to resume on another actor")
+    go.send(handle.id, {}).result()
+    assert run_output(handle) != pid
+    assert list(reader) == [3, 4, 5]
+    assert list(numbers.read(handle.id, timeout_s=1)) == [0, 1, 2, 3, 4, 5]
+    assert Path(marks).read_text().split() == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_a_resource_shape_gets_its_own_warm_actor() -> None:
+    default_pid = run_output(whoami.trigger({}).result())["pid"]
+    first = run_output(whoami_half_cpu.trigger({}).result())
+    second = run_output(whoami_half_cpu.trigger({}).result())
+    assert first == second, "the second run of the shape should reuse its actor"
+    assert first != default_pid
+
+
+@pytest.fixture
+def separate_deployment(rf: Any, store_url_for: Any, tmp_path: Path) -> Iterator[Any]:
+    """Re-initialise rayflow on a fresh store with the test's own settings."""
+    backend = "postgres" if rf.store.startswith("postgres") else "sqlite"
+    made: list[str] = []
+
+    def start(**settings: Any) -> None:
+        rayflow.shutdown()
+        namespace = f"rf-test-pool-{backend}-{len(made)}-{os.getpid()}"
+        made.append(namespace)
+        rayflow.init(
+            store=store_url_for(backend), namespace=namespace, data_dir=tmp_path, **settings
+        )
+
+    yield start
+    rayflow.shutdown(stop_runs=True)
+    rayflow.init(store=rf.store, namespace=rf.namespace, data_dir=rf.data_dir, pool_size=2)
+
+
+def test_with_recycling_off_every_run_gets_a_fresh_process(separate_deployment: Any) -> None:
+    separate_deployment(pool_size=1, pool_recycle=False)
+    first = run_output(whoami.trigger({}).result())["pid"]
+    eventually(lambda: not psutil.pid_exists(first), what=f"actor process {first} to be stopped")
+    assert run_output(whoami.trigger({}).result())["pid"] != first
+
+
+def test_the_pool_grows_under_a_burst_and_shrinks_back_to_its_minimum(
+    separate_deployment: Any,
+) -> None:
+    separate_deployment(pool_size=1, pool_idle_s=2)
+    eventually(lambda: pool_stats()["idle"] == 1, what="the pool's one warm actor")
+    handles = sleeper.batch_trigger([{"s": 1.0}] * 8).result()
+    pids = {run_output(h) for h in handles}
+    assert len(pids) >= 2, "runs holding their actor for 1 s should have made the pool grow"
+    assert pool_stats()["started"] >= 2
+    eventually(
+        lambda: pool_stats()["idle"] == 1, timeout_s=30, what="idle actors to stop down to 1"
+    )
+    eventually(
+        lambda: sum(psutil.pid_exists(p) for p in pids) <= 1,
+        timeout_s=30,
+        what="the extra actor processes to exit",
+    )
