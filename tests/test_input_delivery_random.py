@@ -51,9 +51,9 @@ TAKE_STREAMS = {"a": in_a, "b": in_b}
 SENDERS = {"a": in_a, "b": in_b, "h": in_h}
 
 #: a lost message shows up as a timeout of the operation that wanted it
-ONCE_TIMEOUT_S = 10.0
-WAIT_TIMEOUT = "20s"
-HANDLER_TIMEOUT_S = 10.0
+ONCE_TIMEOUT_S = 30.0
+WAIT_TIMEOUT = "60s"
+HANDLER_TIMEOUT_S = 30.0
 END = -1  # progress value appended when the script is done
 
 SEEDS = [1401, 2718]
@@ -181,7 +181,7 @@ def drive(seed: int) -> list[str]:
         cursor[plan.run_id] += 1
         time.sleep(rng.uniform(0, 0.03))  # jitter of the schedule, not a wait for a condition
         if kind == "sync" and plan.run_id not in stuck:
-            if not poll(lambda p=plan, k=arg: reached(p.run_id, k), timeout_s=20):
+            if not poll(lambda p=plan, k=arg: reached(p.run_id, k), timeout_s=60):
                 stuck.add(plan.run_id)
                 problems.append(f"run {plan.run_id} never reached op {arg} {plan.ops[arg]}")
         elif kind == "send":
@@ -202,7 +202,7 @@ def drive(seed: int) -> list[str]:
                     pass
     for plan in plans:
         try:
-            run = rayflow.runs.wait(plan.run_id).result(timeout_s=90)
+            run = rayflow.runs.wait(plan.run_id).result(timeout_s=180)
         except TimeoutError:
             problems.append(f"run {plan.run_id} ({plan.ops}) did not finish")
             rayflow.runs.cancel(plan.run_id).result()
