@@ -1,52 +1,61 @@
-"""Input streams: how fast a send reaches a task, and what a suspended run
-costs (issue 3, item 7).
+"""Input streams: what a run costs from trigger to `.wait()` and back
+(issue 3 item 7, issue 14 item 5), side by side in one run with the floor
+of a bare Ray actor measured in the same run.
 
-In one run, on the embedded default (local Ray on 127.0.0.1 + SQLite):
+On the embedded default (local Ray on 127.0.0.1 + SQLite):
 
-1. send -> resumed after `.wait()` (the run was suspended: it had no actor),
-   p50 / p99, against the floor of creating a bare Ray actor and calling it
-   once, measured in the same run; each sample also notes how many warm
-   RunActors the pool held just before the send;
-2. send -> `.once()` returned (the run is live), p50 / p99, against one
-   call round trip to a live bare actor;
-3. how many runs can be suspended in `.wait()` at once within a time
-   budget: runs whose actor is live while they wait (the Controller's
-   `live_runs`) and RunActor processes alive in Ray (the warm pool), Store
-   bytes per suspended run, the time to get them all suspended and the
-   time to send to them all and see them finish;
-4. the time to revive a run whose journal has 1,000 entries (1,000 steps
-   before the wait), against one with an empty journal.
+0. floors: a cold bare actor, created and called once (p50/p99), one call
+   to a live bare actor, and Ray's actor create rate (K bare actors created
+   at once: actors/s);
+a. N runs triggered at once (`Task.batch_trigger` when it exists, else
+   concurrent `.trigger()`s) until all wait in `.wait()`: runs/s, seconds,
+   RunActor processes alive while they wait (right away and after the pool's
+   idle time), Store bytes per waiting run;
+b. a send to all N at once: runs/s until all completed, send -> resumed
+   p50/p99 under that burst; the same for a burst of 1,000 sends to 1,000
+   other waiting runs;
+c. one revival at a time: send -> resumed p50/p99;
+plus send -> `.once()` returned (live run) and the revival of a run with a
+1,000-entry journal.
 
-Latency is the task's `time.time_ns()` right after it resumed (returned as
-the run's output, or appended to an output stream) minus the driver's
-`time.time_ns()` just before `send` (one machine, one clock).
+Latency is the task's `time.time_ns()` right after it resumed (the run's
+output, or a chunk) minus the driver's `time.time_ns()` just before its
+send went out (one machine, one clock). Every phase has a budget and stops
+by itself, reporting how far it got. The load average is printed beside
+every figure: figures under load are indicative only.
 
-    .venv/bin/python benchmarks/input.py [--waits 30] [--onces 200]
-        [--suspend 2000] [--suspend-budget-s 150] [--wake-budget-s 90]
+    python benchmarks/input.py [--full] [--runs 2000] [--burst 1000] [--waits 30]
+
+It installs what it needs (scripts/venv.sh) and re-runs itself in .venv.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+# before anything imports Ray (DESIGN §8): a local Ray on 127.0.0.1 only
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _input_support as sup  # noqa: E402
+
+if __name__ == "__main__":
+    sup.ensure_environment(os.path.abspath(__file__))
+
 import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import sqlite3  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path
-from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
 
 import rayflow  # noqa: E402
 from rayflow import step, streams, task  # noqa: E402
-from rayflow._response import run_sync  # noqa: E402
 from rayflow._runtime import connection  # noqa: E402
 
 go = streams.input("bench-go", dict)
 ping = streams.input("bench-ping", dict)
 pongs = streams.define("bench-pong", int)
+BATCH = 500  # payloads per batch_trigger call
 
 
 @task(id="bench-input-wait")
@@ -77,238 +86,270 @@ class Bare:
         return time.time_ns()
 
 
-# -- helpers -------------------------------------------------------------------
-def pct(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (p99 of fewer than 100 samples is the maximum)."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+class Bench:
+    def __init__(self, args: argparse.Namespace, store: sup.StoreView) -> None:
+        self.args, self.store = args, store
+        self.rows: list[tuple[str, str, str]] = []  # (figure, value, against the floor)
+        self.all_ids: list[str] = []
 
+    def row(self, figure: str, value: str, ratio: str = "") -> None:
+        self.rows.append((figure, value, f"{ratio}   [{sup.load()}]"))
 
-def p50(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def line(label: str, xs: list[float]) -> None:
-    print(f"  {label:<44} p50 {p50(xs):8.1f} ms   p99 {pct(xs, 0.99):8.1f} ms   n={len(xs)}")
-
-
-def db_path() -> Path:
-    return Path(connection.current().store.url.removeprefix("sqlite:///"))
-
-
-def store_bytes() -> int:
-    """Bytes the Store's SQLite database uses (pages in use, WAL included)."""
-    with sqlite3.connect(f"file:{db_path()}?mode=ro", uri=True, timeout=30) as db:
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-    return int((pages - free) * size)
-
-
-def count_status(ids: list[str], status: str) -> int:
-    with sqlite3.connect(f"file:{db_path()}?mode=ro", uri=True, timeout=30) as db:
-        db.execute("CREATE TEMP TABLE ids (id TEXT PRIMARY KEY)")
-        db.executemany("INSERT INTO ids VALUES (?)", [(i,) for i in ids])
-        row = db.execute(
-            "SELECT count(*) FROM runs JOIN ids USING (id) WHERE status = ?", (status,)
-        ).fetchone()
-    return int(row[0])
-
-
-def waiting_among(ids: list[str]) -> list[str]:
-    with sqlite3.connect(f"file:{db_path()}?mode=ro", uri=True, timeout=30) as db:
-        db.execute("CREATE TEMP TABLE ids (id TEXT PRIMARY KEY)")
-        db.executemany("INSERT INTO ids VALUES (?)", [(i,) for i in ids])
-        rows = db.execute("SELECT id FROM runs JOIN ids USING (id) WHERE status = 'WAITING'")
-        return [r[0] for r in rows]
-
-
-def live_runs() -> int:
-    """Runs the Controller holds a RunActor for."""
-    return len(ray.get(connection.current().controller.live_runs.remote()))
-
-
-def run_actor_processes() -> int:
-    """RunActors ALIVE in Ray's GCS (started: live runs and the warm pool;
-    actors still being created are PENDING_CREATION and not counted)."""
-    from ray._private import state
-
-    alive = state.actors(actor_state_name="ALIVE").values()
-    return sum(1 for a in alive if a["Name"].startswith("rayflow-run-"))
-
-
-def wait_until(pred: Any, timeout_s: float, every_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every_s)
-    return pred()
-
-
-def trigger_many(payloads: list[dict]) -> list[str]:
-    async def go_all() -> list[str]:
-        handles = await asyncio.gather(*[wait_task.trigger(p) for p in payloads])
-        return [h.id for h in handles]
-
-    return run_sync(go_all())
-
-
-def send_many(ids: list[str]) -> None:
-    async def go_all() -> None:
-        for start in range(0, len(ids), 100):
-            await asyncio.gather(*[go.send(i, {}) for i in ids[start : start + 100]])
-
-    run_sync(go_all())
-
-
-def suspend(payloads: list[dict], timeout_s: float) -> list[str]:
-    ids = trigger_many(payloads)
-    if not wait_until(lambda: count_status(ids, "WAITING") == len(ids), timeout_s):
-        raise SystemExit(f"only {count_status(ids, 'WAITING')} of {len(ids)} runs suspended")
-    return ids
-
-
-def revive_one(run_id: str) -> float:
-    """Send to a suspended run; ms until the run's clock after `.wait()`."""
-    t0 = time.time_ns()
-    go.send(run_id, {}).result()
-    t1 = rayflow.runs.wait(run_id).result().output
-    return (t1 - t0) / 1e6
-
-
-def pool_warm() -> int:
-    """Warm RunActors ready (no run is live here, so every RunActor is one)."""
-    return run_actor_processes() - live_runs()
-
-
-# -- the four measurements ---------------------------------------------------------
-def floors(n_cold: int, n_calls: int) -> tuple[list[float], list[float]]:
-    cold = []
-    for _ in range(n_cold):
+    # -- 0. floors -------------------------------------------------------------------
+    def floors(self) -> None:
+        a = self.args
+        deadline = time.monotonic() + a.floor_budget_s
+        print("0. floors (bare Ray actors)")
+        self.cold: list[float] = []
+        while len(self.cold) < a.cold and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            actor = Bare.remote()
+            ray.get(actor.ping.remote())
+            self.cold.append((time.perf_counter() - t0) * 1000)
+            ray.kill(actor)
+            time.sleep(0.3)  # let the process go before the next one
+        sup.line("create an actor + call it once", self.cold)
+        actor = Bare.remote()
+        ray.get(actor.ping.remote())
+        self.calls = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            ray.get(actor.ping.remote())
+            self.calls.append((time.perf_counter() - t0) * 1000)
+        ray.kill(actor)
+        sup.line("call a live actor (round trip)", self.calls)
         t0 = time.perf_counter()
-        a = Bare.remote()
-        ray.get(a.ping.remote())
-        cold.append((time.perf_counter() - t0) * 1000)
-        ray.kill(a)
-        time.sleep(0.3)
-    a = Bare.remote()
-    ray.get(a.ping.remote())
-    calls = []
-    for _ in range(n_calls):
+        actors = [Bare.remote() for _ in range(a.create)]
+        refs = [x.ping.remote() for x in actors]
+        left = max(1.0, deadline - time.monotonic())
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=left)
+        secs = time.perf_counter() - t0
+        self.create_rate = len(ready) / secs
+        for x in actors:
+            ray.kill(x)
+        sup.say(
+            f"create {a.create} actors at once",
+            f"{len(ready)} ready in {secs:.1f} s = {self.create_rate:.1f} actors/s",
+        )
+        self.row("floor: cold actor create + call p50/p99", self._ms(self.cold))
+        self.row("floor: actor create rate", f"{self.create_rate:.1f} actors/s")
+
+    # -- building blocks -------------------------------------------------------------
+    def trigger(self, payloads: list[dict], budget_s: float) -> list[str]:
+        if hasattr(wait_task, "batch_trigger"):
+            chunks = [payloads[i : i + BATCH] for i in range(0, len(payloads), BATCH)]
+            fired = sup.fire(
+                lambda i: wait_task.batch_trigger(chunks[i]), range(len(chunks)), budget_s
+            )
+            ids = [h.id for i in sorted(fired.results) for h in fired.results[i]]
+        else:
+            fired = sup.fire(
+                lambda i: wait_task.trigger(payloads[i]), range(len(payloads)), budget_s
+            )
+            ids = [fired.results[i].id for i in sorted(fired.results)]
+        fired.report_errors("triggers")
+        self.all_ids.extend(ids)
+        return ids
+
+    def suspend(
+        self, n: int, budget_s: float, payload: dict | None = None
+    ) -> tuple[list[str], float]:
+        """Trigger n runs at once; (ids, seconds until all waited or the budget ran out)."""
         t0 = time.perf_counter()
-        ray.get(a.ping.remote())
-        calls.append((time.perf_counter() - t0) * 1000)
-    ray.kill(a)
-    return cold, calls
-
-
-def wait_latency(n: int, gap_s: float) -> tuple[list[float], list[int]]:
-    """Suspend n runs, then wake them one at a time, gap_s apart."""
-    ids = suspend([{} for _ in range(n)], timeout_s=60 + 3 * n)
-    lat, warm = [], []
-    for run_id in ids:
-        wait_until(lambda: pool_warm() >= 1, gap_s, every_s=0.2)
-        time.sleep(0.2)
-        warm.append(pool_warm())
-        lat.append(revive_one(run_id))
-    return lat, warm
-
-
-def once_latency(n: int, gap_s: float = 0.02) -> list[float]:
-    handle = once_task.trigger({"n": n + 1}).result()
-    reader = iter(pongs.read(handle.id, start_index=0, timeout_s=120))
-    out = []
-    for _ in range(n + 1):
-        t0 = time.time_ns()
-        ping.send(handle.id, {}).result()
-        out.append((next(reader) - t0) / 1e6)
-        time.sleep(gap_s)
-    rayflow.runs.wait(handle.id).result()
-    return out[1:]  # the first also waited for the run to start
-
-
-def long_journal(steps: int, n: int) -> tuple[list[float], list[float], float]:
-    """Revive n runs with `steps` journal entries and n with none, alternating,
-    each into a warm pool."""
-    t0 = time.perf_counter()
-    deep = suspend([{"steps": steps} for _ in range(n)], timeout_s=120 + steps * 0.1)
-    build_s = time.perf_counter() - t0
-    shallow = suspend([{} for _ in range(n)], timeout_s=60 + 3 * n)
-    d, s = [], []
-    for a, b in zip(deep, shallow, strict=True):
-        for run_id, out in ((a, d), (b, s)):
-            wait_until(lambda: pool_warm() >= 1, 15, every_s=0.2)
-            time.sleep(0.2)
-            out.append(revive_one(run_id))
-    return d, s, build_s
-
-
-def many_suspended(target: int, budget_s: float, wake_budget_s: float, wave: int) -> None:
-    before = store_bytes()
-    ids: list[str] = []
-    t0 = time.perf_counter()
-    # waves of `wave` runs (the Controller's max_live_runs): each wave is
-    # triggered once the previous one is suspended, until target or budget
-    while len(ids) < target and time.perf_counter() - t0 < budget_s:
-        batch = trigger_many([{} for _ in range(min(wave, target - len(ids)))])
+        ids = self.trigger([dict(payload or {}) for _ in range(n)], budget_s)
         left = budget_s - (time.perf_counter() - t0)
-        wait_until(lambda b=batch: count_status(b, "WAITING") == len(b), max(left, 0), 0.5)
-        ids.extend(batch)
-    suspend_s = time.perf_counter() - t0
-    waiting = count_status(ids, "WAITING")
-    if waiting < len(ids):
-        # the budget ran out mid-wave: let the last wave settle (bounded)
-        wait_until(lambda: count_status(ids, "WAITING") == len(ids), 30, 0.5)
-        suspend_s = time.perf_counter() - t0
-        waiting = count_status(ids, "WAITING")
-    time.sleep(1.0)
-    live, procs = live_runs(), run_actor_processes()
-    per_run = (store_bytes() - before) / max(1, waiting)
-    print(
-        f"  runs suspended in .wait() at once            {waiting:,} of {len(ids):,} triggered"
-        f" (target {target:,}; budget {budget_s:.0f} s)"
-    )
-    print(
-        f"  time to trigger and suspend them all         {suspend_s:.1f} s"
-        f" ({waiting / suspend_s:.1f} runs/s)"
-    )
-    print(f"  runs holding a live RunActor while waiting   {live} (goal 0)")
-    print(f"  RunActor processes alive in Ray              {procs} (the warm pool)")
-    print(f"  Store bytes per suspended run                {per_run:,.0f} B (goal <= 2,048)")
-    waiting_ids = waiting_among(ids)
-    t1 = time.perf_counter()
-    send_many(waiting_ids)
-    sent_s = time.perf_counter() - t1
-    wait_until(
-        lambda: count_status(waiting_ids, "COMPLETED") == len(waiting_ids), wake_budget_s, 0.5
-    )
-    done = count_status(waiting_ids, "COMPLETED")
-    woke_s = time.perf_counter() - t1
-    print(
-        f"  send to all of them (acknowledged)           {sent_s:.1f} s"
-        f" ({len(waiting_ids) / sent_s:,.0f} sends/s)"
-    )
-    print(
-        f"  ... and all revived and finished             {done:,} of {len(waiting_ids):,}"
-        f" in {woke_s:.1f} s ({done / woke_s:.1f} runs/s)"
-    )
-    for run_id in ids:  # whatever did not finish in the budget
-        rayflow.runs.cancel(run_id).result()
+        sup.wait_until(lambda: self.store.count(ids, "WAITING") == len(ids), max(0.0, left), 0.2)
+        return ids, time.perf_counter() - t0
+
+    def burst(self, label: str, ids: list[str], budget_s: float) -> None:
+        """Send to all `ids` at once; runs/s until all completed, send -> resumed."""
+        t0 = time.perf_counter()
+        fired = sup.fire(lambda run_id: go.send(run_id, {}), ids, budget_s)
+        fired.report_errors("sends")
+        acked = list(fired.results)
+        left = budget_s - (time.perf_counter() - t0)
+        sup.wait_until(
+            lambda: self.store.count(acked, "COMPLETED") == len(acked), max(0.0, left), 0.2
+        )
+        secs = time.perf_counter() - t0
+        outputs = self.store.outputs(acked)
+        lat = [(outputs[i] - fired.started[i]) / 1e6 for i in outputs]
+        rate = len(outputs) / secs
+        sup.say(
+            "sends acknowledged",
+            f"{len(acked):,} of {len(ids):,} in {fired.seconds:.1f} s",
+        )
+        sup.say(
+            "revived and completed",
+            f"{len(outputs):,} in {secs:.1f} s = {rate:.1f} runs/s"
+            f" ({rate / self.create_rate:.1f}x the actor create rate)",
+        )
+        sup.line("send -> resumed", lat)
+        ratio = self._ratio(lat)
+        print(f"  {'':<46} {ratio}")
+        self.row(
+            f"{label}: runs/s until all completed",
+            f"{len(outputs):,} in {secs:.1f} s = {rate:.1f}/s",
+            f"{rate / self.create_rate:.1f}x create rate",
+        )
+        self.row(f"{label}: send -> resumed p50/p99", self._ms(lat), ratio)
+
+    def _ms(self, xs: list[float]) -> str:
+        return f"{sup.p50(xs):.1f} / {sup.pct(xs, 0.99):.1f} ms (n={len(xs)})"
+
+    def _ratio(self, xs: list[float]) -> str:
+        return (
+            f"x cold actor: p50 {sup.p50(xs) / sup.p50(self.cold):.2f}"
+            f"  p99 {sup.pct(xs, 0.99) / sup.pct(self.cold, 0.99):.2f}"
+        )
+
+    def warm_actors(self) -> int:
+        live = len(ray.get(connection.current().controller.live_runs.remote()))
+        return sup.run_actor_processes() - live
+
+    # -- c. one revival at a time ----------------------------------------------------
+    def one_at_a_time(self) -> None:
+        a = self.args
+        print(f"c. send -> resumed after .wait(), one at a time ({a.waits} runs)")
+        ids, _ = self.suspend(a.waits, a.phase_budget_s)
+        waiting = self.store.with_status(ids, "WAITING")
+        deadline = time.monotonic() + a.phase_budget_s
+        lat, hot = [], []
+        for run_id in waiting:
+            if time.monotonic() > deadline:
+                print(f"  (budget spent after {len(lat)} of {len(waiting)})")
+                break
+            sup.wait_until(lambda: self.warm_actors() >= 1, a.gap_s, 0.1)
+            warm = self.warm_actors()
+            t0 = time.time_ns()
+            go.send(run_id, {}).result(timeout_s=60)
+            resumed = rayflow.runs.wait(run_id).result(timeout_s=120).output
+            lat.append((resumed - t0) / 1e6)
+            hot.append(warm > 0)
+        sup.line("all", lat)
+        sup.line("a warm RunActor at the send", [x for x, h in zip(lat, hot, strict=True) if h])
+        print(f"  {'':<46} {self._ratio(lat)} (goal p50 <= 0.25)")
+        self.row("c. one at a time: send -> resumed p50/p99", self._ms(lat), self._ratio(lat))
+
+    # -- send -> once (live run) -----------------------------------------------------
+    def once_latency(self) -> None:
+        n = self.args.onces
+        print(f"send -> .once() returned (run live, {n} sends)")
+        handle = once_task.trigger({"n": n + 1}).result(timeout_s=60)
+        self.all_ids.append(handle.id)
+        reader = iter(pongs.read(handle.id, start_index=0, timeout_s=120))
+        out = []
+        deadline = time.monotonic() + self.args.phase_budget_s
+        for _ in range(n + 1):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.time_ns()
+            ping.send(handle.id, {}).result(timeout_s=60)
+            out.append((next(reader) - t0) / 1e6)
+            time.sleep(0.02)
+        out = out[1:]  # the first also waited for the run to start
+        sup.line("all", out)
+        ratio = f"x live actor call: p50 {sup.p50(out) / sup.p50(self.calls):.1f}"
+        print(f"  {'':<46} {ratio}")
+        self.row("send -> .once() p50/p99", self._ms(out), ratio)
+
+    # -- a revival that replays a long journal ---------------------------------------
+    def long_journal(self) -> None:
+        a = self.args
+        print(f"revive a run with a {a.journal:,}-entry journal ({a.journal_runs} runs)")
+        deep, build_s = self.suspend(a.journal_runs, a.phase_budget_s, {"steps": a.journal})
+        shallow, _ = self.suspend(a.journal_runs, a.phase_budget_s)
+        d, s = [], []
+        for pair in zip(deep, shallow, strict=True):
+            for run_id, out in zip(pair, (d, s), strict=True):
+                sup.wait_until(lambda: self.warm_actors() >= 1, a.gap_s, 0.1)
+                t0 = time.time_ns()
+                go.send(run_id, {}).result(timeout_s=60)
+                out.append((rayflow.runs.wait(run_id).result(timeout_s=120).output - t0) / 1e6)
+        sup.line(f"send -> resumed, {a.journal:,} entries", d)
+        sup.line("send -> resumed, empty journal", s)
+        extra = sup.p50(d) - sup.p50(s)
+        sup.say(
+            "replay cost",
+            f"{extra:+.1f} ms ({extra * 1000 / a.journal:+.1f} us/entry);"
+            f" journals written in {build_s:.1f} s",
+        )
+        self.row(
+            f"revival, {a.journal:,}-entry journal: p50",
+            f"{sup.p50(d):.1f} ms",
+            f"{extra:+.1f} ms vs empty",
+        )
+
+    # -- a. and b. -------------------------------------------------------------------
+    def many(self, label: str, n: int, settle: bool) -> None:
+        a = self.args
+        print(f"{label}. {n:,} runs triggered at once until all wait in .wait()")
+        before = self.store.bytes_used()
+        ids, secs = self.suspend(n, a.phase_budget_s)
+        waiting = self.store.with_status(ids, "WAITING")
+        rate = len(waiting) / secs
+        sup.say(
+            "runs waiting",
+            f"{len(waiting):,} of {len(ids):,} triggered (of {n:,}) in {secs:.1f} s"
+            f" = {rate:.1f} runs/s ({rate / self.create_rate:.1f}x the actor create rate)",
+        )
+        self.row(
+            f"{label}. {n:,} runs: trigger -> all waiting",
+            f"{len(waiting):,} in {secs:.1f} s = {rate:.1f}/s",
+            f"{rate / self.create_rate:.1f}x create rate",
+        )
+        procs = sup.run_actor_processes()
+        sup.say("RunActor processes alive while they wait", f"{procs} right away {self._pool()}")
+        if settle:
+            time.sleep(a.settle_s)  # the pool's idle time: it should shrink to its minimum
+            procs_later = sup.run_actor_processes()
+            sup.say(f"... {a.settle_s:.0f} s later", f"{procs_later} {self._pool()}")
+            self.row(
+                f"{label}. {n:,} runs: RunActor processes while waiting",
+                f"{procs} at once, {procs_later} after {a.settle_s:.0f} s",
+            )
+            per_run = (self.store.bytes_used() - before) / max(1, len(waiting))
+            sup.say("Store bytes per waiting run", f"{per_run:,.0f} B (goal <= 2,048)")
+            self.row(f"{label}. {n:,} runs: Store bytes per waiting run", f"{per_run:,.0f} B")
+        print(f"b. a send to all {len(waiting):,} at once")
+        self.burst(f"b. send to {len(waiting):,} at once", waiting, a.phase_budget_s)
+
+    def _pool(self) -> str:
+        controller = connection.current().controller
+        try:
+            return f"(pool {ray.get(controller.pool_stats.remote(), timeout=10)})"
+        except AttributeError:  # no pool_stats before issue 14
+            return ""
+
+    def cancel_leftovers(self) -> None:
+        left = self.store.unfinished(self.all_ids)
+        if left:
+            print(f"canceling {len(left):,} runs that did not finish")
+            sup.fire(lambda run_id: rayflow.runs.cancel(run_id), left, 120).report_errors("cancels")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cold", type=int, default=10, help="bare actors created")
-    parser.add_argument("--waits", type=int, default=20, help="runs revived one by one")
-    parser.add_argument("--gap-s", type=float, default=15.0, help="max wait for a warm pool")
-    parser.add_argument("--onces", type=int, default=200)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="N = 10,000 runs in a. and b.")
+    parser.add_argument("--runs", type=int, default=2000, help="N runs in a. and b.")
+    parser.add_argument("--burst", type=int, default=1000, help="runs in the burst of b.")
+    parser.add_argument("--waits", type=int, default=30, help="runs revived one at a time")
+    parser.add_argument("--cold", type=int, default=10, help="bare actors created one by one")
+    parser.add_argument("--create", type=int, default=20, help="bare actors created at once")
+    parser.add_argument("--onces", type=int, default=100)
     parser.add_argument("--journal", type=int, default=1000, help="entries before the wait")
     parser.add_argument("--journal-runs", type=int, default=2)
-    parser.add_argument("--suspend", type=int, default=2000, help="target of suspended runs")
-    parser.add_argument("--suspend-budget-s", type=float, default=150.0)
-    parser.add_argument("--wake-budget-s", type=float, default=90.0)
+    parser.add_argument("--gap-s", type=float, default=5.0, help="max wait for a warm actor in c.")
+    parser.add_argument(
+        "--settle-s", type=float, default=None, help="default: pool idle time + 5 s"
+    )
+    parser.add_argument("--floor-budget-s", type=float, default=90.0)
+    parser.add_argument("--phase-budget-s", type=float, default=300.0, help="per phase")
     args = parser.parse_args()
+    if args.full:
+        args.runs = 10_000
     t_start = time.perf_counter()
     data_dir = tempfile.mkdtemp(prefix="rf-bench-input-")
     try:
@@ -317,56 +358,42 @@ def main() -> None:
         print(f"rayflow.init failed ({e}); retrying once")
         ray.shutdown()
         settings = rayflow.init(data_dir=data_dir)
+    exposed = sup.non_loopback_listeners()
+    if exposed:
+        rayflow.shutdown(stop_runs=True)
+        raise SystemExit(f"Ray listens outside 127.0.0.1: {exposed}")
+    idle_s = getattr(settings, "pool_idle_s", 0.0)
+    args.settle_s = args.settle_s if args.settle_s is not None else idle_s + 5.0
+    pool = {
+        k: v
+        for k, v in settings.model_dump().items()
+        if k.startswith("pool") or k in ("max_live_runs", "max_runs_per_actor")
+    }
+    batch = "yes" if hasattr(wait_task, "batch_trigger") else "no (a gather of trigger)"
     print(
-        f"embedded default: local Ray on 127.0.0.1, {settings.store}"
-        f" (synchronous={settings.sqlite_synchronous}), pool_size={settings.pool_size},"
-        f" max_live_runs={settings.max_live_runs}, {os.cpu_count()} cores,"
-        f" load {os.getloadavg()[0]:.1f}"
+        f"embedded default: local Ray on 127.0.0.1 (listening on loopback only), {settings.store}"
+        f" (synchronous={settings.sqlite_synchronous}), {pool}, {os.cpu_count()} cores,"
+        f" batch_trigger: {batch},"
+        f" {sup.load()}"
     )
-
-    cold, calls = floors(args.cold, args.onces)
-    print("floors (bare Ray actors)")
-    line("create an actor + call it once", cold)
-    line("call a live actor (round trip)", calls)
-
-    print("1. send -> resumed after .wait() (run suspended, no actor)")
-    lat, warm = wait_latency(args.waits, args.gap_s)
-    line("all", lat)
-    hot = [x for x, w in zip(lat, warm, strict=True) if w > 0]
-    empty = [x for x, w in zip(lat, warm, strict=True) if w == 0]
-    if hot:
-        line("warm RunActor in the pool at the send", hot)
-    if empty:
-        line("pool empty at the send", empty)
-    print(
-        f"  ratio to create+call a bare actor           p50 {p50(lat) / p50(cold):.2f}"
-        " (goal <= 0.25)"
-        f"   p99 {pct(lat, 0.99) / pct(cold, 0.99):.2f} (goal <= 1)"
-    )
-
-    print("2. send -> .once() returned (run live)")
-    onces = once_latency(args.onces)
-    line("all", onces)
-    print(
-        f"  ratio to a bare actor call                  p50 {p50(onces) / p50(calls):.1f}"
-        f"   p99 {pct(onces, 0.99) / pct(calls, 0.99):.1f}"
-    )
-
-    print(f"4. revive a run with a {args.journal:,}-entry journal")
-    deep, shallow, build_s = long_journal(args.journal, args.journal_runs)
-    line(f"send -> resumed, {args.journal:,} entries", deep)
-    line("send -> resumed, empty journal", shallow)
-    print(
-        f"  replay cost                                  {p50(deep) - p50(shallow):+.1f} ms"
-        f" ({(p50(deep) - p50(shallow)) * 1000 / args.journal:+.1f} us/entry);"
-        f" writing the {args.journal_runs} journals took {build_s:.1f} s"
-    )
-
-    print("3. many runs suspended in .wait() at once")
-    many_suspended(args.suspend, args.suspend_budget_s, args.wake_budget_s, settings.max_live_runs)
-
-    print(f"whole benchmark: {time.perf_counter() - t_start:.0f} s")
-    rayflow.shutdown(stop_runs=True)
+    bench = Bench(args, sup.StoreView(settings.store_url()))
+    try:
+        bench.floors()
+        bench.one_at_a_time()
+        if args.onces:
+            bench.once_latency()
+        if args.journal_runs:
+            bench.long_journal()
+        if args.burst:
+            bench.many("b", args.burst, settle=False)
+            bench.cancel_leftovers()
+        bench.many("a", args.runs, settle=True)
+    finally:
+        bench.cancel_leftovers()
+        print(f"\nside by side (whole benchmark {time.perf_counter() - t_start:.0f} s)")
+        for figure, value, ratio in bench.rows:
+            print(f"  {figure:<48} {value:<34} {ratio}")
+        rayflow.shutdown(stop_runs=True)
 
 
 if __name__ == "__main__":
