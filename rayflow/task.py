@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import inspect
 import json
+import logging
 import os
 import sys
+import threading
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar, overload
@@ -26,6 +31,8 @@ from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger("rayflow")
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ class Task(Generic[T, R]):
         self.payload_type = _payload_type(fn)
         self._adapter: TypeAdapter[Any] | None = None
         self._adapter_built = False
+        _define(self)
 
     # pickled into the Store; the adapter is rebuilt where it is used
     def __getstate__(self) -> dict[str, Any]:
@@ -185,6 +193,22 @@ class Task(Generic[T, R]):
             "queue": self.queue,
             "resources": self.resources or None,
         }
+
+    @property
+    def source(self) -> str:
+        """Where the function is defined: `module:qualname`."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the function's code: two registrations with different
+        fingerprints come from different code versions."""
+        try:
+            text = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            code = self.fn.__code__
+            text = repr((code.co_code, code.co_consts, code.co_names))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     async def invoke(self, payload: Any) -> R:
         """Run the function on a payload (inside the RunActor)."""
@@ -270,7 +294,7 @@ class Task(Generic[T, R]):
     async def _register(self) -> None:
         conn = connection.current()
         key = (conn.store.url, self.id)
-        if key in _registered:
+        if _registered.get(key) is self:
             return
         if _unresolved(self.payload_type):
             self.payload_type = _payload_type(self.fn)
@@ -278,15 +302,99 @@ class Task(Generic[T, R]):
         if module is not None and _pickle_by_value(module):
             cloudpickle.register_pickle_by_value(module)
         blob = cloudpickle.dumps(self)
-        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(self.defaults())))
-        _registered.add(key)
+        defaults = {**self.defaults(), "source": self.source, "fingerprint": self.fingerprint}
+        import asyncio
+
+        earlier = await asyncio.to_thread(conn.store.get_task_defaults, self.id)
+        _report_redefinition(self, earlier)
+        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(defaults)))
+        _registered[key] = self
 
     async def __call__(self, payload: T) -> R:
         """Call the function directly, in this process (no run is created)."""
         return await self.fn(payload)
 
 
-_registered: set[tuple[str, str]] = set()
+_registered: dict[tuple[str, str], Task[Any, Any]] = {}
+#: every task defined in this process, by id (the latest definition wins)
+_defined: dict[str, Task[Any, Any]] = {}
+#: set by `rayflow.init()`: this process defines tasks for the deployment, so
+#: tasks it defines are registered (RunActors and Serve replicas never set it)
+_auto_register = False
+
+
+def _define(t: Task[Any, Any]) -> None:
+    """Remember a new task; once `rayflow.init()` ran, register it too."""
+    other = _defined.get(t.id)
+    if other is not None and other.fn is not t.fn and other.fingerprint != t.fingerprint:
+        warnings.warn(
+            f"task id {t.id!r} is defined twice in this process, by {other.source} and"
+            f" {t.source}; the later definition ({t.source}) is the one registered",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    _defined[t.id] = t
+    if _auto_register:
+        _register_when_imported(t)
+
+
+def _report_redefinition(t: Task[Any, Any], earlier_defaults: str | None) -> None:
+    if earlier_defaults is None:
+        return
+    earlier = json.loads(earlier_defaults)
+    before = earlier.get("fingerprint")
+    if before is None or before == t.fingerprint:
+        return
+    message = (
+        f"task {t.id!r} was registered from other code ({earlier.get('source', '?')},"
+        f" version {before}); this registration from {t.source} (version"
+        f" {t.fingerprint}) replaces it: runs started from now on execute this code."
+        " If two services define the task differently, give one of them another id."
+    )
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _register_when_imported(t: Task[Any, Any]) -> None:
+    """Register `t` once the module defining it has finished importing.
+
+    A task pickled by value takes the module globals that exist when it is
+    pickled; registering in the middle of the import would lose what the
+    module defines below the task. Importing the module from another thread
+    blocks until the importing thread has finished it.
+    """
+    name = t.fn.__module__
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    if module is None or name == "__main__" or not getattr(spec, "_initializing", False):
+        _register_now(t)
+        return
+
+    def after_import() -> None:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the import failed: the task does not exist
+            log.warning("task %r not registered: importing %s failed: %s", t.id, name, e)
+            return
+        _register_now(t)
+
+    threading.Thread(target=after_import, name=f"rayflow-register-{t.id}", daemon=True).start()
+
+
+def _register_now(t: Task[Any, Any]) -> None:
+    try:
+        t.register().result(timeout_s=60)
+    except Exception:
+        log.exception("registering task %r failed", t.id)
+
+
+def register_defined_tasks() -> None:
+    """Register every task defined so far in this process, and every task
+    defined from now on (called by `rayflow.init()`)."""
+    global _auto_register
+    _auto_register = True
+    for t in list(_defined.values()):
+        _register_now(t)
 
 
 def _pickle_by_value(module: Any) -> bool:
