@@ -212,7 +212,13 @@ class Task(Generic[T, R]):
 
     async def invoke(self, payload: Any) -> R:
         """Run the function on a payload (inside the RunActor)."""
-        return await self.fn(_validate(self.adapter, payload, f"payload of task {self.id!r}"))
+        from rayflow.metadata import flush_run
+
+        try:
+            return await self.fn(_validate(self.adapter, payload, f"payload of task {self.id!r}"))
+        finally:
+            # the run's last metadata is durable before its status changes
+            await flush_run()
 
     def trigger(
         self,
@@ -221,6 +227,7 @@ class Task(Generic[T, R]):
         idempotency_key: str | None = None,
         tags: list[str] | None = None,
         max_duration: float | str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Response[RunHandle]:
         """Start a run of this task; resolves to its `RunHandle`.
 
@@ -230,9 +237,7 @@ class Task(Generic[T, R]):
         response is awaited or `.result()` is called.
         """
         value = _validate(self.adapter, payload, f"payload of task {self.id!r}")
-        options: dict[str, Any] = {}
-        if max_duration is not None:
-            options["max_duration_s"] = parse_duration(max_duration)
+        options = _options(max_duration, metadata)
 
         async def go() -> RunHandle:
             await self._register()
@@ -495,6 +500,17 @@ def batch_trigger(
     return Response(lambda: _trigger_batch(task_id, list(payloads), options, keys, tags))
 
 
+def _options(max_duration: float | str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if max_duration is not None:
+        options["max_duration_s"] = parse_duration(max_duration)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ValidationError("metadata must be a JSON object (a dict)")
+        options["metadata"] = to_jsonable_python(metadata)
+    return options
+
+
 def _handle(secret: str, run_id: str, task_id: str, cached: bool) -> RunHandle:
     ttl = connection.current().settings.token_ttl_s
     token = _tokens.mint_token(secret, _tokens.run_scopes(run_id), ttl)
@@ -602,14 +618,14 @@ def trigger(
     idempotency_key: str | None = None,
     tags: list[str] | None = None,
     max_duration: float | str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Response[RunHandle]:
     """Trigger a registered task by its id (for code that does not import it).
 
+    `metadata` is the run's initial metadata (see `rayflow.metadata`).
     Raises `TaskNotFound` if no process has registered the task yet.
     """
-    options: dict[str, Any] = {}
-    if max_duration is not None:
-        options["max_duration_s"] = parse_duration(max_duration)
+    options = _options(max_duration, metadata)
     return Response(lambda: _trigger(task_id, payload, options, idempotency_key, tags))
 
 

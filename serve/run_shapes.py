@@ -32,6 +32,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from rayflow._runtime.connection import current
+from rayflow.runs import run_metadata
 from rayflow.store.base import RunRecord
 from serve.run_feed import feed
 
@@ -93,6 +94,7 @@ def run_row(run: RunRecord, stream_keys: list[str]) -> dict[str, Any]:
     """A run as `SubscribeRunRawShape` expects it."""
     started, finished = run.started_at, run.finished_at
     tags = json.loads(run.tags) or []
+    metadata = run_metadata(run)
     return {
         "id": run.id,
         "friendlyId": run.id,
@@ -116,8 +118,8 @@ def run_row(run: RunRecord, stream_keys: list[str]) -> dict[str, Any]:
         "payloadType": "application/json",
         "output": run.output,
         "outputType": "application/json" if run.output is not None else None,
-        "metadata": run.metadata,
-        "metadataType": "application/json" if run.metadata is not None else None,
+        "metadata": json.dumps(metadata) if metadata is not None else None,
+        "metadataType": "application/json" if metadata is not None else None,
         "runTags": tags if isinstance(tags, list) else [str(tags)],
         "error": _error(run.error),
         "realtimeStreams": stream_keys,
