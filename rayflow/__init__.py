@@ -31,7 +31,7 @@ if not (_os.environ.get("RAY_ADDRESS") or _os.environ.get("RAYFLOW_ADDRESS")):
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from rayflow import auth, errors, runs, streams  # noqa: E402
+from rayflow import auth, errors, metadata, runs, streams  # noqa: E402
 from rayflow._config import Settings  # noqa: E402
 from rayflow._response import Response  # noqa: E402
 from rayflow.durable import now, random, step  # noqa: E402
@@ -138,6 +138,7 @@ __all__ = [
     "context",
     "errors",
     "init",
+    "metadata",
     "now",
     "random",
     "runs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -10,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -156,6 +158,7 @@ class Task(Generic[T, R]):
         max_duration: float | str | None = None,
         queue: str | None = None,
         resources: dict[str, Any] | None = None,
+        inputs: list[Any] | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@task needs an `async def` function, got {fn!r}")
@@ -166,6 +169,11 @@ class Task(Generic[T, R]):
         self.payload_type = _payload_type(fn)
         self._adapter: TypeAdapter[Any] | None = None
         self._adapter_built = False
+        self._declared_inputs = list(inputs or [])
+        #: input streams the task receives on, by id (filled at registration)
+        self.inputs: dict[str, Any] = {}
+        #: output streams it writes, by id (filled at registration)
+        self.outputs: dict[str, Any] = {}
         _define(self)
 
     # pickled into the Store; the adapter is rebuilt where it is used
@@ -306,8 +314,15 @@ class Task(Generic[T, R]):
         module = sys.modules.get(self.fn.__module__)
         if module is not None and _pickle_by_value(module):
             cloudpickle.register_pickle_by_value(module)
+        self.inputs, self.outputs = _streams_of(self.fn, self._declared_inputs)
         blob = cloudpickle.dumps(self)
-        defaults = {**self.defaults(), "source": self.source, "fingerprint": self.fingerprint}
+        defaults = {
+            **self.defaults(),
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "inputs": {i: _schema(s.type) for i, s in self.inputs.items()},
+            "outputs": {o: _schema(s.type) for o, s in self.outputs.items()},
+        }
         import asyncio
 
         earlier = await asyncio.to_thread(conn.store.get_task_defaults, self.id)
@@ -318,6 +333,44 @@ class Task(Generic[T, R]):
     async def __call__(self, payload: T) -> R:
         """Call the function directly, in this process (no run is created)."""
         return await self.fn(payload)
+
+
+def _streams_of(
+    fn: Callable[..., Any], declared: list[Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input and output streams a task uses: those declared with
+    `@task(inputs=[...])`, and every stream handle its code names (module
+    globals and closure variables, nested functions included). Found at
+    registration, when the module has defined everything it names."""
+    from rayflow.inputs import InputStream
+    from rayflow.streams import OutputStream
+
+    values: list[Any] = list(declared)
+
+    def walk(code: types.CodeType) -> None:
+        for name in code.co_names:
+            if name in fn.__globals__:
+                values.append(fn.__globals__[name])
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                walk(const)
+
+    walk(fn.__code__)
+    for cell in fn.__closure__ or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            values.append(cell.cell_contents)
+    inputs = {v.id: v for v in values if isinstance(v, InputStream)}
+    outputs = {v.id: v for v in values if isinstance(v, OutputStream)}
+    return inputs, outputs
+
+
+def _schema(type_: Any) -> dict[str, Any]:
+    """The JSON Schema of a stream's type ({} when it has none)."""
+    try:
+        schema: dict[str, Any] = TypeAdapter(type_).json_schema()
+    except Exception:  # a type pydantic cannot describe: accept anything
+        return {}
+    return schema
 
 
 _registered: dict[tuple[str, str], Task[Any, Any]] = {}
@@ -568,6 +621,7 @@ def task(
     num_gpus: float | None = None,
     memory: int | None = None,
     resources: dict[str, float] | None = None,
+    inputs: list[Any] | None = None,
 ) -> Callable[[Callable[[T], Awaitable[R]]], Task[T, R]]: ...
 def task(
     fn: Any = None,
@@ -581,6 +635,7 @@ def task(
     num_gpus: float | None = None,
     memory: int | None = None,
     resources: dict[str, float] | None = None,
+    inputs: list[Any] | None = None,
 ) -> Any:
     """Declare an `async def` function as a task.
 
@@ -588,8 +643,11 @@ def task(
     HTTP triggers refer to it. `retry` (int or RetryPolicy) retries failed
     attempts with backoff; `max_duration` ("5m", seconds) ends a run as
     TIMED_OUT; `num_cpus`/`num_gpus`/`memory`/`resources` are given to the
-    run's Ray actor. Code in a task that may suspend must be deterministic
-    between durable operations (see `step`).
+    run's Ray actor. `inputs` lists input streams the task receives on that
+    its own code does not name (e.g. used in a helper function); those it
+    names are found by themselves. Their types are checked at the HTTP edge
+    (a wrong send is a 422 and is not stored). Code in a task that may
+    suspend must be deterministic between durable operations (see `step`).
     """
 
     def wrap(f: Callable[[T], Awaitable[R]]) -> Task[T, R]:
@@ -606,6 +664,7 @@ def task(
             max_duration=max_duration,
             queue=queue,
             resources={k: v for k, v in placement.items() if v is not None},
+            inputs=inputs,
         )
 
     return wrap(fn) if fn is not None else wrap
