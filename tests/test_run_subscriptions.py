@@ -268,3 +268,42 @@ async def test_sdk_subscribe_to_runs_with_tag_follows_new_runs(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@pytest.mark.node
+async def test_batch_trigger_and_sdk_subscribe_to_batch(
+    http_tasks: HttpApi,
+    node_sdk: Path,  # noqa: F811
+) -> None:
+    items = [{"payload": {"n": n}} for n in (1, 2, 3)]
+    async with http_tasks.client() as c:
+        r = await c.post(
+            "/api/v1/tasks/http-emit/batch", headers=http_tasks.headers(), json={"items": items}
+        )
+        assert r.status_code == 200, r.text
+        batch_id, ids = r.json()["batchId"], [run["id"] for run in r.json()["runs"]]
+        listed = await c.get(
+            "/api/v1/runs", params={"filter[batch]": batch_id}, headers=http_tasks.headers()
+        )
+    assert len(set(ids)) == 3 and {d["id"] for d in listed.json()["data"]} == set(ids)
+    proc = await node_lines(
+        node_sdk,
+        {
+            "op": "subscribeBatch",
+            "baseURL": http_tasks.url,
+            "token": r.headers["x-trigger-jwt"],  # read:batch:<id> only
+            "batchId": batch_id,
+            "until": 3,
+        },
+    )
+    finished: dict[str, Any] = {}
+    try:
+        while len(finished) < 3:
+            line = await next_line(proc)
+            if line["type"] == "run" and line["finishedAt"]:
+                finished[line["id"]] = line["output"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert finished == {run_id: {"emitted": n} for run_id, n in zip(ids, (1, 2, 3), strict=True)}

@@ -27,7 +27,8 @@ import ray
 
 log = logging.getLogger("rayflow")
 
-EVENTS_NAME = "rayflow-run-events"
+#: not "rayflow-run-…": the Controller takes named actors with that prefix for RunActors
+EVENTS_NAME = "rayflow-change-feed"
 #: changes kept for replicas that poll a little late; one further behind resyncs
 WINDOW = 50_000
 

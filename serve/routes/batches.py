@@ -3,9 +3,11 @@
 
 The runs share a batch id, which `GET /realtime/v1/batches/{id}`
 (`useRealtimeBatch`, `runs.subscribeToBatch`) and `filter[batch]` follow.
-Until the runtime's one-call `batch_trigger` is on main, each item is
-triggered on its own (a failure part-way leaves the earlier runs started;
-the error names how many were).
+Items that differ only in payload and idempotency key are created by
+`rayflow.batch_trigger` (one Controller call, one Store transaction: all or
+none); items with their own tags, metadata or max duration are triggered one
+by one (a failure part-way leaves the earlier runs started, and the error
+says how many were).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rayflow._runtime.connection import current
 from rayflow._tokens import token_claims
 from rayflow.errors import RayflowError
 from serve import core
-from serve.deps import AppState, Caller
+from serve.deps import AppState, Caller, ServeState
 from serve.routes.runs import TriggerOptions, decode_payload
 
 router = APIRouter(tags=["runs"])
@@ -63,6 +65,28 @@ async def batch_trigger(
     batch_id = new_batch_id()
     runs: list[BatchedRun] = []
     store = current().store
+    item_options = [(i.options or TriggerOptions()) for i in body.items]
+    shared = {json.dumps(_shared(o), sort_keys=True) for o in item_options}
+    if len(shared) == 1 and not item_options[0].metadata:
+        import rayflow
+
+        first = item_options[0]
+        tags = [first.tags] if isinstance(first.tags, str) else first.tags
+        handles = await rayflow.batch_trigger(
+            task_id,
+            [
+                decode_payload(i.payload, o.payloadType)
+                for i, o in zip(body.items, item_options, strict=True)
+            ],
+            idempotency_keys=[o.idempotencyKey for o in item_options],
+            tags=tags,
+            max_duration=first.maxDuration,
+        )
+        for h in handles:
+            if not h.is_cached:
+                await asyncio.to_thread(store.update_run, h.id, batch_id=batch_id)
+            runs.append(BatchedRun(id=h.id, taskIdentifier=task_id, isCached=h.is_cached))
+        return _answer(batch_id, runs, response, st)
     for n, item in enumerate(body.items):
         options = item.options or TriggerOptions()
         payload = decode_payload(item.payload, options.payloadType)
@@ -79,6 +103,17 @@ async def batch_trigger(
         if not cached:
             await asyncio.to_thread(store.update_run, run_id, batch_id=batch_id)
         runs.append(BatchedRun(id=run_id, taskIdentifier=task_id, isCached=cached))
+    return _answer(batch_id, runs, response, st)
+
+
+def _shared(options: TriggerOptions) -> dict[str, object]:
+    """The options a one-call batch applies to every item alike."""
+    return options.model_dump(exclude_none=True, exclude={"idempotencyKey", "payloadType"})
+
+
+def _answer(
+    batch_id: str, runs: list[BatchedRun], response: Response, st: ServeState
+) -> BatchTriggerResponse:
     scopes = [f"read:batch:{batch_id}"]
     response.headers["x-trigger-jwt"] = st.mint(scopes)
     response.headers["x-trigger-jwt-claims"] = json.dumps(
