@@ -95,6 +95,7 @@ class RunResponse(RunSummary):
     payload: Any = None
     output: Any = None
     metadata: dict[str, Any] | None = None
+    batchId: str | None = None
     error: RunError | None = None
     attemptCount: int = 0
     relatedRuns: RelatedRuns = RelatedRuns()
@@ -180,6 +181,7 @@ def run_response(run: Any, parent: Any, root: Any, children: list[Any]) -> RunRe
         payload=_json(run.payload),
         output=_json(run.output),
         metadata=run_metadata(run),
+        batchId=run.batch_id,
         error=error,
         attemptCount=run.attempt,
         relatedRuns=RelatedRuns(
