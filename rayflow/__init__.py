@@ -31,7 +31,7 @@ if not (_os.environ.get("RAY_ADDRESS") or _os.environ.get("RAYFLOW_ADDRESS")):
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from rayflow import auth, errors, runs, streams  # noqa: E402
+from rayflow import auth, errors, metadata, runs, streams  # noqa: E402
 from rayflow._config import Settings  # noqa: E402
 from rayflow._response import Response  # noqa: E402
 from rayflow.durable import now, random, step  # noqa: E402
@@ -70,6 +70,8 @@ def init(
     (e.g. `retention_days=7`). Environment variables fill what is not passed.
     `serve=True` also starts the HTTP API and dashboard (Ray Serve) on
     `http_host:http_port` (127.0.0.1:8000 by default).
+    Every `@task` defined in this process is registered (and any defined
+    later, when defined), so it can be triggered by id over HTTP.
     Returns the settings in force. Calling it again is a no-op.
     """
     from rayflow._runtime import bootstrap, connection
@@ -91,6 +93,11 @@ def init(
         connection.disconnect()
     bootstrap.start_ray(resolved)
     settings_in_force = bootstrap.start_control_plane(resolved).settings
+    # every @task this process defined (and will define) can be triggered by
+    # id, over HTTP too, without a Python trigger first
+    from rayflow.task import register_defined_tasks
+
+    register_defined_tasks()
     if serve:
         from serve import app as serve_app
 
@@ -131,6 +138,7 @@ __all__ = [
     "context",
     "errors",
     "init",
+    "metadata",
     "now",
     "random",
     "runs",

@@ -628,6 +628,22 @@ def send(
     err.print(f"sent to {run_id} / {stream}")
 
 
+@app.command(name="types")
+@friendly
+def types_(
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory to write into")] = Path("."),
+    data_dir: DataDir = None,
+) -> None:
+    """Write rayflow-types.ts (TypeScript) and rayflow-schemas.json (JSON Schema)
+    for every output and input stream of the registered tasks."""
+    from rayflow import typescript
+    from rayflow._runtime.connection import current
+
+    connect(data_dir)
+    for path in typescript.write(current().store, out):
+        err.print(f"wrote {path}")
+
+
 @app.command()
 @friendly
 def token(

@@ -78,6 +78,22 @@ class InputStream(Generic[T]):
         value: T = self._adapter.validate_json(message.data)
         return value
 
+    def _result(self, message: InboxMessage) -> Result[T]:
+        """The message as a Result: a failed one when it no longer fits the
+        stream's type (the type changed under a waiting run, or an untyped
+        sender got past the edge) — never an exception that fails the run
+        again on every retry."""
+        try:
+            return Result(ok=True, output=self._decode(message))
+        except PydanticValidationError as e:
+            return Result(
+                ok=False,
+                error=ValidationError(
+                    f"message #{message.seq} on input stream {self.id!r} does not fit"
+                    f" {getattr(self.type, '__name__', self.type)}: {e}"
+                ),
+            )
+
     def send(self, run_id: str, data: T | Any) -> Response[None]:
         """Send `data` to the run; resolves once it is durable.
 
@@ -127,7 +143,10 @@ class InputStream(Generic[T]):
         journaled (its answer may differ on replay)."""
         ctx = require_run(f"{self.id}.peek()")
         latest = ctx.inputs.latest(self.id)
-        return None if latest is None else self._decode(latest)
+        if latest is None:
+            return None
+        result = self._result(latest)
+        return result.output if result.ok else None
 
     async def once(self, *, timeout_s: float | None = None) -> Result[T]:
         """Take the oldest unconsumed message, waiting up to `timeout_s`
@@ -146,7 +165,7 @@ class InputStream(Generic[T]):
                 await ctx.journal.record("once", self.id, {"timeout": True})
                 return self._timeout(ctx, timeout_s)
         await ctx.journal.record("once", self.id, {"seq": message.seq})
-        return Result(ok=True, output=self._decode(message))
+        return self._result(message)
 
     async def wait(
         self, *, timeout: float | str | None = None, idempotency_key: str | None = None
@@ -199,7 +218,7 @@ class InputStream(Generic[T]):
         seq = int(outcome["seq"])
         if consume:
             ctx.inputs.mark_consumed(self.id, seq)
-        return Result(ok=True, output=self._decode(ctx.inputs.message(self.id, seq)))
+        return self._result(ctx.inputs.message(self.id, seq))
 
     def _timeout(self, ctx: RunContext, timeout_s: float | None) -> Result[T]:
         return Result(

@@ -31,6 +31,10 @@ class Run(BaseModel):
     output: Any = None
     error: dict[str, Any] | None = None
     tags: list[str] = []
+    #: what the task set with `rayflow.metadata` (or was triggered with)
+    metadata: dict[str, Any] = {}
+    #: the batch trigger that created the run, if any
+    batch_id: str | None = None
     attempt_count: int = 0
     parent_id: str | None = None
     root_id: str | None = None
@@ -77,6 +81,8 @@ class Run(BaseModel):
             output=json.loads(r.output) if r.output is not None else None,
             error=json.loads(r.error) if r.error is not None else None,
             tags=json.loads(r.tags),
+            metadata=run_metadata(r) or {},
+            batch_id=r.batch_id,
             attempt_count=r.attempt,
             parent_id=r.parent_id,
             root_id=r.root_id,
@@ -85,6 +91,16 @@ class Run(BaseModel):
             started_at=_time(r.started_at),
             finished_at=_time(r.finished_at),
         )
+
+
+def run_metadata(r: RunRecord) -> dict[str, Any] | None:
+    """The run's metadata: what its task last wrote, else what it was
+    triggered with, else None."""
+    if r.metadata is not None:
+        value = json.loads(r.metadata)
+        return value if isinstance(value, dict) else None
+    given = json.loads(r.options).get("metadata")
+    return given if isinstance(given, dict) else None
 
 
 def retrieve(run_id: str) -> Response[Run]:
@@ -105,15 +121,25 @@ def list(
     status: str | builtins.list[str] | None = None,
     task_id: str | None = None,
     parent_id: str | None = None,
+    tag: str | builtins.list[str] | None = None,
+    batch_id: str | None = None,
     limit: int = 100,
 ) -> Response[builtins.list[Run]]:
-    """Runs, newest first, filtered by status(es), task or parent."""
+    """Runs, newest first, filtered by status(es), task, parent, batch, or
+    tag(s): with several tags, the runs carrying every one of them."""
     statuses = [status] if isinstance(status, str) else status
+    tags = [tag] if isinstance(tag, str) else tag
 
     async def go() -> builtins.list[Run]:
         store = connection.current().store
         records = await asyncio.to_thread(
-            store.list_runs, statuses=statuses, task_id=task_id, parent_id=parent_id, limit=limit
+            store.list_runs,
+            statuses=statuses,
+            task_id=task_id,
+            parent_id=parent_id,
+            tags=tags,
+            batch_id=batch_id,
+            limit=limit,
         )
         return [Run.from_record(r) for r in records]
 

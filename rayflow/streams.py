@@ -309,8 +309,15 @@ def define(id: str, type: type[T] | Any = Any) -> OutputStream[T]:
     return OutputStream(id, type)
 
 
-def append(key: str, value: Any, *, target: str | None = None) -> Response[int]:
-    """Append a JSON value to stream `key` of the target run (see OutputStream.append)."""
+_NO_VALUE: Any = object()
+
+
+def append(key: str | Any, value: Any = _NO_VALUE, *, target: str | None = None) -> Response[int]:
+    """Append a JSON value to stream `key` of the target run (see
+    OutputStream.append). `append(value)` writes to the "default" stream:
+    with one positional argument, that argument is the value."""
+    if value is _NO_VALUE:
+        key, value = DEFAULT_KEY, key
     return _by_key(key).append(value, target=target)
 
 
@@ -322,9 +329,22 @@ def read(
 
 
 def pipe(
-    key: str, source: AsyncIterable[Any] | Iterable[Any], *, target: str | None = None
+    key: str | AsyncIterable[Any] | Iterable[Any],
+    source: AsyncIterable[Any] | Iterable[Any] | None = None,
+    *,
+    target: str | None = None,
 ) -> Pipe[Any]:
-    """Pipe an iterable into stream `key` (see OutputStream.pipe)."""
+    """Pipe an iterable into stream `key` (see OutputStream.pipe);
+    `pipe(source)` pipes into the "default" stream."""
+    if source is None:
+        if isinstance(key, str):
+            raise TypeError(
+                "streams.pipe(source) needs an iterable to pipe; to pipe into stream"
+                f" {key!r} call streams.pipe({key!r}, source)"
+            )
+        key, source = DEFAULT_KEY, key
+    if not isinstance(key, str):
+        raise TypeError(f"the stream key must be a string, got {type(key).__name__}")
     return _by_key(key).pipe(source, target=target)
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib
 import inspect
 import json
+import logging
 import os
 import sys
+import threading
+import types
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar, overload
@@ -26,6 +33,8 @@ from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger("rayflow")
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class Task(Generic[T, R]):
         max_duration: float | str | None = None,
         queue: str | None = None,
         resources: dict[str, Any] | None = None,
+        inputs: list[Any] | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@task needs an `async def` function, got {fn!r}")
@@ -159,6 +169,12 @@ class Task(Generic[T, R]):
         self.payload_type = _payload_type(fn)
         self._adapter: TypeAdapter[Any] | None = None
         self._adapter_built = False
+        self._declared_inputs = list(inputs or [])
+        #: input streams the task receives on, by id (filled at registration)
+        self.inputs: dict[str, Any] = {}
+        #: output streams it writes, by id (filled at registration)
+        self.outputs: dict[str, Any] = {}
+        _define(self)
 
     # pickled into the Store; the adapter is rebuilt where it is used
     def __getstate__(self) -> dict[str, Any]:
@@ -186,9 +202,31 @@ class Task(Generic[T, R]):
             "resources": self.resources or None,
         }
 
+    @property
+    def source(self) -> str:
+        """Where the function is defined: `module:qualname`."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the function's code: two registrations with different
+        fingerprints come from different code versions."""
+        try:
+            text = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            code = self.fn.__code__
+            text = repr((code.co_code, code.co_consts, code.co_names))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     async def invoke(self, payload: Any) -> R:
         """Run the function on a payload (inside the RunActor)."""
-        return await self.fn(_validate(self.adapter, payload, f"payload of task {self.id!r}"))
+        from rayflow.metadata import flush_run
+
+        try:
+            return await self.fn(_validate(self.adapter, payload, f"payload of task {self.id!r}"))
+        finally:
+            # the run's last metadata is durable before its status changes
+            await flush_run()
 
     def trigger(
         self,
@@ -197,6 +235,7 @@ class Task(Generic[T, R]):
         idempotency_key: str | None = None,
         tags: list[str] | None = None,
         max_duration: float | str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Response[RunHandle]:
         """Start a run of this task; resolves to its `RunHandle`.
 
@@ -206,9 +245,7 @@ class Task(Generic[T, R]):
         response is awaited or `.result()` is called.
         """
         value = _validate(self.adapter, payload, f"payload of task {self.id!r}")
-        options: dict[str, Any] = {}
-        if max_duration is not None:
-            options["max_duration_s"] = parse_duration(max_duration)
+        options = _options(max_duration, metadata)
 
         async def go() -> RunHandle:
             await self._register()
@@ -270,23 +307,152 @@ class Task(Generic[T, R]):
     async def _register(self) -> None:
         conn = connection.current()
         key = (conn.store.url, self.id)
-        if key in _registered:
+        if _registered.get(key) is self:
             return
         if _unresolved(self.payload_type):
             self.payload_type = _payload_type(self.fn)
         module = sys.modules.get(self.fn.__module__)
         if module is not None and _pickle_by_value(module):
             cloudpickle.register_pickle_by_value(module)
+        self.inputs, self.outputs = _streams_of(self.fn, self._declared_inputs)
         blob = cloudpickle.dumps(self)
-        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(self.defaults())))
-        _registered.add(key)
+        defaults = {
+            **self.defaults(),
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "inputs": {i: _schema(s.type) for i, s in self.inputs.items()},
+            "outputs": {o: _schema(s.type) for o, s in self.outputs.items()},
+        }
+        import asyncio
+
+        earlier = await asyncio.to_thread(conn.store.get_task_defaults, self.id)
+        _report_redefinition(self, earlier)
+        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(defaults)))
+        _registered[key] = self
 
     async def __call__(self, payload: T) -> R:
         """Call the function directly, in this process (no run is created)."""
         return await self.fn(payload)
 
 
-_registered: set[tuple[str, str]] = set()
+def _streams_of(
+    fn: Callable[..., Any], declared: list[Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input and output streams a task uses: those declared with
+    `@task(inputs=[...])`, and every stream handle its code names (module
+    globals and closure variables, nested functions included). Found at
+    registration, when the module has defined everything it names."""
+    from rayflow.inputs import InputStream
+    from rayflow.streams import OutputStream
+
+    values: list[Any] = list(declared)
+
+    def walk(code: types.CodeType) -> None:
+        for name in code.co_names:
+            if name in fn.__globals__:
+                values.append(fn.__globals__[name])
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                walk(const)
+
+    walk(fn.__code__)
+    for cell in fn.__closure__ or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            values.append(cell.cell_contents)
+    inputs = {v.id: v for v in values if isinstance(v, InputStream)}
+    outputs = {v.id: v for v in values if isinstance(v, OutputStream)}
+    return inputs, outputs
+
+
+def _schema(type_: Any) -> dict[str, Any]:
+    """The JSON Schema of a stream's type ({} when it has none)."""
+    try:
+        schema: dict[str, Any] = TypeAdapter(type_).json_schema()
+    except Exception:  # a type pydantic cannot describe: accept anything
+        return {}
+    return schema
+
+
+_registered: dict[tuple[str, str], Task[Any, Any]] = {}
+#: every task defined in this process, by id (the latest definition wins)
+_defined: dict[str, Task[Any, Any]] = {}
+#: set by `rayflow.init()`: this process defines tasks for the deployment, so
+#: tasks it defines are registered (RunActors and Serve replicas never set it)
+_auto_register = False
+
+
+def _define(t: Task[Any, Any]) -> None:
+    """Remember a new task; once `rayflow.init()` ran, register it too."""
+    other = _defined.get(t.id)
+    if other is not None and other.fn is not t.fn and other.fingerprint != t.fingerprint:
+        warnings.warn(
+            f"task id {t.id!r} is defined twice in this process, by {other.source} and"
+            f" {t.source}; the later definition ({t.source}) is the one registered",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    _defined[t.id] = t
+    if _auto_register:
+        _register_when_imported(t)
+
+
+def _report_redefinition(t: Task[Any, Any], earlier_defaults: str | None) -> None:
+    if earlier_defaults is None:
+        return
+    earlier = json.loads(earlier_defaults)
+    before = earlier.get("fingerprint")
+    if before is None or before == t.fingerprint:
+        return
+    message = (
+        f"task {t.id!r} was registered from other code ({earlier.get('source', '?')},"
+        f" version {before}); this registration from {t.source} (version"
+        f" {t.fingerprint}) replaces it: runs started from now on execute this code."
+        " If two services define the task differently, give one of them another id."
+    )
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _register_when_imported(t: Task[Any, Any]) -> None:
+    """Register `t` once the module defining it has finished importing.
+
+    A task pickled by value takes the module globals that exist when it is
+    pickled; registering in the middle of the import would lose what the
+    module defines below the task. Importing the module from another thread
+    blocks until the importing thread has finished it.
+    """
+    name = t.fn.__module__
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    if module is None or name == "__main__" or not getattr(spec, "_initializing", False):
+        _register_now(t)
+        return
+
+    def after_import() -> None:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the import failed: the task does not exist
+            log.warning("task %r not registered: importing %s failed: %s", t.id, name, e)
+            return
+        _register_now(t)
+
+    threading.Thread(target=after_import, name=f"rayflow-register-{t.id}", daemon=True).start()
+
+
+def _register_now(t: Task[Any, Any]) -> None:
+    try:
+        t.register().result(timeout_s=60)
+    except Exception:
+        log.exception("registering task %r failed", t.id)
+
+
+def register_defined_tasks() -> None:
+    """Register every task defined so far in this process, and every task
+    defined from now on (called by `rayflow.init()`)."""
+    global _auto_register
+    _auto_register = True
+    for t in list(_defined.values()):
+        _register_now(t)
 
 
 def _pickle_by_value(module: Any) -> bool:
@@ -387,6 +553,17 @@ def batch_trigger(
     return Response(lambda: _trigger_batch(task_id, list(payloads), options, keys, tags))
 
 
+def _options(max_duration: float | str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if max_duration is not None:
+        options["max_duration_s"] = parse_duration(max_duration)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ValidationError("metadata must be a JSON object (a dict)")
+        options["metadata"] = to_jsonable_python(metadata)
+    return options
+
+
 def _handle(secret: str, run_id: str, task_id: str, cached: bool) -> RunHandle:
     ttl = connection.current().settings.token_ttl_s
     token = _tokens.mint_token(secret, _tokens.run_scopes(run_id), ttl)
@@ -444,6 +621,7 @@ def task(
     num_gpus: float | None = None,
     memory: int | None = None,
     resources: dict[str, float] | None = None,
+    inputs: list[Any] | None = None,
 ) -> Callable[[Callable[[T], Awaitable[R]]], Task[T, R]]: ...
 def task(
     fn: Any = None,
@@ -457,6 +635,7 @@ def task(
     num_gpus: float | None = None,
     memory: int | None = None,
     resources: dict[str, float] | None = None,
+    inputs: list[Any] | None = None,
 ) -> Any:
     """Declare an `async def` function as a task.
 
@@ -464,8 +643,11 @@ def task(
     HTTP triggers refer to it. `retry` (int or RetryPolicy) retries failed
     attempts with backoff; `max_duration` ("5m", seconds) ends a run as
     TIMED_OUT; `num_cpus`/`num_gpus`/`memory`/`resources` are given to the
-    run's Ray actor. Code in a task that may suspend must be deterministic
-    between durable operations (see `step`).
+    run's Ray actor. `inputs` lists input streams the task receives on that
+    its own code does not name (e.g. used in a helper function); those it
+    names are found by themselves. Their types are checked at the HTTP edge
+    (a wrong send is a 422 and is not stored). Code in a task that may
+    suspend must be deterministic between durable operations (see `step`).
     """
 
     def wrap(f: Callable[[T], Awaitable[R]]) -> Task[T, R]:
@@ -482,6 +664,7 @@ def task(
             max_duration=max_duration,
             queue=queue,
             resources={k: v for k, v in placement.items() if v is not None},
+            inputs=inputs,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -494,14 +677,14 @@ def trigger(
     idempotency_key: str | None = None,
     tags: list[str] | None = None,
     max_duration: float | str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Response[RunHandle]:
     """Trigger a registered task by its id (for code that does not import it).
 
+    `metadata` is the run's initial metadata (see `rayflow.metadata`).
     Raises `TaskNotFound` if no process has registered the task yet.
     """
-    options: dict[str, Any] = {}
-    if max_duration is not None:
-        options["max_duration_s"] = parse_duration(max_duration)
+    options = _options(max_duration, metadata)
     return Response(lambda: _trigger(task_id, payload, options, idempotency_key, tags))
 
 

@@ -8,7 +8,16 @@ from rayflow._config import Settings
 from serve.deps import MAX_APPEND_BYTES, ServeState
 from serve.errors import install_error_handlers
 from serve.middleware import EdgeMiddleware, default_body_limits
-from serve.routes import dashboard, inputs, runs, streams, tokens
+from serve.routes import (
+    batches,
+    dashboard,
+    inputs,
+    realtime_runs,
+    runs,
+    streams,
+    tokens,
+    types,
+)
 
 
 def create_app(settings: Settings, secret_key: str) -> FastAPI:
@@ -28,7 +37,7 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     app.state.rayflow = ServeState(settings=settings, secret_key=secret_key)
     install_error_handlers(app)
     # inputs before streams: `…/input/{id}` must win over `…/{target}/{key}`
-    for module in (runs, inputs, streams, tokens, dashboard):
+    for module in (runs, batches, realtime_runs, inputs, streams, tokens, types, dashboard):
         app.include_router(module.router)
     dashboard.mount_dashboard(app)
 

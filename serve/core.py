@@ -46,7 +46,13 @@ async def retrieve_with_relations(
 
 
 async def list_runs(
-    *, statuses: list[str] | None, task_ids: list[str] | None, limit: int, after: str | None
+    *,
+    statuses: list[str] | None,
+    task_ids: list[str] | None,
+    limit: int,
+    after: str | None,
+    tags: list[str] | None = None,
+    batch_id: str | None = None,
 ) -> tuple[list[RunRecord], str | None]:
     """Newest first; the cursor is the creation time (ms) of the last run returned."""
     store = _conn().store
@@ -58,6 +64,8 @@ async def list_runs(
         task_id=task_id,
         limit=limit,
         before_created_at=before,
+        tags=tags,
+        batch_id=batch_id,
     )
     if task_ids and task_id is None:
         runs = [r for r in runs if r.task_id in task_ids]
@@ -76,6 +84,7 @@ async def trigger(task_id: str, payload: Any, options: dict[str, Any]) -> tuple[
         idempotency_key=options.get("idempotencyKey"),
         tags=[tags] if isinstance(tags, str) else tags,
         max_duration=options.get("maxDuration"),
+        metadata=options.get("metadata"),
     )
     return handle.id, handle.is_cached
 

@@ -4,7 +4,7 @@ One `event: batch` carries many records (that is how throughput is reached);
 `ping` keeps proxies from cutting a caught-up connection; `data: [DONE]`
 and a clean end of the body tell the client the stream is finished — it
 never reconnects after that, so the body ends only when the stream is closed
-or after the idle timeout. See shared/WIRE.md.
+or after the idle timeout. See docs/wire.md.
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, read_sse, trigger, wait_finished
+from _http_fixtures import HttpApi, approval, read_sse, trigger, wait_finished
 
 import rayflow
+from rayflow import task
 from rayflow._runtime.connection import current
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
@@ -134,14 +134,46 @@ async def test_bad_send_is_refused_with_json_and_changes_nothing(
         await rayflow.runs.cancel(run_id)
 
 
-async def test_send_to_a_typed_stream_with_the_wrong_shape_fails_the_wait_not_the_server(
+async def test_a_wrongly_typed_send_is_422_with_pydantics_error_and_stores_nothing(
     http_tasks: HttpApi,
 ) -> None:
-    # the HTTP app does not know a stream's type (it lives in the task's code),
-    # so it stores the message and the task's typed once() rejects it
-    run_id, token = await trigger(http_tasks, "http-approve", {"count": 1, "timeout_s": 30})
+    # http-approve receives on `approval` (an Approval model): registering the
+    # task recorded that, so the edge checks the type before storing anything
+    run_id, token = await trigger(http_tasks, "http-approve", {"count": 1, "timeout_s": 60})
     r = await send(http_tasks, run_id, "approval", token, json={"data": {"approved": "nope"}})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["ok"] is False and body["code"] == "ValidationError"
+    assert "approved" in body["error"] and "reviewer" in body["error"]  # pydantic's message
+    assert inbox(run_id, "approval") == []
+    good = {"data": {"approved": True, "reviewer": "alice"}}
+    assert (await send(http_tasks, run_id, "approval", token, json=good)).status_code == 200
     run = await wait_finished(run_id)
-    assert run.status == "FAILED"
-    assert "ValidationError" in json.dumps(run.error)
+    assert run.status == "COMPLETED", run.error
+    assert run.output == {"received": [{"approved": True, "reviewer": "alice"}]}
+
+
+@task(id="http-typed-receive")
+async def http_typed_receive(payload: dict) -> dict:  # type: ignore[type-arg]
+    first = await approval.once(timeout_s=60)
+    second = await approval.once(timeout_s=60)
+    return {
+        "first": {"ok": first.ok, "error": str(first.error)},
+        "second": second.unwrap().model_dump(),
+    }
+
+
+async def test_a_message_that_no_longer_fits_is_a_failed_result_not_a_failed_run(
+    http_tasks: HttpApi,
+) -> None:
+    # an untyped sender (or a type changed under a waiting run) gets a message
+    # past the edge; the task's typed receive turns it into a failed Result
+    await http_typed_receive.register()
+    run_id, _ = await trigger(http_tasks, "http-typed-receive", {})
+    await rayflow.streams.send(run_id, "approval", {"approved": "nope"})
+    await approval.send(run_id, {"approved": False, "reviewer": "bob"})
+    run = await wait_finished(run_id)
+    assert run.status == "COMPLETED", run.error
+    assert run.output["first"]["ok"] is False
+    assert "does not fit Approval" in run.output["first"]["error"]
+    assert run.output["second"] == {"approved": False, "reviewer": "bob"}

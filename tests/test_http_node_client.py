@@ -36,7 +36,8 @@ def node_sdk() -> Path:
     """tests/node with its npm packages installed (once, from the registry)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the npm-client tests")
-    if not (NODE_DIR / "node_modules" / "@trigger.dev" / "sdk").is_dir():
+    needed = ["@trigger.dev/sdk", "@trigger.dev/react-hooks", "esbuild", "react-dom", "typescript"]
+    if not all((NODE_DIR / "node_modules" / name).is_dir() for name in needed):
         lock = (NODE_DIR / "package-lock.json").exists()
         proc = subprocess.run(
             ["npm", "ci" if lock else "install", "--no-audit", "--no-fund"],

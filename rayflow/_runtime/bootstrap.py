@@ -78,6 +78,9 @@ def start_control_plane(settings: Settings) -> Connection:
         max_concurrency=10_000,
         **on_head_node(),
     ).remote(settings_json)
+    from rayflow._runtime import run_events
+
+    run_events.start(settings.namespace, on_head_node())
     store_url = ray.get(controller.ready.remote())
     if store_url != settings.store_url():
         raise RayflowError(

@@ -75,6 +75,9 @@ def connect(settings: Settings, controller: Any = None) -> Connection:
                 _current._controller = controller
             return _current
         store = open_store(open_url(settings), sqlite_synchronous=settings.sqlite_synchronous)
+        from rayflow._runtime.run_events import Notifier
+
+        store.on_run_change = Notifier(settings.namespace)
         settings = settings.model_copy(update={"secret_key": secret_key_for(settings)})
         assert settings.secret_key is not None
         _current = Connection(settings, store, settings.secret_key, controller)

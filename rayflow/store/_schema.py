@@ -96,6 +96,13 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX IF NOT EXISTS waitpoints_deadline ON waitpoints (status, deadline)",
     ],
+    # 2: run metadata (JSON object text, set by rayflow.metadata in the task)
+    #    and the batch a run was triggered in (subscribeToBatch)
+    [
+        "ALTER TABLE runs ADD COLUMN metadata TEXT",
+        "ALTER TABLE runs ADD COLUMN batch_id TEXT",
+        "CREATE INDEX IF NOT EXISTS runs_batch ON runs (batch_id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

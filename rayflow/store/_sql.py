@@ -7,6 +7,7 @@ the row-locking clause; every query lives here, so both stores behave alike.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
@@ -20,6 +21,7 @@ from rayflow.store.base import (
     Claim,
     InboxMessage,
     JournalEntry,
+    RunChangeHook,
     RunFinishedError,
     RunMissingError,
     RunRecord,
@@ -70,6 +72,7 @@ def _waitpoint(row: Any) -> Waitpoint:
 
 class SqlStore:
     url: str
+    on_run_change: RunChangeHook | None = None
     blob_type = "BLOB"
     #: appended to a SELECT that must lock the row for the transaction
     lock_clause = ""
@@ -90,6 +93,11 @@ class SqlStore:
         raise NotImplementedError
 
     # -- helpers -------------------------------------------------------------
+    def _changed(self, *run_ids: str) -> None:
+        """Tell run subscribers (after the commit) that these runs changed."""
+        if self.on_run_change is not None and run_ids:
+            self.on_run_change(list(run_ids))
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         with self._transaction() as cur:
@@ -144,7 +152,9 @@ class SqlStore:
 
     def create_runs(self, runs: list[RunRecord]) -> list[tuple[RunRecord, bool]]:
         with self._tx() as c:
-            return [self._insert_run(c, run) for run in runs]
+            results = [self._insert_run(c, run) for run in runs]
+        self._changed(*[run.id for run, created in results if created])
+        return results
 
     def _insert_run(self, c: Any, run: RunRecord) -> tuple[RunRecord, bool]:
         # Insert first and look the key up only on conflict: a SELECT first
@@ -178,6 +188,7 @@ class SqlStore:
         assignments = ", ".join(f"{name} = ?" for name in values)
         with self._tx() as c:
             c.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), run_id])
+        self._changed(run_id)
 
     def set_active_status(self, run_id: str, status: str, **values: object) -> bool:
         """Move a run between active statuses (and set fields) unless it has
@@ -191,7 +202,10 @@ class SqlStore:
                 f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({finished})",
                 [*values.values(), run_id, *FINISHED_STATUSES],
             )
-            return bool(cur.rowcount)
+            changed = bool(cur.rowcount)
+        if changed:
+            self._changed(run_id)
+        return changed
 
     def claim_run(self, run_id: str, actor_name: str) -> Claim:
         now = now_ms()
@@ -213,6 +227,8 @@ class SqlStore:
                 if found:
                     waitpoint = _waitpoint(found)
                     c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        if claimed:
+            self._changed(run_id)  # QUEUED -> EXECUTING
         return Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
 
     def suspend_run(self, wp: Waitpoint) -> bool:
@@ -227,6 +243,7 @@ class SqlStore:
             if not cur.rowcount:
                 return False
             self._upsert_waitpoint(c, wp)
+        self._changed(wp.run_id)  # -> WAITING
         return True
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
@@ -244,6 +261,7 @@ class SqlStore:
                 "UPDATE streams SET closed = 1, updated_at = ? WHERE run_id = ?", (now, run_id)
             )
             c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        self._changed(run_id)
         return True
 
     def list_runs(
@@ -254,6 +272,9 @@ class SqlStore:
         parent_id: str | None = None,
         limit: int = 100,
         before_created_at: int | None = None,
+        tags: list[str] | None = None,
+        batch_id: str | None = None,
+        created_after: int | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         args: list[object] = []
@@ -269,10 +290,25 @@ class SqlStore:
         if before_created_at is not None:
             where.append("created_at < ?")
             args.append(before_created_at)
+        if created_after is not None:
+            where.append("created_at > ?")
+            args.append(created_after)
+        if batch_id is not None:
+            where.append("batch_id = ?")
+            args.append(batch_id)
+        for tag in tags or []:
+            # tags are stored as a JSON array (json.dumps); an element is its
+            # JSON string, quotes included, so this matches whole tags only
+            where.append("tags LIKE ? ESCAPE '!'")
+            args.append("%" + _like_escape(json.dumps(tag)) + "%")
         sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         with self._read() as c:
-            return [_run(r) for r in c.execute(sql, [*args, limit])]
+            runs = [_run(r) for r in c.execute(sql, [*args, limit])]
+        if tags:  # SQLite's LIKE ignores case: keep exact matches only
+            wanted = set(tags)
+            runs = [r for r in runs if wanted <= set(json.loads(r.tags))]
+        return runs
 
     # -- output streams ------------------------------------------------------
     def append_chunks(
@@ -285,6 +321,7 @@ class SqlStore:
                 + self.lock_clause,
                 (run_id, key),
             ).fetchone()
+            new_stream = row is None
             if row is None:
                 c.execute(
                     "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
@@ -339,6 +376,8 @@ class SqlStore:
                     " DO UPDATE SET last_seq = excluded.last_seq",
                     (run_id, key, writer_id, last),
                 )
+        if new_stream:
+            self._changed(run_id)  # the run's list of streams grew
         return AppendResult(seqs=seqs, length=length)
 
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
@@ -445,6 +484,9 @@ class SqlStore:
                     results[i] = e  # raised before this send wrote anything
                     continue
                 results[i] = (message, new and self._wake(c, run_id, stream_id, message.seq))
+        for result, (run_id, *_) in zip(results, sends, strict=True):
+            if isinstance(result, tuple) and result[1]:
+                self._changed(run_id)  # WAITING -> QUEUED
         return results
 
     def _wake(self, c: Any, run_id: str, stream_id: str, seq: int) -> bool:
@@ -535,7 +577,10 @@ class SqlStore:
 
     def resolve_waitpoint(self, run_id: str, status: str, inbox_seq: int | None) -> bool:
         with self._tx() as c:
-            return self._resolve(c, run_id, status, inbox_seq)
+            resolved = self._resolve(c, run_id, status, inbox_seq)
+        if resolved:
+            self._changed(run_id)  # WAITING -> QUEUED
+        return resolved
 
     def _resolve(self, c: Any, run_id: str, status: str, inbox_seq: int | None) -> bool:
         cur = c.execute(
@@ -570,6 +615,10 @@ class SqlStore:
         with self._read() as c:
             rows = c.execute(_WP_SELECT + " WHERE status = 'PENDING'").fetchall()
         return [_waitpoint(r) for r in rows]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 class _Cursor:

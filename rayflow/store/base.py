@@ -13,6 +13,7 @@ never re-serialises a user's chunk.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,8 @@ class RunRecord:
     started_at: int | None = None
     finished_at: int | None = None
     actor_name: str | None = None  # the Ray actor currently executing it
+    metadata: str | None = None  # JSON text: an object, set by rayflow.metadata
+    batch_id: str | None = None  # the batch trigger that created it
 
     @property
     def finished(self) -> bool:
@@ -147,8 +150,15 @@ class RunFinishedError(Exception):
         self.run_id, self.status = run_id, status
 
 
+#: called with the ids of runs whose row (status, metadata, streams) changed,
+#: after the change is committed; `rayflow._runtime.run_events` installs one
+#: that pushes the ids to run subscriptions
+RunChangeHook = Callable[[list[str]], None]
+
+
 class Store(Protocol):
     url: str
+    on_run_change: RunChangeHook | None
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the current version (idempotent)."""
@@ -202,8 +212,11 @@ class Store(Protocol):
         parent_id: str | None = None,
         limit: int = 100,
         before_created_at: int | None = None,
+        tags: list[str] | None = None,
+        batch_id: str | None = None,
+        created_after: int | None = None,
     ) -> list[RunRecord]:
-        """Newest first."""
+        """Newest first. `tags`: runs carrying every one of them."""
 
     # -- output streams ------------------------------------------------------
     def append_chunks(

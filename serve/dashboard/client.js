@@ -12,7 +12,7 @@
 // `accessToken` is the secret API key (backends, the dashboard) or a run's
 // public access token (the `x-trigger-jwt` header of a trigger response, or
 // `rayflow token RUN`). The wire format is Trigger.dev's realtime one
-// (shared/WIRE.md): SSE `event: batch` records, resume with `Last-Event-ID`,
+// (docs/wire.md): SSE `event: batch` records, resume with `Last-Event-ID`,
 // end on `data: [DONE]`.
 
 /** An HTTP answer that is not 2xx. `status` is the HTTP status, `body` the parsed body. */

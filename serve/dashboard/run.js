@@ -188,6 +188,7 @@ function renderRun(r) {
   document.getElementById("run-duration").textContent = fmtDuration(r.startedAt || r.createdAt, r.finishedAt);
   document.getElementById("run-attempts").textContent = r.attemptCount ?? "—";
   document.getElementById("run-payload").textContent = pretty(r.payload);
+  document.getElementById("run-metadata").textContent = r.metadata ? pretty(r.metadata) : "—";
   const out = document.getElementById("run-output");
   if (isFinished(r)) {
     out.textContent = r.output === undefined || r.output === null ? "(none)" : pretty(r.output);

@@ -3,7 +3,6 @@ streams, run-status events, and the dashboard's static files."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,12 +16,13 @@ from serve import core
 from serve.deps import Caller
 from serve.routes.runs import run_response
 from serve.routes.streams import SSE_RESPONSES
+from serve.run_feed import feed
 from serve.sse import DONE, PING_INTERVAL_S, SSE_HEADERS, encode_ping
 
 router = APIRouter(tags=["rayflow"])
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
-RUN_EVENTS_POLL_S = 0.25
+RUN_EVENTS_POLL_S = 1.0
 RUN_EVENTS_MAX_S = 600.0
 
 
@@ -100,7 +100,9 @@ async def run_events(run_id: str, who: Caller) -> StreamingResponse:
 async def _run_events(run_id: str) -> AsyncIterator[bytes]:
     last_key = None
     started = last_sent = time.monotonic()
+    changes = feed()
     while time.monotonic() - started < RUN_EVENTS_MAX_S:
+        since = await changes.changes()
         run, parent, root, children = await core.retrieve_with_relations(run_id)
         key = (run.status, run.updated_at, len(children))
         if key != last_key:
@@ -114,7 +116,8 @@ async def _run_events(run_id: str) -> AsyncIterator[bytes]:
         if time.monotonic() - last_sent >= PING_INTERVAL_S:
             yield encode_ping()
             last_sent = time.monotonic()
-        await asyncio.sleep(RUN_EVENTS_POLL_S)
+        # pushed by the run change feed; the timeout only catches a new child
+        await changes.wait_for(since, {run_id}, RUN_EVENTS_POLL_S)
 
 
 def mount_dashboard(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ from rayflow.errors import RunFinished, RunNotFound
 from serve import core
 from serve.deps import Caller
 from serve.errors import BadRequest, RouteError
+from serve.input_types import validate_send
 from serve.routes.streams import SSE_RESPONSES, idle_timeout, sse_response, start_position
 from serve.sse import event_stream
 
@@ -53,6 +54,9 @@ async def send_input(
     if "data" not in body.model_fields_set:
         raise BadRequest('the body must be {"data": <message>}; "data" is missing')
     try:
+        run = await core.get_run(run_id)
+        if not run.finished:
+            await validate_send(run.task_id, stream_id, body.data)
         await core.send_input(run_id, stream_id, body.data)
     except RunNotFound as e:
         raise RouteError(404, "Run not found", e) from e

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayflow._tokens import run_scopes, token_claims
 from rayflow.errors import ValidationError
+from rayflow.runs import run_metadata
 from serve import core
 from serve.deps import AppState, Caller
 
@@ -93,6 +94,8 @@ class RunError(BaseModel):
 class RunResponse(RunSummary):
     payload: Any = None
     output: Any = None
+    metadata: dict[str, Any] | None = None
+    batchId: str | None = None
     error: RunError | None = None
     attemptCount: int = 0
     relatedRuns: RelatedRuns = RelatedRuns()
@@ -177,6 +180,8 @@ def run_response(run: Any, parent: Any, root: Any, children: list[Any]) -> RunRe
         **summary_fields(run),
         payload=_json(run.payload),
         output=_json(run.output),
+        metadata=run_metadata(run),
+        batchId=run.batch_id,
         error=error,
         attemptCount=run.attempt,
         relatedRuns=RelatedRuns(
@@ -223,15 +228,24 @@ async def list_runs(
     who: Caller,
     status: Annotated[list[str] | None, Query(alias="filter[status]")] = None,
     task: Annotated[list[str] | None, Query(alias="filter[taskIdentifier]")] = None,
+    tag: Annotated[list[str] | None, Query(alias="filter[tag]")] = None,
+    batch: Annotated[str | None, Query(alias="filter[batch]")] = None,
     limit: Annotated[int, Query(alias="page[size]", ge=1, le=100)] = 25,
     after: Annotated[str | None, Query(alias="page[after]")] = None,
 ) -> ListRunsResponse:
-    """Runs, newest first. Needs `read:runs` (all runs) or the secret key."""
+    """Runs, newest first; `filter[tag]=a,b` keeps the runs carrying every
+    tag given. Needs `read:runs` (all runs) or the secret key."""
     who.require("read", "runs", None)
     statuses = [s for value in status or [] for s in value.split(",") if s]
     tasks = [t for value in task or [] for t in value.split(",") if t]
+    tags = [t for value in tag or [] for t in value.split(",") if t]
     runs, next_cursor = await core.list_runs(
-        statuses=statuses or None, task_ids=tasks or None, limit=limit, after=after
+        statuses=statuses or None,
+        task_ids=tasks or None,
+        limit=limit,
+        after=after,
+        tags=tags or None,
+        batch_id=batch,
     )
     return ListRunsResponse(
         data=[ListedRun(**summary_fields(r)) for r in runs],

@@ -1,6 +1,6 @@
 """Output streams over HTTP: read as SSE, append from outside, the v1 writer.
 
-Reading follows Trigger.dev's realtime v2 wire format (see shared/WIRE.md),
+Reading follows Trigger.dev's realtime v2 wire format (see docs/wire.md),
 so `streams.read()` / `useRealtimeStream` work against rayflow unchanged.
 """
 

@@ -7,8 +7,11 @@
 //   send:    runId, streamId, data                       — streams.input({id}).send()
 //   trigger: taskId, payload                             — tasks.trigger(); prints the run's token
 //   pipe:    runId, key, chunks[]                        — the SDK's v1 NDJSON stream writer
+//   subscribe: runId                       — runs.subscribeToRun(): one line per run update
+//   subscribeTag: tag, until                — runs.subscribeToRunsWithTag(): until `until` runs finished
+//   subscribeBatch: batchId, until          — runs.subscribeToBatch(): likewise
 // Output: one JSON object per line; the last is {"type": "end"} or {"type": "error", ...}.
-import { auth, streams, tasks } from "@trigger.dev/sdk";
+import { auth, runs, streams, tasks } from "@trigger.dev/sdk";
 import { apiClientManager } from "@trigger.dev/core/v3";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -60,7 +63,39 @@ async function pipe(cmd) {
   out({ type: "piped", count: cmd.chunks.length });
 }
 
-const ops = { read, send, trigger, pipe };
+const runLine = (run) => ({
+  type: "run",
+  id: run.id,
+  status: run.status,
+  isCompleted: run.isCompleted,
+  isSuccess: run.isSuccess,
+  finishedAt: run.finishedAt ?? null,
+  metadata: run.metadata ?? null,
+  tags: run.tags,
+  output: run.output ?? null,
+  error: run.error ?? null,
+  realtimeStreams: run.realtimeStreams,
+  taskIdentifier: run.taskIdentifier,
+  receivedAt: Date.now(),
+});
+
+async function subscribe(cmd) {
+  for await (const run of runs.subscribeToRun(cmd.runId)) out(runLine(run));
+}
+
+async function subscribeMany(subscription, until) {
+  const finished = new Set();
+  for await (const run of subscription) {
+    out(runLine(run));
+    if (run.finishedAt) finished.add(run.id);
+    if (finished.size >= until) break;
+  }
+}
+
+const subscribeTag = (cmd) => subscribeMany(runs.subscribeToRunsWithTag(cmd.tag), cmd.until);
+const subscribeBatch = (cmd) => subscribeMany(runs.subscribeToBatch(cmd.batchId), cmd.until);
+
+const ops = { read, send, trigger, pipe, subscribe, subscribeTag, subscribeBatch };
 
 async function main() {
   const cmd = JSON.parse(process.argv[2] ?? "{}");

@@ -1,0 +1,109 @@
+"""Reading an output stream over SSE, resumable and exactly once.
+
+The reader remembers the index of the last record it yielded; when the
+connection breaks (a proxy, a restart, the network) it reconnects with
+`Last-Event-ID: <that index>` and the server continues after it. Records
+at or below that index are skipped, so each chunk is yielded once, in
+order, whatever happens to the connections. The read ends at the server's
+`[DONE]` (stream closed, or idle `timeout_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from rayflow._response import run_sync
+from rayflow.client._transport import Transport, error_for
+
+#: reconnects allowed without a record in between before the read fails
+MAX_RECONNECTS = 8
+
+
+class HttpStreamReader:
+    """Chunks of one stream: `for` (blocking) or `async for`."""
+
+    def __init__(
+        self, transport: Transport, run_id: str, key: str, start_index: int, timeout_s: float
+    ) -> None:
+        self._t = transport
+        self.run_id, self.key = run_id, key
+        #: the index of the next chunk this reader yields (to resume elsewhere)
+        self.next_index = start_index
+        self.timeout_s = timeout_s
+        #: connections made so far (1 + reconnects)
+        self.connections = 0
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        failures = 0
+        while True:
+            try:
+                async for kind, value in self._connect():
+                    if kind == "done":
+                        return
+                    failures = 0
+                    yield value
+            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+                failures += 1
+                if failures > MAX_RECONNECTS:
+                    raise ConnectionError(
+                        f"stream {self.key!r} of run {self.run_id}: {failures} reconnects failed"
+                    ) from e
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            # the body ended without [DONE]: the connection was cut; resume
+            failures += 1
+            if failures > MAX_RECONNECTS:
+                raise ConnectionError(f"stream {self.key!r} of run {self.run_id} keeps ending")
+
+    async def _connect(self) -> AsyncIterator[tuple[str, Any]]:
+        headers = {"Accept": "text/event-stream", "Timeout-Seconds": str(int(self.timeout_s))}
+        if self.next_index > 0:
+            headers["Last-Event-ID"] = str(self.next_index - 1)
+        path = f"/realtime/v1/streams/{self.run_id}/{self.key}"
+        timeout = httpx.Timeout(self._t.timeout_s, read=self.timeout_s + 30)
+        self.connections += 1
+        async with self._t.client().stream("GET", path, headers=headers, timeout=timeout) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise error_for(r)
+            event: str | None = None
+            data: list[str] = []
+            async for line in r.aiter_lines():
+                if line:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
+                    continue
+                text = "\n".join(data)
+                if text == "[DONE]":
+                    yield "done", None
+                    return
+                if event == "batch":
+                    for record in json.loads(text)["records"]:
+                        seq = int(record["seq_num"])
+                        if seq < self.next_index:
+                            continue  # already yielded before a reconnect
+                        self.next_index = seq + 1
+                        yield "chunk", json.loads(record["body"])["data"]
+                elif event == "error":
+                    raise ConnectionError(f"stream read failed: {text}")
+                event, data = None, []
+
+    def __iter__(self) -> Iterator[Any]:
+        chunks = self.__aiter__()
+        try:
+            while True:
+                try:
+                    yield run_sync(chunks.__anext__())  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+        finally:
+            run_sync(chunks.aclose())  # type: ignore[attr-defined]

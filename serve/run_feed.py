@@ -1,0 +1,116 @@
+"""One long poll per replica on the RunEvents actor, shared by every run
+subscription this replica serves (see rayflow/_runtime/run_events.py).
+
+`changes()` returns a `Changes` cursor taken *before* the caller reads its
+rows; `wait_for(cursor, run_ids)` then returns as soon as one of those runs
+changed after the cursor (or everything must be re-read), so a change
+committed between the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from rayflow._runtime import run_events
+from rayflow._runtime.connection import current
+
+log = logging.getLogger("rayflow.serve")
+
+#: how long one poll of RunEvents waits before it asks again
+POLL_S = 25.0
+#: local change records kept for subscriptions between two reads
+WINDOW = 20_000
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A position in this replica's change feed."""
+
+    gen: int
+
+
+class RunFeed:
+    def __init__(self) -> None:
+        self.gen = 0
+        #: (gen, run id or None for "everything may have changed")
+        self.recent: deque[tuple[int, str | None]] = deque(maxlen=WINDOW)
+        self._changed = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _record(self, run_ids: list[str] | None) -> None:
+        for run_id in run_ids if run_ids is not None else [None]:
+            self.gen += 1
+            self.recent.append((self.gen, run_id))
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _follow(self) -> None:
+        settings = current().settings
+        after = -1
+        actor: Any = None
+        while True:
+            try:
+                if actor is None:
+                    actor = run_events.start(settings.namespace, {"num_cpus": 0})
+                seq, run_ids = await actor.wait.remote(after, 0 if after < 0 else POLL_S)
+                if after >= 0 and (run_ids is None or run_ids):
+                    self._record(run_ids)
+                after = seq
+                self._ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("run change feed interrupted (%s); resyncing", e)
+                actor, after = None, -1
+                self._record(None)
+                await asyncio.sleep(0.5)
+
+    async def changes(self) -> Changes:
+        """The current position (the feed started and caught up first)."""
+        if self._task is None or self._task.done():
+            self._ready.clear()
+            self._task = asyncio.get_running_loop().create_task(self._follow())
+        await self._ready.wait()
+        return Changes(self.gen)
+
+    def changed_since(self, since: Changes, run_ids: set[str] | None) -> bool:
+        if self.gen == since.gen:
+            return False
+        if self.recent and self.recent[0][0] > since.gen + 1:
+            return True  # fell out of the window
+        for gen, run_id in reversed(self.recent):
+            if gen <= since.gen:
+                break
+            if run_id is None or run_ids is None or run_id in run_ids:
+                return True
+        return False
+
+    async def wait_for(self, since: Changes, run_ids: set[str] | None, timeout_s: float) -> bool:
+        """Wait until one of `run_ids` (None: any run) changed after `since`;
+        False after `timeout_s` without such a change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.changed_since(since, run_ids):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+        return True
+
+
+_feed: RunFeed | None = None
+
+
+def feed() -> RunFeed:
+    global _feed
+    if _feed is None:
+        _feed = RunFeed()
+    return _feed

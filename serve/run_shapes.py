@@ -1,0 +1,234 @@
+"""Run subscriptions in the ElectricSQL HTTP shape protocol (docs/wire.md).
+
+Trigger.dev's clients (`runs.subscribeToRun`, `useRealtimeRun*`,
+`useRealtimeRunsWithTag`, `useRealtimeBatch`) read runs through
+`@electric-sql/client`'s `ShapeStream`: a first request `offset=-1` gets
+every row of the shape, then long polls (`live=true`) get what changed. Each
+row is a run as Trigger.dev's database has it (`SubscribeRunRawShape`).
+
+Stateless: a replica keeps nothing per client. The offset a client echoes
+back is `<watermark>_<digest>`: the newest change time (ms) of the rows it
+has and a digest of their contents. A live poll answers at once when the
+digest differs, else waits on the replica's run feed (serve/run_feed.py) —
+a push from the Store's commit, not polling — and answers "up-to-date" with
+the same offset when nothing changed within `LIVE_TIMEOUT_S`.
+
+Rows changed since the watermark (less `SKEW_MS`, for clocks of different
+nodes) are sent; a multi-row shape may resend a few unchanged rows, which
+the client merges as no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from rayflow._runtime.connection import current
+from rayflow.runs import run_metadata
+from rayflow.store.base import RunRecord
+from serve.run_feed import feed
+
+#: a live request is answered "up-to-date" after this long without a change
+LIVE_TIMEOUT_S = 20.0
+#: clock skew between nodes tolerated when picking the rows to resend
+SKEW_MS = 2000
+#: at most this many runs in a tag or batch shape (newest first)
+MAX_ROWS = 500
+
+#: rayflow status -> Trigger.dev's database status (TaskRunStatus)
+DB_STATUS = {
+    "QUEUED": "PENDING",
+    "EXECUTING": "EXECUTING",
+    "WAITING": "WAITING_TO_RESUME",
+    "COMPLETED": "COMPLETED_SUCCESSFULLY",
+    "FAILED": "COMPLETED_WITH_ERRORS",
+    "CANCELED": "CANCELED",
+    "CRASHED": "CRASHED",
+    "TIMED_OUT": "TIMED_OUT",
+}
+
+#: columns the client must always get (it cannot parse a row without them)
+REQUIRED = {"id", "friendlyId", "taskIdentifier", "status", "createdAt", "updatedAt"}
+
+#: the `electric-schema` header: types of the text columns. Other columns
+#: (numbers, booleans, tags, error, streams) are sent as JSON values and
+#: left out, so the client's parser passes them through as they are.
+SCHEMA = json.dumps(
+    {
+        name: {"type": "text"}
+        for name in ("id", "friendlyId", "taskIdentifier", "status", "payload", "output")
+    }
+)
+
+
+def shape_time(ms: int | None) -> str | None:
+    """Postgres `timestamp` text, UTC without a zone (the client adds "Z")."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def _error(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        return {"type": "STRING_ERROR", "raw": str(value)}
+    return {
+        "type": "BUILT_IN_ERROR",
+        "name": str(value.get("name") or "Error"),
+        "message": str(value.get("message") or ""),
+        "stackTrace": str(value.get("stackTrace") or value.get("stack") or ""),
+    }
+
+
+def run_row(run: RunRecord, stream_keys: list[str]) -> dict[str, Any]:
+    """A run as `SubscribeRunRawShape` expects it."""
+    started, finished = run.started_at, run.finished_at
+    tags = json.loads(run.tags) or []
+    metadata = run_metadata(run)
+    return {
+        "id": run.id,
+        "friendlyId": run.id,
+        "taskIdentifier": run.task_id,
+        "status": DB_STATUS.get(run.status, run.status),
+        "createdAt": shape_time(run.created_at),
+        "updatedAt": shape_time(run.updated_at),
+        "startedAt": shape_time(started),
+        "queuedAt": shape_time(run.created_at),
+        "completedAt": shape_time(finished),
+        "delayUntil": None,
+        "expiredAt": None,
+        "idempotencyKey": run.idempotency_key,
+        "number": 0,
+        "isTest": False,
+        "usageDurationMs": (finished - started) if started and finished else 0,
+        "costInCents": 0,
+        "baseCostInCents": 0,
+        "ttl": None,
+        "payload": run.payload,
+        "payloadType": "application/json",
+        "output": run.output,
+        "outputType": "application/json" if run.output is not None else None,
+        "metadata": json.dumps(metadata) if metadata is not None else None,
+        "metadataType": "application/json" if metadata is not None else None,
+        "runTags": tags if isinstance(tags, list) else [str(tags)],
+        "error": _error(run.error),
+        "realtimeStreams": stream_keys,
+        "batchId": run.batch_id,
+    }
+
+
+@dataclass
+class ShapeRow:
+    row: dict[str, Any]
+    #: the newest change to the row (ms): run update or a new stream
+    version: int
+
+
+def read_rows(runs: list[RunRecord], skip: set[str]) -> list[ShapeRow]:
+    """Rows of `runs` (blocking: run in a thread)."""
+    store = current().store
+    rows = []
+    for run in runs:
+        streams = store.list_streams(run.id)
+        version = max([run.updated_at, *(s.created_at for s in streams)])
+        row = run_row(run, [s.key for s in streams])
+        for name in skip - REQUIRED:
+            row.pop(name, None)
+        rows.append(ShapeRow(row, version))
+    return rows
+
+
+def _digest(rows: list[ShapeRow]) -> int:
+    h = hashlib.sha256()
+    for r in sorted(rows, key=lambda r: r.row["id"]):
+        h.update(json.dumps(r.row, sort_keys=True, separators=(",", ":")).encode())
+    return int(h.hexdigest()[:12], 16)
+
+
+def _offset(rows: list[ShapeRow]) -> str:
+    watermark = max((r.version for r in rows), default=0)
+    return f"{watermark}_{_digest(rows)}"
+
+
+def _parse_offset(offset: str) -> tuple[int, int] | None:
+    head, _, tail = offset.partition("_")
+    if head.isdigit() and tail.isdigit():
+        return int(head), int(tail)
+    return None
+
+
+def _message(row: dict[str, Any], operation: str) -> dict[str, Any]:
+    return {
+        "key": f'"public"."TaskRun"/"{row["id"]}"',
+        "value": row,
+        "headers": {"operation": operation},
+    }
+
+
+UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+
+
+@dataclass
+class ShapeRequest:
+    """The protocol parameters of one request."""
+
+    offset: str
+    handle: str | None
+    live: bool
+    skip: set[str]
+
+
+def _response(messages: list[dict[str, Any]], offset: str, handle: str, live: bool) -> JSONResponse:
+    headers = {
+        "electric-handle": handle,
+        "electric-offset": offset,
+        "electric-up-to-date": "",
+        "electric-cursor": str(int(time.time())),
+        "cache-control": "no-store",
+    }
+    if not live:
+        headers["electric-schema"] = SCHEMA
+    return JSONResponse([*messages, UP_TO_DATE], headers=headers)
+
+
+async def serve_shape(
+    req: ShapeRequest,
+    shape_id: str,
+    load: Callable[[], Awaitable[list[RunRecord]]],
+    run_ids: set[str] | None,
+) -> JSONResponse:
+    """Answer one shape request: the whole shape, or what changed since the
+    client's offset (waiting for it when `live`).
+
+    `load` reads the shape's runs from the Store; `run_ids` are the runs whose
+    changes matter (None: any run may enter the shape, e.g. a new tagged run).
+    """
+    handle = "rf-" + hashlib.sha256(shape_id.encode()).hexdigest()[:16]
+    changes = feed()
+    since = await changes.changes()
+    rows = await asyncio.to_thread(read_rows, await load(), req.skip)
+    known = _parse_offset(req.offset)
+    if known is None or not req.live:
+        operation = "insert" if known is None else "update"
+        return _response([_message(r.row, operation) for r in rows], _offset(rows), handle, False)
+    watermark, digest = known
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LIVE_TIMEOUT_S
+    while _digest(rows) == digest:
+        left = deadline - loop.time()
+        if left <= 0 or not await changes.wait_for(since, run_ids, left):
+            return _response([], req.offset, handle, True)
+        since = await changes.changes()
+        rows = await asyncio.to_thread(read_rows, await load(), req.skip)
+    fresh = [r for r in rows if r.version >= watermark - SKEW_MS] or rows
+    return _response([_message(r.row, "update") for r in fresh], _offset(rows), handle, True)
