@@ -64,6 +64,8 @@ class _Shape:
     #: moving averages: how long a run holds an actor, how long a start takes
     hold_s: float = 0.05
     start_s: float = COLD_START_S
+    #: when an actor last came back (or finished starting)
+    last_return: float = field(default_factory=time.monotonic)
     grower: asyncio.Task[None] | None = None
 
 
@@ -160,6 +162,7 @@ class RunActorPool:
         """A run left `actor` and it is clean: hand it to the next waiting run."""
         _, shape = self._shape(resources)
         shape.busy -= 1
+        shape.last_return = time.monotonic()
         taken = self._taken_at.pop(name, None)
         if taken is not None and not fresh:
             shape.hold_s = 0.9 * shape.hold_s + 0.1 * (time.monotonic() - taken)
@@ -185,7 +188,10 @@ class RunActorPool:
 
     async def _grow(self, shape: _Shape) -> None:
         """Start actors while runs wait, but only when waiting for a
-        returning actor is expected to take longer than a start."""
+        returning actor is expected to take longer than a start: no actor
+        of the shape is busy, the runs queued ahead would keep the busy ones
+        longer than a start takes, or none has come back for that long (its
+        runs hold them: they stream, or wait in `.once()`)."""
         while any(not f.done() for f, _ in shape.waiters):
             waiting = sum(1 for f, _ in shape.waiters if not f.done())
             # runs ahead of the newest waiter, served by the actors there are
@@ -193,7 +199,11 @@ class RunActorPool:
             if (
                 shape.starting < min(MAX_STARTING, waiting)
                 and self.total < self.max_size
-                and (shape.busy == 0 or expected_s > shape.start_s)
+                and (
+                    shape.busy == 0
+                    or expected_s > shape.start_s
+                    or time.monotonic() - shape.last_return > shape.start_s
+                )
             ):
                 self._start_soon(shape)
                 continue
