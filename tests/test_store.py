@@ -630,3 +630,105 @@ def test_a_postgres_store_replaces_connections_the_server_closed(
         assert [c.data for c in s.read_chunks("run_1", "k", 0, 10)] == ['"after"']
     finally:
         s.close()
+
+
+# -- the run lifecycle in one transaction each (claim, suspend, wake) ------------
+
+
+def test_create_runs_makes_many_in_one_call_and_honours_idempotency_keys(store: Store) -> None:
+    made = store.create_runs(
+        [_run("run_1"), _run("run_2", idempotency_key="k"), _run("run_3", idempotency_key="k")]
+    )
+    assert [(r.id, created) for r, created in made] == [
+        ("run_1", True),
+        ("run_2", True),
+        ("run_2", False),
+    ]
+    assert [r.id if r else None for r in store.get_runs(["run_2", "nope", "run_1"])] == [
+        "run_2",
+        None,
+        "run_1",
+    ]
+
+
+def test_only_one_claimant_executes_a_queued_run(store_url: str) -> None:
+    setup = open_store(store_url)
+    setup.create_run(_run("run_1"))
+    stores = [open_store(store_url) for _ in range(4)]
+    claims = _in_threads(4, lambda i: stores[i].claim_run("run_1", f"actor-{i}"))
+    winners = [c for c in claims if c.claimed]
+    assert len(winners) == 1
+    run = setup.get_run("run_1")
+    assert run is not None and run.status == "EXECUTING" and run.attempt == 1
+    assert run.actor_name == winners[0].run.actor_name  # type: ignore[union-attr]
+    assert all(c.run is not None and c.run.status == "EXECUTING" for c in claims)
+
+
+def test_a_claim_of_a_canceled_or_unknown_run_fails(store: Store) -> None:
+    store.create_run(_run("run_1"))
+    assert store.finish_run("run_1", "CANCELED", None, None)
+    claim = store.claim_run("run_1", "actor")
+    assert not claim.claimed and claim.run is not None and claim.run.status == "CANCELED"
+    missing = store.claim_run("nope", "actor")
+    assert not missing.claimed and missing.run is None
+
+
+def test_suspend_then_a_send_on_its_stream_wakes_and_queues_the_run(store: Store) -> None:
+    store.create_run(_run("run_1"))
+    assert store.claim_run("run_1", "actor").claimed
+    assert store.suspend_run(Waitpoint("run_1", "approval", None, None, "PENDING", None))
+    run = store.get_run("run_1")
+    assert run is not None and run.status == "WAITING" and run.actor_name is None
+    # a message on another stream is stored but wakes nothing
+    other, woke = store.inbox_send("run_1", "cancel", "{}", "m1")
+    assert other.seq == 0 and not woke
+    message, woke = store.inbox_send("run_1", "approval", "true", "m2")
+    assert woke
+    run = store.get_run("run_1")
+    assert run is not None and run.status == "QUEUED"
+    # a retried send is the same message and wakes nothing twice
+    again, woke_again = store.inbox_send("run_1", "approval", "true", "m2")
+    assert again.seq == message.seq and not woke_again
+    # the next claim takes the resolved waitpoint with it
+    claim = store.claim_run("run_1", "actor-2")
+    assert claim.claimed and claim.waitpoint is not None
+    assert (claim.waitpoint.status, claim.waitpoint.inbox_seq) == ("RESOLVED", message.seq)
+    assert store.get_waitpoint("run_1") is None
+
+
+def test_a_deadline_resolves_the_waitpoint_and_queues_the_run(store: Store) -> None:
+    store.create_run(_run("run_1"))
+    store.claim_run("run_1", "actor")
+    assert store.suspend_run(Waitpoint("run_1", "approval", now_ms() - 1, None, "PENDING", None))
+    assert [wp.run_id for wp in store.due_waitpoints(now_ms())] == ["run_1"]
+    assert store.resolve_waitpoint("run_1", "TIMED_OUT", None)
+    run = store.get_run("run_1")
+    assert run is not None and run.status == "QUEUED"
+
+
+def test_a_finished_run_cannot_suspend(store: Store) -> None:
+    store.create_run(_run("run_1"))
+    store.claim_run("run_1", "actor")
+    store.finish_run("run_1", "CANCELED", None, None)
+    assert not store.suspend_run(Waitpoint("run_1", "approval", None, None, "PENDING", None))
+    assert store.get_waitpoint("run_1") is None
+
+
+def test_sends_in_one_batch_fail_alone(store: Store) -> None:
+    from rayflow.store.base import RunFinishedError, RunMissingError
+
+    store.create_run(_run("run_1", status="EXECUTING"))
+    store.create_run(_run("run_2"))
+    store.finish_run("run_2", "COMPLETED", None, None)
+    results = store.inbox_send_many(
+        [
+            ("run_1", "s", '"a"', None),
+            ("nope", "s", '"b"', None),
+            ("run_2", "s", '"c"', None),
+            ("run_1", "s", '"d"', None),
+        ]
+    )
+    assert isinstance(results[1], RunMissingError)
+    assert isinstance(results[2], RunFinishedError)
+    assert [m.data for m in store.inbox_read("run_1", "s", 0, 10)] == ['"a"', '"d"']
+    assert store.inbox_read("run_2", "s", 0, 10) == []

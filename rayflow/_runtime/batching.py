@@ -1,4 +1,5 @@
-"""Group commit for the control plane: many callers, one Store transaction.
+"""Group commit for the control plane: many callers, one Store transaction
+(or one query, for reads).
 
 While one batch is being committed (in a thread), everything submitted
 meanwhile queues and goes into the next batch, so a burst of N triggers or

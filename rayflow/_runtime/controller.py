@@ -65,6 +65,8 @@ class Controller:
         self._creates: GroupCommit[RunRecord, tuple[RunRecord, bool]] = GroupCommit(
             self.store.create_runs
         )
+        #: revivals arriving together read their runs in one query
+        self._reads: GroupCommit[str, RunRecord | None] = GroupCommit(self.store.get_runs)
         #: runs holding a slot (on an actor or getting one); past
         #: max_live_runs the rest wait in `_queue`
         self._slots = 0
@@ -285,7 +287,7 @@ class Controller:
         Returns whether a launch was started."""
         if run_id in self.live or run_id in self._pending:
             return False
-        run = await asyncio.to_thread(self.store.get_run, run_id)
+        run = await self._reads.submit(run_id)
         if run is None or run.status != "QUEUED":
             return False
         return self._launch(run_id, json.loads(run.options).get("resources"), front=True)

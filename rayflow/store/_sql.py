@@ -180,6 +180,17 @@ class SqlStore:
             row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
         return _run(row) if row else None
 
+    def get_runs(self, run_ids: list[str]) -> list[RunRecord | None]:
+        found: dict[str, RunRecord] = {}
+        with self._read() as c:
+            for start in range(0, len(run_ids), 500):
+                page = run_ids[start : start + 500]
+                marks = ", ".join("?" for _ in page)
+                for row in c.execute(_RUN_SELECT + f" WHERE id IN ({marks})", page):
+                    run = _run(row)
+                    found[run.id] = run
+        return [found.get(run_id) for run_id in run_ids]
+
     def update_run(self, run_id: str, **values: object) -> None:
         unknown = set(values) - set(_RUN_COLUMNS)
         if unknown:

@@ -179,6 +179,8 @@ class Store(Protocol):
         task, return the existing run instead. Returns (run, created)."""
 
     def get_run(self, run_id: str) -> RunRecord | None: ...
+    def get_runs(self, run_ids: list[str]) -> list[RunRecord | None]:
+        """`get_run` for many ids in one read, in the order given."""
 
     def update_run(self, run_id: str, **fields: object) -> None:
         """Set the given RunRecord fields; `updated_at` is set too."""
