@@ -18,9 +18,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
+from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.context import current_run
 from rayflow._runtime.journal import MISSING
 
@@ -70,7 +70,7 @@ def _revive(fn: Callable[..., Any], value: Any) -> Any:
         return value
     if annotation is inspect.Signature.empty or isinstance(annotation, str):
         return value
-    return TypeAdapter(annotation).validate_python(value)
+    return adapter_for(annotation).validate_python(value)
 
 
 def _decorate(f: Callable[P, Awaitable[R]], name: str | None) -> Callable[P, Awaitable[R]]:

@@ -26,6 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response
 from rayflow._runtime import connection, inbox
+from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import RunContext, current_run, require_run
 from rayflow._runtime.durations import parse_duration
@@ -58,7 +59,7 @@ class InputStream(Generic[T]):
 
     def __init__(self, id: str, type: Any = Any) -> None:
         self.id, self.type = id, type
-        self._adapter: TypeAdapter[Any] = TypeAdapter(type)
+        self._adapter: TypeAdapter[Any] = adapter_for(type)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (InputStream, (self.id, self.type))
@@ -193,7 +194,11 @@ class InputStream(Generic[T]):
         if message is not None:
             outcome = {"seq": message.seq}
         else:
-            outcome = await asyncio.to_thread(ctx.inputs.settle_wait, self.id)
+            outcome = (
+                await asyncio.to_thread(ctx.inputs.settle_wait, self.id)
+                if ctx.inputs.revived_for(self.id)
+                else None
+            )
         if outcome is None:
             deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
             # the RunActor drains the run's streams, then registers this

@@ -18,6 +18,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response, background_loop, run_sync
 from rayflow._runtime import connection
+from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run, resolve_target
 from rayflow._runtime.output import Row
@@ -36,7 +37,7 @@ class _Codec(Generic[T]):
 
     def __init__(self, key: str, type_: Any) -> None:
         self.key, self.type = key, type_
-        self.adapter: TypeAdapter[Any] = TypeAdapter(type_)
+        self.adapter: TypeAdapter[Any] = adapter_for(type_)
 
     def encode(self, value: Any) -> str:
         try:

@@ -25,6 +25,7 @@ from pydantic_core import to_jsonable_python
 from rayflow import _tokens
 from rayflow._response import Response
 from rayflow._runtime import connection
+from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
@@ -190,7 +191,7 @@ class Task(Generic[T, R]):
             if self.payload_type is None or _unresolved(self.payload_type):
                 self._adapter = None
             else:
-                self._adapter = TypeAdapter(self.payload_type)
+                self._adapter = adapter_for(self.payload_type)
             self._adapter_built = True
         return self._adapter
 

@@ -189,6 +189,10 @@ class RunInputs:
         if self._records:
             await asyncio.gather(*self._records, return_exceptions=True)
 
+    def revived_for(self, stream_id: str) -> bool:
+        """Whether this run was revived by a waitpoint on `stream_id`."""
+        return self.resolved is not None and self.resolved.stream_id == stream_id
+
     def settle_wait(self, stream_id: str) -> dict[str, Any] | None:
         """The outcome of a `.wait()` on `stream_id` that this run was revived
         for, or None (not revived for it: register a waitpoint). Reads the Store."""
