@@ -211,3 +211,19 @@ def fire(
         print(f"  (budget of {budget_s:.0f} s spent: {answered:,} of {len(items):,} answered)")
     fired.seconds = time.perf_counter() - t0
     return fired
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and every process below it (the
+    local Ray this benchmark started: GCS, raylet, every worker)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total

@@ -162,7 +162,11 @@ class Bench:
         return ids, time.perf_counter() - t0
 
     def burst(self, label: str, ids: list[str], budget_s: float) -> None:
-        """Send to all `ids` at once; runs/s until all completed, send -> resumed."""
+        """Send to all `ids` at once; runs/s until all completed, send -> resumed,
+        and the CPU all processes spent per revival — the floor under the burst:
+        with C ms of CPU per revival on K cores, the last of N revivals cannot
+        complete before N*C/K ms after the first send."""
+        cpu0 = sup.cpu_seconds()
         t0 = time.perf_counter()
         fired = sup.fire(lambda run_id: go.send(run_id, {}), ids, budget_s)
         fired.report_errors("sends")
@@ -184,6 +188,14 @@ class Bench:
             f"{len(outputs):,} in {secs:.1f} s = {rate:.1f} runs/s"
             f" ({rate / self.create_rate:.1f}x the actor create rate)",
         )
+        cpu_ms = (sup.cpu_seconds() - cpu0) * 1000 / max(1, len(outputs))
+        cores = os.cpu_count() or 1
+        floor_ms = len(outputs) * cpu_ms / cores
+        sup.say(
+            "CPU per revival (every process of this Ray)",
+            f"{cpu_ms:.1f} ms -> the last of {len(outputs):,} cannot resume before"
+            f" {floor_ms:,.0f} ms on {cores} cores",
+        )
         sup.line("send -> resumed", lat)
         ratio = self._ratio(lat)
         print(f"  {'':<46} {ratio}")
@@ -193,6 +205,11 @@ class Bench:
             f"{rate / self.create_rate:.1f}x create rate",
         )
         self.row(f"{label}: send -> resumed p50/p99", self._ms(lat), ratio)
+        self.row(
+            f"{label}: CPU per revival, all processes",
+            f"{cpu_ms:.1f} ms",
+            f"floor for the last: {floor_ms:,.0f} ms = {floor_ms / sup.p50(self.cold):.2f}x cold",
+        )
 
     def _ms(self, xs: list[float]) -> str:
         return f"{sup.p50(xs):.1f} / {sup.pct(xs, 0.99):.1f} ms (n={len(xs)})"
