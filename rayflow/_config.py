@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     #: kept in data_dir when unset.
     secret_key: str | None = None
     http_host: str = "127.0.0.1"
+    #: origins (`https://api.example.com`) besides its own that the dashboard
+    #: may use as its API (`?api=`); it sends the secret key or token there
+    dashboard_api_origins: list[str] = []
     http_port: int = 8000
     retention_days: float = 28.0
     max_stream_bytes: int = 300 * MiB
