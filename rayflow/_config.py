@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     retention_days: float = 28.0
     max_stream_bytes: int = 300 * MiB
     max_input_bytes: int = 1 * MiB
+    #: messages one run's input streams keep, all streams together; a send
+    #: past it over HTTP is refused with 429 (a browser token cannot fill the Store)
+    max_input_messages_per_run: int = 10_000
+    #: characters of JSON one run's input streams keep; past it: 413
+    max_input_log_bytes_per_run: int = 64 * MiB
     #: warm RunActors kept ready (the pool's minimum) so a trigger or revival
     #: skips actor start-up; each idle actor costs ~50 MB
     pool_size: int = 2

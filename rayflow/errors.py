@@ -117,6 +117,12 @@ class IdempotencyConflict(RayflowError):
     http_status = 409
 
 
+class StreamClosed(RayflowError):
+    """A write to an output stream that was closed: it takes no more chunks."""
+
+    http_status = 409
+
+
 class TooManyRequests(RayflowError):
     """A per-run quota is used up (e.g. the messages of its input streams)."""
 
@@ -135,6 +141,7 @@ __all__ = [
     "RunFailed",
     "RunFinished",
     "RunNotFound",
+    "StreamClosed",
     "StreamTooLarge",
     "TaskNotFound",
     "TooManyRequests",

@@ -7,7 +7,9 @@ same public API (trigger, send, read) as a script.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +63,21 @@ def secret_key_for(settings: Settings) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = "rf_sk_" + secrets.token_urlsafe(24)
-    path.write_text(key)
-    path.chmod(0o600)
+    # written whole to a file only its owner can read (mkstemp: 0600), then
+    # linked into place: the key is never readable by others, not even for a
+    # moment, and two processes starting at once agree on one key
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 

@@ -286,6 +286,7 @@ class SqlStore:
         tags: list[str] | None = None,
         batch_id: str | None = None,
         created_after: int | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         args: list[object] = []
@@ -298,7 +299,11 @@ class SqlStore:
         if parent_id is not None:
             where.append("parent_id = ?")
             args.append(parent_id)
-        if before_created_at is not None:
+        if before_created_at is not None and before_id is not None:
+            # a page ends inside a millisecond: the rest of it comes next
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args.extend((before_created_at, before_created_at, before_id))
+        elif before_created_at is not None:
             where.append("created_at < ?")
             args.append(before_created_at)
         if created_after is not None:
@@ -549,6 +554,15 @@ class SqlStore:
                 (run_id, stream_id, start, limit),
             ).fetchall()
         return [InboxMessage(seq=int(r[0]), data=r[1], created_at=int(r[2])) for r in rows]
+
+    def inbox_usage(self, run_id: str) -> dict[str, tuple[int, int]]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT stream_id, COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM inbox"
+                " WHERE run_id = ? GROUP BY stream_id",
+                (run_id,),
+            ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def inbox_streams(self, run_id: str) -> list[str]:
         with self._read() as c:
