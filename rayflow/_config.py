@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     #: runs executing at once per deployment (each holds a RunActor, ~50 MB);
     #: more wait QUEUED, suspended runs hold none
     max_live_runs: int = 100
+    #: PostgreSQL connections a RunActor process may hold (opened when used,
+    #: closed after a minute idle). With `max_live_runs` actors that is the
+    #: worst case; keep it under the server's `max_connections` (100 by
+    #: default) or put PgBouncer in front (docs/deploying.md)
+    run_actor_store_connections: int = 2
+    #: PostgreSQL connections of the Controller, an Inbox, a Serve replica, a driver
+    store_connections: int = 8
     #: SQLite `synchronous` pragma: FULL survives power loss, NORMAL a crash
     sqlite_synchronous: str = "FULL"
     #: how long writers outside the run coalesce chunks before one Ray call

@@ -81,15 +81,24 @@ def secret_key_for(settings: Settings) -> str:
     return key
 
 
-def connect(settings: Settings, controller: Any = None) -> Connection:
-    """Open this process's connection (idempotent for the same store)."""
+def connect(settings: Settings, controller: Any = None, *, run_actor: bool = False) -> Connection:
+    """Open this process's connection (idempotent for the same store). A
+    RunActor's Store pool is small and lazy (`run_actor_store_connections`,
+    none held while idle): ~100 of them share one PostgreSQL server."""
     global _current
     with _lock:
         if _current is not None and _current.store.url == open_url(settings):
             if controller is not None:
                 _current._controller = controller
             return _current
-        store = open_store(open_url(settings), sqlite_synchronous=settings.sqlite_synchronous)
+        store = open_store(
+            open_url(settings),
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_min_size=0 if run_actor else 1,
+            pool_max_size=(
+                settings.run_actor_store_connections if run_actor else settings.store_connections
+            ),
+        )
         from rayflow._runtime.run_events import Notifier
 
         store.on_run_change = Notifier(settings.namespace)

@@ -433,22 +433,33 @@ class SqlStore:
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    #: runs deleted per transaction by `delete_expired`: a long retention
+    #: backlog must not hold SQLite's write lock (or PostgreSQL row locks) for
+    #: the whole of it
+    expire_batch = 500
+
     def delete_expired(self, finished_before: int) -> int:
         finished = ", ".join("?" for _ in FINISHED_STATUSES)
-        with self._tx() as c:
-            ids = [
-                r[0]
-                for r in c.execute(
-                    f"SELECT id FROM runs WHERE status IN ({finished})"
-                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id",
-                    (*FINISHED_STATUSES, finished_before),
-                ).fetchall()
-            ]
-            for run_id in ids:
+        deleted = 0
+        while True:
+            with self._tx() as c:
+                ids = [
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT id FROM runs WHERE status IN ({finished})"
+                        " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?",
+                        (*FINISHED_STATUSES, finished_before, self.expire_batch),
+                    ).fetchall()
+                ]
+                marks = ", ".join("?" for _ in ids)
                 for table in ("chunks", "streams", "stream_writers", "journal", "inbox"):
-                    c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-                c.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        return len(ids)
+                    if ids:
+                        c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
+                if ids:
+                    c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+            deleted += len(ids)
+            if len(ids) < self.expire_batch:
+                return deleted
 
     # -- journal ---------------------------------------------------------------
     def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
