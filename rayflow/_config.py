@@ -26,10 +26,18 @@ class Settings(BaseSettings):
     #: kept in data_dir when unset.
     secret_key: str | None = None
     http_host: str = "127.0.0.1"
+    #: origins (`https://api.example.com`) besides its own that the dashboard
+    #: may use as its API (`?api=`); it sends the secret key or token there
+    dashboard_api_origins: list[str] = []
     http_port: int = 8000
     retention_days: float = 28.0
     max_stream_bytes: int = 300 * MiB
     max_input_bytes: int = 1 * MiB
+    #: messages one run's input streams keep, all streams together; a send
+    #: past it over HTTP is refused with 429 (a browser token cannot fill the Store)
+    max_input_messages_per_run: int = 10_000
+    #: characters of JSON one run's input streams keep; past it: 413
+    max_input_log_bytes_per_run: int = 64 * MiB
     #: warm RunActors kept ready (the pool's minimum) so a trigger or revival
     #: skips actor start-up; each idle actor costs ~50 MB
     pool_size: int = 2
@@ -46,6 +54,13 @@ class Settings(BaseSettings):
     #: runs executing at once per deployment (each holds a RunActor, ~50 MB);
     #: more wait QUEUED, suspended runs hold none
     max_live_runs: int = 100
+    #: PostgreSQL connections a RunActor process may hold (opened when used,
+    #: closed after a minute idle). With `max_live_runs` actors that is the
+    #: worst case; keep it under the server's `max_connections` (100 by
+    #: default) or put PgBouncer in front (docs/deploying.md)
+    run_actor_store_connections: int = 2
+    #: PostgreSQL connections of the Controller, an Inbox, a Serve replica, a driver
+    store_connections: int = 8
     #: SQLite `synchronous` pragma: FULL survives power loss, NORMAL a crash
     sqlite_synchronous: str = "FULL"
     #: how long writers outside the run coalesce chunks before one Ray call

@@ -110,9 +110,29 @@ class Canceled(RayflowError):
     http_status = 409
 
 
+class IdempotencyConflict(RayflowError):
+    """An idempotency key already used for a run of this task with a
+    different payload: the caller is not retrying the same trigger."""
+
+    http_status = 409
+
+
+class StreamClosed(RayflowError):
+    """A write to an output stream that was closed: it takes no more chunks."""
+
+    http_status = 409
+
+
+class TooManyRequests(RayflowError):
+    """A per-run quota is used up (e.g. the messages of its input streams)."""
+
+    http_status = 429
+
+
 __all__ = [
     "Canceled",
     "Forbidden",
+    "IdempotencyConflict",
     "NonDeterminism",
     "NotInitialized",
     "OutsideTask",
@@ -121,8 +141,10 @@ __all__ = [
     "RunFailed",
     "RunFinished",
     "RunNotFound",
+    "StreamClosed",
     "StreamTooLarge",
     "TaskNotFound",
+    "TooManyRequests",
     "Unauthorized",
     "ValidationError",
     "WaitTimeout",

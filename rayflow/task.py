@@ -467,6 +467,14 @@ def _pickle_by_value(module: Any) -> bool:
     )
 
 
+def child_key(parent_id: str, key: str | None, auto: str) -> str:
+    """The stored idempotency key of a child run: scoped to its parent, so
+    that no other caller can name it (HTTP callers' keys are scoped to them,
+    see `serve.auth.Principal.idempotency_key`) and two parents' keys never
+    meet; `auto` (attempt and journal position) when the task gave none."""
+    return f"run:{parent_id}:" + (f"key:{key}" if key is not None else f"auto:{auto}")
+
+
 async def _trigger(
     task_id: str,
     payload: Any,
@@ -483,7 +491,8 @@ async def _trigger(
         if recorded is not MISSING:
             return _handle(conn.secret_key, recorded["id"], task_id, recorded["cached"])
         # a crash between creating the child and journaling it must not make two
-        idempotency_key = idempotency_key or f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
+        auto = f"{ctx.attempt}:{ctx.journal.cursor}"
+        idempotency_key = child_key(ctx.run_id, idempotency_key, auto)
     run_id, created = await call(
         conn.controller.trigger.remote(
             task_id,
@@ -515,8 +524,8 @@ async def _trigger_batch(
         if recorded is not MISSING:
             return [_handle(conn.secret_key, i, task_id, c) for i, c in recorded["runs"]]
         # a crash between creating the children and journaling them must not make two
-        prefix = f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
-        keys = [k or f"{prefix}:{n}" for n, k in enumerate(keys)]
+        prefix = f"{ctx.attempt}:{ctx.journal.cursor}"
+        keys = [child_key(ctx.run_id, k, f"{prefix}:{n}") for n, k in enumerate(keys)]
     items = [
         (json.dumps(to_jsonable_python(p)), options, k, tags)
         for p, k in zip(payloads, keys, strict=True)

@@ -39,7 +39,7 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     # inputs before streams: `…/input/{id}` must win over `…/{target}/{key}`
     for module in (runs, batches, realtime_runs, inputs, streams, tokens, types, dashboard):
         app.include_router(module.router)
-    dashboard.mount_dashboard(app)
+    dashboard.mount_dashboard(app, settings.dashboard_api_origins)
 
     @app.get("/healthz", tags=["rayflow"])
     async def healthz() -> dict[str, bool]:

@@ -9,6 +9,7 @@ streams, `read:runs` for every run, `admin` for everything.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ class Principal:
     #: True for the secret API key, False for a public access token.
     secret: bool
     scopes: tuple[str, ...]
+    #: who holds a public token: a digest of the token itself ("" for the secret key)
+    caller: str = ""
+
+    def idempotency_key(self, key: str | None) -> str | None:
+        """`key` as stored: the secret key's holders (backends, like Python's
+        `rayflow.trigger`) share one namespace; a public token's key is
+        scoped to that token, so a trigger-only token can neither find
+        another caller's run (and get a token for it) nor take a key a
+        parent run will use for its child."""
+        if key is None or self.secret:
+            return key
+        return f"token:{self.caller}:{key}"
 
     def require(self, action: str, resource: str, resource_id: str | None = None) -> None:
         """Raise Forbidden unless this caller may do `action` on `resource`."""
@@ -67,4 +80,5 @@ def authenticate(authorization: str | None, secret_key: str) -> Principal:
         raise Unauthorized("the bearer token is neither the secret key nor a public access token")
     claims = decode_token(secret_key, token)
     scopes = tuple(s for s in claims["scopes"] if isinstance(s, str))
-    return Principal(secret=False, scopes=scopes)
+    caller = hashlib.sha256(token.encode()).hexdigest()[:32]
+    return Principal(secret=False, scopes=scopes, caller=caller)

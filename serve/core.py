@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 from rayflow._runtime import http_support
 from rayflow._runtime.connection import Connection, current
-from rayflow.errors import RunNotFound
+from rayflow.errors import PayloadTooLarge, RunNotFound, StreamClosed, TooManyRequests
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
 from serve.fanout import HubSource
 from serve.sources import StoreSource, input_reader
@@ -54,9 +55,11 @@ async def list_runs(
     tags: list[str] | None = None,
     batch_id: str | None = None,
 ) -> tuple[list[RunRecord], str | None]:
-    """Newest first; the cursor is the creation time (ms) of the last run returned."""
+    """Newest first; the cursor `<created ms>:<run id>` names the last run
+    returned (runs created in one millisecond are ordered by id)."""
     store = _conn().store
-    before = int(after) if after and after.isdigit() else None
+    ms, _, before_id = (after or "").partition(":")
+    before = int(ms) if ms.isdigit() else None
     task_id = task_ids[0] if task_ids and len(task_ids) == 1 else None
     runs = await asyncio.to_thread(
         store.list_runs,
@@ -64,12 +67,13 @@ async def list_runs(
         task_id=task_id,
         limit=limit,
         before_created_at=before,
+        before_id=before_id or None,
         tags=tags,
         batch_id=batch_id,
     )
+    cursor = f"{runs[-1].created_at}:{runs[-1].id}" if len(runs) == limit else None
     if task_ids and task_id is None:
         runs = [r for r in runs if r.task_id in task_ids]
-    cursor = str(runs[-1].created_at) if len(runs) == limit else None
     return runs, cursor
 
 
@@ -97,8 +101,22 @@ async def cancel(run_id: str) -> None:
 
 
 async def append(run_id: str, key: str, text: str, record_id: str | None) -> None:
-    """Append one string chunk to a run's output stream from outside the run."""
-    await http_support.append_writes(run_id, key, [ChunkWrite(dumps(text), record_id=record_id)])
+    """Append one string chunk to a run's output stream from outside the run.
+
+    The chunk is a writer of its own (a fresh id, number 0): when the RunActor
+    dies after storing it, the retry that goes to the Store is recognised as
+    the same write instead of being stored twice."""
+    write = ChunkWrite(
+        dumps(text), record_id=record_id, writer_id=f"http-append:{uuid.uuid4().hex}", writer_seq=0
+    )
+    await http_support.append_writes(run_id, key, [write])
+
+
+async def check_open(run_id: str, key: str) -> None:
+    """Raise StreamClosed when the run's stream `key` was closed: it takes no more chunks."""
+    info = await asyncio.to_thread(_conn().store.stream_info, run_id, key)
+    if info is not None and info.closed:
+        raise StreamClosed(f"stream {key!r} of run {run_id} is closed; it takes no more chunks")
 
 
 async def append_writes(run_id: str, key: str, writer: str, chunks: list[tuple[int, str]]) -> None:
@@ -113,8 +131,24 @@ async def writer_position(run_id: str, key: str, writer: str) -> int:
 
 
 async def send_input(run_id: str, stream_id: str, data: Any) -> None:
-    """Send `data` to the run's input stream `stream_id` (durable before it returns)."""
+    """Send `data` to the run's input stream `stream_id` (durable before it
+    returns), within the run's input quotas (TooManyRequests, PayloadTooLarge)."""
     import rayflow
+
+    conn = _conn()
+    usage = await asyncio.to_thread(conn.store.inbox_usage, run_id)
+    messages = sum(n for n, _ in usage.values())
+    size = sum(b for _, b in usage.values()) + len(dumps(data))
+    if messages >= conn.settings.max_input_messages_per_run:
+        raise TooManyRequests(
+            f"run {run_id} already holds {messages} input messages, its limit"
+            " (RAYFLOW_MAX_INPUT_MESSAGES_PER_RUN); it takes no more"
+        )
+    if size > conn.settings.max_input_log_bytes_per_run:
+        raise PayloadTooLarge(
+            f"run {run_id}'s input messages would grow to {size} bytes, over its limit of"
+            f" {conn.settings.max_input_log_bytes_per_run} (RAYFLOW_MAX_INPUT_LOG_BYTES_PER_RUN)"
+        )
 
     await rayflow.streams.send(run_id, stream_id, data)
 
@@ -137,7 +171,8 @@ async def input_source(run_id: str, stream_id: str, start: int | None) -> Record
     store = _conn().store
     await get_run(run_id)
     if start is None:
-        start = len(await asyncio.to_thread(store.inbox_read, run_id, stream_id, 0, 1 << 30))
+        usage = await asyncio.to_thread(store.inbox_usage, run_id)
+        start = usage.get(stream_id, (0, 0))[0]
 
     async def is_closed() -> bool:
         run = await asyncio.to_thread(store.get_run, run_id)
@@ -159,12 +194,11 @@ async def run_streams(run_id: str) -> tuple[list[StreamInfo], list[tuple[str, in
         outputs = store.list_streams(run_id)
         wp = store.get_waitpoint(run_id)
         waiting_on = wp.stream_id if wp is not None and wp.status == "PENDING" else None
-        ids = set(store.inbox_streams(run_id))
+        usage = store.inbox_usage(run_id)
+        ids = set(usage)
         if waiting_on:
             ids.add(waiting_on)
-        inputs = [
-            (i, len(store.inbox_read(run_id, i, 0, 1 << 30)), i == waiting_on) for i in sorted(ids)
-        ]
+        inputs = [(i, usage.get(i, (0, 0))[0], i == waiting_on) for i in sorted(ids)]
         return outputs, inputs
 
     return await asyncio.to_thread(collect)

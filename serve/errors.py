@@ -29,12 +29,25 @@ class BadRequest(RayflowError):
     http_status = 400
 
 
+def plain(exc: RayflowError) -> RayflowError:
+    """The rayflow error itself when Ray wrapped it on its way out of an actor
+    (`RayTaskError(RunNotFound)`: its name and text carry the actor's
+    traceback, which must not reach a client)."""
+    import ray.exceptions
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, RayflowError):
+        return plain(cause)
+    return exc
+
+
 class RouteError(RayflowError):
     """An error whose wire message differs from rayflow's own (WIRE.md fixes
     some texts, e.g. "Run not found"); the rayflow message goes in `detail`."""
 
     def __init__(self, status: int, wire_message: str, cause: RayflowError) -> None:
         super().__init__(wire_message)
+        cause = plain(cause)
         self.http_status = status
         self.code = type(cause).__name__
         self.detail = str(cause)
@@ -49,6 +62,7 @@ def error_response(status: int, message: str, code: str, **extra: Any) -> JSONRe
 
 
 def rayflow_error_response(exc: RayflowError) -> JSONResponse:
+    exc = plain(exc)
     if isinstance(exc, RouteError):
         return error_response(exc.http_status, str(exc), exc.code, detail=exc.detail)
     return error_response(exc.http_status, str(exc), type(exc).__name__)

@@ -100,8 +100,11 @@ def test_trigger_by_id_and_unknown_task() -> None:
 
 def test_idempotency_key_returns_the_same_run() -> None:
     a = typed_payload.trigger({"x": 1}, idempotency_key="once-only").result()
-    b = typed_payload.trigger({"x": 2}, idempotency_key="once-only").result()
+    b = typed_payload.trigger({"x": 1}, idempotency_key="once-only").result()
     assert a.id == b.id and b.is_cached and not a.is_cached
+    # another payload under the same key is not a retry of that trigger
+    with pytest.raises(errors.IdempotencyConflict, match="once-only"):
+        typed_payload.trigger({"x": 2}, idempotency_key="once-only").result()
 
 
 def test_failed_attempts_are_retried_with_a_fresh_attempt() -> None:

@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -732,3 +733,44 @@ def test_sends_in_one_batch_fail_alone(store: Store) -> None:
     assert isinstance(results[2], RunFinishedError)
     assert [m.data for m in store.inbox_read("run_1", "s", 0, 10)] == ['"a"', '"d"']
     assert store.inbox_read("run_2", "s", 0, 10) == []
+
+
+def test_delete_expired_works_through_a_backlog_in_batches(store: Store) -> None:
+    old = now_ms() - 40 * 86_400_000
+    for i in range(7):
+        store.create_run(_run(f"old{i}", created_at=old))
+        store.append_chunks(f"old{i}", "k", [ChunkWrite(data="1")], MiB)
+        store.finish_run(f"old{i}", "COMPLETED", "1", None)
+        store.update_run(f"old{i}", finished_at=old)
+    store.expire_batch = 3  # type: ignore[attr-defined]  # 3 transactions: 3 + 3 + 1
+    assert store.delete_expired(now_ms() - 28 * 86_400_000) == 7
+    assert all(store.get_run(f"old{i}") is None for i in range(7))
+    assert store.read_chunks("old6", "k", 0, 10) == []
+
+
+@pytest.mark.postgres
+def test_a_run_actors_postgres_pool_is_small_and_lazy(store_url_for: Any) -> None:
+    """Each RunActor process has its own pool: ~100 of them with 8 connections
+    each passed PostgreSQL's default max_connections (100) and crashed runs."""
+    import psycopg
+
+    name = "rf_pool_" + uuid.uuid4().hex[:8]
+    url = store_url_for("postgres")
+    url += ("&" if "?" in url else "?") + f"application_name={name}"
+    server = url.split("?")[0]
+
+    def held() -> int:
+        with psycopg.connect(server, autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    store = open_store(url, pool_min_size=0, pool_max_size=2)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: store.list_runs(limit=5), range(64)))
+        assert 1 <= held() <= 2
+    finally:
+        store.close()
+    assert held() == 0

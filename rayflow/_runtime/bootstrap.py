@@ -34,6 +34,13 @@ def start_ray(settings: Settings) -> None:
     if settings.address is None:
         # DESIGN §8: keep a local Ray on 127.0.0.1 only
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+            # Ray reads that variable once, when it is imported: a script that
+            # imported Ray before rayflow would otherwise start a GCS, raylet
+            # and workers listening on every interface
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         # Ray runs workers at nice 15 by default; RunActors and Serve replicas
         # are the service here, not background work (measured: p99 several
         # times worse beside nice-0 processes on a busy box)

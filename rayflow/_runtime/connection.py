@@ -7,7 +7,9 @@ same public API (trigger, send, read) as a script.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,20 +63,42 @@ def secret_key_for(settings: Settings) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = "rf_sk_" + secrets.token_urlsafe(24)
-    path.write_text(key)
-    path.chmod(0o600)
+    # written whole to a file only its owner can read (mkstemp: 0600), then
+    # linked into place: the key is never readable by others, not even for a
+    # moment, and two processes starting at once agree on one key
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 
-def connect(settings: Settings, controller: Any = None) -> Connection:
-    """Open this process's connection (idempotent for the same store)."""
+def connect(settings: Settings, controller: Any = None, *, run_actor: bool = False) -> Connection:
+    """Open this process's connection (idempotent for the same store). A
+    RunActor's Store pool is small and lazy (`run_actor_store_connections`,
+    none held while idle): ~100 of them share one PostgreSQL server."""
     global _current
     with _lock:
         if _current is not None and _current.store.url == open_url(settings):
             if controller is not None:
                 _current._controller = controller
             return _current
-        store = open_store(open_url(settings), sqlite_synchronous=settings.sqlite_synchronous)
+        store = open_store(
+            open_url(settings),
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_min_size=0 if run_actor else 1,
+            pool_max_size=(
+                settings.run_actor_store_connections if run_actor else settings.store_connections
+            ),
+        )
         from rayflow._runtime.run_events import Notifier
 
         store.on_run_change = Notifier(settings.namespace)

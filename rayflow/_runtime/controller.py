@@ -32,7 +32,7 @@ from rayflow._runtime import connection
 from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.pool import RunActorPool
 from rayflow._runtime.run_actor import LOST
-from rayflow.errors import RunNotFound, TaskNotFound
+from rayflow.errors import IdempotencyConflict, RunNotFound, TaskNotFound
 from rayflow.store.base import ACTIVE_STATUSES, FINISHED_STATUSES, RunRecord, now_ms
 
 log = logging.getLogger("rayflow")
@@ -173,6 +173,17 @@ class Controller:
         for (run, new), needs in zip(created, resources, strict=True):
             if new:
                 self._launch(run.id, needs, child=parent_id is not None)
+        # a key names one trigger: reused with another payload it is a mistake
+        # (or someone else's key), never a retry; the new runs above still start
+        conflicts = [
+            f"item {n}: idempotency key {rec.idempotency_key!r} was used for run {run.id}"
+            for n, ((run, new), rec) in enumerate(zip(created, records, strict=True))
+            if not new and run.payload != rec.payload
+        ]
+        if conflicts:
+            raise IdempotencyConflict(
+                "an idempotency key was reused with a different payload: " + "; ".join(conflicts)
+            )
         return [(run.id, new) for run, new in created]
 
     def _launch(

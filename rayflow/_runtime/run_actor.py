@@ -103,7 +103,7 @@ class Execution:
 class RunActor:
     def __init__(self, settings_json: str) -> None:
         settings = Settings.model_validate_json(settings_json)
-        self.conn = connection.connect(settings)
+        self.conn = connection.connect(settings, run_actor=True)
         self.settings = settings
         self.name = ray.get_runtime_context().get_actor_name() or ""
         self.served = 0

@@ -286,6 +286,7 @@ class SqlStore:
         tags: list[str] | None = None,
         batch_id: str | None = None,
         created_after: int | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         args: list[object] = []
@@ -298,7 +299,11 @@ class SqlStore:
         if parent_id is not None:
             where.append("parent_id = ?")
             args.append(parent_id)
-        if before_created_at is not None:
+        if before_created_at is not None and before_id is not None:
+            # a page ends inside a millisecond: the rest of it comes next
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args.extend((before_created_at, before_created_at, before_id))
+        elif before_created_at is not None:
             where.append("created_at < ?")
             args.append(before_created_at)
         if created_after is not None:
@@ -428,22 +433,33 @@ class SqlStore:
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    #: runs deleted per transaction by `delete_expired`: a long retention
+    #: backlog must not hold SQLite's write lock (or PostgreSQL row locks) for
+    #: the whole of it
+    expire_batch = 500
+
     def delete_expired(self, finished_before: int) -> int:
         finished = ", ".join("?" for _ in FINISHED_STATUSES)
-        with self._tx() as c:
-            ids = [
-                r[0]
-                for r in c.execute(
-                    f"SELECT id FROM runs WHERE status IN ({finished})"
-                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id",
-                    (*FINISHED_STATUSES, finished_before),
-                ).fetchall()
-            ]
-            for run_id in ids:
+        deleted = 0
+        while True:
+            with self._tx() as c:
+                ids = [
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT id FROM runs WHERE status IN ({finished})"
+                        " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?",
+                        (*FINISHED_STATUSES, finished_before, self.expire_batch),
+                    ).fetchall()
+                ]
+                marks = ", ".join("?" for _ in ids)
                 for table in ("chunks", "streams", "stream_writers", "journal", "inbox"):
-                    c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-                c.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        return len(ids)
+                    if ids:
+                        c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
+                if ids:
+                    c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+            deleted += len(ids)
+            if len(ids) < self.expire_batch:
+                return deleted
 
     # -- journal ---------------------------------------------------------------
     def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
@@ -549,6 +565,15 @@ class SqlStore:
                 (run_id, stream_id, start, limit),
             ).fetchall()
         return [InboxMessage(seq=int(r[0]), data=r[1], created_at=int(r[2])) for r in rows]
+
+    def inbox_usage(self, run_id: str) -> dict[str, tuple[int, int]]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT stream_id, COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM inbox"
+                " WHERE run_id = ? GROUP BY stream_id",
+                (run_id,),
+            ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def inbox_streams(self, run_id: str) -> list[str]:
         with self._read() as c:

@@ -217,8 +217,11 @@ class Store(Protocol):
         tags: list[str] | None = None,
         batch_id: str | None = None,
         created_after: int | None = None,
+        before_id: str | None = None,
     ) -> list[RunRecord]:
-        """Newest first. `tags`: runs carrying every one of them."""
+        """Newest first (by creation time, then id). `tags`: runs carrying
+        every one of them. `before_created_at` with `before_id`: the runs
+        after that one in this order (a page's cursor)."""
 
     # -- output streams ------------------------------------------------------
     def append_chunks(
@@ -274,6 +277,9 @@ class Store(Protocol):
         self, run_id: str, stream_id: str, start: int, limit: int
     ) -> list[InboxMessage]: ...
     def inbox_streams(self, run_id: str) -> list[str]: ...
+    def inbox_usage(self, run_id: str) -> dict[str, tuple[int, int]]:
+        """Per input stream of the run: (messages, characters of their JSON
+        text), without reading them (quotas, counts for the dashboard)."""
 
     def put_waitpoint(self, wp: Waitpoint) -> None: ...
     def get_waitpoint(self, run_id: str) -> Waitpoint | None: ...

@@ -69,6 +69,7 @@ class PostgresStore(SqlStore):
         max_size: int = 8,
         connect_timeout_s: float = 30.0,
         check_idle_s: float = 10.0,
+        max_idle_s: float = 60.0,
     ) -> None:
         """Open a pool of connections to the database at `url`.
 
@@ -79,7 +80,8 @@ class PostgresStore(SqlStore):
         since every RunActor process opens one and the server's
         `max_connections` bounds them all. A connection idle in the pool for
         `check_idle_s` or longer is checked before use, and replaced if the
-        server closed it meanwhile.
+        server closed it meanwhile. Connections beyond `min_size` are closed
+        after `max_idle_s` unused (a warm RunActor with `min_size=0` holds none).
         """
         self.url = url
         self._check_idle_s = check_idle_s
@@ -98,12 +100,16 @@ class PostgresStore(SqlStore):
             kwargs=kwargs,
             timeout=connect_timeout_s,
             check=self._check_if_idle,
+            max_idle=max_idle_s,
             open=False,
             name="rayflow-store",
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
-        except PoolTimeout as e:
+            if min_size == 0:  # nothing opened yet: fail now on a wrong URL, not at first use
+                with self._pool.connection():
+                    pass
+        except (PoolTimeout, psycopg.OperationalError) as e:
             self._pool.close()
             raise ConnectionError(
                 f"cannot connect to PostgreSQL at {redact(url)} within {connect_timeout_s} s;"

@@ -1,5 +1,6 @@
 // Shared by the dashboard pages: the access token, the client, small DOM helpers.
 import { RayflowClient } from "./client.js";
+import { API_ORIGINS } from "./config.js";
 
 const TOKEN_KEY = "rayflow.token";
 
@@ -28,20 +29,43 @@ export function setToken(token) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-// The API's origin: the page's, unless `?api=http://host:port` says otherwise.
+// The API's base URL: the page's origin, unless `?api=` names another one the
+// operator allowed (RAYFLOW_DASHBOARD_API_ORIGINS, served as config.js). Every
+// request carries the secret key or token kept in localStorage, so a link with
+// `?api=https://elsewhere` must never be followed: the page keeps its own
+// origin and says why.
+let refusedApi = null;
+
+function allowedApi(asked) {
+  let url;
+  try {
+    url = new URL(asked, location.href);
+  } catch {
+    return false;
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return false;
+  return url.origin === location.origin || API_ORIGINS.includes(url.origin);
+}
+
 export function apiBase() {
-  return new URLSearchParams(location.search).get("api") || location.origin;
+  const asked = new URLSearchParams(location.search).get("api");
+  if (!asked) return location.origin;
+  if (allowedApi(asked)) return asked;
+  refusedApi = asked;
+  return location.origin;
 }
 
 export function makeClient() {
-  return new RayflowClient({ baseURL: apiBase(), accessToken: getToken() });
+  const client = new RayflowClient({ baseURL: apiBase(), accessToken: getToken() });
+  if (refusedApi) showError(null);
+  return client;
 }
 
 /** Keep `?api=` when linking between dashboard pages. */
 export function pageURL(path, params = {}) {
   const q = new URLSearchParams(params);
   const api = new URLSearchParams(location.search).get("api");
-  if (api) q.set("api", api);
+  if (api && allowedApi(api)) q.set("api", api);
   const qs = q.toString();
   return qs ? `${path}?${qs}` : path;
 }
@@ -90,6 +114,13 @@ export function pretty(value) {
 export function showError(err) {
   const banner = document.getElementById("error");
   if (!banner) return;
+  if (refusedApi) {
+    const refusal =
+      `?api=${refusedApi} is not an allowed API origin (RAYFLOW_DASHBOARD_API_ORIGINS); ` +
+      `this page uses its own origin, ${location.origin}`;
+    const status = err?.status;
+    err = { message: err ? `${refusal} — ${err.message || err}` : refusal, status };
+  }
   if (!err) {
     banner.hidden = true;
     banner.textContent = "";

@@ -78,7 +78,7 @@ async def batch_trigger(
                 decode_payload(i.payload, o.payloadType)
                 for i, o in zip(body.items, item_options, strict=True)
             ],
-            idempotency_keys=[o.idempotencyKey for o in item_options],
+            idempotency_keys=[who.idempotency_key(o.idempotencyKey) for o in item_options],
             tags=tags,
             max_duration=first.maxDuration,
         )
@@ -90,6 +90,7 @@ async def batch_trigger(
     for n, item in enumerate(body.items):
         options = item.options or TriggerOptions()
         payload = decode_payload(item.payload, options.payloadType)
+        options.idempotencyKey = who.idempotency_key(options.idempotencyKey)
         try:
             run_id, cached = await core.trigger(
                 task_id, payload, options.model_dump(exclude_none=True)

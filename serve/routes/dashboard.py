@@ -3,12 +3,13 @@ streams, run-status events, and the dashboard's static files."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -120,10 +121,23 @@ async def _run_events(run_id: str) -> AsyncIterator[bytes]:
         await changes.wait_for(since, {run_id}, RUN_EVENTS_POLL_S)
 
 
-def mount_dashboard(app: FastAPI) -> None:
+def dashboard_config_js(api_origins: list[str]) -> str:
+    """The dashboard's `config.js`: the API origins besides the page's own that
+    `?api=` may name (the dashboard sends its key there, so no other)."""
+    origins = [o.rstrip("/") for o in api_origins]
+    return f"export const API_ORIGINS = Object.freeze({json.dumps(origins)});\n"
+
+
+def mount_dashboard(app: FastAPI, api_origins: list[str]) -> None:
     """The dashboard at /dashboard/ (and / redirects there); its JS client at /client.js."""
     if not DASHBOARD_DIR.is_dir():
         return
+    config_js = dashboard_config_js(api_origins)
+
+    # before the static mount, so the operator's setting wins over the file's default
+    @app.get("/dashboard/config.js", include_in_schema=False)
+    async def config() -> Response:
+        return Response(config_js, media_type="text/javascript")
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:

@@ -37,8 +37,9 @@ class SendInputResponse(BaseModel):
     responses={
         400: {"description": "`data` missing, or the run has finished"},
         404: {"description": "no such run"},
-        413: {"description": "the body is over 1 MiB"},
+        413: {"description": "the body is over 1 MiB, or the run's input log would pass its limit"},
         422: {"description": "malformed JSON, or `data` fails the stream's type"},
+        429: {"description": "the run's input streams hold their limit of messages"},
     },
 )
 async def send_input(

@@ -206,6 +206,7 @@ async def trigger_task(
     who.require("trigger", "tasks", task_id)
     options = body.options or TriggerOptions()
     payload = decode_payload(body.payload, options.payloadType)
+    options.idempotencyKey = who.idempotency_key(options.idempotencyKey)
     run_id, cached = await core.trigger(task_id, payload, options.model_dump(exclude_none=True))
     scopes = run_scopes(run_id)
     response.headers["x-trigger-jwt"] = st.mint(scopes)

@@ -7,6 +7,7 @@ so `streams.read()` / `useRealtimeStream` work against rayflow unchanged.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -115,6 +116,7 @@ async def append_chunk(
         text = body.decode()
     except UnicodeDecodeError as e:
         raise BadRequest("the chunk must be UTF-8 text") from e
+    await core.check_open(target_id, key)
     await core.append(target_id, key, text, x_part_id)
     return AppendResponse()
 
@@ -150,7 +152,9 @@ async def writer_position(
 
 
 def writer_id(client_id: str | None) -> str:
-    return f"http-v1:{client_id or 'anonymous'}"
+    """Chunk numbers are per writer: without an `X-Client-Id` each request is
+    a writer of its own (sharing one id, two would drop each other's chunks)."""
+    return f"http-v1:{client_id or 'anonymous-' + uuid.uuid4().hex}"
 
 
 @router.post(
@@ -179,6 +183,7 @@ async def write_ndjson(
     resume = (x_resume_from_chunk or "").strip()
     first = int(resume) if resume.isdigit() else 0
     writer = writer_id(x_client_id)
+    await core.check_open(target_id, key)
     index = first
     buffered = b""
     pending: list[tuple[int, str]] = []
@@ -206,7 +211,12 @@ def _ndjson_chunk(line: bytes) -> str:
         raise PayloadTooLarge(f"a stream chunk is over {MAX_APPEND_BYTES} bytes")
     try:
         text = line.decode()
-        json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        json.loads(text, parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"every NDJSON line must be one JSON value: {e}") from e
     return text
+
+
+def _not_json(name: str) -> None:
+    # Python's json takes NaN/Infinity; JSON (and every JS reader's JSON.parse) does not
+    raise ValueError(f"{name} is not JSON")
