@@ -112,12 +112,17 @@ class Bench:
         actor = Bare.remote()
         ray.get(actor.ping.remote())
         self.calls = []
+        cpu0 = sup.cpu_seconds()
         for _ in range(200):
             t0 = time.perf_counter()
             ray.get(actor.ping.remote())
             self.calls.append((time.perf_counter() - t0) * 1000)
+        # what one actor call costs in CPU, caller and callee and Ray together:
+        # every send is at least one such call
+        self.call_cpu_ms = (sup.cpu_seconds() - cpu0) * 1000 / 200
         ray.kill(actor)
         sup.line("call a live actor (round trip)", self.calls)
+        sup.say("CPU per actor call (every process)", f"{self.call_cpu_ms:.2f} ms")
         t0 = time.perf_counter()
         actors = [Bare.remote() for _ in range(a.create)]
         refs = [x.ping.remote() for x in actors]
@@ -133,6 +138,7 @@ class Bench:
         )
         self.row("floor: cold actor create + call p50/p99", self._ms(self.cold))
         self.row("floor: actor create rate", f"{self.create_rate:.1f} actors/s")
+        self.row("floor: CPU per actor call, all processes", f"{self.call_cpu_ms:.2f} ms")
 
     # -- building blocks -------------------------------------------------------------
     def trigger(self, payloads: list[dict], budget_s: float) -> list[str]:
@@ -209,6 +215,13 @@ class Bench:
             f"{label}: CPU per revival, all processes",
             f"{cpu_ms:.1f} ms",
             f"floor for the last: {floor_ms:,.0f} ms = {floor_ms / sup.p50(self.cold):.2f}x cold",
+        )
+        # any design: each send is at least one actor call
+        call_floor_ms = len(outputs) * self.call_cpu_ms / cores
+        self.row(
+            f"{label}: floor of one actor call per send",
+            f"{call_floor_ms:,.0f} ms for the last",
+            f"= {call_floor_ms / sup.p50(self.cold):.2f}x cold",
         )
 
     def _ms(self, xs: list[float]) -> str:
