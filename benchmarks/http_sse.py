@@ -36,8 +36,13 @@ chunk's 64 bytes carrying its index and the wall clock at the append call
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# DESIGN §8: Ray reads this when it is imported (rayflow imports Ray below):
+# with it and rayflow's `_node_ip_address="127.0.0.1"` only loopback listens
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -50,7 +55,6 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -368,9 +372,12 @@ uvicorn.run("redis_diy_peer:sse_app", factory=True, host="127.0.0.1", port={port
 
 
 def start_baseline(servers: Servers) -> tuple[str, RedisClient]:
-    """Redis (Debian's redis-server) and the DIY SSE app of benchmarks/peers."""
-    redis_port = servers.start_redis()["port"]
+    """Redis (Debian's redis-server) and the DIY SSE app of benchmarks/peers.
+
+    Installs what is missing first (redis-server from apt, the peers' venv from
+    PyPI), the way benchmarks/peers/run.py does, so a fresh machine runs it."""
     python = ensure_peers_venv()
+    redis_port = servers.start_redis()["port"]
     port = free_port()
     proc = subprocess.Popen(
         [python, "-c", BASELINE_SERVER.format(port=port)],
@@ -383,7 +390,8 @@ def start_baseline(servers: Servers) -> tuple[str, RedisClient]:
 
 
 def ensure_peers_venv() -> str:
-    """The peers' venv (redis-py, sse-starlette, uvicorn), made by peers/run.py's setup."""
+    """The peers' venv (redis-py, sse-starlette, uvicorn) and Debian's redis-server,
+    installed by peers/run.py's setup when missing."""
     import run as peers_run
 
     system = next(s for s in peers_run.SYSTEMS if s["name"] == "redis-diy")

@@ -14,20 +14,27 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import statistics
-import subprocess
-import sys
-import tempfile
-import textwrap
-import time
-from typing import Any
+import os
 
-import ray
+# DESIGN §8: Ray reads this when it is imported, so it must be set before
+# `import ray` (and before rayflow, which imports Ray): with it, and rayflow's
+# `_node_ip_address="127.0.0.1"`, nothing listens beyond the loopback
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-import rayflow
-from rayflow import streams, task
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ray  # noqa: E402
+
+import rayflow  # noqa: E402
+from rayflow import streams, task  # noqa: E402
 
 out = streams.define("out", str)
 go = streams.input("go", dict)
@@ -116,7 +123,9 @@ def throughput(n: int, reps: int) -> None:
 
 READER = textwrap.dedent(
     """
-    import sys, time, json, rayflow
+    import os, sys, time, json
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported
+    import rayflow
     from rayflow import streams
     address, store, ns, data_dir, run_id, n = sys.argv[1:7]
     rayflow.init(address=address, store=store, namespace=ns, data_dir=data_dir)
@@ -186,6 +195,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--latency-chunks", type=int, default=500)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     settings = rayflow.init(data_dir=tempfile.mkdtemp(prefix="rf-bench-"))
     try:
         throughput(args.chunks, args.reps)
@@ -193,6 +203,10 @@ def main() -> None:
         first_chunk(max(5, args.reps))
     finally:
         rayflow.shutdown(stop_runs=True)
+    print(
+        f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} before,"
+        f" {'/'.join(f'{x:.1f}' for x in os.getloadavg())} after"
+    )
 
 
 if __name__ == "__main__":
