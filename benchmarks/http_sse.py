@@ -97,6 +97,9 @@ class Reader:
     """One SSE connection's chunks: latency per chunk, count, order."""
 
     live: c.LiveRead = field(default_factory=c.LiveRead)
+    #: chunk index -> wall clock ns of its append call / when the client parsed it
+    sent: dict[int, int] = field(default_factory=dict)
+    received: dict[int, int] = field(default_factory=dict)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -112,6 +115,8 @@ async def read_sse(
                 continue
             for chunk in c.extract_chunks(line[5:].lstrip(" ")):
                 reader.live.add(chunk)
+                reader.received[c.chunk_seq(chunk)] = time.time_ns()
+                reader.sent[c.chunk_seq(chunk)] = c.chunk_ts(chunk)
             if len(reader.live.lat_ms) >= total:
                 return
 
@@ -298,9 +303,14 @@ async def python_reader(run_id: str, part: str, total: int) -> list[float]:
 
 
 async def latency(
-    system: System, streams_n: int, seconds: float, py_run: str | None = None
+    system: System,
+    streams_n: int,
+    seconds: float,
+    py_run: str | None = None,
+    keep: list[tuple[str, list[Reader]]] | None = None,
 ) -> dict[str, Any]:
-    """Part 1: append → SSE client latency, `streams_n` streams × RATE chunks/s."""
+    """Part 1: append → SSE client latency, `streams_n` streams × RATE chunks/s.
+    `keep` receives the part's name and its readers (for the breakdown)."""
     part = f"lat{streams_n}-{uuid.uuid4().hex[:6]}"
     total = int(RATE * seconds)
     async with sse_client(streams_n) as client:
@@ -310,6 +320,8 @@ async def latency(
         acks = await paced_appends(system, part, streams_n, seconds)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         py_lat = await asyncio.wait_for(py, 60) if py else None
+    if keep is not None:
+        keep.append((part, readers))
     lat = [x for rd in readers for x in rd.live.lat_ms]
     check(readers, total, system.ordered)
     out = {"sse_ms": c.summary(lat), "ack_ms": c.summary(acks)}
@@ -400,7 +412,7 @@ def ensure_peers_venv() -> str:
 
 
 def start_rayflow(
-    data_dir: str, n_runs: int, synchronous: str
+    data_dir: str, n_runs: int, synchronous: str, **extra: Any
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """Local Ray + SQLite, the HTTP API on a free port, `n_runs` running tasks."""
     from serve.app import start as start_http
@@ -408,7 +420,7 @@ def start_rayflow(
     # Ray starts its workers (RunActors, Serve's proxy and replica) at nice 15;
     # Redis and uvicorn run at 0: on a shared machine that alone decides latency
     os.environ.setdefault("RAY_worker_niceness", "0")
-    settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous)
+    settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous, **extra)
     settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
     base = start_http(settings)
     wait_http(f"{base}/healthz")
@@ -575,6 +587,68 @@ async def bench_rayflow(
     return out
 
 
+def breakdown(size: dict[str, Any], synchronous: str, postgres: bool) -> None:
+    """`--breakdown`: where an append's time goes, hop by hop (benchmarks/_breakdown.py)."""
+    import ray
+
+    sys.path.insert(0, str(HERE))
+    import _breakdown as bd
+
+    sys.path.remove(str(HERE))
+    load_before = os.getloadavg()
+    servers = Servers()
+    try:
+        pg = servers.start_postgres()["url"] if postgres else None
+        floor_rows = bd.floors(pg)
+    finally:
+        servers.stop_all()
+    parts: list[tuple[str, dict[str, list[float]]]] = []
+    with tempfile.TemporaryDirectory(prefix="rayflow-http-breakdown-") as tmp:
+        hops_dir = Path(tmp) / "hops"
+        base, secret, runs = start_rayflow(tmp, 10, synchronous, trace_hops_dir=str(hops_dir))
+        try:
+            floor_rows.update(bd.ray_call_floor())
+
+            async def go() -> list[tuple[str, int, list[tuple[str, list[Reader]]]]]:
+                done: list[tuple[str, int, list[tuple[str, list[Reader]]]]] = []
+                system = rayflow_system(base, runs)
+                for label, n in (("1 stream", 1), ("10 streams (10 runs)", 10)):
+                    log(f"breakdown: {label}")
+                    keep: list[tuple[str, list[Reader]]] = []
+                    await latency(system, n, size["lat_s"], keep=keep)
+                    done.append((label, n, keep))
+                http_system, client = rayflow_http_append(system, base, runs, secret)
+                async with client:
+                    log("breakdown: 1 stream, HTTP append")
+                    keep = []
+                    await latency(http_system, 1, size["lat_s"], keep=keep)
+                    done.append(("1 stream, HTTP append", 1, keep))
+                return done
+
+            done = asyncio.run(go())
+            hops = bd.Hops(hops_dir)
+            for label, n, keep in done:
+                part, readers = keep[0]
+                merged: dict[str, list[float]] = {}
+                for i, rd in enumerate(readers[:n]):
+                    for hop, values in hops.per_hop(runs[i][0], part, rd.sent, rd.received).items():
+                        merged.setdefault(hop, []).extend(values)
+                parts.append((label, merged))
+        finally:
+            stop_rayflow(runs)
+            if ray.is_initialized():
+                ray.shutdown()
+    print(bd.table("floors (no rayflow)", floor_rows))
+    for label, rows in parts:
+        print()
+        print(bd.table(f"append → SSE client, {label} × {RATE}/s, SQLite {synchronous}", rows))
+    print(
+        f"\nbreakdown, {size['lat_s']:.0f} s per part; load average (1/5/15 min)"
+        f" {'/'.join(f'{x:.1f}' for x in load_before)} before,"
+        f" {'/'.join(f'{x:.1f}' for x in os.getloadavg())} after"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
@@ -585,8 +659,21 @@ def main() -> None:
         choices=["FULL", "NORMAL"],
         help="rayflow's SQLite durability (default FULL, rayflow's own default)",
     )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only the per-hop latency breakdown of rayflow (and the floors under it)",
+    )
+    p.add_argument(
+        "--breakdown-postgres",
+        action="store_true",
+        help="with --breakdown: also a durable PostgreSQL commit floor (starts a server)",
+    )
     args = p.parse_args()
     size = SIZES["quick" if args.quick else "full"]
+    if args.breakdown:
+        breakdown(size, args.sqlite_synchronous, args.breakdown_postgres)
+        return
     started, load_before = time.monotonic(), os.getloadavg()[0]
     servers = Servers()
     results: dict[str, Any] = {}

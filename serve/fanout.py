@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 
+from rayflow._runtime import hops
 from rayflow._runtime.connection import current
 from rayflow._runtime.reader import ChunkReader
 from serve.sse import Batch, Record
@@ -133,6 +134,9 @@ class HubSource:
                 records = hub.records_from(self.position)
             if records:
                 self.position = records[-1].seq + 1
+                hops.mark(
+                    "sse_out", [hops.stream_id(self.run_id, self.key, r.seq) for r in records]
+                )
                 return Batch(records)
             if hub.error is not None:
                 raise hub.error

@@ -23,9 +23,10 @@ from typing import Any
 
 import ray
 
+from rayflow._runtime import hops
 from rayflow.errors import RunFinished, StreamTooLarge
 from rayflow.store import Store
-from rayflow.store.base import Chunk, ChunkWrite, StreamTooLargeError
+from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamTooLargeError
 
 log = logging.getLogger("rayflow")
 
@@ -88,6 +89,7 @@ class StreamBuffer:
         return future
 
     async def submit_many(self, writes: list[ChunkWrite]) -> list[int | None]:
+        hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
         return list(await asyncio.gather(*(self.submit(w) for w in writes)))
 
     async def _commit_loop(self) -> None:
@@ -115,13 +117,20 @@ class StreamBuffer:
 
     async def _commit(self, batch: list[tuple[ChunkWrite, asyncio.Future[int | None]]]) -> None:
         writes = [w for w, _ in batch]
-        result = await asyncio.to_thread(
-            self.store.append_chunks, self.run_id, self.key, writes, self.max_bytes
-        )
+        result = await asyncio.to_thread(self._append, writes)
         self._publish(writes, result.seqs, result.length)
         for (_, fut), seq in zip(batch, result.seqs, strict=True):
             if not fut.done():
                 fut.set_result(seq)
+
+    def _append(self, writes: list[ChunkWrite]) -> AppendResult:
+        if not hops.enabled():
+            return self.store.append_chunks(self.run_id, self.key, writes, self.max_bytes)
+        ids = [hops.write_id(w.writer_id, w.writer_seq) for w in writes]
+        hops.mark("commit_start", ids)
+        result = self.store.append_chunks(self.run_id, self.key, writes, self.max_bytes)
+        hops.mark("committed", ids)
+        return result
 
     def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
         from rayflow.store.base import now_ms
@@ -144,6 +153,13 @@ class StreamBuffer:
             self.length = rows[-1][0] + 1
             self._seal()
             self._notify()
+            if hops.enabled():
+                done = [(w, s) for w, s in zip(writes, seqs, strict=True) if s is not None]
+                hops.mark(
+                    "visible",
+                    [hops.stream_id(self.run_id, self.key, s) for _, s in done],
+                    [hops.write_id(w.writer_id, w.writer_seq) for w, _ in done],
+                )
         elif length > self.length:
             self.length = length
 
