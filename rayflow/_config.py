@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     store_connections: int = 8
     #: SQLite `synchronous` pragma: FULL survives power loss, NORMAL a crash
     sqlite_synchronous: str = "FULL"
-    #: how long writers outside the run coalesce chunks before one Ray call
-    flush_interval_s: float = 0.002
+    #: extra wait before a writer outside the run sends when nothing is in
+    #: flight; 0 sends at once (writes made meanwhile still share the next call)
+    flush_interval_s: float = 0.0
     #: chunks kept in a RunActor's memory per stream before sealing a segment;
     #: large enough that a segment of small chunks passes Ray's 100 KB inline
     #: limit and lands in the shared object store, not the actor's heap
@@ -76,6 +77,10 @@ class Settings(BaseSettings):
     inbox_shards: int = 1
     #: how often the Controller looks for waitpoints past their deadline
     timer_interval_s: float = 0.5
+
+    #: a directory for per-chunk hop timestamps (the latency breakdown of
+    #: benchmarks/http_sse.py --breakdown); None = off
+    trace_hops_dir: Path | None = None
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{(self.data_dir / 'rayflow.db').resolve()}"

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response, background_loop, run_sync
-from rayflow._runtime import connection
+from rayflow._runtime import connection, locations
 from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run, resolve_target
@@ -286,13 +286,15 @@ def _in_loop(make: Any) -> Any:
 
 async def close_stream(run_id: str, key: str) -> None:
     conn = connection.current()
-    _, actor = await call(conn.controller.locate.remote(run_id))
-    if actor is not None:
+    for _ in range(10):
+        _, actor = await locations.locate(run_id)
+        if actor is None:
+            break
         try:
             await call(actor.close_stream.remote(run_id, key))
             return
         except (RunMoved, ray.exceptions.RayActorError):
-            pass  # the run left that actor: the Store is the truth
+            locations.forget(run_id, actor)  # it left that actor: look again
     await asyncio.to_thread(conn.store.close_stream, run_id, key)
 
 

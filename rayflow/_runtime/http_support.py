@@ -3,19 +3,41 @@
 Owned by serve/: writes with a writer id and per-writer sequence numbers
 (the SDK's v1 NDJSON writer resends chunks after a reconnect; they must be
 stored once), and the writer's last stored position for its `HEAD` probe.
+
+Concurrent requests to one (run, stream) in a replica share one
+`StreamAppender`: whatever arrives while a call is in flight leaves in the
+next call together, so a burst of HTTP appends costs one Ray call and one
+group commit per round trip, not one per request; the run's location is
+cached (`locations`), so no request asks the Controller.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Any
 
-import ray
-
-from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.connection import current
-from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
-from rayflow.store.base import ChunkWrite, StreamTooLargeError
+from rayflow._runtime.writer import StreamAppender
+from rayflow.store.base import ChunkWrite
+
+#: idle appenders kept per replica before the oldest are dropped
+MAX_IDLE_APPENDERS = 1_000
+
+_appenders: OrderedDict[tuple[str, str], StreamAppender] = OrderedDict()
+
+
+def _appender(run_id: str, key: str) -> StreamAppender:
+    appender = _appenders.get((run_id, key))
+    if appender is None:
+        appender = StreamAppender(run_id, key)
+        _appenders[(run_id, key)] = appender
+        if len(_appenders) > MAX_IDLE_APPENDERS:
+            for k in [k for k, a in _appenders.items() if a.idle][: len(_appenders) // 2]:
+                if _appenders[k] is not appender:
+                    del _appenders[k]
+    _appenders.move_to_end((run_id, key))
+    return appender
 
 
 async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
@@ -26,42 +48,7 @@ async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list
     run has no live actor (queued or suspended), straight to the Store.
     Raises RunNotFound, RunFinished, StreamTooLarge.
     """
-    conn = current()
-    status, actor = await conn.controller.locate.remote(run_id)
-    if status in ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"):
-        raise RunFinished(
-            f"run {run_id} is {status}; its streams are closed and take no more chunks"
-        )
-    if actor is not None:
-        try:
-            seqs: list[int | None] = await actor.append.remote(run_id, key, writes)
-            return seqs
-        except (ray.exceptions.RayActorError, RunMoved):
-            pass  # the run left that actor meanwhile: the Store is the truth
-        except RunFinished:
-            run = await asyncio.to_thread(conn.store.get_run, run_id)
-            if run is None or run.finished:
-                raise
-    return await _append_to_store(run_id, key, writes)
-
-
-async def _append_to_store(run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
-    conn = current()
-    run = await asyncio.to_thread(conn.store.get_run, run_id)
-    if run is None:
-        raise RunNotFound(f"run {run_id} does not exist")
-    if run.finished:
-        raise RunFinished(f"run {run_id} is {run.status}; its streams take no more chunks")
-    try:
-        result = await asyncio.to_thread(
-            conn.store.append_chunks, run_id, key, writes, conn.settings.max_stream_bytes
-        )
-    except StreamTooLargeError as e:
-        raise StreamTooLarge(
-            f"stream {key!r} of run {run_id} would grow to {e.size} bytes, over its limit of"
-            f" {e.limit}; nothing of this write was stored"
-        ) from e
-    return result.seqs
+    return await _appender(run_id, key).append(writes)
 
 
 async def writer_position(run_id: str, key: str, writer_id: str) -> int:

@@ -1,12 +1,16 @@
 """Reading an output stream from any process: history, then live, then the end.
 
-A reader asks the run's live RunActor for chunks (a long poll: one Ray call
-per batch, not per chunk). Chunks the actor no longer holds come from a
-sealed segment in the Ray object store or, older still, straight from the
-Store by index seek. When the run has no actor (queued, suspended,
-finished) the reader reads the Store and, while the run is still active,
-polls for it to come back. It ends when the stream is closed (run finished
-or writer closed it) or after `timeout_s` without a new chunk.
+A reader starts at the Store, not the Controller: one look gives the run's
+status and the first batch (acknowledged = durable = visible, so every
+chunk a writer was told about is there). A finished, queued or suspended
+run is read from the Store only. A live run's reader, once it has caught
+up, long-polls the run's RunActor (one Ray call per batch, not per chunk),
+found through the `locations` cache; chunks the actor no longer holds come
+from a sealed segment in the Ray object store or from the Store. When the
+actor does not execute the run (any more) it says `from_store`, and the
+reader reads the Store and looks for the run again. It ends when the
+stream is closed (run finished or writer closed it) or after `timeout_s`
+without a new chunk.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any
 
 import ray
 
-from rayflow._runtime import connection
-from rayflow._runtime.calls import call
+from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.output import Row, rows_from_chunks
-from rayflow.store.base import FINISHED_STATUSES
+from rayflow.errors import RunNotFound
+from rayflow.store.base import FINISHED_STATUSES, RunRecord
 
 #: how often a reader without a live actor asks where the run went
 RELOCATE_S = 0.25
@@ -55,6 +59,22 @@ class ChunkReader:
         )
         return rows_from_chunks(chunks)
 
+    async def _first_look(self) -> tuple[RunRecord, list[Row]]:
+        """The run and the first batch from the Store, in one thread hop."""
+        store = connection.current().store
+
+        def look() -> tuple[RunRecord | None, list[Row]]:
+            run = store.get_run(self.run_id)
+            if run is None:
+                return None, []
+            chunks = store.read_chunks(self.run_id, self.key, self.next_index, self.batch)
+            return run, rows_from_chunks(chunks)
+
+        run, rows = await asyncio.to_thread(look)
+        if run is None:
+            raise RunNotFound(f"run {self.run_id} does not exist")
+        return run, rows
+
     async def _store_says_closed(self) -> bool:
         store = connection.current().store
         run = await asyncio.to_thread(store.get_run, self.run_id)
@@ -63,22 +83,37 @@ class ChunkReader:
         info = await asyncio.to_thread(store.stream_info, self.run_id, self.key)
         return info is not None and info.closed
 
+    def _advance(self, rows: list[Row]) -> None:
+        hops.mark("read", [hops.stream_id(self.run_id, self.key, r[0]) for r in rows])
+        self.next_index = rows[-1][0] + 1
+
     async def batches(self) -> AsyncIterator[list[Row]]:
-        conn = connection.current()
         idle_deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+
+        def touched() -> None:
+            nonlocal idle_deadline
+            if self.timeout_s is not None:
+                idle_deadline = time.monotonic() + self.timeout_s
+
+        run, rows = await self._first_look()
+        status: str | None = run.status
+        if rows:
+            self._advance(rows)
+            touched()
+            yield rows
         actor: Any = None
         located_at = 0.0
-        # the first locate also raises RunNotFound for an unknown run
-        status, actor = await call(conn.controller.locate.remote(self.run_id))
-        located_at = time.monotonic()
+        if status == "EXECUTING":
+            status, actor = await locations.locate(self.run_id)
+            located_at = time.monotonic()
         while True:
             now = time.monotonic()
             if idle_deadline is not None and now >= idle_deadline:
                 return
-            if actor is None and now - located_at >= RELOCATE_S:
-                status, actor = await call(conn.controller.locate.remote(self.run_id))
+            if actor is None and status not in FINISHED_STATUSES and now - located_at >= RELOCATE_S:
+                status, actor = await locations.locate(self.run_id)
                 located_at = time.monotonic()
-            rows: list[Row] = []
+            rows = []
             if actor is not None:
                 wait = (
                     LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
@@ -88,6 +123,7 @@ class ChunkReader:
                         self.run_id, self.key, self.next_index, self.batch, wait
                     )
                 except ray.exceptions.RayActorError:
+                    locations.forget(self.run_id, actor)
                     actor, located_at = None, 0.0
                     continue
                 if reply.rows:
@@ -99,7 +135,10 @@ class ChunkReader:
                 elif reply.from_store:
                     rows = await self._read_store(self.next_index)
                     if not rows:
-                        actor = None  # the actor holds no run: fall back to the Store
+                        # the actor does not execute this run (any more): the
+                        # Store is the truth until the run is found again
+                        locations.forget(self.run_id, actor)
+                        actor, located_at = None, time.monotonic()
                         continue
                 elif reply.closed:
                     self.closed = True
@@ -117,7 +156,6 @@ class ChunkReader:
                         await asyncio.sleep(0.05)
                         continue
             if rows:
-                self.next_index = rows[-1][0] + 1
-                if self.timeout_s is not None:
-                    idle_deadline = time.monotonic() + self.timeout_s
+                self._advance(rows)
+                touched()
                 yield rows

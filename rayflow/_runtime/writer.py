@@ -3,21 +3,26 @@
 Every writer has an id and numbers its writes, so a retried or replayed
 write is dropped by the Store instead of duplicated. A writer inside the
 run it targets hands chunks straight to the run's stream buffer (group
-commit does the batching); any other writer coalesces chunks for
-`flush_interval_s` and sends them in one Ray call to the target's RunActor,
-or, when the run has no actor (queued or suspended), appends to the Store
-directly. One flusher per writer keeps its writes in order.
+commit does the batching). Any other writer goes through a `StreamAppender`:
+one Ray call at a time to the target's RunActor (found through the
+`locations` cache, not a Controller call per write) or, when the run has no
+actor (queued or suspended), one append to the Store.
+
+Coalescing is adaptive: with nothing in flight a write leaves at once (on
+the next turn of the event loop, so writes made in one go share a call);
+writes made while a call is in flight wait for it and then leave together.
+Latency at a trickle is one round trip, throughput under a flood is one
+call per batch. One call in flight per appender keeps its writes in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import ray
 
-from rayflow._runtime import connection
+from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.output import too_large
@@ -26,42 +31,47 @@ from rayflow.store.base import FINISHED_STATUSES, ChunkWrite, StreamTooLargeErro
 
 Pending = tuple[ChunkWrite, "asyncio.Future[int | None]"]
 
+#: most writes in one Ray call (a flood leaves in bounded messages)
+MAX_BATCH = 10_000
+
 
 def finished_error(run_id: str, status: str) -> RunFinished:
     return RunFinished(f"run {run_id} is {status}; its streams are closed and take no more chunks")
 
 
-class ChunkWriter:
-    def __init__(self, run_id: str, key: str, writer_id: str | None = None) -> None:
+class StreamAppender:
+    """Appends to one (run, key) from outside the run, batching adaptively."""
+
+    def __init__(self, run_id: str, key: str) -> None:
         self.run_id, self.key = run_id, key
-        self.writer_id = writer_id or f"ext:{uuid.uuid4().hex}"
-        self._seq = 0
         self._queue: list[Pending] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._actor: Any = None
-        ctx = current_run()
-        self._local = ctx.buffers.get(key) if ctx is not None and ctx.run_id == run_id else None
 
-    def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
-        """Queue one chunk (JSON text); the future resolves to its index once
-        durable (None when it was a duplicate)."""
-        w = ChunkWrite(
-            data=data_json, writer_id=self.writer_id, writer_seq=self._seq, record_id=record_id
-        )
-        self._seq += 1
-        if self._local is not None:
-            return self._local.submit(w)
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((w, fut))
+    def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
+        """Queue one write; the future resolves to its index once durable
+        (None for a duplicate)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int | None] = loop.create_future()
+        self._queue.append((write, fut))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flusher = loop.create_task(self._flush_loop())
         return fut
 
+    async def append(self, writes: list[ChunkWrite]) -> list[int | None]:
+        return list(await asyncio.gather(*(self.submit(w) for w in writes)))
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and (self._flusher is None or self._flusher.done())
+
     async def _flush_loop(self) -> None:
-        interval = connection.current().settings.flush_interval_s
+        delay = connection.current().settings.flush_interval_s
+        if delay > 0:
+            await asyncio.sleep(delay)
         while self._queue:
-            await asyncio.sleep(interval)
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            ids = [hops.write_id(w.writer_id, w.writer_seq) for w, _ in batch]
+            hops.mark("send", ids)
             try:
                 seqs = await self._send([w for w, _ in batch])
             except BaseException as e:
@@ -71,28 +81,26 @@ class ChunkWriter:
                 if not isinstance(e, Exception):
                     raise
                 continue
+            hops.mark("ack", ids)
             for (_, fut), seq in zip(batch, seqs, strict=True):
                 if not fut.done():
                     fut.set_result(seq)
 
     async def _send(self, writes: list[ChunkWrite]) -> list[int | None]:
-        conn = connection.current()
         for _ in range(10):
-            if self._actor is None:
-                status, self._actor = await call(conn.controller.locate.remote(self.run_id))
-                if status in FINISHED_STATUSES:
-                    raise finished_error(self.run_id, status)
-                if self._actor is None:
-                    return await self._append_to_store(writes)
+            status, actor = await locations.locate(self.run_id)
+            if status in FINISHED_STATUSES:
+                raise finished_error(self.run_id, status)
+            if actor is None:
+                return await self._append_to_store(writes)
             try:
                 result: list[int | None] = await call(
-                    self._actor.append.remote(self.run_id, self.key, writes)
+                    actor.append.remote(self.run_id, self.key, writes)
                 )
                 return result
-            except ray.exceptions.RayActorError:
-                self._actor = None  # it moved (finished, suspended, crashed): look again
-            except (RunFinished, RunMoved):
-                self._actor = None
+            except (ray.exceptions.RayActorError, RunMoved):
+                # it moved (finished, suspended, crashed, recycled): look again
+                locations.forget(self.run_id, actor)
         raise RunNotFound(f"could not reach run {self.run_id} to write to {self.key!r}")
 
     async def _append_to_store(self, writes: list[ChunkWrite]) -> list[int | None]:
@@ -113,5 +121,33 @@ class ChunkWriter:
         """Wait until every queued write is durable."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+
+
+class ChunkWriter:
+    def __init__(self, run_id: str, key: str, writer_id: str | None = None) -> None:
+        self.run_id, self.key = run_id, key
+        self.writer_id = writer_id or f"ext:{uuid.uuid4().hex}"
+        self._seq = 0
+        ctx = current_run()
+        self._local = ctx.buffers.get(key) if ctx is not None and ctx.run_id == run_id else None
+        self._remote = StreamAppender(run_id, key) if self._local is None else None
+
+    def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
+        """Queue one chunk (JSON text); the future resolves to its index once
+        durable (None when it was a duplicate)."""
+        w = ChunkWrite(
+            data=data_json, writer_id=self.writer_id, writer_seq=self._seq, record_id=record_id
+        )
+        self._seq += 1
+        hops.mark("write", [hops.write_id(w.writer_id, w.writer_seq)])
+        if self._local is not None:
+            return self._local.submit(w)
+        assert self._remote is not None
+        return self._remote.submit(w)
+
+    async def flush(self) -> None:
+        """Wait until every queued write is durable."""
+        if self._remote is not None:
+            await self._remote.flush()
         if self._local is not None:
             await self._local.drain()
