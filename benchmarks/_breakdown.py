@@ -52,6 +52,8 @@ class Hops:
         for seq, recv in sorted(received.items()):
             sid = f"{run_id}/{key}/{seq}"
             wid = self.write_of.get(sid, "")
+            if wid.startswith("None:"):
+                wid = ""  # an HTTP append has no writer id: its early hops are unknown
             times: list[tuple[str, int | None]] = [("append call", sent.get(seq))]
             times += [(h, self.at[h].get(wid)) for h in WRITE_HOPS[:-1]]
             times += [(h, self.at[h].get(sid)) for h in READ_HOPS[:-1]]
