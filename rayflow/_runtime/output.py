@@ -1,15 +1,17 @@
 """A RunActor's output streams: group commit, in-memory tail, sealed segments.
 
-Writes queue per stream; one committer per stream takes everything queued
-and commits it to the Store in one transaction (group commit), so a burst of
-writes costs one commit. Only then are the chunks visible to readers and the
-writers' futures resolved: acknowledged = durable = visible.
+Writes queue per stream; the run's one committer (`stream_commit`) takes
+what every stream has queued and commits it to the Store in one transaction
+(group commit), so a burst of writes, to one stream or many, costs one
+commit. Only then are the chunks visible to readers and the writers'
+futures resolved: acknowledged = durable = visible.
 
 Memory stays bounded however long a stream grows: the newest `tail_chunks`
 chunks stay in the actor's heap; full batches are sealed into the Ray object
 store with `ray.put` (Ray spills them to disk under pressure) and only the
 newest `object_store_segments` of those are remembered. Anything older is
-read from the Store by an index seek.
+read from the Store by an index seek. A segment is put as one pickled blob
+(Ray's own serialisation walks a list of tuples item by item).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +27,12 @@ from typing import Any
 import ray
 
 from rayflow._runtime import hops
+from rayflow._runtime.stream_commit import Entry, RunCommitter
 from rayflow.errors import RunFinished, StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamTooLargeError
 
 log = logging.getLogger("rayflow")
-
-#: most writes in one group commit
-COMMIT_BATCH = 512
 
 #: one chunk as sent to readers: (seq, JSON text, created_at ms, record id)
 Row = tuple[int, str, int, str | None]
@@ -42,7 +43,8 @@ class ReadReply:
     """What a reader gets from `StreamBuffer.read`: rows, or where to find them."""
 
     rows: list[Row]
-    #: a sealed segment holding the rows from `ref_start` on, when not in `rows`
+    #: a sealed segment holding the rows from `ref_start` on, when not in
+    #: `rows`: an ObjectRef of the pickled rows (`segment_rows` unpacks it)
     ref: Any = None
     ref_start: int = 0
     #: the reader's index is older than the actor remembers: read the Store
@@ -62,8 +64,10 @@ class StreamBuffer:
         tail_chunks: int,
         segments: int,
         max_bytes: int,
+        committer: RunCommitter | None = None,
     ) -> None:
         self.run_id, self.key, self.store = run_id, key, store
+        self.committer = committer or RunCommitter(store, max_bytes)
         self.length = length
         self.tail: list[Row] = []
         self.tail_start = length
@@ -71,66 +75,60 @@ class StreamBuffer:
         self.tail_chunks, self.max_bytes = tail_chunks, max_bytes
         self.closed = False
         self._changed = asyncio.Event()
-        self._pending: list[tuple[ChunkWrite, asyncio.Future[int | None]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._pending: list[Entry] = []
+        self._pending_chunks = 0
 
     # -- writing ---------------------------------------------------------------
     def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
         """Queue a write for the next group commit; the future gives its index
         once durable (None when it was a duplicate)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
+        return self._queue([write], True)
+
+    def submit_batch(self, writes: list[ChunkWrite]) -> asyncio.Future[list[int | None]]:
+        """Queue writes as one entry (one future, committed together)."""
+        return self._queue(writes, False)
+
+    async def submit_many(self, writes: list[ChunkWrite]) -> list[int | None]:
+        if hops.enabled():
+            hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
+        return await self.submit_batch(writes)
+
+    def _queue(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
             future.set_exception(RunFinished(f"stream {self.key!r} of run {self.run_id} is closed"))
             return future
-        self._pending.append((write, future))
-        if self._committer is None or self._committer.done():
-            self._committer = loop.create_task(self._commit_loop())
+        self._pending.append(Entry(writes, future, single))
+        self._pending_chunks += len(writes)
+        self.committer.wake(self)
         return future
 
-    async def submit_many(self, writes: list[ChunkWrite]) -> list[int | None]:
-        hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
-        return list(await asyncio.gather(*(self.submit(w) for w in writes)))
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
-    async def _commit_loop(self) -> None:
-        while self._pending:
-            # bounded batches: a flood of writes becomes visible in steps,
-            # not all at once after one huge transaction
-            batch, self._pending = self._pending[:COMMIT_BATCH], self._pending[COMMIT_BATCH:]
-            try:
-                await self._commit(batch)
-            except StreamTooLargeError:
-                # one of them is too large: commit the others, fail only those
-                for item in batch:
-                    try:
-                        await self._commit([item])
-                    except StreamTooLargeError as e:
-                        item[1].set_exception(too_large(e))
-                    except Exception as e:
-                        item[1].set_exception(e)
-            except BaseException as e:  # the Store failed: every writer must hear it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                if not isinstance(e, Exception):
-                    raise
+    def take(self, limit: int) -> list[Entry]:
+        """Whole entries from the front, up to `limit` chunks (at least one entry)."""
+        if self._pending_chunks <= limit:
+            taken, self._pending, self._pending_chunks = self._pending, [], 0
+            return taken
+        count = n = 0
+        while n < len(self._pending) and (n == 0 or count + len(self._pending[n].writes) <= limit):
+            count += len(self._pending[n].writes)
+            n += 1
+        taken, self._pending = self._pending[:n], self._pending[n:]
+        self._pending_chunks -= count
+        return taken
 
-    async def _commit(self, batch: list[tuple[ChunkWrite, asyncio.Future[int | None]]]) -> None:
-        writes = [w for w, _ in batch]
-        result = await asyncio.to_thread(self._append, writes)
+    def settle(self, entries: list[Entry], result: AppendResult) -> None:
+        """The entries are committed as `result` says: publish, then acknowledge."""
+        writes = [w for e in entries for w in e.writes]
         self._publish(writes, result.seqs, result.length)
-        for (_, fut), seq in zip(batch, result.seqs, strict=True):
-            if not fut.done():
-                fut.set_result(seq)
-
-    def _append(self, writes: list[ChunkWrite]) -> AppendResult:
-        if not hops.enabled():
-            return self.store.append_chunks(self.run_id, self.key, writes, self.max_bytes)
-        ids = [hops.write_id(w.writer_id, w.writer_seq) for w in writes]
-        hops.mark("commit_start", ids)
-        result = self.store.append_chunks(self.run_id, self.key, writes, self.max_bytes)
-        hops.mark("committed", ids)
-        return result
+        at = 0
+        for entry in entries:
+            n = len(entry.writes)
+            entry.settle(result.seqs[at : at + n])
+            at += n
 
     def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
         from rayflow.store.base import now_ms
@@ -168,7 +166,8 @@ class StreamBuffer:
             sealed = self.tail[: self.tail_chunks]
             self.tail = self.tail[self.tail_chunks :]
             start = sealed[0][0]
-            self.segments.append((start, start + len(sealed), ray.put(sealed)))
+            blob = pickle.dumps(sealed, protocol=pickle.HIGHEST_PROTOCOL)
+            self.segments.append((start, start + len(sealed), ray.put(blob)))
             self.tail_start = self.tail[0][0]
 
     def _notify(self) -> None:
@@ -177,8 +176,7 @@ class StreamBuffer:
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed."""
-        while self._committer is not None and not self._committer.done():
-            await asyncio.shield(self._committer)
+        await self.committer.drain()
 
     def close(self) -> None:
         self.closed = True
@@ -222,6 +220,7 @@ class StreamBuffers:
     def __init__(self, run_id: str, store: Store, settings: Any) -> None:
         self.run_id, self.store, self.settings = run_id, store, settings
         self.streams: dict[str, StreamBuffer] = {}
+        self.committer = RunCommitter(store, settings.max_stream_bytes)
         self.closed = False
 
     def get(self, key: str) -> StreamBuffer:
@@ -236,6 +235,7 @@ class StreamBuffers:
                 tail_chunks=self.settings.tail_chunks,
                 segments=self.settings.object_store_segments,
                 max_bytes=self.settings.max_stream_bytes,
+                committer=self.committer,
             )
             if self.closed or (info is not None and info.closed):
                 buf.closed = True
@@ -256,6 +256,12 @@ class StreamBuffers:
         self.closed = True
         for buf in self.streams.values():
             buf.close()
+
+
+def segment_rows(blob: bytes) -> list[Row]:
+    """The rows of a sealed segment (what its ObjectRef holds)."""
+    rows: list[Row] = pickle.loads(blob)
+    return rows
 
 
 def rows_from_chunks(chunks: list[Chunk]) -> list[Row]:

@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.output import Row, rows_from_chunks
+from rayflow._runtime.output import Row, rows_from_chunks, segment_rows
 from rayflow.errors import RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
 
@@ -129,7 +129,7 @@ class ChunkReader:
                 if reply.rows:
                     rows = reply.rows
                 elif reply.ref is not None:
-                    segment = await reply.ref
+                    segment = segment_rows(await reply.ref)
                     offset = self.next_index - reply.ref_start
                     rows = segment[offset : offset + self.batch]
                 elif reply.from_store:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import ray
 
@@ -26,10 +27,9 @@ from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.output import too_large
+from rayflow._runtime.stream_commit import Entry
 from rayflow.errors import RunFinished, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, ChunkWrite, StreamTooLargeError
-
-Pending = tuple[ChunkWrite, "asyncio.Future[int | None]"]
 
 #: most writes in one Ray call (a flood leaves in bounded messages)
 MAX_BATCH = 10_000
@@ -44,47 +44,65 @@ class StreamAppender:
 
     def __init__(self, run_id: str, key: str) -> None:
         self.run_id, self.key = run_id, key
-        self._queue: list[Pending] = []
+        self._queue: list[Entry] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
         """Queue one write; the future resolves to its index once durable
         (None for a duplicate)."""
+        return self._submit([write], True)
+
+    def submit_batch(self, writes: list[ChunkWrite]) -> asyncio.Future[list[int | None]]:
+        """Queue writes that travel together (one future for all)."""
+        return self._submit(writes, False)
+
+    def _submit(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int | None] = loop.create_future()
-        self._queue.append((write, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(Entry(writes, fut, single))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_loop())
         return fut
 
     async def append(self, writes: list[ChunkWrite]) -> list[int | None]:
-        return list(await asyncio.gather(*(self.submit(w) for w in writes)))
+        return await self.submit_batch(writes)
 
     @property
     def idle(self) -> bool:
         return not self._queue and (self._flusher is None or self._flusher.done())
+
+    def _take(self) -> list[Entry]:
+        count = n = 0
+        while n < len(self._queue) and (n == 0 or count + len(self._queue[n].writes) <= MAX_BATCH):
+            count += len(self._queue[n].writes)
+            n += 1
+        taken, self._queue = self._queue[:n], self._queue[n:]
+        return taken
 
     async def _flush_loop(self) -> None:
         delay = connection.current().settings.flush_interval_s
         if delay > 0:
             await asyncio.sleep(delay)
         while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            ids = [hops.write_id(w.writer_id, w.writer_seq) for w, _ in batch]
+            batch = self._take()
+            writes = [w for e in batch for w in e.writes]
+            ids = (
+                [hops.write_id(w.writer_id, w.writer_seq) for w in writes] if hops.enabled() else []
+            )
             hops.mark("send", ids)
             try:
-                seqs = await self._send([w for w, _ in batch])
+                seqs = await self._send(writes)
             except BaseException as e:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                for entry in batch:
+                    entry.fail(e)
                 if not isinstance(e, Exception):
                     raise
                 continue
             hops.mark("ack", ids)
-            for (_, fut), seq in zip(batch, seqs, strict=True):
-                if not fut.done():
-                    fut.set_result(seq)
+            at = 0
+            for entry in batch:
+                entry.settle(seqs[at : at + len(entry.writes)])
+                at += len(entry.writes)
 
     async def _send(self, writes: list[ChunkWrite]) -> list[int | None]:
         for _ in range(10):
@@ -139,11 +157,27 @@ class ChunkWriter:
             data=data_json, writer_id=self.writer_id, writer_seq=self._seq, record_id=record_id
         )
         self._seq += 1
-        hops.mark("write", [hops.write_id(w.writer_id, w.writer_seq)])
+        if hops.enabled():
+            hops.mark("write", [hops.write_id(w.writer_id, w.writer_seq)])
         if self._local is not None:
             return self._local.submit(w)
         assert self._remote is not None
         return self._remote.submit(w)
+
+    def write_many(self, datas: list[str]) -> asyncio.Future[list[int | None]]:
+        """Queue chunks (JSON text) that travel and commit together; the
+        future resolves to their indexes once all are durable."""
+        first, self._seq = self._seq, self._seq + len(datas)
+        writes = [
+            ChunkWrite(data=d, writer_id=self.writer_id, writer_seq=first + i)
+            for i, d in enumerate(datas)
+        ]
+        if hops.enabled():
+            hops.mark("write", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
+        if self._local is not None:
+            return self._local.submit_batch(writes)
+        assert self._remote is not None
+        return self._remote.submit_batch(writes)
 
     async def flush(self) -> None:
         """Wait until every queued write is durable."""

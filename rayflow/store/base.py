@@ -232,6 +232,12 @@ class Store(Protocol):
         and raise StreamTooLargeError (storing none of `writes`) past
         `max_bytes`. Creates the stream on first use."""
 
+    def append_chunks_many(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult]:
+        """`append_chunks` for several (run id, key, writes) in one transaction:
+        one commit (one fsync) for all; StreamTooLargeError stores none."""
+
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
         """Chunks with start <= seq, in order, at most `limit`; an index seek."""
 

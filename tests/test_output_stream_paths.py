@@ -1,0 +1,172 @@
+"""The fast paths of output streams keep their promises: batched pipes, group
+commit across a run's streams, cached run locations that follow a run whose
+actor moved on (RunActors are recycled), late reads straight from the Store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import eventually
+from pydantic import BaseModel
+
+import rayflow
+from rayflow import errors, streams, task
+from rayflow.store import open_store
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+
+class Token(BaseModel):
+    text: str
+    index: int
+
+
+texts = streams.define("texts", str)
+anything = streams.define("anything")
+typed = streams.define("typed-tokens", Token)
+trail = streams.define("trail", str)
+proceed = streams.input("proceed", dict)
+resume = streams.input("resume", dict)
+
+#: strings that need JSON escaping, or not, next to plain ones
+AWKWARD = ['say "hi"', "back\\slash", "new\nline", "tab\t", "é ü 中 🙂", "", "\x01"]
+
+
+@task(id="pipe-many")
+async def pipe_many(payload: dict) -> dict:
+    n = payload["n"]
+    a = texts.pipe(f"{AWKWARD[i % len(AWKWARD)]}{i}" for i in range(n))
+    b = anything.pipe(iter([1, 2.5, None, True, "s", {"k": [1, "v"]}, [1, 2]] * 3))
+    return {"texts": await a.wait_until_complete(), "anything": await b.wait_until_complete()}
+
+
+@task(id="pipe-one-bad")
+async def pipe_one_bad(payload: dict) -> str:
+    good = [{"text": f"t{i}", "index": i} for i in range(10)]
+    pipe = typed.pipe([*good, {"text": "bad", "index": "not a number"}, *good])
+    try:
+        await pipe.wait_until_complete()
+    except errors.ValidationError as e:
+        return f"rejected: {e}"
+    return "accepted"
+
+
+@task(id="many-streams-at-once")
+async def many_streams_at_once(payload: dict) -> int:
+    keys = [f"s{k}" for k in range(payload["streams"])]
+
+    async def write(key: str) -> None:
+        for i in range(payload["n"]):
+            await streams.append(key, i)
+
+    await asyncio.gather(*(write(k) for k in keys))
+    return len(keys)
+
+
+@task(id="suspend-between-writes")
+async def suspend_between_writes(payload: dict) -> str:
+    await trail.append("before")
+    await proceed.once(timeout_s=120)
+    await resume.wait(timeout="1h")
+    await trail.append("after")
+    return "done"
+
+
+@task(id="hold-open")
+async def hold_open(payload: dict) -> None:
+    await proceed.once(timeout_s=120)
+
+
+def test_a_pipe_stores_each_value_once_in_order_with_its_exact_value() -> None:
+    handle = pipe_many.trigger({"n": 5000}).result()
+    assert rayflow.runs.wait(handle.id).result().output == {"texts": 5000, "anything": 21}
+    expected = [f"{AWKWARD[i % len(AWKWARD)]}{i}" for i in range(5000)]
+    assert list(texts.read(handle.id, timeout_s=10)) == expected
+    assert (
+        list(anything.read(handle.id, timeout_s=10))
+        == [
+            1,
+            2.5,
+            None,
+            True,
+            "s",
+            {"k": [1, "v"]},
+            [1, 2],
+        ]
+        * 3
+    )
+
+
+def test_a_piped_batch_with_one_invalid_value_stores_the_values_before_it() -> None:
+    handle = pipe_one_bad.trigger({}).result()
+    output = rayflow.runs.wait(handle.id).result().output
+    assert output.startswith("rejected:") and "typed-tokens" in output
+    got = list(typed.read(handle.id, timeout_s=10))
+    assert got == [Token(text=f"t{i}", index=i) for i in range(10)]
+
+
+def test_writes_to_many_streams_of_one_run_at_once_all_arrive_in_order() -> None:
+    handle = many_streams_at_once.trigger({"streams": 8, "n": 60}).result()
+    assert rayflow.runs.wait(handle.id).result().output == 8
+    for k in range(8):
+        assert list(streams.read(handle.id, f"s{k}", timeout_s=10)) == list(range(60))
+
+
+def status(run_id: str) -> str:
+    return rayflow.runs.retrieve(run_id).result().status
+
+
+def test_an_outside_writer_follows_a_run_whose_actor_moved_on() -> None:
+    """A writer outside the run caches where the run executes; after the run
+    suspends its actor serves other runs, and the next write must still land
+    in this run's stream (through the Store) — never in another run's."""
+    handle = suspend_between_writes.trigger({}).result()
+    eventually(lambda: status(handle.id) == "EXECUTING", what="run executing")
+    trail.append("outside-1", target=handle.id).result()  # caches the run's actor
+    proceed.send(handle.id, {}).result()
+    eventually(lambda: status(handle.id) == "WAITING", what="run suspended")
+    others = [hold_open.trigger({}).result() for _ in range(3)]  # take the pool's actors
+    for other in others:
+        eventually(lambda o=other: status(o.id) == "EXECUTING", what="other run executing")
+    trail.append("outside-2", target=handle.id).result()
+    # a reader of the suspended run reads the Store: it sees what is stored
+    assert list(trail.read(handle.id, timeout_s=0.5)) == ["before", "outside-1", "outside-2"]
+    resume.send(handle.id, {}).result()
+    assert rayflow.runs.wait(handle.id).result().output == "done"
+    assert list(trail.read(handle.id, timeout_s=10)) == [
+        "before",
+        "outside-1",
+        "outside-2",
+        "after",
+    ]
+    for other in others:
+        assert list(trail.read(other.id, timeout_s=0.3)) == []
+        proceed.send(other.id, {}).result()
+        rayflow.runs.wait(other.id).result()
+
+
+def test_a_late_read_of_a_finished_run_needs_no_controller(rf: Any) -> None:
+    """Reading a finished run is a Store read: it works while the Controller
+    is unreachable (here: a call to it would hang, so the read must not make one)."""
+    from rayflow._runtime import connection
+
+    handle = pipe_many.trigger({"n": 50}).result()
+    rayflow.runs.wait(handle.id).result()
+    conn = connection.current()
+    controller, conn._controller = conn._controller, _NoController()
+    try:
+        assert len(list(texts.read(handle.id, timeout_s=5))) == 50
+        with pytest.raises(errors.RunNotFound):
+            list(texts.read("run_missing", timeout_s=1))
+    finally:
+        conn._controller = controller
+    # and the Store holds exactly what the reader saw
+    store = open_store(rf.store_url())
+    assert len(store.read_chunks(handle.id, "texts", 0, 1000)) == 50
+
+
+class _NoController:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the reader called the Controller ({name})")
