@@ -224,13 +224,19 @@ def baseline_system(base: str, redis: RedisClient) -> System:
     )
 
 
-def rayflow_system(base: str, runs: list[tuple[str, str]], *, one_run: bool = False) -> System:
+def rayflow_system(
+    base: str, runs: list[tuple[str, str]], *, one_run: bool = False, keys_per_run: int = 1
+) -> System:
     """`runs`: (run id, public token) of the running tasks. Stream i of a part is
-    that part's key on run i or, with `one_run`, key `<part>-<i>` of run 0."""
+    that part's key on run i, with `one_run` key `<part>-<i>` of run 0, with
+    `keys_per_run` k key `<part>-<i % k>` of run i // k."""
 
     def where(part: str, i: int) -> tuple[str, str, str]:
         if one_run:
             return runs[0][0], runs[0][1], f"{part}-{i}"
+        if keys_per_run > 1:
+            run = runs[i // keys_per_run]
+            return run[0], run[1], f"{part}-{i % keys_per_run}"
         return runs[i][0], runs[i][1], part
 
     def target(part: str, i: int) -> tuple[str, dict[str, str]]:
@@ -249,7 +255,9 @@ def rayflow_system(base: str, runs: list[tuple[str, str]], *, one_run: bool = Fa
                     w.write(c.make_chunk(s))
                 await asyncio.sleep(0)  # let the writer ship this batch
 
-    return System("rayflow (one run)" if one_run else "rayflow", target, append, write_fast)
+    system = System("rayflow (one run)" if one_run else "rayflow", target, append, write_fast)
+    system.where = where  # type: ignore[attr-defined]
+    return system
 
 
 def rayflow_http_append(system: System, base: str, runs: list[tuple[str, str]], secret: str):
@@ -272,10 +280,12 @@ def rayflow_http_append(system: System, base: str, runs: list[tuple[str, str]], 
 # --- the three parts ---
 
 
-async def paced_appends(system: System, part: str, streams_n: int, seconds: float) -> list[float]:
-    """Open loop: RATE chunks/s on each stream; returns each append's ack time (ms)."""
+async def paced_appends(
+    system: System, part: str, streams_n: int, seconds: float, rate: int = RATE
+) -> list[float]:
+    """Open loop: `rate` chunks/s on each stream; returns each append's ack time (ms)."""
     acks: list[float] = []
-    n = int(RATE * seconds)
+    n = int(rate * seconds)
 
     async def one(i: int, seq: int) -> None:
         chunk = c.make_chunk(seq)
@@ -287,7 +297,7 @@ async def paced_appends(system: System, part: str, streams_n: int, seconds: floa
     for seq in range(n):
         for i in range(streams_n):
             pending.append(asyncio.create_task(one(i, seq)))
-        await asyncio.sleep(max(0.0, start + (seq + 1) / RATE - time.perf_counter()))
+        await asyncio.sleep(max(0.0, start + (seq + 1) / rate - time.perf_counter()))
     await asyncio.gather(*pending)
     return acks
 
@@ -308,26 +318,55 @@ async def latency(
     seconds: float,
     py_run: str | None = None,
     keep: list[tuple[str, list[Reader]]] | None = None,
+    rate: int = RATE,
+    cpu_of: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Part 1: append → SSE client latency, `streams_n` streams × RATE chunks/s.
-    `keep` receives the part's name and its readers (for the breakdown)."""
+    """Part 1: append → SSE client latency, `streams_n` streams × `rate` chunks/s.
+    `keep` receives the part's name and its readers (for the breakdown);
+    `cpu_of`: pids whose process trees' CPU time is charged to the part."""
     part = f"lat{streams_n}-{uuid.uuid4().hex[:6]}"
-    total = int(RATE * seconds)
+    total = int(rate * seconds)
     async with sse_client(streams_n) as client:
         py = asyncio.create_task(python_reader(py_run, part, total)) if py_run else None
         targets = [system.target(part, i) for i in range(streams_n)]
         readers, tasks = await start_readers(client, targets, total)
-        acks = await paced_appends(system, part, streams_n, seconds)
+        cpu0 = cpu_seconds(cpu_of) if cpu_of else 0.0
+        acks = await paced_appends(system, part, streams_n, seconds, rate)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        cpu = cpu_seconds(cpu_of) - cpu0 if cpu_of else None
         py_lat = await asyncio.wait_for(py, 60) if py else None
     if keep is not None:
         keep.append((part, readers))
     lat = [x for rd in readers for x in rd.live.lat_ms]
     check(readers, total, system.ordered)
     out = {"sse_ms": c.summary(lat), "ack_ms": c.summary(acks)}
+    if cpu is not None:
+        out["cpu_us_per_chunk"] = cpu / len(lat) * 1e6
     if py_lat is not None:
         out["py_ms"] = c.summary(py_lat)
     return out
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU time so far of the processes under `roots` (Linux /proc)."""
+    total = 0
+    for pid in c.process_tree(roots):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def sustained(system: System, streams_n: int, rate: int, seconds: float) -> dict[str, Any]:
+    """Appends only, `streams_n` streams × `rate`/s: ack latency and the rate reached."""
+    part = f"sus-{uuid.uuid4().hex[:6]}"
+    t0 = time.perf_counter()
+    acks = await paced_appends(system, part, streams_n, seconds, rate)
+    return {"ack_ms": c.summary(acks), "rate": len(acks) / (time.perf_counter() - t0)}
+
+
+MANY = {"runs": 10, "keys": 10, "rate": 20}
 
 
 async def throughput(system: System, n: int) -> dict[str, Any]:
@@ -411,24 +450,50 @@ def ensure_peers_venv() -> str:
     return str(peers_run.VENV / "bin/python")
 
 
+#: `--ingress direct`: the replica's own HTTP server takes this many ports
+#: after the proxy's (Ray Serve's direct ingress allocates from a range)
+DIRECT_PORTS = 50
+
+
 def start_rayflow(
-    data_dir: str, n_runs: int, synchronous: str, **extra: Any
+    data_dir: str, n_runs: int, synchronous: str, ingress: str = "proxy", **extra: Any
 ) -> tuple[str, str, list[tuple[str, str]]]:
-    """Local Ray + SQLite, the HTTP API on a free port, `n_runs` running tasks."""
+    """Local Ray + SQLite, the HTTP API on a free port, `n_runs` running tasks.
+
+    `ingress="direct"` turns on Ray Serve's direct ingress (Ray 2.60,
+    `RAY_SERVE_ENABLE_DIRECT_INGRESS`): the replica serves HTTP itself on a
+    port after the proxy's, and the benchmark talks to it, skipping the proxy."""
     from serve.app import start as start_http
 
     # Ray starts its workers (RunActors, Serve's proxy and replica) at nice 15;
     # Redis and uvicorn run at 0: on a shared machine that alone decides latency
     os.environ.setdefault("RAY_worker_niceness", "0")
+    port = free_port()
+    if ingress == "direct":
+        # read by Serve's controller and replicas when they start: before Ray does
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port + 1)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1 + DIRECT_PORTS)
     settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous, **extra)
-    settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": free_port()})
+    settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})
     base = start_http(settings)
     wait_http(f"{base}/healthz")
+    if ingress == "direct":
+        base = find_replica(port)
     handles = [idle.trigger({}).result(timeout_s=120) for _ in range(n_runs)]
     for h in handles:
         wait_executing(h.id)
     assert settings.secret_key
     return base, settings.secret_key, [(h.id, h.public_access_token) for h in handles]
+
+
+def find_replica(proxy_port: int) -> str:
+    """The base URL of the one replica serving HTTP itself (direct ingress)."""
+    for port in range(proxy_port + 1, proxy_port + 1 + DIRECT_PORTS):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return f"http://127.0.0.1:{port}"
+    raise RuntimeError("direct ingress: no replica answers on its port range")
 
 
 def wait_executing(run_id: str, timeout_s: float = 120.0) -> None:
@@ -492,37 +557,48 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
     rows = [
         "| metric | rayflow | baseline | rayflow / baseline |",
         "|---|---:|---:|---:|",
-        lat_row(
-            "append → SSE, 1 stream × 50/s (ms, p50 / p99)",
-            r["lat1"]["sse_ms"],
-            b["lat1"]["sse_ms"],
-        ),
-        lat_row("append → SSE, 10 streams × 50/s (ms)", r["lat10"]["sse_ms"], b["lat10"]["sse_ms"]),
-        lat_row("append ack, 1 stream (ms)", r["lat1"]["ack_ms"], b["lat1"]["ack_ms"]),
-        lat_row("append ack, 10 streams (ms)", r["lat10"]["ack_ms"], b["lat10"]["ack_ms"]),
-        py_row("append → Python reader, no HTTP, 1 stream (ms)", r["lat1"]),
-        py_row("append → Python reader, no HTTP, 10 streams (ms)", r["lat10"]),
     ]
-    if "lat10_one" in r:
-        o = r["lat10_one"]
-        label = "append → SSE, 10 streams of one run (one RunActor) (ms)"
-        rows.append(lat_row(label, o["sse_ms"], b["lat10"]["sse_ms"]))
+
+    def both(part: str, label: str, key: str = "sse_ms", ours: str | None = None) -> None:
+        mine = r.get(ours or part)
+        if mine is not None and part in b:
+            rows.append(lat_row(label, mine[key], b[part][key]))
+
+    both("lat1", "append → SSE, 1 stream × 50/s (ms, p50 / p99)")
+    both("lat10", "append → SSE, 10 streams × 50/s (ms)")
+    both("lat1", "append ack, 1 stream (ms)", "ack_ms")
+    both("lat10", "append ack, 10 streams (ms)", "ack_ms")
+    for part, label in (("lat1", "1 stream"), ("lat10", "10 streams")):
+        if part in r:
+            rows.append(py_row(f"append → Python reader, no HTTP, {label} (ms)", r[part]))
+    both("lat10", "append → SSE, 10 streams of one run (one RunActor) (ms)", ours="lat10_one")
+    both("lat10", "append ack, 10 streams of one run (ms)", "ack_ms", ours="lat10_one")
+    both("lat1", "HTTP append → SSE, 1 stream (ms)", ours="lat1_http")
+    both("lat1", "HTTP append ack, 1 stream (ms)", "ack_ms", ours="lat1_http")
+    n = MANY["runs"] * MANY["keys"]
+    many = f"{n} streams ({MANY['runs']} runs × {MANY['keys']}) × {MANY['rate']}/s"
+    both("many", f"append → SSE, {many}, one reader each (ms)")
+    if "many" in r and "many" in b:
+        cr, cb = r["many"]["cpu_us_per_chunk"], b["many"]["cpu_us_per_chunk"]
         rows.append(
-            lat_row("append ack, 10 streams of one run (ms)", o["ack_ms"], b["lat10"]["ack_ms"])
+            f"| CPU per delivered chunk, {many} (µs) | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |"
         )
-    if "lat1_http" in r:
-        h = r["lat1_http"]
-        rows.append(lat_row("HTTP append → SSE, 1 stream (ms)", h["sse_ms"], b["lat1"]["sse_ms"]))
-        rows.append(lat_row("HTTP append ack, 1 stream (ms)", h["ack_ms"], b["lat1"]["ack_ms"]))
-    tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
-    label = "SSE throughput, 1 stream → 1 client (chunks/s)"
-    rows.append(f"| {label} | {tr:,.0f} | {tb:,.0f} | {ratio(tr, tb)} |")
+    if "sustained" in r and "sustained" in b:
+        label = f"append ack at 10 × {SUSTAINED_RATE}/s (rayflow: HTTP; baseline: XADD) (ms)"
+        rows.append(lat_row(label, r["sustained"]["ack_ms"], b["sustained"]["ack_ms"]))
+        rr, rb = r["sustained"]["rate"], b["sustained"]["rate"]
+        rows.append(f"| … appends/s reached | {rr:,.0f} | {rb:,.0f} | {ratio(rr, rb)} |")
+    if "tput" in r and "tput" in b:
+        tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
+        label = "SSE throughput, 1 stream → 1 client (chunks/s)"
+        rows.append(f"| {label} | {tr:,.0f} | {tb:,.0f} | {ratio(tr, tb)} |")
     fr, fb = r.get("fan"), b.get("fan")
-    label = f"{size['readers']} SSE readers of one live stream: delivered chunks/s"
-    rows.append(
-        f"| {label} | {fmt_fan(fr)} | {fmt_fan(fb)} | "
-        f"{ratio(fr and fr.get('chunks_s'), fb and fb.get('chunks_s'))} |"
-    )
+    if fr or fb:
+        label = f"{size['readers']} SSE readers of one live stream: delivered chunks/s"
+        rows.append(
+            f"| {label} | {fmt_fan(fr)} | {fmt_fan(fb)} | "
+            f"{ratio(fr and fr.get('chunks_s'), fb and fb.get('chunks_s'))} |"
+        )
     return "\n".join(rows)
 
 
@@ -541,53 +617,97 @@ def fmt_fan(f: dict[str, Any] | None) -> str:
 # --- entry ---
 
 
+#: the parts, in order (`--parts` picks some)
+PARTS = ["lat1", "lat10", "tput", "fan", "many", "sustained", "lat10_one", "lat1_http"]
+
+
 async def run_parts(
-    system: System, size: dict[str, Any], fan_chunks: int, py_runs: list[str] | None
+    system: System,
+    size: dict[str, Any],
+    fan_chunks: int,
+    py_runs: list[str] | None,
+    parts: list[str],
+    many: System,
+    appender: System,
+    cpu_of: list[int],
 ) -> dict[str, Any]:
-    """Parts 1–3 for one system; `py_runs`: also read with rayflow's Python reader."""
+    """The parts both systems run; `py_runs`: also read with rayflow's Python
+    reader; `many`: the system laid out as MANY runs × keys (100 streams);
+    `appender`: how the sustained part appends (rayflow: over HTTP)."""
     out: dict[str, Any] = {}
-    log(f"{system.name}: latency, 1 stream")
-    out["lat1"] = await latency(system, 1, size["lat_s"], py_runs[0] if py_runs else None)
-    log(f"{system.name}: latency, 10 streams")
-    out["lat10"] = await latency(system, 10, size["lat_s"], py_runs[1] if py_runs else None)
-    log(f"{system.name}: throughput")
-    out["tput"] = await throughput(system, size["tput_chunks"])
-    log(f"{system.name}: {size['readers']} readers × {fan_chunks} chunks")
-    try:
-        out["fan"] = await fanout(system, size["readers"], fan_chunks)
-    except Exception as e:  # a failed fan-out must not hide the other figures
-        out["fan"] = {"error": f"{type(e).__name__}: {e}"}
+    if "lat1" in parts:
+        log(f"{system.name}: latency, 1 stream")
+        out["lat1"] = await latency(system, 1, size["lat_s"], py_runs[0] if py_runs else None)
+    if "lat10" in parts:
+        log(f"{system.name}: latency, 10 streams")
+        out["lat10"] = await latency(system, 10, size["lat_s"], py_runs[1] if py_runs else None)
+    if "tput" in parts:
+        log(f"{system.name}: throughput")
+        out["tput"] = await throughput(system, size["tput_chunks"])
+    if "fan" in parts:
+        log(f"{system.name}: {size['readers']} readers × {fan_chunks} chunks")
+        try:
+            out["fan"] = await fanout(system, size["readers"], fan_chunks)
+        except Exception as e:  # a failed fan-out must not hide the other figures
+            out["fan"] = {"error": f"{type(e).__name__}: {e}"}
+    if "many" in parts:
+        n = MANY["runs"] * MANY["keys"]
+        log(f"{system.name}: {n} streams × {MANY['rate']}/s, one SSE reader each")
+        out["many"] = await latency(many, n, size["lat_s"], rate=MANY["rate"], cpu_of=cpu_of)
+    if "sustained" in parts:
+        log(f"{appender.name}: sustained appends, 10 streams × {SUSTAINED_RATE}/s")
+        out["sustained"] = await sustained(appender, 10, SUSTAINED_RATE, size["lat_s"])
     return out
+
+
+#: appends/s per stream of the sustained part (× 10 streams = 2,000/s)
+SUSTAINED_RATE = 200
 
 
 def log(msg: str) -> None:
     print(f"[http-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-async def bench_baseline(base: str, redis: RedisClient, size: dict[str, Any]) -> dict[str, Any]:
+async def bench_baseline(
+    base: str, redis: RedisClient, size: dict[str, Any], parts: list[str], pids: list[int]
+) -> dict[str, Any]:
     try:
         fan_chunks = size["fan_chunks"] // BASELINE_FAN_SHARE
-        return await run_parts(baseline_system(base, redis), size, fan_chunks, None)
+        system = baseline_system(base, redis)
+        cpu_of = [os.getpid(), *pids]
+        return await run_parts(system, size, fan_chunks, None, parts, system, system, cpu_of)
     finally:
         await redis.close()
 
 
 async def bench_rayflow(
-    base: str, secret: str, runs: list[tuple[str, str]], size: dict[str, Any]
+    base: str, secret: str, runs: list[tuple[str, str]], size: dict[str, Any], parts: list[str]
 ) -> dict[str, Any]:
     system = rayflow_system(base, runs)
-    out = await run_parts(system, size, size["fan_chunks"], [runs[0][0], runs[1][0]])
-    log("rayflow: latency, 10 streams of one run")
-    one_run = rayflow_system(base, runs, one_run=True)
-    out["lat10_one"] = await latency(one_run, 10, size["lat_s"])
-    log("rayflow: latency, 1 stream, HTTP append")
+    many = rayflow_system(base, runs, keys_per_run=MANY["keys"])
     http_system, client = rayflow_http_append(system, base, runs, secret)
     async with client:
-        out["lat1_http"] = await latency(http_system, 1, size["lat_s"])
+        out = await run_parts(
+            system,
+            size,
+            size["fan_chunks"],
+            [runs[0][0], runs[1][0]],
+            parts,
+            many,
+            http_system,
+            [os.getpid()],  # Ray's processes, Serve's included, are this driver's children
+        )
+        if "lat10_one" in parts:
+            log("rayflow: latency, 10 streams of one run")
+            one_run = rayflow_system(base, runs, one_run=True)
+            out["lat10_one"] = await latency(one_run, 10, size["lat_s"])
+        if "lat1_http" in parts:
+            log("rayflow: latency, 1 stream, HTTP append")
+            out["lat1_http"] = await latency(http_system, 1, size["lat_s"])
     return out
 
 
-def breakdown(size: dict[str, Any], synchronous: str, postgres: bool) -> None:
+def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: str) -> None:
     """`--breakdown`: where an append's time goes, hop by hop (benchmarks/_breakdown.py)."""
     import ray
 
@@ -605,7 +725,9 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool) -> None:
     parts: list[tuple[str, dict[str, list[float]]]] = []
     with tempfile.TemporaryDirectory(prefix="rayflow-http-breakdown-") as tmp:
         hops_dir = Path(tmp) / "hops"
-        base, secret, runs = start_rayflow(tmp, 10, synchronous, trace_hops_dir=str(hops_dir))
+        base, secret, runs = start_rayflow(
+            tmp, 10, synchronous, ingress, trace_hops_dir=str(hops_dir)
+        )
         try:
             floor_rows.update(bd.ray_call_floor())
 
@@ -641,7 +763,8 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool) -> None:
     print(bd.table("floors (no rayflow)", floor_rows))
     for label, rows in parts:
         print()
-        print(bd.table(f"append → SSE client, {label} × {RATE}/s, SQLite {synchronous}", rows))
+        title = f"append → SSE client, {label} × {RATE}/s, SQLite {synchronous}, {ingress} ingress"
+        print(bd.table(title, rows))
     print(
         f"\nbreakdown, {size['lat_s']:.0f} s per part; load average (1/5/15 min)"
         f" {'/'.join(f'{x:.1f}' for x in load_before)} before,"
@@ -669,10 +792,22 @@ def main() -> None:
         action="store_true",
         help="with --breakdown: also a durable PostgreSQL commit floor (starts a server)",
     )
+    p.add_argument(
+        "--ingress",
+        default="proxy",
+        choices=["proxy", "direct"],
+        help="rayflow's HTTP path: Serve's proxy (default) or Serve's direct ingress",
+    )
+    p.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
+    )
     args = p.parse_args()
+    parts = args.parts.split(",")
     size = SIZES["quick" if args.quick else "full"]
     if args.breakdown:
-        breakdown(size, args.sqlite_synchronous, args.breakdown_postgres)
+        breakdown(size, args.sqlite_synchronous, args.breakdown_postgres, args.ingress)
         return
     started, load_before = time.monotonic(), os.getloadavg()[0]
     servers = Servers()
@@ -681,12 +816,13 @@ def main() -> None:
     try:
         log("starting Redis and the DIY SSE app")
         base, redis = start_baseline(servers)
-        results["baseline"] = asyncio.run(bench_baseline(base, redis, size))
+        pids = [proc.pid for _, proc in servers.procs]
+        results["baseline"] = asyncio.run(bench_baseline(base, redis, size, parts, pids))
         log("starting rayflow (local Ray, SQLite, Serve)")
         with tempfile.TemporaryDirectory(prefix="rayflow-http-bench-") as tmp:
-            rf_base, secret, runs = start_rayflow(tmp, 10, args.sqlite_synchronous)
+            rf_base, secret, runs = start_rayflow(tmp, 10, args.sqlite_synchronous, args.ingress)
             try:
-                results["rayflow"] = asyncio.run(bench_rayflow(rf_base, secret, runs, size))
+                results["rayflow"] = asyncio.run(bench_rayflow(rf_base, secret, runs, size, parts))
             finally:
                 stop_rayflow(runs)
     finally:
@@ -696,7 +832,7 @@ def main() -> None:
     print(table(results, size))
     print(
         f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s, "
-        f"rayflow SQLite synchronous={args.sqlite_synchronous}, "
+        f"rayflow SQLite synchronous={args.sqlite_synchronous}, {args.ingress} ingress, "
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
 

@@ -304,6 +304,32 @@ def test_a_batch_past_the_size_limit_stores_none_of_its_chunks(store: Store) -> 
     assert store.stream_info("run_1", "k2") is None
 
 
+def test_appends_to_several_streams_commit_together_or_not_at_all(store: Store) -> None:
+    results = store.append_chunks_many(
+        [
+            ("run_b", "k", _chunks("b0", "b1")),
+            ("run_a", "k", _chunks("a0")),
+            ("run_a", "other", [ChunkWrite(data='"o0"', writer_id="w", writer_seq=0)]),
+        ],
+        1000,
+    )
+    # results come back in the order asked, whatever order the streams were locked in
+    assert [(r.seqs, r.length) for r in results] == [([0, 1], 2), ([0], 1), ([0], 1)]
+    with pytest.raises(StreamTooLargeError) as err:
+        store.append_chunks_many(
+            [
+                ("run_a", "k", _chunks("a1")),
+                ("run_b", "k", [ChunkWrite(data='"' + "x" * 2000 + '"')]),
+            ],
+            1000,
+        )
+    assert (err.value.run_id, err.value.key) == ("run_b", "k")
+    # the stream that fitted was rolled back with the one that did not
+    assert [c.data for c in store.read_chunks("run_a", "k", 0, 10)] == ['"a0"']
+    assert [c.data for c in store.read_chunks("run_b", "k", 0, 10)] == ['"b0"', '"b1"']
+    assert store.writer_positions("run_a") == {("other", "w"): 0}
+
+
 def test_concurrent_appends_from_threads_give_a_gapless_sequence(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(2)]
     barrier = threading.Barrier(2)
