@@ -9,7 +9,9 @@ whatever arrives queues for the next one, so a lone write commits at once
 and a flood costs one commit per round, not one per chunk or per stream.
 
 Commits run on one dedicated thread per process: they never queue behind
-other blocking work handed to the default executor, and stay in order.
+other blocking work handed to the default executor, and stay in order. It
+is a daemon thread that lives as long as the process, so a recycled
+RunActor does not count it as something its last run left running.
 A batch submitted at once (a pipe's batch, a remote writer's call) is one
 entry with one future, however many chunks it holds.
 """
@@ -17,7 +19,9 @@ entry with one future, however many chunks it holds.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rayflow._runtime import hops
@@ -49,14 +53,50 @@ class Entry:
             self.future.set_exception(error)
 
 
-_executor: ThreadPoolExecutor | None = None
+class _CommitThread:
+    """One daemon thread running blocking calls in order; results come back
+    to the caller's event loop."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="rayflow-commit", daemon=True).start()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((fn, args, loop, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            fn, args, loop, future = self._jobs.get()
+            try:
+                result = fn(*args)
+            except BaseException as e:
+                loop.call_soon_threadsafe(_settle, future, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
 
 
-def _commit_thread() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(1, thread_name_prefix="rayflow-commit")
-    return _executor
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+_thread: _CommitThread | None = None
+_thread_lock = threading.Lock()
+
+
+def _commit_thread() -> _CommitThread:
+    global _thread
+    with _thread_lock:
+        if _thread is None:
+            _thread = _CommitThread()
+        return _thread
 
 
 class RunCommitter:
@@ -77,7 +117,7 @@ class RunCommitter:
             await asyncio.shield(self._task)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(_commit_thread(), fn, *args)
+        return await _commit_thread().run(fn, *args)
 
     async def _loop(self) -> None:
         while self._dirty:
