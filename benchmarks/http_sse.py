@@ -85,8 +85,24 @@ BATCH = 1000  # chunks per write batch in the throughput and fan-out parts
 
 @task(id="bench-http-idle")
 async def idle(payload: dict) -> None:
-    """A running task whose streams the benchmark appends to from outside."""
-    await gate.once(timeout_s=900)
+    """A running task whose streams the benchmark appends to from outside;
+    sent `{"pace": …}` it appends to its own streams itself (the 100-stream
+    part's writers inside the runs), sent anything else it ends."""
+    while True:
+        r = await gate.once(timeout_s=900)
+        if not r.ok or not r.output.get("pace"):
+            return
+        await pace(**r.output["pace"])
+
+
+async def pace(keys: list[str], rate: float, n: int, start_at: float) -> None:
+    """Append chunk i to every key at `start_at + i / rate` (wall clock), from
+    inside the run; chunks are benchmarks/peers/_common.py's 64-byte ones."""
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start_at + i / rate - time.time()))
+        head = f"{i:08d} {time.time_ns():020d} "
+        chunk = head + "x" * (64 - len(head))
+        await asyncio.gather(*(streams.append(k, chunk) for k in keys))
 
 
 # --- the SSE client (shared by both systems) ---
@@ -281,9 +297,15 @@ def rayflow_http_append(system: System, base: str, runs: list[tuple[str, str]], 
 
 
 async def paced_appends(
-    system: System, part: str, streams_n: int, seconds: float, rate: int = RATE
+    system: System,
+    part: str,
+    streams_n: int,
+    seconds: float,
+    rate: int = RATE,
+    failed: list[BaseException] | None = None,
 ) -> list[float]:
-    """Open loop: `rate` chunks/s on each stream; returns each append's ack time (ms)."""
+    """Open loop: `rate` chunks/s on each stream; returns each append's ack time (ms).
+    A failed append raises, or, given `failed`, is collected there."""
     acks: list[float] = []
     n = int(rate * seconds)
 
@@ -298,7 +320,11 @@ async def paced_appends(
         for i in range(streams_n):
             pending.append(asyncio.create_task(one(i, seq)))
         await asyncio.sleep(max(0.0, start + (seq + 1) / rate - time.perf_counter()))
-    await asyncio.gather(*pending)
+    for outcome in await asyncio.gather(*pending, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            if failed is None:
+                raise outcome
+            failed.append(outcome)
     return acks
 
 
@@ -347,6 +373,35 @@ async def latency(
     return out
 
 
+def cpu_by_process(roots: list[int]) -> dict[int, tuple[str, float]]:
+    """pid -> (name, CPU seconds so far) of the processes under `roots`."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in c.process_tree(roots):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+            fields = tail.split()
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmd = f.read().replace("\0", " ").strip()
+            name = cmd[5:] if cmd.startswith("ray::") else head.split("(", 1)[1]
+            name = (name.split() or ["?"])[0].split(".")[0][:40]
+            out[pid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, summed per process name."""
+    out: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        spent = cpu - before.get(pid, (name, 0.0))[1]
+        if spent > 0:
+            out[name] = out.get(name, 0.0) + spent
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def cpu_seconds(roots: list[int]) -> float:
     """User + system CPU time so far of the processes under `roots` (Linux /proc)."""
     total = 0
@@ -359,14 +414,43 @@ def cpu_seconds(roots: list[int]) -> float:
 
 
 async def sustained(system: System, streams_n: int, rate: int, seconds: float) -> dict[str, Any]:
-    """Appends only, `streams_n` streams × `rate`/s: ack latency and the rate reached."""
+    """Appends only, `streams_n` streams × `rate`/s, open loop: ack latency,
+    the rate of acknowledged appends, and how many failed (e.g. timed out)."""
     part = f"sus-{uuid.uuid4().hex[:6]}"
+    failed: list[BaseException] = []
     t0 = time.perf_counter()
-    acks = await paced_appends(system, part, streams_n, seconds, rate)
-    return {"ack_ms": c.summary(acks), "rate": len(acks) / (time.perf_counter() - t0)}
+    acks = await paced_appends(system, part, streams_n, seconds, rate, failed)
+    elapsed = time.perf_counter() - t0
+    out = {"ack_ms": c.summary(acks), "rate": len(acks) / elapsed, "failed": len(failed)}
+    if failed:
+        out["error"] = f"{len(failed)} appends failed ({type(failed[0]).__name__})"
+    return out
 
 
 MANY = {"runs": 10, "keys": 10, "rate": 20}
+
+
+async def many_inside(
+    many: System, runs: list[tuple[str, str]], seconds: float, cpu_of: list[int]
+) -> dict[str, Any]:
+    """The 100-stream part with rayflow's writers inside the runs (each run
+    appends to its own 10 streams): what a task streaming tokens does."""
+    part = f"in-{uuid.uuid4().hex[:6]}"
+    n = MANY["runs"] * MANY["keys"]
+    total = int(MANY["rate"] * seconds)
+    async with sse_client(n) as client:
+        targets = [many.target(part, i) for i in range(n)]
+        readers, tasks = await start_readers(client, targets, total)
+        cpu0 = cpu_seconds(cpu_of)
+        start_at = time.time() + 1.0  # every run has its command by then
+        keys = [f"{part}-{k}" for k in range(MANY["keys"])]
+        command = {"pace": {"keys": keys, "rate": MANY["rate"], "n": total, "start_at": start_at}}
+        await asyncio.gather(*(gate.send(run_id, command) for run_id, _ in runs))
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        cpu = cpu_seconds(cpu_of) - cpu0
+    check(readers, total)
+    lat = [x for rd in readers for x in rd.live.lat_ms]
+    return {"sse_ms": c.summary(lat), "cpu_us_per_chunk": cpu / len(lat) * 1e6}
 
 
 async def throughput(system: System, n: int) -> dict[str, Any]:
@@ -474,6 +558,8 @@ def start_rayflow(
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port + 1)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1 + DIRECT_PORTS)
+    # a warm RunActor per run: the runs start at once instead of one pool refill at a time
+    extra.setdefault("pool_size", n_runs + 1)
     settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous, **extra)
     settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})
     base = start_http(settings)
@@ -583,11 +669,18 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         rows.append(
             f"| CPU per delivered chunk, {many} (µs) | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |"
         )
+    both("many", "… rayflow's writers inside the runs (ms)", ours="many_inside")
+    if "many_inside" in r and "many" in b:
+        cr, cb = r["many_inside"]["cpu_us_per_chunk"], b["many"]["cpu_us_per_chunk"]
+        label = "CPU per delivered chunk, writers inside the runs (µs)"
+        rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
     if "sustained" in r and "sustained" in b:
         label = f"append ack at 10 × {SUSTAINED_RATE}/s (rayflow: HTTP; baseline: XADD) (ms)"
         rows.append(lat_row(label, r["sustained"]["ack_ms"], b["sustained"]["ack_ms"]))
         rr, rb = r["sustained"]["rate"], b["sustained"]["rate"]
-        rows.append(f"| … appends/s reached | {rr:,.0f} | {rb:,.0f} | {ratio(rr, rb)} |")
+        fr, fb = r["sustained"]["failed"], b["sustained"]["failed"]
+        label = "… acknowledged appends/s (failed appends)"
+        rows.append(f"| {label} | {rr:,.0f} ({fr}) | {rb:,.0f} ({fb}) | {ratio(rr, rb)} |")
     if "tput" in r and "tput" in b:
         tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
         label = "SSE throughput, 1 stream → 1 client (chunks/s)"
@@ -618,7 +711,17 @@ def fmt_fan(f: dict[str, Any] | None) -> str:
 
 
 #: the parts, in order (`--parts` picks some)
-PARTS = ["lat1", "lat10", "tput", "fan", "many", "sustained", "lat10_one", "lat1_http"]
+PARTS = [
+    "lat1",
+    "lat10",
+    "tput",
+    "fan",
+    "many",
+    "many_inside",
+    "sustained",
+    "lat10_one",
+    "lat1_http",
+]
 
 
 async def run_parts(
@@ -630,6 +733,7 @@ async def run_parts(
     many: System,
     appender: System,
     cpu_of: list[int],
+    runs: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The parts both systems run; `py_runs`: also read with rayflow's Python
     reader; `many`: the system laid out as MANY runs × keys (100 streams);
@@ -654,6 +758,10 @@ async def run_parts(
         n = MANY["runs"] * MANY["keys"]
         log(f"{system.name}: {n} streams × {MANY['rate']}/s, one SSE reader each")
         out["many"] = await latency(many, n, size["lat_s"], rate=MANY["rate"], cpu_of=cpu_of)
+    if "many_inside" in parts and runs is not None:
+        n = MANY["runs"] * MANY["keys"]
+        log(f"{system.name}: {n} streams × {MANY['rate']}/s written inside the runs")
+        out["many_inside"] = await many_inside(many, runs, size["lat_s"], cpu_of)
     if "sustained" in parts:
         log(f"{appender.name}: sustained appends, 10 streams × {SUSTAINED_RATE}/s")
         out["sustained"] = await sustained(appender, 10, SUSTAINED_RATE, size["lat_s"])
@@ -696,6 +804,7 @@ async def bench_rayflow(
             many,
             http_system,
             [os.getpid()],  # Ray's processes, Serve's included, are this driver's children
+            runs,
         )
         if "lat10_one" in parts:
             log("rayflow: latency, 10 streams of one run")
@@ -723,6 +832,7 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: s
     finally:
         servers.stop_all()
     parts: list[tuple[str, dict[str, list[float]]]] = []
+    cpu_rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="rayflow-http-breakdown-") as tmp:
         hops_dir = Path(tmp) / "hops"
         base, secret, runs = start_rayflow(
@@ -737,7 +847,12 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: s
                 for label, n in (("1 stream", 1), ("10 streams (10 runs)", 10)):
                     log(f"breakdown: {label}")
                     keep: list[tuple[str, list[Reader]]] = []
+                    before = cpu_by_process([os.getpid()])
                     await latency(system, n, size["lat_s"], keep=keep)
+                    spent = cpu_delta(before, cpu_by_process([os.getpid()]))
+                    cpu_rows[label] = {
+                        k: v / (n * RATE * size["lat_s"]) * 1e6 for k, v in spent.items()
+                    }
                     done.append((label, n, keep))
                 http_system, client = rayflow_http_append(system, base, runs, secret)
                 async with client:
@@ -765,6 +880,13 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: s
         print()
         title = f"append → SSE client, {label} × {RATE}/s, SQLite {synchronous}, {ingress} ingress"
         print(bd.table(title, rows))
+    for label, per in cpu_rows.items():
+        print(f"\n### CPU per delivered chunk by process, {label} (µs; driver = client too)\n")
+        print("| process | µs/chunk |\n|---|---:|")
+        for name, us in per.items():
+            if us >= 1:
+                print(f"| {name} | {us:,.0f} |")
+        print(f"| total | {sum(per.values()):,.0f} |")
     print(
         f"\nbreakdown, {size['lat_s']:.0f} s per part; load average (1/5/15 min)"
         f" {'/'.join(f'{x:.1f}' for x in load_before)} before,"
