@@ -1,6 +1,7 @@
 """rayflow's HTTP/SSE API against a do-it-yourself baseline (issue 4, item 6).
 
-    .venv/bin/python benchmarks/http_sse.py [--quick]
+    .venv/bin/python benchmarks/http_sse.py [--quick] [--ingress direct] [--parts …]
+    .venv/bin/python benchmarks/http_sse.py --quick --breakdown   # where the time goes
 
 Prints, side by side, rayflow / baseline and their ratio:
 
@@ -28,6 +29,16 @@ Redis server from the Debian packages (AOF, `appendfsync everysec`) started
 by `_servers.Servers`, the app's Redis pool raised from redis-py's default
 100 connections (each reader holds one); the benchmark appends with `XADD`
 (its throughput and fan-out parts pipeline 1,000 `XADD`s per round trip).
+
+4. 100 streams (10 runs × 10 streams × 20 chunks/s, one SSE reader each):
+   p50/p99 and CPU per delivered chunk (every process of each system, the
+   benchmark's own included); rayflow also with the writers inside the runs;
+5. sustained appends, 10 streams × 200/s (rayflow over HTTP, the baseline
+   with XADD): ack latency and the acknowledged rate.
+
+`--breakdown` prints rayflow's per-hop latency instead (benchmarks/_breakdown.py);
+`--ingress direct` serves rayflow's HTTP from the replica itself (Ray Serve's
+direct ingress) instead of through Serve's proxy.
 
 Both are read by the same client: httpx streaming in this process, the
 chunk's 64 bytes carrying its index and the wall clock at the append call
