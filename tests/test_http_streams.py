@@ -236,3 +236,27 @@ async def test_late_reader_far_behind_the_live_window_catches_up_from_the_store(
     for res in (early, late_res):
         assert [i for i, _ in res.chunks] == list(range(n))  # type: ignore[attr-defined]
         assert res.done  # type: ignore[attr-defined]
+
+
+async def test_concurrent_http_appends_to_one_stream_are_each_stored_once(
+    http_tasks: HttpApi,
+) -> None:
+    """Concurrent requests to one run and stream share the replica's appender
+    (batched into few Ray calls): every chunk is stored, once."""
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    async with http_tasks.client() as c:
+
+        async def post(i: int) -> int:
+            r = await c.post(
+                f"/realtime/v1/streams/{run_id}/self/burst/append",
+                headers=http_tasks.headers(),
+                content=f"chunk {i}",
+            )
+            return r.status_code
+
+        statuses = await asyncio.gather(*(post(i) for i in range(100)))
+    assert statuses == [200] * 100
+    await rayflow.runs.cancel(run_id)
+    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/burst")
+    assert [seq for seq, _ in res.chunks] == list(range(100))
+    assert sorted(text for _, text in res.chunks) == sorted(f"chunk {i}" for i in range(100))
