@@ -380,3 +380,24 @@ def test_sends_racing_suspensions_lose_nothing_and_repeat_nothing() -> None:
     for handle in runs:
         run = rayflow.runs.wait(handle.id).result()
         assert run.output == [f"{handle.id}-{i}" for i in range(4)], run
+
+
+def test_a_run_woken_by_a_sender_that_died_before_asking_for_its_revival_resumes(
+    tmp_path: Path,
+) -> None:
+    """An Inbox stores the message and resolves the waitpoint in one
+    transaction, then asks the Controller to revive the run; if it dies in
+    between, the acknowledged message must still reach the run. Here the
+    Store is written exactly as that Inbox would have, and nobody asks."""
+    handle = publish_post.trigger({"marks": str(tmp_path / "m")}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    store = connection.current().store
+    data = Approval(approved=True, reviewer="nobody-asked").model_dump_json()
+    message, woke = store.inbox_send(handle.id, "approval", data, "sender-died")
+    assert woke, "the send should have resolved the waitpoint and queued the run"
+    run = rayflow.runs.wait(handle.id).result(timeout_s=60)
+    assert run.status == "COMPLETED"
+    assert run.output == {"draft": "prepared", "approved": True, "by": "nobody-asked"}
