@@ -170,3 +170,29 @@ def test_a_late_read_of_a_finished_run_needs_no_controller(rf: Any) -> None:
 class _NoController:
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the reader called the Controller ({name})")
+
+
+async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_commit_was_a_duplicate(
+    tmp_path: Any,
+) -> None:
+    """A writer that finds the run not live writes straight to the Store; if
+    the RunActor's next commit for that stream stores nothing new (a replayed
+    duplicate), its buffer must still serve that chunk — not report a length
+    past the rows it holds (readers then spun without ever getting it)."""
+    from rayflow._config import Settings
+    from rayflow._runtime.output import StreamBuffers
+    from rayflow.store.base import ChunkWrite
+
+    store = open_store(f"sqlite:///{tmp_path / 'gap.db'}")
+    buffers = StreamBuffers("run_gap", store, Settings())
+    buf = buffers.get("k")
+    assert await buf.submit(ChunkWrite('"mine"', writer_id="w", writer_seq=0)) == 0
+    outside = store.append_chunks("run_gap", "k", [ChunkWrite('"outside"')], 1 << 20)
+    assert outside.seqs == [1]
+    # the replayed write is a duplicate: nothing new from the actor itself
+    assert await buf.submit(ChunkWrite('"mine"', writer_id="w", writer_seq=0)) is None
+    reply = await buf.read(1, 10, 0)
+    assert [row[1] for row in reply.rows] == ['"outside"']
+    assert buf.length == 2
+    await buffers.drain()
+    store.close()

@@ -139,12 +139,13 @@ class StreamBuffer:
             for w, seq in zip(writes, seqs, strict=True)
             if seq is not None
         ]
-        if rows and rows[0][0] != self.length:
-            # someone wrote to the Store directly meanwhile (the run was not
-            # live for them): take the gap from the Store to keep order
-            gap = self.store.read_chunks(
-                self.run_id, self.key, self.length, rows[0][0] - self.length
-            )
+        # someone wrote to the Store directly meanwhile (the run was not live
+        # for them): take the gap from the Store, so the tail stays gapless —
+        # also when every write of this commit was a duplicate: the length
+        # must never run ahead of the rows the tail holds
+        first = rows[0][0] if rows else length
+        if first > self.length:
+            gap = self.store.read_chunks(self.run_id, self.key, self.length, first - self.length)
             rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
         if rows:
             self.tail.extend(rows)
@@ -158,8 +159,6 @@ class StreamBuffer:
                     [hops.stream_id(self.run_id, self.key, s) for _, s in done],
                     [hops.write_id(w.writer_id, w.writer_seq) for w, _ in done],
                 )
-        elif length > self.length:
-            self.length = length
 
     def _seal(self) -> None:
         while len(self.tail) >= 2 * self.tail_chunks:

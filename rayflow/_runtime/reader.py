@@ -141,8 +141,12 @@ class ChunkReader:
                         actor, located_at = None, time.monotonic()
                         continue
                 elif reply.closed:
-                    self.closed = True
-                    return
+                    # a last look: a chunk that reached the Store directly
+                    # (while the run was not live for its writer) before the close
+                    rows = await self._read_store(self.next_index)
+                    if not rows:
+                        self.closed = True
+                        return
             else:
                 rows = await self._read_store(self.next_index)
                 if not rows:
