@@ -401,3 +401,57 @@ def test_a_run_woken_by_a_sender_that_died_before_asking_for_its_revival_resumes
     run = rayflow.runs.wait(handle.id).result(timeout_s=60)
     assert run.status == "COMPLETED"
     assert run.output == {"draft": "prepared", "approved": True, "by": "nobody-asked"}
+
+
+notes = streams.input("notes", str)
+story = streams.define("story", str)
+resume_story = streams.input("resume-story", dict)
+
+
+@task(id="handler-writes-mid-task-write")
+async def handler_writes_mid_task_write(payload: dict) -> str:
+    pipes: list[Any] = []
+
+    def note(value: str) -> None:
+        # a writer made at once, in the handler: its id is taken when the
+        # message is handed over
+        pipes.append(story.pipe([f"note {value}"]))
+
+    notes.on(note)
+    (await go.once(timeout_s=60)).unwrap()
+    async with story.writer() as w:
+        w.write("task 1")
+        await w.wait()
+        # the note arrives while this writer is open: live, the handler's
+        # writer is created after the task's; a replay hands the note over
+        # right after once(), before it
+        deadline = time.monotonic() + 30
+        while notes.peek() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        w.write("task 2")
+    for pipe in pipes:
+        await pipe.wait_until_complete()
+    (await resume_story.wait(timeout="60s")).unwrap()
+    for pipe in pipes:
+        await pipe.wait_until_complete()
+    await story.append("end")
+    return "done"
+
+
+def test_writes_of_on_handlers_are_not_duplicated_by_a_replay() -> None:
+    handle = handler_writes_mid_task_write.trigger({}).result()
+    go.send(handle.id, {}).result()
+    reader = iter(story.read(handle.id, timeout_s=60))
+    assert next(reader) == "task 1"
+    notes.send(handle.id, "n0").result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    resume_story.send(handle.id, {}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.status == "COMPLETED", run.error
+    chunks = list(story.read(handle.id, timeout_s=5))
+    assert sorted(chunks) == sorted(["task 1", "note n0", "task 2", "end"]), chunks
+    assert chunks[-1] == "end"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,20 @@ class RunContext:
     buffers: StreamBuffers
     #: input-stream state of the run (set by the RunActor)
     inputs: Any = None
+    #: writers created in an `.on()` handler are numbered per delivery
+    #: ("on:<stream>:<seq>:"): a replay hands a message over at another
+    #: point among the task's own writes, and their ids must not shift
+    writer_scope: str = ""
     _writers: int = field(default=0)
 
     def next_writer_id(self, kind: str) -> str:
         """Deterministic writer ids, so a replayed write is recognised."""
         self._writers += 1
-        return f"{self.run_id}:{self.attempt}:{kind}{self._writers}"
+        return f"{self.run_id}:{self.attempt}:{self.writer_scope}{kind}{self._writers}"
+
+    def for_delivery(self, stream_id: str, seq: int) -> RunContext:
+        """This run's context for an `.on()` handler handling message `seq`."""
+        return dataclasses.replace(self, writer_scope=f"on:{stream_id}:{seq}:", _writers=0)
 
     def resolve_target(self, target: str) -> str:
         if target == "self":

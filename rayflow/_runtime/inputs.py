@@ -145,7 +145,7 @@ class RunInputs:
     def _deliver(self, s: _Stream, handler: Handler, message: InboxMessage) -> None:
         assert self.ctx is not None
         s.consumed.add(message.seq)
-        self._call_handler(handler, json.loads(message.data))
+        self._call_handler(handler, json.loads(message.data), s.stream_id, message.seq)
         # journaled where it was observed, so a replay hands it over there too
         record = asyncio.ensure_future(
             self.ctx.journal.record("on", s.stream_id, {"seq": message.seq})
@@ -165,12 +165,13 @@ class RunInputs:
         s.latest = found[0]
         value = json.loads(found[0].data)
         for handler in list(s.handlers):
-            self._call_handler(handler, value)
+            self._call_handler(handler, value, entry.name, seq)
         return True
 
-    def _call_handler(self, handler: Handler, value: Any) -> None:
+    def _call_handler(self, handler: Handler, value: Any, stream_id: str, seq: int) -> None:
         """Run a handler inside the run's context (it may append, send, …)."""
-        token = set_run(self.ctx)
+        assert self.ctx is not None
+        token = set_run(self.ctx.for_delivery(stream_id, seq))
         try:
             result = handler(value)
             if inspect.isawaitable(result):
@@ -180,14 +181,18 @@ class RunInputs:
         finally:
             reset_run(token)
 
+    async def flush_records(self) -> None:
+        """Every journal write of an `.on()` delivery so far is durable (before
+        the run suspends or ends: a replay must hand them over again)."""
+        if self._records:
+            await asyncio.gather(*self._records, return_exceptions=True)
+
     async def close(self) -> None:
-        """The run leaves its actor: stop pulling, make every journal write of
-        an `.on()` delivery durable (a replay must hand it over again)."""
+        """The run leaves its actor: stop pulling, flush the journal writes."""
         for task in list(self._pulling.values()):
             task.cancel()
         await asyncio.gather(*self._pulling.values(), return_exceptions=True)
-        if self._records:
-            await asyncio.gather(*self._records, return_exceptions=True)
+        await self.flush_records()
 
     def revived_for(self, stream_id: str) -> bool:
         """Whether this run was revived by a waitpoint on `stream_id`."""

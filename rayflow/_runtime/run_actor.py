@@ -310,6 +310,7 @@ class RunActor:
         transaction. A message stored before the waitpoint existed woke
         nobody: the run then resolves its own waitpoint and is queued again."""
         store = self.conn.store
+        await execution.inputs.flush_records()
         await execution.buffers.drain()
         if not await asyncio.to_thread(store.suspend_run, waitpoint):
             run = await asyncio.to_thread(store.get_run, execution.run_id)
