@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os as _os
 
-# DESIGN §8: Ray reads this when it is imported. Off, a local Ray advertises
+# docs/scaling.md: Ray reads this when it is imported. Off, a local Ray advertises
 # 127.0.0.1 only, so the embedded default keeps its traffic on loopback. A
 # process that joins a multi-node cluster names it in RAY_ADDRESS or
 # RAYFLOW_ADDRESS and keeps Ray's default.
