@@ -35,7 +35,7 @@ from rayflow import auth, errors, metadata, runs, streams  # noqa: E402
 from rayflow._config import Settings  # noqa: E402
 from rayflow._response import Response  # noqa: E402
 from rayflow.durable import now, random, step  # noqa: E402
-from rayflow.runs import Run  # noqa: E402
+from rayflow.runs import Run, RunStatus  # noqa: E402
 from rayflow.streams import OutputStream, StreamReader  # noqa: E402
 from rayflow.task import (  # noqa: E402
     Result,
@@ -128,6 +128,7 @@ __all__ = [
     "Result",
     "RetryPolicy",
     "Run",
+    "RunStatus",
     "RunHandle",
     "RunInfo",
     "Settings",
