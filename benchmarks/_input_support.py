@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def ensure_environment(script: str) -> None:
     """Run in the repo's venv (installed or updated by scripts/venv.sh), with
-    Ray kept on 127.0.0.1 (DESIGN §8) whatever was imported before us."""
+    Ray kept on 127.0.0.1 (docs/scaling.md) whatever was imported before us."""
     venv = REPO / ".venv"
     subprocess.run(["bash", str(REPO / "scripts" / "venv.sh")], check=True)
     if Path(sys.prefix).resolve() != venv.resolve():

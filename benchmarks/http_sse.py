@@ -51,7 +51,7 @@ import os
 import sys
 from pathlib import Path
 
-# DESIGN §8: Ray reads this when it is imported (rayflow imports Ray below):
+# docs/scaling.md: Ray reads this when it is imported (rayflow imports Ray below):
 # with it and rayflow's `_node_ip_address="127.0.0.1"` only loopback listens
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import sys
 
-# before anything imports Ray (DESIGN §8): a local Ray on 127.0.0.1 only
+# before anything imports Ray (docs/scaling.md): a local Ray on 127.0.0.1 only
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _input_support as sup  # noqa: E402

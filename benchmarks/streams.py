@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-# DESIGN §8: Ray reads this when it is imported, so it must be set before
+# docs/scaling.md: Ray reads this when it is imported, so it must be set before
 # `import ray` (and before rayflow, which imports Ray): with it, and rayflow's
 # `_node_ip_address="127.0.0.1"`, nothing listens beyond the loopback
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

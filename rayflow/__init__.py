@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os as _os
 
-# DESIGN §8: Ray reads this when it is imported. Off, a local Ray advertises
+# docs/scaling.md: Ray reads this when it is imported. Off, a local Ray advertises
 # 127.0.0.1 only, so the embedded default keeps its traffic on loopback. A
 # process that joins a multi-node cluster names it in RAY_ADDRESS or
 # RAYFLOW_ADDRESS and keeps Ray's default.
@@ -35,7 +35,7 @@ from rayflow import auth, errors, metadata, runs, streams  # noqa: E402
 from rayflow._config import Settings  # noqa: E402
 from rayflow._response import Response  # noqa: E402
 from rayflow.durable import now, random, step  # noqa: E402
-from rayflow.runs import Run  # noqa: E402
+from rayflow.runs import Run, RunStatus  # noqa: E402
 from rayflow.streams import OutputStream, StreamReader  # noqa: E402
 from rayflow.task import (  # noqa: E402
     Result,
@@ -128,6 +128,7 @@ __all__ = [
     "Result",
     "RetryPolicy",
     "Run",
+    "RunStatus",
     "RunHandle",
     "RunInfo",
     "Settings",

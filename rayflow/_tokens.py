@@ -1,4 +1,4 @@
-"""Public access tokens: HS256 JWTs in Trigger.dev's shape (see WIRE.md).
+"""Public access tokens: HS256 JWTs in Trigger.dev's shape (see docs/wire.md).
 
 Scopes are `action:type[:id]` strings; only the first two `:` separate, so
 an id may hold colons. `admin` allows everything; `read:runs` allows reading

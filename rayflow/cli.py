@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-# Read by Ray when it is imported: keep a local Ray on 127.0.0.1 (DESIGN §8).
+# Read by Ray when it is imported: keep a local Ray on 127.0.0.1 (docs/scaling.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import typer  # noqa: E402
@@ -138,7 +138,7 @@ def read_dev_file(settings: Settings) -> dict[str, Any] | None:
 
 
 def _loopback_ray() -> None:
-    """Keep the Ray that `rayflow dev` starts on 127.0.0.1 (DESIGN §8). Ray reads
+    """Keep the Ray that `rayflow dev` starts on 127.0.0.1 (docs/scaling.md). Ray reads
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is first imported, which `import rayflow`
     already did; this applies the setting anyway."""
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":

@@ -3,7 +3,7 @@
     approval = streams.input("approval", Approval)
     approval.send(run_id, {"approved": True, "reviewer": "alice"}).result()
 
-Inside the task, four ways to receive (DESIGN §3):
+Inside the task, four ways to receive (docs/architecture.md):
 - `.on(handler)` every message, buffered ones first; returns a subscription;
 - `await .once(timeout_s=)` the oldest unconsumed message, holding the process;
 - `.peek()` the latest message received so far, or None; never blocks;

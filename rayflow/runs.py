@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from rayflow._response import Response
 from rayflow._runtime import connection
 from rayflow._runtime.calls import call
+from rayflow._status import FAILED_STATUSES, FINISHED_STATUSES, RunStatus
 from rayflow.errors import RunNotFound
 from rayflow.store.base import RunRecord
 
@@ -26,7 +27,7 @@ class Run(BaseModel):
 
     id: str
     task_id: str
-    status: str
+    status: RunStatus
     payload: Any = None
     output: Any = None
     error: dict[str, Any] | None = None
@@ -45,38 +46,38 @@ class Run(BaseModel):
 
     @property
     def is_queued(self) -> bool:
-        return self.status == "QUEUED"
+        return self.status == RunStatus.QUEUED
 
     @property
     def is_executing(self) -> bool:
-        return self.status == "EXECUTING"
+        return self.status == RunStatus.EXECUTING
 
     @property
     def is_waiting(self) -> bool:
-        return self.status == "WAITING"
+        return self.status == RunStatus.WAITING
 
     @property
     def is_completed(self) -> bool:
-        return self.status in ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+        return self.status in FINISHED_STATUSES
 
     @property
     def is_success(self) -> bool:
-        return self.status == "COMPLETED"
+        return self.status == RunStatus.COMPLETED
 
     @property
     def is_failed(self) -> bool:
-        return self.status in ("FAILED", "CRASHED", "TIMED_OUT")
+        return self.status in FAILED_STATUSES
 
     @property
     def is_cancelled(self) -> bool:
-        return self.status == "CANCELED"
+        return self.status == RunStatus.CANCELED
 
     @classmethod
     def from_record(cls, r: RunRecord) -> Run:
         return cls(
             id=r.id,
             task_id=r.task_id,
-            status=r.status,
+            status=RunStatus(r.status),
             payload=json.loads(r.payload),
             output=json.loads(r.output) if r.output is not None else None,
             error=json.loads(r.error) if r.error is not None else None,
@@ -170,4 +171,4 @@ def wait(run_id: str) -> Response[Run]:
     return Response(go)
 
 
-__all__ = ["Run", "cancel", "list", "retrieve", "wait"]
+__all__ = ["Run", "RunStatus", "cancel", "list", "retrieve", "wait"]

@@ -22,7 +22,7 @@ from rayflow._config import Settings
 log = logging.getLogger("rayflow.serve")
 
 APP_NAME = "rayflow"
-#: Serve's default (5) makes the 6th concurrent SSE reader hang (DESIGN §8);
+#: Serve's default (5) makes the 6th concurrent SSE reader hang (docs/scaling.md);
 #: an SSE reader costs a replica one idle coroutine, so allow many.
 MAX_ONGOING_REQUESTS = 5000
 
@@ -33,7 +33,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 def _keep_replica_grpc_on_loopback() -> None:
     """Ray Serve 2.60 starts each replica's inter-deployment gRPC server on
     `[::]:0` — every interface — whatever Ray's node address is. A loopback
-    deployment must listen on nothing else (DESIGN §8), so bind it to
+    deployment must listen on nothing else (docs/security.md), so bind it to
     127.0.0.1. Runs in the replica's constructor, before Serve starts that
     server; on a multi-node cluster (not loopback) Serve's default stays."""
     from ray.serve._private import replica

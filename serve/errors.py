@@ -42,7 +42,7 @@ def plain(exc: RayflowError) -> RayflowError:
 
 
 class RouteError(RayflowError):
-    """An error whose wire message differs from rayflow's own (WIRE.md fixes
+    """An error whose wire message differs from rayflow's own (docs/wire.md fixes
     some texts, e.g. "Run not found"); the rayflow message goes in `detail`."""
 
     def __init__(self, status: int, wire_message: str, cause: RayflowError) -> None:

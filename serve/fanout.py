@@ -1,6 +1,6 @@
 """One upstream subscription per replica and stream, fanned out to its clients.
 
-A Ray call costs the same for one chunk or a thousand (DESIGN §8), so N
+A Ray call costs the same for one chunk or a thousand (docs/scaling.md), so N
 browsers reading one live stream must not mean N long polls of its
 RunActor. Each replica keeps one `StreamHub` per (run, key) being read: one
 runtime `ChunkReader` follows the live tail and keeps the newest records in

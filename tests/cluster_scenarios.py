@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-# before Ray is imported (DESIGN §8): nodes that advertise 127.0.0.1
+# before Ray is imported (docs/scaling.md): nodes that advertise 127.0.0.1
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import contextlib  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-# before Ray is imported (DESIGN §8): a local Ray that advertises 127.0.0.1
+# before Ray is imported (docs/scaling.md): a local Ray that advertises 127.0.0.1
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import asyncio  # noqa: E402

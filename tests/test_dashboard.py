@@ -37,7 +37,7 @@ pytestmark = pytest.mark.browser
 DASHBOARD = ROOT / "serve" / "dashboard"
 
 
-# -- /client.js against a scripted server that speaks WIRE.md ------------------------------
+# -- /client.js against a scripted server that speaks docs/wire.md ------------------------------
 class _ScriptedAPI(BaseHTTPRequestHandler):
     """Serves client.js and one SSE stream of N chunks that it cuts (mid-chunked-body,
     an error for the client, not a clean end) every `cut_every` records; resends the

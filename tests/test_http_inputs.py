@@ -1,4 +1,4 @@
-"""Sending to input streams over HTTP (WIRE.md), and reading their log back."""
+"""Sending to input streams over HTTP (docs/wire.md), and reading their log back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading output streams over SSE from the real Serve app (WIRE.md)."""
+"""Reading output streams over SSE from the real Serve app (docs/wire.md)."""
 
 from __future__ import annotations
 

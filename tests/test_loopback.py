@@ -1,4 +1,4 @@
-"""The embedded default listens on 127.0.0.1 only (DESIGN §8).
+"""The embedded default listens on 127.0.0.1 only (docs/security.md).
 
 A script that imports Ray *before* rayflow (the order a user may well use),
 starts the embedded default with the HTTP API (`rayflow.init(serve=True)`),

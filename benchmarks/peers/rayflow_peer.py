@@ -1,4 +1,4 @@
-"""rayflow itself, through its public API only (DESIGN §7), embedded default (local Ray + SQLite).
+"""rayflow itself, through its public API only (README.md), embedded default (local Ray + SQLite).
 
 - output stream = ``streams.define("out", str)``; the task writes with ``out.writer()``
   (the documented way to stream many chunks: group-committed), yielding to the event

@@ -32,7 +32,7 @@ def start_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
     if settings.address is None:
-        # DESIGN §8: keep a local Ray on 127.0.0.1 only
+        # keep a local Ray on 127.0.0.1 only (docs/scaling.md)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
             # Ray reads that variable once, when it is imported: a script that

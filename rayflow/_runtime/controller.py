@@ -196,7 +196,7 @@ class Controller:
     ) -> bool:
         """Hand the run to a RunActor, or queue it (QUEUED) while
         `max_live_runs` runs already hold one: a box holds ~100–150 live
-        actors (DESIGN §8), so the rest wait their turn. A child run skips
+        actors (docs/scaling.md), so the rest wait their turn. A child run skips
         the queue: its parent holds a slot while it waits for it, and
         queueing children behind parents could deadlock. A revival goes to
         the front: it continues work already under way. False when the run

@@ -2,7 +2,7 @@
 
 Messages live in the Store's per-(run, stream) log; the Inbox pokes the
 live RunActor after each durable send. Here they are handed out with the
-semantics of DESIGN §3: a message goes to the oldest pending `once`/`wait`
+semantics of docs/architecture.md: a message goes to the oldest pending `once`/`wait`
 (if any) and to every `.on()` handler; with neither it is buffered. Which
 message went where is journaled, so a revived run replays the same story
 and then goes live with exactly the messages it had not yet taken.

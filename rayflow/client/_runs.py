@@ -10,18 +10,18 @@ from typing import Any
 
 from rayflow._response import Response, run_sync
 from rayflow.client._transport import Transport
-from rayflow.runs import Run
+from rayflow.runs import Run, RunStatus
 
 #: Trigger.dev database status (run subscriptions) -> rayflow status
 _STATUS = {
-    "PENDING": "QUEUED",
-    "EXECUTING": "EXECUTING",
-    "WAITING_TO_RESUME": "WAITING",
-    "COMPLETED_SUCCESSFULLY": "COMPLETED",
-    "COMPLETED_WITH_ERRORS": "FAILED",
-    "CANCELED": "CANCELED",
-    "CRASHED": "CRASHED",
-    "TIMED_OUT": "TIMED_OUT",
+    "PENDING": RunStatus.QUEUED,
+    "EXECUTING": RunStatus.EXECUTING,
+    "WAITING_TO_RESUME": RunStatus.WAITING,
+    "COMPLETED_SUCCESSFULLY": RunStatus.COMPLETED,
+    "COMPLETED_WITH_ERRORS": RunStatus.FAILED,
+    "CANCELED": RunStatus.CANCELED,
+    "CRASHED": RunStatus.CRASHED,
+    "TIMED_OUT": RunStatus.TIMED_OUT,
 }
 
 
@@ -62,7 +62,7 @@ def run_from_row(row: dict[str, Any]) -> Run:
     return Run(
         id=row["id"],
         task_id=row["taskIdentifier"],
-        status=_STATUS.get(row["status"], "QUEUED"),
+        status=_STATUS.get(row["status"], RunStatus.QUEUED),
         payload=json.loads(row["payload"]) if row.get("payload") else None,
         output=json.loads(row["output"]) if row.get("output") else None,
         error={"name": error.get("name"), "message": error.get("message")} if error else None,

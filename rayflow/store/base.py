@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-#: Statuses a run goes through (the subset of Trigger.dev's that applies).
-ACTIVE_STATUSES = ("QUEUED", "EXECUTING", "WAITING")
-FINISHED_STATUSES = ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+# Statuses are spelled in one place, rayflow/_status.py (RunStatus).
+from rayflow._status import ACTIVE_STATUSES as ACTIVE_STATUSES
+from rayflow._status import FINISHED_STATUSES as FINISHED_STATUSES
 
 
 def now_ms() -> int:

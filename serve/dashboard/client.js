@@ -136,7 +136,7 @@ export class RayflowClient {
     return { ...data, publicAccessToken: headers.get("x-trigger-jwt") };
   }
 
-  /** One run: `{id, status, taskIdentifier, output, error, createdAt, …}` (WIRE.md "Runs"). */
+  /** One run: `{id, status, taskIdentifier, output, error, createdAt, …}` (docs/wire.md "Runs"). */
   async retrieveRun(runId, { signal } = {}) {
     return (await this.request("GET", `/api/v3/runs/${encodeURIComponent(runId)}`, { signal })).data;
   }

@@ -1,7 +1,7 @@
 """Input streams over HTTP: send into a running task, read the message log.
 
 `POST …/input/{streamId}` is what Trigger.dev's `inputStream.send()` and
-`useInputStreamSend` call; the texts of its 404/400 errors follow WIRE.md.
+`useInputStreamSend` call; the texts of its 404/400 errors follow docs/wire.md.
 """
 
 from __future__ import annotations

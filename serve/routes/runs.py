@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayflow._status import FAILED_STATUSES, FINISHED_STATUSES, RunStatus
 from rayflow._tokens import run_scopes, token_claims
 from rayflow.errors import ValidationError
 from rayflow.runs import run_metadata
@@ -55,7 +56,7 @@ class RunEnvironment(BaseModel):
 
 class RunSummary(BaseModel):
     id: str
-    status: str
+    status: RunStatus
     taskIdentifier: str
     idempotencyKey: str | None = None
     isQueued: bool
@@ -145,7 +146,7 @@ def _json(text: str | None) -> Any:
 
 def summary_fields(run: Any) -> dict[str, Any]:
     status = run.status
-    finished = status in ("COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT")
+    finished = status in FINISHED_STATUSES
     started, ended = run.started_at, run.finished_at
     tags = _json(run.tags) or []
     return {
@@ -153,13 +154,13 @@ def summary_fields(run: Any) -> dict[str, Any]:
         "status": status,
         "taskIdentifier": run.task_id,
         "idempotencyKey": run.idempotency_key,
-        "isQueued": status == "QUEUED",
-        "isExecuting": status == "EXECUTING",
-        "isWaiting": status == "WAITING",
+        "isQueued": status == RunStatus.QUEUED,
+        "isExecuting": status == RunStatus.EXECUTING,
+        "isWaiting": status == RunStatus.WAITING,
         "isCompleted": finished,
-        "isSuccess": status == "COMPLETED",
-        "isFailed": status in ("FAILED", "CRASHED", "TIMED_OUT"),
-        "isCancelled": status == "CANCELED",
+        "isSuccess": status == RunStatus.COMPLETED,
+        "isFailed": status in FAILED_STATUSES,
+        "isCancelled": status == RunStatus.CANCELED,
         "createdAt": _ms(run.created_at),
         "updatedAt": _ms(run.updated_at),
         "startedAt": _ms(started),
