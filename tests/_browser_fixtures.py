@@ -75,7 +75,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def static_server(directory: Path) -> Iterator[str]:
     """Serve `directory` on 127.0.0.1 (a free port) for the block; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+    with http_server(functools.partial(_QuietHandler, directory=str(directory))) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def http_server(handler: Any) -> Iterator[str]:
+    """Serve `handler` on 127.0.0.1 (a free port) for the block; yields the base URL."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,6 +28,7 @@ from _browser_fixtures import (  # noqa: F401  (fixtures)
     browser,
     dev_server,
     free_port,
+    http_server,
     page,
 )
 
@@ -122,15 +122,8 @@ class _ScriptedAPI(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _scripted_api() -> Iterator[str]:
     _ScriptedAPI.requests = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), _ScriptedAPI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with http_server(_ScriptedAPI) as base:
+        yield base
 
 
 def test_client_js_resumes_a_cut_stream_and_yields_every_chunk_once(page: Any) -> None:  # noqa: F811

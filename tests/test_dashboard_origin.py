@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from _browser_fixtures import (  # noqa: F401  (fixtures)
     ROOT,
     browser,
     free_port,
+    http_server,
     page,
     static_server,
 )
@@ -65,15 +65,8 @@ class _Elsewhere(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _elsewhere() -> Iterator[str]:
     _Elsewhere.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), _Elsewhere)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with http_server(_Elsewhere) as base:
+        yield base
 
 
 def _open_with_key_then_api(pg: Any, site: str, api: str) -> None:
