@@ -204,19 +204,22 @@ class SqlStore:
     def set_active_status(self, run_id: str, status: str, **values: object) -> bool:
         """Move a run between active statuses (and set fields) unless it has
         finished meanwhile — a cancel must never be undone."""
+        with self._tx() as c:
+            changed = self._set_active(c, run_id, status, **values)
+        if changed:
+            self._changed(run_id)
+        return changed
+
+    def _set_active(self, c: Any, run_id: str, status: str, **values: object) -> bool:
         values["status"] = status
         values["updated_at"] = now_ms()
         assignments = ", ".join(f"{name} = ?" for name in values)
         finished = ", ".join("?" for _ in FINISHED_STATUSES)
-        with self._tx() as c:
-            cur = c.execute(
-                f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({finished})",
-                [*values.values(), run_id, *FINISHED_STATUSES],
-            )
-            changed = bool(cur.rowcount)
-        if changed:
-            self._changed(run_id)
-        return changed
+        cur = c.execute(
+            f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({finished})",
+            [*values.values(), run_id, *FINISHED_STATUSES],
+        )
+        return bool(cur.rowcount)
 
     def claim_run(self, run_id: str, actor_name: str) -> Claim:
         now = now_ms()
@@ -243,15 +246,8 @@ class SqlStore:
         return Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
 
     def suspend_run(self, wp: Waitpoint) -> bool:
-        now = now_ms()
-        finished = ", ".join("?" for _ in FINISHED_STATUSES)
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE runs SET status = 'WAITING', actor_name = NULL, updated_at = ?"
-                f" WHERE id = ? AND status NOT IN ({finished})",
-                (now, wp.run_id, *FINISHED_STATUSES),
-            )
-            if not cur.rowcount:
+            if not self._set_active(c, wp.run_id, "WAITING", actor_name=None):
                 return False
             self._upsert_waitpoint(c, wp)
         self._changed(wp.run_id)  # -> WAITING
