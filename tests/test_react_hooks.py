@@ -11,6 +11,7 @@ loop in the main thread (see tests/_browser_fixtures.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -57,6 +58,9 @@ async def hooks_lifecycle(payload: dict) -> dict:  # type: ignore[type-arg]
     await hooks_progress.append(HooksProgress(percent=10, step="draft"))
     metadata.set("progress", 10)
     decision = await hooks_go.wait(timeout="120s")  # WAITING: the run holds no process
+    # a revival takes milliseconds now (recycled RunActors): stay EXECUTING
+    # long enough for the page to be pushed that state before COMPLETED
+    await asyncio.sleep(1.0)
     metadata.set("progress", 100)
     await hooks_progress.append(HooksProgress(percent=100, step="done"))
     return {"approved": bool(decision.output and decision.output.approved)}
