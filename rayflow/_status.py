@@ -1,4 +1,4 @@
-"""Run statuses: the one place they are spelled.
+"""Run and waitpoint statuses: the one place they are spelled.
 
 A run goes QUEUED -> EXECUTING <-> WAITING (-> QUEUED when revived) and ends
 in one of the finished statuses; a finished run never changes again. The
@@ -40,6 +40,20 @@ class RunStatus(str, Enum):
     def is_finished(self) -> bool:
         """Whether the run has ended, in any way."""
         return self.value in FINISHED_STATUSES
+
+
+class WaitpointStatus(str, Enum):
+    """Where a suspended `.wait()` is: the `waitpoints.status` column."""
+
+    #: the run waits for a message on the stream or the deadline
+    PENDING = "PENDING"
+    #: a message arrived (`inbox_seq` says which)
+    RESOLVED = "RESOLVED"
+    #: the deadline passed first
+    TIMED_OUT = "TIMED_OUT"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 #: a run in one of these may still change (values as stored)

@@ -32,11 +32,14 @@ from rayflow._runtime.context import RunContext, current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
 from rayflow._runtime.run_actor import Suspended
+from rayflow._status import WaitpointStatus
 from rayflow.errors import PayloadTooLarge, ValidationError, WaitTimeout
 from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint, now_ms
 from rayflow.task import Result
 
 T = TypeVar("T")
+
+PENDING = WaitpointStatus.PENDING.value
 
 #: a send is retried this often when its Inbox actor dies mid-call
 _SEND_TRIES = 5
@@ -204,7 +207,7 @@ class InputStream(Generic[T]):
             # the RunActor drains the run's streams, then registers this
             # waitpoint and marks the run WAITING in one transaction
             raise Suspended(
-                Waitpoint(ctx.run_id, self.id, deadline, idempotency_key, "PENDING", None)
+                Waitpoint(ctx.run_id, self.id, deadline, idempotency_key, PENDING, None)
             )
         await ctx.journal.record("wait", self.id, outcome)
         if idempotency_key is not None:

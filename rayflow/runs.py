@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rayflow._response import Response
 from rayflow._runtime import connection
 from rayflow._runtime.calls import call
-from rayflow._status import FAILED_STATUSES, FINISHED_STATUSES, RunStatus
+from rayflow._status import FAILED_STATUSES, RunStatus
 from rayflow.errors import RunNotFound
 from rayflow.store.base import RunRecord
 
@@ -57,8 +57,16 @@ class Run(BaseModel):
         return self.status == RunStatus.WAITING
 
     @property
+    def is_finished(self) -> bool:
+        """Whether the run has ended, in any way (it never changes again)."""
+        return self.status.is_finished
+
+    @property
     def is_completed(self) -> bool:
-        return self.status in FINISHED_STATUSES
+        """Whether the run ran to an end: succeeded or failed (Trigger.dev's
+        `isCompleted`). A canceled run is finished but not completed: wait for
+        `is_finished` to cover every end."""
+        return self.status == RunStatus.COMPLETED or self.status in FAILED_STATUSES
 
     @property
     def is_success(self) -> bool:
@@ -66,10 +74,11 @@ class Run(BaseModel):
 
     @property
     def is_failed(self) -> bool:
+        """FAILED, CRASHED or TIMED_OUT."""
         return self.status in FAILED_STATUSES
 
     @property
-    def is_cancelled(self) -> bool:
+    def is_canceled(self) -> bool:
         return self.status == RunStatus.CANCELED
 
     @classmethod

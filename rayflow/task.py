@@ -30,6 +30,7 @@ from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
+from rayflow._status import RunStatus
 from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
 
 T = TypeVar("T")
@@ -604,7 +605,7 @@ async def wait_for_run(run_id: str) -> Result[Any]:
 
 
 def _child_result(run_id: str, outcome: dict[str, Any]) -> Result[Any]:
-    if outcome["status"] == "COMPLETED":
+    if outcome["status"] == RunStatus.COMPLETED:
         return Result(ok=True, output=outcome["output"])
     error = outcome.get("error") or {}
     return Result(

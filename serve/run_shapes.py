@@ -32,6 +32,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from rayflow._runtime.connection import current
+from rayflow._status import RunStatus
 from rayflow.runs import run_metadata
 from rayflow.store.base import RunRecord
 from serve.run_feed import feed
@@ -44,15 +45,15 @@ SKEW_MS = 2000
 MAX_ROWS = 500
 
 #: rayflow status -> Trigger.dev's database status (TaskRunStatus)
-DB_STATUS = {
-    "QUEUED": "PENDING",
-    "EXECUTING": "EXECUTING",
-    "WAITING": "WAITING_TO_RESUME",
-    "COMPLETED": "COMPLETED_SUCCESSFULLY",
-    "FAILED": "COMPLETED_WITH_ERRORS",
-    "CANCELED": "CANCELED",
-    "CRASHED": "CRASHED",
-    "TIMED_OUT": "TIMED_OUT",
+DB_STATUS: dict[str, str] = {
+    RunStatus.QUEUED: "PENDING",
+    RunStatus.EXECUTING: "EXECUTING",
+    RunStatus.WAITING: "WAITING_TO_RESUME",
+    RunStatus.COMPLETED: "COMPLETED_SUCCESSFULLY",
+    RunStatus.FAILED: "COMPLETED_WITH_ERRORS",
+    RunStatus.CANCELED: "CANCELED",
+    RunStatus.CRASHED: "CRASHED",
+    RunStatus.TIMED_OUT: "TIMED_OUT",
 }
 
 #: columns the client must always get (it cannot parse a row without them)

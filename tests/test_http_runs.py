@@ -79,7 +79,10 @@ async def test_retrieve_list_and_cancel_in_trigger_dev_shapes(http_tasks: HttpAp
         canceled = await c.post(f"/api/v2/runs/{run_id}/cancel", headers=http_tasks.headers())
         assert canceled.json() == {"id": run_id}
         after = (await c.get(f"/api/v3/runs/{run_id}", headers=http_tasks.headers())).json()
-        assert after["status"] == "CANCELED" and after["isCancelled"] and after["isCompleted"]
+        assert after["status"] == "CANCELED" and after["isCancelled"]
+        # Trigger.dev's meaning (its SDK computes the same from the status):
+        # a canceled run is finished but did not complete
+        assert after["isCompleted"] is False and after["finishedAt"]
         done = await c.get(
             "/api/v1/runs",
             headers=http_tasks.headers(),

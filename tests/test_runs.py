@@ -131,7 +131,8 @@ def test_cancel_stops_the_code_and_closes_the_streams() -> None:
     assert rayflow.runs.cancel(handle.id).result() is True
     rest = list(reader)  # ends: the stream closed with the run
     run = rayflow.runs.retrieve(handle.id).result()
-    assert run.status == "CANCELED" and run.is_cancelled
+    assert run.status == "CANCELED" and run.is_canceled and run.is_finished
+    assert not run.is_completed  # Trigger.dev's meaning: ran to an end
     count = len(rest) + 1
     # no chunk after the cancel: the code stopped
     assert len(list(ticks.read(handle.id, timeout_s=2))) == count

@@ -124,7 +124,7 @@ def _output(run_id: str, timeout_s: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = rayflow.runs.retrieve(run_id).result(timeout_s=30)
-        if run.is_completed:  # Trigger.dev's naming: finished, in any final state
+        if run.is_finished:
             if not run.is_success:
                 raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
             return run.output
@@ -165,7 +165,7 @@ def w3(cfg: dict[str, Any]) -> dict[str, Any]:
     handle = receiver.trigger({"n": n}).result(timeout_s=60)
     time.sleep(0.5)
     run = rayflow.runs.retrieve(handle.id).result(timeout_s=30)
-    if run.is_completed:
+    if run.is_finished:
         raise RuntimeError(f"run {handle.id} ended {run.status} before any input: {run.error}")
     with _helper(cfg, "sender") as sender:
         sender.ask(

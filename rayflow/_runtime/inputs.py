@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow._runtime.context import RunContext, reset_run, set_run
+from rayflow._status import WaitpointStatus
 from rayflow.store import Store
 from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint
 
@@ -205,7 +206,7 @@ class RunInputs:
         if wp is None or wp.stream_id != stream_id:
             return None
         self.resolved = None
-        if wp.status == "TIMED_OUT":
+        if wp.status == WaitpointStatus.TIMED_OUT:
             return {"timeout": True}
         message = self.oldest_unconsumed(stream_id)
         return None if message is None else {"seq": message.seq}

@@ -24,6 +24,7 @@ import ray
 
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.output import Row, rows_from_chunks, segment_rows
+from rayflow._status import RunStatus
 from rayflow.errors import RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
 
@@ -103,7 +104,7 @@ class ChunkReader:
             yield rows
         actor: Any = None
         located_at = 0.0
-        if status == "EXECUTING":
+        if status == RunStatus.EXECUTING:
             status, actor = await locations.locate(self.run_id)
             located_at = time.monotonic()
         while True:

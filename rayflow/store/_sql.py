@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
+from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.store._schema import MIGRATIONS
 from rayflow.store.base import (
     FINISHED_STATUSES,
@@ -30,6 +31,10 @@ from rayflow.store.base import (
     Waitpoint,
     now_ms,
 )
+
+# statuses as bound parameters (values as stored)
+QUEUED, EXECUTING = RunStatus.QUEUED.value, RunStatus.EXECUTING.value
+WAITING, PENDING = RunStatus.WAITING.value, WaitpointStatus.PENDING.value
 
 _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = "SELECT " + ", ".join(_RUN_COLUMNS) + " FROM runs"
@@ -225,18 +230,18 @@ class SqlStore:
         now = now_ms()
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE runs SET status = 'EXECUTING', actor_name = ?,"
+                "UPDATE runs SET status = ?, actor_name = ?,"
                 " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
                 " started_at = COALESCE(started_at, ?), updated_at = ?"
-                " WHERE id = ? AND status = 'QUEUED'",
-                (actor_name, now, now, run_id),
+                " WHERE id = ? AND status = ?",
+                (EXECUTING, actor_name, now, now, run_id, QUEUED),
             )
             claimed = bool(cur.rowcount)
             row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
             waitpoint = None
             if claimed:
                 found = c.execute(
-                    _WP_SELECT + " WHERE run_id = ? AND status <> 'PENDING'", (run_id,)
+                    _WP_SELECT + " WHERE run_id = ? AND status <> ?", (run_id, PENDING)
                 ).fetchone()
                 if found:
                     waitpoint = _waitpoint(found)
@@ -247,7 +252,7 @@ class SqlStore:
 
     def suspend_run(self, wp: Waitpoint) -> bool:
         with self._tx() as c:
-            if not self._set_active(c, wp.run_id, "WAITING", actor_name=None):
+            if not self._set_active(c, wp.run_id, WAITING, actor_name=None):
                 return False
             self._upsert_waitpoint(c, wp)
         self._changed(wp.run_id)  # -> WAITING
@@ -537,12 +542,12 @@ class SqlStore:
 
     def _wake(self, c: Any, run_id: str, stream_id: str, seq: int) -> bool:
         found = c.execute(
-            "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = 'PENDING'",
-            (run_id,),
+            "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = ?",
+            (run_id, PENDING),
         ).fetchone()
         if found is None or found[0] != stream_id:
             return False
-        return self._resolve(c, run_id, "RESOLVED", seq)
+        return self._resolve(c, run_id, WaitpointStatus.RESOLVED, seq)
 
     def _inbox_insert(
         self, c: Any, run_id: str, stream_id: str, data: str, message_id: str | None
@@ -639,17 +644,16 @@ class SqlStore:
 
     def _resolve(self, c: Any, run_id: str, status: str, inbox_seq: int | None) -> bool:
         cur = c.execute(
-            "UPDATE waitpoints SET status = ?, inbox_seq = ?"
-            " WHERE run_id = ? AND status = 'PENDING'",
-            (status, inbox_seq, run_id),
+            "UPDATE waitpoints SET status = ?, inbox_seq = ? WHERE run_id = ? AND status = ?",
+            (str(status), inbox_seq, run_id, PENDING),
         )
         if not cur.rowcount:
             return False
         # the run is ready to continue: queued for a RunActor, in the same
         # transaction, so no crash can leave it resolved but still WAITING
         c.execute(
-            "UPDATE runs SET status = 'QUEUED', updated_at = ? WHERE id = ? AND status = 'WAITING'",
-            (now_ms(), run_id),
+            "UPDATE runs SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+            (QUEUED, now_ms(), run_id, WAITING),
         )
         return True
 
@@ -660,15 +664,15 @@ class SqlStore:
     def due_waitpoints(self, now: int) -> list[Waitpoint]:
         with self._read() as c:
             rows = c.execute(
-                _WP_SELECT + " WHERE status = 'PENDING' AND deadline IS NOT NULL"
+                _WP_SELECT + " WHERE status = ? AND deadline IS NOT NULL"
                 " AND deadline <= ? ORDER BY deadline",
-                (now,),
+                (PENDING, now),
             ).fetchall()
         return [_waitpoint(r) for r in rows]
 
     def pending_waitpoints(self) -> list[Waitpoint]:
         with self._read() as c:
-            rows = c.execute(_WP_SELECT + " WHERE status = 'PENDING'").fetchall()
+            rows = c.execute(_WP_SELECT + " WHERE status = ?", (PENDING,)).fetchall()
         return [_waitpoint(r) for r in rows]
 
 

@@ -20,6 +20,7 @@ from typing import Protocol
 # Statuses are spelled in one place, rayflow/_status.py (RunStatus).
 from rayflow._status import ACTIVE_STATUSES as ACTIVE_STATUSES
 from rayflow._status import FINISHED_STATUSES as FINISHED_STATUSES
+from rayflow._status import RunStatus
 
 
 def now_ms() -> int:
@@ -30,7 +31,7 @@ def now_ms() -> int:
 class RunRecord:
     id: str
     task_id: str
-    status: str = "QUEUED"
+    status: str = RunStatus.QUEUED.value
     payload: str = "null"  # JSON text
     output: str | None = None  # JSON text
     error: str | None = None  # JSON text: {"name", "message", "stack"?}
@@ -115,7 +116,7 @@ class Waitpoint:
     stream_id: str
     deadline: int | None  # ms; None = no timeout
     idempotency_key: str | None
-    status: str  # "PENDING" | "RESOLVED" | "TIMED_OUT"
+    status: str  # a WaitpointStatus value
     inbox_seq: int | None  # the message that resolved it
     created_at: int = field(default_factory=now_ms)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from rayflow._status import FAILED_STATUSES, FINISHED_STATUSES, RunStatus
+from rayflow._status import FAILED_STATUSES, RunStatus
 from rayflow._tokens import run_scopes, token_claims
 from rayflow.errors import ValidationError
 from rayflow.runs import run_metadata
@@ -146,7 +146,6 @@ def _json(text: str | None) -> Any:
 
 def summary_fields(run: Any) -> dict[str, Any]:
     status = run.status
-    finished = status in FINISHED_STATUSES
     started, ended = run.started_at, run.finished_at
     tags = _json(run.tags) or []
     return {
@@ -157,7 +156,9 @@ def summary_fields(run: Any) -> dict[str, Any]:
         "isQueued": status == RunStatus.QUEUED,
         "isExecuting": status == RunStatus.EXECUTING,
         "isWaiting": status == RunStatus.WAITING,
-        "isCompleted": finished,
+        # Trigger.dev's meaning: ran to an end (success or failure); a
+        # canceled run is not "completed" (its SDK computes the same)
+        "isCompleted": status == RunStatus.COMPLETED or status in FAILED_STATUSES,
         "isSuccess": status == RunStatus.COMPLETED,
         "isFailed": status in FAILED_STATUSES,
         "isCancelled": status == RunStatus.CANCELED,
