@@ -32,6 +32,7 @@ from rayflow._runtime import connection
 from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.pool import RunActorPool
 from rayflow._runtime.run_actor import LOST
+from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.errors import IdempotencyConflict, RunNotFound, TaskNotFound
 from rayflow.store.base import ACTIVE_STATUSES, FINISHED_STATUSES, RunRecord, now_ms
 
@@ -259,13 +260,13 @@ class Controller:
             await self._resume_after_crash(run_id, resources)
         elif status in FINISHED_STATUSES:
             self._notify(run_id, status)
-        elif status == "QUEUED":
+        elif status == RunStatus.QUEUED:
             # a message woke it while it suspended
             self._launch(run_id, resources, front=True)
 
     async def _resume_after_crash(self, run_id: str, resources: dict[str, Any] | None) -> None:
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None or run.status == "WAITING":
+        if run is None or run.status == RunStatus.WAITING:
             return
         if run.finished:
             self._notify(run_id, run.status)
@@ -276,19 +277,19 @@ class Controller:
             await asyncio.to_thread(
                 self.store.finish_run,
                 run_id,
-                "CRASHED",
+                RunStatus.CRASHED,
                 None,
                 json.dumps(
                     {"name": "Crashed", "message": f"run {run_id} lost its actor {crashes} times"}
                 ),
             )
-            self._notify(run_id, "CRASHED")
+            self._notify(run_id, RunStatus.CRASHED)
             return
         # give Ray time to notice a lost node before it places the run again:
         # a resume onto the dying node would spend another of its crashes
         await asyncio.sleep(min(5.0, 0.5 * (crashes - 1)))
-        if run.status == "EXECUTING" and not await asyncio.to_thread(
-            self.store.set_active_status, run_id, "QUEUED", actor_name=None
+        if run.status == RunStatus.EXECUTING and not await asyncio.to_thread(
+            self.store.set_active_status, run_id, RunStatus.QUEUED, actor_name=None
         ):
             return
         self._launch(run_id, resources, front=True)
@@ -299,7 +300,7 @@ class Controller:
         if run_id in self.live or run_id in self._pending:
             return False
         run = await self._reads.submit(run_id)
-        if run is None or run.status != "QUEUED":
+        if run is None or run.status != RunStatus.QUEUED:
             return False
         return self._launch(run_id, json.loads(run.options).get("resources"), front=True)
 
@@ -309,7 +310,7 @@ class Controller:
             try:
                 for wp in await asyncio.to_thread(self.store.due_waitpoints, now_ms()):
                     if await asyncio.to_thread(
-                        self.store.resolve_waitpoint, wp.run_id, "TIMED_OUT", None
+                        self.store.resolve_waitpoint, wp.run_id, WaitpointStatus.TIMED_OUT, None
                     ):
                         await self.revive(wp.run_id)
                 if time.monotonic() - last_sweep >= STRAY_QUEUED_MS / 1000:
@@ -323,7 +324,9 @@ class Controller:
         """Launch queued runs that no revival request reached (the resolver
         died before it asked, or the request failed): none is left behind."""
         cutoff = now_ms() - STRAY_QUEUED_MS
-        queued = await asyncio.to_thread(self.store.list_runs, statuses=["QUEUED"], limit=10_000)
+        queued = await asyncio.to_thread(
+            self.store.list_runs, statuses=[RunStatus.QUEUED], limit=10_000
+        )
         for run in queued:
             if run.updated_at < cutoff and self._launch(
                 run.id, json.loads(run.options).get("resources"), front=True
@@ -363,7 +366,7 @@ class Controller:
         canceled = await asyncio.to_thread(
             self.store.finish_run,
             run_id,
-            "CANCELED",
+            RunStatus.CANCELED,
             None,
             json.dumps({"name": "Canceled", "message": f"run {run_id} was canceled"}),
         )
@@ -374,7 +377,7 @@ class Controller:
             except (asyncio.TimeoutError, ray.exceptions.RayActorError):
                 ray.kill(live[1], no_restart=True)
         if canceled:
-            self._notify(run_id, "CANCELED")
+            self._notify(run_id, RunStatus.CANCELED)
             children = await asyncio.to_thread(
                 self.store.list_runs, statuses=list(ACTIVE_STATUSES), parent_id=run_id, limit=1000
             )
@@ -410,23 +413,25 @@ class Controller:
             self.pool.adopt(resources)
             self._spawn(self._supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
         active = await asyncio.to_thread(
-            self.store.list_runs, statuses=["QUEUED", "EXECUTING"], limit=100_000
+            self.store.list_runs, statuses=[RunStatus.QUEUED, RunStatus.EXECUTING], limit=100_000
         )
         for run in active:
             if run.id in attached:
                 continue
             log.info("resuming run %s from its journal", run.id)
-            if run.status == "EXECUTING":
+            if run.status == RunStatus.EXECUTING:
                 await asyncio.to_thread(
-                    self.store.set_active_status, run.id, "QUEUED", actor_name=None
+                    self.store.set_active_status, run.id, RunStatus.QUEUED, actor_name=None
                 )
             self._launch(run.id, json.loads(run.options).get("resources"))
         # waitpoints resolved by an older version that did not queue the run
-        waiting = await asyncio.to_thread(self.store.list_runs, statuses=["WAITING"], limit=100_000)
+        waiting = await asyncio.to_thread(
+            self.store.list_runs, statuses=[RunStatus.WAITING], limit=100_000
+        )
         for run in waiting:
             wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
-            if wp is None or wp.status != "PENDING":
-                await asyncio.to_thread(self.store.set_active_status, run.id, "QUEUED")
+            if wp is None or wp.status != WaitpointStatus.PENDING:
+                await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
                 self._launch(run.id, json.loads(run.options).get("resources"), front=True)
 
     async def cleanup_expired(self) -> int:

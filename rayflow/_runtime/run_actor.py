@@ -42,6 +42,7 @@ from rayflow._runtime.context import RunContext, run_of, set_run
 from rayflow._runtime.inputs import RunInputs
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.output import ReadReply, StreamBuffers
+from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.store.base import ChunkWrite, InboxMessage, Waitpoint
 
 log = logging.getLogger("rayflow")
@@ -226,8 +227,10 @@ class RunActor:
         blob = await asyncio.to_thread(store.get_task, run.task_id)
         if blob is None:
             error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
-            await asyncio.to_thread(store.finish_run, run_id, "FAILED", None, json.dumps(error))
-            return "FAILED"
+            await asyncio.to_thread(
+                store.finish_run, run_id, RunStatus.FAILED, None, json.dumps(error)
+            )
+            return RunStatus.FAILED
         # unpickled per run: module globals of one run's code are not the next one's
         task = cloudpickle.loads(blob)
         options = json.loads(run.options)
@@ -244,7 +247,7 @@ class RunActor:
         while True:
             journal = await asyncio.to_thread(Journal, store, run_id, attempt)
             if execution.canceled.is_set():
-                return "CANCELED"
+                return RunStatus.CANCELED
             ctx = RunContext(
                 run_id=run_id,
                 task_id=run.task_id,
@@ -263,11 +266,11 @@ class RunActor:
                     result = await asyncio.wait_for(execution.task, remaining)
                 else:
                     result = await execution.task
-                status, output = "COMPLETED", json.dumps(to_jsonable_python(result))
+                status, output = RunStatus.COMPLETED, json.dumps(to_jsonable_python(result))
             except Suspended as s:
                 return await self._suspend(execution, s.waitpoint)
             except asyncio.TimeoutError:
-                status = "TIMED_OUT"
+                status = RunStatus.TIMED_OUT
                 error_text = json.dumps(
                     {
                         "name": "MaxDurationExceeded",
@@ -277,19 +280,19 @@ class RunActor:
             except asyncio.CancelledError:
                 if not execution.canceled.is_set():
                     raise
-                status = "CANCELED"
+                status = RunStatus.CANCELED
             except Exception as e:
                 if attempt < max_attempts and not execution.canceled.is_set():
                     log.warning("run %s attempt %d failed: %r; retrying", run_id, attempt, e)
                     if await self._backoff(execution, backoff_s(retry, attempt)):
-                        return "CANCELED"
+                        return RunStatus.CANCELED
                     attempt += 1
                     if not await asyncio.to_thread(
-                        store.set_active_status, run_id, "EXECUTING", attempt=attempt
+                        store.set_active_status, run_id, RunStatus.EXECUTING, attempt=attempt
                     ):
-                        return "CANCELED"  # canceled while it backed off
+                        return RunStatus.CANCELED  # canceled while it backed off
                     continue
-                status, error_text = "FAILED", error_json(e)
+                status, error_text = RunStatus.FAILED, error_json(e)
             break
         await execution.buffers.drain()
         await asyncio.to_thread(store.finish_run, run_id, status, output, error_text)
@@ -317,10 +320,10 @@ class RunActor:
             return run.status if run is not None else SKIPPED
         raced = await asyncio.to_thread(execution.inputs.oldest_unconsumed, waitpoint.stream_id)
         if raced is not None and await asyncio.to_thread(
-            store.resolve_waitpoint, execution.run_id, "RESOLVED", raced.seq
+            store.resolve_waitpoint, execution.run_id, WaitpointStatus.RESOLVED, raced.seq
         ):
-            return "QUEUED"
-        return "WAITING"
+            return RunStatus.QUEUED
+        return RunStatus.WAITING
 
     async def _call(self, task: Any, payload: Any, ctx: RunContext) -> Any:
         set_run(ctx)
