@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rayflow import _tokens
 from rayflow._runtime import connection
+from rayflow.errors import InvalidArgument
 
 
 def create_public_token(
@@ -18,7 +19,7 @@ def create_public_token(
     """
     if scopes is None:
         if run_id is None:
-            raise ValueError("pass a run_id, or the scopes the token should carry")
+            raise InvalidArgument("pass a run_id, or the scopes the token should carry")
         scopes = _tokens.run_scopes(run_id)
     conn = connection.current()
     return _tokens.mint_token(conn.secret_key, scopes, ttl_s or conn.settings.token_ttl_s)

@@ -1,22 +1,80 @@
 """Every error a rayflow user can catch. One base class: `RayflowError`.
 
-Each message says what happened, to which run or stream, and what to do.
-The HTTP layer maps each class to one status code (`http_status`).
+    RayflowError                     (http_status)
+    ├── NotInitialized               500  call rayflow.init() first
+    ├── InvalidArgument (ValueError) 400  an argument rayflow cannot use
+    │   └── NoParentRun                   target="parent" in a run without one
+    ├── ValidationError              422  a payload or chunk failed its declared type
+    ├── PayloadTooLarge              413  an input message over max_input_bytes
+    ├── StreamTooLarge               413  an append past max_stream_bytes
+    ├── RunNotFound / TaskNotFound   404
+    ├── RunFinished                  400  input or output for a finished run
+    ├── StreamClosed                 409  a write to a closed output stream
+    ├── RunFailed                    500  a child run awaited with trigger_and_wait failed
+    ├── WaitTimeout                  408  Result.unwrap() after a timeout
+    ├── OutsideTask                  400  a task-only operation outside a task
+    ├── NonDeterminism               500  a replay met a different operation
+    ├── Unauthorized / Forbidden     401 / 403
+    ├── Canceled                     409  raised inside a task that was canceled
+    ├── IdempotencyConflict          409  a reused idempotency key, another payload
+    ├── TooManyRequests              429  a per-run quota is used up
+    └── Unavailable (ConnectionError) 503 a part of rayflow could not be reached
+
+Each message says what happened, to which run or stream, and what to do;
+`run_id` and `stream` carry the run and the stream key (or input stream id)
+where there is one. The HTTP layer maps each class to one status code
+(`http_status`, in `serve/errors.py`); docs/wire.md lists them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RayflowError(Exception):
-    """Base class of every rayflow error."""
+    """Base class of every rayflow error. `run_id` and `stream` name the run
+    and the stream key (or input stream id) concerned, when there is one."""
 
     http_status = 500
+    #: the run concerned, if any
+    run_id: str | None = None
+    #: the output stream key or input stream id concerned, if any
+    stream: str | None = None
+
+    def __init__(
+        self, message: str = "", *, run_id: str | None = None, stream: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.stream = stream
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # errors cross Ray calls pickled: keep the attributes, not only the message
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[RayflowError], message: str, state: dict[str, Any]) -> RayflowError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class NotInitialized(RayflowError):
     """`rayflow.init()` has not been called in this process."""
 
     http_status = 500
+
+
+class InvalidArgument(RayflowError, ValueError):
+    """An argument rayflow cannot use (a duration, a start index, lists of
+    different lengths). Also a `ValueError`."""
+
+    http_status = 400
+
+
+class NoParentRun(InvalidArgument):
+    """`target="parent"` inside a run that has no parent run."""
 
 
 class ValidationError(RayflowError):
@@ -32,9 +90,23 @@ class PayloadTooLarge(RayflowError):
 
 
 class StreamTooLarge(RayflowError):
-    """An append would take an output stream past its size limit (300 MiB)."""
+    """An append would take an output stream past its size limit (300 MiB);
+    nothing of that write was stored. `size` is what it would have grown to,
+    `limit` the limit, in bytes."""
 
     http_status = 413
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        run_id: str | None = None,
+        stream: str | None = None,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, stream=stream)
+        self.size, self.limit = size, limit
 
 
 class RunNotFound(RayflowError):
@@ -50,9 +122,21 @@ class TaskNotFound(RayflowError):
 
 
 class RunFinished(RayflowError):
-    """The run has finished; it takes no more input or output."""
+    """The run has finished; it takes no more input or output. `status` says
+    how it finished (when known)."""
 
     http_status = 400
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        run_id: str | None = None,
+        stream: str | None = None,
+        status: str | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, stream=stream)
+        self.status = status
 
 
 class RunFailed(RayflowError):
@@ -60,16 +144,11 @@ class RunFailed(RayflowError):
 
     http_status = 500
 
-    def __init__(self, message: str, *, run_id: str, status: str, error: object = None) -> None:
-        super().__init__(message)
-        self.run_id, self.status, self.error = run_id, status, error
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_run_failed, (str(self), self.run_id, self.status, self.error))
-
-
-def _run_failed(message: str, run_id: str, status: str, error: object) -> RunFailed:
-    return RunFailed(message, run_id=run_id, status=status, error=error)
+    def __init__(
+        self, message: str = "", *, run_id: str, status: str, error: object = None
+    ) -> None:
+        super().__init__(message, run_id=run_id)
+        self.status, self.error = status, error
 
 
 class WaitTimeout(RayflowError):
@@ -129,10 +208,20 @@ class TooManyRequests(RayflowError):
     http_status = 429
 
 
+class Unavailable(RayflowError, ConnectionError):
+    """A part of rayflow (an Inbox actor, the database, the HTTP API) could not
+    be reached after retries. Also a `ConnectionError`; retrying later is safe
+    where the message says the operation is idempotent."""
+
+    http_status = 503
+
+
 __all__ = [
     "Canceled",
     "Forbidden",
     "IdempotencyConflict",
+    "InvalidArgument",
+    "NoParentRun",
     "NonDeterminism",
     "NotInitialized",
     "OutsideTask",
@@ -146,6 +235,7 @@ __all__ = [
     "TaskNotFound",
     "TooManyRequests",
     "Unauthorized",
+    "Unavailable",
     "ValidationError",
     "WaitTimeout",
 ]

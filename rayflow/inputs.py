@@ -33,7 +33,7 @@ from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
 from rayflow._runtime.run_actor import Suspended
 from rayflow._status import WaitpointStatus
-from rayflow.errors import PayloadTooLarge, ValidationError, WaitTimeout
+from rayflow.errors import PayloadTooLarge, Unavailable, ValidationError, WaitTimeout
 from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint, now_ms
 from rayflow.task import Result
 
@@ -113,8 +113,10 @@ class InputStream(Generic[T]):
             size = len(encoded.encode())
             if size > conn.settings.max_input_bytes:
                 raise PayloadTooLarge(
-                    f"data for input stream {self.id!r} is {size} bytes; the limit is"
-                    f" {conn.settings.max_input_bytes} bytes"
+                    f"data for input stream {self.id!r} of run {run_id} is {size} bytes; the"
+                    f" limit is {conn.settings.max_input_bytes} bytes",
+                    run_id=run_id,
+                    stream=self.id,
                 )
             ctx = current_run()
             name = f"{run_id}/{self.id}"
@@ -260,7 +262,12 @@ async def _send(stream_id: str, run_id: str, data: str, message_id: str) -> None
             # the Inbox died; its restart (or a new one) dedupes by message id
             inbox.forget(stream_id, run_id)
             await asyncio.sleep(0.1 * (attempt + 1))
-    raise ConnectionError(f"could not reach the inbox for {stream_id!r} after {_SEND_TRIES} tries")
+    raise Unavailable(
+        f"could not reach the Inbox actor of input stream {stream_id!r} for run {run_id} after"
+        f" {_SEND_TRIES} tries; nothing was sent twice, so sending again is safe",
+        run_id=run_id,
+        stream=stream_id,
+    )
 
 
 def _keyed_result(store: Any, run_id: str, key: str) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
 from rayflow._status import RunStatus
-from rayflow.errors import RayflowError, RunFailed, ValidationError, WaitTimeout
+from rayflow.errors import InvalidArgument, RayflowError, RunFailed, ValidationError, WaitTimeout
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -276,7 +276,7 @@ class Task(Generic[T, R]):
             list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
         )
         if len(keys) != len(values):
-            raise ValueError(
+            raise InvalidArgument(
                 f"batch_trigger got {len(values)} payloads but {len(keys)} idempotency keys"
             )
         options: dict[str, Any] = {}
@@ -555,7 +555,7 @@ def batch_trigger(
         list(idempotency_keys) if idempotency_keys is not None else [None] * len(payloads)
     )
     if len(keys) != len(payloads):
-        raise ValueError(
+        raise InvalidArgument(
             f"batch_trigger got {len(payloads)} payloads but {len(keys)} idempotency keys"
         )
     options: dict[str, Any] = {}

@@ -5,7 +5,8 @@ Every `rayflow.errors.RayflowError` subclass carries its status code
 a 500 with a JSON body, sent by `serve.middleware` (the traceback goes to
 the log, never to the client).
 Every body is `{"ok": false, "error": <message>, "code": <error name>}` —
-`error` is what Trigger.dev's clients show the user.
+`error` is what Trigger.dev's clients show the user — with `runId` and
+`stream` added when the error names a run or a stream.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class RouteError(RayflowError):
     some texts, e.g. "Run not found"); the rayflow message goes in `detail`."""
 
     def __init__(self, status: int, wire_message: str, cause: RayflowError) -> None:
-        super().__init__(wire_message)
         cause = plain(cause)
+        super().__init__(wire_message, run_id=cause.run_id, stream=cause.stream)
         self.http_status = status
         self.code = type(cause).__name__
         self.detail = str(cause)
@@ -63,9 +64,11 @@ def error_response(status: int, message: str, code: str, **extra: Any) -> JSONRe
 
 def rayflow_error_response(exc: RayflowError) -> JSONResponse:
     exc = plain(exc)
+    names = {"runId": exc.run_id, "stream": exc.stream}
+    extra: dict[str, Any] = {k: v for k, v in names.items() if v is not None}
     if isinstance(exc, RouteError):
-        return error_response(exc.http_status, str(exc), exc.code, detail=exc.detail)
-    return error_response(exc.http_status, str(exc), type(exc).__name__)
+        return error_response(exc.http_status, str(exc), exc.code, detail=exc.detail, **extra)
+    return error_response(exc.http_status, str(exc), type(exc).__name__, **extra)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -94,6 +94,8 @@ async def test_send_to_a_finished_run_is_400_and_stores_nothing(http_tasks: Http
         "code": "RunFinished",
         "status": 400,
         "detail": r.json()["detail"],
+        "runId": run_id,
+        "stream": "approval",
     }
     assert run_id in r.json()["detail"]
     assert inbox(run_id, "approval") == []

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
 
+from rayflow import errors
 from rayflow.store import Store, open_store
 from rayflow.store._schema import SCHEMA_VERSION
 from rayflow.store.base import (
     ChunkWrite,
     JournalEntry,
     RunRecord,
-    StreamTooLargeError,
     Waitpoint,
     now_ms,
 )
@@ -285,9 +285,9 @@ def test_a_batch_past_the_size_limit_stores_none_of_its_chunks(store: Store) -> 
         ChunkWrite(data='"d"', writer_id="w", writer_seq=1),
         ChunkWrite(data='"efgh"', writer_id="w", writer_seq=2),
     ]
-    with pytest.raises(StreamTooLargeError) as err:
+    with pytest.raises(errors.StreamTooLarge, match="nothing of this write was stored") as err:
         store.append_chunks("run_1", "k", batch, 10)
-    assert (err.value.run_id, err.value.key, err.value.size, err.value.limit) == (
+    assert (err.value.run_id, err.value.stream, err.value.size, err.value.limit) == (
         "run_1",
         "k",
         14,
@@ -299,7 +299,7 @@ def test_a_batch_past_the_size_limit_stores_none_of_its_chunks(store: Store) -> 
     assert store.writer_positions("run_1") == {("k", "w"): 0}
     # the limit is in bytes of UTF-8, and a stream may fill it exactly
     assert store.append_chunks("run_1", "k", _chunks("d", "e"), 11).seqs == [1, 2]
-    with pytest.raises(StreamTooLargeError):
+    with pytest.raises(errors.StreamTooLarge):
         store.append_chunks("run_1", "k2", [ChunkWrite(data='"éé"')], 5)
     assert store.stream_info("run_1", "k2") is None
 
@@ -315,7 +315,7 @@ def test_appends_to_several_streams_commit_together_or_not_at_all(store: Store) 
     )
     # results come back in the order asked, whatever order the streams were locked in
     assert [(r.seqs, r.length) for r in results] == [([0, 1], 2), ([0], 1), ([0], 1)]
-    with pytest.raises(StreamTooLargeError) as err:
+    with pytest.raises(errors.StreamTooLarge) as err:
         store.append_chunks_many(
             [
                 ("run_a", "k", _chunks("a1")),
@@ -323,7 +323,7 @@ def test_appends_to_several_streams_commit_together_or_not_at_all(store: Store) 
             ],
             1000,
         )
-    assert (err.value.run_id, err.value.key) == ("run_b", "k")
+    assert (err.value.run_id, err.value.stream) == ("run_b", "k")
     # the stream that fitted was rolled back with the one that did not
     assert [c.data for c in store.read_chunks("run_a", "k", 0, 10)] == ['"a0"']
     assert [c.data for c in store.read_chunks("run_b", "k", 0, 10)] == ['"b0"', '"b1"']
@@ -606,7 +606,7 @@ def test_an_unreachable_postgres_fails_clearly_without_showing_the_password() ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"postgresql://rayflow:s3cret@127.0.0.1:{port}/rayflow?connect_timeout=1"
-    with pytest.raises(ConnectionError) as err:
+    with pytest.raises(errors.Unavailable) as err:
         PostgresStore(url, connect_timeout_s=1.5)
     assert "rayflow:***@127.0.0.1" in str(err.value)
     assert "s3cret" not in str(err.value)
@@ -742,8 +742,6 @@ def test_a_finished_run_cannot_suspend(store: Store) -> None:
 
 
 def test_sends_in_one_batch_fail_alone(store: Store) -> None:
-    from rayflow.store.base import RunFinishedError, RunMissingError
-
     store.create_run(_run("run_1", status="EXECUTING"))
     store.create_run(_run("run_2"))
     store.finish_run("run_2", "COMPLETED", None, None)
@@ -755,8 +753,9 @@ def test_sends_in_one_batch_fail_alone(store: Store) -> None:
             ("run_1", "s", '"d"', None),
         ]
     )
-    assert isinstance(results[1], RunMissingError)
-    assert isinstance(results[2], RunFinishedError)
+    assert isinstance(results[1], errors.RunNotFound) and results[1].run_id == "nope"
+    assert isinstance(results[2], errors.RunFinished) and results[2].status == "COMPLETED"
+    assert (results[2].run_id, results[2].stream) == ("run_2", "s")
     assert [m.data for m in store.inbox_read("run_1", "s", 0, 10)] == ['"a"', '"d"']
     assert store.inbox_read("run_2", "s", 0, 10) == []
 

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayflow.errors import OutsideTask
+from rayflow.errors import NoParentRun, OutsideTask
 
 if TYPE_CHECKING:
     from rayflow._runtime.journal import Journal
@@ -45,7 +45,11 @@ class RunContext:
             return self.run_id
         if target == "parent":
             if self.parent_id is None:
-                raise OutsideTask(f"run {self.run_id} has no parent; target='parent' is invalid")
+                raise NoParentRun(
+                    f"run {self.run_id} has no parent run, so target='parent' names nothing;"
+                    " pass target='self' or a run id",
+                    run_id=self.run_id,
+                )
             return self.parent_id
         if target == "root":
             return self.root_id

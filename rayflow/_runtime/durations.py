@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import re
 
+from rayflow.errors import InvalidArgument
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 
 
 def parse_duration(value: float | int | str | None) -> float | None:
-    """Seconds for `value`, None for None. Raises ValueError on nonsense."""
+    """Seconds for `value`, None for None. Raises `InvalidArgument` (a ValueError) on nonsense."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+        raise InvalidArgument(f"not a duration: {value!r}")
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError(f"a duration cannot be negative: {value!r}")
+            raise InvalidArgument(f"a duration cannot be negative: {value!r}")
         return float(value)
     match = _PATTERN.match(value)
     if not match:
-        raise ValueError(
+        raise InvalidArgument(
             f"not a duration: {value!r}; use seconds or a string like '30s', '5m', '24h', '7d'"
         )
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]

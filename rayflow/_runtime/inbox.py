@@ -24,18 +24,13 @@ from rayflow._runtime import connection
 from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.bootstrap import on_head_node
 from rayflow._runtime.calls import call
-from rayflow.errors import PayloadTooLarge, RunFinished, RunNotFound
-from rayflow.store.base import RunFinishedError, RunMissingError
+from rayflow.errors import PayloadTooLarge
 
 log = logging.getLogger("rayflow")
 
 _ACTOR_CACHE = 10_000
 #: how often a send that woke its run asks the Controller to revive it
 _REVIVE_TRIES = 5
-
-
-def finished_message(run_id: str, status: str) -> str:
-    return f"run {run_id} is {status}; input can only be sent to a run that is still running"
 
 
 @ray.remote
@@ -53,19 +48,16 @@ class InboxActor:
         if size > self.settings.max_input_bytes:
             raise PayloadTooLarge(
                 f"message for input stream {stream_id!r} of run {run_id} is {size} bytes;"
-                f" the limit is {self.settings.max_input_bytes}"
+                f" the limit is {self.settings.max_input_bytes}",
+                run_id=run_id,
+                stream=stream_id,
             )
-        try:
-            # one transaction: the message, and when the run waits on this
-            # stream, its waitpoint resolved and the run queued
-            result = await self._sends.submit((run_id, stream_id, data, message_id))
-            if isinstance(result, Exception):
-                raise result
-            message, woke = result
-        except RunMissingError:
-            raise RunNotFound(f"run {run_id} does not exist") from None
-        except RunFinishedError as e:
-            raise RunFinished(finished_message(run_id, e.status)) from None
+        # one transaction: the message, and when the run waits on this
+        # stream, its waitpoint resolved and the run queued
+        result = await self._sends.submit((run_id, stream_id, data, message_id))
+        if isinstance(result, Exception):
+            raise result  # RunNotFound, RunFinished: this send stored nothing
+        message, woke = result
         # acknowledged = stored: what follows happens behind the ack, and a
         # failure there never fails a send whose message is durable
         if woke:

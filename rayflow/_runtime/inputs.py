@@ -21,6 +21,7 @@ from typing import Any
 
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow._status import WaitpointStatus
+from rayflow.errors import RayflowError
 from rayflow.store import Store
 from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint
 
@@ -264,5 +265,12 @@ class RunInputs:
     def message(self, stream_id: str, seq: int) -> InboxMessage:
         found = self.store.inbox_read(self.run_id, stream_id, seq, 1)
         if not found or found[0].seq != seq:
-            raise LookupError(f"message {seq} of input stream {stream_id!r} is missing")
+            # the journal recorded this message, so the Store had it: only a
+            # change to the inbox table outside rayflow removes it
+            raise RayflowError(
+                f"message {seq} of input stream {stream_id!r} of run {self.run_id} is"
+                " journaled but missing from the Store; was the inbox table edited by hand?",
+                run_id=self.run_id,
+                stream=stream_id,
+            )
         return found[0]

@@ -28,9 +28,9 @@ import ray
 
 from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, RunCommitter
-from rayflow.errors import RunFinished, StreamTooLarge
+from rayflow.errors import StreamClosed
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamTooLargeError
+from rayflow.store.base import AppendResult, Chunk, ChunkWrite
 
 log = logging.getLogger("rayflow")
 
@@ -96,7 +96,13 @@ class StreamBuffer:
     def _queue(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
-            future.set_exception(RunFinished(f"stream {self.key!r} of run {self.run_id} is closed"))
+            future.set_exception(
+                StreamClosed(
+                    f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
+                    run_id=self.run_id,
+                    stream=self.key,
+                )
+            )
             return future
         self._pending.append(Entry(writes, future, single))
         self._pending_chunks += len(writes)
@@ -203,14 +209,6 @@ class StreamBuffer:
                 return reply
         reply.from_store = True
         return reply
-
-
-def too_large(e: StreamTooLargeError) -> StreamTooLarge:
-    return StreamTooLarge(
-        f"stream {e.key!r} of run {e.run_id} would grow to {e.size} bytes, over its limit of"
-        f" {e.limit}; nothing of this write was stored. Write large results elsewhere and"
-        " stream references to them."
-    )
 
 
 class StreamBuffers:

@@ -25,7 +25,7 @@ import ray
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.output import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
-from rayflow.errors import RunNotFound
+from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
 
 #: how often a reader without a live actor asks where the run went
@@ -46,7 +46,7 @@ class ChunkReader:
         batch: int = 1000,
     ) -> None:
         if start_index < 0:
-            raise ValueError(f"start_index must be >= 0, not {start_index}")
+            raise InvalidArgument(f"start_index must be >= 0, not {start_index}")
         self.run_id, self.key, self.batch = run_id, key, batch
         self.next_index = start_index
         self.timeout_s = timeout_s
@@ -73,7 +73,9 @@ class ChunkReader:
 
         run, rows = await asyncio.to_thread(look)
         if run is None:
-            raise RunNotFound(f"run {self.run_id} does not exist")
+            raise RunNotFound(
+                f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
+            )
         return run, rows
 
     async def _store_says_closed(self) -> bool:

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rayflow._runtime import hops
+from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, ChunkWrite, StreamTooLargeError
+from rayflow.store.base import AppendResult, ChunkWrite
 
 if TYPE_CHECKING:
     from rayflow._runtime.output import StreamBuffer
@@ -128,7 +129,7 @@ class RunCommitter:
                     self._dirty[id(buf)] = buf
             try:
                 results: list[AppendResult] = await self._run(self._append, taken)
-            except StreamTooLargeError:
+            except StreamTooLarge:
                 # one of them is too large: commit entry by entry, fail only those
                 for buf, entries in taken:
                     await self._one_by_one(buf, entries)
@@ -144,14 +145,10 @@ class RunCommitter:
                 buf.settle(entries, result)
 
     async def _one_by_one(self, buf: StreamBuffer, entries: list[Entry]) -> None:
-        from rayflow._runtime.output import too_large
-
         for entry in entries:
             try:
                 (result,) = await self._run(self._append, [(buf, [entry])])
-            except StreamTooLargeError as e:
-                entry.fail(too_large(e))
-            except Exception as e:
+            except Exception as e:  # StreamTooLarge: only this entry fails
                 entry.fail(e)
             else:
                 buf.settle([entry], result)

@@ -26,17 +26,21 @@ import ray
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run
-from rayflow._runtime.output import too_large
 from rayflow._runtime.stream_commit import Entry
 from rayflow.errors import RunFinished, RunNotFound
-from rayflow.store.base import FINISHED_STATUSES, ChunkWrite, StreamTooLargeError
+from rayflow.store.base import FINISHED_STATUSES, ChunkWrite
 
 #: most writes in one Ray call (a flood leaves in bounded messages)
 MAX_BATCH = 10_000
 
 
-def finished_error(run_id: str, status: str) -> RunFinished:
-    return RunFinished(f"run {run_id} is {status}; its streams are closed and take no more chunks")
+def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
+    return RunFinished(
+        f"run {run_id} is {status}; its streams are closed and take no more chunks",
+        run_id=run_id,
+        stream=key,
+        status=status,
+    )
 
 
 class StreamAppender:
@@ -108,7 +112,7 @@ class StreamAppender:
         for _ in range(10):
             status, actor = await locations.locate(self.run_id)
             if status in FINISHED_STATUSES:
-                raise finished_error(self.run_id, status)
+                raise finished_error(self.run_id, status, self.key)
             if actor is None:
                 return await self._append_to_store(writes)
             try:
@@ -119,20 +123,21 @@ class StreamAppender:
             except (ray.exceptions.RayActorError, RunMoved):
                 # it moved (finished, suspended, crashed, recycled): look again
                 locations.forget(self.run_id, actor)
-        raise RunNotFound(f"could not reach run {self.run_id} to write to {self.key!r}")
+        raise RunNotFound(
+            f"could not reach run {self.run_id} to write to {self.key!r}",
+            run_id=self.run_id,
+            stream=self.key,
+        )
 
     async def _append_to_store(self, writes: list[ChunkWrite]) -> list[int | None]:
         conn = connection.current()
-        try:
-            result = await asyncio.to_thread(
-                conn.store.append_chunks,
-                self.run_id,
-                self.key,
-                writes,
-                conn.settings.max_stream_bytes,
-            )
-        except StreamTooLargeError as e:
-            raise too_large(e) from None
+        result = await asyncio.to_thread(
+            conn.store.append_chunks,
+            self.run_id,
+            self.key,
+            writes,
+            conn.settings.max_stream_bytes,
+        )
         return result.seqs
 
     async def flush(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from rayflow import errors
 from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
 from rayflow.client._streams import HttpStreamReader
@@ -105,7 +106,9 @@ class Auth:
                 r = await self._t.request("POST", f"/rayflow/v1/runs/{run_id}/tokens", json=body)
             else:
                 if not scopes:
-                    raise ValueError("pass a run_id, or the scopes the token should carry")
+                    raise errors.InvalidArgument(
+                        "pass a run_id, or the scopes the token should carry"
+                    )
                 body = {"scopes": scopes}
                 if ttl_s:
                     body["expirationTime"] = f"{ttl_s}s"
@@ -171,7 +174,9 @@ class Client:
         batch id is `handles[0]`'s `runs.retrieve(...).batch_id`."""
         keys = idempotency_keys or [None] * len(payloads)
         if len(keys) != len(payloads):
-            raise ValueError(f"{len(payloads)} payloads but {len(keys)} idempotency keys")
+            raise errors.InvalidArgument(
+                f"{len(payloads)} payloads but {len(keys)} idempotency keys"
+            )
         items = [
             {"payload": to_jsonable_python(p), "options": _options(k, tags, None, None)}
             for p, k in zip(payloads, keys, strict=True)

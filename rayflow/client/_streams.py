@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from rayflow import errors
 from rayflow._response import run_sync
 from rayflow.client._transport import Transport, error_for
 
@@ -50,15 +51,23 @@ class HttpStreamReader:
             except (httpx.TransportError, httpx.RemoteProtocolError) as e:
                 failures += 1
                 if failures > MAX_RECONNECTS:
-                    raise ConnectionError(
-                        f"stream {self.key!r} of run {self.run_id}: {failures} reconnects failed"
+                    raise errors.Unavailable(
+                        f"stream {self.key!r} of run {self.run_id}: {failures} reconnects failed;"
+                        f" read again from index {self.next_index} to resume",
+                        run_id=self.run_id,
+                        stream=self.key,
                     ) from e
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                 continue
             # the body ended without [DONE]: the connection was cut; resume
             failures += 1
             if failures > MAX_RECONNECTS:
-                raise ConnectionError(f"stream {self.key!r} of run {self.run_id} keeps ending")
+                raise errors.Unavailable(
+                    f"stream {self.key!r} of run {self.run_id} keeps ending without [DONE];"
+                    f" read again from index {self.next_index} to resume",
+                    run_id=self.run_id,
+                    stream=self.key,
+                )
 
     async def _connect(self) -> AsyncIterator[tuple[str, Any]]:
         headers = {"Accept": "text/event-stream", "Timeout-Seconds": str(int(self.timeout_s))}
@@ -94,7 +103,11 @@ class HttpStreamReader:
                         self.next_index = seq + 1
                         yield "chunk", json.loads(record["body"])["data"]
                 elif event == "error":
-                    raise ConnectionError(f"stream read failed: {text}")
+                    raise errors.Unavailable(
+                        f"reading stream {self.key!r} of run {self.run_id} failed: {text}",
+                        run_id=self.run_id,
+                        stream=self.key,
+                    )
                 event, data = None, []
 
     def __iter__(self) -> Iterator[Any]:

@@ -26,6 +26,7 @@ _BY_STATUS: dict[int, type[errors.RayflowError]] = {
     408: errors.WaitTimeout,
     413: errors.PayloadTooLarge,
     422: errors.ValidationError,
+    503: errors.Unavailable,
 }
 
 
@@ -44,7 +45,10 @@ def error_for(response: httpx.Response) -> errors.RayflowError:
         or cls is errors.RunFailed
     ):
         cls = _BY_STATUS.get(response.status_code, errors.RayflowError)
-    return cls(f"{message} (HTTP {response.status_code} from {response.request.url.path})")
+    error = cls(f"{message} (HTTP {response.status_code} from {response.request.url.path})")
+    error.run_id = body.get("runId") if isinstance(body.get("runId"), str) else None
+    error.stream = body.get("stream") if isinstance(body.get("stream"), str) else None
+    return error
 
 
 class Transport:
@@ -76,7 +80,7 @@ class Transport:
         try:
             response = await self.client().request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ConnectionError(f"rayflow at {self.base_url} is unreachable: {e}") from e
+            raise errors.Unavailable(f"rayflow at {self.base_url} is unreachable: {e}") from e
         if response.status_code >= 400:
             raise error_for(response)
         return response

@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from rayflow._status import RunStatus, WaitpointStatus
+from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
 from rayflow.store._schema import MIGRATIONS
 from rayflow.store.base import (
     FINISHED_STATUSES,
@@ -23,11 +24,8 @@ from rayflow.store.base import (
     InboxMessage,
     JournalEntry,
     RunChangeHook,
-    RunFinishedError,
-    RunMissingError,
     RunRecord,
     StreamInfo,
-    StreamTooLargeError,
     Waitpoint,
     now_ms,
 )
@@ -396,7 +394,15 @@ class SqlStore:
                 touched[w.writer_id] = w.writer_seq
             size += len(w.data.encode())
             if size > max_bytes:
-                raise StreamTooLargeError(run_id, key, size, max_bytes)
+                raise StreamTooLarge(
+                    f"stream {key!r} of run {run_id} would grow to {size} bytes, over its"
+                    f" limit of {max_bytes}; nothing of this write was stored. Write large"
+                    " results elsewhere and stream references to them.",
+                    run_id=run_id,
+                    stream=key,
+                    size=size,
+                    limit=max_bytes,
+                )
             seqs.append(length)
             rows.append((run_id, key, length, w.data, w.record_id, now))
             length += 1
@@ -522,16 +528,16 @@ class SqlStore:
 
     def inbox_send_many(
         self, sends: list[tuple[str, str, str, str | None]]
-    ) -> list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]:
-        results: list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]
-        results = [RunMissingError("")] * len(sends)
+    ) -> list[tuple[InboxMessage, bool] | RunNotFound | RunFinished]:
+        results: list[tuple[InboxMessage, bool] | RunNotFound | RunFinished]
+        results = [RunNotFound("")] * len(sends)
         with self._tx() as c:
             # run rows are locked in one order, so two batches cannot deadlock
             for i in sorted(range(len(sends)), key=lambda i: sends[i][0]):
                 run_id, stream_id, data, message_id = sends[i]
                 try:
                     message, new = self._inbox_insert(c, run_id, stream_id, data, message_id)
-                except (RunMissingError, RunFinishedError) as e:
+                except (RunNotFound, RunFinished) as e:
                     results[i] = e  # raised before this send wrote anything
                     continue
                 results[i] = (message, new and self._wake(c, run_id, stream_id, message.seq))
@@ -558,9 +564,14 @@ class SqlStore:
             "SELECT status FROM runs WHERE id = ?" + self.lock_clause, (run_id,)
         ).fetchone()
         if run is None:
-            raise RunMissingError(run_id)
+            raise RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=stream_id)
         if run[0] in FINISHED_STATUSES:
-            raise RunFinishedError(run_id, run[0])
+            raise RunFinished(
+                f"run {run_id} is {run[0]}; input can only be sent to a run that is still running",
+                run_id=run_id,
+                stream=stream_id,
+                status=run[0],
+            )
         if message_id is not None:
             seen = c.execute(
                 "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"

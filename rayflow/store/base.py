@@ -21,6 +21,7 @@ from typing import Protocol
 from rayflow._status import ACTIVE_STATUSES as ACTIVE_STATUSES
 from rayflow._status import FINISHED_STATUSES as FINISHED_STATUSES
 from rayflow._status import RunStatus
+from rayflow.errors import RunFinished, RunNotFound
 
 
 def now_ms() -> int:
@@ -129,26 +130,6 @@ class Claim:
     run: RunRecord | None
     claimed: bool
     waitpoint: Waitpoint | None = None
-
-
-class StreamTooLargeError(Exception):
-    """Raised by `append_chunks` when a write would take a stream past its limit."""
-
-    def __init__(self, run_id: str, key: str, size: int, limit: int) -> None:
-        super().__init__(f"stream {key!r} of run {run_id} would hold {size} bytes > {limit}")
-        self.run_id, self.key, self.size, self.limit = run_id, key, size, limit
-
-
-class RunMissingError(Exception):
-    """Raised by `inbox_append` for a run that does not exist."""
-
-
-class RunFinishedError(Exception):
-    """Raised by `inbox_append` for a run that has finished; `.status` says how."""
-
-    def __init__(self, run_id: str, status: str) -> None:
-        super().__init__(f"run {run_id} is {status}")
-        self.run_id, self.status = run_id, status
 
 
 #: called with the ids of runs whose row (status, metadata, streams) changed,
@@ -261,8 +242,8 @@ class Store(Protocol):
         self, run_id: str, stream_id: str, data: str, message_id: str | None = None
     ) -> InboxMessage:
         """Append a message to the run's log for `stream_id` (seq 0, 1, ...),
-        atomically with checking that the run exists (RunMissingError) and
-        has not finished (RunFinishedError). A `message_id` already stored
+        atomically with checking that the run exists (RunNotFound) and
+        has not finished (RunFinished). A `message_id` already stored
         for this run and stream returns the stored message instead (a
         retried send is not duplicated)."""
 
@@ -275,7 +256,7 @@ class Store(Protocol):
 
     def inbox_send_many(
         self, sends: list[tuple[str, str, str, str | None]]
-    ) -> list[tuple[InboxMessage, bool] | RunMissingError | RunFinishedError]:
+    ) -> list[tuple[InboxMessage, bool] | RunNotFound | RunFinished]:
         """`inbox_send` for many (run id, stream id, data, message id), in one
         transaction; a send to a missing or finished run gets its error in
         its place and stores nothing, the others are stored."""

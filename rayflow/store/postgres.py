@@ -29,6 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from rayflow.errors import Unavailable
 from rayflow.store._sql import SqlStore
 
 #: key of the advisory lock that serialises schema migrations (any constant
@@ -111,7 +112,7 @@ class PostgresStore(SqlStore):
                     pass
         except (PoolTimeout, psycopg.OperationalError) as e:
             self._pool.close()
-            raise ConnectionError(
+            raise Unavailable(
                 f"cannot connect to PostgreSQL at {redact(url)} within {connect_timeout_s} s;"
                 " check that the server is running and the URL (RAYFLOW_STORE) is right"
             ) from e
