@@ -1,96 +1,35 @@
-"""`@task`, `RunHandle`, `Result`, trigger and trigger_and_wait."""
+"""`@task`, `RunHandle`, `Result`, trigger and trigger_and_wait.
+
+The user's side only: the `Task` object and the functions that start runs.
+Registration is in `rayflow._runtime.registry`, triggering and child-run
+journaling in `rayflow._runtime.triggers`, the result types in
+`rayflow._handles`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
 import inspect
-import json
-import logging
-import os
-import sys
-import threading
-import types
-import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Generic, TypeVar, overload
 
-import cloudpickle
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_jsonable_python
 
-from rayflow import _tokens
+from rayflow._handles import Result, RetryPolicy, RunHandle, RunInfo
 from rayflow._response import Response
-from rayflow._runtime import connection
+from rayflow._runtime import registry
 from rayflow._runtime.adapters import adapter_for
-from rayflow._runtime.calls import call
-from rayflow._runtime.context import current_run, require_run
+from rayflow._runtime.context import require_run
 from rayflow._runtime.durations import parse_duration
-from rayflow._runtime.journal import MISSING
-from rayflow._status import RunStatus
-from rayflow.errors import InvalidArgument, RayflowError, RunFailed, ValidationError, WaitTimeout
+from rayflow._runtime.registry import register_defined_tasks
+from rayflow._runtime.triggers import trigger_run, trigger_runs, wait_for_run
+from rayflow.errors import InvalidArgument, ValidationError
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-log = logging.getLogger("rayflow")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a failed attempt is retried: up to `max_attempts` attempts in all,
-    waiting min_delay_s * factor**(n-1) (capped at max_delay_s) between them.
-    Each attempt runs the task from the top with a fresh journal."""
-
-    max_attempts: int = 3
-    min_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    factor: float = 2.0
-
-
-@dataclass(frozen=True)
-class RunHandle:
-    """A triggered run: its id, and a public access token for frontends
-    (read its streams, write its input streams)."""
-
-    id: str
-    public_access_token: str
-    task_id: str = ""
-    is_cached: bool = False
-
-
-@dataclass
-class Result(Generic[T]):
-    """The outcome of a wait, a once or a child run: `ok` and `output`, or `error`.
-
-    `unwrap()` returns the output or raises the error (`WaitTimeout` for a
-    timed-out wait, `RunFailed` for a child run that did not complete).
-    """
-
-    ok: bool
-    output: T | None = None
-    error: RayflowError | None = None
-
-    def unwrap(self) -> T:
-        if not self.ok:
-            raise self.error or WaitTimeout("no result")
-        return self.output  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """The run the calling code executes in (`rayflow.context()`)."""
-
-    id: str
-    task_id: str
-    attempt: int
-    parent_id: str | None
-    root_id: str
-    #: True while the run re-executes journaled operations after a revival
-    replaying: bool
 
 
 def context() -> RunInfo:
@@ -176,7 +115,7 @@ class Task(Generic[T, R]):
         self.inputs: dict[str, Any] = {}
         #: output streams it writes, by id (filled at registration)
         self.outputs: dict[str, Any] = {}
-        _define(self)
+        registry.define(self)
 
     # pickled into the Store; the adapter is rebuilt where it is used
     def __getstate__(self) -> dict[str, Any]:
@@ -251,7 +190,7 @@ class Task(Generic[T, R]):
 
         async def go() -> RunHandle:
             await self._register()
-            return await _trigger(self.id, value, options, idempotency_key, tags)
+            return await trigger_run(self.id, value, options, idempotency_key, tags)
 
         return Response(go)
 
@@ -285,7 +224,7 @@ class Task(Generic[T, R]):
 
         async def go() -> list[RunHandle]:
             await self._register()
-            return await _trigger_batch(self.id, values, options, keys, tags)
+            return await trigger_runs(self.id, values, options, keys, tags)
 
         return Response(go)
 
@@ -307,237 +246,17 @@ class Task(Generic[T, R]):
         return Response(self._register)
 
     async def _register(self) -> None:
-        conn = connection.current()
-        key = (conn.store.url, self.id)
-        if _registered.get(key) is self:
-            return
+        await registry.register(self)
+
+    def resolve_payload_type(self) -> None:
+        """Resolve a payload annotation that named something defined later in
+        its module (done at registration, when the module is complete)."""
         if _unresolved(self.payload_type):
             self.payload_type = _payload_type(self.fn)
-        module = sys.modules.get(self.fn.__module__)
-        if module is not None and _pickle_by_value(module):
-            cloudpickle.register_pickle_by_value(module)
-        self.inputs, self.outputs = _streams_of(self.fn, self._declared_inputs)
-        blob = cloudpickle.dumps(self)
-        defaults = {
-            **self.defaults(),
-            "source": self.source,
-            "fingerprint": self.fingerprint,
-            "inputs": {i: _schema(s.type) for i, s in self.inputs.items()},
-            "outputs": {o: _schema(s.type) for o, s in self.outputs.items()},
-        }
-        import asyncio
-
-        earlier = await asyncio.to_thread(conn.store.get_task_defaults, self.id)
-        _report_redefinition(self, earlier)
-        await call(conn.controller.register_task.remote(self.id, blob, json.dumps(defaults)))
-        _registered[key] = self
 
     async def __call__(self, payload: T) -> R:
         """Call the function directly, in this process (no run is created)."""
         return await self.fn(payload)
-
-
-def _streams_of(
-    fn: Callable[..., Any], declared: list[Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The input and output streams a task uses: those declared with
-    `@task(inputs=[...])`, and every stream handle its code names (module
-    globals and closure variables, nested functions included). Found at
-    registration, when the module has defined everything it names."""
-    from rayflow.inputs import InputStream
-    from rayflow.streams import OutputStream
-
-    values: list[Any] = list(declared)
-
-    def walk(code: types.CodeType) -> None:
-        for name in code.co_names:
-            if name in fn.__globals__:
-                values.append(fn.__globals__[name])
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                walk(const)
-
-    walk(fn.__code__)
-    for cell in fn.__closure__ or ():
-        with contextlib.suppress(ValueError):  # an empty cell
-            values.append(cell.cell_contents)
-    inputs = {v.id: v for v in values if isinstance(v, InputStream)}
-    outputs = {v.id: v for v in values if isinstance(v, OutputStream)}
-    return inputs, outputs
-
-
-def _schema(type_: Any) -> dict[str, Any]:
-    """The JSON Schema of a stream's type ({} when it has none)."""
-    try:
-        schema: dict[str, Any] = TypeAdapter(type_).json_schema()
-    except Exception:  # a type pydantic cannot describe: accept anything
-        return {}
-    return schema
-
-
-_registered: dict[tuple[str, str], Task[Any, Any]] = {}
-#: every task defined in this process, by id (the latest definition wins)
-_defined: dict[str, Task[Any, Any]] = {}
-#: set by `rayflow.init()`: this process defines tasks for the deployment, so
-#: tasks it defines are registered (RunActors and Serve replicas never set it)
-_auto_register = False
-
-
-def _define(t: Task[Any, Any]) -> None:
-    """Remember a new task; once `rayflow.init()` ran, register it too."""
-    other = _defined.get(t.id)
-    if other is not None and other.fn is not t.fn and other.fingerprint != t.fingerprint:
-        warnings.warn(
-            f"task id {t.id!r} is defined twice in this process, by {other.source} and"
-            f" {t.source}; the later definition ({t.source}) is the one registered",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    _defined[t.id] = t
-    if _auto_register:
-        _register_when_imported(t)
-
-
-def _report_redefinition(t: Task[Any, Any], earlier_defaults: str | None) -> None:
-    if earlier_defaults is None:
-        return
-    earlier = json.loads(earlier_defaults)
-    before = earlier.get("fingerprint")
-    if before is None or before == t.fingerprint:
-        return
-    message = (
-        f"task {t.id!r} was registered from other code ({earlier.get('source', '?')},"
-        f" version {before}); this registration from {t.source} (version"
-        f" {t.fingerprint}) replaces it: runs started from now on execute this code."
-        " If two services define the task differently, give one of them another id."
-    )
-    log.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=2)
-
-
-def _register_when_imported(t: Task[Any, Any]) -> None:
-    """Register `t` once the module defining it has finished importing.
-
-    A task pickled by value takes the module globals that exist when it is
-    pickled; registering in the middle of the import would lose what the
-    module defines below the task. Importing the module from another thread
-    blocks until the importing thread has finished it.
-    """
-    name = t.fn.__module__
-    module = sys.modules.get(name)
-    spec = getattr(module, "__spec__", None)
-    if module is None or name == "__main__" or not getattr(spec, "_initializing", False):
-        _register_now(t)
-        return
-
-    def after_import() -> None:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # the import failed: the task does not exist
-            log.warning("task %r not registered: importing %s failed: %s", t.id, name, e)
-            return
-        _register_now(t)
-
-    threading.Thread(target=after_import, name=f"rayflow-register-{t.id}", daemon=True).start()
-
-
-def _register_now(t: Task[Any, Any]) -> None:
-    try:
-        t.register().result(timeout_s=60)
-    except Exception:
-        log.exception("registering task %r failed", t.id)
-
-
-def register_defined_tasks() -> None:
-    """Register every task defined so far in this process, and every task
-    defined from now on (called by `rayflow.init()`)."""
-    global _auto_register
-    _auto_register = True
-    for t in list(_defined.values()):
-        _register_now(t)
-
-
-def _pickle_by_value(module: Any) -> bool:
-    """User code that a worker may not be able to import travels by value."""
-    name = getattr(module, "__name__", "")
-    if name == "__main__" or name.startswith("rayflow"):
-        return False
-    path = getattr(module, "__file__", None) or ""
-    return not any(part in path for part in ("site-packages", "dist-packages")) and bool(
-        os.path.basename(path)
-    )
-
-
-def child_key(parent_id: str, key: str | None, auto: str) -> str:
-    """The stored idempotency key of a child run: scoped to its parent, so
-    that no other caller can name it (HTTP callers' keys are scoped to them,
-    see `serve.auth.Principal.idempotency_key`) and two parents' keys never
-    meet; `auto` (attempt and journal position) when the task gave none."""
-    return f"run:{parent_id}:" + (f"key:{key}" if key is not None else f"auto:{auto}")
-
-
-async def _trigger(
-    task_id: str,
-    payload: Any,
-    options: dict[str, Any],
-    idempotency_key: str | None,
-    tags: list[str] | None,
-) -> RunHandle:
-    conn = connection.current()
-    ctx = current_run()
-    parent_id = None
-    if ctx is not None:
-        parent_id = ctx.run_id
-        recorded = ctx.journal.replay("trigger", task_id)
-        if recorded is not MISSING:
-            return _handle(conn.secret_key, recorded["id"], task_id, recorded["cached"])
-        # a crash between creating the child and journaling it must not make two
-        auto = f"{ctx.attempt}:{ctx.journal.cursor}"
-        idempotency_key = child_key(ctx.run_id, idempotency_key, auto)
-    run_id, created = await call(
-        conn.controller.trigger.remote(
-            task_id,
-            json.dumps(to_jsonable_python(payload)),
-            options,
-            parent_id,
-            idempotency_key,
-            tags,
-        )
-    )
-    if ctx is not None:
-        await ctx.journal.record("trigger", task_id, {"id": run_id, "cached": not created})
-    return _handle(conn.secret_key, run_id, task_id, not created)
-
-
-async def _trigger_batch(
-    task_id: str,
-    payloads: list[Any],
-    options: dict[str, Any],
-    keys: list[str | None],
-    tags: list[str] | None,
-) -> list[RunHandle]:
-    conn = connection.current()
-    ctx = current_run()
-    parent_id = None
-    if ctx is not None:
-        parent_id = ctx.run_id
-        recorded = ctx.journal.replay("batch-trigger", task_id)
-        if recorded is not MISSING:
-            return [_handle(conn.secret_key, i, task_id, c) for i, c in recorded["runs"]]
-        # a crash between creating the children and journaling them must not make two
-        prefix = f"{ctx.attempt}:{ctx.journal.cursor}"
-        keys = [child_key(ctx.run_id, k, f"{prefix}:{n}") for n, k in enumerate(keys)]
-    items = [
-        (json.dumps(to_jsonable_python(p)), options, k, tags)
-        for p, k in zip(payloads, keys, strict=True)
-    ]
-    created: list[tuple[str, bool]] = await call(
-        conn.controller.trigger_batch.remote(task_id, items, parent_id)
-    )
-    runs = [(run_id, not new) for run_id, new in created]
-    if ctx is not None:
-        await ctx.journal.record("batch-trigger", task_id, {"runs": runs})
-    return [_handle(conn.secret_key, run_id, task_id, cached) for run_id, cached in runs]
 
 
 def batch_trigger(
@@ -561,7 +280,7 @@ def batch_trigger(
     options: dict[str, Any] = {}
     if max_duration is not None:
         options["max_duration_s"] = parse_duration(max_duration)
-    return Response(lambda: _trigger_batch(task_id, list(payloads), options, keys, tags))
+    return Response(lambda: trigger_runs(task_id, list(payloads), options, keys, tags))
 
 
 def _options(max_duration: float | str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -573,50 +292,6 @@ def _options(max_duration: float | str | None, metadata: dict[str, Any] | None) 
             raise ValidationError("metadata must be a JSON object (a dict)")
         options["metadata"] = to_jsonable_python(metadata)
     return options
-
-
-def _handle(secret: str, run_id: str, task_id: str, cached: bool) -> RunHandle:
-    ttl = connection.current().settings.token_ttl_s
-    token = _tokens.mint_token(secret, _tokens.run_scopes(run_id), ttl)
-    return RunHandle(id=run_id, public_access_token=token, task_id=task_id, is_cached=cached)
-
-
-async def wait_for_run(run_id: str) -> Result[Any]:
-    """Wait for a run to finish (journaled inside a task)."""
-    conn = connection.current()
-    ctx = current_run()
-    if ctx is not None:
-        recorded = ctx.journal.replay("child", run_id)
-        if recorded is not MISSING:
-            return _child_result(run_id, recorded)
-    status = await call(conn.controller.wait_run.remote(run_id))
-    import asyncio
-
-    run = await asyncio.to_thread(conn.store.get_run, run_id)
-    assert run is not None
-    outcome = {
-        "status": status,
-        "output": json.loads(run.output) if run.output else None,
-        "error": json.loads(run.error) if run.error else None,
-    }
-    if ctx is not None:
-        await ctx.journal.record("child", run_id, outcome)
-    return _child_result(run_id, outcome)
-
-
-def _child_result(run_id: str, outcome: dict[str, Any]) -> Result[Any]:
-    if outcome["status"] == RunStatus.COMPLETED:
-        return Result(ok=True, output=outcome["output"])
-    error = outcome.get("error") or {}
-    return Result(
-        ok=False,
-        error=RunFailed(
-            f"child run {run_id} ended {outcome['status']}: {error.get('message', '')}",
-            run_id=run_id,
-            status=outcome["status"],
-            error=error,
-        ),
-    )
 
 
 @overload
@@ -696,7 +371,7 @@ def trigger(
     Raises `TaskNotFound` if no process has registered the task yet.
     """
     options = _options(max_duration, metadata)
-    return Response(lambda: _trigger(task_id, payload, options, idempotency_key, tags))
+    return Response(lambda: trigger_run(task_id, payload, options, idempotency_key, tags))
 
 
 __all__ = [
@@ -709,5 +384,6 @@ __all__ = [
     "context",
     "task",
     "trigger",
+    "register_defined_tasks",
     "wait_for_run",
 ]
