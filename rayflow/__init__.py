@@ -19,25 +19,16 @@ typed data in while they run.
 
 from __future__ import annotations
 
-import os as _os
+from pathlib import Path
+from typing import Any
 
-# docs/scaling.md: Ray reads this when it is imported. Off, a local Ray advertises
-# 127.0.0.1 only, so the embedded default keeps its traffic on loopback. A
-# process that joins a multi-node cluster names it in RAY_ADDRESS or
-# RAYFLOW_ADDRESS and keeps Ray's default.
-if not (_os.environ.get("RAY_ADDRESS") or _os.environ.get("RAYFLOW_ADDRESS")):
-    _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rayflow import auth, errors, metadata, runs, streams  # noqa: E402
-from rayflow._config import Settings  # noqa: E402
-from rayflow._response import Response  # noqa: E402
-from rayflow.durable import now, random, step  # noqa: E402
-from rayflow.runs import Run, RunStatus  # noqa: E402
-from rayflow.streams import OutputStream, StreamReader  # noqa: E402
-from rayflow.task import (  # noqa: E402
+from rayflow import auth, errors, metadata, runs, streams
+from rayflow._config import Settings
+from rayflow._response import Response
+from rayflow.durable import now, random, step
+from rayflow.runs import Run, RunStatus
+from rayflow.streams import OutputStream, StreamReader
+from rayflow.task import (
     Result,
     RetryPolicy,
     RunHandle,

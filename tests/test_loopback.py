@@ -107,3 +107,23 @@ def test_every_process_of_the_embedded_default_listens_on_loopback_only(tmp_path
             proc.stdin.close()
             os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+
+
+def test_importing_rayflow_leaves_the_environment_alone() -> None:
+    """`import rayflow` has no side effects on os.environ: the loopback default is
+    applied by `rayflow.init()` (the test above checks it holds whatever the
+    import order). Ray's own import is taken first, so only rayflow's changes count."""
+    script = (
+        "import os, ray; before = dict(os.environ); "
+        "import rayflow, rayflow.streams, rayflow.task, rayflow.client; "
+        "after = dict(os.environ); "
+        "changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}; "
+        "print(sorted(changed))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
