@@ -18,11 +18,13 @@ pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
 async def test_sse_read_from_start_gets_every_chunk_then_done(http_tasks: HttpApi) -> None:
     run_id, _ = await trigger(http_tasks, "http-emit", {"n": 50})
     await wait_finished(run_id)
-    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/default")
+    origin = {"Origin": "https://app.example"}
+    res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/default", headers=origin)
     assert res.status == 200
     assert res.headers["content-type"].startswith("text/event-stream")
     assert res.headers["x-stream-version"] == "v2"
-    assert res.headers["access-control-allow-origin"] == "*"
+    assert res.headers["cache-control"] == "no-cache, no-transform"
+    assert res.headers["access-control-allow-origin"] == "https://app.example"
     assert res.chunks == [(i, {"i": i}) for i in range(50)]
     assert res.done
     assert res.events[-1].data == "[DONE]"
@@ -127,11 +129,15 @@ async def test_sse_caught_up_reader_gets_pings_then_done_after_idle_timeout(
 
 
 async def test_sse_read_of_an_unknown_run_is_404_json(http_tasks: HttpApi) -> None:
-    res = await read_sse(http_tasks, "/realtime/v1/streams/run_doesnotexist/default")
+    res = await read_sse(
+        http_tasks,
+        "/realtime/v1/streams/run_doesnotexist/default",
+        headers={"Origin": "https://app.example"},
+    )
     assert res.status == 404
     body = json.loads(res.body)
     assert body["ok"] is False and "run_doesnotexist" in body["error"]
-    assert res.headers["access-control-allow-origin"] == "*"
+    assert res.headers["access-control-allow-origin"] == "https://app.example"
 
 
 @pytest.mark.parametrize(

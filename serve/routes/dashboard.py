@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from serve import core
 from serve.deps import Caller
 from serve.routes.runs import run_response
 from serve.routes.streams import SSE_RESPONSES
 from serve.run_feed import feed
-from serve.sse import DONE, PING_INTERVAL_S, SSE_HEADERS, encode_ping
+from serve.sse import DONE, SEP, sse_response
+from serve.wire import WireModel
 
 router = APIRouter(tags=["rayflow"])
 
@@ -35,13 +37,13 @@ class TaskList(BaseModel):
     data: list[TaskItem]
 
 
-class OutputStreamInfo(BaseModel):
+class OutputStreamInfo(WireModel):
     key: str
     length: int
-    sizeBytes: int
+    size_bytes: int
     closed: bool
-    createdAt: int
-    updatedAt: int
+    created_at: int
+    updated_at: int
 
 
 class InputStreamInfo(BaseModel):
@@ -50,8 +52,8 @@ class InputStreamInfo(BaseModel):
     waiting: bool
 
 
-class RunStreams(BaseModel):
-    runId: str
+class RunStreams(WireModel):
+    run_id: str
     outputs: list[OutputStreamInfo]
     inputs: list[InputStreamInfo]
 
@@ -71,15 +73,15 @@ async def run_streams(run_id: str, who: Caller) -> RunStreams:
     who.require("read", "runs", run_id)
     outputs, inputs = await core.run_streams(run_id)
     return RunStreams(
-        runId=run_id,
+        run_id=run_id,
         outputs=[
             OutputStreamInfo(
                 key=o.key,
                 length=o.length,
-                sizeBytes=o.size_bytes,
+                size_bytes=o.size_bytes,
                 closed=o.closed,
-                createdAt=o.created_at,
-                updatedAt=o.updated_at,
+                created_at=o.created_at,
+                updated_at=o.updated_at,
             )
             for o in outputs
         ],
@@ -88,19 +90,17 @@ async def run_streams(run_id: str, who: Caller) -> RunStreams:
 
 
 @router.get("/rayflow/v1/runs/{run_id}/events", responses=SSE_RESPONSES)
-async def run_events(run_id: str, who: Caller) -> StreamingResponse:
+async def run_events(run_id: str, who: Caller) -> EventSourceResponse:
     """`event: run` with the run (as `GET /api/v3/runs/{id}`) whenever its
     status changes, then `data: [DONE]` once it has finished."""
     who.require("read", "runs", run_id)
     await core.get_run(run_id)
-    return StreamingResponse(
-        _run_events(run_id), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return sse_response(_run_events(run_id))
 
 
-async def _run_events(run_id: str) -> AsyncIterator[bytes]:
+async def _run_events(run_id: str) -> AsyncIterator[ServerSentEvent]:
     last_key = None
-    started = last_sent = time.monotonic()
+    started = time.monotonic()
     changes = feed()
     while time.monotonic() - started < RUN_EVENTS_MAX_S:
         since = await changes.changes()
@@ -109,14 +109,10 @@ async def _run_events(run_id: str) -> AsyncIterator[bytes]:
         if key != last_key:
             last_key = key
             body = run_response(run, parent, root, children).model_dump_json()
-            yield f"event: run\ndata: {body}\n\n".encode()
-            last_sent = time.monotonic()
+            yield ServerSentEvent(body, event="run", sep=SEP)
         if run.finished:
             yield DONE
             return
-        if time.monotonic() - last_sent >= PING_INTERVAL_S:
-            yield encode_ping()
-            last_sent = time.monotonic()
         # pushed by the run change feed; the timeout only catches a new child
         await changes.wait_for(since, {run_id}, RUN_EVENTS_POLL_S)
 

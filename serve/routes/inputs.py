@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse
 
 from rayflow.errors import RunFinished, RunNotFound
 from serve import core
 from serve.deps import Caller
 from serve.errors import BadRequest, RouteError
 from serve.input_types import validate_send
-from serve.routes.streams import SSE_RESPONSES, idle_timeout, sse_response, start_position
-from serve.sse import event_stream
+from serve.routes.streams import SSE_RESPONSES, idle_timeout, start_position
+from serve.sse import event_stream, sse_response
 
 router = APIRouter(tags=["input streams"])
 
@@ -74,7 +74,7 @@ async def read_input(
     last_event_id: Annotated[str | None, Header()] = None,
     x_trigger_stream_start: Annotated[str | None, Header()] = None,
     timeout_seconds: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """The messages sent to an input stream, as SSE in the same format as
     output streams (for tools and tests)."""
     who.require("read", "runs", run_id)

@@ -11,14 +11,14 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 
 from rayflow.errors import PayloadTooLarge
 from serve import core
 from serve.deps import MAX_APPEND_BYTES, Caller
 from serve.errors import BadRequest
-from serve.sse import SSE_HEADERS, event_stream, parse_last_event_id
+from serve.sse import event_stream, parse_last_event_id, sse_response
 
 router = APIRouter(tags=["streams"])
 
@@ -64,10 +64,6 @@ def idle_timeout(value: str | None) -> float:
     return int(v)
 
 
-def sse_response(body: Any) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
-
-
 @router.get("/realtime/v1/streams/{run_id}/{key}", responses=SSE_RESPONSES)
 async def read_stream(
     run_id: str,
@@ -76,7 +72,7 @@ async def read_stream(
     last_event_id: Annotated[str | None, Header()] = None,
     x_trigger_stream_start: Annotated[str | None, Header()] = None,
     timeout_seconds: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Read a run's output stream as SSE, from index 0, after `Last-Event-ID`,
     or from the tail (`X-Trigger-Stream-Start: latest`); then live. The body
     ends when the stream is closed or after `Timeout-Seconds` without data."""
