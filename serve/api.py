@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from rayflow._config import Settings
 from serve.deps import MAX_APPEND_BYTES, ServeState
 from serve.errors import install_error_handlers
-from serve.middleware import EdgeMiddleware, default_body_limits
+from serve.middleware import default_body_limits, install_middleware
 from serve.routes import (
     batches,
     dashboard,
@@ -45,8 +45,5 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    app.add_middleware(
-        EdgeMiddleware,
-        limits=default_body_limits(settings.max_input_bytes, MAX_APPEND_BYTES),
-    )
+    install_middleware(app, default_body_limits(settings.max_input_bytes, MAX_APPEND_BYTES))
     return app

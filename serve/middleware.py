@@ -1,7 +1,10 @@
 """The ASGI layer every request passes through, errors included.
 
-- CORS headers on every response (a browser must see a 401 or a 413, not an
-  opaque "Failed to fetch"), and the answer to preflight `OPTIONS` requests.
+- CORS (Starlette's `CORSMiddleware`, outermost): any origin may call the API
+  (it authenticates by bearer token, never by cookie); preflights are
+  answered, and every response carries the headers — the 401s, the 413s and
+  the 500 below included, so a browser sees the error, not an opaque
+  "Failed to fetch".
 - Body limits: a request whose `Content-Length` is over its route's limit is
   answered 413 before its body is read; a chunked body is counted as it is
   read and cut off at the limit.
@@ -20,31 +23,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import error_body
 
 log = logging.getLogger("rayflow.serve")
-
-ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
-BASE_ALLOW_HEADERS = (
-    "authorization, content-type, last-event-id, timeout-seconds, x-trigger-stream-start, "
-    "x-part-id, x-client-id, x-resume-from-chunk, x-stream-version, trigger-version, "
-    "x-trigger-source, x-trigger-client, x-trigger-api-version, "
-    "x-trigger-realtime-streams-version, x-trigger-branch"
-)
-
-
-def cors_headers(origin: str | None) -> list[tuple[bytes, bytes]]:
-    headers = [
-        (b"access-control-allow-origin", (origin or "*").encode("latin-1")),
-        (b"access-control-expose-headers", b"*"),
-    ]
-    if origin:
-        headers.append((b"vary", b"Origin"))
-    return headers
-
 
 #: (method, path pattern, limit in bytes or None for no limit); first match wins.
 BodyLimits = list[tuple[str, "re.Pattern[str]", int | None]]
@@ -60,8 +46,22 @@ def default_body_limits(max_input_bytes: int, max_append_bytes: int) -> BodyLimi
     ]
 
 
+def install_middleware(app: FastAPI, limits: BodyLimits) -> None:
+    """Body limits and the last-resort 500 inside, CORS around them."""
+    app.add_middleware(EdgeMiddleware, limits=limits)
+    # added last = outermost: what EdgeMiddleware answers itself gets the headers too
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=".*",  # echoed, with `Vary: Origin`
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["*"],
+        max_age=86400,
+    )
+
+
 class EdgeMiddleware:
-    """CORS, body limits and the last-resort 500 (see the module docstring)."""
+    """Body limits and the last-resort 500 (see the module docstring)."""
 
     def __init__(
         self,
@@ -84,52 +84,28 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
         method = scope["method"]
-
-        if method == "OPTIONS" and "access-control-request-method" in headers:
-            requested = headers.get("access-control-request-headers", "")
-            allow = BASE_ALLOW_HEADERS + (", " + requested if requested else "")
-            await _send_simple(
-                send,
-                204,
-                b"",
-                cors_headers(origin)
-                + [
-                    (b"access-control-allow-methods", ALLOW_METHODS.encode()),
-                    (b"access-control-allow-headers", allow.encode("latin-1")),
-                    (b"access-control-max-age", b"86400"),
-                ],
-            )
-            return
-
         limit = self._limit(method, scope["path"])
-        length = headers.get("content-length")
+        length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
         if limit is not None and length is not None:
             if not length.strip().isdigit():
-                await _send_error(send, origin, 400, "invalid Content-Length header", "BadRequest")
+                await _send_error(send, 400, "invalid Content-Length header", "BadRequest")
                 return
             if int(length) > limit:
                 message = f"request body is {int(length)} bytes; the limit here is {limit} bytes"
-                await _send_error(send, origin, 413, message, "PayloadTooLarge")
+                await _send_error(send, 413, message, "PayloadTooLarge")
                 return
 
         started = False
 
-        async def send_with_cors(message: Message) -> None:
+        async def send_tracked(message: Message) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message = dict(message)
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [h for h in cors_headers(origin) if h[0] not in names]
-                message["headers"] = list(message.get("headers", [])) + extra
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         wrapped_receive = receive if limit is None else _limited(receive, limit)
         try:
-            await self.app(scope, wrapped_receive, send_with_cors)
+            await self.app(scope, wrapped_receive, send_tracked)
         except Exception as exc:
             if started:
                 # mid-response (an SSE stream): nearly always the client went
@@ -138,9 +114,7 @@ class EdgeMiddleware:
                 log.debug("%s %s ended: %r", method, scope["path"], exc)
                 return
             log.error("unexpected error on %s %s", method, scope["path"], exc_info=exc)
-            await _send_error(
-                send, origin, 500, f"internal error: {type(exc).__name__}", "InternalError"
-            )
+            await _send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError")
 
 
 def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
@@ -158,16 +132,8 @@ def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
     return limited_receive
 
 
-async def _send_simple(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    all_headers = [(b"content-length", str(len(body)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, origin: str | None, status: int, message: str, code: str) -> None:
+async def _send_error(send: Send, status: int, message: str, code: str) -> None:
     body = json.dumps(error_body(status, message, code)).encode()
-    await _send_simple(
-        send, status, body, [(b"content-type", b"application/json"), *cors_headers(origin)]
-    )
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -29,7 +29,9 @@ async def send(
     async with api.client() as c:
         return await c.post(
             f"/realtime/v1/streams/{run_id}/input/{stream_id}",
-            headers=api.headers(token, **{"Content-Type": "application/json"}),
+            headers=api.headers(
+                token, **{"Content-Type": "application/json", "Origin": "https://app.example"}
+            ),
             **kw,
         )
 
@@ -46,7 +48,7 @@ async def test_send_with_the_run_token_reaches_the_waiting_task(http_tasks: Http
         )
         assert r.status_code == 200, r.text
         assert r.json() == {"ok": True}
-        assert r.headers["access-control-allow-origin"] == "*"
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
     run = await wait_finished(run_id)
     assert run.status == "COMPLETED", run.error
     assert run.output == {
@@ -80,7 +82,7 @@ async def test_send_to_an_unknown_run_is_404_run_not_found(http_tasks: HttpApi) 
     r = await send(http_tasks, "run_nosuchrun", "approval", json={"data": {}})
     assert r.status_code == 404
     assert r.json()["ok"] is False and r.json()["error"] == "Run not found"
-    assert r.headers["access-control-allow-origin"] == "*"
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
 
 
 async def test_send_to_a_finished_run_is_400_and_stores_nothing(http_tasks: HttpApi) -> None:
@@ -129,7 +131,7 @@ async def test_bad_send_is_refused_with_json_and_changes_nothing(
         body = r.json()
         assert body["ok"] is False and body["error"], what
         assert "Traceback" not in r.text
-        assert r.headers["access-control-allow-origin"] == "*"
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
         assert inbox(run_id, "approval") == [], f"{what} stored a message"
         assert (await rayflow.runs.retrieve(run_id)).status in ("QUEUED", "EXECUTING")
     finally:
