@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rayflow._config import Settings
 from rayflow._tokens import mint_token
-from serve.auth import Principal, authenticate
+from serve.auth import Principal, authenticate, missing_bearer
 
 #: the largest chunk `…/append` or one NDJSON line of the v1 writer may carry
 MAX_APPEND_BYTES = 512 * 1024
@@ -29,9 +30,23 @@ def state(request: Request) -> ServeState:
     return st
 
 
-def principal(request: Request) -> Principal:
+#: `Authorization: Bearer …`, documented in the OpenAPI document; the 401 is
+#: ours (a JSON error body, see serve/errors.py), so it does not raise itself
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="the secret API key (backends) or a public access token (a JWT, for browsers)",
+)
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
     """The authenticated caller; raises Unauthorized (401) otherwise."""
-    return authenticate(request.headers.get("authorization"), state(request).secret_key)
+    if credentials is None or not credentials.credentials.strip():
+        raise missing_bearer(request.headers.get("authorization"))
+    return authenticate(credentials.credentials, state(request).secret_key)
 
 
 #: the authenticated caller of a route
