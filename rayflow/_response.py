@@ -7,39 +7,46 @@ it is awaited or `.result()` is called, and errors are raised there.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 T = TypeVar("T")
 
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
+_portal: BlockingPortal | None = None
+#: kept so the portal is never garbage-collected (its exit would stop the loop)
+_portal_cm: AbstractContextManager[BlockingPortal] | None = None
+_portal_lock = threading.Lock()
 
 
-def background_loop() -> asyncio.AbstractEventLoop:
-    """The process's rayflow I/O loop, on a daemon thread, for blocking callers."""
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="rayflow-io", daemon=True).start()
-            _loop = loop
-        return _loop
+def portal() -> BlockingPortal:
+    """The process's rayflow I/O loop (an anyio blocking portal on a daemon
+    thread), for blocking callers. One for the life of the process: readers
+    and writers created through it stay bound to its loop."""
+    global _portal, _portal_cm
+    with _portal_lock:
+        if _portal is None:
+            _portal_cm = start_blocking_portal(name="rayflow-io")
+            _portal = _portal_cm.__enter__()
+        return _portal
+
+
+async def _await(coro: Coroutine[Any, Any, T]) -> T:
+    return await coro
 
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-    """Run `coro` on the background loop and block for its result."""
+    """Run `coro` on the I/O loop and block for its result; on TimeoutError
+    the coroutine is cancelled."""
     try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    loop = background_loop()
-    if running is loop:
+        future: Future[T] = portal().start_task_soon(_await, coro)
+    except RuntimeError:  # called from the portal's own loop: it would deadlock
         coro.close()
-        raise RuntimeError("cannot block on a rayflow call from rayflow's own I/O loop")
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
+        raise RuntimeError("cannot block on a rayflow call from rayflow's own I/O loop") from None
     try:
         return future.result(timeout_s)
     except TimeoutError:

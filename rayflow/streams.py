@@ -18,7 +18,7 @@ import ray
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from rayflow._response import Response, background_loop, run_sync
+from rayflow._response import Response, portal, run_sync
 from rayflow._runtime import connection, locations
 from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.calls import RunMoved, call
@@ -353,11 +353,7 @@ def _in_loop(make: Any) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-
-        async def build() -> Any:
-            return make()
-
-        return asyncio.run_coroutine_threadsafe(build(), background_loop()).result()
+        return portal().call(make)
     return make()
 
 
