@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow._runtime.context import RunContext, reset_run, set_run
+from rayflow._runtime.journal import Journal
 from rayflow._status import WaitpointStatus
 from rayflow.errors import RayflowError
 from rayflow.store import Store
@@ -39,6 +40,8 @@ class _Stream:
     waiters: deque[asyncio.Future[InboxMessage]] = field(default_factory=deque)
     handlers: list[Handler] = field(default_factory=list)
     latest: InboxMessage | None = None
+    #: the message `take_buffered` handed out last (`.wait()` reads it back)
+    taken: InboxMessage | None = None
 
 
 class RunInputs:
@@ -56,6 +59,36 @@ class RunInputs:
         self._dirty: set[str] = set()
         #: journal writes of `.on()` deliveries, awaited before the run leaves
         self._records: set[asyncio.Future[None]] = set()
+        #: the messages the journal names, read before the attempt starts
+        #: (`prepare`), so a replay hands them over without touching the Store
+        self._known: dict[tuple[str, int], InboxMessage] = {}
+        self._discovering: asyncio.Task[None] | None = None
+
+    async def prepare(self, journal: Journal) -> None:
+        """Read, in a thread, every message the journal says was taken: the
+        replay hands them to `.on()` handlers and `.once()`/`.wait()` results
+        from memory (Store calls never run on the event loop)."""
+        wanted = [
+            (e.name, int(seq))
+            for e in journal.entries
+            if e.kind in ("once", "wait", "on")
+            and (seq := json.loads(e.value).get("seq")) is not None
+        ]
+        if wanted:
+            self._known = await asyncio.to_thread(self._read_messages, wanted)
+
+    def _read_messages(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], InboxMessage]:
+        found: dict[tuple[str, int], InboxMessage] = {}
+        for stream_id in {name for name, _ in wanted}:
+            seqs = sorted(seq for name, seq in wanted if name == stream_id)
+            start = seqs[0]
+            while start <= seqs[-1]:
+                batch = self.store.inbox_read(self.run_id, stream_id, start, 1000)
+                if not batch:
+                    break
+                found.update(((stream_id, m.seq), m) for m in batch if m.seq in seqs)
+                start = batch[-1].seq + 1
+        return found
 
     def bind(self, ctx: RunContext) -> None:
         """Start an attempt: fresh state, the journal decides what was taken."""
@@ -78,12 +111,17 @@ class RunInputs:
     def _go_live(self) -> None:
         assert self.ctx is not None
         self.live = True
-        known = set(self.streams) | set(self.store.inbox_streams(self.run_id))
-        for stream_id in known:
-            s = self.stream(stream_id)
-            s.consumed = self.ctx.journal.consumed(stream_id)
+        for s in self.streams.values():
+            s.consumed = self.ctx.journal.consumed(s.stream_id)
             s.next_seq = 0
-            self.pull(stream_id)
+            self.pull(s.stream_id)
+        # streams the task has not named yet but that have messages: found in
+        # a thread; `stream()` sets up each one the task names meanwhile
+        self._discovering = asyncio.get_running_loop().create_task(self._discover())
+
+    async def _discover(self) -> None:
+        for stream_id in await asyncio.to_thread(self.store.inbox_streams, self.run_id):
+            self.stream(stream_id)
 
     def poke(self, stream_id: str, message: InboxMessage | None) -> None:
         """The Inbox says a message is durable; take it (and any gap) in."""
@@ -160,12 +198,12 @@ class RunInputs:
         if not s.handlers:
             return False
         seq = int(json.loads(entry.value)["seq"])
-        found = self.store.inbox_read(self.run_id, entry.name, seq, 1)
-        if not found or found[0].seq != seq:
+        message = self._known.pop((entry.name, seq), None)
+        if message is None:
             return False
         s.consumed.add(seq)
-        s.latest = found[0]
-        value = json.loads(found[0].data)
+        s.latest = message
+        value = json.loads(message.data)
         for handler in list(s.handlers):
             self._call_handler(handler, value, entry.name, seq)
         return True
@@ -191,9 +229,12 @@ class RunInputs:
 
     async def close(self) -> None:
         """The run leaves its actor: stop pulling, flush the journal writes."""
-        for task in list(self._pulling.values()):
+        tasks = list(self._pulling.values())
+        if self._discovering is not None:
+            tasks.append(self._discovering)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._pulling.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.flush_records()
 
     def revived_for(self, stream_id: str) -> bool:
@@ -210,7 +251,10 @@ class RunInputs:
         if wp.status == WaitpointStatus.TIMED_OUT:
             return {"timeout": True}
         message = self.oldest_unconsumed(stream_id)
-        return None if message is None else {"seq": message.seq}
+        if message is None:
+            return None
+        self._known[(stream_id, message.seq)] = message  # for `message()`, on the loop
+        return {"seq": message.seq}
 
     # -- the task's side -------------------------------------------------------
     def add_handler(self, stream_id: str, handler: Handler) -> None:
@@ -233,6 +277,7 @@ class RunInputs:
         if s.buffer:
             message = s.buffer.popleft()
             s.consumed.add(message.seq)
+            s.taken = message
             return message
         return None
 
@@ -247,15 +292,22 @@ class RunInputs:
         s.buffer = deque(m for m in s.buffer if m.seq != seq)
 
     def oldest_unconsumed(self, stream_id: str) -> InboxMessage | None:
-        """From the Store: the oldest message this attempt has not taken."""
-        s = self.stream(stream_id)
+        """From the Store: the oldest message this attempt has not taken.
+        Blocking: call it in a thread (it creates no stream state)."""
+        s = self.streams.get(stream_id)
+        if s is not None:
+            consumed = s.consumed
+        elif self.live and self.ctx is not None:
+            consumed = self.ctx.journal.consumed(stream_id)
+        else:
+            consumed = set()
         start = 0
         while True:
             batch = self.store.inbox_read(self.run_id, stream_id, start, 1000)
             if not batch:
                 return None
             for message in batch:
-                if message.seq not in s.consumed:
+                if message.seq not in consumed:
                     return message
             start = batch[-1].seq + 1
 
@@ -263,6 +315,15 @@ class RunInputs:
         return self.stream(stream_id).latest
 
     def message(self, stream_id: str, seq: int) -> InboxMessage:
+        """Message `seq`: one the journal names (read by `prepare`), the one
+        `.wait()` just took, or — only for a result kept under a `.wait()`
+        idempotency key by an earlier attempt — read from the Store."""
+        known = self._known.pop((stream_id, seq), None)
+        if known is not None:
+            return known
+        s = self.streams.get(stream_id)
+        if s is not None and s.taken is not None and s.taken.seq == seq:
+            return s.taken
         found = self.store.inbox_read(self.run_id, stream_id, seq, 1)
         if not found or found[0].seq != seq:
             # the journal recorded this message, so the Store had it: only a

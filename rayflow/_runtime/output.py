@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pickle
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, RunCommitter
 from rayflow.errors import StreamClosed
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, Chunk, ChunkWrite
+from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamInfo
 
 log = logging.getLogger("rayflow")
 
@@ -77,6 +79,52 @@ class StreamBuffer:
         self._changed = asyncio.Event()
         self._pending: list[Entry] = []
         self._pending_chunks = 0
+        #: the stream's length and closed flag being read from the Store (a
+        #: thread hop, never on the loop); writes queue meanwhile
+        self._loading: asyncio.Task[None] | None = None
+        self.load_error: BaseException | None = None
+
+    def load(self, info: Callable[[], StreamInfo | None]) -> None:
+        """Start taking length and closed from the Store (`info` runs in a thread)."""
+        self._loading = asyncio.get_running_loop().create_task(self._load(info))
+
+    async def _load(self, info: Callable[[], StreamInfo | None]) -> None:
+        try:
+            found = await asyncio.to_thread(info)
+        except Exception as e:  # StreamBuffers.get starts over with a new buffer
+            self.load_error = e
+            self._fail_pending(e)
+            return
+        if found is not None:
+            self.length = self.tail_start = found.length
+            self.closed = self.closed or found.closed
+        if self.closed:
+            self._fail_pending(self._closed_error())
+        elif self._pending:
+            self.committer.wake(self)
+
+    def _closed_error(self) -> StreamClosed:
+        return StreamClosed(
+            f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
+            run_id=self.run_id,
+            stream=self.key,
+        )
+
+    def _fail_pending(self, error: BaseException) -> None:
+        pending, self._pending, self._pending_chunks = self._pending, [], 0
+        for entry in pending:
+            entry.fail(error)
+
+    async def ready(self) -> None:
+        """Length and closed are known (raises what reading them raised)."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+        if self.load_error is not None:
+            raise self.load_error
+
+    @property
+    def loaded(self) -> bool:
+        return self._loading is None or self._loading.done()
 
     # -- writing ---------------------------------------------------------------
     def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
@@ -96,17 +144,15 @@ class StreamBuffer:
     def _queue(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
-            future.set_exception(
-                StreamClosed(
-                    f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
-                    run_id=self.run_id,
-                    stream=self.key,
-                )
-            )
+            future.set_exception(self._closed_error())
+            return future
+        if self.load_error is not None:
+            future.set_exception(self.load_error)
             return future
         self._pending.append(Entry(writes, future, single))
         self._pending_chunks += len(writes)
-        self.committer.wake(self)
+        if self.loaded:
+            self.committer.wake(self)
         return future
 
     @property
@@ -126,17 +172,17 @@ class StreamBuffer:
         self._pending_chunks -= count
         return taken
 
-    def settle(self, entries: list[Entry], result: AppendResult) -> None:
+    async def settle(self, entries: list[Entry], result: AppendResult) -> None:
         """The entries are committed as `result` says: publish, then acknowledge."""
         writes = [w for e in entries for w in e.writes]
-        self._publish(writes, result.seqs, result.length)
+        await self._publish(writes, result.seqs, result.length)
         at = 0
         for entry in entries:
             n = len(entry.writes)
             entry.settle(result.seqs[at : at + n])
             at += n
 
-    def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
+    async def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
         from rayflow.store.base import now_ms
 
         now = now_ms()
@@ -151,7 +197,9 @@ class StreamBuffer:
         # must never run ahead of the rows the tail holds
         first = rows[0][0] if rows else length
         if first > self.length:
-            gap = self.store.read_chunks(self.run_id, self.key, self.length, first - self.length)
+            gap = await asyncio.to_thread(
+                self.store.read_chunks, self.run_id, self.key, self.length, first - self.length
+            )
             rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
         if rows:
             self.tail.extend(rows)
@@ -181,6 +229,7 @@ class StreamBuffer:
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed."""
+        await self.ready()
         await self.committer.drain()
 
     def close(self) -> None:
@@ -189,6 +238,7 @@ class StreamBuffer:
 
     # -- reading ---------------------------------------------------------------
     async def read(self, start: int, limit: int, wait_s: float) -> ReadReply:
+        await self.ready()
         if start >= self.length and not self.closed and wait_s > 0:
             changed = self._changed
             with contextlib.suppress(asyncio.TimeoutError):
@@ -221,21 +271,22 @@ class StreamBuffers:
         self.closed = False
 
     def get(self, key: str) -> StreamBuffer:
+        """The buffer of stream `key`, created on first use; its length and
+        closed flag arrive from the Store in a thread (`StreamBuffer.ready`)."""
         buf = self.streams.get(key)
-        if buf is None:
-            info = self.store.stream_info(self.run_id, key)
+        if buf is None or buf.load_error is not None:
             buf = StreamBuffer(
                 self.run_id,
                 key,
                 self.store,
-                length=info.length if info else 0,
+                length=0,
                 tail_chunks=self.settings.tail_chunks,
                 segments=self.settings.object_store_segments,
                 max_bytes=self.settings.max_stream_bytes,
                 committer=self.committer,
             )
-            if self.closed or (info is not None and info.closed):
-                buf.closed = True
+            buf.closed = self.closed
+            buf.load(functools.partial(self.store.stream_info, self.run_id, key))
             self.streams[key] = buf
         return buf
 

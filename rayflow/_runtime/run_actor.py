@@ -258,6 +258,7 @@ class RunActor:
                 buffers=execution.buffers,
             )
             ctx.inputs = execution.inputs
+            await execution.inputs.prepare(journal)
             execution.inputs.bind(ctx)
             execution.task = asyncio.get_running_loop().create_task(self._call(task, payload, ctx))
             try:

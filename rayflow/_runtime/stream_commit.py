@@ -142,7 +142,7 @@ class RunCommitter:
                     raise
                 continue
             for (buf, entries), result in zip(taken, results, strict=True):
-                buf.settle(entries, result)
+                await buf.settle(entries, result)
 
     async def _one_by_one(self, buf: StreamBuffer, entries: list[Entry]) -> None:
         for entry in entries:
@@ -151,7 +151,7 @@ class RunCommitter:
             except Exception as e:  # StreamTooLarge: only this entry fails
                 entry.fail(e)
             else:
-                buf.settle([entry], result)
+                await buf.settle([entry], result)
 
     def _append(self, taken: list[tuple[StreamBuffer, list[Entry]]]) -> list[AppendResult]:
         items = [(b.run_id, b.key, [w for e in entries for w in e.writes]) for b, entries in taken]
