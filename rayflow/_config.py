@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -77,6 +78,19 @@ class Settings(BaseSettings):
     inbox_shards: int = 1
     #: how often the Controller looks for waitpoints past their deadline
     timer_interval_s: float = 0.5
+    #: level of Ray's and Ray Serve's own logs (rayflow/_logging.py): ERROR
+    #: keeps them quiet; INFO brings back Ray's notices and Serve's access log
+    log_level: str = "ERROR"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):  # _logging.LEVELS
+            raise ValueError(
+                f"RAYFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {value!r}"
+            )
+        return level
 
     #: a directory for per-chunk hop timestamps (the latency breakdown of
     #: benchmarks/http_sse.py --breakdown); None = off

@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from rayflow._config import Settings
+from rayflow._logging import serve_logging_config
 
 log = logging.getLogger("rayflow.serve")
 
@@ -91,7 +92,9 @@ def application(settings: Settings, *, num_replicas: int = 1) -> Application:
     )
     settings_json = resolved.model_dump_json()
     deployment: Any = RayflowHTTP  # Serve's decorator returns a Deployment
-    app: Application = deployment.options(num_replicas=num_replicas).bind(settings_json, secret)
+    app: Application = deployment.options(
+        num_replicas=num_replicas, logging_config=serve_logging_config(settings)
+    ).bind(settings_json, secret)
     return app
 
 
@@ -107,6 +110,7 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
     serve.start(
         proxy_location="HeadOnly",
         http_options={"host": settings.http_host, "port": settings.http_port},
+        logging_config=serve_logging_config(settings),
     )
     serve.run(
         application(settings, num_replicas=num_replicas),

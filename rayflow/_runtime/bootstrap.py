@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from rayflow._config import Settings
+from rayflow._logging import ray_log_level
 from rayflow._runtime import connection
 from rayflow._runtime.connection import CONTROLLER_NAME, Connection
 from rayflow.errors import RayflowError
@@ -52,11 +53,15 @@ def start_ray(settings: Settings) -> None:
             namespace=settings.namespace,
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=ray_log_level(settings),
             configure_logging=True,
         )
     else:
-        ray.init(address=settings.address, namespace=settings.namespace)
+        ray.init(
+            address=settings.address,
+            namespace=settings.namespace,
+            logging_level=ray_log_level(settings),
+        )
 
 
 def resolved(settings: Settings) -> Settings:
