@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ci import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -44,7 +45,8 @@ CHROMIUM_ARGS = [
 
 def ensure_browser() -> None:
     """Install Chromium and playwright with scripts/browser.sh when either is missing;
-    skip the test when that is impossible (e.g. no root for apt-get)."""
+    when that is impossible (e.g. no root for apt-get) the test fails under CI
+    and is skipped otherwise."""
     try:
         import playwright  # noqa: F401
 
@@ -54,7 +56,7 @@ def ensure_browser() -> None:
     if have_pw and Path(CHROMIUM).exists():
         return
     if os.environ.get("RAYFLOW_NO_BROWSER_INSTALL"):
-        pytest.skip("Chromium/playwright missing and RAYFLOW_NO_BROWSER_INSTALL is set")
+        skip_or_fail("Chromium/playwright missing and RAYFLOW_NO_BROWSER_INSTALL is set")
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "browser.sh")],
         capture_output=True,
@@ -62,7 +64,7 @@ def ensure_browser() -> None:
         timeout=900,
     )
     if proc.returncode != 0:
-        pytest.skip(f"scripts/browser.sh failed: {proc.stderr.strip()[-500:]}")
+        skip_or_fail(f"scripts/browser.sh failed: {proc.stderr.strip()[-500:]}")
 
 
 def free_port() -> int:
@@ -278,6 +280,6 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     (RAYFLOW_TEST_RESEARCH_AGENT names another file in its shape)."""
     path = os.environ.get("RAYFLOW_TEST_RESEARCH_AGENT", RESEARCH_AGENT.path)
     if not (ROOT / path).exists():
-        pytest.skip(f"{path} is not there yet")
+        skip_or_fail(f"{path} is not there yet")
     with start_dev_server(path, tmp_path_factory.mktemp("rayflow-dev")) as s:
         yield s

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _ci import skip_or_fail
 
 from rayflow.store import Store, open_store
 
@@ -53,9 +54,7 @@ def require_postgres_url() -> str:
         f"{POSTGRES_URL_ENV} is not set, so the PostgreSQL store cannot be tested;"
         f' start a server with: export {POSTGRES_URL_ENV}="$(scripts/postgres.sh)"'
     )
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set: these tests may not be skipped)", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 def _with_search_path(url: str, schema: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ci import skip_or_fail
 from _http_fixtures import *  # noqa: F403
 from _http_fixtures import HttpApi, trigger, wait_finished
 
@@ -35,7 +36,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 def node_sdk() -> Path:
     """tests/node with its npm packages installed (once, from the registry)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js and npm are needed for the npm-client tests")
+        skip_or_fail("Node.js and npm are needed for the npm-client tests")
     needed = ["@trigger.dev/sdk", "@trigger.dev/react-hooks", "esbuild", "react-dom", "typescript"]
     if not all((NODE_DIR / "node_modules" / name).is_dir() for name in needed):
         lock = (NODE_DIR / "package-lock.json").exists()
