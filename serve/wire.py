@@ -11,8 +11,14 @@ from pydantic.alias_generators import to_camel
 
 
 class WireModel(BaseModel):
-    """A body whose wire names are its field names in camelCase."""
+    """A response body whose wire names are its field names in camelCase."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True
     )
+
+
+class WireRequest(BaseModel):
+    """A request body: accepted by its camelCase names only, as on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel)

@@ -25,6 +25,7 @@ from rayflow.errors import RayflowError
 from serve import core
 from serve.deps import AppState, Caller, ServeState
 from serve.routes.runs import TriggerOptions, decode_payload
+from serve.wire import WireModel
 
 router = APIRouter(tags=["runs"])
 
@@ -40,14 +41,14 @@ class BatchTriggerBody(BaseModel):
     items: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
-class BatchedRun(BaseModel):
+class BatchedRun(WireModel):
     id: str
-    taskIdentifier: str
-    isCached: bool = False
+    task_identifier: str
+    is_cached: bool = False
 
 
-class BatchTriggerResponse(BaseModel):
-    batchId: str
+class BatchTriggerResponse(WireModel):
+    batch_id: str
     runs: list[BatchedRun]
 
 
@@ -85,7 +86,7 @@ async def batch_trigger(
         for h in handles:
             if not h.is_cached:
                 await asyncio.to_thread(store.update_run, h.id, batch_id=batch_id)
-            runs.append(BatchedRun(id=h.id, taskIdentifier=task_id, isCached=h.is_cached))
+            runs.append(BatchedRun(id=h.id, task_identifier=task_id, is_cached=h.is_cached))
         return _answer(batch_id, runs, response, st)
     for n, item in enumerate(body.items):
         options = item.options or TriggerOptions()
@@ -103,7 +104,7 @@ async def batch_trigger(
             ) from e
         if not cached:
             await asyncio.to_thread(store.update_run, run_id, batch_id=batch_id)
-        runs.append(BatchedRun(id=run_id, taskIdentifier=task_id, isCached=cached))
+        runs.append(BatchedRun(id=run_id, task_identifier=task_id, is_cached=cached))
     return _answer(batch_id, runs, response, st)
 
 
@@ -120,4 +121,4 @@ def _answer(
     response.headers["x-trigger-jwt-claims"] = json.dumps(
         token_claims(scopes, st.settings.token_ttl_s)
     )
-    return BatchTriggerResponse(batchId=batch_id, runs=runs)
+    return BatchTriggerResponse(batch_id=batch_id, runs=runs)

@@ -19,32 +19,33 @@ from rayflow._tokens import ENVIRONMENT_ID, run_scopes
 from serve import core
 from serve.deps import AppState, Caller
 from serve.errors import BadRequest
+from serve.wire import WireModel, WireRequest
 
 router = APIRouter(tags=["tokens"])
 
 MAX_TTL_S = 30 * 86400
 
 
-class PublicTokenBody(BaseModel):
+class PublicTokenBody(WireRequest):
     scopes: list[str] = Field(min_length=1)
     #: a duration ("15m", "1h") or an absolute time in Unix seconds
-    expirationTime: str | int | None = None
+    expiration_time: str | int | None = None
 
 
 class TokenResponse(BaseModel):
     token: str
 
 
-class RunTokenBody(BaseModel):
+class RunTokenBody(WireRequest):
     #: which of the run's scopes to grant; default both (read it, write its inputs)
     scopes: list[str] | None = None
-    ttlSeconds: int | None = Field(default=None, ge=1, le=MAX_TTL_S)
+    ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_TTL_S)
 
 
-class RunTokenResponse(BaseModel):
+class RunTokenResponse(WireModel):
     token: str
     scopes: list[str]
-    expiresAt: int  # Unix seconds
+    expires_at: int  # Unix seconds
 
 
 def ttl_from_expiration(value: str | int | None, default_s: int) -> int:
@@ -74,7 +75,7 @@ async def jwt_claims(who: Caller) -> dict[str, Any]:
 async def public_token(body: PublicTokenBody, who: Caller, st: AppState) -> TokenResponse:
     """A token with the given scopes, signed by the server."""
     who.require_secret("minting tokens")
-    ttl = ttl_from_expiration(body.expirationTime, st.settings.token_ttl_s)
+    ttl = ttl_from_expiration(body.expiration_time, st.settings.token_ttl_s)
     return TokenResponse(token=st.mint(body.scopes, ttl))
 
 
@@ -94,7 +95,7 @@ async def run_token(
     foreign = [s for s in scopes if s not in allowed]
     if foreign or not scopes:
         raise BadRequest(f"a run token may only carry {allowed}; got {scopes}")
-    ttl = (body.ttlSeconds if body else None) or st.settings.token_ttl_s
+    ttl = (body.ttl_seconds if body else None) or st.settings.token_ttl_s
     return RunTokenResponse(
-        token=st.mint(scopes, ttl), scopes=scopes, expiresAt=int(time.time()) + ttl
+        token=st.mint(scopes, ttl), scopes=scopes, expires_at=int(time.time()) + ttl
     )
