@@ -197,6 +197,10 @@ async def test_openapi_document_lists_the_wire_endpoints(http_tasks: HttpApi) ->
     ):
         assert path in paths
     assert "SendInputBody" in json.dumps(doc["components"])
+    # who may call: the bearer scheme, declared on the authenticated routes
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    read = doc["paths"]["/realtime/v1/streams/{run_id}/{key}"]["get"]
+    assert read["security"] == [{"bearer": []}]
 
 
 async def test_the_http_app_listens_on_loopback_only(http_tasks: HttpApi) -> None:
