@@ -117,7 +117,7 @@ class StreamBuffer:
 
     async def ready(self) -> None:
         """Length and closed are known (raises what reading them raised)."""
-        if self._loading is not None:
+        if self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
         if self.load_error is not None:
             raise self.load_error
