@@ -19,12 +19,7 @@ user's module), `_render` (tables, progress bars, chunk printing) and
 
 from __future__ import annotations
 
-import os
-
-# Read by Ray when it is imported: keep a local Ray on 127.0.0.1 (docs/scaling.md).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from rayflow.cli.commands import app  # noqa: E402
+from rayflow.cli.commands import app
 
 
 def main() -> None:

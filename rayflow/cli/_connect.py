@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rayflow._config import Settings
+from rayflow._logging import ray_log_level, serve_logging_config
 from rayflow.cli._failure import CLIError
 
 #: in the data directory: where the running `rayflow dev` is (pid, Ray address, store)
@@ -42,18 +43,21 @@ def read_dev_file(settings: Settings) -> dict[str, Any] | None:
 
 
 def loopback_ray() -> None:
-    """Keep the Ray that `rayflow dev` starts on 127.0.0.1 (docs/scaling.md). Ray reads
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is first imported, which `import rayflow`
-    already did; this applies the setting anyway."""
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+    """Keep the Ray this command starts or joins on 127.0.0.1 (docs/scaling.md), unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER says otherwise. Ray reads that variable when it is
+    imported, which has happened by now: set it for the processes Ray starts and apply
+    it to the imported Ray (nothing is changed at import time)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def quiet_ray_logs() -> None:
+def quiet_ray_logs(settings: Settings) -> None:
+    """Ray's and Serve's loggers at RAYFLOW_LOG_LEVEL (rayflow/_logging.py)."""
     for name in ("ray", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(ray_log_level(settings))
 
 
 def _use_ray_auth(mode: str | None) -> None:
@@ -76,14 +80,14 @@ def connect(data_dir: Path | None) -> dict[str, Any]:
     import rayflow
 
     settings = settings_for(data_dir)
-    quiet_ray_logs()
+    quiet_ray_logs(settings)
     loopback_ray()
     if settings.address:
         ray.init(
             address=settings.address,
             namespace=settings.namespace,
             log_to_driver=False,
-            logging_level=logging.WARNING,
+            logging_level=ray_log_level(settings),
         )
         rayflow.init(address=settings.address, data_dir=settings.data_dir)
         return {}
@@ -99,7 +103,7 @@ def connect(data_dir: Path | None) -> dict[str, Any]:
         namespace=info["namespace"],
         _node_ip_address=info.get("node_ip", "127.0.0.1"),
         log_to_driver=False,
-        logging_level=logging.WARNING,
+        logging_level=ray_log_level(settings),
     )
     rayflow.init(
         address=info["ray_address"],
@@ -110,13 +114,14 @@ def connect(data_dir: Path | None) -> dict[str, Any]:
     return info
 
 
-def start_quiet_serve(host: str, port: int) -> None:
-    """Start Serve with its per-request INFO logs off, so the terminal shows the
-    banner and the tasks' own output; serve/app.py then deploys onto it."""
+def start_quiet_serve(host: str, port: int, settings: Settings) -> None:
+    """Start Serve at RAYFLOW_LOG_LEVEL (by default without its per-request access
+    log), so the terminal shows the banner and the tasks' own output; serve/app.py
+    then deploys onto it."""
     from ray import serve
 
     serve.start(
         proxy_location="HeadOnly",
         http_options={"host": host, "port": port},
-        logging_config={"log_level": "WARNING"},
+        logging_config=serve_logging_config(settings),
     )

@@ -92,11 +92,11 @@ def dev(
     if target and not tasks:
         raise CLIError(f"{target} defines no @task functions")
 
-    quiet_ray_logs()
+    quiet_ray_logs(settings)
     loopback_ray()
     with spinner(f"starting Ray, the store and the HTTP API on {host}:{port}"):
         resolved = rayflow.init(data_dir=settings.data_dir, http_host=host, http_port=port)
-        start_quiet_serve(host, port)
+        start_quiet_serve(host, port, settings)
         url = serve_app.start(resolved, num_replicas=replicas)
         for t in tasks:  # registered, a task can be triggered by id (HTTP, `rayflow trigger`)
             _register(t)
