@@ -49,19 +49,21 @@ class Codec(Generic[T]):
         try:
             typed = self._list_adapter.validate_python(values)
         except PydanticValidationError as e:
-            raise ValidationError(
-                f"chunk for stream {self.key!r} is not a valid {type_name(self.type)}: {e}"
-            ) from None
+            raise self._invalid(e) from None
         return [self.adapter.dump_json(t).decode() for t in typed]
 
     def encode(self, value: Any) -> str:
         try:
             typed = self.adapter.validate_python(value)
         except PydanticValidationError as e:
-            raise ValidationError(
-                f"chunk for stream {self.key!r} is not a valid {type_name(self.type)}: {e}"
-            ) from None
+            raise self._invalid(e) from None
         return self.adapter.dump_json(typed).decode()
+
+    def _invalid(self, e: PydanticValidationError) -> ValidationError:
+        return ValidationError(
+            f"chunk for stream {self.key!r} is not a valid {type_name(self.type)}: {e}",
+            stream=self.key,
+        )
 
     def decode(self, data: str) -> T:
         value: T = self.adapter.validate_json(data)

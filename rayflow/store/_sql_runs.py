@@ -179,12 +179,14 @@ class RunsSql(SqlBase):
         if statuses:
             where.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
-        if task_id is not None:
-            where.append("task_id = ?")
-            args.append(task_id)
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            args.append(parent_id)
+        for column, value in (
+            ("task_id", task_id),
+            ("parent_id", parent_id),
+            ("batch_id", batch_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if before_created_at is not None and before_id is not None:
             # a page ends inside a millisecond: the rest of it comes next
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
@@ -195,9 +197,6 @@ class RunsSql(SqlBase):
         if created_after is not None:
             where.append("created_at > ?")
             args.append(created_after)
-        if batch_id is not None:
-            where.append("batch_id = ?")
-            args.append(batch_id)
         for tag in tags or []:
             # tags are stored as a JSON array (json.dumps); an element is its
             # JSON string, quotes included, so this matches whole tags only
