@@ -15,8 +15,6 @@ Inside the task, four ways to receive (docs/architecture.md):
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -25,24 +23,16 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response
-from rayflow._runtime import connection, inbox
+from rayflow._runtime import connection, sends, waitpoints
 from rayflow._runtime.adapters import adapter_for
-from rayflow._runtime.calls import call
-from rayflow._runtime.context import RunContext, current_run, require_run
+from rayflow._runtime.context import RunContext, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
-from rayflow._runtime.run_actor import Suspended
-from rayflow._status import WaitpointStatus
-from rayflow.errors import PayloadTooLarge, Unavailable, ValidationError, WaitTimeout
-from rayflow.store.base import InboxMessage, JournalEntry, Waitpoint, now_ms
+from rayflow.errors import PayloadTooLarge, ValidationError, WaitTimeout
+from rayflow.store.base import InboxMessage
 from rayflow.task import Result
 
 T = TypeVar("T")
-
-PENDING = WaitpointStatus.PENDING.value
-
-#: a send is retried this often when its Inbox actor dies mid-call
-_SEND_TRIES = 5
 
 
 @dataclass
@@ -118,17 +108,7 @@ class InputStream(Generic[T]):
                     run_id=run_id,
                     stream=self.id,
                 )
-            ctx = current_run()
-            name = f"{run_id}/{self.id}"
-            if ctx is not None:
-                if ctx.journal.replay("send", name) is not MISSING:
-                    return
-                message_id = f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
-            else:
-                message_id = uuid.uuid4().hex
-            await _send(self.id, run_id, encoded, message_id)
-            if ctx is not None:
-                await ctx.journal.record("send", name, None)
+            await sends.send(self.id, run_id, encoded)
 
         return Response(go)
 
@@ -186,48 +166,19 @@ class InputStream(Generic[T]):
         """
         ctx = require_run(f"{self.id}.wait()")
         timeout_s = parse_duration(timeout)
-        store = connection.current().store
-        if idempotency_key is not None:
-            earlier = await asyncio.to_thread(_keyed_result, store, ctx.run_id, idempotency_key)
-            if earlier is not None:
-                return self._recorded(ctx, earlier, timeout_s)
-        recorded = ctx.journal.replay("wait", self.id)
-        if recorded is not MISSING:
-            return self._recorded(ctx, recorded, timeout_s)
-        message = ctx.inputs.take_buffered(self.id)
-        outcome: dict[str, Any] | None
-        if message is not None:
-            outcome = {"seq": message.seq}
-        else:
-            outcome = (
-                await asyncio.to_thread(ctx.inputs.settle_wait, self.id)
-                if ctx.inputs.revived_for(self.id)
-                else None
-            )
-        if outcome is None:
-            deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
-            # the RunActor drains the run's streams, then registers this
-            # waitpoint and marks the run WAITING in one transaction
-            raise Suspended(
-                Waitpoint(ctx.run_id, self.id, deadline, idempotency_key, PENDING, None)
-            )
-        await ctx.journal.record("wait", self.id, outcome)
-        if idempotency_key is not None:
-            await asyncio.to_thread(_keep_keyed_result, store, ctx.run_id, idempotency_key, outcome)
-        return self._recorded(ctx, outcome, timeout_s, consume=True)
+        outcome = await waitpoints.wait_outcome(ctx, self.id, timeout_s, idempotency_key)
+        return self._recorded(ctx, outcome, timeout_s)
 
     def _recorded(
         self,
         ctx: RunContext,
         outcome: dict[str, Any],
         timeout_s: float | None,
-        consume: bool = True,
     ) -> Result[T]:
         if outcome.get("timeout"):
             return self._timeout(ctx, timeout_s)
         seq = int(outcome["seq"])
-        if consume:
-            ctx.inputs.mark_consumed(self.id, seq)
+        ctx.inputs.mark_consumed(self.id, seq)
         return self._result(ctx.inputs.message(self.id, seq))
 
     def _timeout(self, ctx: RunContext, timeout_s: float | None) -> Result[T]:
@@ -248,39 +199,3 @@ class InputStream(Generic[T]):
             return [self._decode(m) for m in found]
 
         return Response(go)
-
-
-async def _send(stream_id: str, run_id: str, data: str, message_id: str) -> None:
-    import ray
-
-    for attempt in range(_SEND_TRIES):
-        actor = inbox.inbox_for(stream_id, run_id)
-        try:
-            await call(actor.send.remote(run_id, stream_id, data, message_id))
-            return
-        except ray.exceptions.RayActorError:
-            # the Inbox died; its restart (or a new one) dedupes by message id
-            inbox.forget(stream_id, run_id)
-            await asyncio.sleep(0.1 * (attempt + 1))
-    raise Unavailable(
-        f"could not reach the Inbox actor of input stream {stream_id!r} for run {run_id} after"
-        f" {_SEND_TRIES} tries; nothing was sent twice, so sending again is safe",
-        run_id=run_id,
-        stream=stream_id,
-    )
-
-
-def _keyed_result(store: Any, run_id: str, key: str) -> dict[str, Any] | None:
-    for entry in store.journal_load(run_id, 0):
-        if entry.kind == "wait-key" and entry.name == key:
-            value: dict[str, Any] = json.loads(entry.value)
-            return value
-    return None
-
-
-def _keep_keyed_result(store: Any, run_id: str, key: str, outcome: dict[str, Any]) -> None:
-    # attempt 0 holds what outlives attempts: results of keyed waits
-    seq = len(store.journal_load(run_id, 0))
-    store.journal_append(
-        run_id, 0, [JournalEntry(seq=seq, kind="wait-key", name=key, value=json.dumps(outcome))]
-    )

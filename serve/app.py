@@ -60,13 +60,13 @@ class RayflowHTTP:
     """One replica: connects to the rayflow deployment and serves the API."""
 
     def __init__(self, settings_json: str, secret_key: str) -> None:
-        from rayflow._runtime import bootstrap
+        from rayflow._runtime.serving import start_control_plane
 
         settings = Settings.model_validate_json(settings_json)
         settings = settings.model_copy(update={"secret_key": secret_key})
         # joins the deployment's Controller, or starts it when the app was
         # deployed on its own (`serve run serve/serve_config.yaml`)
-        bootstrap.start_control_plane(settings)
+        start_control_plane(settings)
         if settings.http_host in LOOPBACK_HOSTS:
             _keep_replica_grpc_on_loopback()
         self._settings, self._secret_key = settings, secret_key
@@ -79,7 +79,7 @@ class RayflowHTTP:
 
 def application(settings: Settings, *, num_replicas: int = 1) -> Application:
     """The Serve application for `settings` (its secret key resolved)."""
-    from rayflow._runtime.connection import secret_key_for
+    from rayflow._runtime.serving import secret_key_for
 
     secret = secret_key_for(settings)
     # replicas run in other directories: pin the Store and data_dir absolutely

@@ -13,8 +13,8 @@ import json
 import uuid
 from typing import Any
 
-from rayflow._runtime import http_support
-from rayflow._runtime.connection import Connection, current
+from rayflow._runtime import serving
+from rayflow._runtime.serving import Connection, current
 from rayflow.errors import PayloadTooLarge, RunNotFound, StreamClosed, TooManyRequests
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
 from serve.fanout import HubSource
@@ -109,7 +109,7 @@ async def append(run_id: str, key: str, text: str, record_id: str | None) -> Non
     write = ChunkWrite(
         dumps(text), record_id=record_id, writer_id=f"http-append:{uuid.uuid4().hex}", writer_seq=0
     )
-    await http_support.append_writes(run_id, key, [write])
+    await serving.append_writes(run_id, key, [write])
 
 
 async def check_open(run_id: str, key: str) -> None:
@@ -122,12 +122,12 @@ async def check_open(run_id: str, key: str) -> None:
 async def append_writes(run_id: str, key: str, writer: str, chunks: list[tuple[int, str]]) -> None:
     """Append JSON-text chunks numbered by their writer; a resent number is dropped."""
     writes = [ChunkWrite(text, writer_id=writer, writer_seq=seq) for seq, text in chunks]
-    await http_support.append_writes(run_id, key, writes)
+    await serving.append_writes(run_id, key, writes)
 
 
 async def writer_position(run_id: str, key: str, writer: str) -> int:
     await get_run(run_id)
-    return await http_support.writer_position(run_id, key, writer)
+    return await serving.writer_position(run_id, key, writer)
 
 
 async def send_input(run_id: str, stream_id: str, data: Any) -> None:

@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import logging
 
-from rayflow._runtime import hops
-from rayflow._runtime.connection import current
-from rayflow._runtime.reader import ChunkReader
+from rayflow._runtime.serving import ChunkReader, current, hops
 from serve.sse import Batch, Record
 
 log = logging.getLogger("rayflow.serve")

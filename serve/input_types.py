@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current
 
 log = logging.getLogger("rayflow.serve")
 

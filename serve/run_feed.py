@@ -16,8 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from rayflow._runtime import run_events
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current, run_events
 
 log = logging.getLogger("rayflow.serve")
 

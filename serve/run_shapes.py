@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current
 from rayflow._status import RunStatus
 from rayflow.runs import run_metadata
 from rayflow.store.base import RunRecord

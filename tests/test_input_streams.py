@@ -209,7 +209,7 @@ def test_a_waits_deadline_survives_a_controller_restart(tmp_path: Path) -> None:
 
 def _answers(controller: Any) -> bool:
     try:
-        return bool(ray.get(controller.ready.remote(), timeout=5))
+        return bool(ray.get(controller.start.remote(), timeout=5))
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return False
 

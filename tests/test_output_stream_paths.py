@@ -180,7 +180,7 @@ async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_com
     duplicate), its buffer must still serve that chunk — not report a length
     past the rows it holds (readers then spun without ever getting it)."""
     from rayflow._config import Settings
-    from rayflow._runtime.output import StreamBuffers
+    from rayflow._runtime.stream_buffer import StreamBuffers
     from rayflow.store.base import ChunkWrite
 
     store = open_store(f"sqlite:///{tmp_path / 'gap.db'}")

@@ -148,7 +148,7 @@ def test_a_restarted_controller_loses_no_run(rf: Any) -> None:
 
     def answers() -> bool:
         try:
-            return bool(ray.get(conn.controller.ready.remote(), timeout=5))
+            return bool(ray.get(conn.controller.start.remote(), timeout=5))
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return False
 

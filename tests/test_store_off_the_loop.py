@@ -22,9 +22,9 @@ from conftest import eventually_async
 
 from rayflow._config import Settings
 from rayflow._runtime.context import RunContext
-from rayflow._runtime.inputs import RunInputs
 from rayflow._runtime.journal import Journal
-from rayflow._runtime.output import StreamBuffers
+from rayflow._runtime.run_inputs import RunInputs
+from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow.store import Store
 from rayflow.store.base import ChunkWrite, JournalEntry, RunRecord
 

@@ -93,7 +93,7 @@ def start_control_plane(settings: Settings) -> Connection:
     from rayflow._runtime import run_events
 
     run_events.start(settings.namespace, on_head_node())
-    store_url = ray.get(controller.ready.remote())
+    store_url = ray.get(controller.start.remote())
     if store_url != settings.store_url():
         raise RayflowError(
             f"this Ray cluster's rayflow Controller uses the store {store_url}, not"

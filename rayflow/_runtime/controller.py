@@ -80,16 +80,20 @@ class Controller:
         if restarted:
             # Ray restarted this Controller (its process or node died): start
             # recovery, supervision and the deadline timer now, not when some
-            # client next happens to call ready() — until then live runs have
+            # client next happens to call start() — until then live runs have
             # no supervisor, waiters are never told and deadlines never fire
-            ray.get_runtime_context().current_actor.ready.remote()
+            ray.get_runtime_context().current_actor.start.remote()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def ready(self) -> str:
+    async def start(self) -> str:
+        """Start the control plane's work once (fill the pool, recover runs
+        left by an earlier Controller, start retention and the timers); later
+        calls only answer. Returns the Store URL, so a joining process can
+        check it uses the same Store."""
         if not self._started:
             self._started = True
             self.pool.fill_soon()

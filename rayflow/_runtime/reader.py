@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.output import Row, rows_from_chunks, segment_rows
+from rayflow._runtime.stream_buffer import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord

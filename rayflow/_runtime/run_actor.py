@@ -39,9 +39,9 @@ from rayflow._config import Settings
 from rayflow._runtime import connection
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.context import RunContext, run_of, set_run
-from rayflow._runtime.inputs import RunInputs
 from rayflow._runtime.journal import Journal
-from rayflow._runtime.output import ReadReply, StreamBuffers
+from rayflow._runtime.run_inputs import RunInputs
+from rayflow._runtime.stream_buffer import ReadReply, StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.store.base import ChunkWrite, InboxMessage, Waitpoint
 

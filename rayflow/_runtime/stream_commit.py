@@ -30,7 +30,7 @@ from rayflow.store import Store
 from rayflow.store.base import AppendResult, ChunkWrite
 
 if TYPE_CHECKING:
-    from rayflow._runtime.output import StreamBuffer
+    from rayflow._runtime.stream_buffer import StreamBuffer
 
 #: most chunks of one stream in one group commit: a flood becomes visible
 #: in steps, not all at once after one huge transaction

@@ -2,7 +2,7 @@
 
 Every process that touches the store (driver, Controller, inbox actors, each
 RunActor, Serve replicas) opens its own small connection pool. All SQL is
-shared with SQLite in `_sql.py`; this module supplies connections, the
+shared with SQLite in `_sql.py` (and the `_sql_*` modules); this module supplies connections, the
 `%s` placeholder style and row locks.
 
 Concurrency rests on PostgreSQL's row locks under READ COMMITTED:

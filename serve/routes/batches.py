@@ -19,7 +19,7 @@ import secrets
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current
 from rayflow._tokens import token_claims
 from rayflow.errors import RayflowError
 from serve import core

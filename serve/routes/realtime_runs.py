@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current
 from rayflow._tokens import allows
 from rayflow.errors import Forbidden
 from rayflow.store.base import RunRecord

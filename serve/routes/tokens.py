@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.serving import parse_duration
 from rayflow._tokens import ENVIRONMENT_ID, run_scopes
 from serve import core
 from serve.deps import AppState, Caller

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from rayflow import typescript
-from rayflow._runtime.connection import current
+from rayflow._runtime.serving import current
 from serve.deps import Caller
 
 router = APIRouter(tags=["types"])

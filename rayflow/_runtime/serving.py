@@ -1,6 +1,10 @@
-"""Small runtime entry points the HTTP app (serve/) needs beyond the public API.
+"""The runtime's one door for the HTTP app: serve/ imports what it uses of
+`rayflow._runtime` from here and from nowhere else (tests/test_layout.py
+holds it to that), so what the app depends on is this module's `__all__`.
 
-Owned by serve/: writes with a writer id and per-writer sequence numbers
+Beyond the re-exports (the connection, the chunk reader, the run change
+feed, control-plane start, durations, hop tracing), two entry points the
+public API lacks: writes with a writer id and per-writer sequence numbers
 (the SDK's v1 NDJSON writer resends chunks after a reconnect; they must be
 stored once), and the writer's last stored position for its `HEAD` probe.
 
@@ -17,7 +21,11 @@ import asyncio
 from collections import OrderedDict
 from typing import Any
 
-from rayflow._runtime.connection import current
+from rayflow._runtime import hops, run_events
+from rayflow._runtime.bootstrap import start_control_plane
+from rayflow._runtime.connection import Connection, current, secret_key_for
+from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.writer import StreamAppender
 from rayflow.store.base import ChunkWrite
 
@@ -56,3 +64,17 @@ async def writer_position(run_id: str, key: str, writer_id: str) -> int:
     conn = current()
     positions: dict[Any, int] = await asyncio.to_thread(conn.store.writer_positions, run_id)
     return positions.get((key, writer_id), -1)
+
+
+__all__ = [
+    "ChunkReader",
+    "Connection",
+    "append_writes",
+    "current",
+    "hops",
+    "parse_duration",
+    "run_events",
+    "secret_key_for",
+    "start_control_plane",
+    "writer_position",
+]

@@ -1,0 +1,260 @@
+"""Tasks, runs, the journal and retention in SQL: creating runs (an
+idempotency key returns the existing run), claiming and finishing them (a
+finished run never moves), listing them, and deleting finished runs past
+retention with everything they own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rayflow.store._sql_base import (
+    _RUN_COLUMNS,
+    _RUN_SELECT,
+    _WP_SELECT,
+    EXECUTING,
+    PENDING,
+    QUEUED,
+    SqlBase,
+    _like_escape,
+    _run,
+    _waitpoint,
+)
+from rayflow.store.base import (
+    FINISHED_STATUSES,
+    Claim,
+    JournalEntry,
+    RunRecord,
+    now_ms,
+)
+
+
+class RunsSql(SqlBase):
+    # -- tasks -----------------------------------------------------------------
+    def put_task(self, task_id: str, blob: bytes, defaults: str = "{}") -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO tasks (task_id, blob, defaults, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (task_id) DO UPDATE SET blob = excluded.blob,"
+                " defaults = excluded.defaults, updated_at = excluded.updated_at",
+                (task_id, blob, defaults, now_ms()),
+            )
+
+    def get_task_defaults(self, task_id: str) -> str | None:
+        with self._read() as c:
+            row = c.execute("SELECT defaults FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def get_task(self, task_id: str) -> bytes | None:
+        with self._read() as c:
+            row = c.execute("SELECT blob FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def list_task_ids(self) -> list[str]:
+        with self._read() as c:
+            return [r[0] for r in c.execute("SELECT task_id FROM tasks ORDER BY task_id")]
+
+    # -- runs ------------------------------------------------------------------
+    def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        return self.create_runs([run])[0]
+
+    def create_runs(self, runs: list[RunRecord]) -> list[tuple[RunRecord, bool]]:
+        with self._tx() as c:
+            results = [self._insert_run(c, run) for run in runs]
+        self._changed(*[run.id for run, created in results if created])
+        return results
+
+    def _insert_run(self, c: Any, run: RunRecord) -> tuple[RunRecord, bool]:
+        # Insert first and look the key up only on conflict: a SELECT first
+        # lets two concurrent triggers with one key both miss and both
+        # insert (PostgreSQL then fails the second with a unique violation
+        # instead of returning the first run). A NULL key never conflicts.
+        cur = c.execute(
+            f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
+            f" VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})"
+            " ON CONFLICT (task_id, idempotency_key) DO NOTHING",
+            [getattr(run, name) for name in _RUN_COLUMNS],
+        )
+        if cur.rowcount == 1:
+            return run, True
+        row = c.execute(
+            _RUN_SELECT + " WHERE task_id = ? AND idempotency_key = ?",
+            (run.task_id, run.idempotency_key),
+        ).fetchone()
+        return _run(row), False
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._read() as c:
+            row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
+        return _run(row) if row else None
+
+    def get_runs(self, run_ids: list[str]) -> list[RunRecord | None]:
+        found: dict[str, RunRecord] = {}
+        with self._read() as c:
+            for start in range(0, len(run_ids), 500):
+                page = run_ids[start : start + 500]
+                marks = ", ".join("?" for _ in page)
+                for row in c.execute(_RUN_SELECT + f" WHERE id IN ({marks})", page):
+                    run = _run(row)
+                    found[run.id] = run
+        return [found.get(run_id) for run_id in run_ids]
+
+    def update_run(self, run_id: str, **values: object) -> None:
+        unknown = set(values) - set(_RUN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown run fields {sorted(unknown)}")
+        values["updated_at"] = now_ms()
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._tx() as c:
+            c.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), run_id])
+        self._changed(run_id)
+
+    def set_active_status(self, run_id: str, status: str, **values: object) -> bool:
+        """Move a run between active statuses (and set fields) unless it has
+        finished meanwhile — a cancel must never be undone."""
+        with self._tx() as c:
+            changed = self._set_active(c, run_id, status, **values)
+        if changed:
+            self._changed(run_id)
+        return changed
+
+    def claim_run(self, run_id: str, actor_name: str) -> Claim:
+        now = now_ms()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = ?, actor_name = ?,"
+                " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
+                " started_at = COALESCE(started_at, ?), updated_at = ?"
+                " WHERE id = ? AND status = ?",
+                (EXECUTING, actor_name, now, now, run_id, QUEUED),
+            )
+            claimed = bool(cur.rowcount)
+            row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
+            waitpoint = None
+            if claimed:
+                found = c.execute(
+                    _WP_SELECT + " WHERE run_id = ? AND status <> ?", (run_id, PENDING)
+                ).fetchone()
+                if found:
+                    waitpoint = _waitpoint(found)
+                    c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        if claimed:
+            self._changed(run_id)  # QUEUED -> EXECUTING
+        return Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
+
+    def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
+        now = now_ms()
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
+                f" updated_at = ?, actor_name = NULL WHERE id = ? AND status NOT IN ({finished})",
+                (status, output, error, now, now, run_id, *FINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return False
+            c.execute(
+                "UPDATE streams SET closed = 1, updated_at = ? WHERE run_id = ?", (now, run_id)
+            )
+            c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        self._changed(run_id)
+        return True
+
+    def list_runs(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        task_id: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        before_created_at: int | None = None,
+        tags: list[str] | None = None,
+        batch_id: str | None = None,
+        created_after: int | None = None,
+        before_id: str | None = None,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        for column, value in (
+            ("task_id", task_id),
+            ("parent_id", parent_id),
+            ("batch_id", batch_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before_created_at is not None and before_id is not None:
+            # a page ends inside a millisecond: the rest of it comes next
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args.extend((before_created_at, before_created_at, before_id))
+        elif before_created_at is not None:
+            where.append("created_at < ?")
+            args.append(before_created_at)
+        if created_after is not None:
+            where.append("created_at > ?")
+            args.append(created_after)
+        for tag in tags or []:
+            # tags are stored as a JSON array (json.dumps); an element is its
+            # JSON string, quotes included, so this matches whole tags only
+            where.append("tags LIKE ? ESCAPE '!'")
+            args.append("%" + _like_escape(json.dumps(tag)) + "%")
+        sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        with self._read() as c:
+            runs = [_run(r) for r in c.execute(sql, [*args, limit])]
+        if tags:  # SQLite's LIKE ignores case: keep exact matches only
+            wanted = set(tags)
+            runs = [r for r in runs if wanted <= set(json.loads(r.tags))]
+        return runs
+
+    # -- journal ---------------------------------------------------------------
+    def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
+        if not entries:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO journal (run_id, attempt, seq, kind, name, value)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(run_id, attempt, e.seq, e.kind, e.name, e.value) for e in entries],
+            )
+
+    def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT seq, kind, name, value FROM journal"
+                " WHERE run_id = ? AND attempt = ? ORDER BY seq",
+                (run_id, attempt),
+            ).fetchall()
+        return [JournalEntry(seq=int(r[0]), kind=r[1], name=r[2], value=r[3]) for r in rows]
+
+    #: runs deleted per transaction by `delete_expired`: a long retention
+    #: backlog must not hold SQLite's write lock (or PostgreSQL row locks) for
+    #: the whole of it
+    expire_batch = 500
+
+    def delete_expired(self, finished_before: int) -> int:
+        finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        deleted = 0
+        while True:
+            with self._tx() as c:
+                ids = [
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT id FROM runs WHERE status IN ({finished})"
+                        " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?",
+                        (*FINISHED_STATUSES, finished_before, self.expire_batch),
+                    ).fetchall()
+                ]
+                marks = ", ".join("?" for _ in ids)
+                for table in ("chunks", "streams", "stream_writers", "journal", "inbox"):
+                    if ids:
+                        c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
+                if ids:
+                    c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+            deleted += len(ids)
+            if len(ids) < self.expire_batch:
+                return deleted

@@ -1,0 +1,163 @@
+"""Output streams in SQL: appends that lock each stream row in a fixed
+order, drop a write at or below its writer's watermark, enforce the size
+limit (nothing of a write that would pass it is stored) and number chunks
+consecutively; reads by index; closing; writer watermarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayflow.errors import StreamTooLarge
+from rayflow.store._sql_base import (
+    _STREAM_SELECT,
+    SqlBase,
+    _stream,
+)
+from rayflow.store.base import (
+    AppendResult,
+    Chunk,
+    ChunkWrite,
+    StreamInfo,
+    now_ms,
+)
+
+
+class StreamsSql(SqlBase):
+    # -- output streams ------------------------------------------------------
+    def append_chunks(
+        self, run_id: str, key: str, writes: list[ChunkWrite], max_bytes: int
+    ) -> AppendResult:
+        return self.append_chunks_many([(run_id, key, writes)], max_bytes)[0]
+
+    def append_chunks_many(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult]:
+        now = now_ms()
+        results: list[AppendResult | None] = [None] * len(items)
+        new_streams: set[str] = set()
+        with self._tx() as c:
+            # stream rows are locked in one order by every transaction: no deadlock
+            for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
+                run_id, key, writes = items[i]
+                results[i] = self._append_in(c, run_id, key, writes, max_bytes, now, new_streams)
+        if new_streams:
+            self._changed(*sorted(new_streams))  # the runs' lists of streams grew
+        return [r for r in results if r is not None]
+
+    def _append_in(
+        self,
+        c: Any,
+        run_id: str,
+        key: str,
+        writes: list[ChunkWrite],
+        max_bytes: int,
+        now: int,
+        new_streams: set[str],
+    ) -> AppendResult:
+        row = c.execute(
+            "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+            + self.lock_clause,
+            (run_id, key),
+        ).fetchone()
+        if row is None:
+            new_streams.add(run_id)
+            c.execute(
+                "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
+                " updated_at) VALUES (?, ?, 0, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
+                (run_id, key, now, now),
+            )
+            row = c.execute(
+                "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+                + self.lock_clause,
+                (run_id, key),
+            ).fetchone()
+        length, size = int(row[0]), int(row[1])
+        last_by_writer: dict[str, int] = {}
+        for writer_id in {w.writer_id for w in writes if w.writer_id is not None}:
+            r = c.execute(
+                "SELECT last_seq FROM stream_writers"
+                " WHERE run_id = ? AND key = ? AND writer_id = ?",
+                (run_id, key, writer_id),
+            ).fetchone()
+            last_by_writer[writer_id] = int(r[0]) if r else -1
+        seqs: list[int | None] = []
+        rows: list[tuple[object, ...]] = []
+        touched: dict[str, int] = {}
+        for w in writes:
+            if w.writer_id is not None and w.writer_seq is not None:
+                if w.writer_seq <= last_by_writer[w.writer_id]:
+                    seqs.append(None)
+                    continue
+                last_by_writer[w.writer_id] = w.writer_seq
+                touched[w.writer_id] = w.writer_seq
+            size += len(w.data.encode())
+            if size > max_bytes:
+                raise StreamTooLarge(
+                    f"stream {key!r} of run {run_id} would grow to {size} bytes, over its"
+                    f" limit of {max_bytes}; nothing of this write was stored. Write large"
+                    " results elsewhere and stream references to them.",
+                    run_id=run_id,
+                    stream=key,
+                    size=size,
+                    limit=max_bytes,
+                )
+            seqs.append(length)
+            rows.append((run_id, key, length, w.data, w.record_id, now))
+            length += 1
+        if rows:
+            c.executemany(
+                "INSERT INTO chunks (run_id, key, seq, data, record_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            c.execute(
+                "UPDATE streams SET length = ?, size_bytes = ?, updated_at = ?"
+                " WHERE run_id = ? AND key = ?",
+                (length, size, now, run_id, key),
+            )
+        for writer_id, last in touched.items():
+            c.execute(
+                "INSERT INTO stream_writers (run_id, key, writer_id, last_seq)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (run_id, key, writer_id)"
+                " DO UPDATE SET last_seq = excluded.last_seq",
+                (run_id, key, writer_id, last),
+            )
+        return AppendResult(seqs=seqs, length=length)
+
+    def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT seq, data, created_at, record_id FROM chunks"
+                " WHERE run_id = ? AND key = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (run_id, key, start, limit),
+            ).fetchall()
+        return [Chunk(seq=int(r[0]), data=r[1], created_at=int(r[2]), record_id=r[3]) for r in rows]
+
+    def stream_info(self, run_id: str, key: str) -> StreamInfo | None:
+        with self._read() as c:
+            row = c.execute(_STREAM_SELECT + " WHERE run_id = ? AND key = ?", (run_id, key))
+            found = row.fetchone()
+        return _stream(found) if found else None
+
+    def list_streams(self, run_id: str) -> list[StreamInfo]:
+        with self._read() as c:
+            rows = c.execute(_STREAM_SELECT + " WHERE run_id = ? ORDER BY key", (run_id,))
+            return [_stream(r) for r in rows.fetchall()]
+
+    def close_stream(self, run_id: str, key: str) -> None:
+        now = now_ms()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
+                " updated_at) VALUES (?, ?, 0, 0, 1, ?, ?) ON CONFLICT (run_id, key)"
+                " DO UPDATE SET closed = 1, updated_at = excluded.updated_at",
+                (run_id, key, now, now),
+            )
+
+    def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT key, writer_id, last_seq FROM stream_writers WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
