@@ -1,6 +1,6 @@
 """rayflow's HTTP/SSE API against a do-it-yourself baseline (issue 4, item 6).
 
-    .venv/bin/python benchmarks/http_sse.py [--quick] [--ingress direct] [--parts …]
+    .venv/bin/python benchmarks/http_sse.py [--quick] [--ingress proxy] [--parts …]
     .venv/bin/python benchmarks/http_sse.py --quick --breakdown   # where the time goes
 
 Prints, side by side, rayflow / baseline and their ratio:
@@ -37,8 +37,10 @@ by `_servers.Servers`, the app's Redis pool raised from redis-py's default
    with XADD): ack latency and the acknowledged rate.
 
 `--breakdown` prints rayflow's per-hop latency instead (benchmarks/_breakdown.py);
-`--ingress direct` serves rayflow's HTTP from the replica itself (Ray Serve's
-direct ingress) instead of through Serve's proxy.
+rayflow is started the way `rayflow dev` starts it: its one Serve replica
+serves the HTTP port itself (Ray Serve's direct ingress); the `proxy` part
+measures the same deployment through Serve's proxy beside it (A/B in one
+run); `--ingress proxy` puts the proxy on the HTTP port instead.
 
 Both are read by the same client: httpx streaming in this process, the
 chunk's 64 bytes carrying its index and the wall clock at the append call
@@ -545,52 +547,50 @@ def ensure_peers_venv() -> str:
     return str(peers_run.VENV / "bin/python")
 
 
-#: `--ingress direct`: the replica's own HTTP server takes this many ports
-#: after the proxy's (Ray Serve's direct ingress allocates from a range)
-DIRECT_PORTS = 50
-
-
 def start_rayflow(
-    data_dir: str, n_runs: int, synchronous: str, ingress: str = "proxy", **extra: Any
-) -> tuple[str, str, list[tuple[str, str]]]:
+    data_dir: str, n_runs: int, synchronous: str, ingress: str = "direct", **extra: Any
+) -> tuple[str, str, list[tuple[str, str]], str]:
     """Local Ray + SQLite, the HTTP API on a free port, `n_runs` running tasks.
 
-    `ingress="direct"` turns on Ray Serve's direct ingress (Ray 2.60,
-    `RAY_SERVE_ENABLE_DIRECT_INGRESS`): the replica serves HTTP itself on a
-    port after the proxy's, and the benchmark talks to it, skipping the proxy."""
+    Started the way `rayflow dev` starts it: with `ingress="direct"` (the
+    product's default) the one Serve replica listens on the HTTP port itself
+    (Ray Serve's direct ingress, rayflow/_runtime/ingress.py) and Serve's
+    proxy on another port; `ingress="proxy"` keeps the proxy on the HTTP port.
+    Returns (base URL, secret key, runs, the proxy's base URL)."""
+    from ray import serve
+
+    from rayflow._runtime import bootstrap
+    from serve.app import proxy_port
     from serve.app import start as start_http
 
     # Ray starts its workers (RunActors, Serve's proxy and replica) at nice 15;
     # Redis and uvicorn run at 0: on a shared machine that alone decides latency
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if ingress == "proxy":
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     port = free_port()
-    if ingress == "direct":
-        # read by Serve's controller and replicas when they start: before Ray does
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port + 1)
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(port + 1 + DIRECT_PORTS)
     # a warm RunActor per run: the runs start at once instead of one pool refill at a time
     extra.setdefault("pool_size", n_runs + 1)
-    settings = rayflow.init(data_dir=data_dir, sqlite_synchronous=synchronous, **extra)
-    settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})
+    bootstrap.start_ray(rayflow.Settings(), serve_port=port)
+    settings = rayflow.init(
+        data_dir=data_dir,
+        sqlite_synchronous=synchronous,
+        http_host="127.0.0.1",
+        http_port=port,
+        **extra,
+    )
+    proxy = proxy_port(settings)
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": proxy})
     base = start_http(settings)
     wait_http(f"{base}/healthz")
-    if ingress == "direct":
-        base = find_replica(port)
+    proxy_base = f"http://127.0.0.1:{proxy}"
+    wait_http(f"{proxy_base}/healthz")
     handles = [idle.trigger({}).result(timeout_s=120) for _ in range(n_runs)]
     for h in handles:
         wait_executing(h.id)
     assert settings.secret_key
-    return base, settings.secret_key, [(h.id, h.public_access_token) for h in handles]
-
-
-def find_replica(proxy_port: int) -> str:
-    """The base URL of the one replica serving HTTP itself (direct ingress)."""
-    for port in range(proxy_port + 1, proxy_port + 1 + DIRECT_PORTS):
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return f"http://127.0.0.1:{port}"
-    raise RuntimeError("direct ingress: no replica answers on its port range")
+    runs = [(h.id, h.public_access_token) for h in handles]
+    return base, settings.secret_key, runs, proxy_base
 
 
 def wait_executing(run_id: str, timeout_s: float = 120.0) -> None:
@@ -672,6 +672,9 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
     both("lat10", "append ack, 10 streams of one run (ms)", "ack_ms", ours="lat10_one")
     both("lat1", "HTTP append → SSE, 1 stream (ms)", ours="lat1_http")
     both("lat1", "HTTP append ack, 1 stream (ms)", "ack_ms", ours="lat1_http")
+    both("lat1", "… through Serve's proxy: append → SSE, 1 stream (ms)", ours="lat1_proxy")
+    both("lat1", "… through Serve's proxy: HTTP append → SSE (ms)", ours="lat1_http_proxy")
+    both("lat1", "… through Serve's proxy: HTTP append ack (ms)", "ack_ms", ours="lat1_http_proxy")
     n = MANY["runs"] * MANY["keys"]
     many = f"{n} streams ({MANY['runs']} runs × {MANY['keys']}) × {MANY['rate']}/s"
     both("many", f"append → SSE, {many}, one reader each (ms)")
@@ -732,6 +735,7 @@ PARTS = [
     "sustained",
     "lat10_one",
     "lat1_http",
+    "proxy",
 ]
 
 
@@ -800,7 +804,12 @@ async def bench_baseline(
 
 
 async def bench_rayflow(
-    base: str, secret: str, runs: list[tuple[str, str]], size: dict[str, Any], parts: list[str]
+    base: str,
+    secret: str,
+    runs: list[tuple[str, str]],
+    size: dict[str, Any],
+    parts: list[str],
+    proxy_base: str,
 ) -> dict[str, Any]:
     system = rayflow_system(base, runs)
     many = rayflow_system(base, runs, keys_per_run=MANY["keys"])
@@ -824,6 +833,15 @@ async def bench_rayflow(
         if "lat1_http" in parts:
             log("rayflow: latency, 1 stream, HTTP append")
             out["lat1_http"] = await latency(http_system, 1, size["lat_s"])
+    if "proxy" in parts and proxy_base != base:
+        # the same deployment through Serve's proxy, A/B against direct ingress
+        proxied = rayflow_system(proxy_base, runs)
+        log("rayflow: latency, 1 stream, through Serve's proxy")
+        out["lat1_proxy"] = await latency(proxied, 1, size["lat_s"])
+        http_proxied, client = rayflow_http_append(proxied, proxy_base, runs, secret)
+        async with client:
+            log("rayflow: latency, 1 stream, HTTP append through Serve's proxy")
+            out["lat1_http_proxy"] = await latency(http_proxied, 1, size["lat_s"])
     return out
 
 
@@ -846,7 +864,7 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: s
     cpu_rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="rayflow-http-breakdown-") as tmp:
         hops_dir = Path(tmp) / "hops"
-        base, secret, runs = start_rayflow(
+        base, secret, runs, _ = start_rayflow(
             tmp, 10, synchronous, ingress, trace_hops_dir=str(hops_dir)
         )
         try:
@@ -927,9 +945,10 @@ def main() -> None:
     )
     p.add_argument(
         "--ingress",
-        default="proxy",
+        default="direct",
         choices=["proxy", "direct"],
-        help="rayflow's HTTP path: Serve's proxy (default) or Serve's direct ingress",
+        help="rayflow's HTTP port served by the replica itself (Serve's direct ingress,"
+        " the default, as `rayflow dev` does) or by Serve's proxy",
     )
     p.add_argument(
         "--parts",
@@ -953,9 +972,13 @@ def main() -> None:
         results["baseline"] = asyncio.run(bench_baseline(base, redis, size, parts, pids))
         log("starting rayflow (local Ray, SQLite, Serve)")
         with tempfile.TemporaryDirectory(prefix="rayflow-http-bench-") as tmp:
-            rf_base, secret, runs = start_rayflow(tmp, 10, args.sqlite_synchronous, args.ingress)
+            rf_base, secret, runs, proxy_base = start_rayflow(
+                tmp, 10, args.sqlite_synchronous, args.ingress
+            )
             try:
-                results["rayflow"] = asyncio.run(bench_rayflow(rf_base, secret, runs, size, parts))
+                results["rayflow"] = asyncio.run(
+                    bench_rayflow(rf_base, secret, runs, size, parts, proxy_base)
+                )
             finally:
                 stop_rayflow(runs)
     finally:

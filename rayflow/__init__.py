@@ -82,7 +82,7 @@ def init(
         if current.settings.store_url() == resolved.store_url():
             return current.settings
         connection.disconnect()
-    bootstrap.start_ray(resolved)
+    bootstrap.start_ray(resolved, serve_port=resolved.http_port if serve else None)
     settings_in_force = bootstrap.start_control_plane(resolved).settings
     # every @task this process defined (and will define) can be triggered by
     # id, over HTTP too, without a Python trigger first

@@ -6,12 +6,17 @@
   deploys it from Ray Serve's CLI, configured by `RAYFLOW_*` env vars.
 
 The listen address is `RAYFLOW_HTTP_HOST`:`RAYFLOW_HTTP_PORT` (default
-127.0.0.1:8000). Replicas hold no state; run as many as you like.
+127.0.0.1:8000). Replicas hold no state; run as many as you like. When the
+process that calls `start` also started the local Ray for it, the one
+replica listens on that address itself (Ray Serve's direct ingress,
+`rayflow/_runtime/ingress.py`: no proxy hop per request or SSE event);
+otherwise Serve's proxy does and routes to the replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from ray import serve
@@ -19,6 +24,7 @@ from ray.serve import Application
 
 from rayflow._config import Settings
 from rayflow._logging import serve_logging_config
+from rayflow.errors import RayflowError
 
 log = logging.getLogger("rayflow.serve")
 
@@ -104,12 +110,35 @@ def build(args: dict[str, str]) -> Application:
     return application(Settings(), num_replicas=int(args.get("num_replicas", 1)))
 
 
+def proxy_port(settings: Settings) -> int:
+    """The port Serve's proxy listens on: `http_port`, unless the replica
+    serves it itself (direct ingress, `rayflow/_runtime/ingress.py`); then a
+    free port of the same host (Serve always runs a proxy)."""
+    from rayflow._runtime import ingress
+
+    if ingress.direct_port() != settings.http_port:
+        return settings.http_port
+    with socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET) as s:
+        s.bind((settings.http_host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start(settings: Settings, *, num_replicas: int = 1) -> str:
     """Start Serve on `settings.http_host:http_port` and deploy the API; returns
-    its base URL. Ray must be initialised (rayflow.init())."""
+    its base URL. Ray must be initialised (rayflow.init()). When this process
+    started Ray for it (`rayflow.init(serve=True)`, `rayflow dev`), the one
+    replica listens on that port itself and Serve's proxy on a free one."""
+    from rayflow._runtime import ingress
+
+    if ingress.direct_port() == settings.http_port and num_replicas != 1:
+        raise RayflowError(
+            f"the replica serves port {settings.http_port} itself (Ray Serve direct ingress),"
+            " so there is one; for more, start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
+        )
     serve.start(
         proxy_location="HeadOnly",
-        http_options={"host": settings.http_host, "port": settings.http_port},
+        http_options={"host": settings.http_host, "port": proxy_port(settings)},
         logging_config=serve_logging_config(settings),
     )
     serve.run(

@@ -10,7 +10,7 @@ import ray
 
 from rayflow._config import Settings
 from rayflow._logging import ray_log_level
-from rayflow._runtime import connection
+from rayflow._runtime import connection, ingress
 from rayflow._runtime.connection import CONTROLLER_NAME, Connection
 from rayflow.errors import RayflowError
 
@@ -28,11 +28,16 @@ def on_head_node() -> dict[str, Any]:
     return {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.0001}}
 
 
-def start_ray(settings: Settings) -> None:
-    """Join the cluster at settings.address, or start a local Ray on loopback."""
+def start_ray(settings: Settings, *, serve_port: int | None = None) -> None:
+    """Join the cluster at settings.address, or start a local Ray on loopback.
+
+    `serve_port`: this process will serve the HTTP API on that port with one
+    replica; a local Ray is started so that the replica listens on it itself
+    (Serve's direct ingress, `ingress.py`)."""
     if ray.is_initialized():
-        return
+        return  # as it was started (`ingress.direct_port()` tells)
     if settings.address is None:
+        ingress.configure(serve_port)
         # keep a local Ray on 127.0.0.1 only (docs/scaling.md)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
@@ -57,6 +62,7 @@ def start_ray(settings: Settings) -> None:
             configure_logging=True,
         )
     else:
+        ingress.not_started()
         ray.init(
             address=settings.address,
             namespace=settings.namespace,

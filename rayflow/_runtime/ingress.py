@@ -1,0 +1,77 @@
+"""Ray Serve's direct ingress for a local deployment: the replica itself listens
+on the HTTP port, with no Serve proxy between the client and the app.
+
+Measured (benchmarks/README.md, latency section): the proxy costs ~0.9 ms
+of every SSE chunk and half of an HTTP append's time on this hardware.
+Serve (2.60) turns direct ingress on for a whole Ray cluster from
+`RAY_SERVE_*` environment variables that its controller and replicas read
+when they start, so `configure(port)` must run before the local Ray does
+(`bootstrap.start_ray`); the workers inherit the driver's environment.
+
+Invariants:
+- Only a Ray that rayflow starts here is configured; joining a cluster
+  (`address=`) leaves Serve as the cluster was started.
+- The replica's port range is exactly the HTTP port: the one replica binds
+  `http_host:http_port` (loopback by default) and nothing else; a second
+  replica could get no port, so direct ingress serves one replica (more
+  replicas go through the proxy: `rayflow dev --replicas N`).
+- Serve still runs its proxy (direct ingress requires it); it listens on a
+  free port of the same host (`serve/app.py`).
+- A variable the user set wins: `RAY_SERVE_ENABLE_DIRECT_INGRESS=0` (or any
+  `RAY_SERVE_DIRECT_INGRESS_*` of their own) keeps Serve's proxy on the port.
+- No port quarantine and no drain period: those exist so an external load
+  balancer can deregister a replica; here the port must come back to the
+  restarted replica at once (measured: back in 2–11 s after a SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+
+ENABLE = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+MIN_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
+#: exclusive upper end of the range
+MAX_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"
+DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+QUARANTINE = "RAY_SERVE_PORT_QUARANTINE_S"
+
+#: what `configure` last wrote (so it can be told apart from the user's own)
+_ours: dict[str, str] = {}
+#: the port a replica serves itself in the Ray this process started, if any
+_direct_port: int | None = None
+
+
+def _user_decided() -> bool:
+    """The user set Serve's direct-ingress variables themselves."""
+    names = [k for k in os.environ if k == ENABLE or k.startswith("RAY_SERVE_DIRECT_INGRESS_")]
+    return any(os.environ[k] != _ours.get(k) for k in names)
+
+
+def configure(port: int | None) -> None:
+    """Before starting a local Ray: let the replica serve `port` itself (None:
+    leave Serve's proxy on the HTTP port, removing what an earlier call set)."""
+    global _direct_port
+    _direct_port = None
+    if _user_decided():
+        return
+    for name in _ours:
+        os.environ.pop(name, None)
+    _ours.clear()
+    if port is None:
+        return
+    _ours.update({ENABLE: "1", MIN_PORT: str(port), MAX_PORT: str(port + 1)})
+    _ours.update({k: "0" for k in (DRAIN, QUARANTINE) if k not in os.environ})
+    os.environ.update(_ours)
+    _direct_port = port
+
+
+def not_started() -> None:
+    """This process joins a cluster it did not start: Serve is as it was started."""
+    global _direct_port
+    _direct_port = None
+
+
+def direct_port() -> int | None:
+    """The HTTP port the Serve replica listens on itself, in the Ray this
+    process started; None when Serve's proxy serves the HTTP port."""
+    return _direct_port

@@ -1,0 +1,146 @@
+"""The HTTP port of a local deployment is served by the Serve replica itself
+(Ray Serve's direct ingress, rayflow/_runtime/ingress.py), not by Serve's proxy.
+
+A script starts the embedded default with the HTTP API
+(`rayflow.init(serve=True)`) and a run that holds. The test finds which
+process listens on the HTTP port (the replica; the proxy listens on another
+loopback port), appends and reads the run's stream over it, then kills the
+replica: Serve starts a new one, which must take the same port back, and an
+SSE reader resuming with `Last-Event-ID` gets the chunks appended since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import psutil
+from _browser_fixtures import ROOT, dev_env, free_port
+from _http_fixtures import HttpApi, read_sse
+from conftest import eventually
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import rayflow
+    from rayflow import streams, task
+
+    go = streams.input("go", dict)
+
+
+    @task(id="ingress-hold")
+    async def hold(payload: dict) -> str:
+        await go.once(timeout_s=600)  # until the test is done with the run
+        return "done"
+
+
+    rayflow.init(data_dir=sys.argv[1], serve=True, http_port=int(sys.argv[2]))
+    handle = hold.trigger({}).result()
+    print("READY", handle.id, handle.public_access_token, flush=True)
+    sys.stdin.read()  # until the test closes stdin
+    """
+)
+
+
+def _listeners(root: psutil.Process) -> dict[int, tuple[int, str]]:
+    """port -> (pid, process name) of every loopback listener under `root`."""
+    found: dict[int, tuple[int, str]] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found[conn.laddr.port] = (proc.pid, proc.name())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "embedded.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    secret = "sk_" + "i" * 32
+    env = dev_env(tmp_path / "data", port, secret)
+    env["PYTHONPATH"] = str(ROOT)
+    log = (tmp_path / "embedded.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data"), str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = HttpApi(url=f"http://127.0.0.1:{port}", secret_key=secret)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, Path(log.name).read_text()
+            return "READY" in Path(log.name).read_text()
+
+        eventually(ready, timeout_s=240, what="the embedded default to start")
+        line = next(x for x in Path(log.name).read_text().splitlines() if x.startswith("READY"))
+        _, run_id, token = line.split()
+        root = psutil.Process(proc.pid)
+
+        listeners = _listeners(root)
+        pid, name = listeners[port]
+        assert "Replica" in name, f"port {port} is served by {name}, not the replica"
+        proxies = [p for p, (_, n) in listeners.items() if "Proxy" in n]
+        assert proxies and port not in proxies, listeners
+
+        path = f"/realtime/v1/streams/{run_id}/out"
+
+        async def append(texts: list[str]) -> None:
+            async with api.client() as c:
+                for text in texts:
+                    r = await c.post(
+                        f"/realtime/v1/streams/{run_id}/self/out/append",
+                        headers=api.headers(),
+                        content=text,
+                    )
+                    assert r.status_code == 200, r.text
+
+        asyncio.run(append(["a", "b", "c"]))
+        first = asyncio.run(read_sse(api, path, token=token, max_records=3))
+        assert [d for _, d in first.chunks] == ["a", "b", "c"]
+        last_id = first.events[-1].id
+        assert last_id is not None
+
+        os.kill(pid, signal.SIGKILL)  # the replica: a child of our script's Ray
+
+        def replaced() -> bool:
+            now = _listeners(root).get(port)
+            return now is not None and now[0] != pid and _healthy(api.url)
+
+        eventually(replaced, timeout_s=120, what="a new replica on the same port")
+        assert "Replica" in _listeners(root)[port][1]
+
+        asyncio.run(append(["d", "e"]))
+        rest = asyncio.run(
+            read_sse(api, path, token=token, headers={"Last-Event-ID": last_id}, max_records=2)
+        )
+        assert [d for _, d in rest.chunks] == ["d", "e"]
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
