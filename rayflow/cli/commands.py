@@ -74,6 +74,7 @@ def dev(
     import ray
 
     import rayflow
+    from rayflow._runtime import bootstrap
     from serve import app as serve_app
 
     settings = settings_for(data_dir)
@@ -95,8 +96,10 @@ def dev(
     quiet_ray_logs(settings)
     loopback_ray()
     with spinner(f"starting Ray, the store and the HTTP API on {host}:{port}"):
+        # one replica serves the port itself (Serve's direct ingress): Ray must know first
+        bootstrap.start_ray(settings, serve_port=port if replicas == 1 else None)
         resolved = rayflow.init(data_dir=settings.data_dir, http_host=host, http_port=port)
-        start_quiet_serve(host, port, settings)
+        start_quiet_serve(host, serve_app.proxy_port(resolved), settings)
         url = serve_app.start(resolved, num_replicas=replicas)
         for t in tasks:  # registered, a task can be triggered by id (HTTP, `rayflow trigger`)
             _register(t)
