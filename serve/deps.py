@@ -25,7 +25,10 @@ class ServeState:
         return mint_token(self.secret_key, scopes, ttl_s or self.settings.token_ttl_s)
 
 
-def state(request: Request) -> ServeState:
+# Both dependencies are `async def` although they do not await: FastAPI runs a
+# plain `def` dependency in its thread pool, a thread hop (and at times a
+# thread start) per request; these only read headers and check an HMAC.
+async def state(request: Request) -> ServeState:
     st: ServeState = request.app.state.rayflow
     return st
 
@@ -39,14 +42,15 @@ bearer = HTTPBearer(
 )
 
 
-def principal(
+async def principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The authenticated caller; raises Unauthorized (401) otherwise."""
     if credentials is None or not credentials.credentials.strip():
         raise missing_bearer(request.headers.get("authorization"))
-    return authenticate(credentials.credentials, state(request).secret_key)
+    st: ServeState = request.app.state.rayflow
+    return authenticate(credentials.credentials, st.secret_key)
 
 
 #: the authenticated caller of a route
