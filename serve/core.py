@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 from rayflow._runtime import serving
@@ -103,13 +102,10 @@ async def cancel(run_id: str) -> None:
 async def append(run_id: str, key: str, text: str, record_id: str | None) -> None:
     """Append one string chunk to a run's output stream from outside the run.
 
-    The chunk is a writer of its own (a fresh id, number 0): when the RunActor
-    dies after storing it, the retry that goes to the Store is recognised as
-    the same write instead of being stored twice."""
-    write = ChunkWrite(
-        dumps(text), record_id=record_id, writer_id=f"http-append:{uuid.uuid4().hex}", writer_seq=0
-    )
-    await serving.append_writes(run_id, key, [write])
+    The replica numbers its appends to each stream as one writer: when the
+    RunActor dies after storing a chunk, the retry that goes to the Store is
+    recognised as the same write instead of being stored twice."""
+    await serving.append_chunk(run_id, key, dumps(text), record_id)
 
 
 async def check_open(run_id: str, key: str) -> None:

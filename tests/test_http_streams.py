@@ -11,6 +11,7 @@ from _http_fixtures import *  # noqa: F403
 from _http_fixtures import HttpApi, read_sse, trigger, wait_finished
 
 import rayflow
+from rayflow._runtime.connection import current
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
 
@@ -248,7 +249,8 @@ async def test_concurrent_http_appends_to_one_stream_are_each_stored_once(
     http_tasks: HttpApi,
 ) -> None:
     """Concurrent requests to one run and stream share the replica's appender
-    (batched into few Ray calls): every chunk is stored, once."""
+    (batched into few Ray calls): every chunk is stored, once, numbered by one
+    writer of the replica (one `stream_writers` row, not one per request)."""
     run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
     async with http_tasks.client() as c:
 
@@ -266,3 +268,7 @@ async def test_concurrent_http_appends_to_one_stream_are_each_stored_once(
     res = await read_sse(http_tasks, f"/realtime/v1/streams/{run_id}/burst")
     assert [seq for seq, _ in res.chunks] == list(range(100))
     assert sorted(text for _, text in res.chunks) == sorted(f"chunk {i}" for i in range(100))
+    writers = {
+        w: n for (k, w), n in current().store.writer_positions(run_id).items() if k == "burst"
+    }
+    assert list(writers.values()) == [99], writers

@@ -18,6 +18,7 @@ cached (`locations`), so no request asks the Controller.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -32,20 +33,43 @@ from rayflow.store.base import ChunkWrite
 #: idle appenders kept per replica before the oldest are dropped
 MAX_IDLE_APPENDERS = 1_000
 
-_appenders: OrderedDict[tuple[str, str], StreamAppender] = OrderedDict()
+
+class _Appender:
+    """The replica's way into one (run, stream): a `StreamAppender`, and one
+    writer id numbering the single-chunk appends (`/append`), so they cost one
+    `stream_writers` row per replica and stream, not one per request."""
+
+    def __init__(self, run_id: str, key: str) -> None:
+        self.appender = StreamAppender(run_id, key)
+        self.writer_id = f"http-append:{uuid.uuid4().hex}"
+        self._seq = 0
+
+    def chunk(self, data: str, record_id: str | None) -> ChunkWrite:
+        # numbered in submission order, and the appender sends (and retries)
+        # its batches in that order: a retry after a lost RunActor is
+        # recognised as the same write, and no later number is stored first
+        write = ChunkWrite(
+            data, record_id=record_id, writer_id=self.writer_id, writer_seq=self._seq
+        )
+        self._seq += 1
+        return write
 
 
-def _appender(run_id: str, key: str) -> StreamAppender:
-    appender = _appenders.get((run_id, key))
-    if appender is None:
-        appender = StreamAppender(run_id, key)
-        _appenders[(run_id, key)] = appender
+_appenders: OrderedDict[tuple[str, str], _Appender] = OrderedDict()
+
+
+def _appender(run_id: str, key: str) -> _Appender:
+    entry = _appenders.get((run_id, key))
+    if entry is None:
+        entry = _Appender(run_id, key)
+        _appenders[(run_id, key)] = entry
         if len(_appenders) > MAX_IDLE_APPENDERS:
-            for k in [k for k, a in _appenders.items() if a.idle][: len(_appenders) // 2]:
-                if _appenders[k] is not appender:
+            idle = [k for k, a in _appenders.items() if a.appender.idle]
+            for k in idle[: len(_appenders) // 2]:
+                if _appenders[k] is not entry:
                     del _appenders[k]
     _appenders.move_to_end((run_id, key))
-    return appender
+    return entry
 
 
 async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
@@ -56,7 +80,14 @@ async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list
     run has no live actor (queued or suspended), straight to the Store.
     Raises RunNotFound, RunFinished, StreamTooLarge.
     """
-    return await _appender(run_id, key).append(writes)
+    return await _appender(run_id, key).appender.append(writes)
+
+
+async def append_chunk(run_id: str, key: str, data: str, record_id: str | None) -> int | None:
+    """Append one chunk (JSON text) as this replica's writer of the stream;
+    its index once durable. Raises like `append_writes`."""
+    entry = _appender(run_id, key)
+    return await entry.appender.submit(entry.chunk(data, record_id))
 
 
 async def writer_position(run_id: str, key: str, writer_id: str) -> int:
