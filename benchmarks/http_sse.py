@@ -289,21 +289,37 @@ def rayflow_system(
     return system
 
 
+#: concurrent HTTP connections of the HTTP-append client (keep-alive, reused)
+HTTP_CONNECTIONS = 200
+
+
 def rayflow_http_append(system: System, base: str, runs: list[tuple[str, str]], secret: str):
-    """The same rayflow, appending through `POST …/{run}/self/{key}/append`."""
-    client = httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    """The same rayflow, appending through `POST …/{run}/self/{key}/append`.
+
+    The client is aiohttp (already installed with Ray; its parser is C), not
+    httpx: at 2,000 requests/s httpx's own pool costs this process more CPU
+    than the server spends (py-spy: `_assign_requests_to_connections`), and
+    its pool timed out before rayflow answered."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        base_url=base,
+        headers={"Authorization": f"Bearer {secret}"},
+        connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
+        timeout=aiohttp.ClientTimeout(total=60),
     )
 
     async def append(part: str, i: int, chunk: str) -> None:
-        r = await client.post(
-            f"/realtime/v1/streams/{runs[i][0]}/self/{part}/append", content=chunk
-        )
-        r.raise_for_status()
+        async with session.post(
+            f"/realtime/v1/streams/{runs[i][0]}/self/{part}/append", data=chunk
+        ) as r:
+            if r.status != 200:
+                raise RuntimeError(f"append: HTTP {r.status}: {await r.text()}")
+            await r.read()
 
     # concurrent POSTs may land in any order: only the count is checked
     http = System("rayflow (HTTP append)", system.target, append, system.write_fast, False)
-    return http, client
+    return http, session
 
 
 # --- the three parts ---
