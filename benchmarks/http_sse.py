@@ -442,15 +442,23 @@ def cpu_seconds(roots: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def sustained(system: System, streams_n: int, rate: int, seconds: float) -> dict[str, Any]:
+async def sustained(
+    system: System, streams_n: int, rate: int, seconds: float, cpu_of: list[int]
+) -> dict[str, Any]:
     """Appends only, `streams_n` streams × `rate`/s, open loop: ack latency,
-    the rate of acknowledged appends, and how many failed (e.g. timed out)."""
+    the rate of acknowledged appends, how many failed (e.g. timed out), and
+    the CPU per acknowledged append (every process, the client's included)."""
     part = f"sus-{uuid.uuid4().hex[:6]}"
     failed: list[BaseException] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(cpu_of)
     acks = await paced_appends(system, part, streams_n, seconds, rate, failed)
-    elapsed = time.perf_counter() - t0
-    out = {"ack_ms": c.summary(acks), "rate": len(acks) / elapsed, "failed": len(failed)}
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(cpu_of) - cpu0
+    out = {
+        "ack_ms": c.summary(acks),
+        "rate": len(acks) / elapsed,
+        "failed": len(failed),
+        "cpu_us_per_append": cpu / max(1, len(acks)) * 1e6,
+    }
     if failed:
         out["error"] = f"{len(failed)} appends failed ({type(failed[0]).__name__})"
     return out
@@ -711,6 +719,9 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         fr, fb = r["sustained"]["failed"], b["sustained"]["failed"]
         label = "… acknowledged appends/s (failed appends)"
         rows.append(f"| {label} | {rr:,.0f} ({fr}) | {rb:,.0f} ({fb}) | {ratio(rr, rb)} |")
+        cr, cb = r["sustained"]["cpu_us_per_append"], b["sustained"]["cpu_us_per_append"]
+        label = "… CPU per acknowledged append, every process (µs)"
+        rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
     if "tput" in r and "tput" in b:
         tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
         label = "SSE throughput, 1 stream → 1 client (chunks/s)"
@@ -795,7 +806,7 @@ async def run_parts(
         out["many_inside"] = await many_inside(many, runs, size["lat_s"], cpu_of)
     if "sustained" in parts:
         log(f"{appender.name}: sustained appends, 10 streams × {SUSTAINED_RATE}/s")
-        out["sustained"] = await sustained(appender, 10, SUSTAINED_RATE, size["lat_s"])
+        out["sustained"] = await sustained(appender, 10, SUSTAINED_RATE, size["lat_s"], cpu_of)
     return out
 
 
