@@ -323,6 +323,11 @@ def main(argv: list[str]) -> None:
 
         # idle RunActors past the pool's minimum stop after 5 s (default 60 s),
         # so workload 4 measures the waiting runs, not the burst's warm pool
+        from rayflow._runtime import bootstrap
+
+        # started as `rayflow dev` starts it: workload 5's HTTP port is served
+        # by the Serve replica itself (direct ingress, rayflow/_runtime/ingress.py)
+        bootstrap.start_ray(rayflow.Settings(), serve_port=cfg["free_ports"][0])
         cfg["_settings"] = rayflow.init(data_dir=_data_dir(cfg), pool_idle_s=5)
         cfg["_ray_address"] = ray.get_runtime_context().gcs_address
         try:
