@@ -60,10 +60,6 @@ def _keep_replica_grpc_on_loopback() -> None:
     name="RayflowHTTP",
     max_ongoing_requests=MAX_ONGOING_REQUESTS,
     ray_actor_options={"num_cpus": 0},
-    # Serve's access log writes a line per request to a file and to stderr
-    # (relayed to the driver): a tenth of a replica's CPU per HTTP append
-    # (py-spy, benchmarks/README.md); errors are still logged
-    logging_config={"enable_access_log": False},
 )
 @serve.ingress()
 class RayflowHTTP:
