@@ -74,6 +74,17 @@ async def suspend_between_writes(payload: dict) -> str:
     return "done"
 
 
+closing = streams.define("closing", str)
+
+
+@task(id="close-then-wait")
+async def close_then_wait(payload: dict) -> str:
+    await closing.append("only")
+    await closing.close()
+    await resume.wait(timeout="1h")
+    return "done"
+
+
 @task(id="hold-open")
 async def hold_open(payload: dict) -> None:
     await proceed.once(timeout_s=120)
@@ -145,6 +156,19 @@ def test_an_outside_writer_follows_a_run_whose_actor_moved_on() -> None:
         assert list(trail.read(other.id, timeout_s=0.3)) == []
         proceed.send(other.id, {}).result()
         rayflow.runs.wait(other.id).result()
+
+
+def test_an_outside_write_to_a_closed_stream_of_a_waiting_run_is_refused() -> None:
+    """A run without an actor is written through the Store: a stream the run
+    closed before it suspended must refuse the write there too, as the live
+    run's buffer does (it was stored after the close before)."""
+    handle = close_then_wait.trigger({}).result()
+    eventually(lambda: status(handle.id) == "WAITING", what="run suspended")
+    with pytest.raises(errors.StreamClosed):
+        closing.append("late", target=handle.id).result()
+    assert list(closing.read(handle.id, timeout_s=0.5)) == ["only"]
+    resume.send(handle.id, {}).result()
+    assert rayflow.runs.wait(handle.id).result().output == "done"
 
 
 def test_a_late_read_of_a_finished_run_needs_no_controller(rf: Any) -> None:

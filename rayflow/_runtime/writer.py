@@ -27,7 +27,7 @@ from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.stream_commit import Entry
-from rayflow.errors import RunFinished, RunNotFound
+from rayflow.errors import RunFinished, RunNotFound, StreamClosed
 from rayflow.store.base import FINISHED_STATUSES, ChunkWrite
 
 #: most writes in one Ray call (a flood leaves in bounded messages)
@@ -131,14 +131,21 @@ class StreamAppender:
 
     async def _append_to_store(self, writes: list[ChunkWrite]) -> list[int | None]:
         conn = connection.current()
-        result = await asyncio.to_thread(
-            conn.store.append_chunks,
-            self.run_id,
-            self.key,
-            writes,
-            conn.settings.max_stream_bytes,
-        )
-        return result.seqs
+
+        def append() -> list[int | None]:
+            # a live run's buffer refuses a closed stream itself; here the
+            # Store's flag says it (a stream closed before the run suspended)
+            info = conn.store.stream_info(self.run_id, self.key)
+            if info is not None and info.closed:
+                raise StreamClosed(
+                    f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
+                    run_id=self.run_id,
+                    stream=self.key,
+                )
+            max_bytes = conn.settings.max_stream_bytes
+            return conn.store.append_chunks(self.run_id, self.key, writes, max_bytes).seqs
+
+        return await asyncio.to_thread(append)
 
     async def flush(self) -> None:
         """Wait until every queued write is durable."""
