@@ -131,11 +131,22 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
     replica listens on that port itself and Serve's proxy on a free one."""
     from rayflow._runtime import ingress
 
-    if ingress.direct_port() == settings.http_port and num_replicas != 1:
-        raise RayflowError(
-            f"the replica serves port {settings.http_port} itself (Ray Serve direct ingress),"
-            " so there is one; for more, start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
-        )
+    if ingress.direct_port() == settings.http_port:
+        if num_replicas != 1:
+            raise RayflowError(
+                f"the replica serves port {settings.http_port} itself (Ray Serve direct ingress),"
+                " so there is one; for more, start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
+            )
+        # Serve would retry the replica on a taken port, then fail the whole
+        # deployment with a generic error after ~20 s (measured): say it now
+        with socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET) as s:
+            try:
+                s.bind((settings.http_host, settings.http_port))
+            except OSError as e:
+                raise RayflowError(
+                    f"port {settings.http_port} on {settings.http_host} is in use ({e.strerror});"
+                    " set another with http_port= / RAYFLOW_HTTP_PORT"
+                ) from None
     serve.start(
         proxy_location="HeadOnly",
         http_options={"host": settings.http_host, "port": proxy_port(settings)},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,9 +22,15 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from _browser_fixtures import ROOT, dev_env, free_port
 from _http_fixtures import HttpApi, read_sse
 from conftest import eventually
+
+from rayflow import Settings
+from rayflow._runtime import ingress
+from rayflow.errors import RayflowError
+from serve.app import start
 
 SCRIPT = textwrap.dedent(
     """
@@ -144,3 +151,21 @@ def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
             proc.stdin.close()
             os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+
+
+def test_a_taken_http_port_is_reported_before_serve_tries_it() -> None:
+    """With direct ingress the replica binds the HTTP port; a port another
+    process holds is named at once (Serve itself fails the deployment with a
+    generic error after retrying for ~20 s)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        saved = dict(os.environ)
+        ingress.configure(port)  # as `rayflow.init(serve=True)` does before Ray starts
+        try:
+            with pytest.raises(RayflowError, match=f"port {port} on 127.0.0.1 is in use"):
+                start(Settings(http_host="127.0.0.1", http_port=port))
+        finally:
+            ingress.configure(None)
+            assert dict(os.environ) == saved
