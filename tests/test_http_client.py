@@ -65,8 +65,10 @@ def test_each_http_error_is_the_same_rayflow_error(http_api: HttpApi) -> None:
         client.send(handle.id, "approval", {"approved": "no"}).result()
     client.send(handle.id, "approval", {"approved": True, "reviewer": "c"}).result()
     assert client.runs.wait(handle.id).result(timeout_s=60).status == "COMPLETED"
-    with pytest.raises(errors.RunFinished):
+    with pytest.raises(errors.RunFinished) as finished:
         client.send(handle.id, "approval", {"approved": True, "reviewer": "c"}).result()
+    # the error body names the run and the stream, and the client keeps them
+    assert (finished.value.run_id, finished.value.stream) == (handle.id, "approval")
     assert client.runs.cancel(handle.id).result() is False
 
 
