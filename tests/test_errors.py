@@ -26,6 +26,17 @@ async def parentless(payload: dict) -> str:
     return "appended"
 
 
+@task(id="errors-closed-stream")
+async def write_after_close(payload: dict) -> str:
+    await out.append("first")
+    await out.close()
+    try:
+        await out.append("late")
+    except errors.StreamClosed as e:
+        return f"{type(e).__name__}:{e.run_id}:{e.stream}"
+    return "appended"
+
+
 @task(id="errors-quick")
 async def quick(payload: dict) -> int:
     return 1
@@ -76,6 +87,13 @@ def test_target_parent_in_a_run_without_one_is_no_parent_run_not_outside_task() 
     run = rayflow.runs.wait(handle.id).result()
     assert run.output == f"NoParentRun:{handle.id}"
     assert not issubclass(errors.NoParentRun, errors.OutsideTask)
+
+
+def test_a_write_to_a_stream_its_task_closed_is_stream_closed_not_run_finished() -> None:
+    handle = write_after_close.trigger({}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output == f"StreamClosed:{handle.id}:out"
+    assert list(out.read(handle.id, timeout_s=5)) == ["first"]
 
 
 def test_a_bad_duration_or_start_index_is_invalid_argument() -> None:
