@@ -114,7 +114,7 @@ def proxy_port(settings: Settings) -> int:
     """The port Serve's proxy listens on: `http_port`, unless the replica
     serves it itself (direct ingress, `rayflow/_runtime/ingress.py`); then a
     free port of the same host (Serve always runs a proxy)."""
-    from rayflow._runtime import ingress
+    from rayflow._runtime.serving import ingress
 
     if ingress.direct_port() != settings.http_port:
         return settings.http_port
@@ -129,7 +129,7 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
     its base URL. Ray must be initialised (rayflow.init()). When this process
     started Ray for it (`rayflow.init(serve=True)`, `rayflow dev`), the one
     replica listens on that port itself and Serve's proxy on a free one."""
-    from rayflow._runtime import ingress
+    from rayflow._runtime.serving import ingress
 
     if ingress.direct_port() == settings.http_port:
         if num_replicas != 1:

@@ -3,10 +3,11 @@
 holds it to that), so what the app depends on is this module's `__all__`.
 
 Beyond the re-exports (the connection, the chunk reader, the run change
-feed, control-plane start, durations, hop tracing), two entry points the
-public API lacks: writes with a writer id and per-writer sequence numbers
-(the SDK's v1 NDJSON writer resends chunks after a reconnect; they must be
-stored once), and the writer's last stored position for its `HEAD` probe.
+feed, control-plane start, direct ingress, durations, hop tracing), two
+entry points the public API lacks: writes with a writer id and per-writer
+sequence numbers (the SDK's v1 NDJSON writer resends chunks after a
+reconnect; they must be stored once), and the writer's last stored
+position for its `HEAD` probe.
 
 Concurrent requests to one (run, stream) in a replica share one
 `StreamAppender`: whatever arrives while a call is in flight leaves in the
@@ -22,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from rayflow._runtime import hops, run_events
+from rayflow._runtime import hops, ingress, run_events
 from rayflow._runtime.bootstrap import start_control_plane
 from rayflow._runtime.connection import Connection, current, secret_key_for
 from rayflow._runtime.durations import parse_duration
@@ -103,6 +104,7 @@ __all__ = [
     "append_writes",
     "current",
     "hops",
+    "ingress",
     "parse_duration",
     "run_events",
     "secret_key_for",
