@@ -166,9 +166,11 @@ def test_an_outside_write_to_a_closed_stream_of_a_waiting_run_is_refused() -> No
     with pytest.raises(errors.StreamClosed):
         closing.append("late", target=handle.id).result()
     assert list(closing.read(handle.id, timeout_s=0.5)) == ["only"]
-    # (not revived: a replay of `closing.append` meets the closed buffer and
-    # fails the run — a separate bug, reported in the session's notes)
-    rayflow.runs.cancel(handle.id).result()
+    # revived, the run replays its append and close: the replayed chunk is a
+    # duplicate, not a write to a closed stream (that failed the run before)
+    resume.send(handle.id, {}).result()
+    assert rayflow.runs.wait(handle.id).result().status == "COMPLETED"
+    assert list(closing.read(handle.id, timeout_s=0.5)) == ["only"]
 
 
 def test_a_late_read_of_a_finished_run_needs_no_controller(rf: Any) -> None:

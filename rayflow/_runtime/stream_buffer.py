@@ -83,6 +83,8 @@ class StreamBuffer:
         #: thread hop, never on the loop); writes queue meanwhile
         self._loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
+        #: writes to a closed stream being told apart: replayed or new
+        self._checks: set[asyncio.Task[None]] = set()
 
     def load(self, info: Callable[[], StreamInfo | None]) -> None:
         """Start taking length and closed from the Store (`info` runs in a thread)."""
@@ -99,7 +101,9 @@ class StreamBuffer:
             self.length = self.tail_start = found.length
             self.closed = self.closed or found.closed
         if self.closed:
-            self._fail_pending(self._closed_error())
+            pending, self._pending, self._pending_chunks = self._pending, [], 0
+            for entry in pending:
+                self._refuse(entry)
         elif self._pending:
             self.committer.wake(self)
 
@@ -109,6 +113,31 @@ class StreamBuffer:
             run_id=self.run_id,
             stream=self.key,
         )
+
+    def _refuse(self, entry: Entry) -> None:
+        """A closed stream takes no new chunk — but a revived run's replay
+        re-sends the chunks it wrote before the close (same writer ids and
+        numbers): those are duplicates, acknowledged as such, not errors."""
+
+        async def check() -> None:
+            try:
+                seen = await asyncio.to_thread(self.store.writer_positions, self.run_id)
+            except Exception as e:
+                entry.fail(e)
+                return
+            if all(
+                w.writer_id is not None
+                and w.writer_seq is not None
+                and w.writer_seq <= seen.get((self.key, w.writer_id), -1)
+                for w in entry.writes
+            ):
+                entry.settle([None] * len(entry.writes))
+            else:
+                entry.fail(self._closed_error())
+
+        task = asyncio.get_running_loop().create_task(check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
 
     def _fail_pending(self, error: BaseException) -> None:
         pending, self._pending, self._pending_chunks = self._pending, [], 0
@@ -144,7 +173,7 @@ class StreamBuffer:
     def _queue(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
-            future.set_exception(self._closed_error())
+            self._refuse(Entry(writes, future, single))
             return future
         if self.load_error is not None:
             future.set_exception(self.load_error)
