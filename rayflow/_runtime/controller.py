@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 import warnings
@@ -451,6 +452,10 @@ class Controller:
             except Exception:
                 log.exception("retention clean-up failed")
             await asyncio.sleep(3600)
+
+    async def pid(self) -> int:
+        """This actor's process id (the chaos soak kills it by pid)."""
+        return os.getpid()
 
     async def live_runs(self) -> list[str]:
         return sorted(self.live)
