@@ -1,0 +1,35 @@
+"""The chaos soak's findings, each pinned down on its own (issue 11)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import rayflow  # noqa: E402
+from rayflow import streams, task  # noqa: E402
+from rayflow._runtime import connection  # noqa: E402
+
+# -- what the soak found, each pinned down on its own ------------------------------
+lost_poke = streams.input("chaos-lost-poke", dict)
+lost_poke_ready = streams.define("chaos-lost-poke-ready", str)
+
+
+@task(id="chaos-lost-poke")
+async def wait_once(payload: dict) -> dict:  # type: ignore[type-arg]
+    await lost_poke_ready.append("waiting")
+    message: dict = (await lost_poke.once(timeout_s=120)).unwrap()  # type: ignore[type-arg]
+    return message
+
+
+def test_a_message_stored_without_a_poke_still_reaches_a_waiting_once(rf: Any) -> None:
+    """Found by the soak: the Inbox acknowledged a send (stored), then died
+    (or found no live actor through a restarting Controller) before poking
+    the run, and the run sat in `.once()` with the message in the Store for
+    good. Here the message is stored the way the Inbox stores it, no poke."""
+    handle = wait_once.trigger({}).result()
+    assert list(lost_poke_ready.read(handle.id, timeout_s=30))[:1] == ["waiting"]
+    store = connection.current().store
+    stored = store.inbox_send_many([(handle.id, lost_poke.id, json.dumps({"n": 1}), "m-1")])
+    assert not isinstance(stored[0], Exception), stored
+    run = rayflow.runs.wait(handle.id).result(timeout_s=30)
+    assert run.status == "COMPLETED" and run.output == {"n": 1}, run
