@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
+
+import ray
 
 import rayflow  # noqa: E402
 from rayflow import streams, task  # noqa: E402
@@ -33,3 +37,20 @@ def test_a_message_stored_without_a_poke_still_reaches_a_waiting_once(rf: Any) -
     assert not isinstance(stored[0], Exception), stored
     run = rayflow.runs.wait(handle.id).result(timeout_s=30)
     assert run.status == "COMPLETED" and run.output == {"n": 1}, run
+
+
+def test_a_restarted_controller_locates_a_live_run_from_its_first_answer(rf: Any) -> None:
+    """Found by the soak: right after a Controller restart, `locate` answered
+    "no actor" for a run still executing on one (recovery had not
+    re-attached it yet), so the Inbox skipped the poke of an acknowledged
+    message. `locate` now waits for the re-attachment."""
+    handle = wait_once.trigger({}).result()
+    assert list(lost_poke_ready.read(handle.id, timeout_s=30))[:1] == ["waiting"]
+    controller = connection.current().controller
+    os.kill(ray.get(controller.pid.remote()), signal.SIGKILL)
+    status, actor = ray.get(controller.locate.remote(handle.id), timeout=60)
+    assert status == "EXECUTING" and actor is not None
+    assert ray.get(actor.current_run_id.remote()) == handle.id
+    lost_poke.send(handle.id, {"n": 2}).result()
+    run = rayflow.runs.wait(handle.id).result(timeout_s=60)
+    assert run.status == "COMPLETED" and run.output == {"n": 2}, run

@@ -17,6 +17,7 @@ such a request never reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +75,10 @@ class Controller:
         self._slots = 0
         self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
         self._started = False
+        #: set once `_recover` has re-attached the RunActors still executing
+        #: runs: until then `live` is incomplete and `locate` must not answer
+        #: "no actor" for a run that has one (the Inbox would skip its poke)
+        self._attached = asyncio.Event()
         with warnings.catch_warnings():
             # Ray 2.60's own property reads its deprecated actor_id
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -346,6 +351,10 @@ class Controller:
 
     async def locate(self, run_id: str) -> tuple[str, Any]:
         """(status, the RunActor executing it or None)."""
+        if not self._attached.is_set():
+            # a restarted Controller: answer once the live runs are re-attached
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._attached.wait(), 60)
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
             raise RunNotFound(f"run {run_id} does not exist")
@@ -395,6 +404,35 @@ class Controller:
         """Re-attach to RunActors still executing runs, stop the idle ones a
         previous Controller pooled, and launch every active run left without
         an actor."""
+        try:
+            attached = await self._reattach()
+        finally:
+            self._attached.set()
+        active = await asyncio.to_thread(
+            self.store.list_runs, statuses=[RunStatus.QUEUED, RunStatus.EXECUTING], limit=100_000
+        )
+        for run in active:
+            if run.id in attached:
+                continue
+            log.info("resuming run %s from its journal", run.id)
+            if run.status == RunStatus.EXECUTING:
+                await asyncio.to_thread(
+                    self.store.set_active_status, run.id, RunStatus.QUEUED, actor_name=None
+                )
+            self._launch(run.id, json.loads(run.options).get("resources"))
+        # waitpoints resolved by an older version that did not queue the run
+        waiting = await asyncio.to_thread(
+            self.store.list_runs, statuses=[RunStatus.WAITING], limit=100_000
+        )
+        for run in waiting:
+            wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
+            if wp is None or wp.status != WaitpointStatus.PENDING:
+                await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
+                self._launch(run.id, json.loads(run.options).get("resources"), front=True)
+
+    async def _reattach(self) -> dict[str, tuple[str, Any]]:
+        """Supervise again the RunActors still executing a run; stop the idle
+        ones the previous Controller pooled. Returns run id -> (name, actor)."""
         attached: dict[str, tuple[str, Any]] = {}
         for entry in ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"]
@@ -417,27 +455,7 @@ class Controller:
             self._slots += 1
             self.pool.adopt(resources)
             self._spawn(self._supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
-        active = await asyncio.to_thread(
-            self.store.list_runs, statuses=[RunStatus.QUEUED, RunStatus.EXECUTING], limit=100_000
-        )
-        for run in active:
-            if run.id in attached:
-                continue
-            log.info("resuming run %s from its journal", run.id)
-            if run.status == RunStatus.EXECUTING:
-                await asyncio.to_thread(
-                    self.store.set_active_status, run.id, RunStatus.QUEUED, actor_name=None
-                )
-            self._launch(run.id, json.loads(run.options).get("resources"))
-        # waitpoints resolved by an older version that did not queue the run
-        waiting = await asyncio.to_thread(
-            self.store.list_runs, statuses=[RunStatus.WAITING], limit=100_000
-        )
-        for run in waiting:
-            wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
-            if wp is None or wp.status != WaitpointStatus.PENDING:
-                await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
-                self._launch(run.id, json.loads(run.options).get("resources"), front=True)
+        return attached
 
     async def cleanup_expired(self) -> int:
         cutoff = now_ms() - int(self.settings.retention_days * 86_400_000)
