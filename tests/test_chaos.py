@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 import ray
+from _http_fixtures import HttpApi, http_api  # noqa: F401  (fixture)
 
 import rayflow  # noqa: E402
 from rayflow import streams, task  # noqa: E402
@@ -54,3 +55,34 @@ def test_a_restarted_controller_locates_a_live_run_from_its_first_answer(rf: Any
     lost_poke.send(handle.id, {"n": 2}).result()
     run = rayflow.runs.wait(handle.id).result(timeout_s=60)
     assert run.status == "COMPLETED" and run.output == {"n": 2}, run
+
+
+@task(id="chaos-take-three")
+async def take_three(payload: dict) -> list:  # type: ignore[type-arg]
+    return [(await lost_poke.once(timeout_s=120)).unwrap() for _ in range(3)]
+
+
+async def test_a_send_retried_with_its_idempotency_key_is_stored_once(
+    rf: Any,
+    http_api: HttpApi,  # noqa: F811
+) -> None:
+    """A sender whose answer was lost (the Serve replica or the connection
+    died after the message was stored) can only retry: with the same
+    idempotency key the retry is recognised, over HTTP and in Python."""
+    handle = await take_three.trigger({})
+    await lost_poke.send(handle.id, {"n": 1}, idempotency_key="py-1")
+    await lost_poke.send(handle.id, {"n": 1}, idempotency_key="py-1")
+    async with http_api.client() as client:
+        for _ in range(2):
+            r = await client.post(
+                f"/realtime/v1/streams/{handle.id}/input/{lost_poke.id}",
+                json={"data": {"n": 2}},
+                headers=http_api.headers(handle.public_access_token, **{"Idempotency-Key": "h-1"}),
+            )
+            assert r.status_code == 200, r.text
+    store = connection.current().store
+    stored = [json.loads(m.data) for m in store.inbox_read(handle.id, lost_poke.id, 0, 100)]
+    assert stored == [{"n": 1}, {"n": 2}]
+    await lost_poke.send(handle.id, {"n": 3})
+    run = await rayflow.runs.wait(handle.id)
+    assert run.output == [{"n": 1}, {"n": 2}, {"n": 3}]
