@@ -19,15 +19,19 @@ import json
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 from _http_fixtures import HttpApi, http_api  # noqa: F401  (fixture)
 
 import rayflow  # noqa: E402
 from rayflow import streams, task  # noqa: E402
 from rayflow._runtime import connection  # noqa: E402
+from rayflow.store import open_store  # noqa: E402
+from rayflow.store.base import RunRecord  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _chaos_soak import Soak  # noqa: E402
@@ -141,3 +145,33 @@ async def test_a_send_retried_with_its_idempotency_key_is_stored_once(
     await lost_poke.send(handle.id, {"n": 3})
     run = await rayflow.runs.wait(handle.id)
     assert run.output == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+@pytest.mark.postgres
+def test_the_postgres_store_rides_out_cut_connections(
+    store_url_for: Any, postgres_server_url: str
+) -> None:
+    """Found by the soak (PostgreSQL restarts): every Store call on a pooled
+    connection the server had closed failed, and a run's Controller or
+    RunActor gave up on it (stuck EXECUTING, or FAILED). The server's
+    restart is played here by terminating the store's connections."""
+    import psycopg
+
+    name = "rf-chaos-" + uuid.uuid4().hex[:8]
+    store = open_store(store_url_for("postgres") + f"&application_name={name}")
+    try:
+        assert store.get_run("run_missing") is None  # the pool holds a connection now
+        with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (name,),
+            ).fetchall()
+        assert cut, "the store should have held a connection to cut"
+        assert store.get_run("run_missing") is None
+        created = store.create_runs(
+            [RunRecord(id="run_cut", task_id="t", payload="{}", options="{}", tags="[]")]
+        )
+        assert created[0][1] is True
+    finally:
+        store.close()
