@@ -86,10 +86,18 @@ def _server_went_away(e: psycopg.OperationalError) -> bool:
     return state is None or state.startswith(("08", "57P"))
 
 
+#: writes that may run twice: chunks are deduplicated by (writer id, writer
+#: seq), journal entries by their key, messages by their id. Only these are
+#: retried after a COMMIT whose outcome is unknown; a state change (claim,
+#: finish, suspend) is not, and its caller sees CommitUnknown.
+IDEMPOTENT = frozenset({"append_chunks", "append_chunks_many", "journal_append", "inbox_send_many"})
+
+
 def _retried(method: Any) -> Any:
     """`method` tried again while the server is away, for up to RECONNECT_S.
-    Safe: a transaction that failed before its COMMIT was rolled back (an
-    interrupted COMMIT raises CommitUnknown, which is not retried)."""
+    Safe: a transaction that failed before its COMMIT was rolled back; after
+    an interrupted COMMIT (CommitUnknown) only IDEMPOTENT writes are."""
+    idempotent = method.__name__ in IDEMPOTENT
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -98,8 +106,12 @@ def _retried(method: Any) -> Any:
         while True:
             try:
                 return method(self, *args, **kwargs)
-            except psycopg.OperationalError as e:
-                if not _server_went_away(e) or time.monotonic() + pause > deadline:
+            except (psycopg.OperationalError, CommitUnknown) as e:
+                unknown = isinstance(e, CommitUnknown)
+                if unknown and not idempotent:
+                    raise
+                away = unknown or _server_went_away(e)  # type: ignore[arg-type]
+                if not away or time.monotonic() + pause > deadline:
                     raise
                 log.warning("PostgreSQL store: %s failed (%s); retrying", method.__name__, e)
                 time.sleep(pause)
