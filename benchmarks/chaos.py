@@ -45,7 +45,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import httpx  # noqa: E402
-from _chaos_soak import KINDS, PhaseResult, Soak  # noqa: E402
+from _chaos_soak import Soak  # noqa: E402
+from _chaos_workload import KINDS, PhaseResult  # noqa: E402
 
 import rayflow  # noqa: E402
 
@@ -68,7 +69,11 @@ class PrivatePostgres:
 
     def __init__(self, root: Path) -> None:
         self.dir = root / "postgres"
-        self.env = {**os.environ, "RAYFLOW_PG_PORT": str(free_port())}
+        root.chmod(0o755)  # mkdtemp's 0700 would keep the `postgres` user out
+        # durable like a real server (scripts/postgres.sh turns fsync and
+        # synchronous_commit off for tests: an immediate stop would then drop
+        # the last commits, acknowledged ones included)
+        self.env = {**os.environ, "RAYFLOW_PG_PORT": str(free_port()), "RAYFLOW_PG_DURABLE": "1"}
         self.url = self._start()
 
     def _start(self) -> str:
@@ -129,7 +134,7 @@ def table(rows: list[PhaseResult], load: tuple[float, float, float]) -> str:
 
 async def soak(args: argparse.Namespace, url: str, secret: str, pg: PrivatePostgres | None) -> int:
     size = SIZES["quick" if args.quick else "full"]
-    kinds = [k for k in KINDS if k != "postgres" or pg is not None]
+    kinds = [k for k in KINDS if (k != "postgres" or pg is not None) and k in args.kinds]
     verbose = args.verbose
     obj = Soak(
         url,
@@ -147,7 +152,9 @@ async def soak(args: argparse.Namespace, url: str, secret: str, pg: PrivatePostg
         "timeout_s": args.phase_timeout,
     }
     rows: list[PhaseResult] = []
-    phases = [(k, [k], size["faults"]) for k in kinds] + [("mixed", kinds, size["mixed_faults"])]
+    phases = [(k, [k], size["faults"]) for k in kinds]
+    if len(kinds) > 1:
+        phases.append(("mixed", kinds, size["mixed_faults"]))
     print(f"load before: {os.getloadavg()}", flush=True)
     for name, phase_kinds, faults in phases:
         print(f"phase {name}: {common['runs']} runs, up to {faults} faults …", flush=True)
@@ -167,6 +174,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs and faults")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--phase-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--kinds",
+        type=lambda v: v.split(","),
+        default=list(KINDS),
+        help=f"comma-separated fault kinds, of {','.join(KINDS)} (default: all)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every fault and retry")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rayflow-chaos-"))
