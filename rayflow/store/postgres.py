@@ -72,7 +72,7 @@ def redact(url: str) -> str:
 RECONNECT_S = 30.0
 
 
-class CommitUnknown(ConnectionError):
+class CommitUnknown(Unavailable):
     """The connection broke while COMMIT was in flight: the transaction may or
     may not have been applied, so it is not retried."""
 
