@@ -91,7 +91,7 @@ def test_a_message_stored_without_a_poke_still_reaches_a_waiting_once(rf: Any) -
     the run, and the run sat in `.once()` with the message in the Store for
     good. Here the message is stored the way the Inbox stores it, no poke."""
     handle = wait_once.trigger({}).result()
-    assert list(lost_poke_ready.read(handle.id, timeout_s=30))[:1] == ["waiting"]
+    assert next(iter(lost_poke_ready.read(handle.id, timeout_s=30))) == "waiting"
     store = connection.current().store
     stored = store.inbox_send_many([(handle.id, lost_poke.id, json.dumps({"n": 1}), "m-1")])
     assert not isinstance(stored[0], Exception), stored
@@ -105,7 +105,7 @@ def test_a_restarted_controller_locates_a_live_run_from_its_first_answer(rf: Any
     re-attached it yet), so the Inbox skipped the poke of an acknowledged
     message. `locate` now waits for the re-attachment."""
     handle = wait_once.trigger({}).result()
-    assert list(lost_poke_ready.read(handle.id, timeout_s=30))[:1] == ["waiting"]
+    assert next(iter(lost_poke_ready.read(handle.id, timeout_s=30))) == "waiting"
     controller = connection.current().controller
     os.kill(ray.get(controller.pid.remote()), signal.SIGKILL)
     status, actor = ray.get(controller.locate.remote(handle.id), timeout=60)
