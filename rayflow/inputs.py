@@ -88,13 +88,17 @@ class InputStream(Generic[T]):
                 ),
             )
 
-    def send(self, run_id: str, data: T | Any) -> Response[None]:
+    def send(
+        self, run_id: str, data: T | Any, *, idempotency_key: str | None = None
+    ) -> Response[None]:
         """Send `data` to the run; resolves once it is durable.
 
         Raises `ValidationError` (wrong type), `PayloadTooLarge` (over 1 MiB),
         `RunNotFound`, `RunFinished` (COMPLETED, FAILED, CANCELED, CRASHED,
         TIMED_OUT) — and stores nothing then. Sending from inside a task is
-        journaled, so a replay does not send twice.
+        journaled, so a replay does not send twice. `idempotency_key`: a send
+        retried with the same key (after a timeout or a lost connection, when
+        the first one may have been stored) is stored once per run and stream.
         """
         encoded = self._encode(data)
 
@@ -108,7 +112,7 @@ class InputStream(Generic[T]):
                     run_id=run_id,
                     stream=self.id,
                 )
-            await sends.send(self.id, run_id, encoded)
+            await sends.send(self.id, run_id, encoded, idempotency_key=idempotency_key)
 
         return Response(go)
 

@@ -226,9 +226,12 @@ def input(id: str, type: type[T] | Any = Any) -> InputStream[T]:
     return InputStream(id, type)
 
 
-def send(run_id: str, stream_id: str, data: Any) -> Response[None]:
-    """Send JSON `data` to input stream `stream_id` of a run (untyped)."""
-    return InputStream(stream_id, Any).send(run_id, data)
+def send(
+    run_id: str, stream_id: str, data: Any, *, idempotency_key: str | None = None
+) -> Response[None]:
+    """Send JSON `data` to input stream `stream_id` of a run (untyped; see
+    InputStream.send)."""
+    return InputStream(stream_id, Any).send(run_id, data, idempotency_key=idempotency_key)
 
 
 def list_streams(run_id: str) -> Response[list[dict[str, Any]]]:

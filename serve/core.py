@@ -126,9 +126,12 @@ async def writer_position(run_id: str, key: str, writer: str) -> int:
     return await serving.writer_position(run_id, key, writer)
 
 
-async def send_input(run_id: str, stream_id: str, data: Any) -> None:
+async def send_input(
+    run_id: str, stream_id: str, data: Any, idempotency_key: str | None = None
+) -> None:
     """Send `data` to the run's input stream `stream_id` (durable before it
-    returns), within the run's input quotas (TooManyRequests, PayloadTooLarge)."""
+    returns), within the run's input quotas (TooManyRequests, PayloadTooLarge);
+    a send repeated with the same `idempotency_key` is stored once."""
     import rayflow
 
     conn = _conn()
@@ -146,7 +149,7 @@ async def send_input(run_id: str, stream_id: str, data: Any) -> None:
             f" {conn.settings.max_input_log_bytes_per_run} (RAYFLOW_MAX_INPUT_LOG_BYTES_PER_RUN)"
         )
 
-    await rayflow.streams.send(run_id, stream_id, data)
+    await rayflow.streams.send(run_id, stream_id, data, idempotency_key=idempotency_key)
 
 
 async def stream_length(run_id: str, key: str) -> int:

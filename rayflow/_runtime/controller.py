@@ -17,8 +17,10 @@ such a request never reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 import warnings
@@ -73,6 +75,10 @@ class Controller:
         self._slots = 0
         self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
         self._started = False
+        #: set once `_recover` has re-attached the RunActors still executing
+        #: runs: until then `live` is incomplete and `locate` must not answer
+        #: "no actor" for a run that has one (the Inbox would skip its poke)
+        self._attached = asyncio.Event()
         with warnings.catch_warnings():
             # Ray 2.60's own property reads its deprecated actor_id
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -345,6 +351,10 @@ class Controller:
 
     async def locate(self, run_id: str) -> tuple[str, Any]:
         """(status, the RunActor executing it or None)."""
+        if not self._attached.is_set():
+            # a restarted Controller: answer once the live runs are re-attached
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._attached.wait(), 60)
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
             raise RunNotFound(f"run {run_id} does not exist")
@@ -394,28 +404,10 @@ class Controller:
         """Re-attach to RunActors still executing runs, stop the idle ones a
         previous Controller pooled, and launch every active run left without
         an actor."""
-        attached: dict[str, tuple[str, Any]] = {}
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            name = entry["name"]
-            if entry["namespace"] != self.settings.namespace or not name.startswith("rayflow-run-"):
-                continue
-            try:
-                actor = ray.get_actor(name, namespace=self.settings.namespace)
-                run_id: str | None = await asyncio.wait_for(actor.current_run_id.remote(), 10)
-            except (ValueError, asyncio.TimeoutError, ray.exceptions.RayActorError):
-                continue
-            if run_id is None:
-                ray.kill(actor, no_restart=True)
-            else:
-                attached[run_id] = (name, actor)
-        for run_id, (name, actor) in attached.items():
-            log.info("re-attaching to run %s on %s", run_id, name)
-            run = await asyncio.to_thread(self.store.get_run, run_id)
-            resources = json.loads(run.options).get("resources") if run else None
-            self.live[run_id] = (name, actor)
-            self._slots += 1
-            self.pool.adopt(resources)
-            self._spawn(self._supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
+        try:
+            attached = await self._reattach()
+        finally:
+            self._attached.set()
         active = await asyncio.to_thread(
             self.store.list_runs, statuses=[RunStatus.QUEUED, RunStatus.EXECUTING], limit=100_000
         )
@@ -438,6 +430,33 @@ class Controller:
                 await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
                 self._launch(run.id, json.loads(run.options).get("resources"), front=True)
 
+    async def _reattach(self) -> dict[str, tuple[str, Any]]:
+        """Supervise again the RunActors still executing a run; stop the idle
+        ones the previous Controller pooled. Returns run id -> (name, actor)."""
+        attached: dict[str, tuple[str, Any]] = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] != self.settings.namespace or not name.startswith("rayflow-run-"):
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=self.settings.namespace)
+                run_id: str | None = await asyncio.wait_for(actor.current_run_id.remote(), 10)
+            except (ValueError, asyncio.TimeoutError, ray.exceptions.RayActorError):
+                continue
+            if run_id is None:
+                ray.kill(actor, no_restart=True)
+            else:
+                attached[run_id] = (name, actor)
+        for run_id, (name, actor) in attached.items():
+            log.info("re-attaching to run %s on %s", run_id, name)
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            resources = json.loads(run.options).get("resources") if run else None
+            self.live[run_id] = (name, actor)
+            self._slots += 1
+            self.pool.adopt(resources)
+            self._spawn(self._supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
+        return attached
+
     async def cleanup_expired(self) -> int:
         cutoff = now_ms() - int(self.settings.retention_days * 86_400_000)
         return await asyncio.to_thread(self.store.delete_expired, cutoff)
@@ -451,6 +470,10 @@ class Controller:
             except Exception:
                 log.exception("retention clean-up failed")
             await asyncio.sleep(3600)
+
+    async def pid(self) -> int:
+        """This actor's process id (the chaos soak kills it by pid)."""
+        return os.getpid()
 
     async def live_runs(self) -> list[str]:
         return sorted(self.live)

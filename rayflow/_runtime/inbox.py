@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import zlib
 from collections import OrderedDict
 from typing import Any
@@ -118,6 +119,10 @@ class InboxActor:
 
     def ready(self) -> bool:
         return True
+
+    def pid(self) -> int:
+        """This actor's process id (the chaos soak kills it by pid)."""
+        return os.getpid()
 
 
 _handles: dict[tuple[str, str, int], Any] = {}

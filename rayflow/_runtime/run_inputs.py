@@ -30,6 +30,12 @@ log = logging.getLogger("rayflow")
 
 Handler = Callable[[Any], Any]
 
+#: a pending `.once()` also reads the Store this often. A poke can be lost —
+#: the Inbox died between storing a message (acknowledged) and poking, or it
+#: asked a restarted Controller that had not yet re-attached this run — and a
+#: run waiting in `.once()` would otherwise never look at the Store again.
+REPULL_S = 2.0
+
 
 @dataclass
 class _Stream:
@@ -63,6 +69,8 @@ class RunInputs:
         #: (`prepare`), so a replay hands them over without touching the Store
         self._known: dict[tuple[str, int], InboxMessage] = {}
         self._discovering: asyncio.Task[None] | None = None
+        #: per stream with a pending waiter: the task that re-pulls (REPULL_S)
+        self._watching: dict[str, asyncio.Task[None]] = {}
 
     async def prepare(self, journal: Journal) -> None:
         """Read, in a thread, every message the journal says was taken: the
@@ -229,7 +237,7 @@ class RunInputs:
 
     async def close(self) -> None:
         """The run leaves its actor: stop pulling, flush the journal writes."""
-        tasks = list(self._pulling.values())
+        tasks = [*self._pulling.values(), *self._watching.values()]
         if self._discovering is not None:
             tasks.append(self._discovering)
         for task in tasks:
@@ -284,7 +292,23 @@ class RunInputs:
     def waiter(self, stream_id: str) -> asyncio.Future[InboxMessage]:
         future: asyncio.Future[InboxMessage] = asyncio.get_running_loop().create_future()
         self.stream(stream_id).waiters.append(future)
+        if stream_id not in self._watching:
+            self._watching[stream_id] = asyncio.get_running_loop().create_task(
+                self._watch(stream_id)
+            )
         return future
+
+    async def _watch(self, stream_id: str) -> None:
+        """While a waiter is pending, pull now and then: a lost poke delays
+        a message by at most REPULL_S, never forever."""
+        try:
+            s = self.streams[stream_id]
+            while any(not w.done() for w in s.waiters):
+                await asyncio.sleep(REPULL_S)
+                if self.live and any(not w.done() for w in s.waiters):
+                    self.pull(stream_id)
+        finally:
+            self._watching.pop(stream_id, None)
 
     def mark_consumed(self, stream_id: str, seq: int) -> None:
         s = self.stream(stream_id)

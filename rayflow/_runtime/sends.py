@@ -21,10 +21,14 @@ from rayflow.errors import Unavailable
 _SEND_TRIES = 5
 
 
-async def send(stream_id: str, run_id: str, data: str) -> None:
+async def send(
+    stream_id: str, run_id: str, data: str, *, idempotency_key: str | None = None
+) -> None:
     """Store `data` (validated JSON text) as the next message of the run's
     input stream; returns once it is durable. Raises what the Inbox raises
-    (`RunNotFound`, `RunFinished`, `PayloadTooLarge`) or `Unavailable`."""
+    (`RunNotFound`, `RunFinished`, `PayloadTooLarge`) or `Unavailable`.
+    `idempotency_key` names the message: the Inbox stores an id once per run
+    and stream, so a send retried with the same key is stored once."""
     ctx = current_run()
     name = f"{run_id}/{stream_id}"
     if ctx is not None:
@@ -33,6 +37,8 @@ async def send(stream_id: str, run_id: str, data: str) -> None:
         message_id = f"{ctx.run_id}:{ctx.attempt}:{ctx.journal.cursor}"
     else:
         message_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        message_id = "key:" + idempotency_key
     await _send(stream_id, run_id, data, message_id)
     if ctx is not None:
         await ctx.journal.record("send", name, None)

@@ -13,12 +13,20 @@ create the same stream at once both end up waiting on the one row), and
 rows the lock holder committed, so sequence numbers have no gaps and no
 duplicates. `migrate` takes a transaction-scoped advisory lock so that any
 number of processes may start at once.
+
+Every Store call is retried for up to RECONNECT_S when the server went away
+(restart, failover, a cut connection: SQLSTATE 08/57P or a client-side
+connection error): the failed transaction was rolled back, so running it
+again is safe. A connection lost during COMMIT raises CommitUnknown instead
+(it may have been applied).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import logging
 import re
 import time
 import weakref
@@ -31,6 +39,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from rayflow.errors import Unavailable
 from rayflow.store._sql import SqlStore
+
+log = logging.getLogger("rayflow")
 
 #: key of the advisory lock that serialises schema migrations (any constant
 #: shared by every rayflow process; "rayflow" in ASCII)
@@ -55,6 +65,59 @@ def _to_pyformat(sql: str) -> str:
 def redact(url: str) -> str:
     """`url` with its password replaced by `***`, for messages and logs."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+#: a Store call that failed because the server went away (restart, failover,
+#: a cut connection) is tried again on a fresh connection for this long
+RECONNECT_S = 30.0
+
+
+class CommitUnknown(Unavailable):
+    """The connection broke while COMMIT was in flight: the transaction may or
+    may not have been applied, so it is not retried."""
+
+
+def _server_went_away(e: psycopg.OperationalError) -> bool:
+    """A broken or refused connection, or a server shutting down or starting
+    up (SQLSTATE classes 08 and 57P): the transaction did not happen."""
+    if isinstance(e, PoolTimeout):
+        return False  # the pool already waited its connect timeout
+    state = e.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
+#: writes that may run twice: chunks are deduplicated by (writer id, writer
+#: seq), journal entries by their key, messages by their id. Only these are
+#: retried after a COMMIT whose outcome is unknown; a state change (claim,
+#: finish, suspend) is not, and its caller sees CommitUnknown.
+IDEMPOTENT = frozenset({"append_chunks", "append_chunks_many", "journal_append", "inbox_send_many"})
+
+
+def _retried(method: Any) -> Any:
+    """`method` tried again while the server is away, for up to RECONNECT_S.
+    Safe: a transaction that failed before its COMMIT was rolled back; after
+    an interrupted COMMIT (CommitUnknown) only IDEMPOTENT writes are."""
+    idempotent = method.__name__ in IDEMPOTENT
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + RECONNECT_S
+        pause = 0.05
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (psycopg.OperationalError, CommitUnknown) as e:
+                unknown = isinstance(e, CommitUnknown)
+                if unknown and not idempotent:
+                    raise
+                away = unknown or _server_went_away(e)  # type: ignore[arg-type]
+                if not away or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("PostgreSQL store: %s failed (%s); retrying", method.__name__, e)
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
+
+    return call
 
 
 class PostgresStore(SqlStore):
@@ -128,9 +191,17 @@ class PostgresStore(SqlStore):
     @contextlib.contextmanager
     def _transaction(self, write: bool = True) -> Iterator[psycopg.Cursor[Any]]:
         with self._pool.connection() as conn:
+            committing = False
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
+                    committing = True
+            except psycopg.OperationalError as e:
+                if committing and write:
+                    raise CommitUnknown(
+                        f"the connection to PostgreSQL broke while a COMMIT was in flight: {e}"
+                    ) from e
+                raise
             finally:
                 self._last_used[conn] = time.monotonic()
 
@@ -147,3 +218,9 @@ class PostgresStore(SqlStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r})"
+
+
+# every Store call survives a server restart or a cut connection (retried)
+for _name, _method in inspect.getmembers(SqlStore, inspect.isfunction):
+    if not _name.startswith("_") and _name != "close":
+        setattr(PostgresStore, _name, _retried(_method))

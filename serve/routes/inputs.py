@@ -47,10 +47,13 @@ async def send_input(
     stream_id: str,
     body: SendInputBody,
     who: Caller,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> SendInputResponse:
     """Send `data` to the run's input stream `stream_id`. Durable when this
     answers; the task receives it through `.on()`, `.once()`, `.wait()` or
-    `.peek()`. Secret key, or a token with `write:inputStreams:<runId>`."""
+    `.peek()`. Secret key, or a token with `write:inputStreams:<runId>`.
+    `Idempotency-Key`: a send retried with the same key (and caller) is
+    stored once."""
     who.require("write", "inputStreams", run_id)
     if "data" not in body.model_fields_set:
         raise BadRequest('the body must be {"data": <message>}; "data" is missing')
@@ -58,7 +61,7 @@ async def send_input(
         run = await core.get_run(run_id)
         if not run.finished:
             await validate_send(run.task_id, stream_id, body.data)
-        await core.send_input(run_id, stream_id, body.data)
+        await core.send_input(run_id, stream_id, body.data, who.idempotency_key(idempotency_key))
     except RunNotFound as e:
         raise RouteError(404, "Run not found", e) from e
     except RunFinished as e:
