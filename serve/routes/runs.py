@@ -30,7 +30,8 @@ class TriggerOptions(BaseModel):
     idempotencyKey: str | None = Field(default=None, max_length=2048)
     tags: str | list[str] | None = None
     ttl: str | int | None = None
-    maxDuration: int | None = None
+    #: seconds; a negative duration is a 422 here, not a 500 in the runtime
+    maxDuration: int | None = Field(default=None, ge=0)
     maxAttempts: int | None = None
     parentRunId: str | None = None
     payloadType: PayloadType | None = None
