@@ -25,10 +25,20 @@ router = APIRouter(tags=["streams"])
 DEFAULT_TIMEOUT_S = 60
 MAX_TIMEOUT_S = 600
 
+#: one server-sent event, as a reader parses it (`data` is text: JSON or `[DONE]`)
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`event: batch` records, `event: ping`, then `data: [DONE]`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
 }
 
