@@ -192,6 +192,18 @@ def check_response(world: World, case: Any, status: int, headers: Any, body: byt
         world.figures.failures.append(f"{what}: a traceback reached the client: {data}")
 
 
+#: parameters the server parses numbers or durations out of
+NUMERIC_STRINGS = {
+    "last-event-id",
+    "x-resume-from-chunk",
+    "timeout-seconds",
+    "page[after]",
+    "createdat",
+    "offset",
+}
+EDGE_VALUES = ["9" * 30, "9" * 30 + ":run_x", "9" * 30 + "d", "-1", "0", "NaN", "1e999"]
+
+
 def prepare(world: World, case: Any, data: st.DataObject, auth: str | None) -> dict[str, str]:
     """Point some cases at real runs/tasks/streams (random ids only reach
     404s) and pick the caller's credential."""
@@ -214,6 +226,12 @@ def prepare(world: World, case: Any, data: st.DataObject, auth: str | None) -> d
         params["target"] = data.draw(
             st.sampled_from(["self", "parent", "root", *runs, params["target"]]), "target"
         )
+    # the document types these as free strings; the server reads numbers and
+    # durations out of them, so try the values that break number parsing
+    for where in (case.headers, case.query):
+        for name in list(where or {}):
+            if name.lower() in NUMERIC_STRINGS:
+                where[name] = data.draw(st.sampled_from([where[name], *EDGE_VALUES]), name)
     headers: dict[str, str] = {}
     token = world.credentials()[auth] if auth else None
     if token is not None:
