@@ -36,6 +36,9 @@ class ErrorBody(BaseModel):
     status: int
     #: rayflow's own message where the wire fixes `error`'s text
     detail: str | None = None
+    #: the run and the stream (output key or input stream id) the error names
+    runId: str | None = None
+    stream: str | None = None
 
 
 #: documented on every operation of the OpenAPI document
