@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from rayflow._config import Settings
+from serve import openapi
 from serve.deps import MAX_APPEND_BYTES, ServeState
-from serve.errors import install_error_handlers
+from serve.errors import ERROR_RESPONSES, install_error_handlers
 from serve.middleware import default_body_limits, install_middleware
 from serve.routes import (
     batches,
@@ -33,6 +34,7 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
             "Trigger tasks, read their output streams as SSE, send to their input "
             "streams. The realtime endpoints follow Trigger.dev's wire format."
         ),
+        responses=ERROR_RESPONSES,
     )
     app.state.rayflow = ServeState(settings=settings, secret_key=secret_key)
     install_error_handlers(app)
@@ -40,6 +42,7 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     for module in (runs, batches, realtime_runs, inputs, streams, tokens, types, dashboard):
         app.include_router(module.router)
     dashboard.mount_dashboard(app, settings.dashboard_api_origins)
+    openapi.install(app)
 
     @app.get("/healthz", tags=["rayflow"])
     async def healthz() -> dict[str, bool]:

@@ -16,6 +16,8 @@ from rayflow._runtime import serving
 from rayflow._runtime.serving import Connection, current
 from rayflow.errors import PayloadTooLarge, RunNotFound, StreamClosed, TooManyRequests
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
+from serve.deps import MAX_INDEX
+from serve.errors import BadRequest
 from serve.fanout import HubSource
 from serve.sources import StoreSource, input_reader
 from serve.sse import RecordSource
@@ -59,6 +61,8 @@ async def list_runs(
     store = _conn().store
     ms, _, before_id = (after or "").partition(":")
     before = int(ms) if ms.isdigit() else None
+    if before is not None and before >= MAX_INDEX:
+        raise BadRequest("page[after] is not a cursor this API returned")
     task_id = task_ids[0] if task_ids and len(task_ids) == 1 else None
     runs = await asyncio.to_thread(
         store.list_runs,

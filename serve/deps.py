@@ -14,6 +14,10 @@ from serve.auth import Principal, authenticate, missing_bearer
 
 #: the largest chunk `…/append` or one NDJSON line of the v1 writer may carry
 MAX_APPEND_BYTES = 512 * 1024
+#: the largest record index, chunk number or cursor a request may name: past
+#: it a number cannot be stored (SQLite and PostgreSQL integers are 64-bit)
+#: nor read exactly by a JavaScript client (2**53)
+MAX_INDEX = 2**53
 
 
 @dataclass

@@ -17,11 +17,35 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from rayflow.errors import RayflowError
 
 log = logging.getLogger("rayflow.serve")
+
+
+class ErrorBody(BaseModel):
+    """Every error response's body (docs/wire.md, "Errors and permissions")."""
+
+    ok: bool = False
+    #: what Trigger.dev's clients show
+    error: str
+    #: the `rayflow.errors` class (or BadRequest, NotFound, InternalError, …)
+    code: str
+    status: int
+    #: rayflow's own message where the wire fixes `error`'s text
+    detail: str | None = None
+    #: the run and the stream (output key or input stream id) the error names
+    runId: str | None = None
+    stream: str | None = None
+
+
+#: documented on every operation of the OpenAPI document
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "the request was refused; nothing was done"},
+    "5XX": {"model": ErrorBody, "description": "internal error (the traceback is in the log)"},
+}
 
 
 class BadRequest(RayflowError):

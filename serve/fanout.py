@@ -9,6 +9,12 @@ behind the window (it asked for old history, or was too slow) reads the
 Store by index until it catches up — every acknowledged chunk is there
 (acknowledged = durable = visible) — so each client gets every chunk once,
 in order, whatever its position.
+
+A client naming a stream that does not exist (yet) gets no hub: it waits on
+the replica's run change feed (serve/run_feed.py; the Store reports a new
+stream of a run, a closed one and every status change) until the stream
+exists or the run has finished. Any number of made-up keys cost no reader,
+no RunActor buffer and no Store poll.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import contextlib
 import logging
 
 from rayflow._runtime.serving import ChunkReader, current, hops
+from rayflow.errors import RunNotFound
+from serve import run_feed
 from serve.sse import Batch, Record
 
 log = logging.getLogger("rayflow.serve")
@@ -119,12 +127,42 @@ class HubSource:
         )
         return [Record(c.seq, c.data, c.created_at, c.record_id) for c in chunks]
 
+    async def _stream_exists(self, deadline: float) -> bool | None:
+        """True once the stream exists, False when the run finished without
+        it, None at the deadline. Waits on the change feed, not the Store."""
+        store = current().store
+        feed = run_feed.feed()
+        loop = asyncio.get_running_loop()
+
+        def look() -> tuple[bool, bool]:
+            run = store.get_run(self.run_id)
+            if run is None:
+                raise RunNotFound(f"run {self.run_id} does not exist")
+            return store.stream_info(self.run_id, self.key) is not None, run.finished
+
+        while True:
+            since = await feed.changes()  # before the look: no change is missed
+            exists, finished = await asyncio.to_thread(look)
+            if exists:
+                return True
+            if finished:
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await feed.wait_for(since, {self.run_id}, left)
+
     async def next_batch(self, timeout_s: float) -> Batch:
-        if self._hub is None:
-            self._hub = _hub_for(self.run_id, self.key, self.position)
-        hub = self._hub
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._hub is None:
+            exists = await self._stream_exists(deadline)
+            if exists is None:
+                return Batch([])
+            if not exists:
+                return Batch([], closed=True)
+            self._hub = _hub_for(self.run_id, self.key, self.position)
+        hub = self._hub
         while True:
             if self.position < hub.window_start:
                 records = await self._from_store(hub.window_start)

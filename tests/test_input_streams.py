@@ -207,6 +207,26 @@ def test_a_waits_deadline_survives_a_controller_restart(tmp_path: Path) -> None:
     assert run.output["timed_out"] is True
 
 
+def test_a_restarted_controller_resumes_a_waiting_run_whose_waitpoint_was_resolved(
+    tmp_path: Path,
+) -> None:
+    """Recovery (read from the Store a page at a time) launches a WAITING run
+    whose waitpoint an older version resolved without queueing the run."""
+    handle = publish_post.trigger({"marks": str(tmp_path / "m"), "timeout": "10m"}).result()
+    eventually(
+        lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+        what="the run to suspend",
+    )
+    store = connection.current().store
+    with store._tx() as c:  # type: ignore[attr-defined]  # what an older version left
+        c.execute("UPDATE waitpoints SET status = 'TIMED_OUT' WHERE run_id = ?", (handle.id,))
+    controller = connection.current().controller
+    ray.kill(controller, no_restart=False)
+    eventually(lambda: _answers(controller), timeout_s=60, what="the Controller to return")
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.output["timed_out"] is True
+
+
 def _answers(controller: Any) -> bool:
     try:
         return bool(ray.get(controller.start.remote(), timeout=5))

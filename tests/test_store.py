@@ -227,6 +227,35 @@ def test_list_runs_filters_and_orders_newest_first(store: Store) -> None:
     assert ids(task_id="task-a", statuses=["QUEUED", "COMPLETED"]) == ["r1"]
 
 
+def test_recoverable_runs_come_in_pages_by_id(store: Store) -> None:
+    """What a starting Controller launches, read a page at a time (issue 11
+    item 8): active runs and waiting runs whose waitpoint is no longer
+    pending, never finished runs or runs still waiting for a message."""
+    queued = [_run(f"q{i:04d}") for i in range(1100)]
+    store.create_runs(queued)
+    store.create_run(_run("e1", status="EXECUTING"))
+    store.create_run(_run("done", status="COMPLETED"))
+    store.create_run(_run("w-pending", status="WAITING"))
+    store.put_waitpoint(Waitpoint("w-pending", "approval", None, None, "PENDING", None))
+    store.create_run(_run("w-resolved", status="WAITING"))
+    store.put_waitpoint(Waitpoint("w-resolved", "approval", None, None, "RESOLVED", 0))
+    store.create_run(_run("w-none", status="WAITING"))
+
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = [r.id for r in store.recoverable_runs(after, 500)]
+        pages.append(page)
+        if len(page) < 500:
+            break
+        after = page[-1]
+    assert [len(p) for p in pages] == [500, 500, 103]
+    found = [run_id for page in pages for run_id in page]
+    assert found == sorted(found)  # by id: the cursor never skips or repeats
+    expected = {r.id for r in queued} | {"e1", "w-resolved", "w-none"}
+    assert set(found) == expected and len(found) == len(expected)
+
+
 # -- output streams ------------------------------------------------------------
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger("rayflow")
 
 #: how often a run may lose its actor (node death, OOM kill) and be resumed
 MAX_CRASH_RESUMES = 3
+#: runs read from the Store per page when a Controller recovers
+RECOVERY_PAGE = 500
 #: a QUEUED run nobody launched for this long is launched by the sweep
 STRAY_QUEUED_MS = 2000
 
@@ -408,27 +410,29 @@ class Controller:
             attached = await self._reattach()
         finally:
             self._attached.set()
-        active = await asyncio.to_thread(
-            self.store.list_runs, statuses=[RunStatus.QUEUED, RunStatus.EXECUTING], limit=100_000
-        )
-        for run in active:
-            if run.id in attached:
-                continue
-            log.info("resuming run %s from its journal", run.id)
-            if run.status == RunStatus.EXECUTING:
-                await asyncio.to_thread(
-                    self.store.set_active_status, run.id, RunStatus.QUEUED, actor_name=None
-                )
-            self._launch(run.id, json.loads(run.options).get("resources"))
-        # waitpoints resolved by an older version that did not queue the run
-        waiting = await asyncio.to_thread(
-            self.store.list_runs, statuses=[RunStatus.WAITING], limit=100_000
-        )
-        for run in waiting:
-            wp = await asyncio.to_thread(self.store.get_waitpoint, run.id)
-            if wp is None or wp.status != WaitpointStatus.PENDING:
-                await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
-                self._launch(run.id, json.loads(run.options).get("resources"), front=True)
+        # a page at a time: a Store with 100,000 active runs is not read into
+        # one list, and a waiting run costs no Store call of its own
+        after: str | None = None
+        while True:
+            page = await asyncio.to_thread(self.store.recoverable_runs, after, RECOVERY_PAGE)
+            for run in page:
+                if run.id in attached:
+                    continue
+                resources = json.loads(run.options).get("resources")
+                if run.status == RunStatus.WAITING:
+                    # its waitpoint was resolved by an older version that did not queue it
+                    await asyncio.to_thread(self.store.set_active_status, run.id, RunStatus.QUEUED)
+                    self._launch(run.id, resources, front=True)
+                    continue
+                log.info("resuming run %s from its journal", run.id)
+                if run.status == RunStatus.EXECUTING:
+                    await asyncio.to_thread(
+                        self.store.set_active_status, run.id, RunStatus.QUEUED, actor_name=None
+                    )
+                self._launch(run.id, resources)
+            if len(page) < RECOVERY_PAGE:
+                break
+            after = page[-1].id
 
     async def _reattach(self) -> dict[str, tuple[str, Any]]:
         """Supervise again the RunActors still executing a run; stop the idle

@@ -361,7 +361,17 @@ class RunActor:
         execution = self._executing(run_id)
         if execution is None:
             return ReadReply(rows=[], from_store=True)
-        return await execution.buffers.get(key).read(start, limit, wait_s)
+        buf = await execution.buffers.find(key)
+        if buf is None:
+            # nobody wrote this key (yet): no buffer for it, just wait until
+            # some stream of the run is created (or the run ends or leaves)
+            await execution.buffers.wait_created(wait_s)
+            if self._executing(run_id) is not execution:
+                return ReadReply(rows=[], from_store=True)
+            buf = execution.buffers.streams.get(key)
+            if buf is None:
+                return ReadReply(rows=[], closed=execution.buffers.closed)
+        return await buf.read(start, limit, wait_s)
 
     async def append(self, run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
         execution = self._executing(run_id)

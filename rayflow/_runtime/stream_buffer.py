@@ -298,6 +298,30 @@ class StreamBuffers:
         self.streams: dict[str, StreamBuffer] = {}
         self.committer = RunCommitter(store, settings.max_stream_bytes)
         self.closed = False
+        #: set (and replaced) whenever a stream gets its buffer, the run ends
+        #: or leaves: what a reader of a key nobody has written waits on
+        self._created = asyncio.Event()
+
+    def _wake_unknown(self) -> None:
+        self._created.set()
+        self._created = asyncio.Event()
+
+    async def find(self, key: str) -> StreamBuffer | None:
+        """The buffer of stream `key` when the stream exists (this run wrote
+        it, or it is in the Store); None for a key nobody wrote, so that a
+        reader naming any key it likes allocates nothing here."""
+        buf = self.streams.get(key)
+        if buf is None:
+            info = await asyncio.to_thread(self.store.stream_info, self.run_id, key)
+            if info is not None:
+                buf = self.get(key)
+        return buf
+
+    async def wait_created(self, wait_s: float) -> None:
+        """Until a stream gets its buffer, the run ends or leaves, or `wait_s`."""
+        created = self._created
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(created.wait(), wait_s)
 
     def get(self, key: str) -> StreamBuffer:
         """The buffer of stream `key`, created on first use; its length and
@@ -317,6 +341,7 @@ class StreamBuffers:
             buf.closed = self.closed
             buf.load(functools.partial(self.store.stream_info, self.run_id, key))
             self.streams[key] = buf
+            self._wake_unknown()
         return buf
 
     async def drain(self) -> None:
@@ -328,11 +353,13 @@ class StreamBuffers:
         asks again and is sent to the Store (or the run's next actor)."""
         for buf in self.streams.values():
             buf._notify()
+        self._wake_unknown()
 
     def close_all(self) -> None:
         self.closed = True
         for buf in self.streams.values():
             buf.close()
+        self._wake_unknown()
 
 
 def segment_rows(blob: bytes) -> list[Row]:

@@ -211,6 +211,15 @@ class RunsSql(SqlBase):
             runs = [r for r in runs if wanted <= set(json.loads(r.tags))]
         return runs
 
+    def recoverable_runs(self, after_id: str | None, limit: int) -> list[RunRecord]:
+        sql = _RUN_SELECT + (
+            " WHERE (status IN ('QUEUED', 'EXECUTING') OR (status = 'WAITING' AND NOT EXISTS"
+            " (SELECT 1 FROM waitpoints w WHERE w.run_id = runs.id AND w.status = 'PENDING')))"
+            " AND id > ? ORDER BY id LIMIT ?"
+        )
+        with self._read() as c:
+            return [_run(r) for r in c.execute(sql, [after_id or "", limit])]
+
     # -- journal ---------------------------------------------------------------
     def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
         if not entries:

@@ -154,6 +154,7 @@ class StreamsSql(SqlBase):
                 " DO UPDATE SET closed = 1, updated_at = excluded.updated_at",
                 (run_id, key, now, now),
             )
+        self._changed(run_id)  # a reader waiting for this key to exist hears it
 
     def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
         with self._read() as c:

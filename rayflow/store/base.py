@@ -205,6 +205,12 @@ class Store(Protocol):
         every one of them. `before_created_at` with `before_id`: the runs
         after that one in this order (a page's cursor)."""
 
+    def recoverable_runs(self, after_id: str | None, limit: int) -> list[RunRecord]:
+        """One page of the runs a starting Controller must launch: QUEUED and
+        EXECUTING runs, and WAITING runs whose waitpoint is no longer PENDING
+        (resolved by a version that did not queue the run). Ordered by id;
+        the next page starts after the last id of this one (`after_id`)."""
+
     # -- output streams ------------------------------------------------------
     def append_chunks(
         self, run_id: str, key: str, writes: list[ChunkWrite], max_bytes: int

@@ -17,14 +17,14 @@ import json
 import secrets
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from rayflow._runtime.serving import current
 from rayflow._tokens import token_claims
 from rayflow.errors import RayflowError
 from serve import core
 from serve.deps import AppState, Caller, ServeState
-from serve.routes.runs import TriggerOptions, decode_payload
+from serve.routes.runs import TriggerOptions, decode_payload, finite_json
 from serve.wire import WireModel
 
 router = APIRouter(tags=["runs"])
@@ -35,6 +35,8 @@ MAX_BATCH_ITEMS = 500
 class BatchItem(BaseModel):
     payload: object = None
     options: TriggerOptions | None = None
+
+    _finite_payload = field_validator("payload")(finite_json)
 
 
 class BatchTriggerBody(BaseModel):

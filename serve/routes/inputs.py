@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sse_starlette import EventSourceResponse
 
 from rayflow.errors import RunFinished, RunNotFound
@@ -17,6 +17,7 @@ from serve import core
 from serve.deps import Caller
 from serve.errors import BadRequest, RouteError
 from serve.input_types import validate_send
+from serve.routes.runs import finite_json
 from serve.routes.streams import SSE_RESPONSES, idle_timeout, start_position
 from serve.sse import event_stream, sse_response
 
@@ -25,6 +26,8 @@ router = APIRouter(tags=["input streams"])
 
 class SendInputBody(BaseModel):
     data: Any = Field(default=None, description="the message; it must fit the stream's type")
+
+    _finite_data = field_validator("data")(finite_json)
 
 
 class SendInputResponse(BaseModel):

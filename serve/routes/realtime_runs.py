@@ -85,7 +85,8 @@ def created_after(value: str | None) -> int | None:
     v = value.strip()
     m = _DURATION.match(v)
     if m:
-        return int(time.time() * 1000) - int(m.group(1)) * _UNIT_MS[m.group(2)]
+        # a period longer than the epoch is "every run", not a negative time
+        return max(0, int(time.time() * 1000) - int(m.group(1)) * _UNIT_MS[m.group(2)])
     from datetime import datetime
 
     try:

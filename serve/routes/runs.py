@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayflow._status import FAILED_STATUSES, RunStatus
 from rayflow._tokens import run_scopes, token_claims
@@ -21,6 +21,22 @@ router = APIRouter(tags=["runs"])
 PayloadType = Literal["application/json", "application/super+json", "text/plain"]
 
 
+def finite_json(value: Any) -> Any:
+    """`value` unchanged; ValueError when it holds NaN or ±Infinity, which
+    Python's JSON parser takes but JSON (and every JavaScript reader) does not:
+    stored, they would break every client that reads the run."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and (item != item or item in (float("inf"), float("-inf"))):
+            raise ValueError("NaN and Infinity are not JSON")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
 # -- wire models --------------------------------------------------------------
 class TriggerOptions(BaseModel):
     """Options of a trigger; unknown Trigger.dev options are accepted and ignored."""
@@ -30,11 +46,14 @@ class TriggerOptions(BaseModel):
     idempotencyKey: str | None = Field(default=None, max_length=2048)
     tags: str | list[str] | None = None
     ttl: str | int | None = None
-    maxDuration: int | None = None
+    #: seconds; a negative duration is a 422 here, not a 500 in the runtime
+    maxDuration: int | None = Field(default=None, ge=0)
     maxAttempts: int | None = None
     parentRunId: str | None = None
     payloadType: PayloadType | None = None
     metadata: dict[str, Any] | None = None
+
+    _finite_metadata = field_validator("metadata")(finite_json)
 
 
 class TriggerBody(BaseModel):
@@ -42,6 +61,8 @@ class TriggerBody(BaseModel):
 
     payload: Any = None
     options: TriggerOptions | None = None
+
+    _finite_payload = field_validator("payload")(finite_json)
 
 
 class TriggerResponse(BaseModel):
@@ -126,8 +147,8 @@ def decode_payload(payload: Any, payload_type: str | None) -> Any:
     if not isinstance(payload, str) or payload_type in (None, "text/plain"):
         return payload
     try:
-        value = json.loads(payload)
-    except json.JSONDecodeError as e:
+        value = finite_json(json.loads(payload))
+    except ValueError as e:  # JSONDecodeError is one
         raise ValidationError(f"payload is not valid {payload_type}: {e}") from e
     if payload_type == "application/super+json" and isinstance(value, dict) and "json" in value:
         # superjson: {"json": <plain JSON>, "meta": {...}}; dates etc. arrive as

@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from rayflow.errors import PayloadTooLarge
 from serve import core
-from serve.deps import MAX_APPEND_BYTES, Caller
+from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, Caller
 from serve.errors import BadRequest
 from serve.sse import event_stream, parse_last_event_id, sse_response
 
@@ -25,10 +25,20 @@ router = APIRouter(tags=["streams"])
 DEFAULT_TIMEOUT_S = 60
 MAX_TIMEOUT_S = 600
 
+#: one server-sent event, as a reader parses it (`data` is text: JSON or `[DONE]`)
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`event: batch` records, `event: ping`, then `data: [DONE]`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
 }
 
@@ -49,6 +59,8 @@ def start_position(last_event_id: str | None, stream_start: str | None) -> int |
     except ValueError as e:
         raise BadRequest(str(e)) from e
     if last is not None:
+        if last >= MAX_INDEX:
+            raise BadRequest(f"Last-Event-ID must be a record index below {MAX_INDEX}")
         return last + 1
     if stream_start is not None and stream_start.strip().lower() == "latest":
         return None
@@ -177,8 +189,7 @@ async def write_ndjson(
     `i` of writer `X-Client-Id` is stored once, however often it is resent."""
     who.require_secret("writing to a stream")
     target_id = await resolve_target(run_id, target)
-    resume = (x_resume_from_chunk or "").strip()
-    first = int(resume) if resume.isdigit() else 0
+    first = resume_from(x_resume_from_chunk)
     writer = writer_id(x_client_id)
     await core.check_open(target_id, key)
     index = first
@@ -201,6 +212,16 @@ async def write_ndjson(
     if pending:
         await core.append_writes(target_id, key, writer, pending)
     return AppendResponse()
+
+
+def resume_from(header: str | None) -> int:
+    """The chunk number `X-Resume-From-Chunk` names (0 when absent)."""
+    resume = (header or "").strip()
+    if not resume.isdigit():
+        return 0
+    if int(resume) >= MAX_INDEX:
+        raise BadRequest(f"X-Resume-From-Chunk must be a chunk number below {MAX_INDEX}")
+    return int(resume)
 
 
 def _ndjson_chunk(line: bytes) -> str:
