@@ -7,6 +7,8 @@ it is awaited or `.result()` is called, and errors are raised there.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Future
@@ -23,6 +25,30 @@ _portal_cm: AbstractContextManager[BlockingPortal] | None = None
 _portal_lock = threading.Lock()
 
 
+class _ProcessExit(Exception):
+    """Thrown into the portal at exit, so its remaining tasks are cancelled."""
+
+
+def _stop_portal() -> None:
+    """Stop the portal while its thread still runs. Left to the interpreter's
+    finalisation, the portal's exit waits on a loop whose daemon thread is
+    already frozen, and the process never exits."""
+    global _portal, _portal_cm
+    with _portal_lock:
+        cm, _portal, _portal_cm = _portal_cm, None, None
+    if cm is None:
+        return
+
+    def stop() -> None:
+        with contextlib.suppress(_ProcessExit, RuntimeError):
+            cm.__exit__(_ProcessExit, _ProcessExit(), None)
+
+    # bounded: a task the loop cannot cancel must not hold the exit either
+    stopper = threading.Thread(target=stop, name="rayflow-io-stop", daemon=True)
+    stopper.start()
+    stopper.join(5)
+
+
 def portal() -> BlockingPortal:
     """The process's rayflow I/O loop (an anyio blocking portal on a daemon
     thread), for blocking callers. One for the life of the process: readers
@@ -32,6 +58,7 @@ def portal() -> BlockingPortal:
         if _portal is None:
             _portal_cm = start_blocking_portal(name="rayflow-io")
             _portal = _portal_cm.__enter__()
+            atexit.register(_stop_portal)
         return _portal
 
 
