@@ -16,6 +16,7 @@ from rayflow.store._sql_base import (
     EXECUTING,
     PENDING,
     QUEUED,
+    WAITING,
     SqlBase,
     _like_escape,
     _run,
@@ -213,12 +214,13 @@ class RunsSql(SqlBase):
 
     def recoverable_runs(self, after_id: str | None, limit: int) -> list[RunRecord]:
         sql = _RUN_SELECT + (
-            " WHERE (status IN ('QUEUED', 'EXECUTING') OR (status = 'WAITING' AND NOT EXISTS"
-            " (SELECT 1 FROM waitpoints w WHERE w.run_id = runs.id AND w.status = 'PENDING')))"
+            " WHERE (status IN (?, ?) OR (status = ? AND NOT EXISTS"
+            " (SELECT 1 FROM waitpoints w WHERE w.run_id = runs.id AND w.status = ?)))"
             " AND id > ? ORDER BY id LIMIT ?"
         )
+        params = [QUEUED, EXECUTING, WAITING, PENDING, after_id or "", limit]
         with self._read() as c:
-            return [_run(r) for r in c.execute(sql, [after_id or "", limit])]
+            return [_run(r) for r in c.execute(sql, params)]
 
     # -- journal ---------------------------------------------------------------
     def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None:
