@@ -72,6 +72,17 @@ def test_each_http_error_is_the_same_rayflow_error(http_api: HttpApi) -> None:
     assert client.runs.cancel(handle.id).result() is False
 
 
+def test_a_send_retried_with_its_idempotency_key_is_stored_once(http_api: HttpApi) -> None:
+    client = Client(http_api.url, http_api.secret_key)
+    handle = client.trigger("http-approve", {"count": 2, "timeout_s": 60}).result()
+    first = {"approved": True, "reviewer": "first"}
+    for _ in range(3):  # as a sender would retry after losing the answer
+        client.send(handle.id, "approval", first, idempotency_key="k-1").result()
+    client.send(handle.id, "approval", {"approved": True, "reviewer": "second"}).result()
+    run = client.runs.wait(handle.id).result(timeout_s=60)
+    assert [m["reviewer"] for m in run.output["received"]] == ["first", "second"]
+
+
 async def test_async_calls_append_batch_and_cancel(http_api: HttpApi) -> None:
     client = Client(http_api.url, http_api.secret_key)
     handle = await client.trigger("http-hold", {"hold_s": 60})

@@ -69,16 +69,22 @@ class Streams:
 
         return Response(go)
 
-    def send(self, run_id: str, stream_id: str, data: Any) -> Response[None]:
+    def send(
+        self, run_id: str, stream_id: str, data: Any, *, idempotency_key: str | None = None
+    ) -> Response[None]:
         """Send `data` to the run's input stream; resolves once it is durable.
-        Raises `ValidationError` (wrong type: nothing stored), `RunFinished`,
+        With `idempotency_key`, a send retried after a lost answer (a cut
+        connection, a restarted server) is stored once. Raises
+        `ValidationError` (wrong type: nothing stored), `RunFinished`,
         `RunNotFound`, `PayloadTooLarge`."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
 
         async def go() -> None:
             await self._t.request(
                 "POST",
                 f"/realtime/v1/streams/{run_id}/input/{stream_id}",
                 json={"data": to_jsonable_python(data)},
+                headers=headers,
             )
 
         return Response(go)
@@ -198,9 +204,11 @@ class Client:
 
         return Response(go)
 
-    def send(self, run_id: str, stream_id: str, data: Any) -> Response[None]:
+    def send(
+        self, run_id: str, stream_id: str, data: Any, *, idempotency_key: str | None = None
+    ) -> Response[None]:
         """Send to a run's input stream (see `Streams.send`)."""
-        return self.streams.send(run_id, stream_id, data)
+        return self.streams.send(run_id, stream_id, data, idempotency_key=idempotency_key)
 
     async def aclose(self) -> None:
         """Close this event loop's connections (optional)."""
