@@ -5,8 +5,9 @@ A script starts the embedded default with the HTTP API
 (`rayflow.init(serve=True)`) and a run that holds. The test finds which
 process listens on the HTTP port (the replica; the proxy listens on another
 loopback port), appends and reads the run's stream over it, then kills the
-replica: Serve starts a new one, which must take the same port back, and an
-SSE reader resuming with `Last-Event-ID` gets the chunks appended since.
+replica while an SSE reader is connected: Serve starts a new one, which must
+take the same port back within `RECOVERY_S`, and an SSE reader resuming with
+`Last-Event-ID` gets the chunks appended since.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +33,12 @@ from rayflow import Settings
 from rayflow._runtime import ingress
 from rayflow.errors import RayflowError
 from serve.app import start
+
+#: a killed replica's port is served again within this. Without SO_REUSEADDR
+#: (rayflow/_runtime/ingress.py) the connections the replica had open hold the
+#: port in TIME_WAIT for Linux's fixed 60 s: it came back after 62 s; with it
+#: ~10 s (load 12); the margin is for a loaded 2-core box.
+RECOVERY_S = 40
 
 SCRIPT = textwrap.dedent(
     """
@@ -67,6 +75,36 @@ def _listeners(root: psutil.Process) -> dict[int, tuple[int, str]]:
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
     return found
+
+
+def _open_sse(port: int, path: str, token: str) -> socket.socket:
+    """An SSE reader connected to `path`, its response begun (a raw socket:
+    the test closes it when the server's end has gone)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def _drained(sock: socket.socket) -> bool:
+    """The server closed its end of `sock` (the rest was read)."""
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _time_wait_on(port: int) -> bool:
+    """A connection of the HTTP port's own end is in TIME_WAIT (what holds a
+    port without SO_REUSEADDR for 60 s)."""
+    return any(
+        c.laddr and c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT
+        for c in psutil.net_connections(kind="tcp4")
+    )
 
 
 def _healthy(url: str) -> bool:
@@ -131,13 +169,21 @@ def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
         last_id = first.events[-1].id
         assert last_id is not None
 
+        # a reader connected when the replica dies, as one always is in use:
+        # its connection's server end is left in TIME_WAIT on the HTTP port
+        reader = _open_sse(port, path, token)
+        killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)  # the replica: a child of our script's Ray
+        eventually(lambda: _drained(reader), what="the dead replica's end of the SSE reader")
+        reader.close()
+        assert _time_wait_on(port), "the kill left no TIME_WAIT on the port to recover from"
 
         def replaced() -> bool:
             now = _listeners(root).get(port)
             return now is not None and now[0] != pid and _healthy(api.url)
 
-        eventually(replaced, timeout_s=120, what="a new replica on the same port")
+        eventually(replaced, timeout_s=RECOVERY_S, what="a new replica on the same port")
+        print(f"port served again {time.monotonic() - killed:.1f} s after the kill")
         assert "Replica" in _listeners(root)[port][1]
 
         asyncio.run(append(["d", "e"]))

@@ -21,12 +21,24 @@ Invariants:
   `RAY_SERVE_DIRECT_INGRESS_*` of their own) keeps Serve's proxy on the port.
 - No port quarantine and no drain period: those exist so an external load
   balancer can deregister a replica; here the port must come back to the
-  restarted replica at once (measured: back in 2–11 s after a SIGKILL).
+  restarted replica at once.
+- The replica binds with `SO_REUSEADDR` (`reuse_address`, called in the
+  replica's constructor). Serve 2.60 binds a replica's port without it, so
+  after a replica dies with connections open (an SSE reader is always open)
+  their server-side ends sit in TIME_WAIT for Linux's fixed 60 s and every
+  replacement's bind fails (Serve then blocks the port and reports
+  `NoAvailablePortError`) until they expire: measured 62 s. With it the port
+  comes back as soon as the new replica is up (~10 s after a SIGKILL on this
+  box; `tests/test_http_ingress.py`). `SO_REUSEADDR` (what uvicorn, asyncio
+  and Serve's own proxy set) still refuses a port that another socket
+  listens on, so one port still means one replica.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from typing import Any
 
 ENABLE = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 MIN_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
@@ -75,3 +87,31 @@ def direct_port() -> int | None:
     """The HTTP port the Serve replica listens on itself, in the Ray this
     process started; None when Serve's proxy serves the HTTP port."""
     return _direct_port
+
+
+class _ReusingSockets:
+    """The `socket` module as Serve's HTTP server start sees it, except that a
+    new socket has `SO_REUSEADDR` set before Serve binds it."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.socket(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
+
+
+def reuse_address() -> None:
+    """In a Serve replica, before Serve starts its direct-ingress HTTP server
+    (it does after the constructor): bind that server's port with
+    `SO_REUSEADDR`, so a replacement replica gets the port of one that died
+    with connections open at once, not after their 60 s TIME_WAIT. Serve
+    2.60's `start_asgi_http_server` creates the socket through its module's
+    `socket`; the replica's other sockets (gRPC, Ray's) are not touched."""
+    from ray.serve._private import http_util
+
+    module: Any = http_util
+    if module.socket is socket:
+        module.socket = _ReusingSockets()
