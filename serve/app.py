@@ -66,8 +66,10 @@ class RayflowHTTP:
     """One replica: connects to the rayflow deployment and serves the API."""
 
     def __init__(self, settings_json: str, secret_key: str) -> None:
-        from rayflow._runtime.serving import start_control_plane
+        from rayflow._runtime.serving import ingress, start_control_plane
 
+        # before Serve starts this replica's direct-ingress server, if any
+        ingress.reuse_address()
         settings = Settings.model_validate_json(settings_json)
         settings = settings.model_copy(update={"secret_key": secret_key})
         # joins the deployment's Controller, or starts it when the app was
