@@ -56,6 +56,13 @@ from _chaos_workload import (
 from rayflow._runtime import connection
 
 
+def backoff_s(failures: int) -> float:
+    """How long a reader or sender waits before trying again: 0.1 s, doubling
+    per attempt that brought nothing, at most 2 s, jittered — as a real client
+    does, so an outage is not met by a reconnect storm that slows recovery."""
+    return min(2.0, 0.1 * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
+
+
 class Soak:
     """Runs phases against a rayflow deployment this process is connected to
     (`rayflow.init`) whose HTTP API answers at `http_url`."""
@@ -135,6 +142,7 @@ class Soak:
                 await asyncio.sleep(0.2)
 
     async def _py_reader(self, st: RunState, result: PhaseResult) -> None:
+        failures = seen = 0
         while True:
             try:
                 async for chunk in out.read(st.id, start_index=len(st.py), timeout_s=None):
@@ -149,11 +157,14 @@ class Soak:
             except Exception as e:
                 result.reconnects["python"] += 1
                 self.log(f"python reader {st.id}: {e!r}; reconnecting")
-            await asyncio.sleep(0.1)
+            failures = failures + 1 if len(st.py) == seen else 0
+            seen = len(st.py)
+            await asyncio.sleep(backoff_s(failures))
 
     async def _sse_reader(
         self, st: RunState, client: httpx.AsyncClient, result: PhaseResult
     ) -> None:
+        failures = seen = 0
         while True:
             headers = {"Authorization": f"Bearer {st.token}", "Timeout-Seconds": "600"}
             if st.sse_last is not None:
@@ -187,7 +198,9 @@ class Soak:
             except Exception as e:
                 result.reconnects["sse"] += 1
                 self.log(f"SSE reader {st.id}: {e!r}; reconnecting")
-            await asyncio.sleep(0.1)
+            failures = failures + 1 if len(st.sse) == seen else 0
+            seen = len(st.sse)
+            await asyncio.sleep(backoff_s(failures))
 
     async def _sender(
         self, st: RunState, client: httpx.AsyncClient, result: PhaseResult, *, http: bool
@@ -199,6 +212,7 @@ class Soak:
             await asyncio.sleep(think.uniform(*self.think_s))
             n = st.message(r)
             key = f"chaos-{st.id}-{n}"  # one logical message: retries reuse it
+            tries = 0
             while True:
                 try:
                     if http:
@@ -216,7 +230,8 @@ class Soak:
                 except Exception as e:
                     result.send_retries += 1
                     self.log(f"send {n} to {st.id}: {e!r}; retrying")
-                    await asyncio.sleep(0.2)
+                    tries += 1
+                    await asyncio.sleep(backoff_s(tries))
             st.acked.append(n)
 
     # -- the verdict -------------------------------------------------------------
