@@ -95,7 +95,10 @@ class Faults:
         if kind == "run_actor":
             return await self._kill_run_actor(states)
         if kind == "inbox":
-            inbox = ray.get_actor(f"rayflow-inbox-{IN}-0", namespace=conn.settings.namespace)
+            try:  # the Inbox starts with the stream's first send: none yet, no fault
+                inbox = ray.get_actor(f"rayflow-inbox-{IN}-0", namespace=conn.settings.namespace)
+            except ValueError:
+                return None
             return kill(await inbox.pid.remote()), self._probe_inbox
         if kind == "controller":
             return kill(await conn.controller.pid.remote()), self._probe_run
