@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from rayflow._runtime import connection
+from rayflow._runtime.attempts import Suspended
 from rayflow._runtime.context import RunContext
 from rayflow._runtime.journal import MISSING
-from rayflow._runtime.run_actor import Suspended
 from rayflow._status import WaitpointStatus
 from rayflow.store.base import JournalEntry, Waitpoint, now_ms
 

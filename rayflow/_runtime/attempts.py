@@ -1,0 +1,207 @@
+"""Executing one run on a RunActor: the claim, the attempt loop, suspension.
+
+The actor claims the run in the Store (one transaction: QUEUED -> EXECUTING
+on this actor) and loads everything else from there — payload, the pickled
+task, the journal — so a run can start, resume after a crash or be revived
+after a wait on any actor. Each attempt gets a fresh journal and context; a
+failed attempt is retried with exponential backoff while `retry.max_attempts`
+allows and the run is not canceled. `.wait()` unwinds the task with
+`Suspended`: then everything written is made durable before the run goes
+WAITING, so a revived run reads back all it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+from pydantic_core import to_jsonable_python
+
+from rayflow._config import Settings
+from rayflow._runtime.context import RunContext, set_run
+from rayflow._runtime.journal import Journal
+from rayflow._runtime.run_inputs import RunInputs
+from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._status import RunStatus, WaitpointStatus
+from rayflow.store.base import Store, Waitpoint
+
+log = logging.getLogger("rayflow")
+
+#: what `execute` returns besides a run status: the claim was lost (another
+#: actor executes the run, or it is not queued any more)
+SKIPPED = "SKIPPED"
+
+
+class Suspended(BaseException):
+    """Raised inside a task by `.wait()` to unwind it; carries the waitpoint
+    the run waits on. A BaseException so that user code cannot catch it."""
+
+    def __init__(self, waitpoint: Waitpoint) -> None:
+        super().__init__(f"run {waitpoint.run_id} suspended on {waitpoint.stream_id!r}")
+        self.waitpoint = waitpoint
+
+
+@dataclass
+class Execution:
+    """Everything of the run an actor executes; dropped when it ends."""
+
+    run_id: str
+    buffers: StreamBuffers
+    inputs: RunInputs
+    task: asyncio.Task[Any] | None = None
+    canceled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: asyncio tasks the run's code created (to find any it leaves running)
+    tasks: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+
+
+def error_json(e: BaseException) -> str:
+    return json.dumps(
+        {
+            "name": type(e).__name__,
+            "message": str(e),
+            "stackTrace": "".join(traceback.format_exception(e))[-8000:],
+        }
+    )
+
+
+def backoff_s(retry: dict[str, Any], attempt: int) -> float:
+    """Exponential backoff before attempt `attempt + 1`."""
+    delay = float(retry.get("min_delay_s", 1.0)) * float(retry.get("factor", 2.0)) ** (attempt - 1)
+    return min(delay, float(retry.get("max_delay_s", 30.0)))
+
+
+async def execute(
+    store: Store,
+    settings: Settings,
+    run_id: str,
+    actor_name: str,
+    started: Callable[[Execution], None],
+) -> str:
+    """Claim `run_id` and run it to its end or its next suspension; returns
+    its status (SKIPPED when it could not be claimed, QUEUED when a message
+    woke it while it suspended). `started` is handed the run's `Execution`
+    as soon as the claim succeeded (the actor keeps it as its current run)."""
+    claim = await asyncio.to_thread(store.claim_run, run_id, actor_name)
+    run = claim.run
+    if run is None:
+        return SKIPPED
+    if not claim.claimed:
+        return run.status if run.finished else SKIPPED
+    execution = Execution(
+        run_id,
+        StreamBuffers(run_id, store, settings),
+        RunInputs(store, run_id, resolved=claim.waitpoint),
+    )
+    started(execution)
+    blob = await asyncio.to_thread(store.get_task, run.task_id)
+    if blob is None:
+        error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
+        await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, json.dumps(error))
+        return RunStatus.FAILED
+    # unpickled per run: module globals of one run's code are not the next one's
+    task = cloudpickle.loads(blob)
+    options = json.loads(run.options)
+    retry = options.get("retry") or {}
+    max_attempts = int(retry.get("max_attempts", 1))
+    attempt = run.attempt
+    # max_duration counts execution, not time spent suspended in .wait()
+    started_at = time.time()
+    max_duration = options.get("max_duration_s")
+    payload = json.loads(run.payload)
+    status: str
+    output: str | None = None
+    error_text: str | None = None
+    while True:
+        journal = await asyncio.to_thread(Journal, store, run_id, attempt)
+        if execution.canceled.is_set():
+            return RunStatus.CANCELED
+        ctx = RunContext(
+            run_id=run_id,
+            task_id=run.task_id,
+            attempt=attempt,
+            parent_id=run.parent_id,
+            root_id=run.root_id or run_id,
+            journal=journal,
+            buffers=execution.buffers,
+        )
+        ctx.inputs = execution.inputs
+        await execution.inputs.prepare(journal)
+        execution.inputs.bind(ctx)
+        execution.task = asyncio.get_running_loop().create_task(_call(task, payload, ctx))
+        try:
+            if max_duration is not None:
+                remaining = max(0.0, started_at + float(max_duration) - time.time())
+                result = await asyncio.wait_for(execution.task, remaining)
+            else:
+                result = await execution.task
+            status, output = RunStatus.COMPLETED, json.dumps(to_jsonable_python(result))
+        except Suspended as s:
+            return await _suspend(store, execution, s.waitpoint)
+        except asyncio.TimeoutError:
+            status = RunStatus.TIMED_OUT
+            error_text = json.dumps(
+                {
+                    "name": "MaxDurationExceeded",
+                    "message": f"run {run_id} exceeded max_duration of {max_duration} s",
+                }
+            )
+        except asyncio.CancelledError:
+            if not execution.canceled.is_set():
+                raise
+            status = RunStatus.CANCELED
+        except Exception as e:
+            if attempt < max_attempts and not execution.canceled.is_set():
+                log.warning("run %s attempt %d failed: %r; retrying", run_id, attempt, e)
+                if await _backoff(execution, backoff_s(retry, attempt)):
+                    return RunStatus.CANCELED
+                attempt += 1
+                if not await asyncio.to_thread(
+                    store.set_active_status, run_id, RunStatus.EXECUTING, attempt=attempt
+                ):
+                    return RunStatus.CANCELED  # canceled while it backed off
+                continue
+            status, error_text = RunStatus.FAILED, error_json(e)
+        break
+    await execution.buffers.drain()
+    await asyncio.to_thread(store.finish_run, run_id, status, output, error_text)
+    execution.buffers.close_all()
+    return status
+
+
+async def _backoff(execution: Execution, delay_s: float) -> bool:
+    """Sleep before a retry; True when the run was canceled meanwhile."""
+    try:
+        await asyncio.wait_for(execution.canceled.wait(), delay_s)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> str:
+    """Everything written is durable, then WAITING + its waitpoint in one
+    transaction. A message stored before the waitpoint existed woke
+    nobody: the run then resolves its own waitpoint and is queued again."""
+    await execution.inputs.flush_records()
+    await execution.buffers.drain()
+    if not await asyncio.to_thread(store.suspend_run, waitpoint):
+        run = await asyncio.to_thread(store.get_run, execution.run_id)
+        return run.status if run is not None else SKIPPED
+    raced = await asyncio.to_thread(execution.inputs.oldest_unconsumed, waitpoint.stream_id)
+    if raced is not None and await asyncio.to_thread(
+        store.resolve_waitpoint, execution.run_id, WaitpointStatus.RESOLVED, raced.seq
+    ):
+        return RunStatus.QUEUED
+    return RunStatus.WAITING
+
+
+async def _call(task: Any, payload: Any, ctx: RunContext) -> Any:
+    set_run(ctx)
+    return await task.invoke(payload)

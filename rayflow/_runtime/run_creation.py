@@ -1,0 +1,103 @@
+"""Run creation: the task registry's defaults and the QUEUED runs a trigger
+makes.
+
+Triggers arriving together share one Store transaction (`GroupCommit`). An
+idempotency key names one trigger: reused with the same payload it returns
+the existing run; reused with another payload it is a mistake (or someone
+else's key), never a retry, and raises `IdempotencyConflict` — after the runs
+that were new have been started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+from rayflow._runtime.admission import Admission, Resources
+from rayflow._runtime.batching import GroupCommit
+from rayflow.errors import IdempotencyConflict, RunNotFound, TaskNotFound
+from rayflow.store.base import RunRecord, Store
+
+#: one trigger item: (payload JSON, options, idempotency key, tags)
+TriggerItem = tuple[str, dict[str, Any], str | None, list[str] | None]
+
+
+def new_run_id() -> str:
+    return "run_" + secrets.token_hex(10)
+
+
+class RunCreation:
+    def __init__(self, store: Store, admission: Admission) -> None:
+        self.store = store
+        self.admission = admission
+        #: task id -> its defaults (JSON), as registered
+        self._defaults: dict[str, str] = {}
+        self._creates: GroupCommit[RunRecord, tuple[RunRecord, bool]] = GroupCommit(
+            store.create_runs
+        )
+
+    async def register_task(self, task_id: str, blob: bytes, defaults_json: str) -> None:
+        await asyncio.to_thread(self.store.put_task, task_id, blob, defaults_json)
+        self._defaults[task_id] = defaults_json
+
+    async def task_defaults(self, task_id: str) -> dict[str, Any]:
+        defaults = self._defaults.get(task_id)
+        if defaults is None:
+            defaults = await asyncio.to_thread(self.store.get_task_defaults, task_id)
+            if defaults is None:
+                raise TaskNotFound(
+                    f"no task {task_id!r} is registered; define it with @task and trigger it"
+                    " once from Python (or load its module with `rayflow dev`)"
+                )
+            self._defaults[task_id] = defaults
+        result: dict[str, Any] = json.loads(defaults)
+        return result
+
+    async def trigger_batch(
+        self, task_id: str, items: list[TriggerItem], parent_id: str | None
+    ) -> list[tuple[str, bool]]:
+        """Create runs of one task in one transaction and launch the new
+        ones; returns (run id, newly created) per item."""
+        defaults = await self.task_defaults(task_id)
+        root_id = None
+        if parent_id is not None:
+            parent = await asyncio.to_thread(self.store.get_run, parent_id)
+            if parent is None:
+                raise RunNotFound(f"parent run {parent_id} does not exist")
+            root_id = parent.root_id or parent.id
+        records: list[RunRecord] = []
+        resources: list[Resources] = []
+        for payload_json, options, idempotency_key, tags in items:
+            run_options = {**defaults, **options}
+            run_id = new_run_id()
+            resources.append(run_options.get("resources"))
+            records.append(
+                RunRecord(
+                    id=run_id,
+                    task_id=task_id,
+                    payload=payload_json,
+                    options=json.dumps(run_options),
+                    tags=json.dumps(tags or []),
+                    parent_id=parent_id,
+                    root_id=root_id or run_id,
+                    idempotency_key=idempotency_key,
+                )
+            )
+        created = await self._creates.submit_many(records)
+        for (run, new), needs in zip(created, resources, strict=True):
+            if new:
+                self.admission.launch(run.id, needs, child=parent_id is not None)
+        # a key names one trigger: reused with another payload it is a mistake
+        # (or someone else's key), never a retry; the new runs above still start
+        conflicts = [
+            f"item {n}: idempotency key {rec.idempotency_key!r} was used for run {run.id}"
+            for n, ((run, new), rec) in enumerate(zip(created, records, strict=True))
+            if not new and run.payload != rec.payload
+        ]
+        if conflicts:
+            raise IdempotencyConflict(
+                "an idempotency key was reused with a different payload: " + "; ".join(conflicts)
+            )
+        return [(run.id, new) for run, new in created]

@@ -1,0 +1,131 @@
+"""Supervision: a run on its RunActor, from the pool to its end.
+
+`run_on_actor` takes an actor from the pool and awaits `execute(run_id)`;
+`supervise` gets back `(status, recyclable)`, gives the actor back to the pool
+or retires it, frees the run's slot, and then: tells the run's waiters when it
+finished, relaunches it when a message woke it while it suspended, or resumes
+it from its journal when its actor was lost (at most `MAX_CRASH_RESUMES`
+times, then the run is CRASHED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import ray
+
+from rayflow._runtime.admission import Admission, Resources
+from rayflow._runtime.pool import RunActorPool
+from rayflow._runtime.run_actor import LOST
+from rayflow._status import RunStatus
+from rayflow.store.base import FINISHED_STATUSES, Store
+
+log = logging.getLogger("rayflow")
+
+#: how often a run may lose its actor (node death, OOM kill) and be resumed
+MAX_CRASH_RESUMES = 3
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: Store,
+        pool: RunActorPool,
+        admission: Admission,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.admission = admission
+        self._spawn = spawn
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._crashes: dict[str, int] = {}
+
+    async def run_on_actor(self, run_id: str, resources: Resources) -> None:
+        try:
+            name, actor = await self.pool.take(resources)
+        finally:
+            self.admission.pending.discard(run_id)
+        self.admission.live[run_id] = (name, actor)
+        await self.supervise(run_id, name, actor, resources, actor.execute.remote(run_id))
+
+    def adopt(self, run_id: str, name: str, actor: Any, resources: Resources) -> None:
+        """Supervise a RunActor an earlier Controller started (recovery)."""
+        self.admission.live[run_id] = (name, actor)
+        self.admission.slots += 1
+        self.pool.adopt(resources)
+        self._spawn(self.supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
+
+    async def supervise(
+        self, run_id: str, name: str, actor: Any, resources: Resources, ref: Any
+    ) -> None:
+        status: str | None = None
+        recyclable = False
+        live = self.admission.live
+        try:
+            status, recyclable = await ref
+        except ray.exceptions.RayActorError:
+            log.warning("run %s lost its actor", run_id)
+        except Exception:
+            log.exception("run %s: its actor failed outside the task", run_id)
+        finally:
+            if live.get(run_id, (None, None))[1] is actor:
+                del live[run_id]
+            if recyclable:
+                self.pool.give_back(name, actor, resources)
+            else:
+                self.pool.retire(name, actor, resources)
+            self.admission.release_slot()
+        if status is None or status == LOST:
+            await self._resume_after_crash(run_id, resources)
+        elif status in FINISHED_STATUSES:
+            self.notify(run_id, status)
+        elif status == RunStatus.QUEUED:
+            # a message woke it while it suspended
+            self.admission.launch(run_id, resources, front=True)
+
+    async def _resume_after_crash(self, run_id: str, resources: Resources) -> None:
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is None or run.status == RunStatus.WAITING:
+            return
+        if run.finished:
+            self.notify(run_id, run.status)
+            return
+        crashes = self._crashes.get(run_id, 0) + 1
+        self._crashes[run_id] = crashes
+        if crashes > MAX_CRASH_RESUMES:
+            await asyncio.to_thread(
+                self.store.finish_run,
+                run_id,
+                RunStatus.CRASHED,
+                None,
+                json.dumps(
+                    {"name": "Crashed", "message": f"run {run_id} lost its actor {crashes} times"}
+                ),
+            )
+            self.notify(run_id, RunStatus.CRASHED)
+            return
+        # give Ray time to notice a lost node before it places the run again:
+        # a resume onto the dying node would spend another of its crashes
+        await asyncio.sleep(min(5.0, 0.5 * (crashes - 1)))
+        if run.status == RunStatus.EXECUTING and not await asyncio.to_thread(
+            self.store.set_active_status, run_id, RunStatus.QUEUED, actor_name=None
+        ):
+            return
+        self.admission.launch(run_id, resources, front=True)
+
+    def waiter(self, run_id: str) -> asyncio.Future[str]:
+        """A future set to the run's status when it finishes (`notify`)."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(fut)
+        return fut
+
+    def notify(self, run_id: str, status: str) -> None:
+        self._crashes.pop(run_id, None)
+        for fut in self._waiters.pop(run_id, []):
+            if not fut.done():
+                fut.set_result(status)
