@@ -16,8 +16,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -25,7 +23,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from _browser_fixtures import ROOT, dev_env, free_port
+from _browser_fixtures import free_port
+from _embedded import embedded_script
 from _http_fixtures import HttpApi, read_sse
 from conftest import eventually
 
@@ -117,31 +116,11 @@ def _healthy(url: str) -> bool:
 def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "embedded.py"
-    script.write_text(SCRIPT)
     port = free_port()
     secret = "sk_" + "i" * 32
-    env = dev_env(tmp_path / "data", port, secret)
-    env["PYTHONPATH"] = str(ROOT)
-    log = (tmp_path / "embedded.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "data"), str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     api = HttpApi(url=f"http://127.0.0.1:{port}", secret_key=secret)
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, Path(log.name).read_text()
-            return "READY" in Path(log.name).read_text()
-
-        eventually(ready, timeout_s=240, what="the embedded default to start")
-        line = next(x for x in Path(log.name).read_text().splitlines() if x.startswith("READY"))
+    with embedded_script(tmp_path, SCRIPT, port, secret) as (proc, log):
+        line = next(x for x in log.read_text().splitlines() if x.startswith("READY"))
         _, run_id, token = line.split()
         root = psutil.Process(proc.pid)
 
@@ -191,12 +170,6 @@ def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
             read_sse(api, path, token=token, headers={"Last-Event-ID": last_id}, max_records=2)
         )
         assert [d for _, d in rest.chunks] == ["d", "e"]
-    finally:
-        if proc.poll() is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=30)
 
 
 def test_a_taken_http_port_is_reported_before_serve_tries_it() -> None:

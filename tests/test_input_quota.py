@@ -9,15 +9,12 @@ deployment (a script with `rayflow.init(serve=True, …)`) with small ones.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import httpx
-from _browser_fixtures import ROOT, dev_env, free_port
-from conftest import eventually
+from _browser_fixtures import free_port
+from _embedded import embedded_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -49,29 +46,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_a_runs_input_log_is_bounded(tmp_path: Path) -> None:
-    script = tmp_path / "quota.py"
-    script.write_text(SCRIPT)
     port, secret = free_port(), "sk_" + "q" * 32
-    env = dev_env(tmp_path / "data", port, secret)
-    env["PYTHONPATH"] = str(ROOT)
-    log = tmp_path / "quota.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "data"), str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()
-            return "READY" in log.read_text()
-
-        eventually(ready, timeout_s=240, what="the deployment to start")
+    with embedded_script(tmp_path, SCRIPT, port, secret):
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30) as c:
             r = c.post(
@@ -106,9 +82,3 @@ def test_a_runs_input_log_is_bounded(tmp_path: Path) -> None:
             streams = c.get(f"/rayflow/v1/runs/{run_id}/streams", headers=auth).json()
             counts = {i["id"]: i["messages"] for i in streams["inputs"]}
             assert counts == {"notes": 1, "other": 2}, counts
-    finally:
-        if proc.poll() is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=30)

@@ -17,7 +17,8 @@ import textwrap
 from pathlib import Path
 
 import psutil
-from _browser_fixtures import ROOT, dev_env, free_port
+from _browser_fixtures import ROOT, free_port
+from _embedded import embedded_script
 from conftest import eventually
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
@@ -63,30 +64,10 @@ def _listening(root: psutil.Process) -> list[tuple[int, str, str, int]]:
 
 
 def test_every_process_of_the_embedded_default_listens_on_loopback_only(tmp_path: Path) -> None:
-    script = tmp_path / "embedded.py"
-    script.write_text(SCRIPT)
     port = free_port()
-    env = dev_env(tmp_path / "data", port, "sk_" + "l" * 32)
-    env["PYTHONPATH"] = str(ROOT)
     # a user's environment: nothing tells Ray to stay local but rayflow itself
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    log = (tmp_path / "embedded.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "data"), str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, Path(log.name).read_text()
-            return "READY" in Path(log.name).read_text()
-
-        eventually(ready, timeout_s=240, what="the embedded default to start")
+    drop = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
+    with embedded_script(tmp_path, SCRIPT, port, "sk_" + "l" * 32, drop_env=drop) as (proc, _):
         root = psutil.Process(proc.pid)
         kinds = ("gcs_server", "raylet", "Controller", "RunActor", "Inbox", "ProxyActor", "Replica")
 
@@ -101,12 +82,6 @@ def test_every_process_of_the_embedded_default_listens_on_loopback_only(tmp_path
         assert not exposed, f"listening beyond loopback (pid, process, ip, port): {exposed}"
         # the HTTP API is among them, on the port asked for
         assert any(s[3] == port for s in sockets), sockets
-    finally:
-        if proc.poll() is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=30)
 
 
 def test_importing_rayflow_leaves_the_environment_alone() -> None:
