@@ -34,10 +34,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import psycopg_pool.pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
-from psycopg_pool.base import AttemptWithBackoff
 
 from rayflow.errors import Unavailable
 from rayflow.store._sql import SqlStore
@@ -68,27 +66,6 @@ def redact(url: str) -> str:
     """`url` with its password replaced by `***`, for messages and logs."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
-
-class _CappedBackoff(AttemptWithBackoff):
-    """psycopg_pool tries a failed connect again after 1 s, doubling each time.
-    Through PostgreSQL restarts a few seconds apart that doubling outgrows
-    the outages: the pool was still waiting out a 16 s delay with the server
-    long back, and Store calls failed with PoolTimeout after 30 s (runs
-    FAILED; found by the chaos soak's PostgreSQL phase). Start at 0.1 s and
-    never wait more than 1 s between tries."""
-
-    INITIAL_DELAY = 0.1
-    MAX_DELAY = 1.0
-
-    def update_delay(self, now: float) -> None:
-        super().update_delay(now)
-        self.delay = min(self.delay, self.MAX_DELAY)
-
-
-# the pool makes its attempts through this module-level name (psycopg_pool
-# 3.3); a later version without it keeps its own backoff
-if getattr(psycopg_pool.pool, "AttemptWithBackoff", None) is AttemptWithBackoff:
-    psycopg_pool.pool.AttemptWithBackoff = _CappedBackoff  # type: ignore[attr-defined]
 
 #: a Store call that failed because the server went away (restart, failover,
 #: a cut connection) is tried again on a fresh connection for this long
