@@ -31,6 +31,7 @@ from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
+from rayflow.errors import Unavailable
 from rayflow.store.base import Store, Waitpoint
 
 log = logging.getLogger("rayflow")
@@ -38,6 +39,10 @@ log = logging.getLogger("rayflow")
 #: what `execute` returns besides a run status: the claim was lost (another
 #: actor executes the run, or it is not queued any more)
 SKIPPED = "SKIPPED"
+#: ... or the Store (or another part of rayflow) stayed unreachable past its
+#: retries: the attempt is abandoned, not failed, and the run resumes from its
+#: journal once the Store answers again (the task's code did nothing wrong)
+UNAVAILABLE = "UNAVAILABLE"
 
 
 class Suspended(BaseException):
@@ -79,6 +84,22 @@ def backoff_s(retry: dict[str, Any], attempt: int) -> float:
 
 
 async def execute(
+    store: Store,
+    settings: Settings,
+    run_id: str,
+    actor_name: str,
+    started: Callable[[Execution], None],
+) -> str:
+    """`_execute`, or UNAVAILABLE when rayflow's own infrastructure (the
+    Store, an Inbox) stayed unreachable past its retries on the way."""
+    try:
+        return await _execute(store, settings, run_id, actor_name, started)
+    except Unavailable as e:
+        log.warning("run %s: %s; it resumes from its journal when the Store answers", run_id, e)
+        return UNAVAILABLE
+
+
+async def _execute(
     store: Store,
     settings: Settings,
     run_id: str,
@@ -157,6 +178,8 @@ async def execute(
             if not execution.canceled.is_set():
                 raise
             status = RunStatus.CANCELED
+        except Unavailable:
+            raise  # rayflow's outage, not the task's failure: see `execute`
         except Exception as e:
             if attempt < max_attempts and not execution.canceled.is_set():
                 log.warning("run %s attempt %d failed: %r; retrying", run_id, attempt, e)

@@ -5,7 +5,10 @@
 or retires it, frees the run's slot, and then: tells the run's waiters when it
 finished, relaunches it when a message woke it while it suspended, or resumes
 it from its journal when its actor was lost (at most `MAX_CRASH_RESUMES`
-times, then the run is CRASHED).
+times, then the run is CRASHED) or when the Store stayed unreachable during
+the attempt (`UNAVAILABLE`: once the Store answers again; at most
+`MAX_OUTAGE_RESUMES` times, so that an outage never fails a run but a run
+that meets one at every attempt still ends).
 """
 
 from __future__ import annotations
@@ -14,20 +17,27 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
 from rayflow._runtime.admission import Admission, Resources
+from rayflow._runtime.attempts import UNAVAILABLE
 from rayflow._runtime.pool import RunActorPool
 from rayflow._runtime.run_actor import LOST
 from rayflow._status import RunStatus
+from rayflow.errors import Unavailable
 from rayflow.store.base import FINISHED_STATUSES, Store
 
 log = logging.getLogger("rayflow")
+T = TypeVar("T")
 
 #: how often a run may lose its actor (node death, OOM kill) and be resumed
 MAX_CRASH_RESUMES = 3
+#: how often a run may be resumed after the Store was unreachable mid-attempt
+MAX_OUTAGE_RESUMES = 10
+#: the longest pause between two looks at a Store that does not answer
+STORE_POLL_MAX_S = 5.0
 
 
 class Supervisor:
@@ -44,6 +54,7 @@ class Supervisor:
         self._spawn = spawn
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._crashes: dict[str, int] = {}
+        self._outages: dict[str, int] = {}
 
     async def run_on_actor(self, run_id: str, resources: Resources) -> None:
         try:
@@ -81,42 +92,60 @@ class Supervisor:
                 self.pool.retire(name, actor, resources)
             self.admission.release_slot()
         if status is None or status == LOST:
-            await self._resume_after_crash(run_id, resources)
+            await self._resume(run_id, resources, self._crashes, MAX_CRASH_RESUMES)
+        elif status == UNAVAILABLE:
+            await self._resume(run_id, resources, self._outages, MAX_OUTAGE_RESUMES)
         elif status in FINISHED_STATUSES:
             self.notify(run_id, status)
         elif status == RunStatus.QUEUED:
             # a message woke it while it suspended
             self.admission.launch(run_id, resources, front=True)
 
-    async def _resume_after_crash(self, run_id: str, resources: Resources) -> None:
-        run = await asyncio.to_thread(self.store.get_run, run_id)
+    async def _resume(
+        self, run_id: str, resources: Resources, counts: dict[str, int], most: int
+    ) -> None:
+        """Launch the run again from its journal; the `most`-th time it needs
+        one (counted in `counts`, crashes or outages) it is CRASHED instead."""
+        run = await self._store_call(self.store.get_run, run_id)
         if run is None or run.status == RunStatus.WAITING:
             return
         if run.finished:
             self.notify(run_id, run.status)
             return
-        crashes = self._crashes.get(run_id, 0) + 1
-        self._crashes[run_id] = crashes
-        if crashes > MAX_CRASH_RESUMES:
-            await asyncio.to_thread(
+        n = counts[run_id] = counts.get(run_id, 0) + 1
+        if n > most:
+            what = "lost its actor" if counts is self._crashes else "lost the Store"
+            await self._store_call(
                 self.store.finish_run,
                 run_id,
                 RunStatus.CRASHED,
                 None,
-                json.dumps(
-                    {"name": "Crashed", "message": f"run {run_id} lost its actor {crashes} times"}
-                ),
+                json.dumps({"name": "Crashed", "message": f"run {run_id} {what} {n} times"}),
             )
             self.notify(run_id, RunStatus.CRASHED)
             return
         # give Ray time to notice a lost node before it places the run again:
-        # a resume onto the dying node would spend another of its crashes
-        await asyncio.sleep(min(5.0, 0.5 * (crashes - 1)))
-        if run.status == RunStatus.EXECUTING and not await asyncio.to_thread(
+        # a resume onto the dying node would spend another of its crashes.
+        # After an outage the Store answered get_run already: a short pause.
+        step = 0.5 if counts is self._crashes else 0.1
+        await asyncio.sleep(min(5.0, step * (n - 1)))
+        if run.status == RunStatus.EXECUTING and not await self._store_call(
             self.store.set_active_status, run_id, RunStatus.QUEUED, actor_name=None
         ):
             return
         self.admission.launch(run_id, resources, front=True)
+
+    async def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args)` on a thread, tried again until the Store answers: a
+        run's supervision outlives any outage of its Store."""
+        pause = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except Unavailable as e:
+                log.warning("the Store is unreachable (%s); trying again in %.1f s", e, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, STORE_POLL_MAX_S)
 
     def waiter(self, run_id: str) -> asyncio.Future[str]:
         """A future set to the run's status when it finishes (`notify`)."""
@@ -126,6 +155,7 @@ class Supervisor:
 
     def notify(self, run_id: str, status: str) -> None:
         self._crashes.pop(run_id, None)
+        self._outages.pop(run_id, None)
         for fut in self._waiters.pop(run_id, []):
             if not fut.done():
                 fut.set_result(status)

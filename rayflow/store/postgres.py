@@ -80,8 +80,6 @@ class CommitUnknown(Unavailable):
 def _server_went_away(e: psycopg.OperationalError) -> bool:
     """A broken or refused connection, or a server shutting down or starting
     up (SQLSTATE classes 08 and 57P): the transaction did not happen."""
-    if isinstance(e, PoolTimeout):
-        return False  # the pool already waited its connect timeout
     state = e.sqlstate
     return state is None or state.startswith(("08", "57P"))
 
@@ -91,6 +89,16 @@ def _server_went_away(e: psycopg.OperationalError) -> bool:
 #: retried after a COMMIT whose outcome is unknown; a state change (claim,
 #: finish, suspend) is not, and its caller sees CommitUnknown.
 IDEMPOTENT = frozenset({"append_chunks", "append_chunks_many", "journal_append", "inbox_send_many"})
+
+
+def _unreachable(call: str, e: Exception) -> Unavailable:
+    """What a caller sees when the server stayed away: `Unavailable`, the
+    error a run resumes after (it is not the task's failure) and HTTP
+    answers with 503."""
+    return Unavailable(
+        f"PostgreSQL did not answer {call} within {RECONNECT_S:.0f} s: {e}; nothing was"
+        " written, and the call is safe to retry"
+    )
 
 
 def _retried(method: Any) -> Any:
@@ -106,13 +114,20 @@ def _retried(method: Any) -> Any:
         while True:
             try:
                 return method(self, *args, **kwargs)
+            except PoolTimeout as e:
+                # the pool already waited its whole timeout for a connection
+                raise _unreachable(method.__name__, e) from e
             except (psycopg.OperationalError, CommitUnknown) as e:
                 unknown = isinstance(e, CommitUnknown)
                 if unknown and not idempotent:
                     raise
                 away = unknown or _server_went_away(e)  # type: ignore[arg-type]
-                if not away or time.monotonic() + pause > deadline:
+                if not away:
                     raise
+                if time.monotonic() + pause > deadline:
+                    if unknown:
+                        raise
+                    raise _unreachable(method.__name__, e) from e
                 log.warning("PostgreSQL store: %s failed (%s); retrying", method.__name__, e)
                 time.sleep(pause)
                 pause = min(2 * pause, 1.0)
