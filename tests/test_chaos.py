@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import ray
 from _http_fixtures import HttpApi, http_api  # noqa: F401  (fixture)
 
 import rayflow  # noqa: E402
-from rayflow import streams, task  # noqa: E402
+from rayflow import errors, streams, task  # noqa: E402
 from rayflow._runtime import connection  # noqa: E402
 from rayflow.store import open_store  # noqa: E402
 from rayflow.store.base import RunRecord  # noqa: E402
@@ -174,4 +175,36 @@ def test_the_postgres_store_rides_out_cut_connections(
         )
         assert created[0][1] is True
     finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_the_postgres_store_says_unavailable_when_no_connection_comes(
+    store_url_for: Any,
+) -> None:
+    """The pool's own PoolTimeout never reaches a caller: it is `Unavailable`
+    (a 503 over HTTP, an outage a run resumes after)."""
+    from rayflow.store.postgres import PostgresStore
+
+    store = open_store(store_url_for("postgres"))
+    assert isinstance(store, PostgresStore)
+    small = PostgresStore(store.url, min_size=1, max_size=1, connect_timeout_s=1.0)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with small._transaction():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(errors.Unavailable, match="did not answer get_run"):
+            small.get_run("run_missing")
+    finally:
+        release.set()
+        holder.join()
+        small.close()
         store.close()

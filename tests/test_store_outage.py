@@ -15,16 +15,13 @@ chaos soak, `benchmarks/chaos.py --store postgres`, restarts a real server).
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import rayflow
 from rayflow import errors, step, streams, task
 from rayflow._runtime.supervisor import MAX_OUTAGE_RESUMES
-from rayflow.store import open_store
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -58,7 +55,7 @@ async def outage_always(payload: dict) -> None:
 def test_a_run_that_meets_a_store_outage_resumes_instead_of_failing(tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")
     handle = outage_once.trigger({"marks": marks, "flag": str(tmp_path / "flag")}).result()
-    run = rayflow.runs.wait(handle.id, timeout_s=60).result()
+    run = rayflow.runs.wait(handle.id).result()
     assert run.status == "COMPLETED", run.error
     assert run.output == 1, "an outage must not spend one of the task's attempts"
     assert list(counted.read(handle.id, timeout_s=1)) == [0, 1, 2, 3]
@@ -68,39 +65,7 @@ def test_a_run_that_meets_a_store_outage_resumes_instead_of_failing(tmp_path: Pa
 def test_a_run_that_meets_an_outage_at_every_attempt_still_ends(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     handle = outage_always.trigger({"marks": str(marks)}).result()
-    run = rayflow.runs.wait(handle.id, timeout_s=120).result()
+    run = rayflow.runs.wait(handle.id).result()
     assert run.status == "CRASHED"
     assert "lost the Store" in run.error["message"]
     assert len(marks.read_text().split()) == MAX_OUTAGE_RESUMES + 1
-
-
-@pytest.mark.postgres
-def test_the_postgres_store_says_unavailable_when_no_connection_comes(
-    store_url_for: Any,
-) -> None:
-    """The pool's own PoolTimeout never reaches a caller: it is `Unavailable`
-    (a 503 over HTTP, an outage a run resumes after)."""
-    from rayflow.store.postgres import PostgresStore
-
-    store = open_store(store_url_for("postgres"))
-    assert isinstance(store, PostgresStore)
-    small = PostgresStore(store.url, min_size=1, max_size=1, connect_timeout_s=1.0)
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with small._transaction():
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
-        with pytest.raises(errors.Unavailable, match="did not answer get_run"):
-            small.get_run("run_missing")
-    finally:
-        release.set()
-        holder.join()
-        small.close()
-        store.close()
