@@ -872,6 +872,96 @@ async def bench_rayflow(
     return out
 
 
+def measure_floors(base: str, synchronous: str, n: int = 300) -> dict[str, Any]:
+    """What no design on Ray Serve and fsync'd commits can go below, measured
+    here without rayflow's code: a bare async Ray actor call (round trip), one
+    one-chunk Store commit (SQLite, `synchronous`), one HTTP request answered
+    by the rayflow replica (`GET /healthz`, the Serve + FastAPI floor)."""
+    sys.path.insert(0, str(HERE))
+    import _breakdown as bd
+
+    from rayflow.store import open_store
+
+    sys.path.remove(str(HERE))
+    ray_ms = bd.ray_call_floor(n)["bare async actor call, round trip"]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/floor.db", sqlite_synchronous=synchronous)
+        store.migrate()
+        commit_ms = bd.store_floor(store, n)
+        store.close()
+    http_ms = []
+    with httpx.Client(base_url=base) as client:
+        client.get("/healthz")
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.get("/healthz").raise_for_status()
+            http_ms.append((time.perf_counter() - t0) * 1000)
+    return {
+        "ray_call": c.summary(ray_ms),
+        "commit": c.summary(commit_ms),
+        "http": c.summary(http_ms),
+    }
+
+
+def goals_table(res: dict[str, Any]) -> str:
+    """Issue 10's p50 goals beside the floor under each: met, out of reach
+    (the floor is above the goal), or missed with room left."""
+    r, b, f = res["rayflow"], res["baseline"], res.get("floors")
+    if not f:
+        return ""
+    ray_ms, commit_ms, http_ms = (f[k]["p50"] for k in ("ray_call", "commit", "http"))
+    rows = [
+        f"floors (p50, ms): bare Ray call round trip {ray_ms:.2f}, one-chunk commit"
+        f" {commit_ms:.2f}, HTTP request to the replica {http_ms:.2f}",
+        "",
+        "| goal (p50) | rayflow | baseline | goal | floor under rayflow | verdict |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    # a chunk from outside the run crosses into its RunActor and back out (a
+    # round trip's worth of Ray) and is committed before anyone sees it
+    path = ray_ms + commit_ms
+    cases = [
+        ("lat1", "sse_ms", None, "append → SSE, 1 stream", 2, path, "Ray call + commit"),
+        ("lat10", "sse_ms", None, "append → SSE, 10 streams", 2, path, "Ray call + commit"),
+        ("many", "sse_ms", None, "append → SSE, 100 streams", 2, path, "Ray call + commit"),
+        ("lat1", "ack_ms", None, "outside writer ack, 1 stream", 3, path, "Ray call + commit"),
+        (
+            "lat1",
+            "ack_ms",
+            "lat1_http",
+            "HTTP append ack, 1 stream",
+            3,
+            http_ms + path,
+            "HTTP request + Ray call + commit",
+        ),
+    ]
+    for part, key, ours, label, times, floor, what in cases:
+        mine, theirs = r.get(ours or part), b.get(part)
+        if not mine or not theirs or mine[key].get("p50") is None:
+            continue
+        got, base_ms = mine[key]["p50"], theirs[key]["p50"]
+        goal = times * base_ms
+        if got <= goal:
+            verdict = "met"
+        elif floor > goal:
+            verdict = f"out of reach: floor ×{floor / base_ms:.1f} the baseline"
+        else:
+            verdict = "missed; the floor is below the goal"
+        rows.append(
+            f"| {label} | {got:.2f} | {base_ms:.2f} | ≤ {goal:.2f} ({times}×)"
+            f" | {floor:.2f} ({what}) | {verdict} |"
+        )
+    for part, label in (("many", "100 streams, writer outside"), ("many_inside", "inside")):
+        if part in r and "cpu_us_per_chunk" in r[part]:
+            cores = r[part]["cpu_us_per_chunk"] * MANY["runs"] * MANY["keys"] * MANY["rate"] / 1e6
+            rows.append(
+                f"| CPU to deliver {label}: {r[part]['cpu_us_per_chunk']:,.0f} µs/chunk"
+                f" × {MANY['runs'] * MANY['keys'] * MANY['rate']:,}/s | {cores:.2f} cores"
+                f" | | ≤ 2 cores | | {'fits' if cores <= 2 else 'more than the box has'} |"
+            )
+    return "\n".join(rows)
+
+
 def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: str) -> None:
     """`--breakdown`: where an append's time goes, hop by hop (benchmarks/_breakdown.py)."""
     import ray
@@ -1006,6 +1096,8 @@ def main() -> None:
                 results["rayflow"] = asyncio.run(
                     bench_rayflow(rf_base, secret, runs, size, parts, proxy_base)
                 )
+                log("floors: a bare Ray call, a SQLite commit, one HTTP request to the replica")
+                results["floors"] = measure_floors(rf_base, args.sqlite_synchronous)
             finally:
                 stop_rayflow(runs)
     finally:
@@ -1013,6 +1105,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(table(results, size))
+    print()
+    print(goals_table(results))
     print(
         f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s, "
         f"rayflow SQLite synchronous={args.sqlite_synchronous}, {args.ingress} ingress, "
