@@ -81,7 +81,9 @@ async def list_runs(
 
 
 async def trigger(task_id: str, payload: Any, options: dict[str, Any]) -> tuple[str, bool]:
-    """Start a run; returns (run id, whether an idempotency key found an old run)."""
+    """Start a run; returns (run id, whether an idempotency key found an old run).
+
+    `options` are a trigger's options as on the wire (camelCase names)."""
     import rayflow
 
     tags = options.get("tags")

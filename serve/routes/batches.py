@@ -78,12 +78,12 @@ async def batch_trigger(
         handles = await rayflow.batch_trigger(
             task_id,
             [
-                decode_payload(i.payload, o.payloadType)
+                decode_payload(i.payload, o.payload_type)
                 for i, o in zip(body.items, item_options, strict=True)
             ],
-            idempotency_keys=[who.idempotency_key(o.idempotencyKey) for o in item_options],
+            idempotency_keys=[who.idempotency_key(o.idempotency_key) for o in item_options],
             tags=tags,
-            max_duration=first.maxDuration,
+            max_duration=first.max_duration,
         )
         for h in handles:
             if not h.is_cached:
@@ -92,11 +92,11 @@ async def batch_trigger(
         return _answer(batch_id, runs, response, st)
     for n, item in enumerate(body.items):
         options = item.options or TriggerOptions()
-        payload = decode_payload(item.payload, options.payloadType)
-        options.idempotencyKey = who.idempotency_key(options.idempotencyKey)
+        payload = decode_payload(item.payload, options.payload_type)
+        options.idempotency_key = who.idempotency_key(options.idempotency_key)
         try:
             run_id, cached = await core.trigger(
-                task_id, payload, options.model_dump(exclude_none=True)
+                task_id, payload, options.model_dump(exclude_none=True, by_alias=True)
             )
         except RayflowError as e:
             if not runs:
@@ -112,7 +112,8 @@ async def batch_trigger(
 
 def _shared(options: TriggerOptions) -> dict[str, object]:
     """The options a one-call batch applies to every item alike."""
-    return options.model_dump(exclude_none=True, exclude={"idempotencyKey", "payloadType"})
+    wire = options.model_dump(exclude_none=True, by_alias=True)
+    return {k: v for k, v in wire.items() if k not in ("idempotencyKey", "payloadType")}
 
 
 def _answer(

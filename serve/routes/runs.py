@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from rayflow._status import FAILED_STATUSES, RunStatus
 from rayflow._tokens import run_scopes, token_claims
@@ -15,6 +15,7 @@ from rayflow.errors import ValidationError
 from rayflow.runs import run_metadata
 from serve import core
 from serve.deps import AppState, Caller
+from serve.wire import WireModel, WireRequest
 
 router = APIRouter(tags=["runs"])
 
@@ -38,25 +39,25 @@ def finite_json(value: Any) -> Any:
 
 
 # -- wire models --------------------------------------------------------------
-class TriggerOptions(BaseModel):
+class TriggerOptions(WireRequest):
     """Options of a trigger; unknown Trigger.dev options are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
 
-    idempotencyKey: str | None = Field(default=None, max_length=2048)
+    idempotency_key: str | None = Field(default=None, max_length=2048)
     tags: str | list[str] | None = None
     ttl: str | int | None = None
     #: seconds; a negative duration is a 422 here, not a 500 in the runtime
-    maxDuration: int | None = Field(default=None, ge=0)
-    maxAttempts: int | None = None
-    parentRunId: str | None = None
-    payloadType: PayloadType | None = None
+    max_duration: int | None = Field(default=None, ge=0)
+    max_attempts: int | None = None
+    parent_run_id: str | None = None
+    payload_type: PayloadType | None = None
     metadata: dict[str, Any] | None = None
 
     _finite_metadata = field_validator("metadata")(finite_json)
 
 
-class TriggerBody(BaseModel):
+class TriggerBody(WireRequest):
     """`payload` is any JSON value, or a string serialised as `options.payloadType`."""
 
     payload: Any = None
@@ -65,79 +66,79 @@ class TriggerBody(BaseModel):
     _finite_payload = field_validator("payload")(finite_json)
 
 
-class TriggerResponse(BaseModel):
+class TriggerResponse(WireModel):
     id: str
-    isCached: bool = False
+    is_cached: bool = False
 
 
-class RunEnvironment(BaseModel):
+class RunEnvironment(WireModel):
     id: str = "rayflow"
     name: str = "rayflow"
 
 
-class RunSummary(BaseModel):
+class RunSummary(WireModel):
     id: str
     status: RunStatus
-    taskIdentifier: str
-    idempotencyKey: str | None = None
-    isQueued: bool
-    isExecuting: bool
-    isWaiting: bool
-    isCompleted: bool
-    isSuccess: bool
-    isFailed: bool
-    isCancelled: bool
-    isTest: bool = False
-    createdAt: datetime
-    updatedAt: datetime
-    startedAt: datetime | None = None
-    finishedAt: datetime | None = None
+    task_identifier: str
+    idempotency_key: str | None = None
+    is_queued: bool
+    is_executing: bool
+    is_waiting: bool
+    is_completed: bool
+    is_success: bool
+    is_failed: bool
+    is_cancelled: bool
+    is_test: bool = False
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     tags: list[str]
-    costInCents: float = 0
-    baseCostInCents: float = 0
-    durationMs: int = 0
+    cost_in_cents: float = 0
+    base_cost_in_cents: float = 0
+    duration_ms: int = 0
     depth: int = 0
-    triggerFunction: str = "trigger"
+    trigger_function: str = "trigger"
 
 
-class RelatedRuns(BaseModel):
+class RelatedRuns(WireModel):
     root: RunSummary | None = None
     parent: RunSummary | None = None
     children: list[RunSummary] = []
 
 
-class RunError(BaseModel):
+class RunError(WireModel):
     model_config = ConfigDict(extra="allow")
     message: str
     name: str | None = None
-    stackTrace: str | None = None
+    stack_trace: str | None = None
 
 
 class RunResponse(RunSummary):
     payload: Any = None
     output: Any = None
     metadata: dict[str, Any] | None = None
-    batchId: str | None = None
+    batch_id: str | None = None
     error: RunError | None = None
-    attemptCount: int = 0
-    relatedRuns: RelatedRuns = RelatedRuns()
+    attempt_count: int = 0
+    related_runs: RelatedRuns = RelatedRuns()
 
 
 class ListedRun(RunSummary):
     env: RunEnvironment = RunEnvironment()
 
 
-class Pagination(BaseModel):
+class Pagination(WireModel):
     next: str | None = None
     previous: str | None = None
 
 
-class ListRunsResponse(BaseModel):
+class ListRunsResponse(WireModel):
     data: list[ListedRun]
     pagination: Pagination
 
 
-class CanceledRunResponse(BaseModel):
+class CanceledRunResponse(WireModel):
     id: str
 
 
@@ -172,23 +173,23 @@ def summary_fields(run: Any) -> dict[str, Any]:
     return {
         "id": run.id,
         "status": status,
-        "taskIdentifier": run.task_id,
-        "idempotencyKey": run.idempotency_key,
-        "isQueued": status == RunStatus.QUEUED,
-        "isExecuting": status == RunStatus.EXECUTING,
-        "isWaiting": status == RunStatus.WAITING,
+        "task_identifier": run.task_id,
+        "idempotency_key": run.idempotency_key,
+        "is_queued": status == RunStatus.QUEUED,
+        "is_executing": status == RunStatus.EXECUTING,
+        "is_waiting": status == RunStatus.WAITING,
         # Trigger.dev's meaning: ran to an end (success or failure); a
         # canceled run is not "completed" (its SDK computes the same)
-        "isCompleted": status == RunStatus.COMPLETED or status in FAILED_STATUSES,
-        "isSuccess": status == RunStatus.COMPLETED,
-        "isFailed": status in FAILED_STATUSES,
-        "isCancelled": status == RunStatus.CANCELED,
-        "createdAt": _ms(run.created_at),
-        "updatedAt": _ms(run.updated_at),
-        "startedAt": _ms(started),
-        "finishedAt": _ms(ended),
+        "is_completed": status == RunStatus.COMPLETED or status in FAILED_STATUSES,
+        "is_success": status == RunStatus.COMPLETED,
+        "is_failed": status in FAILED_STATUSES,
+        "is_cancelled": status == RunStatus.CANCELED,
+        "created_at": _ms(run.created_at),
+        "updated_at": _ms(run.updated_at),
+        "started_at": _ms(started),
+        "finished_at": _ms(ended),
         "tags": tags if isinstance(tags, list) else [tags],
-        "durationMs": (ended - started) if started and ended else 0,
+        "duration_ms": (ended - started) if started and ended else 0,
         "depth": 0 if run.parent_id is None else 1,
     }
 
@@ -204,10 +205,10 @@ def run_response(run: Any, parent: Any, root: Any, children: list[Any]) -> RunRe
         payload=_json(run.payload),
         output=_json(run.output),
         metadata=run_metadata(run),
-        batchId=run.batch_id,
+        batch_id=run.batch_id,
         error=error,
-        attemptCount=run.attempt,
-        relatedRuns=RelatedRuns(
+        attempt_count=run.attempt,
+        related_runs=RelatedRuns(
             root=RunSummary(**summary_fields(root)) if root else None,
             parent=RunSummary(**summary_fields(parent)) if parent else None,
             children=[RunSummary(**summary_fields(c)) for c in children],
@@ -228,15 +229,17 @@ async def trigger_task(
     public access token that may read the run and write its input streams."""
     who.require("trigger", "tasks", task_id)
     options = body.options or TriggerOptions()
-    payload = decode_payload(body.payload, options.payloadType)
-    options.idempotencyKey = who.idempotency_key(options.idempotencyKey)
-    run_id, cached = await core.trigger(task_id, payload, options.model_dump(exclude_none=True))
+    payload = decode_payload(body.payload, options.payload_type)
+    options.idempotency_key = who.idempotency_key(options.idempotency_key)
+    run_id, cached = await core.trigger(
+        task_id, payload, options.model_dump(exclude_none=True, by_alias=True)
+    )
     scopes = run_scopes(run_id)
     response.headers["x-trigger-jwt"] = st.mint(scopes)
     response.headers["x-trigger-jwt-claims"] = json.dumps(
         token_claims(scopes, st.settings.token_ttl_s)
     )
-    return TriggerResponse(id=run_id, isCached=cached)
+    return TriggerResponse(id=run_id, is_cached=cached)
 
 
 @router.get("/api/v3/runs/{run_id}", response_model=RunResponse)
