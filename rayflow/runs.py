@@ -120,7 +120,9 @@ def retrieve(run_id: str) -> Response[Run]:
         store = connection.current().store
         record = await asyncio.to_thread(store.get_run, run_id)
         if record is None:
-            raise RunNotFound(f"run {run_id} does not exist (or was removed by retention)")
+            raise RunNotFound(
+                f"run {run_id} does not exist (or was removed by retention)", run_id=run_id
+            )
         return Run.from_record(record)
 
     return Response(go)

@@ -31,7 +31,8 @@ async def get_run(run_id: str) -> RunRecord:
     run = await asyncio.to_thread(_conn().store.get_run, run_id)
     if run is None:
         raise RunNotFound(
-            f"run {run_id} not found; check the id (finished runs are deleted after retention)"
+            f"run {run_id} not found; check the id (finished runs are deleted after retention)",
+            run_id=run_id,
         )
     return run
 
@@ -118,7 +119,11 @@ async def check_open(run_id: str, key: str) -> None:
     """Raise StreamClosed when the run's stream `key` was closed: it takes no more chunks."""
     info = await asyncio.to_thread(_conn().store.stream_info, run_id, key)
     if info is not None and info.closed:
-        raise StreamClosed(f"stream {key!r} of run {run_id} is closed; it takes no more chunks")
+        raise StreamClosed(
+            f"stream {key!r} of run {run_id} is closed; it takes no more chunks",
+            run_id=run_id,
+            stream=key,
+        )
 
 
 async def append_writes(run_id: str, key: str, writer: str, chunks: list[tuple[int, str]]) -> None:
@@ -147,12 +152,16 @@ async def send_input(
     if messages >= conn.settings.max_input_messages_per_run:
         raise TooManyRequests(
             f"run {run_id} already holds {messages} input messages, its limit"
-            " (RAYFLOW_MAX_INPUT_MESSAGES_PER_RUN); it takes no more"
+            " (RAYFLOW_MAX_INPUT_MESSAGES_PER_RUN); it takes no more",
+            run_id=run_id,
+            stream=stream_id,
         )
     if size > conn.settings.max_input_log_bytes_per_run:
         raise PayloadTooLarge(
             f"run {run_id}'s input messages would grow to {size} bytes, over its limit of"
-            f" {conn.settings.max_input_log_bytes_per_run} (RAYFLOW_MAX_INPUT_LOG_BYTES_PER_RUN)"
+            f" {conn.settings.max_input_log_bytes_per_run} (RAYFLOW_MAX_INPUT_LOG_BYTES_PER_RUN)",
+            run_id=run_id,
+            stream=stream_id,
         )
 
     await rayflow.streams.send(run_id, stream_id, data, idempotency_key=idempotency_key)

@@ -68,11 +68,20 @@ def plain(exc: RayflowError) -> RayflowError:
 
 class RouteError(RayflowError):
     """An error whose wire message differs from rayflow's own (docs/wire.md fixes
-    some texts, e.g. "Run not found"); the rayflow message goes in `detail`."""
+    some texts, e.g. "Run not found"); the rayflow message goes in `detail`.
+    `run_id` and `stream` name the request's run and stream where `cause` names none."""
 
-    def __init__(self, status: int, wire_message: str, cause: RayflowError) -> None:
+    def __init__(
+        self,
+        status: int,
+        wire_message: str,
+        cause: RayflowError,
+        *,
+        run_id: str | None = None,
+        stream: str | None = None,
+    ) -> None:
         cause = plain(cause)
-        super().__init__(wire_message, run_id=cause.run_id, stream=cause.stream)
+        super().__init__(wire_message, run_id=cause.run_id or run_id, stream=cause.stream or stream)
         self.http_status = status
         self.code = type(cause).__name__
         self.detail = str(cause)

@@ -137,7 +137,9 @@ class HubSource:
         def look() -> tuple[bool, bool]:
             run = store.get_run(self.run_id)
             if run is None:
-                raise RunNotFound(f"run {self.run_id} does not exist")
+                raise RunNotFound(
+                    f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
+                )
             return store.stream_info(self.run_id, self.key) is not None, run.finished
 
         while True:

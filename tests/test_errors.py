@@ -4,6 +4,7 @@ that names its run and stream and survives a trip through Ray."""
 from __future__ import annotations
 
 import pickle
+import uuid
 from typing import Any
 
 import pytest
@@ -101,3 +102,15 @@ def test_a_bad_duration_or_start_index_is_invalid_argument() -> None:
         quick.trigger({}, max_duration="5 parsecs")
     with pytest.raises(errors.InvalidArgument, match="start_index"):
         list(out.read("run_whatever", start_index=-1))
+
+
+def test_an_unknown_run_or_a_reused_key_names_the_run_it_is_about() -> None:
+    for call in (rayflow.runs.retrieve, rayflow.runs.cancel, rayflow.runs.wait):
+        with pytest.raises(errors.RunNotFound) as missing:
+            call("run_nosuchrun").result()
+        assert missing.value.run_id == "run_nosuchrun", call
+    key = f"errors-{uuid.uuid4().hex}"
+    first = quick.trigger({"n": 1}, idempotency_key=key).result()
+    with pytest.raises(errors.IdempotencyConflict) as conflict:
+        quick.trigger({"n": 2}, idempotency_key=key).result()
+    assert conflict.value.run_id == first.id

@@ -222,3 +222,56 @@ async def test_the_http_app_listens_on_loopback_only(http_tasks: HttpApi) -> Non
                 assert conn.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), (
                     f"{proc.name()} (pid {proc.pid}) listens on {conn.laddr}"
                 )
+
+
+async def test_an_error_about_a_run_names_the_run_and_stream_in_its_body(
+    http_tasks: HttpApi,
+) -> None:
+    """A client can tell which run (and stream) a refusal concerns from the JSON
+    body alone: `runId` and `stream` beside `error` and `code`."""
+    run_id, _ = await trigger(http_tasks, "http-emit", {"n": 1})
+    await wait_finished(run_id)
+    key = uuid.uuid4().hex
+    trigger_path = "/api/v1/tasks/http-emit/trigger"
+    async with http_tasks.client() as c:
+        h = http_tasks.headers()
+        unknown = [
+            await c.get("/api/v3/runs/run_nosuchrun", headers=h),
+            await c.post("/api/v2/runs/run_nosuchrun/cancel", headers=h),
+            await c.post("/rayflow/v1/runs/run_nosuchrun/tokens", headers=h),
+        ]
+        unknown_input = await c.post(
+            "/realtime/v1/streams/run_nosuchrun/input/approval", headers=h, json={"data": {}}
+        )
+        finished_append = await c.post(
+            f"/realtime/v1/streams/{run_id}/self/logs/append", headers=h, content=b"late"
+        )
+        finished_writer = await c.put(f"/realtime/v1/streams/{run_id}/self/logs", headers=h)
+        finished_input = await c.post(
+            f"/realtime/v1/streams/{run_id}/input/notes", headers=h, json={"data": {}}
+        )
+        first = await c.post(
+            trigger_path, headers=h, json={"payload": {"n": 1}, "options": {"idempotencyKey": key}}
+        )
+        conflict = await c.post(
+            trigger_path, headers=h, json={"payload": {"n": 2}, "options": {"idempotencyKey": key}}
+        )
+
+    for r in unknown:
+        assert (r.status_code, r.json()["code"]) == (404, "RunNotFound"), r.text
+        assert r.json()["runId"] == "run_nosuchrun" and "stream" not in r.json()
+    assert unknown_input.status_code == 404, unknown_input.text
+    assert unknown_input.json()["error"] == "Run not found"
+    assert (unknown_input.json()["runId"], unknown_input.json()["stream"]) == (
+        "run_nosuchrun",
+        "approval",
+    )
+    for r, stream in [(finished_append, "logs"), (finished_writer, "logs")]:
+        assert (r.status_code, r.json()["code"]) == (400, "RunFinished"), r.text
+        assert (r.json()["runId"], r.json()["stream"]) == (run_id, stream)
+    assert finished_input.status_code == 400, finished_input.text
+    assert (finished_input.json()["runId"], finished_input.json()["stream"]) == (run_id, "notes")
+    # a key reused with another payload: the 409 names the run the key already has
+    assert first.status_code == 200, first.text
+    assert (conflict.status_code, conflict.json()["code"]) == (409, "IdempotencyConflict")
+    assert conflict.json()["runId"] == first.json()["id"]

@@ -165,7 +165,7 @@ class Controller:
                 await asyncio.wait_for(self._attached.wait(), 60)
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
-            raise RunNotFound(f"run {run_id} does not exist")
+            raise RunNotFound(f"run {run_id} does not exist", run_id=run_id)
         live = self.admission.live.get(run_id)
         return run.status, (live[1] if live else None)
 
@@ -174,7 +174,7 @@ class Controller:
         fut = self.supervisor.waiter(run_id)
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
-            raise RunNotFound(f"run {run_id} does not exist")
+            raise RunNotFound(f"run {run_id} does not exist", run_id=run_id)
         if run.finished:
             self.supervisor.notify(run_id, run.status)
         return await fut
@@ -183,7 +183,7 @@ class Controller:
         """Cancel an active run (and its active children). False if it had finished."""
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
-            raise RunNotFound(f"run {run_id} does not exist")
+            raise RunNotFound(f"run {run_id} does not exist", run_id=run_id)
         canceled = await asyncio.to_thread(
             self.store.finish_run,
             run_id,

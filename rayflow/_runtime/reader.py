@@ -46,7 +46,9 @@ class ChunkReader:
         batch: int = 1000,
     ) -> None:
         if start_index < 0:
-            raise InvalidArgument(f"start_index must be >= 0, not {start_index}")
+            raise InvalidArgument(
+                f"start_index must be >= 0, not {start_index}", run_id=run_id, stream=key
+            )
         self.run_id, self.key, self.batch = run_id, key, batch
         self.next_index = start_index
         self.timeout_s = timeout_s

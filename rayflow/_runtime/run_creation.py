@@ -65,7 +65,7 @@ class RunCreation:
         if parent_id is not None:
             parent = await asyncio.to_thread(self.store.get_run, parent_id)
             if parent is None:
-                raise RunNotFound(f"parent run {parent_id} does not exist")
+                raise RunNotFound(f"parent run {parent_id} does not exist", run_id=parent_id)
             root_id = parent.root_id or parent.id
         records: list[RunRecord] = []
         resources: list[Resources] = []
@@ -92,12 +92,18 @@ class RunCreation:
         # a key names one trigger: reused with another payload it is a mistake
         # (or someone else's key), never a retry; the new runs above still start
         conflicts = [
-            f"item {n}: idempotency key {rec.idempotency_key!r} was used for run {run.id}"
+            (n, rec.idempotency_key, run.id)
             for n, ((run, new), rec) in enumerate(zip(created, records, strict=True))
             if not new and run.payload != rec.payload
         ]
         if conflicts:
+            # the run the key already names, when there is one such run
+            named = {r for _, _, r in conflicts}
             raise IdempotencyConflict(
-                "an idempotency key was reused with a different payload: " + "; ".join(conflicts)
+                "an idempotency key was reused with a different payload: "
+                + "; ".join(
+                    f"item {n}: idempotency key {k!r} was used for run {r}" for n, k, r in conflicts
+                ),
+                run_id=named.pop() if len(named) == 1 else None,
             )
         return [(run.id, new) for run, new in created]

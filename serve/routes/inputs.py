@@ -59,16 +59,26 @@ async def send_input(
     stored once."""
     who.require("write", "inputStreams", run_id)
     if "data" not in body.model_fields_set:
-        raise BadRequest('the body must be {"data": <message>}; "data" is missing')
+        raise BadRequest(
+            'the body must be {"data": <message>}; "data" is missing',
+            run_id=run_id,
+            stream=stream_id,
+        )
     try:
         run = await core.get_run(run_id)
         if not run.finished:
             await validate_send(run.task_id, stream_id, body.data)
         await core.send_input(run_id, stream_id, body.data, who.idempotency_key(idempotency_key))
     except RunNotFound as e:
-        raise RouteError(404, "Run not found", e) from e
+        raise RouteError(404, "Run not found", e, run_id=run_id, stream=stream_id) from e
     except RunFinished as e:
-        raise RouteError(400, "Cannot send to input stream on a completed run", e) from e
+        raise RouteError(
+            400,
+            "Cannot send to input stream on a completed run",
+            e,
+            run_id=run_id,
+            stream=stream_id,
+        ) from e
     return SendInputResponse()
 
 

@@ -123,7 +123,7 @@ async def append_chunk(
     try:
         text = body.decode()
     except UnicodeDecodeError as e:
-        raise BadRequest("the chunk must be UTF-8 text") from e
+        raise BadRequest("the chunk must be UTF-8 text", run_id=target_id, stream=key) from e
     # a closed stream answers StreamClosed from the run's buffer or, for a
     # run without an actor, from the appender's Store path: no Store read here
     await core.append(target_id, key, text, x_part_id)
@@ -140,7 +140,12 @@ async def create_stream(run_id: str, target: str, key: str, who: Caller) -> Crea
     if run.finished:
         from rayflow.errors import RunFinished
 
-        raise RunFinished(f"run {target_id} is {run.status}; its streams take no more chunks")
+        raise RunFinished(
+            f"run {target_id} is {run.status}; its streams take no more chunks",
+            run_id=target_id,
+            stream=key,
+            status=run.status,
+        )
     return CreateStreamResponse()
 
 
@@ -200,15 +205,17 @@ async def write_ndjson(
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             if line.strip():
-                pending.append((index, _ndjson_chunk(line)))
+                pending.append((index, _ndjson_chunk(line, target_id, key)))
                 index += 1
         if len(buffered) > MAX_APPEND_BYTES:
-            raise PayloadTooLarge(f"a stream chunk is over {MAX_APPEND_BYTES} bytes")
+            raise PayloadTooLarge(
+                f"a stream chunk is over {MAX_APPEND_BYTES} bytes", run_id=target_id, stream=key
+            )
         if pending:
             await core.append_writes(target_id, key, writer, pending)
             pending = []
     if buffered.strip():
-        pending.append((index, _ndjson_chunk(buffered)))
+        pending.append((index, _ndjson_chunk(buffered, target_id, key)))
     if pending:
         await core.append_writes(target_id, key, writer, pending)
     return AppendResponse()
@@ -224,14 +231,18 @@ def resume_from(header: str | None) -> int:
     return int(resume)
 
 
-def _ndjson_chunk(line: bytes) -> str:
+def _ndjson_chunk(line: bytes, run_id: str, key: str) -> str:
     if len(line) > MAX_APPEND_BYTES:
-        raise PayloadTooLarge(f"a stream chunk is over {MAX_APPEND_BYTES} bytes")
+        raise PayloadTooLarge(
+            f"a stream chunk is over {MAX_APPEND_BYTES} bytes", run_id=run_id, stream=key
+        )
     try:
         text = line.decode()
         json.loads(text, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as e:
-        raise BadRequest(f"every NDJSON line must be one JSON value: {e}") from e
+        raise BadRequest(
+            f"every NDJSON line must be one JSON value: {e}", run_id=run_id, stream=key
+        ) from e
     return text
 
 

@@ -94,7 +94,7 @@ async def run_token(
     scopes = allowed if body is None or body.scopes is None else body.scopes
     foreign = [s for s in scopes if s not in allowed]
     if foreign or not scopes:
-        raise BadRequest(f"a run token may only carry {allowed}; got {scopes}")
+        raise BadRequest(f"a run token may only carry {allowed}; got {scopes}", run_id=run_id)
     ttl = (body.ttl_seconds if body else None) or st.settings.token_ttl_s
     return RunTokenResponse(
         token=st.mint(scopes, ttl), scopes=scopes, expires_at=int(time.time()) + ttl
