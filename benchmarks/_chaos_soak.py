@@ -50,8 +50,8 @@ from _chaos_workload import (
     chunk_key,
     inp,
     out,
-    sse_events,
 )
+from httpx_sse import EventSource
 
 from rayflow._runtime import connection
 
@@ -176,18 +176,20 @@ class Soak:
                 async with client.stream("GET", path, headers=headers, timeout=timeout) as resp:
                     if resp.status_code != 200:
                         raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())!r}")
-                    async for event, data in sse_events(resp.aiter_lines()):
-                        if data == "[DONE]":
-                            done = True
-                            break
-                        if event == "error":
-                            raise RuntimeError(f"event: error {data}")
-                        if event == "batch":
-                            for record in json.loads(data)["records"]:
-                                key = chunk_key(json.loads(record["body"])["data"])
-                                st.sse.append(key)
-                                st.sse_last = int(record["seq_num"])
-                                st.saw(key)
+                    events = EventSource(resp).aiter_sse()
+                    async with contextlib.aclosing(events):
+                        async for event in events:
+                            if event.data == "[DONE]":
+                                done = True
+                                break
+                            if event.event == "error":
+                                raise RuntimeError(f"event: error {event.data}")
+                            if event.event == "batch":
+                                for record in json.loads(event.data)["records"]:
+                                    key = chunk_key(json.loads(record["body"])["data"])
+                                    st.sse.append(key)
+                                    st.sse_last = int(record["seq_num"])
+                                    st.saw(key)
                 if done and await self._finished(st.id):
                     return
                 if done:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from rayflow import streams, task
@@ -127,21 +126,3 @@ class PhaseResult:
         if not self.recover_s:
             return "-"
         return f"{statistics.median(self.recover_s):.2f} / {max(self.recover_s):.2f}"
-
-
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
-    """(event, data) of each server-sent event."""
-    event: str | None = None
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data or event:
-                yield event, "\n".join(data)
-            event, data = None, []
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)

@@ -15,11 +15,13 @@ import asyncio
 import json
 import socket
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import BaseModel
 
 import rayflow
@@ -158,17 +160,12 @@ async def wait_finished(run_id: str, timeout_s: float = 60) -> rayflow.Run:
 
 # -- an SSE client that records what it got -------------------------------------------
 @dataclass
-class SSEEvent:
-    event: str | None
-    id: str | None
-    data: str
-
-
-@dataclass
 class SSEResult:
     status: int
     headers: dict[str, str]
-    events: list[SSEEvent] = field(default_factory=list)
+    #: the events, parsed by httpx-sse (an event without `event:` is "message")
+    events: list[ServerSentEvent] = field(default_factory=list)
+    #: the body of an answer that is not an event stream (an error's JSON)
     body: str = ""
 
     @property
@@ -189,26 +186,6 @@ class SSEResult:
         return any(ev.data == "[DONE]" for ev in self.events)
 
 
-def parse_sse(text: str) -> list[SSEEvent]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        event = id_ = None
-        data: list[str] = []
-        for line in block.split("\n"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "id":
-                id_ = value
-            elif name == "data":
-                data.append(value)
-        events.append(SSEEvent(event, id_, "\n".join(data)))
-    return events
-
-
 async def read_sse(
     api: HttpApi,
     path: str,
@@ -224,17 +201,12 @@ async def read_sse(
         hdrs = {"Accept": "text/event-stream", **api.headers(token), **(headers or {})}
         async with c.stream("GET", path, headers=hdrs) as r:
             result = SSEResult(status=r.status_code, headers=dict(r.headers))
-            buffered = ""
-            async for text in r.aiter_text():
-                buffered += text
-                complete, sep, rest = buffered.rpartition("\n\n")
-                if not sep:
-                    continue
-                result.events.extend(parse_sse(complete + sep))
-                result.body += complete + sep
-                buffered = rest
-                if max_records is not None and len(result.records) >= max_records:
-                    return result
-            result.body += buffered
-            result.events.extend(parse_sse(buffered))
+            if not r.headers.get("content-type", "").startswith("text/event-stream"):
+                result.body = (await r.aread()).decode()
+                return result
+            async with aclosing(EventSource(r).aiter_sse()) as events:
+                async for event in events:
+                    result.events.append(event)
+                    if max_records is not None and len(result.records) >= max_records:
+                        return result
     return result

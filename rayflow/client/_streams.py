@@ -5,7 +5,9 @@ connection breaks (a proxy, a restart, the network) it reconnects with
 `Last-Event-ID: <that index>` and the server continues after it. Records
 at or below that index are skipped, so each chunk is yielded once, in
 order, whatever happens to the connections. The read ends at the server's
-`[DONE]` (stream closed, or idle `timeout_s`).
+`[DONE]` (stream closed, or idle `timeout_s`). httpx-sse parses the events;
+a body that is not `text/event-stream` is an `SSEError` (a TransportError),
+so it is retried like a cut connection.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 from rayflow import errors
 from rayflow._response import run_sync
@@ -80,35 +84,26 @@ class HttpStreamReader:
             if r.status_code >= 400:
                 await r.aread()
                 raise error_for(r)
-            event: str | None = None
-            data: list[str] = []
-            async for line in r.aiter_lines():
-                if line:
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
-                    continue
-                text = "\n".join(data)
-                if text == "[DONE]":
-                    yield "done", None
-                    return
-                if event == "batch":
-                    for record in json.loads(text)["records"]:
-                        seq = int(record["seq_num"])
-                        if seq < self.next_index:
-                            continue  # already yielded before a reconnect
-                        self.next_index = seq + 1
-                        yield "chunk", json.loads(record["body"])["data"]
-                elif event == "error":
-                    raise errors.Unavailable(
-                        f"reading stream {self.key!r} of run {self.run_id} failed: {text}",
-                        run_id=self.run_id,
-                        stream=self.key,
-                    )
-                event, data = None, []
+            # pings (`event: ping`) and any other event are passed over
+            async with aclosing(EventSource(r).aiter_sse()) as events:
+                async for event in events:
+                    if event.data == "[DONE]":
+                        yield "done", None
+                        return
+                    if event.event == "batch":
+                        for record in json.loads(event.data)["records"]:
+                            seq = int(record["seq_num"])
+                            if seq < self.next_index:
+                                continue  # already yielded before a reconnect
+                            self.next_index = seq + 1
+                            yield "chunk", json.loads(record["body"])["data"]
+                    elif event.event == "error":
+                        raise errors.Unavailable(
+                            f"reading stream {self.key!r} of run {self.run_id} failed:"
+                            f" {event.data}",
+                            run_id=self.run_id,
+                            stream=self.key,
+                        )
 
     def __iter__(self) -> Iterator[Any]:
         chunks = self.__aiter__()
