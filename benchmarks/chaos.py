@@ -43,13 +43,13 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
-import httpx  # noqa: E402
 from _chaos_soak import Soak  # noqa: E402
 from _chaos_workload import KINDS, PhaseResult  # noqa: E402
 
 import rayflow  # noqa: E402
+from rayflow.errors import Unavailable  # noqa: E402
+from serve.app import wait_ready  # noqa: E402
 
 SIZES = {
     "full": {"runs": 20, "rounds": 6, "chunks": 20, "faults": 6, "mixed_faults": 12},
@@ -203,16 +203,10 @@ def main() -> int:
             http_port=free_port(),
         )
         url = f"http://127.0.0.1:{settings.http_port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the HTTP API did not answer on {url} within 120 s")
-            time.sleep(0.2)
+        try:
+            wait_ready(url, timeout_s=120)
+        except Unavailable as e:
+            raise SystemExit(str(e)) from None
         return asyncio.run(soak(args, url, settings.secret_key, pg))
     finally:
         rayflow.shutdown(stop_runs=True)

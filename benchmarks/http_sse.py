@@ -584,7 +584,7 @@ def start_rayflow(
     from ray import serve
 
     from rayflow._runtime import bootstrap
-    from serve.app import proxy_port
+    from serve.app import proxy_port, wait_ready
     from serve.app import start as start_http
 
     # Ray starts its workers (RunActors, Serve's proxy and replica) at nice 15;
@@ -606,9 +606,9 @@ def start_rayflow(
     proxy = proxy_port(settings)
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": proxy})
     base = start_http(settings)
-    wait_http(f"{base}/healthz")
+    wait_ready(base, timeout_s=120)
     proxy_base = f"http://127.0.0.1:{proxy}"
-    wait_http(f"{proxy_base}/healthz")
+    wait_ready(proxy_base, timeout_s=120)
     handles = [idle.trigger({}).result(timeout_s=120) for _ in range(n_runs)]
     for h in handles:
         wait_executing(h.id)
@@ -627,16 +627,6 @@ def wait_executing(run_id: str, timeout_s: float = 120.0) -> None:
             raise RuntimeError(f"run {run_id} is {status}, not running")
         time.sleep(0.1)
     raise TimeoutError(f"run {run_id} not running after {timeout_s} s")
-
-
-def wait_http(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
 
 
 def stop_rayflow(runs: list[tuple[str, str]]) -> None:

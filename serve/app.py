@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
+import httpx
 from ray import serve
 from ray.serve import Application
 
 from rayflow._config import Settings
 from rayflow._logging import serve_logging_config
-from rayflow.errors import RayflowError
+from rayflow.errors import RayflowError, Unavailable
 
 log = logging.getLogger("rayflow.serve")
 
@@ -163,6 +165,24 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
     url = f"http://{settings.http_host}:{settings.http_port}"
     log.info("rayflow HTTP API at %s (OpenAPI at %s/docs)", url, url)
     return url
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    """Return once the API at base URL `url` answers `GET /healthz` with 200;
+    raise Unavailable after `timeout_s`. `start` returns when Serve has the
+    deployment, which can be before the replica (or proxy) takes requests."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"the rayflow HTTP API did not answer on {url}/healthz within {timeout_s:g} s"
+            )
+        time.sleep(0.2)
 
 
 def stop() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +60,7 @@ _port: list[int] = []
 @pytest.fixture(scope="session")
 def http_api(rf: Any) -> HttpApi:
     """rayflow's Serve app on 127.0.0.1:<free port>, for the whole session."""
-    from serve.app import start
+    from serve.app import start, wait_ready
 
     if rf.store_url() in _apps:
         return _apps[rf.store_url()]
@@ -69,16 +68,7 @@ def http_api(rf: Any) -> HttpApi:
         _port.append(free_port())
     settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": _port[0]})
     url = start(settings)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the Serve app did not answer on {url}/healthz within 60 s")
-        time.sleep(0.2)
+    wait_ready(url, timeout_s=60)
     _apps[rf.store_url()] = HttpApi(url=url, secret_key=settings.secret_key)
     return _apps[rf.store_url()]
 

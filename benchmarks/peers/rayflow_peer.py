@@ -265,12 +265,13 @@ def w4(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def w5(cfg: dict[str, Any]) -> dict[str, Any]:
     from serve.app import start as start_http
+    from serve.app import wait_ready
 
     port = cfg["free_ports"][0]
     settings = cfg["_settings"].model_copy(update={"http_host": "127.0.0.1", "http_port": port})
     base = start_http(settings)
     headers = {"Authorization": f"Bearer {settings.secret_key}"}
-    _wait_http(f"{base}/healthz")
+    wait_ready(base)
     reps = []
     with _helper(cfg, "reader") as reader:
         for _ in c.reps(cfg):
@@ -288,20 +289,6 @@ def w5(cfg: dict[str, Any]) -> dict[str, Any]:
             )
             _output(handle.id)
     return c.summarize_live(reps)
-
-
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
 
 
 def main(argv: list[str]) -> None:
