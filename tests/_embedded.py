@@ -1,6 +1,7 @@
 """A user's script run in its own process: the embedded default (Ray, Serve,
 the Store) started by `rayflow.init` there, as a user starts it, not by the
-test process."""
+test process. `embedded_script` keeps one serving; `run_script` runs one to
+its end (the examples, the README's snippets)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,27 @@ from pathlib import Path
 
 from _browser_fixtures import ROOT, dev_env
 from conftest import eventually
+
+
+def run_script(
+    script: Path, tmp_path: Path, *, env: dict[str, str] | None = None, timeout_s: float = 240
+) -> str:
+    """Run `script` as a user would (`python script` in `tmp_path`, its own
+    data dir, no RAY_ADDRESS) to its end; returns its stdout. Fails the test
+    with the script's output when it exits non-zero."""
+    full_env = {**os.environ, "RAYFLOW_DATA_DIR": str(tmp_path / ".rayflow"), **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert out.returncode == 0, f"{script.name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return out.stdout
 
 
 @contextlib.contextmanager

@@ -3,12 +3,10 @@ each starting its own embedded rayflow (local Ray on 127.0.0.1 + SQLite)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _embedded import run_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = [
@@ -35,16 +33,5 @@ EXPECTED = {
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_example_runs_to_completion(script: str, tmp_path: Path) -> None:
-    env = {**os.environ, "RAYFLOW_DATA_DIR": str(tmp_path / ".rayflow")}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, f"{script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-    assert EXPECTED[script] in out.stdout, out.stdout[-2000:]
+    stdout = run_script(EXAMPLES / script, tmp_path)
+    assert EXPECTED[script] in stdout, stdout[-2000:]

@@ -12,12 +12,11 @@ the approval fails the time limit.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from _embedded import run_script
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -69,30 +68,15 @@ def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
     client = client.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
     script = tmp_path / "readme_snippets.py"
     script.write_text(HELPERS + tour + BRIDGE + client + '\nprint("token:", bool(token))\n')
-    env = {
-        **os.environ,
-        "RAYFLOW_DATA_DIR": str(tmp_path / ".rayflow"),
-        "RAYFLOW_HTTP_PORT": str(port),
-    }
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, f"snippets failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-    lines = out.stdout.splitlines()
+    stdout = run_script(script, tmp_path, env={"RAYFLOW_HTTP_PORT": str(port)})
+    lines = stdout.splitlines()
     # the tour: the progress chunk, then the run's output once approved
-    assert "{'step': 'draft', 'percent': 50}" in lines, out.stdout
-    assert "{'published': True}" in lines, out.stdout
+    assert "{'step': 'draft', 'percent': 50}" in lines, stdout
+    assert "{'published': True}" in lines, stdout
     took = next(float(m.group(1)) for line in lines if (m := re.match(r"tour took (\S+) s", line)))
-    assert took < TOUR_LIMIT_S, f"the tour stalled: {took} s\n{out.stdout}"
+    assert took < TOUR_LIMIT_S, f"the tour stalled: {took} s\n{stdout}"
     # the client: a second run, approved over HTTP, seen COMPLETED, a token minted
     tail = lines[lines.index(f"tour took {took:.1f} s") :]
-    assert "{'step': 'draft', 'percent': 50}" in tail, out.stdout
-    assert any(line.startswith("COMPLETED") for line in tail), out.stdout
-    assert "token: True" in tail, out.stdout
+    assert "{'step': 'draft', 'percent': 50}" in tail, stdout
+    assert any(line.startswith("COMPLETED") for line in tail), stdout
+    assert "token: True" in tail, stdout
