@@ -8,6 +8,7 @@ A stream is `(run id, key)`; chunks are numbered 0, 1, 2, … in order.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +21,7 @@ from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.stream_buffer import Row
 from rayflow._runtime.stream_writers import close_stream, default_writer, new_writer
 from rayflow._runtime.writer import ChunkWriter
+from rayflow.errors import InvalidArgument
 from rayflow.inputs import InputStream
 
 T = TypeVar("T")
@@ -59,29 +61,61 @@ class StreamReader(Generic[T]):
         return self._reader.next_index
 
 
+#: chunks a writer holds written but not yet durable before `drain()` waits
+#: (and `merge()` stops taking values): bounds its memory and, under a flood,
+#: how long a chunk queues between `write()` and its readers
+MAX_IN_FLIGHT = 256
+
+
 class StreamWriter(Generic[T]):
     """`async with stream.writer() as w:` — `w.write(x)` queues a chunk (no
     await), `w.merge(aiter)` pipes an iterable in the background; leaving
-    the block waits until everything is durable and raises the first error."""
+    the block waits until everything is durable and raises the first error.
 
-    def __init__(self, codec: Codec[T], writer: ChunkWriter) -> None:
+    Flow control, as `asyncio.StreamWriter`: a loop that writes faster than
+    chunks become durable calls `await w.drain()` now and then; it waits
+    while more than `max_in_flight` written chunks are not durable yet."""
+
+    def __init__(self, codec: Codec[T], writer: ChunkWriter, max_in_flight: int) -> None:
+        if max_in_flight < 0:
+            raise InvalidArgument(f"max_in_flight must be 0 or more, not {max_in_flight}")
         self._codec, self._writer = codec, writer
-        self._futures: list[asyncio.Future[Any]] = []
+        self.max_in_flight = max_in_flight
+        #: one future per written chunk, oldest first (they resolve in order)
+        self._writes: deque[asyncio.Future[Any]] = deque()
+        self._merges: list[asyncio.Future[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks written and not yet known to be durable."""
+        return sum(1 for f in self._writes if not f.done())
 
     def write(self, value: T) -> None:
-        self._futures.append(self._writer.write(self._codec.encode(value)))
+        self._writes.append(self._writer.write(self._codec.encode(value)))
+
+    async def drain(self) -> None:
+        """Wait until at most `max_in_flight` written chunks are not yet
+        durable. Raises the error of a write it waited for (`StreamClosed`,
+        `RunFinished`, …)."""
+        writes = self._writes
+        while writes and (writes[0].done() or len(writes) > self.max_in_flight):
+            await writes.popleft()
 
     def merge(self, source: AsyncIterable[T] | Iterable[T]) -> None:
-        self._futures.append(asyncio.ensure_future(self._merge(source)))
+        self._merges.append(asyncio.ensure_future(self._merge(source)))
 
     async def _merge(self, source: AsyncIterable[T] | Iterable[T]) -> None:
         async for value in each(source):
             self.write(value)
+            if len(self._writes) > self.max_in_flight:
+                await self.drain()
 
     async def wait(self) -> None:
-        while self._futures:
-            futures, self._futures = self._futures, []
-            await asyncio.gather(*futures)
+        while self._merges:
+            merges, self._merges = self._merges, []
+            await asyncio.gather(*merges)
+        writes, self._writes = list(self._writes), deque()
+        await asyncio.gather(*writes)
         await self._writer.flush()
 
     async def __aenter__(self) -> StreamWriter[T]:
@@ -130,9 +164,13 @@ class OutputStream(Generic[T]):
         pipe: Pipe[T] = _in_loop(lambda: Pipe(self._codec, new_writer(self.id, target), source))
         return pipe
 
-    def writer(self, *, target: str | None = None) -> StreamWriter[T]:
-        """A writer for `write()`/`merge()`; use with `async with`."""
-        return StreamWriter(self._codec, new_writer(self.id, target))
+    def writer(
+        self, *, target: str | None = None, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> StreamWriter[T]:
+        """A writer for `write()`/`merge()`; use with `async with`.
+        `max_in_flight`: how many written chunks may wait to become durable
+        before `drain()` waits (see StreamWriter)."""
+        return StreamWriter(self._codec, new_writer(self.id, target), max_in_flight)
 
     def read(
         self, run_id: str, *, start_index: int = 0, timeout_s: float | None = 60.0
@@ -216,9 +254,11 @@ def pipe(
     return _by_key(key).pipe(source, target=target)
 
 
-def writer(key: str = DEFAULT_KEY, *, target: str | None = None) -> StreamWriter[Any]:
+def writer(
+    key: str = DEFAULT_KEY, *, target: str | None = None, max_in_flight: int = MAX_IN_FLIGHT
+) -> StreamWriter[Any]:
     """A writer for stream `key` (see OutputStream.writer)."""
-    return _by_key(key).writer(target=target)
+    return _by_key(key).writer(target=target, max_in_flight=max_in_flight)
 
 
 def input(id: str, type: type[T] | Any = Any) -> InputStream[T]:

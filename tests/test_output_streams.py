@@ -274,3 +274,56 @@ def test_a_stream_past_300_mib_is_refused_clearly() -> None:
     assert "over its limit" in run.output["error"]
     info = {s["key"]: s for s in streams.list_streams(handle.id).result()}
     assert info["big"]["length"] == 11
+
+
+flood = streams.define("flood", int)
+flood_closed = streams.define("flood-closed", int)
+
+
+@task(id="flow-controlled-writers")
+async def flow_controlled_writers(payload: dict) -> dict:
+    """A writer and a pipe that produce far faster than chunks commit."""
+    most_written = 0
+    async with flood.writer(max_in_flight=100) as w:
+        for i in range(3000):
+            w.write(i)
+            if i % 50 == 49:
+                await w.drain()
+                most_written = max(most_written, w.in_flight)
+    pipe: Any = None
+    most_piped = 0
+
+    def source() -> Any:
+        nonlocal most_piped
+        for i in range(3000, 23000):
+            if pipe is not None:
+                most_piped = max(most_piped, pipe.in_flight)
+            yield i
+
+    pipe = flood.pipe(source())
+    await pipe.wait_until_complete()
+    await flood_closed.close()
+    late = flood_closed.writer(max_in_flight=0)
+    late.write(1)
+    try:
+        await late.drain()
+    except errors.StreamClosed as e:
+        refused = type(e).__name__
+    else:
+        refused = "nothing"
+    return {"written": most_written, "piped": most_piped, "refused": refused}
+
+
+def test_drain_and_pipes_bound_what_waits_to_be_durable() -> None:
+    """A producer faster than the commit used to queue every chunk in memory
+    (write → read latency then grows with the flood: peers workload 1)."""
+    from rayflow._runtime.pipe import PIPE_BATCH, PIPE_MAX_IN_FLIGHT
+
+    handle = flow_controlled_writers.trigger({}).result()
+    run = rayflow.runs.wait(handle.id).result()
+    assert run.status == "COMPLETED", run.error
+    assert list(flood.read(handle.id, timeout_s=30)) == list(range(23000))
+    assert run.output["written"] <= 100
+    # a pipe takes at most one batch past its bound before it waits
+    assert run.output["piped"] <= PIPE_MAX_IN_FLIGHT + PIPE_BATCH
+    assert run.output["refused"] == "StreamClosed", "drain() raises the error it waited for"

@@ -1,8 +1,9 @@
 """rayflow itself, through its public API only (README.md), embedded default (local Ray + SQLite).
 
 - output stream = ``streams.define("out", str)``; the task writes with ``out.writer()``
-  (the documented way to stream many chunks: group-committed), yielding to the event
-  loop every 100 chunks as a real producer does; readers in other processes join the
+  (the documented way to stream many chunks: group-committed), calling ``await w.drain()``
+  every 100 chunks as a real producer does (flow control, as ``asyncio.StreamWriter``: it
+  waits while more than 256 written chunks are not durable yet); readers in other processes join the
   same Ray and store with ``rayflow.init(address=…)`` and iterate ``out.read(run_id)``.
 - input = ``streams.input("in", dict).send`` from another process, ``.once()`` in the task.
 - suspend/resume = ``.wait()``: the RunActor commits, exits, and a send revives the run.
@@ -40,7 +41,7 @@ try:
                 head = f"{i:08d} {time.time_ns():020d} "
                 w.write(head + "x" * (64 - len(head)))
                 if i % 100 == 99:
-                    await asyncio.sleep(0)
+                    await w.drain()  # flow control, as asyncio.StreamWriter
         return int(p["n"])
 
     @task(id="peers-receiver")

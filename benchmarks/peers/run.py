@@ -424,10 +424,12 @@ How each system does each workload (same machine, same run, loopback only):
 
 Latency = the reader's clock minus the writer's clock embedded in each 64-byte chunk (one
 machine). A live write starts 0.5 s after the reader subscribed; writers go as fast as they
-can, so write→read latency includes any queueing. Input: one message every 50 ms from
-another process; resume: one every 50 ms, only to runs that are suspended. Memory = PSS of
-the system's processes (its servers and app/worker processes; for rayflow the whole local
-Ray) while the runs wait, minus before, divided by the runs waiting."""
+can, so write→read latency includes any queueing (each with its own flow control: DBOS and
+Redis wait for each write; rayflow's writer awaits `drain()` every 100 chunks). Input: one
+message every 50 ms from another process; resume: one every 50 ms, only to runs that are
+suspended. Memory = PSS of the system's processes (its servers and app/worker processes;
+for rayflow the whole local Ray) while the runs wait, minus before, divided by the runs
+waiting."""
 
 
 def write_readme(text: str, command: str) -> None:

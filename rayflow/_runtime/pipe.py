@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +33,9 @@ async def each(source: AsyncIterable[T] | Iterable[T]) -> AsyncIterator[T]:
 #: keeps taking before it writes what it has (a slow generator is not held up)
 PIPE_BATCH = 1024
 PIPE_BATCH_S = 0.002
+#: chunks a pipe holds taken but not yet durable before it takes more from its
+#: source: a few batches keep the group commit busy; more would only queue
+PIPE_MAX_IN_FLIGHT = 4 * PIPE_BATCH
 
 
 async def _batches(source: AsyncIterable[T] | Iterable[T]) -> AsyncIterator[list[T]]:
@@ -67,32 +71,46 @@ class Pipe(Generic[T]):
         self._codec, self._writer = codec, writer
         self._tees: list[asyncio.Queue[tuple[bool, Any]]] = []
         self._count = 0
+        #: (future, chunks) per write not yet awaited, oldest first
+        self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
+        self._taken = 0  # chunks in `_pending`
         self._task = asyncio.ensure_future(self._run(source))
 
+    @property
+    def in_flight(self) -> int:
+        """Chunks taken from the source and not yet known to be durable."""
+        return sum(n for f, n in self._pending if not f.done())
+
     async def _run(self, source: AsyncIterable[T] | Iterable[T]) -> int:
-        futures: list[asyncio.Future[Any]] = []
         count = 0
         try:
             async for values in _batches(source):
                 if len(values) == 1:
-                    futures.append(self._writer.write(self._codec.encode(values[0])))
+                    self._pending.append((self._writer.write(self._codec.encode(values[0])), 1))
                 else:
                     try:
                         datas = self._codec.encode_many(values)
                     except ValidationError:
                         # as without batching: the values before the bad one are written
                         for value in values:
-                            futures.append(self._writer.write(self._codec.encode(value)))
+                            future = self._writer.write(self._codec.encode(value))
+                            self._pending.append((future, 1))
                     else:
-                        futures.append(self._writer.write_many(datas))
+                        self._pending.append((self._writer.write_many(datas), len(values)))
+                self._taken += len(values)
                 count += len(values)
                 for q in self._tees:
                     for value in values:
                         q.put_nowait((False, value))
+                # back-pressure: take no more while too much waits to be durable
+                while self._taken > PIPE_MAX_IN_FLIGHT:
+                    future, n = self._pending.popleft()
+                    self._taken -= n
+                    await future
         finally:
             for q in self._tees:
                 q.put_nowait((True, None))
-        await asyncio.gather(*futures)
+        await asyncio.gather(*(f for f, _ in self._pending))
         await self._writer.flush()
         return count
 
