@@ -64,7 +64,7 @@ class StreamReader(Generic[T]):
 #: chunks a writer holds written but not yet durable before `drain()` waits
 #: (and `merge()` stops taking values): bounds its memory and, under a flood,
 #: how long a chunk queues between `write()` and its readers
-MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT = 64
 
 
 class StreamWriter(Generic[T]):

@@ -3,7 +3,7 @@
 - output stream = ``streams.define("out", str)``; the task writes with ``out.writer()``
   (the documented way to stream many chunks: group-committed), calling ``await w.drain()``
   every 100 chunks as a real producer does (flow control, as ``asyncio.StreamWriter``: it
-  waits while more than 256 written chunks are not durable yet); readers in other processes join the
+  waits while more than 64 written chunks are not durable yet); readers in other processes join the
   same Ray and store with ``rayflow.init(address=…)`` and iterate ``out.read(run_id)``.
 - input = ``streams.input("in", dict).send`` from another process, ``.once()`` in the task.
 - suspend/resume = ``.wait()``: the RunActor commits, exits, and a send revives the run.
