@@ -94,8 +94,9 @@ def table(title: str, rows: dict[str, list[float]]) -> str:
 # --- floors, without rayflow's machinery ---
 
 
-def store_floor(store: Any, n: int = 200) -> list[float]:
-    """ms per one-chunk `append_chunks` (one transaction, one commit)."""
+def store_floor(store: Any, n: int = 200, gap_s: float = 0.0) -> list[float]:
+    """ms per one-chunk `append_chunks` (one transaction, one commit), one
+    every `gap_s` (0: back to back)."""
     from rayflow.store.base import ChunkWrite
 
     out = []
@@ -103,6 +104,7 @@ def store_floor(store: Any, n: int = 200) -> list[float]:
         t0 = time.perf_counter()
         store.append_chunks("run_floor", "k", [ChunkWrite(f'"{i}"', "w", i)], 1 << 30)
         out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(gap_s)
     return out
 
 
@@ -124,7 +126,9 @@ def floors(postgres_url: str | None) -> dict[str, list[float]]:
     return out
 
 
-def ray_call_floor(n: int = 300) -> dict[str, list[float]]:
+def ray_call_floor(n: int = 300, gap_s: float = 0.0) -> dict[str, list[float]]:
+    """ms per bare async actor call round trip, one every `gap_s` (0: back
+    to back; paced calls cost more here: both processes sleep in between)."""
     import ray
 
     @ray.remote
@@ -141,6 +145,7 @@ def ray_call_floor(n: int = 300) -> dict[str, list[float]]:
             t0 = time.perf_counter()
             await actor.echo.remote(i)
             out.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(gap_s)
         return out
 
     values = asyncio.run(go())
