@@ -49,7 +49,9 @@ class StreamHub:
         self.clients = 0
         self._changed = asyncio.Event()
         self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._follow())
+        self._watch = loop.create_task(self._wake_on_changes())
 
     @property
     def next_seq(self) -> int:
@@ -72,6 +74,16 @@ class StreamHub:
             self.error = e
         self._notify()
 
+    async def _wake_on_changes(self) -> None:
+        """The run changed (revived, moved, finished): the reader looks again
+        at once instead of after its idle pause (it polls slowly while the
+        run has no live actor)."""
+        feed = run_feed.feed()
+        while True:
+            since = await feed.changes()
+            if await feed.wait_for(since, {self.run_id}, 60.0):
+                self._reader.wake()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -86,9 +98,10 @@ class StreamHub:
             await asyncio.wait_for(changed.wait(), timeout_s)
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (self._task, self._watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 _hubs: dict[tuple[str, str], StreamHub] = {}

@@ -475,3 +475,39 @@ def test_writes_of_on_handlers_are_not_duplicated_by_a_replay() -> None:
     chunks = list(story.read(handle.id, timeout_s=5))
     assert sorted(chunks) == sorted(["task 1", "note n0", "task 2", "end"]), chunks
     assert chunks[-1] == "end"
+
+
+def test_a_reader_of_a_suspended_run_slows_its_polling_and_resumes_with_the_run(
+    tmp_path: Path,
+) -> None:
+    """A run waiting days for an approval must not cost its readers: a Python
+    reader of its stream looked at the Store ~20 times a second (3 reads
+    each) and asked the Controller 4 times a second for as long as it
+    waited. After a few idle seconds it now looks about once a second, and
+    still reads the chunks the run writes once it is revived."""
+    store = connection.current().store
+    calls: list[float] = []
+    real = store.read_chunks
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    handle = publish_post.trigger({"marks": str(tmp_path / "marks")}).result()
+    store.read_chunks = counted
+    try:
+        reader = iter(log.read(handle.id, timeout_s=60))
+        assert next(reader) == "draft ready"
+        eventually(
+            lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",
+            what="the run to suspend",
+        )
+        start = time.monotonic()
+        time.sleep(9)  # the reader idles: nothing is written while the run waits
+        idle_reads = [t for t in calls if start + 6 <= t <= start + 9]
+        assert len(idle_reads) <= 15, f"{len(idle_reads)} Store reads in 3 s of waiting"
+        approval.send(handle.id, {"approved": True, "reviewer": "ann"}).result()
+        assert next(reader) == "decided"
+    finally:
+        store.read_chunks = real
+    assert rayflow.runs.wait(handle.id).result().output["approved"] is True

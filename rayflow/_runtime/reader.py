@@ -16,6 +16,7 @@ without a new chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,24 @@ from rayflow.store.base import FINISHED_STATUSES, RunRecord
 
 #: how often a reader without a live actor asks where the run went
 RELOCATE_S = 0.25
+#: a reader of a run without a live actor (queued, suspended) looks at the
+#: Store every POLL_S at first; after IDLE_RAMP_S without a chunk it slows
+#: down to one look (and one Controller `locate`) every POLL_MAX_S — a run
+#: that waits days for an approval costs a reader ~3 Store reads a second,
+#: not ~60 and 4 `locate`s
+POLL_S = 0.05
+POLL_MAX_S = 1.0
+IDLE_RAMP_S = 2.0
+
+
+def idle_pause(idle_s: float) -> float:
+    """How long a reader without a live actor waits before it looks again,
+    `idle_s` after its last chunk: POLL_S, rising to POLL_MAX_S over ~10 s."""
+    if idle_s < IDLE_RAMP_S:
+        return POLL_S
+    return min(POLL_MAX_S, POLL_S + (idle_s - IDLE_RAMP_S) / 10)
+
+
 #: longest single long poll, so a reader notices the run's actor change
 LONG_POLL_S = 5.0
 
@@ -54,6 +73,22 @@ class ChunkReader:
         self.timeout_s = timeout_s
         #: set when the reader ended because the stream is closed
         self.closed = False
+        #: `wake()` was called: look at the Store and locate the run at once
+        self._woken = False
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look again now, not after the idle pause: the run changed (it was
+        revived, moved or finished). A Serve replica's hub calls it from the
+        run change feed; without it a reader notices within POLL_MAX_S."""
+        self._woken = True
+        self._wake.set()
+
+    async def _idle(self, pause_s: float) -> None:
+        if not self._woken:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause_s)
+        self._wake.clear()
 
     async def _read_store(self, start: int) -> list[Row]:
         store = connection.current().store
@@ -95,8 +130,11 @@ class ChunkReader:
     async def batches(self) -> AsyncIterator[list[Row]]:
         idle_deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
+        last_rows_at = time.monotonic()
+
         def touched() -> None:
-            nonlocal idle_deadline
+            nonlocal idle_deadline, last_rows_at
+            last_rows_at = time.monotonic()
             if self.timeout_s is not None:
                 idle_deadline = time.monotonic() + self.timeout_s
 
@@ -115,7 +153,13 @@ class ChunkReader:
             now = time.monotonic()
             if idle_deadline is not None and now >= idle_deadline:
                 return
-            if actor is None and status not in FINISHED_STATUSES and now - located_at >= RELOCATE_S:
+            relocate_s = max(RELOCATE_S, idle_pause(now - last_rows_at))
+            if (
+                actor is None
+                and status not in FINISHED_STATUSES
+                and (self._woken or now - located_at >= relocate_s)
+            ):
+                self._woken = False
                 status, actor = await locations.locate(self.run_id)
                 located_at = time.monotonic()
             rows = []
@@ -162,7 +206,7 @@ class ChunkReader:
                             self.closed = True
                             return
                     else:
-                        await asyncio.sleep(0.05)
+                        await self._idle(idle_pause(time.monotonic() - last_rows_at))
                         continue
             if rows:
                 self._advance(rows)
