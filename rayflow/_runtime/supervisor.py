@@ -104,8 +104,9 @@ class Supervisor:
     async def _resume(
         self, run_id: str, resources: Resources, counts: dict[str, int], most: int
     ) -> None:
-        """Launch the run again from its journal; the `most`-th time it needs
-        one (counted in `counts`, crashes or outages) it is CRASHED instead."""
+        """Launch the run again from its journal — unless it already needed
+        `most` such resumes (counted in `counts`: crashes or outages); then
+        it is CRASHED."""
         run = await self._store_call(self.store.get_run, run_id)
         if run is None or run.status == RunStatus.WAITING:
             return
