@@ -92,21 +92,23 @@ class Supervisor:
                 self.pool.retire(name, actor, resources)
             self.admission.release_slot()
         if status is None or status == LOST:
-            await self._resume(run_id, resources, self._crashes, MAX_CRASH_RESUMES)
+            await self._resume(run_id, resources, outage=False)
         elif status == UNAVAILABLE:
-            await self._resume(run_id, resources, self._outages, MAX_OUTAGE_RESUMES)
+            await self._resume(run_id, resources, outage=True)
         elif status in FINISHED_STATUSES:
             self.notify(run_id, status)
         elif status == RunStatus.QUEUED:
             # a message woke it while it suspended
             self.admission.launch(run_id, resources, front=True)
 
-    async def _resume(
-        self, run_id: str, resources: Resources, counts: dict[str, int], most: int
-    ) -> None:
-        """Launch the run again from its journal — unless it already needed
-        `most` such resumes (counted in `counts`: crashes or outages); then
-        it is CRASHED."""
+    async def _resume(self, run_id: str, resources: Resources, *, outage: bool) -> None:
+        """Launch the run again from its journal after it lost its actor (or,
+        `outage`, the Store) — unless it already needed MAX_CRASH_RESUMES
+        (MAX_OUTAGE_RESUMES) such resumes; then it is CRASHED."""
+        if outage:
+            counts, most, what, step = self._outages, MAX_OUTAGE_RESUMES, "lost the Store", 0.1
+        else:
+            counts, most, what, step = self._crashes, MAX_CRASH_RESUMES, "lost its actor", 0.5
         run = await self._store_call(self.store.get_run, run_id)
         if run is None or run.status == RunStatus.WAITING:
             return
@@ -115,7 +117,6 @@ class Supervisor:
             return
         n = counts[run_id] = counts.get(run_id, 0) + 1
         if n > most:
-            what = "lost its actor" if counts is self._crashes else "lost the Store"
             await self._store_call(
                 self.store.finish_run,
                 run_id,
@@ -128,7 +129,6 @@ class Supervisor:
         # give Ray time to notice a lost node before it places the run again:
         # a resume onto the dying node would spend another of its crashes.
         # After an outage the Store answered get_run already: a short pause.
-        step = 0.5 if counts is self._crashes else 0.1
         await asyncio.sleep(min(5.0, step * (n - 1)))
         if run.status == RunStatus.EXECUTING and not await self._store_call(
             self.store.set_active_status, run_id, RunStatus.QUEUED, actor_name=None
