@@ -70,7 +70,6 @@ class Pipe(Generic[T]):
     def __init__(self, codec: Codec[T], writer: ChunkWriter, source: Any) -> None:
         self._codec, self._writer = codec, writer
         self._tees: list[asyncio.Queue[tuple[bool, Any]]] = []
-        self._count = 0
         #: (future, chunks) per write not yet awaited, oldest first
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self._taken = 0  # chunks in `_pending`
