@@ -108,16 +108,26 @@ def store_floor(store: Any, n: int = 200, gap_s: float = 0.0) -> list[float]:
     return out
 
 
+def sqlite_floor(synchronous: str, n: int = 200, gap_s: float = 0.0) -> list[float]:
+    """`store_floor` on a fresh SQLite store with `synchronous`."""
+    from rayflow.store import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/floor.db", sqlite_synchronous=synchronous)
+        store.migrate()
+        try:
+            return store_floor(store, n, gap_s)
+        finally:
+            store.close()
+
+
 def floors(postgres_url: str | None) -> dict[str, list[float]]:
     from rayflow.store import open_store
 
-    out: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for sync in ("FULL", "NORMAL"):
-            store = open_store(f"sqlite:///{tmp}/{sync}.db", sqlite_synchronous=sync)
-            store.migrate()
-            out[f"SQLite append_chunks, synchronous={sync}"] = store_floor(store)
-            store.close()
+    out: dict[str, list[float]] = {
+        f"SQLite append_chunks, synchronous={sync}": sqlite_floor(sync)
+        for sync in ("FULL", "NORMAL")
+    }
     if postgres_url:
         store = open_store(postgres_url)
         store.migrate()

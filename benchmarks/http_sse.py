@@ -873,17 +873,11 @@ def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import _breakdown as bd
 
-    from rayflow.store import open_store
-
     sys.path.remove(str(HERE))
     out: dict[str, Any] = {}
     for label, gap in (("paced", 1 / RATE), ("back to back", 0.0)):
         ray_ms = bd.ray_call_floor(n, gap)["bare async actor call, round trip"]
-        with tempfile.TemporaryDirectory() as tmp:
-            store = open_store(f"sqlite:///{tmp}/floor.db", sqlite_synchronous=synchronous)
-            store.migrate()
-            commit_ms = bd.store_floor(store, n, gap)
-            store.close()
+        commit_ms = bd.sqlite_floor(synchronous, n, gap)
         http_ms = []
         with httpx.Client(base_url=base) as client:
             client.get("/healthz")
