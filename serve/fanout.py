@@ -13,8 +13,9 @@ in order, whatever its position.
 A client naming a stream that does not exist (yet) gets no hub: it waits on
 the replica's run change feed (serve/run_feed.py; the Store reports a new
 stream of a run, a closed one and every status change) until the stream
-exists or the run has finished. Any number of made-up keys cost no reader,
-no RunActor buffer and no Store poll.
+exists or the run has finished (and looks again every RECHECK_S, should a
+notification be lost). Any number of made-up keys cost no reader, no
+RunActor buffer and one Store look per RECHECK_S.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ log = logging.getLogger("rayflow.serve")
 BATCH_LIMIT = 1000
 #: records a hub keeps for its clients; older ones are read from the Store
 WINDOW = 4096
+#: a reader of a key that does not exist yet looks at the Store at least this
+#: often, so a lost change notification costs seconds, not the idle timeout
+RECHECK_S = 5.0
 
 
 class StreamHub:
@@ -165,7 +169,7 @@ class HubSource:
             left = deadline - loop.time()
             if left <= 0:
                 return None
-            await feed.wait_for(since, {self.run_id}, left)
+            await feed.wait_for(since, {self.run_id}, min(left, RECHECK_S))
 
     async def next_batch(self, timeout_s: float) -> Batch:
         loop = asyncio.get_running_loop()

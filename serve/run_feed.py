@@ -22,6 +22,8 @@ log = logging.getLogger("rayflow.serve")
 
 #: how long one poll of RunEvents waits before it asks again
 POLL_S = 25.0
+#: longest wait for the feed's first answer before callers go on without it
+READY_S = 5.0
 #: local change records kept for subscriptions between two reads
 WINDOW = 20_000
 
@@ -71,11 +73,15 @@ class RunFeed:
                 await asyncio.sleep(0.5)
 
     async def changes(self) -> Changes:
-        """The current position (the feed started and caught up first)."""
+        """The current position (the feed started and caught up first; if it
+        cannot within READY_S, the position as it is: the callers' waits are
+        bounded and they look at the Store again)."""
         if self._task is None or self._task.done():
             self._ready.clear()
             self._task = asyncio.get_running_loop().create_task(self._follow())
-        await self._ready.wait()
+        if not self._ready.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), READY_S)
         return Changes(self.gen)
 
     def changed_since(self, since: Changes, run_ids: set[str] | None) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,8 @@ from rayflow._runtime.stream_buffer import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
+
+log = logging.getLogger("rayflow")
 
 #: how often a reader without a live actor asks where the run went
 RELOCATE_S = 0.25
@@ -51,6 +54,13 @@ def idle_pause(idle_s: float) -> float:
 
 #: longest single long poll, so a reader notices the run's actor change
 LONG_POLL_S = 5.0
+#: a long poll not answered this long after its wait is given up (the
+#: reader locates the run again) instead of holding the reader forever
+CALL_GRACE_S = 10.0
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
 
 
 class ChunkReader:
@@ -168,10 +178,23 @@ class ChunkReader:
                     LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
                 )
                 try:
-                    reply = await actor.read.remote(
-                        self.run_id, self.key, self.next_index, self.batch, wait
+                    reply = await asyncio.wait_for(
+                        _awaited(
+                            actor.read.remote(
+                                self.run_id, self.key, self.next_index, self.batch, wait
+                            )
+                        ),
+                        wait + CALL_GRACE_S,
                     )
-                except ray.exceptions.RayActorError:
+                except (ray.exceptions.RayActorError, asyncio.TimeoutError) as e:
+                    if isinstance(e, asyncio.TimeoutError):
+                        log.warning(
+                            "run %s stream %r: the RunActor did not answer a long poll"
+                            " within %.0f s; locating the run again",
+                            self.run_id,
+                            self.key,
+                            wait + CALL_GRACE_S,
+                        )
                     locations.forget(self.run_id, actor)
                     actor, located_at = None, 0.0
                     continue
