@@ -869,9 +869,11 @@ def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
     the processes sleep in between), and back to back for reference: a bare
     async Ray actor call (round trip), one one-chunk Store commit (SQLite,
     `synchronous`), one HTTP request answered by the rayflow replica (`GET
-    /healthz`: Serve + FastAPI)."""
+    /healthz`: Serve + FastAPI); and a bare Ray relay (writer -> actor ->
+    reader actor) at each latency part's shape and rate."""
     sys.path.insert(0, str(HERE))
     import _breakdown as bd
+    import _ray_relay as rr
 
     sys.path.remove(str(HERE))
     out: dict[str, Any] = {}
@@ -891,7 +893,24 @@ def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
             "commit": c.summary(commit_ms),
             "http": c.summary(http_ms),
         }
+    # two Ray crossings at the latency parts' own shapes and rates: what any
+    # chunk from a writer through a RunActor to a replica costs, without a
+    # commit or HTTP (benchmarks/_ray_relay.py)
+    out["relay"] = {
+        part: c.summary(rr.relay_latency(runs, keys, rate, 5, multiplexed=mux))
+        for part, (runs, keys, rate, mux) in RELAY_SHAPES.items()
+    }
     return out
+
+
+#: the relay floor's shapes, per latency part: (runs, streams per run, rate, one
+#: call per run for all its streams) — rayflow's own way of carrying each part
+RELAY_SHAPES = {
+    "lat1": (1, 1, RATE, False),
+    "lat10": (10, 1, RATE, False),
+    "many": (MANY["runs"], MANY["keys"], MANY["rate"], True),
+    "many, one call per stream": (MANY["runs"], MANY["keys"], MANY["rate"], False),
+}
 
 
 def goals_table(res: dict[str, Any]) -> str:
@@ -901,7 +920,15 @@ def goals_table(res: dict[str, Any]) -> str:
     if not floors:
         return ""
     rows = []
+    relay = floors.get("relay", {})
+    for part, f in relay.items():
+        rows.append(
+            f"bare Ray relay (two crossings, no commit, no HTTP), shape of {part}:"
+            f" p50 {f['p50']:.2f} / p99 {f['p99']:.2f} ms"
+        )
     for label, f in floors.items():
+        if label == "relay":
+            continue
         ray_ms, commit_ms, http_ms = (f[k]["p50"] for k in ("ray_call", "commit", "http"))
         rows.append(
             f"floors, {label} (p50, ms): bare Ray call round trip {ray_ms:.2f}, one-chunk"
@@ -921,11 +948,27 @@ def goals_table(res: dict[str, Any]) -> str:
 
     # 1 stream at RATE/s: the processes sleep between chunks (paced floors);
     # 10 and 100 streams keep them busy (back-to-back floors, the lower ones)
+    def sse_floor(part: str, kind: str) -> tuple[float, str]:
+        # append -> SSE crosses two Ray actor boundaries (writer -> RunActor
+        # -> replica) and a commit: the relay at the part's shape plus the commit
+        if part in relay:
+            return relay[part]["p50"] + floors[kind]["commit"]["p50"], "relay + commit"
+        return floor_of(kind), "Ray call + commit"
+
+    b2b = "back to back"
     cases = [
-        ("lat1", "sse_ms", None, "append → SSE, 1 stream", 2, floor_of("paced"), "paced"),
-        ("lat10", "sse_ms", None, "append → SSE, 10 streams", 2, floor_of("back to back"), "b2b"),
-        ("many", "sse_ms", None, "append → SSE, 100 streams", 2, floor_of("back to back"), "b2b"),
-        ("lat1", "ack_ms", None, "outside writer ack, 1 stream", 3, floor_of("paced"), "paced"),
+        ("lat1", "sse_ms", None, "append → SSE, 1 stream", 2, *sse_floor("lat1", "paced")),
+        ("lat10", "sse_ms", None, "append → SSE, 10 streams", 2, *sse_floor("lat10", b2b)),
+        ("many", "sse_ms", None, "append → SSE, 100 streams", 2, *sse_floor("many", b2b)),
+        (
+            "lat1",
+            "ack_ms",
+            None,
+            "outside writer ack, 1 stream",
+            3,
+            floor_of("paced"),
+            "Ray call + commit, paced",
+        ),
         (
             "lat1",
             "ack_ms",
@@ -933,7 +976,7 @@ def goals_table(res: dict[str, Any]) -> str:
             "HTTP append ack, 1 stream",
             3,
             floor_of("paced", http=True),
-            "paced, + HTTP request",
+            "Ray call + commit, paced, + HTTP request",
         ),
     ]
     for part, key, ours, label, times, floor, what in cases:
@@ -950,7 +993,7 @@ def goals_table(res: dict[str, Any]) -> str:
             verdict = "missed; the floor is below the goal"
         rows.append(
             f"| {label} | {got:.2f} | {base_ms:.2f} | ≤ {goal:.2f} ({times}×)"
-            f" | {floor:.2f} (Ray call + commit, {what}) | {verdict} |"
+            f" | {floor:.2f} ({what}) | {verdict} |"
         )
     for part, label in (("many", "100 streams, writer outside"), ("many_inside", "inside")):
         if part in r and "cpu_us_per_chunk" in r[part]:

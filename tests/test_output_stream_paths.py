@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import eventually
+from conftest import eventually, eventually_async
 from pydantic import BaseModel
 
 import rayflow
@@ -117,6 +117,48 @@ def test_a_piped_batch_with_one_invalid_value_stores_the_values_before_it() -> N
     assert got == [Token(text=f"t{i}", index=i) for i in range(10)]
 
 
+@task(id="lockstep-streams")
+async def lockstep_streams(payload: dict) -> int:
+    """Wait for the go, then write round after round to every stream at once."""
+    await proceed.once(timeout_s=120)
+    keys = [f"l{k}" for k in range(payload["streams"])]
+    for i in range(payload["rounds"]):
+        await asyncio.gather(*(streams.append(k, i) for k in keys))
+        await asyncio.sleep(0.02)
+    return len(keys)
+
+
+async def test_readers_of_many_streams_of_one_run_share_one_long_poll() -> None:
+    """10 live readers in one process of the 10 streams of one run cost one
+    long poll on its RunActor per group commit, not one per stream: a run
+    writing all its streams at once must not mean 10 Ray calls per round."""
+    from rayflow._runtime.connection import current
+
+    n_streams, rounds = 10, 20
+    handle = await lockstep_streams.trigger({"streams": n_streams, "rounds": rounds})
+
+    async def live_actor() -> Any:
+        _, actor = await current().controller.locate.remote(handle.id)
+        return actor
+
+    actor = await eventually_async(live_actor, timeout_s=60, what="the run's RunActor")
+
+    async def read(key: str) -> list[int]:
+        return [x async for x in streams.read(handle.id, key, timeout_s=30)]
+
+    readers = [asyncio.create_task(read(f"l{k}")) for k in range(n_streams)]
+    # let the readers reach the live tail: what they read is checked either
+    # way; the count of polls needs them there
+    await asyncio.sleep(0.5)
+    before = await actor.poll_count.remote()
+    await proceed.send(handle.id, {})
+    got = await asyncio.gather(*readers)
+    assert got == [list(range(rounds))] * n_streams
+    polls = await actor.poll_count.remote() - before
+    # one poll per stream would need at least n_streams × rounds = 200
+    assert polls < n_streams * rounds / 2, polls
+
+
 def test_writes_to_many_streams_of_one_run_at_once_all_arrive_in_order() -> None:
     handle = many_streams_at_once.trigger({"streams": 8, "n": 60}).result()
     assert rayflow.runs.wait(handle.id).result().output == 8
@@ -217,8 +259,8 @@ async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_com
     assert outside.seqs == [1]
     # the replayed write is a duplicate: nothing new from the actor itself
     assert await buf.submit(ChunkWrite('"mine"', writer_id="w", writer_seq=0)) is None
-    reply = await buf.read(1, 10, 0)
-    assert [row[1] for row in reply.rows] == ['"outside"']
+    reply = await buf.peek(1, 10)
+    assert reply is not None and [row[1] for row in reply.rows] == ['"outside"']
     assert buf.length == 2
     await buffers.drain()
     store.close()

@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import ray
 
-from rayflow._runtime import connection, hops, locations
+from rayflow._runtime import actor_polls, connection, hops, locations
+from rayflow._runtime.actor_polls import LONG_POLL_S
 from rayflow._runtime.stream_buffer import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
@@ -52,17 +53,6 @@ def idle_pause(idle_s: float) -> float:
     return min(POLL_MAX_S, POLL_S + (idle_s - IDLE_RAMP_S) / 10)
 
 
-#: longest single long poll, so a reader notices the run's actor change
-LONG_POLL_S = 5.0
-#: a long poll not answered this long after its wait is given up (the
-#: reader locates the run again) instead of holding the reader forever
-CALL_GRACE_S = 10.0
-
-
-async def _awaited(ref: Any) -> Any:
-    return await ref
-
-
 class ChunkReader:
     """Batches of rows `(seq, JSON text, created_at ms, record id)`, in order."""
 
@@ -86,6 +76,8 @@ class ChunkReader:
         #: `wake()` was called: look at the Store and locate the run at once
         self._woken = False
         self._wake = asyncio.Event()
+        #: this reader's place in its RunActor's multiplexed long poll
+        self._sub: actor_polls.Subscription | None = None
 
     def wake(self) -> None:
         """Look again now, not after the idle pause: the run changed (it was
@@ -138,6 +130,16 @@ class ChunkReader:
         self.next_index = rows[-1][0] + 1
 
     async def batches(self) -> AsyncIterator[list[Row]]:
+        try:
+            async with contextlib.aclosing(self._follow()) as follow:
+                async for rows in follow:
+                    yield rows
+        finally:
+            if self._sub is not None:
+                self._sub.close()
+                self._sub = None
+
+    async def _follow(self) -> AsyncGenerator[list[Row], None]:
         idle_deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
         last_rows_at = time.monotonic()
@@ -174,29 +176,26 @@ class ChunkReader:
                 located_at = time.monotonic()
             rows = []
             if actor is not None:
+                if (
+                    self._sub is None
+                    or self._sub.poll.actor._actor_id != actor._actor_id
+                    or (not self._sub.active and not self._sub.queue)
+                ):
+                    if self._sub is not None:
+                        self._sub.close()
+                    self._sub = actor_polls.subscribe(actor, self.run_id, self.key, self.next_index)
                 wait = (
                     LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)
                 )
                 try:
-                    reply = await asyncio.wait_for(
-                        _awaited(
-                            actor.read.remote(
-                                self.run_id, self.key, self.next_index, self.batch, wait
-                            )
-                        ),
-                        wait + CALL_GRACE_S,
-                    )
-                except (ray.exceptions.RayActorError, asyncio.TimeoutError) as e:
-                    if isinstance(e, asyncio.TimeoutError):
-                        log.warning(
-                            "run %s stream %r: the RunActor did not answer a long poll"
-                            " within %.0f s; locating the run again",
-                            self.run_id,
-                            self.key,
-                            wait + CALL_GRACE_S,
-                        )
+                    reply = await self._sub.get(wait)
+                except ray.exceptions.RayActorError:
+                    self._sub.close()
+                    self._sub = None
                     locations.forget(self.run_id, actor)
                     actor, located_at = None, 0.0
+                    continue
+                if reply is None:
                     continue
                 if reply.rows:
                     rows = reply.rows
@@ -211,6 +210,8 @@ class ChunkReader:
                         # Store is the truth until the run is found again
                         locations.forget(self.run_id, actor)
                         actor, located_at = None, time.monotonic()
+                        self._sub.close()
+                        self._sub = None
                         continue
                 elif reply.closed:
                     # a last look: a chunk that reached the Store directly

@@ -54,6 +54,11 @@ class RunActor:
         #: a cancel that came while the run was being claimed
         self._cancel_pending: str | None = None
         self._tracking = False
+        #: multiplexed long polls in progress (`read_many`), by poll id
+        self._polls: dict[str, asyncio.Event] = {}
+        self._kicked: dict[str, bool] = {}
+        #: `read_many` calls answered (tests and benchmarks count them)
+        self.polls_served = 0
 
     def ready(self) -> bool:
         return True
@@ -138,21 +143,73 @@ class RunActor:
         execution.buffers.close_all()
 
     # -- output streams, for readers and writers in other processes -----------
-    async def read(self, run_id: str, key: str, start: int, limit: int, wait_s: float) -> ReadReply:
+    async def read_many(
+        self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
+    ) -> dict[int, ReadReply]:
+        """One long poll for many readers in one process (`actor_polls`):
+        `polls` are (run id, key, next index). Returns, by position in
+        `polls`, what each reader that has something new gets — rows, a
+        sealed segment, `closed`, or `from_store` when this actor does not
+        execute that run — as soon as one has, or {} after `wait_s`. A key
+        nobody wrote allocates nothing here; its reader waits like the rest.
+        `kick(poll_id)` ends the wait early (the process has a new reader)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        self.polls_served += 1
+        kicked = self._polls[poll_id] = asyncio.Event()
+        if self._kicked.pop(poll_id, False):
+            kicked.set()  # the kick came before this call: answer at once
+        checked: set[int] = set()
+        try:
+            while True:
+                execution = self.current
+                activity = execution.buffers.activity if execution is not None else None
+                out: dict[int, ReadReply] = {}
+                for i, (run_id, key, start) in enumerate(polls):
+                    reply = await self._peek(run_id, key, start, limit, look=i not in checked)
+                    checked.add(i)
+                    if reply is not None:
+                        out[i] = reply
+                left = deadline - loop.time()
+                if out or left <= 0 or kicked.is_set() or activity is None:
+                    return out
+                waits = [loop.create_task(e.wait()) for e in (activity, kicked)]
+                try:
+                    await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+        finally:
+            if self._polls.get(poll_id) is kicked:
+                del self._polls[poll_id]
+
+    async def _peek(
+        self, run_id: str, key: str, start: int, limit: int, *, look: bool
+    ) -> ReadReply | None:
         execution = self._executing(run_id)
         if execution is None:
             return ReadReply(rows=[], from_store=True)
-        buf = await execution.buffers.find(key)
+        buffers = execution.buffers
+        # the Store is asked about a key this actor has no buffer for once
+        # per poll; after that only a write through this actor creates it
+        buf = await buffers.find(key) if look else buffers.streams.get(key)
         if buf is None:
-            # nobody wrote this key (yet): no buffer for it, just wait until
-            # some stream of the run is created (or the run ends or leaves)
-            await execution.buffers.wait_created(wait_s)
-            if self._executing(run_id) is not execution:
-                return ReadReply(rows=[], from_store=True)
-            buf = execution.buffers.streams.get(key)
-            if buf is None:
-                return ReadReply(rows=[], closed=execution.buffers.closed)
-        return await buf.read(start, limit, wait_s)
+            return ReadReply(rows=[], closed=True) if buffers.closed else None
+        return await buf.peek(start, limit)
+
+    def poll_count(self) -> int:
+        """How many long polls (`read_many`) this actor has answered."""
+        return self.polls_served
+
+    def kick(self, poll_id: str) -> None:
+        """End the long poll `poll_id` now (its process has a new reader)."""
+        event = self._polls.get(poll_id)
+        if event is not None:
+            event.set()
+        else:  # it may overtake its call: the call finds it
+            if len(self._kicked) > 1000:
+                self._kicked.clear()
+            self._kicked[poll_id] = True
 
     async def append(self, run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
         execution = self._executing(run_id)

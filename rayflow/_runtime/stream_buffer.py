@@ -17,7 +17,6 @@ read from the Store by an index seek. A segment is put as one pickled blob
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import pickle
@@ -76,7 +75,6 @@ class StreamBuffer:
         self.segments: deque[tuple[int, int, Any]] = deque(maxlen=segments)
         self.tail_chunks, self.max_bytes = tail_chunks, max_bytes
         self.closed = False
-        self._changed = asyncio.Event()
         self._pending: list[Entry] = []
         self._pending_chunks = 0
         #: the stream's length and closed flag being read from the Store (a
@@ -85,6 +83,9 @@ class StreamBuffer:
         self.load_error: BaseException | None = None
         #: writes to a closed stream being told apart: replayed or new
         self._checks: set[asyncio.Task[None]] = set()
+        #: called whenever readers may find something new (StreamBuffers'
+        #: `activity`, what a RunActor's multiplexed long poll waits on)
+        self.on_change: Callable[[], None] | None = None
 
     def load(self, info: Callable[[], StreamInfo | None]) -> None:
         """Start taking length and closed from the Store (`info` runs in a thread)."""
@@ -253,8 +254,8 @@ class StreamBuffer:
             self.tail_start = self.tail[0][0]
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed."""
@@ -266,13 +267,14 @@ class StreamBuffer:
         self._notify()
 
     # -- reading ---------------------------------------------------------------
-    async def read(self, start: int, limit: int, wait_s: float) -> ReadReply:
+    async def peek(self, start: int, limit: int) -> ReadReply | None:
+        """What a reader at `start` gets now, or None while there is nothing
+        new for it (it waits for `StreamBuffers.activity`)."""
         await self.ready()
-        if start >= self.length and not self.closed and wait_s > 0:
-            changed = self._changed
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait_s)
-        return self._serve(start, limit)
+        reply = self._serve(start, limit)
+        if reply.rows or reply.ref is not None or reply.from_store or reply.closed:
+            return reply
+        return None
 
     def _serve(self, start: int, limit: int) -> ReadReply:
         reply = ReadReply(rows=[], length=self.length, closed=self.closed)
@@ -298,13 +300,14 @@ class StreamBuffers:
         self.streams: dict[str, StreamBuffer] = {}
         self.committer = RunCommitter(store, settings.max_stream_bytes)
         self.closed = False
-        #: set (and replaced) whenever a stream gets its buffer, the run ends
-        #: or leaves: what a reader of a key nobody has written waits on
-        self._created = asyncio.Event()
+        #: set (and replaced) whenever any stream of the run has something
+        #: new for readers, a stream gets its buffer, the run ends or leaves:
+        #: what a RunActor's multiplexed long poll waits on
+        self.activity = asyncio.Event()
 
-    def _wake_unknown(self) -> None:
-        self._created.set()
-        self._created = asyncio.Event()
+    def _wake(self) -> None:
+        self.activity.set()
+        self.activity = asyncio.Event()
 
     async def find(self, key: str) -> StreamBuffer | None:
         """The buffer of stream `key` when the stream exists (this run wrote
@@ -316,12 +319,6 @@ class StreamBuffers:
             if info is not None:
                 buf = self.get(key)
         return buf
-
-    async def wait_created(self, wait_s: float) -> None:
-        """Until a stream gets its buffer, the run ends or leaves, or `wait_s`."""
-        created = self._created
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(created.wait(), wait_s)
 
     def get(self, key: str) -> StreamBuffer:
         """The buffer of stream `key`, created on first use; its length and
@@ -339,9 +336,10 @@ class StreamBuffers:
                 committer=self.committer,
             )
             buf.closed = self.closed
+            buf.on_change = self._wake
             buf.load(functools.partial(self.store.stream_info, self.run_id, key))
             self.streams[key] = buf
-            self._wake_unknown()
+            self._wake()
         return buf
 
     async def drain(self) -> None:
@@ -353,13 +351,13 @@ class StreamBuffers:
         asks again and is sent to the Store (or the run's next actor)."""
         for buf in self.streams.values():
             buf._notify()
-        self._wake_unknown()
+        self._wake()
 
     def close_all(self) -> None:
         self.closed = True
         for buf in self.streams.values():
             buf.close()
-        self._wake_unknown()
+        self._wake()
 
 
 def segment_rows(blob: bytes) -> list[Row]:

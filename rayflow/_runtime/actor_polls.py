@@ -1,0 +1,184 @@
+"""One long poll per (process, RunActor) for every stream read there.
+
+A Ray call costs ~1 ms of CPU on these machines however little it carries
+(docs/scaling.md), so a Serve replica following the 10 streams of a run
+must not keep 10 long polls on its RunActor: when the run writes its 10
+streams in one group commit, that is 10 replies for one commit. Here every
+reader in this process (event loop) of a stream of runs on one RunActor
+subscribes to that actor's `ActorPoll`, which keeps one `read_many` call
+in flight for all of them and hands each reader its reply. Measured with a
+bare Ray relay (benchmarks/_ray_relay.py): 10 runs × 10 streams × 20/s,
+one poll per stream p50 174 ms, one per actor 11 ms.
+
+A subscription follows its stream on its own: after rows it stays in the
+poll at its new position, so a reader that is slower than the poll finds
+the next rows waiting (at most MAX_QUEUED replies; beyond that it is left
+out of the poll until it catches up). Any other reply — a sealed segment,
+`closed`, `from_store` — or a failed call ends the subscription: the reader
+decides what to do and subscribes again. A new subscription while a poll
+is in flight `kick`s it, so the newcomer is polled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+import weakref
+from collections import deque
+from typing import Any
+
+import ray
+
+from rayflow._runtime.stream_buffer import ReadReply
+
+log = logging.getLogger("rayflow")
+
+#: longest single long poll, so readers notice their runs' actors change
+LONG_POLL_S = 5.0
+#: a poll not answered this long after its wait is given up: every reader
+#: in it locates its run again, instead of waiting forever
+CALL_GRACE_S = 10.0
+#: replies a subscription holds before it is left out of the poll
+MAX_QUEUED = 8
+
+
+class Subscription:
+    """One reader's place in its actor's poll."""
+
+    def __init__(self, poll: ActorPoll, run_id: str, key: str, start: int) -> None:
+        self.poll, self.run_id, self.key = poll, run_id, key
+        #: the index the next poll asks for (ahead of the reader while
+        #: replies wait in `queue`)
+        self.position = start
+        self.queue: deque[ReadReply | BaseException] = deque()
+        self.active = True
+        self._ready = asyncio.Event()
+
+    def _deliver(self, reply: ReadReply | BaseException) -> None:
+        self.queue.append(reply)
+        if isinstance(reply, BaseException) or not reply.rows:
+            self.active = False  # the reader takes it from here
+        else:
+            self.position = reply.rows[-1][0] + 1
+        self._ready.set()
+
+    async def get(self, timeout_s: float) -> ReadReply | None:
+        """The next reply (raises what the poll raised), or None after
+        `timeout_s` without one."""
+        if not self.queue:
+            self._ready.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+        if not self.queue:
+            return None
+        reply = self.queue.popleft()
+        if len(self.queue) == MAX_QUEUED - 1 and self.active:
+            self.poll.resumed()
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        self.poll.unsubscribe(self)
+
+
+class ActorPoll:
+    """The one `read_many` long poll of this process on one RunActor."""
+
+    def __init__(self, actor: Any, forget: Any) -> None:
+        self.actor = actor
+        self.poll_id = uuid.uuid4().hex
+        self.subs: list[Subscription] = []
+        self._forget = forget
+        self._in_flight: set[int] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, run_id: str, key: str, start: int) -> Subscription:
+        sub = Subscription(self, run_id, key, start)
+        self.subs.append(sub)
+        self._poke()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.active = False
+        with contextlib.suppress(ValueError):
+            self.subs.remove(sub)
+
+    def resumed(self) -> None:
+        """A subscription left out of the poll (too far ahead) may be polled again."""
+        self._poke()
+
+    def _poke(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif self._in_flight:
+            # the call in flight does not carry the newcomer: end it now
+            self.actor.kick.remote(self.poll_id)
+
+    async def _run(self) -> None:
+        while True:
+            subs = [s for s in self.subs if s.active and len(s.queue) < MAX_QUEUED]
+            if not subs:
+                if not self.subs:
+                    self._forget(self)
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._wake.clear()
+            polls = [(s.run_id, s.key, s.position) for s in subs]
+            self._in_flight = {id(s) for s in subs}
+            try:
+                ref = self.actor.read_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
+                replies = await asyncio.wait_for(_awaited(ref), LONG_POLL_S + CALL_GRACE_S)
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as e:
+                if isinstance(e, asyncio.TimeoutError):
+                    log.warning(
+                        "a RunActor did not answer a long poll within %.0f s;"
+                        " its readers locate their runs again",
+                        LONG_POLL_S + CALL_GRACE_S,
+                    )
+                    e = ray.exceptions.RayActorError()
+                for s in list(self.subs):
+                    s._deliver(e)
+                self.subs.clear()
+                self._forget(self)
+                return
+            finally:
+                self._in_flight = set()
+            for i, reply in replies.items():
+                sub = subs[i]
+                if sub.active and sub.position == polls[i][2]:
+                    sub._deliver(reply)
+
+
+#: rows per reply (a reader's batch)
+BATCH = 1000
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+_polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ActorPoll]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def subscribe(actor: Any, run_id: str, key: str, start: int) -> Subscription:
+    """Follow stream `key` of `run_id` on `actor` from index `start`."""
+    polls = _polls.setdefault(asyncio.get_running_loop(), {})
+    actor_id = actor._actor_id
+    poll = polls.get(actor_id)
+    if poll is None:
+
+        def forget(p: ActorPoll) -> None:
+            if polls.get(actor_id) is p:
+                del polls[actor_id]
+
+        poll = polls[actor_id] = ActorPoll(actor, forget)
+    return poll.subscribe(run_id, key, start)
