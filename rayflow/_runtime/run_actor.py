@@ -217,6 +217,36 @@ class RunActor:
             raise RunMoved(f"run {run_id} is not executing on {self.name}")
         return await execution.buffers.get(key).submit_many(writes)
 
+    #: calls to `append_many` answered by this actor, for every run it served
+    #: (how many Ray calls outside writers cost; read through `append_calls`)
+    append_many_calls = 0
+
+    async def append_many(
+        self, run_id: str, items: list[tuple[str, list[ChunkWrite]]]
+    ) -> list[list[int | None] | Exception]:
+        """A writer's writes to several streams of the run in one call (see
+        `run_appender`): each key's writes join the run's group commit
+        together, and each key answers its indexes or its own error (a closed
+        stream fails only its writes). Raises RunMoved when this actor does
+        not execute the run, or the run has ended here (its streams are
+        closed: the writer locates it and hears that it finished)."""
+        self.append_many_calls += 1
+        execution = self._executing(run_id)
+        if execution is None or execution.buffers.closed:
+            raise RunMoved(f"run {run_id} is not executing on {self.name}")
+        answers = await asyncio.gather(
+            *(execution.buffers.get(key).submit_many(writes) for key, writes in items),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+        return [a for a in answers if not isinstance(a, BaseException) or isinstance(a, Exception)]
+
+    def append_calls(self) -> int:
+        """Calls to `append_many` this actor has answered (all runs)."""
+        return self.append_many_calls
+
     def stream_stats(self) -> dict[str, dict[str, int]]:
         """Per stream of the current run: committed length, chunks in the heap
         tail, sealed segments."""

@@ -3,16 +3,10 @@
 Every writer has an id and numbers its writes, so a retried or replayed
 write is dropped by the Store instead of duplicated. A writer inside the
 run it targets hands chunks straight to the run's stream buffer (group
-commit does the batching). Any other writer goes through a `StreamAppender`:
-one Ray call at a time to the target's RunActor (found through the
-`locations` cache, not a Controller call per write) or, when the run has no
-actor (queued or suspended), one append to the Store.
-
-Coalescing is adaptive: with nothing in flight a write leaves at once (on
-the next turn of the event loop, so writes made in one go share a call);
-writes made while a call is in flight wait for it and then leave together.
-Latency at a trickle is one round trip, throughput under a flood is one
-call per batch. One call in flight per appender keeps its writes in order.
+commit does the batching). Any other writer goes through a `StreamAppender`,
+which hands its writes to the `run_appender.RunAppender` of its event loop
+and run: all of a process's writes to one run's streams share its Ray calls
+(one in flight per run, adaptive coalescing; see that module).
 """
 
 from __future__ import annotations
@@ -21,35 +15,22 @@ import asyncio
 import uuid
 from typing import Any
 
-import ray
-
-from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.calls import RunMoved, call
+from rayflow._runtime import hops
 from rayflow._runtime.context import current_run
-from rayflow._runtime.stream_commit import Entry
-from rayflow.errors import RunFinished, RunNotFound, StreamClosed
-from rayflow.store.base import FINISHED_STATUSES, ChunkWrite
+from rayflow._runtime.run_appender import MAX_BATCH, finished_error, run_appender
+from rayflow.store.base import ChunkWrite
 
-#: most writes in one Ray call (a flood leaves in bounded messages)
-MAX_BATCH = 10_000
-
-
-def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
-    return RunFinished(
-        f"run {run_id} is {status}; its streams are closed and take no more chunks",
-        run_id=run_id,
-        stream=key,
-        status=status,
-    )
+__all__ = ["MAX_BATCH", "ChunkWriter", "StreamAppender", "finished_error"]
 
 
 class StreamAppender:
-    """Appends to one (run, key) from outside the run, batching adaptively."""
+    """Appends to one (run, key) from outside the run, through the run's
+    `RunAppender` in the current event loop."""
 
     def __init__(self, run_id: str, key: str) -> None:
         self.run_id, self.key = run_id, key
-        self._queue: list[Entry] = []
-        self._flusher: asyncio.Task[None] | None = None
+        #: futures handed out and not yet resolved (what `flush` waits for)
+        self._unsettled: set[asyncio.Future[Any]] = set()
 
     def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
         """Queue one write; the future resolves to its index once durable
@@ -61,96 +42,22 @@ class StreamAppender:
         return self._submit(writes, False)
 
     def _submit(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Entry(writes, fut, single))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_loop())
-        return fut
+        future = run_appender(self.run_id).submit(self.key, writes, single)
+        self._unsettled.add(future)
+        future.add_done_callback(self._unsettled.discard)
+        return future
 
     async def append(self, writes: list[ChunkWrite]) -> list[int | None]:
         return await self.submit_batch(writes)
 
     @property
     def idle(self) -> bool:
-        return not self._queue and (self._flusher is None or self._flusher.done())
-
-    def _take(self) -> list[Entry]:
-        count = n = 0
-        while n < len(self._queue) and (n == 0 or count + len(self._queue[n].writes) <= MAX_BATCH):
-            count += len(self._queue[n].writes)
-            n += 1
-        taken, self._queue = self._queue[:n], self._queue[n:]
-        return taken
-
-    async def _flush_loop(self) -> None:
-        delay = connection.current().settings.flush_interval_s
-        if delay > 0:
-            await asyncio.sleep(delay)
-        while self._queue:
-            batch = self._take()
-            writes = [w for e in batch for w in e.writes]
-            ids = (
-                [hops.write_id(w.writer_id, w.writer_seq) for w in writes] if hops.enabled() else []
-            )
-            hops.mark("send", ids)
-            try:
-                seqs = await self._send(writes)
-            except BaseException as e:
-                for entry in batch:
-                    entry.fail(e)
-                if not isinstance(e, Exception):
-                    raise
-                continue
-            hops.mark("ack", ids)
-            at = 0
-            for entry in batch:
-                entry.settle(seqs[at : at + len(entry.writes)])
-                at += len(entry.writes)
-
-    async def _send(self, writes: list[ChunkWrite]) -> list[int | None]:
-        for _ in range(10):
-            status, actor = await locations.locate(self.run_id)
-            if status in FINISHED_STATUSES:
-                raise finished_error(self.run_id, status, self.key)
-            if actor is None:
-                return await self._append_to_store(writes)
-            try:
-                result: list[int | None] = await call(
-                    actor.append.remote(self.run_id, self.key, writes)
-                )
-                return result
-            except (ray.exceptions.RayActorError, RunMoved):
-                # it moved (finished, suspended, crashed, recycled): look again
-                locations.forget(self.run_id, actor)
-        raise RunNotFound(
-            f"could not reach run {self.run_id} to write to {self.key!r}",
-            run_id=self.run_id,
-            stream=self.key,
-        )
-
-    async def _append_to_store(self, writes: list[ChunkWrite]) -> list[int | None]:
-        conn = connection.current()
-
-        def append() -> list[int | None]:
-            # a live run's buffer refuses a closed stream itself; here the
-            # Store's flag says it (a stream closed before the run suspended)
-            info = conn.store.stream_info(self.run_id, self.key)
-            if info is not None and info.closed:
-                raise StreamClosed(
-                    f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
-                    run_id=self.run_id,
-                    stream=self.key,
-                )
-            max_bytes = conn.settings.max_stream_bytes
-            return conn.store.append_chunks(self.run_id, self.key, writes, max_bytes).seqs
-
-        return await asyncio.to_thread(append)
+        return not self._unsettled
 
     async def flush(self) -> None:
-        """Wait until every queued write is durable."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        """Wait until every queued write is durable (or failed)."""
+        while self._unsettled:
+            await asyncio.wait(list(self._unsettled))
 
 
 class ChunkWriter:
