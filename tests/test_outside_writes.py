@@ -1,0 +1,237 @@
+"""Writes from outside a run to many of its streams at once (issue 10): one
+process's writes to one run share its Ray calls — one call per round trip for
+all keys, not one per stream — and still keep each key's order, store every
+chunk once, fail only the writes of a closed stream, and follow a run that
+suspends or finishes under them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import ray
+from conftest import eventually, eventually_async
+
+import rayflow
+from rayflow import errors, streams, task
+from rayflow._runtime.connection import current
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+go = streams.input("ow-go", dict)
+wake = streams.input("ow-wake", dict)
+
+
+@task(id="ow-hold")
+async def hold(payload: dict) -> str:  # type: ignore[type-arg]
+    """Keeps its RunActor until told to finish."""
+    await go.once(timeout_s=300)
+    return "done"
+
+
+@task(id="ow-suspend")
+async def suspend_when_told(payload: dict) -> str:  # type: ignore[type-arg]
+    """Live until told, then suspended (no actor) until woken."""
+    await go.once(timeout_s=300)
+    await wake.wait(timeout="1h")
+    return "done"
+
+
+@task(id="ow-close-then-suspend")
+async def close_then_suspend(payload: dict) -> str:  # type: ignore[type-arg]
+    await streams.append("shut", "only")
+    await streams.define("shut").close()
+    await wake.wait(timeout="1h")
+    return "done"
+
+
+def status(run_id: str) -> str:
+    return rayflow.runs.retrieve(run_id).result().status
+
+
+def live_run(task_: Any) -> str:
+    handle = task_.trigger({}).result()
+    eventually(lambda: status(handle.id) == "EXECUTING", timeout_s=60, what="run executing")
+    return str(handle.id)
+
+
+def actor_of(run_id: str) -> Any:
+    _, actor = ray.get(current().controller.locate.remote(run_id))
+    assert actor is not None
+    return actor
+
+
+def test_many_keys_written_at_once_each_keep_their_order_and_every_chunk_once() -> None:
+    run_id = live_run(hold)
+    keys = [f"k{i}" for i in range(12)]
+
+    async def by_writer(key: str) -> None:
+        async with streams.define(key).writer(target=run_id) as w:
+            for i in range(150):
+                w.write(f"w{i}")
+                if i % 16 == 0:
+                    await w.drain()
+
+    async def by_append(key: str) -> None:
+        for i in range(40):
+            await streams.append(key, f"a{i}", target=run_id)
+
+    async def by_pipe(key: str) -> None:
+        pipe = streams.define(key).pipe((f"p{i}" for i in range(100)), target=run_id)
+        assert await pipe.wait_until_complete() == 100
+
+    async def flood() -> None:
+        await asyncio.gather(*(f(k) for k in keys for f in (by_writer, by_append, by_pipe)))
+
+    asyncio.run(flood())
+    for key in keys:
+        got = list(streams.read(run_id, key, timeout_s=0.5))
+        assert len(got) == 290 and len(set(got)) == 290, key
+        for prefix, n in (("w", 150), ("a", 40), ("p", 100)):
+            assert [g for g in got if g[0] == prefix] == [f"{prefix}{i}" for i in range(n)], key
+    go.send(run_id, {}).result()
+    assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
+
+
+def test_one_process_writing_many_keys_of_a_run_makes_one_actor_call_per_round() -> None:
+    """50 keys written at once, 4 times: per-stream calls would be 200."""
+    run_id = live_run(hold)
+    actor = actor_of(run_id)
+    before = ray.get(actor.append_calls.remote())
+
+    async def rounds() -> None:
+        for r in range(4):
+            seqs = await asyncio.gather(
+                *(streams.append(f"n{k}", r, target=run_id) for k in range(50))
+            )
+            assert seqs == [r] * 50
+
+    asyncio.run(rounds())
+    calls = ray.get(actor.append_calls.remote()) - before
+    assert 1 <= calls <= 8, calls
+    for k in range(50):
+        assert list(streams.read(run_id, f"n{k}", timeout_s=0.3)) == [0, 1, 2, 3]
+    go.send(run_id, {}).result()
+    rayflow.runs.wait(run_id).result()
+
+
+async def _closed_and_open(run_id: str) -> list[Any]:
+    return await asyncio.gather(
+        streams.append("open-a", "a", target=run_id),
+        streams.append("shut", "late", target=run_id),
+        streams.append("open-b", "b", target=run_id),
+        streams.append("shut", "later", target=run_id),
+        streams.append("open-a", "a2", target=run_id),
+        return_exceptions=True,
+    )
+
+
+def test_a_closed_stream_fails_only_its_own_writes_in_a_shared_call() -> None:
+    run_id = live_run(hold)
+    streams.append("shut", "only", target=run_id).result()
+    streams.define("shut").close(target=run_id).result()
+    actor = actor_of(run_id)
+    before = ray.get(actor.append_calls.remote())
+    a, late, b, later, a2 = asyncio.run(_closed_and_open(run_id))
+    assert ray.get(actor.append_calls.remote()) - before == 1  # one call carried them all
+    assert isinstance(late, errors.StreamClosed) and late.stream == "shut"
+    assert isinstance(later, errors.StreamClosed)
+    assert (a, b, a2) == (0, 0, 1)
+    assert list(streams.read(run_id, "shut", timeout_s=0.3)) == ["only"]
+    assert list(streams.read(run_id, "open-a", timeout_s=0.3)) == ["a", "a2"]
+    assert list(streams.read(run_id, "open-b", timeout_s=0.3)) == ["b"]
+    go.send(run_id, {}).result()
+    assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
+
+
+def test_a_closed_stream_of_a_suspended_run_fails_only_its_own_writes() -> None:
+    """No actor: the writes of every key go to the Store together."""
+    handle = close_then_suspend.trigger({}).result()
+    eventually(lambda: status(handle.id) == "WAITING", timeout_s=60, what="run suspended")
+    a, late, b, later, a2 = asyncio.run(_closed_and_open(handle.id))
+    assert isinstance(late, errors.StreamClosed) and late.stream == "shut"
+    assert isinstance(later, errors.StreamClosed)
+    assert (a, b, a2) == (0, 0, 1)
+    wake.send(handle.id, {}).result()
+    assert rayflow.runs.wait(handle.id).result().status == "COMPLETED"
+    assert list(streams.read(handle.id, "shut", timeout_s=0.3)) == ["only"]
+    assert list(streams.read(handle.id, "open-a", timeout_s=0.3)) == ["a", "a2"]
+    assert list(streams.read(handle.id, "open-b", timeout_s=0.3)) == ["b"]
+
+
+KEYS = [f"f{i}" for i in range(6)]
+
+
+async def _flood_round(run_id: str, r: int) -> list[Any]:
+    return await asyncio.gather(
+        *(streams.append(k, r, target=run_id) for k in KEYS), return_exceptions=True
+    )
+
+
+def test_a_run_that_suspends_mid_flood_takes_every_write_through_the_store() -> None:
+    run_id = live_run(suspend_when_told)
+
+    async def flood() -> int:
+        r = 0
+        while r < 5:  # some rounds while the run is live
+            assert await _flood_round(run_id, r) == [r] * len(KEYS)
+            r += 1
+        await go.send(run_id, {})
+        suspended_at: int | None = None
+
+        async def suspended() -> bool:
+            return (await rayflow.runs.retrieve(run_id)).status == "WAITING"
+
+        while suspended_at is None or r < suspended_at + 5:
+            assert await _flood_round(run_id, r) == [r] * len(KEYS)
+            r += 1
+            if suspended_at is None and await suspended():
+                suspended_at = r
+            assert r < 5000, "the run never suspended"
+        await eventually_async(suspended, what="run suspended")
+        return r
+
+    rounds = asyncio.run(flood())
+    for k in KEYS:  # a suspended run's streams are read from the Store
+        assert list(streams.read(run_id, k, timeout_s=0.3)) == list(range(rounds))
+    wake.send(run_id, {}).result()
+    assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
+    for k in KEYS:
+        assert list(streams.read(run_id, k, timeout_s=0.3)) == list(range(rounds))
+
+
+def test_a_run_that_finishes_mid_flood_refuses_later_writes_with_run_finished() -> None:
+    run_id = live_run(hold)
+    acknowledged: dict[str, list[int]] = {k: [] for k in KEYS}
+    refused: list[BaseException] = []
+
+    async def flood() -> None:
+        r = 0
+        told = False
+        while True:
+            results = await _flood_round(run_id, r)
+            for k, result in zip(KEYS, results, strict=True):
+                if isinstance(result, BaseException):
+                    refused.append(result)
+                else:
+                    # no write of a key is acknowledged after one was refused
+                    assert not any(
+                        e.stream == k for e in refused if isinstance(e, errors.RayflowError)
+                    )
+                    acknowledged[k].append(r)
+            if all(isinstance(x, BaseException) for x in results):
+                return
+            r += 1
+            if r == 5 and not told:
+                told = True
+                await go.send(run_id, {})
+            assert r < 5000, "the run never finished"
+
+    asyncio.run(flood())
+    assert refused and all(isinstance(e, errors.RunFinished) for e in refused), refused
+    assert {e.stream for e in refused if isinstance(e, errors.RunFinished)} == set(KEYS)
+    assert rayflow.runs.retrieve(run_id).result().status == "COMPLETED"
+    for k in KEYS:  # acknowledged = durable: exactly the acknowledged writes are stored
+        assert acknowledged[k][:5] == list(range(5))
+        assert list(streams.read(run_id, k, timeout_s=5)) == acknowledged[k]
