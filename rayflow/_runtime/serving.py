@@ -10,10 +10,12 @@ reconnect; they must be stored once), and the writer's last stored
 position for its `HEAD` probe.
 
 Concurrent requests to one (run, stream) in a replica share one
-`StreamAppender`: whatever arrives while a call is in flight leaves in the
-next call together, so a burst of HTTP appends costs one Ray call and one
-group commit per round trip, not one per request; the run's location is
-cached (`locations`), so no request asks the Controller.
+`StreamAppender`, and every stream of a run shares the run's `RunAppender`
+(`run_appender`): whatever arrives while a call is in flight leaves in the
+next call together, so a burst of HTTP appends to any streams of a run
+costs one Ray call and one group commit per round trip, not one per request
+or per stream; the run's location is cached (`locations`), so no request
+asks the Controller.
 """
 
 from __future__ import annotations
