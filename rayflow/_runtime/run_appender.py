@@ -207,6 +207,8 @@ class RunAppender:
                     outcomes[i] = closed_error(run_id, key)
                 else:
                     todo.append(i)
+            if not todo:
+                return _complete(outcomes)
             try:
                 results = store.append_chunks_many(
                     [(run_id, items[i][0], items[i][1]) for i in todo], max_bytes
