@@ -202,16 +202,21 @@ def test_a_run_that_suspends_mid_flood_takes_every_write_through_the_store() -> 
 
 
 def test_a_run_that_finishes_mid_flood_refuses_later_writes_with_run_finished() -> None:
+    """Every round also writes a key of its own, new to the run (its stream
+    is still being loaded when the run may end): a write is acknowledged and
+    stored, or refused with RunFinished — never StreamClosed."""
     run_id = live_run(hold)
-    acknowledged: dict[str, list[int]] = {k: [] for k in KEYS}
+    acknowledged: dict[str, list[int]] = {}
     refused: list[BaseException] = []
 
-    async def flood() -> None:
+    async def flood() -> int:
         r = 0
-        told = False
         while True:
-            results = await _flood_round(run_id, r)
-            for k, result in zip(KEYS, results, strict=True):
+            keys = [*KEYS, f"fresh{r}"]
+            results = await asyncio.gather(
+                *(streams.append(k, r, target=run_id) for k in keys), return_exceptions=True
+            )
+            for k, result in zip(keys, results, strict=True):
                 if isinstance(result, BaseException):
                     refused.append(result)
                 else:
@@ -219,19 +224,23 @@ def test_a_run_that_finishes_mid_flood_refuses_later_writes_with_run_finished() 
                     assert not any(
                         e.stream == k for e in refused if isinstance(e, errors.RayflowError)
                     )
-                    acknowledged[k].append(r)
+                    acknowledged.setdefault(k, []).append(r)
             if all(isinstance(x, BaseException) for x in results):
-                return
+                return r
             r += 1
-            if r == 5 and not told:
-                told = True
+            if r == 5:
                 await go.send(run_id, {})
             assert r < 5000, "the run never finished"
 
-    asyncio.run(flood())
+    last = asyncio.run(flood())
     assert refused and all(isinstance(e, errors.RunFinished) for e in refused), refused
-    assert {e.stream for e in refused if isinstance(e, errors.RunFinished)} == set(KEYS)
+    assert {e.stream for e in refused if isinstance(e, errors.RunFinished)} >= {
+        *KEYS,
+        f"fresh{last}",
+    }
     assert rayflow.runs.retrieve(run_id).result().status == "COMPLETED"
-    for k in KEYS:  # acknowledged = durable: exactly the acknowledged writes are stored
+    for k in KEYS:
         assert acknowledged[k][:5] == list(range(5))
-        assert list(streams.read(run_id, k, timeout_s=5)) == acknowledged[k]
+    # acknowledged = durable: exactly the acknowledged writes are stored
+    for k in [*KEYS, *(f"fresh{r}" for r in range(last + 1))]:
+        assert list(streams.read(run_id, k, timeout_s=5)) == acknowledged.get(k, []), k

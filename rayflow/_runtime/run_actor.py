@@ -29,10 +29,11 @@ import threading
 import ray
 
 from rayflow._config import Settings
-from rayflow._runtime import attempts, connection, recycling
+from rayflow._runtime import attempts, connection, hops, recycling
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.stream_buffer import ReadReply
+from rayflow.errors import StreamClosed
 from rayflow.store.base import ChunkWrite, InboxMessage
 
 #: `join` for a run this actor does not execute
@@ -228,20 +229,34 @@ class RunActor:
         `run_appender`): each key's writes join the run's group commit
         together, and each key answers its indexes or its own error (a closed
         stream fails only its writes). Raises RunMoved when this actor does
-        not execute the run, or the run has ended here (its streams are
-        closed: the writer locates it and hears that it finished)."""
+        not execute the run; answers RunMoved for a key when the run ended
+        here before its writes were taken (the writer locates the run again
+        and hears that it finished, not that a stream is closed)."""
         self.append_many_calls += 1
         execution = self._executing(run_id)
         if execution is None or execution.buffers.closed:
             raise RunMoved(f"run {run_id} is not executing on {self.name}")
-        answers = await asyncio.gather(
-            *(execution.buffers.get(key).submit_many(writes) for key, writes in items),
-            return_exceptions=True,
-        )
+        # queued in this one step, with no await since the check above: no
+        # key's writes can meet streams the run's end closed meanwhile
+        futures = []
+        for key, writes in items:
+            if hops.enabled():
+                hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
+            futures.append(execution.buffers.get(key).submit_batch(writes))
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        ended = execution.buffers.closed
+        outcomes: list[list[int | None] | Exception] = []
         for answer in answers:
-            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+            if not isinstance(answer, BaseException):
+                outcomes.append(answer)
+            elif ended and isinstance(answer, StreamClosed):
+                # a stream still loading when the run ended refuses what it queued
+                outcomes.append(RunMoved(f"run {run_id} ended on {self.name}"))
+            elif isinstance(answer, Exception):
+                outcomes.append(answer)
+            else:
                 raise answer
-        return [a for a in answers if not isinstance(a, BaseException) or isinstance(a, Exception)]
+        return outcomes
 
     def append_calls(self) -> int:
         """Calls to `append_many` this actor has answered (all runs)."""
