@@ -98,6 +98,9 @@ class Sink:
         while len(self.lat_ms) < total and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._stop = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         return self.lat_ms
 
 

@@ -212,12 +212,6 @@ class RunActor:
                 self._kicked.clear()
             self._kicked[poll_id] = True
 
-    async def append(self, run_id: str, key: str, writes: list[ChunkWrite]) -> list[int | None]:
-        execution = self._executing(run_id)
-        if execution is None:
-            raise RunMoved(f"run {run_id} is not executing on {self.name}")
-        return await execution.buffers.get(key).submit_many(writes)
-
     #: calls to `append_many` answered by this actor, for every run it served
     #: (how many Ray calls outside writers cost; read through `append_calls`)
     append_many_calls = 0

@@ -166,11 +166,6 @@ class StreamBuffer:
         """Queue writes as one entry (one future, committed together)."""
         return self._queue(writes, False)
 
-    async def submit_many(self, writes: list[ChunkWrite]) -> list[int | None]:
-        if hops.enabled():
-            hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
-        return await self.submit_batch(writes)
-
     def _queue(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
