@@ -482,12 +482,18 @@ async def many_inside(
         start_at = time.time() + 1.0  # every run has its command by then
         keys = [f"{part}-{k}" for k in range(MANY["keys"])]
         command = {"pace": {"keys": keys, "rate": MANY["rate"], "n": total, "start_at": start_at}}
+        by_process = cpu_by_process(cpu_of)
         await asyncio.gather(*(gate.send(run_id, command) for run_id, _ in runs))
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
         cpu = cpu_seconds(cpu_of) - cpu0
+        spent = cpu_delta(by_process, cpu_by_process(cpu_of))
     check(readers, total)
     lat = [x for rd in readers for x in rd.live.lat_ms]
-    return {"sse_ms": c.summary(lat), "cpu_us_per_chunk": cpu / len(lat) * 1e6}
+    return {
+        "sse_ms": c.summary(lat),
+        "cpu_us_per_chunk": cpu / len(lat) * 1e6,
+        "cpu_us_by_process": {name: sec / len(lat) * 1e6 for name, sec in spent.items()},
+    }
 
 
 async def throughput(system: System, n: int) -> dict[str, Any]:
@@ -702,6 +708,9 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         cr, cb = r["many_inside"]["cpu_us_per_chunk"], b["many"]["cpu_us_per_chunk"]
         label = "CPU per delivered chunk, writers inside the runs (µs)"
         rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
+        by = r["many_inside"].get("cpu_us_by_process", {})
+        top = ", ".join(f"{name} {us:,.0f}" for name, us in list(by.items())[:6])
+        rows.append(f"| … of which, by process (µs per chunk) | {top} | | |")
     if "sustained" in r and "sustained" in b:
         label = f"append ack at 10 × {SUSTAINED_RATE}/s (rayflow: HTTP; baseline: XADD) (ms)"
         rows.append(lat_row(label, r["sustained"]["ack_ms"], b["sustained"]["ack_ms"]))
