@@ -35,6 +35,8 @@ log = logging.getLogger("rayflow.serve")
 BATCH_LIMIT = 1000
 #: records a hub keeps for its clients; older ones are read from the Store
 WINDOW = 4096
+#: longest wait for a hub's tasks to end when its last client leaves
+STOP_WAIT_S = 1.0
 #: a reader of a key that does not exist yet looks at the Store at least this
 #: often, so a lost change notification costs seconds, not the idle timeout
 RECHECK_S = 5.0
@@ -51,6 +53,7 @@ class StreamHub:
         self.closed = False
         self.error: BaseException | None = None
         self.clients = 0
+        self._stopped = False
         self._changed = asyncio.Event()
         self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
         loop = asyncio.get_running_loop()
@@ -83,7 +86,7 @@ class StreamHub:
         at once instead of after its idle pause (it polls slowly while the
         run has no live actor)."""
         feed = run_feed.feed()
-        while True:
+        while not self._stopped:
             since = await feed.changes()
             if await feed.wait_for(since, {self.run_id}, 60.0):
                 self._reader.wake()
@@ -102,10 +105,16 @@ class StreamHub:
             await asyncio.wait_for(changed.wait(), timeout_s)
 
     async def stop(self) -> None:
-        for task in (self._task, self._watch):
+        """Stop following the stream. Bounded: the last client's SSE body
+        ends after this, so it must never wait on a task that goes on (on
+        Python 3.11 `asyncio.wait_for` can swallow a cancellation that meets
+        its result; the loops also stop on `_stopped`)."""
+        self._stopped = True
+        self._reader.stop()
+        tasks = (self._task, self._watch)
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
 
 
 _hubs: dict[tuple[str, str], StreamHub] = {}

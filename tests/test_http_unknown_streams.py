@@ -5,6 +5,7 @@ cost no reader and no RunActor buffer, and wait for the stream to be created
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -126,3 +127,29 @@ async def test_an_unknown_run_is_404(http_tasks: HttpApi) -> None:
         r = await c.get("/realtime/v1/streams/run_nope/anything", headers=http_tasks.headers())
     assert r.status_code == 404 and r.json()["code"] == "RunNotFound"
     assert isinstance(r, httpx.Response)
+
+
+async def test_a_hub_stops_even_if_a_cancellation_is_swallowed(http_tasks: HttpApi) -> None:
+    """The last SSE client of a stream ends its body only after the stream's
+    hub stopped. On Python 3.11 `asyncio.wait_for` can swallow a cancellation
+    that meets its result (a run change arriving as the hub stops): stopping
+    must not wait on such a task forever (a CI run saw an SSE body of a
+    cancelled run never end)."""
+    from serve.fanout import StreamHub
+
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    hub = StreamHub(run_id, "swallow", 0)
+    hub._watch.cancel()
+
+    async def swallows_one_cancel() -> None:
+        while not hub._stopped:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+
+    hub._watch = asyncio.create_task(swallows_one_cancel())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(hub.stop(), 10)
+    assert time.monotonic() - started < 5
+    await asyncio.wait_for(hub._watch, 5)  # it saw _stopped after its swallowed cancel
+    await rayflow.runs.cancel(run_id)

@@ -76,6 +76,8 @@ class ChunkReader:
         #: `wake()` was called: look at the Store and locate the run at once
         self._woken = False
         self._wake = asyncio.Event()
+        #: `stop()` was called: end at the next look, whatever it finds
+        self._stopped = False
         #: this reader's place in its RunActor's multiplexed long poll
         self._sub: actor_polls.Subscription | None = None
 
@@ -85,6 +87,14 @@ class ChunkReader:
         run change feed; without it a reader notices within POLL_MAX_S."""
         self._woken = True
         self._wake.set()
+
+    def stop(self) -> None:
+        """End the reader at its next step (its owner is gone). Cancelling
+        its task is not enough on Python 3.11: `asyncio.wait_for` can swallow
+        a cancellation that meets its result, and a reader without a timeout
+        would then follow the stream forever."""
+        self._stopped = True
+        self.wake()
 
     async def _idle(self, pause_s: float) -> None:
         if not self._woken:
@@ -161,7 +171,7 @@ class ChunkReader:
         if status == RunStatus.EXECUTING:
             status, actor = await locations.locate(self.run_id)
             located_at = time.monotonic()
-        while True:
+        while not self._stopped:
             now = time.monotonic()
             if idle_deadline is not None and now >= idle_deadline:
                 return
