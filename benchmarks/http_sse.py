@@ -386,9 +386,11 @@ async def latency(
         targets = [system.target(part, i) for i in range(streams_n)]
         readers, tasks = await start_readers(client, targets, total)
         cpu0 = cpu_seconds(cpu_of) if cpu_of else 0.0
+        by_process = cpu_by_process(cpu_of) if cpu_of else {}
         acks = await paced_appends(system, part, streams_n, seconds, rate)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         cpu = cpu_seconds(cpu_of) - cpu0 if cpu_of else None
+        spent = cpu_delta(by_process, cpu_by_process(cpu_of)) if cpu_of else {}
         py_lat = await asyncio.wait_for(py, 60) if py else None
     if keep is not None:
         keep.append((part, readers))
@@ -397,6 +399,7 @@ async def latency(
     out = {"sse_ms": c.summary(lat), "ack_ms": c.summary(acks)}
     if cpu is not None:
         out["cpu_us_per_chunk"] = cpu / len(lat) * 1e6
+        out["cpu_us_by_process"] = {name: sec / len(lat) * 1e6 for name, sec in spent.items()}
     if py_lat is not None:
         out["py_ms"] = c.summary(py_lat)
     return out
@@ -703,14 +706,13 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         rows.append(
             f"| CPU per delivered chunk, {many} (µs) | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |"
         )
+        rows.append(by_process_row(r["many"]))
     both("many", "… rayflow's writers inside the runs (ms)", ours="many_inside")
     if "many_inside" in r and "many" in b:
         cr, cb = r["many_inside"]["cpu_us_per_chunk"], b["many"]["cpu_us_per_chunk"]
         label = "CPU per delivered chunk, writers inside the runs (µs)"
         rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
-        by = r["many_inside"].get("cpu_us_by_process", {})
-        top = ", ".join(f"{name} {us:,.0f}" for name, us in list(by.items())[:6])
-        rows.append(f"| … of which, by process (µs per chunk) | {top} | | |")
+        rows.append(by_process_row(r["many_inside"]))
     if "sustained" in r and "sustained" in b:
         label = f"append ack at 10 × {SUSTAINED_RATE}/s (rayflow: HTTP; baseline: XADD) (ms)"
         rows.append(lat_row(label, r["sustained"]["ack_ms"], b["sustained"]["ack_ms"]))
@@ -733,6 +735,14 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
             f"{ratio(fr and fr.get('chunks_s'), fb and fb.get('chunks_s'))} |"
         )
     return "\n".join(rows)
+
+
+def by_process_row(part: dict[str, Any]) -> str:
+    """The heaviest processes of a part's CPU per delivered chunk (a process
+    started during the part is charged its start-up too)."""
+    by = part.get("cpu_us_by_process", {})
+    top = ", ".join(f"{name} {us:,.0f}" for name, us in list(by.items())[:6])
+    return f"| … of which, by process (µs per chunk) | {top} | | |"
 
 
 def py_row(label: str, part: dict[str, Any]) -> str:
