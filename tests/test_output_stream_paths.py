@@ -264,3 +264,27 @@ async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_com
     assert buf.length == 2
     await buffers.drain()
     store.close()
+
+
+async def test_a_long_poll_that_fails_reaches_every_reader_in_it() -> None:
+    """A RunActor's long poll that fails with an error (the Store gone, say)
+    must hand that error to every reader in it at once: none may wait on a
+    poll that has ended (a hub's reader has no idle timeout)."""
+    import ray
+
+    from rayflow._runtime import actor_polls
+
+    @ray.remote
+    class StoreGone:
+        async def read_many(self, polls: Any, limit: int, wait_s: float, poll_id: str) -> Any:
+            raise errors.Unavailable("the Store did not answer")
+
+        def kick(self, poll_id: str) -> None:
+            pass
+
+    actor = StoreGone.remote()  # type: ignore[attr-defined]
+    subs = [actor_polls.subscribe(actor, "run_gone", f"k{i}", 0) for i in range(3)]
+    for sub in subs:
+        with pytest.raises(errors.Unavailable, match="did not answer"):
+            await sub.get(30)
+    ray.kill(actor)

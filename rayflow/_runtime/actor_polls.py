@@ -14,8 +14,9 @@ A subscription follows its stream on its own: after rows it stays in the
 poll at its new position, so a reader that is slower than the poll finds
 the next rows waiting (at most MAX_QUEUED replies; beyond that it is left
 out of the poll until it catches up). Any other reply — a sealed segment,
-`closed`, `from_store` — or a failed call ends the subscription: the reader
-decides what to do and subscribes again. A new subscription while a poll
+`closed`, `from_store` — or a failed call (every subscriber hears its
+error) ends the subscription: the reader decides what to do and subscribes
+again. A new subscription while a poll
 is in flight `kick`s it, so the newcomer is polled at once.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import ray
 
+from rayflow._runtime.calls import call
 from rayflow._runtime.stream_buffer import ReadReply
 
 log = logging.getLogger("rayflow")
@@ -135,7 +137,10 @@ class ActorPoll:
             try:
                 ref = self.actor.read_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
                 replies = await asyncio.wait_for(_awaited(ref), LONG_POLL_S + CALL_GRACE_S)
-            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as e:
+            except Exception as e:
+                # every reader hears it (none may wait on a poll that ended):
+                # a lost or silent actor as RayActorError (locate the run
+                # again), anything else as itself
                 if isinstance(e, asyncio.TimeoutError):
                     log.warning(
                         "a RunActor did not answer a long poll within %.0f s;"
@@ -161,7 +166,7 @@ BATCH = 1000
 
 
 async def _awaited(ref: Any) -> Any:
-    return await ref
+    return await call(ref)
 
 
 _polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ActorPoll]] = (
