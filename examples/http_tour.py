@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,9 +33,18 @@ HERE = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port outside the kernel's ephemeral range: Ray, started by
+    `rayflow dev` before its HTTP API, binds ephemeral ports of its own and
+    could take one picked there first."""
+    for _ in range(100):
+        port = random.randint(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port found between 20000 and 32000")
 
 
 def start_dev(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -81,8 +91,7 @@ def sse_records(response: httpx.Response) -> Iterator[Any]:
 
 def main() -> None:
     data_dir = Path(os.environ.get("RAYFLOW_DATA_DIR") or tempfile.mkdtemp(prefix="rayflow-"))
-    port = free_port()
-    proc, url = start_dev(data_dir, port)
+    proc, url = start_dev(data_dir, free_port())
     try:
         secret = (data_dir / "secret_key").read_text().strip()
         api = httpx.Client(base_url=url, timeout=60)
