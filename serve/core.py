@@ -14,7 +14,7 @@ from typing import Any
 
 from rayflow._runtime import serving
 from rayflow._runtime.serving import Connection, current
-from rayflow.errors import PayloadTooLarge, RunNotFound, StreamClosed, TooManyRequests
+from rayflow.errors import PayloadTooLarge, RunNotFound, TooManyRequests
 from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
 from serve.deps import MAX_INDEX
 from serve.errors import BadRequest
@@ -119,11 +119,7 @@ async def check_open(run_id: str, key: str) -> None:
     """Raise StreamClosed when the run's stream `key` was closed: it takes no more chunks."""
     info = await asyncio.to_thread(_conn().store.stream_info, run_id, key)
     if info is not None and info.closed:
-        raise StreamClosed(
-            f"stream {key!r} of run {run_id} is closed; it takes no more chunks",
-            run_id=run_id,
-            stream=key,
-        )
+        raise serving.closed_error(run_id, key)
 
 
 async def append_writes(run_id: str, key: str, writer: str, chunks: list[tuple[int, str]]) -> None:

@@ -16,8 +16,8 @@ the next rows waiting (at most MAX_QUEUED replies; beyond that it is left
 out of the poll until it catches up). Any other reply — a sealed segment,
 `closed`, `from_store` — or a failed call (every subscriber hears its
 error) ends the subscription: the reader decides what to do and subscribes
-again. A new subscription while a poll
-is in flight `kick`s it, so the newcomer is polled at once.
+again. A new subscription while a poll is in flight `kick`s it, so the
+newcomer is polled at once.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class ActorPoll:
         self.poll_id = uuid.uuid4().hex
         self.subs: list[Subscription] = []
         self._forget = forget
-        self._in_flight: set[int] = set()
+        #: a `read_many` call is in flight (a newcomer kicks it)
+        self._polling = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -117,7 +118,7 @@ class ActorPoll:
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
-        elif self._in_flight:
+        elif self._polling:
             # the call in flight does not carry the newcomer: end it now
             self.actor.kick.remote(self.poll_id)
 
@@ -133,10 +134,10 @@ class ActorPoll:
                 continue
             self._wake.clear()
             polls = [(s.run_id, s.key, s.position) for s in subs]
-            self._in_flight = {id(s) for s in subs}
+            self._polling = True
             try:
                 ref = self.actor.read_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
-                replies = await asyncio.wait_for(_awaited(ref), LONG_POLL_S + CALL_GRACE_S)
+                replies = await asyncio.wait_for(call(ref), LONG_POLL_S + CALL_GRACE_S)
             except Exception as e:
                 # every reader hears it (none may wait on a poll that ended):
                 # a lost or silent actor as RayActorError (locate the run
@@ -154,7 +155,7 @@ class ActorPoll:
                 self._forget(self)
                 return
             finally:
-                self._in_flight = set()
+                self._polling = False
             for i, reply in replies.items():
                 sub = subs[i]
                 if sub.active and sub.position == polls[i][2]:
@@ -163,10 +164,6 @@ class ActorPoll:
 
 #: rows per reply (a reader's batch)
 BATCH = 1000
-
-
-async def _awaited(ref: Any) -> Any:
-    return await call(ref)
 
 
 _polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ActorPoll]] = (

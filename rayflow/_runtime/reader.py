@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -30,8 +29,6 @@ from rayflow._runtime.stream_buffer import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
-
-log = logging.getLogger("rayflow")
 
 #: how often a reader without a live actor asks where the run went
 RELOCATE_S = 0.25

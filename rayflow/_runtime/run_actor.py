@@ -57,7 +57,8 @@ class RunActor:
         self._tracking = False
         #: multiplexed long polls in progress (`read_many`), by poll id
         self._polls: dict[str, asyncio.Event] = {}
-        self._kicked: dict[str, bool] = {}
+        #: kicks that came before their poll's call (the call answers at once)
+        self._kicked: set[str] = set()
         #: `read_many` calls answered (tests and benchmarks count them)
         self.polls_served = 0
 
@@ -158,7 +159,8 @@ class RunActor:
         deadline = loop.time() + wait_s
         self.polls_served += 1
         kicked = self._polls[poll_id] = asyncio.Event()
-        if self._kicked.pop(poll_id, False):
+        if poll_id in self._kicked:
+            self._kicked.discard(poll_id)
             kicked.set()  # the kick came before this call: answer at once
         checked: set[int] = set()
         try:
@@ -210,7 +212,7 @@ class RunActor:
         else:  # it may overtake its call: the call finds it
             if len(self._kicked) > 1000:
                 self._kicked.clear()
-            self._kicked[poll_id] = True
+            self._kicked.add(poll_id)
 
     #: calls to `append_many` answered by this actor, for every run it served
     #: (how many Ray calls outside writers cost; read through `append_calls`)

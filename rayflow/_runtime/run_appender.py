@@ -35,8 +35,9 @@ import ray
 
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
+from rayflow._runtime.stream_buffer import closed_error
 from rayflow._runtime.stream_commit import Entry
-from rayflow.errors import RunFinished, RunNotFound, StreamClosed, StreamTooLarge
+from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
 from rayflow.store.base import FINISHED_STATUSES, ChunkWrite
 
 #: most writes in one Ray call (a flood leaves in bounded messages)
@@ -52,14 +53,6 @@ def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinis
         run_id=run_id,
         stream=key,
         status=status,
-    )
-
-
-def closed_error(run_id: str, key: str) -> StreamClosed:
-    return StreamClosed(
-        f"stream {key!r} of run {run_id} is closed; it takes no more chunks",
-        run_id=run_id,
-        stream=key,
     )
 
 

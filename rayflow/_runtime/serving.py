@@ -30,6 +30,7 @@ from rayflow._runtime.bootstrap import start_control_plane
 from rayflow._runtime.connection import Connection, current, secret_key_for
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.reader import ChunkReader
+from rayflow._runtime.stream_buffer import closed_error
 from rayflow._runtime.writer import StreamAppender
 from rayflow.store.base import ChunkWrite
 
@@ -104,6 +105,7 @@ __all__ = [
     "ChunkReader",
     "Connection",
     "append_writes",
+    "closed_error",
     "current",
     "hops",
     "ingress",

@@ -54,6 +54,15 @@ class ReadReply:
     closed: bool = False
 
 
+def closed_error(run_id: str, key: str) -> StreamClosed:
+    """What a write to a closed stream raises."""
+    return StreamClosed(
+        f"stream {key!r} of run {run_id} is closed; it takes no more chunks",
+        run_id=run_id,
+        stream=key,
+    )
+
+
 class StreamBuffer:
     def __init__(
         self,
@@ -108,13 +117,6 @@ class StreamBuffer:
         elif self._pending:
             self.committer.wake(self)
 
-    def _closed_error(self) -> StreamClosed:
-        return StreamClosed(
-            f"stream {self.key!r} of run {self.run_id} is closed; it takes no more chunks",
-            run_id=self.run_id,
-            stream=self.key,
-        )
-
     def _refuse(self, entry: Entry) -> None:
         """A closed stream takes no new chunk — but a revived run's replay
         re-sends the chunks it wrote before the close (same writer ids and
@@ -134,7 +136,7 @@ class StreamBuffer:
             ):
                 entry.settle([None] * len(entry.writes))
             else:
-                entry.fail(self._closed_error())
+                entry.fail(closed_error(self.run_id, self.key))
 
         task = asyncio.get_running_loop().create_task(check())
         self._checks.add(task)
