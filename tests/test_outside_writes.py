@@ -1,8 +1,9 @@
 """Writes from outside a run to many of its streams at once (issue 10): one
-process's writes to one run share its Ray calls — one call per round trip for
-all keys, not one per stream — and still keep each key's order, store every
-chunk once, fail only the writes of a closed stream, and follow a run that
-suspends or finishes under them."""
+process commits its writes to the Store itself, all keys together, and tells
+the run's RunActor once per commit — one Ray call per round, not one per
+stream — and still keeps each key's order, stores every chunk once, fails
+only the writes of a closed stream, and follows a run that suspends or
+finishes under them."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def test_one_process_writing_many_keys_of_a_run_makes_one_actor_call_per_round()
     """50 keys written at once, 4 times: per-stream calls would be 200."""
     run_id = live_run(hold)
     actor = actor_of(run_id)
-    before = ray.get(actor.append_calls.remote())
+    before = ray.get(actor.published_calls.remote())
 
     async def rounds() -> None:
         for r in range(4):
@@ -108,7 +109,9 @@ def test_one_process_writing_many_keys_of_a_run_makes_one_actor_call_per_round()
             assert seqs == [r] * 50
 
     asyncio.run(rounds())
-    calls = ray.get(actor.append_calls.remote()) - before
+    # the actor is told after each commit, in the background
+    eventually(lambda: ray.get(actor.published_calls.remote()) - before >= 1, what="actor told")
+    calls = ray.get(actor.published_calls.remote()) - before
     assert 1 <= calls <= 8, calls
     for k in range(50):
         assert list(streams.read(run_id, f"n{k}", timeout_s=0.3)) == [0, 1, 2, 3]
@@ -132,9 +135,10 @@ def test_a_closed_stream_fails_only_its_own_writes_in_a_shared_call() -> None:
     streams.append("shut", "only", target=run_id).result()
     streams.define("shut").close(target=run_id).result()
     actor = actor_of(run_id)
-    before = ray.get(actor.append_calls.remote())
+    before = ray.get(actor.published_calls.remote())
     a, late, b, later, a2 = asyncio.run(_closed_and_open(run_id))
-    assert ray.get(actor.append_calls.remote()) - before == 1  # one call carried them all
+    # one commit carried them all, and the actor heard of it in one call
+    eventually(lambda: ray.get(actor.published_calls.remote()) - before == 1, what="actor told")
     assert isinstance(late, errors.StreamClosed) and late.stream == "shut"
     assert isinstance(later, errors.StreamClosed)
     assert (a, b, a2) == (0, 0, 1)

@@ -27,8 +27,10 @@ from rayflow import errors
 from rayflow.store import Store, open_store
 from rayflow.store._schema import SCHEMA_VERSION
 from rayflow.store.base import (
+    AppendResult,
     ChunkWrite,
     JournalEntry,
+    Refused,
     RunRecord,
     Waitpoint,
     now_ms,
@@ -357,6 +359,79 @@ def test_appends_to_several_streams_commit_together_or_not_at_all(store: Store) 
     assert [c.data for c in store.read_chunks("run_a", "k", 0, 10)] == ['"a0"']
     assert [c.data for c in store.read_chunks("run_b", "k", 0, 10)] == ['"b0"', '"b1"']
     assert store.writer_positions("run_a") == {("other", "w"): 0}
+
+
+def test_a_guarded_append_refuses_item_by_item_what_an_outside_writer_may_not_write(
+    store: Store,
+) -> None:
+    """Unknown run, finished run, closed stream: each refused alone, nothing
+    of it stored; a retried write already stored still answers None."""
+    store.create_run(_run("run_a", status="EXECUTING"))
+    store.create_run(_run("run_f", status="EXECUTING"))
+    store.append_chunks("run_f", "old", _chunks("f0"), MiB)
+    store.finish_run("run_f", "COMPLETED", None, None)
+    stored = ChunkWrite(data='"s0"', writer_id="w", writer_seq=0)
+    store.append_chunks("run_a", "shut", [stored], MiB)
+    store.close_stream("run_a", "shut")
+    results = store.append_chunks_guarded(
+        [
+            ("run_a", "k", _chunks("a0", "a1")),
+            ("run_x", "k", _chunks("x0")),
+            ("run_f", "new", _chunks("f1")),
+            ("run_f", "old", _chunks("f1")),
+            ("run_a", "shut", [ChunkWrite(data='"s1"', writer_id="w", writer_seq=1)]),
+            ("run_a", "shut", [stored]),
+        ],
+        MiB,
+    )
+    assert results == [
+        AppendResult(seqs=[0, 1], length=2),
+        Refused("missing"),
+        Refused("finished", "COMPLETED"),
+        Refused("finished", "COMPLETED"),
+        Refused("closed"),
+        AppendResult(seqs=[None], length=1),
+    ]
+    assert [c.data for c in store.read_chunks("run_a", "k", 0, 10)] == ['"a0"', '"a1"']
+    assert [s.key for s in store.list_streams("run_f")] == ["old"]  # "new" never made
+    assert [c.data for c in store.read_chunks("run_f", "old", 0, 10)] == ['"f0"']
+    assert [c.data for c in store.read_chunks("run_a", "shut", 0, 10)] == ['"s0"']
+    assert store.list_streams("run_x") == []
+
+
+def test_a_guarded_append_racing_finish_run_never_leaves_an_open_stream(store_url: str) -> None:
+    """Writes to new keys of a run while it finishes: each one is stored
+    before the finish (and its stream closed by it) or refused after it."""
+    stores = [open_store(store_url) for _ in range(2)]
+    stores[0].create_run(_run("run_1", status="EXECUTING"))
+    some_in = threading.Event()
+    outcomes: list[Any] = []
+
+    def work(i: int) -> None:
+        if i == 1:
+            assert some_in.wait(timeout=60)  # let some appends in first
+            stores[1].finish_run("run_1", "COMPLETED", None, None)
+            return
+        for n in range(2000):
+            (got,) = stores[0].append_chunks_guarded([("run_1", f"k{n}", _chunks(n))], MiB)
+            outcomes.append(got)
+            if n == 20:
+                some_in.set()
+            if isinstance(got, Refused):
+                return
+
+    try:
+        _in_threads(2, work)
+        opened = stores[0]
+        acked = [n for n, o in enumerate(outcomes) if isinstance(o, AppendResult)]
+        assert acked == list(range(len(acked))) and 20 <= len(acked) < 2000
+        assert outcomes[len(acked)] == Refused("finished", "COMPLETED")
+        streams_ = opened.list_streams("run_1")
+        assert sorted(s.key for s in streams_) == sorted(f"k{n}" for n in acked)
+        assert all(s.closed for s in streams_)
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_concurrent_appends_from_threads_give_a_gapless_sequence(store_url: str) -> None:

@@ -29,12 +29,11 @@ import threading
 import ray
 
 from rayflow._config import Settings
-from rayflow._runtime import attempts, connection, hops, recycling
+from rayflow._runtime import attempts, connection, recycling
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
-from rayflow._runtime.stream_buffer import ReadReply
-from rayflow.errors import StreamClosed
-from rayflow.store.base import ChunkWrite, InboxMessage
+from rayflow._runtime.stream_buffer import ReadReply, Row
+from rayflow.store.base import InboxMessage
 
 #: `join` for a run this actor does not execute
 LOST = "LOST"
@@ -214,49 +213,30 @@ class RunActor:
                 self._kicked.clear()
             self._kicked.add(poll_id)
 
-    #: calls to `append_many` answered by this actor, for every run it served
-    #: (how many Ray calls outside writers cost; read through `append_calls`)
-    append_many_calls = 0
+    #: calls to `published` answered by this actor, for every run it served
+    #: (how many Ray calls outside writers cost; read through `published_calls`)
+    published_count = 0
 
-    async def append_many(
-        self, run_id: str, items: list[tuple[str, list[ChunkWrite]]]
-    ) -> list[list[int | None] | Exception]:
-        """A writer's writes to several streams of the run in one call (see
-        `run_appender`): each key's writes join the run's group commit
-        together, and each key answers its indexes or its own error (a closed
-        stream fails only its writes). Raises RunMoved when this actor does
-        not execute the run; answers RunMoved for a key when the run ended
-        here before its writes were taken (the writer locates the run again
-        and hears that it finished, not that a stream is closed)."""
-        self.append_many_calls += 1
+    async def published(self, run_id: str, news: list[tuple[str, list[Row]]]) -> None:
+        """An outside writer committed `news` — (key, rows) — to the run's
+        streams in the Store (`run_appender`): take the rows into the
+        streams' tails and wake their readers. Raises RunMoved when this
+        actor does not execute the run (the writer locates it again); while
+        the run is being claimed or released here there is nothing to do
+        (streams opened later load their length from the Store, and a
+        released run's readers read the Store)."""
+        self.published_count += 1
+        if self.run_id != run_id:
+            raise RunMoved(f"run {run_id} is not executing on {self.name}")
         execution = self._executing(run_id)
         if execution is None or execution.buffers.closed:
-            raise RunMoved(f"run {run_id} is not executing on {self.name}")
-        # queued in this one step, with no await since the check above: no
-        # key's writes can meet streams the run's end closed meanwhile
-        futures = []
-        for key, writes in items:
-            if hops.enabled():
-                hops.mark("actor", [hops.write_id(w.writer_id, w.writer_seq) for w in writes])
-            futures.append(execution.buffers.get(key).submit_batch(writes))
-        answers = await asyncio.gather(*futures, return_exceptions=True)
-        ended = execution.buffers.closed
-        outcomes: list[list[int | None] | Exception] = []
-        for answer in answers:
-            if not isinstance(answer, BaseException):
-                outcomes.append(answer)
-            elif ended and isinstance(answer, StreamClosed):
-                # a stream still loading when the run ended refuses what it queued
-                outcomes.append(RunMoved(f"run {run_id} ended on {self.name}"))
-            elif isinstance(answer, Exception):
-                outcomes.append(answer)
-            else:
-                raise answer
-        return outcomes
+            return
+        for key, rows in news:
+            await execution.buffers.get(key).learn(rows)
 
-    def append_calls(self) -> int:
-        """Calls to `append_many` this actor has answered (all runs)."""
-        return self.append_many_calls
+    def published_calls(self) -> int:
+        """Calls to `published` this actor has answered (all runs)."""
+        return self.published_count
 
     def stream_stats(self) -> dict[str, dict[str, int]]:
         """Per stream of the current run: committed length, chunks in the heap

@@ -1,33 +1,47 @@
-"""One process's writes to the streams of one run, sent together: one Ray
-call per round trip for all of the run's keys, not one per stream.
+"""One process's writes to streams of runs it does not execute: committed to
+the Store by this process, every run and key together, then told to the
+runs' RunActors.
 
 Every writer outside the run it targets (a `writer.StreamAppender` per
 (run, key): `streams.append(..., target=)`, `streams.writer`, pipes, the
-replica's HTTP appends) hands its writes to the `RunAppender` of its (event
-loop, run). That appender keeps one call in flight per run: with nothing in
-flight a write leaves at once (on the next turn of the event loop, so writes
-made in one go share the call); writes made meanwhile, to any key of the
-run, queue and leave together in the next call, at most `MAX_BATCH` writes
-per call. The call is `RunActor.append_many(run_id, [(key, writes), ...])`;
-when the run has no actor (queued or suspended) it is one
-`Store.append_chunks_many` for all keys, in one thread hop.
+replica's HTTP appends) hands its writes to the `ProcessAppender` of its
+event loop. It keeps one commit in flight: with nothing in flight a write
+leaves at once (on the next turn of the event loop, so writes made in one go
+share the commit); writes made meanwhile, to any stream of any run, queue
+and leave together in the next one, at most `MAX_BATCH` writes: one guarded
+transaction (`Store.append_chunks_guarded`), one fsync, on the process's
+commit thread. The acknowledgement is that commit — no Ray call, no
+Controller, no RunActor on the way.
+
+Then the RunActor executing the run, if there is one, is told
+(`RunActor.published`, in the background): it takes the rows into its
+streams' tails and wakes the long polls of the readers following them.
 
 Invariants:
-- Per key, writes are sent in the order they were submitted, and a call is
-  sent only once the previous one is answered: per-(key, writer) order holds,
-  and a call resent after a lost or recycled actor carries the same
+- Acknowledged = durable = visible. A future resolves once its commit is
+  done. A reader that starts after that finds the chunk in the Store (a
+  reader's first look is there); a reader already following the run's
+  RunActor gets it when the actor is told, one Ray call later. A RunActor
+  never skips a chunk: a commit of its own that lands after an outside one
+  fills the gap from the Store (`StreamBuffer.merge`).
+- Who is told: the RunActor found executing the run *after* the commit
+  (through the `locations` cache; a RunMoved or dead actor means: locate
+  again). A RunActor that starts executing the run later loads its
+  streams' lengths from the Store after the commit, so it has the chunks.
+- The run is checked in the same transaction: a write to a run that does not
+  exist or has finished, or to a closed stream, stores nothing and fails with
+  RunNotFound / RunFinished / StreamClosed — only that (run, key)'s writes.
+  A run that finishes concurrently is ordered by its row lock: before (the
+  write is refused) or after (the write is stored and then closed).
+- Per (run, key, writer), writes are committed in the order submitted, one
+  commit at a time; a commit retried after a lost connection carries the same
   (writer_id, writer_seq)s, which the Store drops if they were stored.
-- A future resolves only once its writes are committed (acknowledged =
-  durable = visible). An error of one key (StreamClosed, StreamTooLarge,
-  RunFinished naming that key) fails only that key's writes of the call;
-  `RunMoved` or a dead actor sends them again after locating the run.
-- An appender with nothing queued and nothing in flight is dropped, so a
-  process that wrote to many runs keeps none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import Any
 
@@ -35,15 +49,20 @@ import ray
 
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call
-from rayflow._runtime.stream_buffer import closed_error
-from rayflow._runtime.stream_commit import Entry
+from rayflow._runtime.stream_buffer import Row, closed_error
+from rayflow._runtime.stream_commit import Entry, commit_thread
 from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
-from rayflow.store.base import FINISHED_STATUSES, ChunkWrite
+from rayflow.store import Store
+from rayflow.store.base import AppendResult, ChunkWrite, Refused, now_ms
 
-#: most writes in one Ray call (a flood leaves in bounded messages)
+log = logging.getLogger("rayflow")
+
+#: most writes in one commit (a flood is committed in bounded transactions)
 MAX_BATCH = 10_000
+#: how often telling a RunActor is tried when the run keeps moving
+TELL_TRIES = 10
 
-#: what a call answers per key: the indexes of its writes, or its error
+#: what a commit answers per (run, key): the indexes of its writes, or its error
 Outcome = list[int | None] | Exception
 
 
@@ -56,44 +75,55 @@ def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinis
     )
 
 
-_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, RunAppender]] = (
+def _refusal_error(run_id: str, key: str, refused: Refused) -> Exception:
+    if refused.reason == "missing":
+        return RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=key)
+    if refused.reason == "finished":
+        return finished_error(run_id, refused.status or "finished", key)
+    return closed_error(run_id, key)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProcessAppender] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def run_appender(run_id: str) -> RunAppender:
-    """The appender of `run_id` in the running event loop."""
-    by_run = _by_loop.setdefault(asyncio.get_running_loop(), {})
-    appender = by_run.get(run_id)
+def process_appender() -> ProcessAppender:
+    """The appender of the running event loop."""
+    loop = asyncio.get_running_loop()
+    appender = _by_loop.get(loop)
     if appender is None:
-        appender = by_run[run_id] = RunAppender(run_id, by_run)
+        appender = _by_loop[loop] = ProcessAppender()
     return appender
 
 
-class RunAppender:
-    """All writes of one event loop to one run, batched adaptively."""
+class ProcessAppender:
+    """All of one event loop's writes to runs it does not execute, committed
+    together, adaptively batched."""
 
-    def __init__(self, run_id: str, registry: dict[str, RunAppender]) -> None:
-        self.run_id = run_id
-        self._registry = registry
-        self._queue: list[tuple[str, Entry]] = []
+    def __init__(self) -> None:
+        self._queue: list[tuple[str, str, Entry]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: RunActors being told about commits (kept so none is collected)
+        self._telling: set[asyncio.Task[None]] = set()
 
-    def submit(self, key: str, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
-        """Queue writes to `key`; the future resolves to their indexes (one
-        index when `single`) once durable, None for a duplicate."""
+    def submit(
+        self, run_id: str, key: str, writes: list[ChunkWrite], single: bool
+    ) -> asyncio.Future[Any]:
+        """Queue writes to (run, key); the future resolves to their indexes
+        (one index when `single`) once durable, None for a duplicate."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((key, Entry(writes, future, single)))
+        self._queue.append((run_id, key, Entry(writes, future, single)))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_loop())
         return future
 
-    def _take(self) -> list[tuple[str, Entry]]:
+    def _take(self) -> list[tuple[str, str, Entry]]:
         count = n = 0
         queue = self._queue
-        while n < len(queue) and (n == 0 or count + len(queue[n][1].writes) <= MAX_BATCH):
-            count += len(queue[n][1].writes)
+        while n < len(queue) and (n == 0 or count + len(queue[n][2].writes) <= MAX_BATCH):
+            count += len(queue[n][2].writes)
             n += 1
         taken, self._queue = queue[:n], queue[n:]
         return taken
@@ -104,38 +134,41 @@ class RunAppender:
             if delay > 0:
                 await asyncio.sleep(delay)
             while self._queue:
-                await self._send_batch(self._take())
+                await self._commit(self._take())
         except BaseException as e:  # e.g. cancelled as the loop closes: nobody may hang
             queued, self._queue = self._queue, []
-            for _, entry in queued:
+            for _, _, entry in queued:
                 entry.fail(e)
             if not isinstance(e, Exception):
                 raise
-        finally:
-            if not self._queue and self._registry.get(self.run_id) is self:
-                del self._registry[self.run_id]
 
-    async def _send_batch(self, batch: list[tuple[str, Entry]]) -> None:
-        by_key: dict[str, list[Entry]] = {}
-        for key, entry in batch:
-            by_key.setdefault(key, []).append(entry)
-        items = [(key, [w for e in entries for w in e.writes]) for key, entries in by_key.items()]
-        ids = (
-            [hops.write_id(w.writer_id, w.writer_seq) for _, ws in items for w in ws]
-            if hops.enabled()
-            else []
-        )
+    async def _commit(self, batch: list[tuple[str, str, Entry]]) -> None:
+        by_stream: dict[tuple[str, str], list[Entry]] = {}
+        for run_id, key, entry in batch:
+            by_stream.setdefault((run_id, key), []).append(entry)
+        items = [
+            (run_id, key, [w for e in entries for w in e.writes])
+            for (run_id, key), entries in by_stream.items()
+        ]
+        ids = [hops.write_id(w.writer_id, w.writer_seq) for *_, ws in items for w in ws]
         hops.mark("send", ids)
+        conn = connection.current()
         try:
-            outcomes = await self._send(items)
+            outcomes = await commit_thread().run(
+                _append, conn.store, conn.settings.max_stream_bytes, items
+            )
         except BaseException as e:
-            for _, entry in batch:
+            for *_, entry in batch:
                 entry.fail(e)
             if not isinstance(e, Exception):
                 raise
             return
         hops.mark("ack", ids)
-        for entries, outcome in zip(by_key.values(), outcomes, strict=True):
+        created_at = now_ms()
+        news: dict[str, list[tuple[str, list[Row]]]] = {}
+        for (run_id, key, writes), entries, outcome in zip(
+            items, by_stream.values(), outcomes, strict=True
+        ):
             if isinstance(outcome, Exception):
                 for entry in entries:
                     entry.fail(outcome)
@@ -144,83 +177,69 @@ class RunAppender:
             for entry in entries:
                 entry.settle(outcome[at : at + len(entry.writes)])
                 at += len(entry.writes)
+            rows = [
+                (seq, w.data, created_at, w.record_id)
+                for w, seq in zip(writes, outcome, strict=True)
+                if seq is not None
+            ]
+            if rows:
+                news.setdefault(run_id, []).append((key, rows))
+                if hops.enabled():
+                    stored = [(w, s) for w, s in zip(writes, outcome, strict=True) if s is not None]
+                    hops.mark(
+                        "stored",
+                        [hops.stream_id(run_id, key, s) for _, s in stored],
+                        [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
+                    )
+        for run_id, run_news in news.items():
+            task = asyncio.get_running_loop().create_task(_tell(run_id, run_news))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
 
-    async def _send(self, items: list[tuple[str, list[ChunkWrite]]]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(items)
-        todo = list(range(len(items)))
-        for _ in range(10):
-            status, actor = await locations.locate(self.run_id)
-            if status in FINISHED_STATUSES:
-                for i in todo:
-                    outcomes[i] = finished_error(self.run_id, status, items[i][0])
-                return _complete(outcomes)
-            if actor is None:
-                got = await self._append_to_store([items[i] for i in todo])
-                for i, outcome in zip(todo, got, strict=True):
-                    outcomes[i] = outcome
-                return _complete(outcomes)
+
+def _append(
+    store: Store, max_bytes: int, items: list[tuple[str, str, list[ChunkWrite]]]
+) -> list[Outcome]:
+    """One guarded commit of every item (on the commit thread); when one
+    stream would grow past its limit (nothing stored), item by item, so only
+    that stream's writes fail."""
+    results: list[AppendResult | Refused | Exception]
+    try:
+        results = list(store.append_chunks_guarded(items, max_bytes))
+    except StreamTooLarge:
+        results = []
+        for item in items:
             try:
-                answers: list[Outcome] = await call(
-                    actor.append_many.remote(self.run_id, [items[i] for i in todo])
-                )
-            except (ray.exceptions.RayActorError, RunMoved):
-                # it moved (finished, suspended, crashed, recycled): look again
-                locations.forget(self.run_id, actor)
-                continue
-            moved = []
-            for i, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, RunMoved):
-                    moved.append(i)
-                else:
-                    outcomes[i] = answer
-            if not moved:
-                return _complete(outcomes)
-            todo = moved
-            locations.forget(self.run_id, actor)
-        for i in todo:
-            outcomes[i] = RunNotFound(
-                f"could not reach run {self.run_id} to write to {items[i][0]!r}",
-                run_id=self.run_id,
-                stream=items[i][0],
-            )
-        return _complete(outcomes)
-
-    async def _append_to_store(self, items: list[tuple[str, list[ChunkWrite]]]) -> list[Outcome]:
-        conn = connection.current()
-        store, run_id, max_bytes = conn.store, self.run_id, conn.settings.max_stream_bytes
-
-        def append() -> list[Outcome]:
-            outcomes: list[Outcome | None] = [None] * len(items)
-            todo = []
-            for i, (key, _) in enumerate(items):
-                # a live run's buffer refuses a closed stream itself; here the
-                # Store's flag says it (a stream closed before the run suspended)
-                info = store.stream_info(run_id, key)
-                if info is not None and info.closed:
-                    outcomes[i] = closed_error(run_id, key)
-                else:
-                    todo.append(i)
-            if not todo:
-                return _complete(outcomes)
-            try:
-                results = store.append_chunks_many(
-                    [(run_id, items[i][0], items[i][1]) for i in todo], max_bytes
-                )
-                for i, result in zip(todo, results, strict=True):
-                    outcomes[i] = result.seqs
-            except StreamTooLarge:
-                # one key is too large and nothing was stored: key by key, so
-                # only that key's writes fail
-                for i in todo:
-                    try:
-                        outcomes[i] = store.append_chunks(run_id, *items[i], max_bytes).seqs
-                    except StreamTooLarge as e:
-                        outcomes[i] = e
-            return _complete(outcomes)
-
-        return await asyncio.to_thread(append)
+                results.extend(store.append_chunks_guarded([item], max_bytes))
+            except StreamTooLarge as e:
+                results.append(e)
+    outcomes: list[Outcome] = []
+    for (run_id, key, _), result in zip(items, results, strict=True):
+        if isinstance(result, AppendResult):
+            outcomes.append(result.seqs)
+        elif isinstance(result, Refused):
+            outcomes.append(_refusal_error(run_id, key, result))
+        else:
+            outcomes.append(result)
+    return outcomes
 
 
-def _complete(outcomes: list[Outcome | None]) -> list[Outcome]:
-    assert all(o is not None for o in outcomes)
-    return [o for o in outcomes if o is not None]
+async def _tell(run_id: str, news: list[tuple[str, list[Row]]]) -> None:
+    """Hand committed rows to the RunActor executing `run_id`, if any."""
+    for _ in range(TELL_TRIES):
+        try:
+            _, actor = await locations.locate(run_id)
+        except Exception:  # e.g. the Controller is restarting: readers find the Store
+            log.debug("rayflow: could not locate run %s to tell it of new chunks", run_id)
+            return
+        if actor is None:
+            return  # not live: whoever executes it next loads its streams from the Store
+        try:
+            await call(actor.published.remote(run_id, news))
+            return
+        except (ray.exceptions.RayActorError, RunMoved):
+            locations.forget(run_id, actor)  # it left that actor: look again
+        except Exception as e:
+            log.warning("rayflow: telling run %s of new chunks failed: %s", run_id, e)
+            return
+    log.warning("rayflow: run %s kept moving; its followers read new chunks later", run_id)

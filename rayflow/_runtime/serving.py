@@ -10,12 +10,13 @@ reconnect; they must be stored once), and the writer's last stored
 position for its `HEAD` probe.
 
 Concurrent requests to one (run, stream) in a replica share one
-`StreamAppender`, and every stream of a run shares the run's `RunAppender`
-(`run_appender`): whatever arrives while a call is in flight leaves in the
-next call together, so a burst of HTTP appends to any streams of a run
-costs one Ray call and one group commit per round trip, not one per request
-or per stream; the run's location is cached (`locations`), so no request
-asks the Controller.
+`StreamAppender`, and every stream of every run shares the replica's
+`ProcessAppender` (`run_appender`): the replica commits HTTP appends to the
+Store itself, and whatever arrives while a commit is in flight leaves in the
+next one together, so a burst of HTTP appends to any streams of any runs
+costs one commit per round, not one per request or per stream, and no Ray
+call before the acknowledgement (the run's RunActor is told afterwards; its
+location is cached, `locations`, so no request asks the Controller).
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ async def append_writes(run_id: str, key: str, writes: list[ChunkWrite]) -> list
     """Append to a run's output stream from outside the run; returns the
     index of each write (None for a duplicate `(writer_id, writer_seq)`).
 
-    Goes to the live RunActor (group commit, wakes its readers) or, when the
-    run has no live actor (queued or suspended), straight to the Store.
-    Raises RunNotFound, RunFinished, StreamTooLarge.
+    Committed to the Store by this replica (with every other append queued
+    meanwhile), then the run's live RunActor, if any, is told.
+    Raises RunNotFound, RunFinished, StreamClosed, StreamTooLarge.
     """
     return await _appender(run_id, key).appender.append(writes)
 

@@ -31,7 +31,7 @@ from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, RunCommitter
 from rayflow.errors import StreamClosed
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamInfo
+from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamInfo, now_ms
 
 log = logging.getLogger("rayflow")
 
@@ -92,6 +92,8 @@ class StreamBuffer:
         self.load_error: BaseException | None = None
         #: writes to a closed stream being told apart: replayed or new
         self._checks: set[asyncio.Task[None]] = set()
+        #: merges into the tail, one at a time (a gap read awaits the Store)
+        self._merging = asyncio.Lock()
         #: called whenever readers may find something new (StreamBuffers'
         #: `activity`, what a RunActor's multiplexed long poll waits on)
         self.on_change: Callable[[], None] | None = None
@@ -202,44 +204,50 @@ class StreamBuffer:
     async def settle(self, entries: list[Entry], result: AppendResult) -> None:
         """The entries are committed as `result` says: publish, then acknowledge."""
         writes = [w for e in entries for w in e.writes]
-        await self._publish(writes, result.seqs, result.length)
+        now = now_ms()
+        done = [(w, seq) for w, seq in zip(writes, result.seqs, strict=True) if seq is not None]
+        await self.merge([(seq, w.data, now, w.record_id) for w, seq in done], result.length)
+        if hops.enabled() and done:
+            hops.mark(
+                "visible",
+                [hops.stream_id(self.run_id, self.key, s) for _, s in done],
+                [hops.write_id(w.writer_id, w.writer_seq) for w, _ in done],
+            )
         at = 0
         for entry in entries:
             n = len(entry.writes)
             entry.settle(result.seqs[at : at + n])
             at += n
 
-    async def _publish(self, writes: list[ChunkWrite], seqs: list[int | None], length: int) -> None:
-        from rayflow.store.base import now_ms
-
-        now = now_ms()
-        rows = [
-            (seq, w.data, now, w.record_id)
-            for w, seq in zip(writes, seqs, strict=True)
-            if seq is not None
-        ]
-        # someone wrote to the Store directly meanwhile (the run was not live
-        # for them): take the gap from the Store, so the tail stays gapless —
-        # also when every write of this commit was a duplicate: the length
-        # must never run ahead of the rows the tail holds
-        first = rows[0][0] if rows else length
-        if first > self.length:
-            gap = await asyncio.to_thread(
-                self.store.read_chunks, self.run_id, self.key, self.length, first - self.length
-            )
-            rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
+    async def learn(self, rows: list[Row]) -> None:
+        """Rows another process committed to this stream (an outside writer,
+        `RunActor.published`): into the tail, readers woken."""
+        await self.ready()
         if rows:
-            self.tail.extend(rows)
-            self.length = rows[-1][0] + 1
-            self._seal()
-            self._notify()
+            await self.merge(rows, rows[-1][0] + 1)
             if hops.enabled():
-                done = [(w, s) for w, s in zip(writes, seqs, strict=True) if s is not None]
-                hops.mark(
-                    "visible",
-                    [hops.stream_id(self.run_id, self.key, s) for _, s in done],
-                    [hops.write_id(w.writer_id, w.writer_seq) for w, _ in done],
+                hops.mark("visible", [hops.stream_id(self.run_id, self.key, r[0]) for r in rows])
+
+    async def merge(self, rows: list[Row], length: int) -> None:
+        """Committed rows (ascending seqs) into the tail, the stream now at
+        least `length` long. Commits of this run and of outside writers
+        interleave in the Store: rows the tail already holds are skipped, and
+        a gap before them is read from the Store, so the tail stays gapless
+        and in order — also when every write of a commit was a duplicate (the
+        length must never run ahead of the rows the tail holds)."""
+        async with self._merging:
+            rows = [r for r in rows if r[0] >= self.length]
+            first = rows[0][0] if rows else length
+            if first > self.length:
+                gap = await asyncio.to_thread(
+                    self.store.read_chunks, self.run_id, self.key, self.length, first - self.length
                 )
+                rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
+            if rows:
+                self.tail.extend(rows)
+                self.length = rows[-1][0] + 1
+                self._seal()
+                self._notify()
 
     def _seal(self) -> None:
         while len(self.tail) >= 2 * self.tail_chunks:

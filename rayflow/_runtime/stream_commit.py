@@ -92,7 +92,8 @@ _thread: _CommitThread | None = None
 _thread_lock = threading.Lock()
 
 
-def _commit_thread() -> _CommitThread:
+def commit_thread() -> _CommitThread:
+    """The process's commit thread (started on first use)."""
     global _thread
     with _thread_lock:
         if _thread is None:
@@ -118,7 +119,7 @@ class RunCommitter:
             await asyncio.shield(self._task)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await _commit_thread().run(fn, *args)
+        return await commit_thread().run(fn, *args)
 
     async def _loop(self) -> None:
         while self._dirty:

@@ -4,9 +4,10 @@ Every writer has an id and numbers its writes, so a retried or replayed
 write is dropped by the Store instead of duplicated. A writer inside the
 run it targets hands chunks straight to the run's stream buffer (group
 commit does the batching). Any other writer goes through a `StreamAppender`,
-which hands its writes to the `run_appender.RunAppender` of its event loop
-and run: all of a process's writes to one run's streams share its Ray calls
-(one in flight per run, adaptive coalescing; see that module).
+which hands its writes to the `run_appender.ProcessAppender` of its event
+loop: all of a process's writes to runs it does not execute are committed to
+the Store by that process, together (one commit in flight, adaptive
+coalescing), and the runs' RunActors are told afterwards (see that module).
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from typing import Any
 
 from rayflow._runtime import hops
 from rayflow._runtime.context import current_run
-from rayflow._runtime.run_appender import MAX_BATCH, finished_error, run_appender
+from rayflow._runtime.run_appender import MAX_BATCH, finished_error, process_appender
 from rayflow.store.base import ChunkWrite
 
 __all__ = ["MAX_BATCH", "ChunkWriter", "StreamAppender", "finished_error"]
 
 
 class StreamAppender:
-    """Appends to one (run, key) from outside the run, through the run's
-    `RunAppender` in the current event loop."""
+    """Appends to one (run, key) from outside the run, through the
+    `ProcessAppender` of the current event loop."""
 
     def __init__(self, run_id: str, key: str) -> None:
         self.run_id, self.key = run_id, key
@@ -42,7 +43,7 @@ class StreamAppender:
         return self._submit(writes, False)
 
     def _submit(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
-        future = run_appender(self.run_id).submit(self.key, writes, single)
+        future = process_appender().submit(self.run_id, self.key, writes, single)
         self._unsettled.add(future)
         future.add_done_callback(self._unsettled.discard)
         return future

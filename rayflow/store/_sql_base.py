@@ -71,6 +71,9 @@ class SqlBase:
     blob_type = "BLOB"
     #: appended to a SELECT that must lock the row for the transaction
     lock_clause = ""
+    #: appended to a SELECT that must hold a row against updates but not
+    #: against other readers that lock it the same way (PostgreSQL: FOR SHARE)
+    share_lock_clause = ""
     #: run first in `migrate` to serialise processes migrating at once; SQLite
     #: needs none (BEGIN IMMEDIATE already holds the database's write lock)
     migration_lock_sql: str | None = None

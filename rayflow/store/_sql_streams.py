@@ -15,9 +15,11 @@ from rayflow.store._sql_base import (
     _stream,
 )
 from rayflow.store.base import (
+    FINISHED_STATUSES,
     AppendResult,
     Chunk,
     ChunkWrite,
+    Refused,
     StreamInfo,
     now_ms,
 )
@@ -45,6 +47,39 @@ class StreamsSql(SqlBase):
             self._changed(*sorted(new_streams))  # the runs' lists of streams grew
         return [r for r in results if r is not None]
 
+    def append_chunks_guarded(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult | Refused]:
+        now = now_ms()
+        results: list[AppendResult | Refused | None] = [None] * len(items)
+        new_streams: set[str] = set()
+        with self._tx() as c:
+            # run rows first, then stream rows, each in one order (as
+            # `finish_run` does): no deadlock
+            refusals: dict[str, Refused | None] = {}
+            for run_id in sorted({item[0] for item in items}):
+                row = c.execute(
+                    "SELECT status FROM runs WHERE id = ?" + self.share_lock_clause, (run_id,)
+                ).fetchone()
+                if row is None:
+                    refusals[run_id] = Refused("missing")
+                elif row[0] in FINISHED_STATUSES:
+                    refusals[run_id] = Refused("finished", row[0])
+                else:
+                    refusals[run_id] = None
+            for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
+                run_id, key, writes = items[i]
+                refusal = refusals[run_id]
+                if refusal is not None and refusal.reason == "missing":
+                    results[i] = refusal
+                else:
+                    results[i] = self._append_in(
+                        c, run_id, key, writes, max_bytes, now, new_streams, True, refusal
+                    )
+        if new_streams:
+            self._changed(*sorted(new_streams))
+        return [r for r in results if r is not None]
+
     def _append_in(
         self,
         c: Any,
@@ -54,13 +89,20 @@ class StreamsSql(SqlBase):
         max_bytes: int,
         now: int,
         new_streams: set[str],
-    ) -> AppendResult:
+        guarded: bool = False,
+        refusal: Refused | None = None,
+    ) -> Any:
+        """AppendResult. When `guarded`, new writes to a closed stream (or to
+        any stream, when there is a `refusal`: the run has finished) store
+        nothing and answer Refused; duplicates of stored writes answer None."""
         row = c.execute(
-            "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+            "SELECT length, size_bytes, closed FROM streams WHERE run_id = ? AND key = ?"
             + self.lock_clause,
             (run_id, key),
         ).fetchone()
         if row is None:
+            if refusal is not None:
+                return refusal  # nothing was ever stored there
             new_streams.add(run_id)
             c.execute(
                 "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
@@ -68,7 +110,7 @@ class StreamsSql(SqlBase):
                 (run_id, key, now, now),
             )
             row = c.execute(
-                "SELECT length, size_bytes FROM streams WHERE run_id = ? AND key = ?"
+                "SELECT length, size_bytes, closed FROM streams WHERE run_id = ? AND key = ?"
                 + self.lock_clause,
                 (run_id, key),
             ).fetchone()
@@ -81,6 +123,10 @@ class StreamsSql(SqlBase):
                 (run_id, key, writer_id),
             ).fetchone()
             last_by_writer[writer_id] = int(r[0]) if r else -1
+        if guarded and (refusal is not None or row[2]):
+            if all(_stored(w, last_by_writer) for w in writes):
+                return AppendResult(seqs=[None] * len(writes), length=length)
+            return refusal or Refused("closed")
         seqs: list[int | None] = []
         rows: list[tuple[object, ...]] = []
         touched: dict[str, int] = {}
@@ -162,3 +208,12 @@ class StreamsSql(SqlBase):
                 "SELECT key, writer_id, last_seq FROM stream_writers WHERE run_id = ?", (run_id,)
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def _stored(w: ChunkWrite, last_by_writer: dict[str, int]) -> bool:
+    """`w` is a duplicate of a write already stored."""
+    return (
+        w.writer_id is not None
+        and w.writer_seq is not None
+        and w.writer_seq <= last_by_writer[w.writer_id]
+    )

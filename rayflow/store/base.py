@@ -97,6 +97,16 @@ class AppendResult:
 
 
 @dataclass
+class Refused:
+    """Why `append_chunks_guarded` stored nothing of one item: the run does
+    not exist (`missing`), has finished (`finished`, with its `status`), or
+    the stream is closed (`closed`)."""
+
+    reason: str
+    status: str | None = None
+
+
+@dataclass
 class JournalEntry:
     seq: int
     kind: str  # "step", "once", "wait", "on", "child", "now", "random", ...
@@ -225,6 +235,17 @@ class Store(Protocol):
     ) -> list[AppendResult]:
         """`append_chunks` for several (run id, key, writes) in one transaction:
         one commit (one fsync) for all; StreamTooLargeError stores none."""
+
+    def append_chunks_guarded(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult | Refused]:
+        """`append_chunks_many` for a writer outside the run: in the same
+        transaction, an item whose run does not exist or has finished, or
+        whose stream is closed, stores nothing and answers `Refused` — but
+        writes that are all duplicates of stored ones answer their None seqs
+        (a retry after a lost answer). The run's row is locked (shared) first,
+        so `finish_run` is either before a guarded append (refused) or after
+        it (stored, then closed)."""
 
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
         """Chunks with start <= seq, in order, at most `limit`; an index seek."""

@@ -88,7 +88,15 @@ def _server_went_away(e: psycopg.OperationalError) -> bool:
 #: seq), journal entries by their key, messages by their id. Only these are
 #: retried after a COMMIT whose outcome is unknown; a state change (claim,
 #: finish, suspend) is not, and its caller sees CommitUnknown.
-IDEMPOTENT = frozenset({"append_chunks", "append_chunks_many", "journal_append", "inbox_send_many"})
+IDEMPOTENT = frozenset(
+    {
+        "append_chunks",
+        "append_chunks_many",
+        "append_chunks_guarded",
+        "journal_append",
+        "inbox_send_many",
+    }
+)
 
 
 def _unreachable(call: str, e: Exception) -> Unavailable:
@@ -138,6 +146,7 @@ def _retried(method: Any) -> Any:
 class PostgresStore(SqlStore):
     blob_type = "BYTEA"
     lock_clause = " FOR UPDATE"
+    share_lock_clause = " FOR SHARE"
     migration_lock_sql = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
 
     def __init__(

@@ -124,8 +124,8 @@ async def append_chunk(
         text = body.decode()
     except UnicodeDecodeError as e:
         raise BadRequest("the chunk must be UTF-8 text", run_id=target_id, stream=key) from e
-    # a closed stream answers StreamClosed from the run's buffer or, for a
-    # run without an actor, from the appender's Store path: no Store read here
+    # a closed stream (or a finished run) is refused by the appender's guarded
+    # commit itself: no Store read here
     await core.append(target_id, key, text, x_part_id)
     return AppendResponse()
 
