@@ -7,7 +7,9 @@ client's receive time, per chunk:
     append call → write (writer queued it) → send (its Ray call left) →
     actor (RunActor took it) → commit_start (Store thread began) →
     committed (Store returned: fsync'd) → visible (readers may see it) →
-    ack (the writer's future resolved)
+    ack (the writer's future resolved); a writer outside the run commits
+    itself: write → send (its commit left) → ack, and the RunActor marks
+    visible when it is told
     visible → read (the Serve replica's reader got it) → sse_out (handed to
     the SSE encoder) → client (httpx parsed it, through Serve's proxy)
 
@@ -40,7 +42,9 @@ class Hops:
             for line in f.read_text().splitlines():
                 parts = line.split("\t")
                 self.at[parts[0]].setdefault(parts[1], int(parts[2]))
-                if parts[0] == "visible" and len(parts) > 3:
+                # `visible` (the run's own commits) and `stored` (an outside
+                # writer's commit) name the write each chunk was
+                if parts[0] in ("visible", "stored") and len(parts) > 3:
                     self.write_of[parts[1]] = parts[3]
 
     def per_hop(

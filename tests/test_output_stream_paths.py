@@ -266,6 +266,49 @@ async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_com
     store.close()
 
 
+async def test_a_buffer_told_of_outside_commits_in_any_order_holds_each_chunk_once(
+    tmp_path: Any,
+) -> None:
+    """Outside writers commit to the Store and tell the RunActor afterwards
+    (`StreamBuffer.learn`); the run's own commits interleave. Told late (its
+    rows already taken from the Store to fill a gap) or out of order, the
+    tail holds every chunk once, in index order."""
+    from rayflow._config import Settings
+    from rayflow._runtime.stream_buffer import StreamBuffers
+    from rayflow.store.base import ChunkWrite
+
+    store = open_store(f"sqlite:///{tmp_path / 'merge.db'}")
+    buffers = StreamBuffers("run_m", store, Settings())
+    buf = buffers.get("k")
+
+    def outside(value: str) -> tuple[int, str, int, None]:
+        (seq,) = store.append_chunks("run_m", "k", [ChunkWrite(value)], 1 << 20).seqs
+        assert seq is not None
+        return (seq, value, 0, None)
+
+    assert await buf.submit(ChunkWrite('"in0"')) == 0
+    late = outside('"out1"')
+    assert await buf.submit(ChunkWrite('"in2"')) == 2  # fills 1 from the Store
+    await buf.learn([late])  # told after that: already held
+    await buf.learn([outside('"out3"')])
+    four, five = outside('"out4"'), outside('"out5"')
+    await buf.learn([five])  # told out of order: 4 comes from the Store
+    await buf.learn([four])
+    reply = await buf.peek(0, 100)
+    assert reply is not None
+    assert [(r[0], r[1]) for r in reply.rows] == [
+        (0, '"in0"'),
+        (1, '"out1"'),
+        (2, '"in2"'),
+        (3, '"out3"'),
+        (4, '"out4"'),
+        (5, '"out5"'),
+    ]
+    assert buf.length == 6
+    await buffers.drain()
+    store.close()
+
+
 async def test_a_long_poll_that_fails_reaches_every_reader_in_it() -> None:
     """A RunActor's long poll that fails with an error (the Store gone, say)
     must hand that error to every reader in it at once: none may wait on a

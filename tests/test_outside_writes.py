@@ -248,3 +248,50 @@ def test_a_run_that_finishes_mid_flood_refuses_later_writes_with_run_finished() 
     # acknowledged = durable: exactly the acknowledged writes are stored
     for k in [*KEYS, *(f"fresh{r}" for r in range(last + 1))]:
         assert list(streams.read(run_id, k, timeout_s=5)) == acknowledged.get(k, []), k
+
+
+@task(id="ow-interleave")
+async def interleave(payload: dict) -> int:  # type: ignore[type-arg]
+    """Writes its own chunks to "mix" while someone outside writes there too."""
+    await go.once(timeout_s=300)
+    for i in range(payload["n"]):
+        await streams.append("mix", f"in{i}")
+        await asyncio.sleep(0.004)
+    await wake.once(timeout_s=300)
+    return int(payload["n"])
+
+
+async def test_a_follower_gets_inside_and_outside_writes_to_one_stream_once_each_in_order() -> None:
+    """The run commits its writes through its RunActor, the driver commits
+    its own straight to the Store and tells the actor afterwards: a reader
+    following the actor gets every chunk once, in index order, with each
+    writer's order kept — the actor's tail skips what it already holds and
+    fills a gap from the Store."""
+    n = 150
+    handle = await interleave.trigger({"n": n})
+
+    async def executing() -> bool:
+        return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
+
+    await eventually_async(executing, timeout_s=60, what="run executing")
+
+    async def follow() -> list[str]:
+        got: list[str] = []
+        async for x in streams.read(handle.id, "mix", timeout_s=30):
+            got.append(x)
+            if len(got) == 2 * n:
+                break
+        return got
+
+    reader = asyncio.create_task(follow())
+    await go.send(handle.id, {})
+    for i in range(n):
+        await streams.append("mix", f"out{i}", target=handle.id)
+        await asyncio.sleep(0.004)
+    got = await asyncio.wait_for(reader, 60)
+    assert [x for x in got if x.startswith("in")] == [f"in{i}" for i in range(n)]
+    assert [x for x in got if x.startswith("out")] == [f"out{i}" for i in range(n)]
+    stored = [x async for x in streams.read(handle.id, "mix", timeout_s=0.3)]
+    assert got == stored  # the follower saw the Store's order, nothing twice
+    await wake.send(handle.id, {})
+    assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
