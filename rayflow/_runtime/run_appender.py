@@ -14,7 +14,8 @@ commit thread. The acknowledgement is that commit — no Ray call, no
 Controller, no RunActor on the way.
 
 Then the RunActor executing the run, if there is one, is told
-(`RunActor.published`, in the background): it takes the rows into its
+(`RunActor.published`, in the background; one call in flight per run, what
+commits meanwhile goes in the next call): it takes the rows into its
 streams' tails and wakes the long polls of the readers following them.
 
 Invariants:
@@ -104,8 +105,8 @@ class ProcessAppender:
     def __init__(self) -> None:
         self._queue: list[tuple[str, str, Entry]] = []
         self._flusher: asyncio.Task[None] | None = None
-        #: RunActors being told about commits (kept so none is collected)
-        self._telling: set[asyncio.Task[None]] = set()
+        #: per run, the rows its RunActor is being told about (one call in flight)
+        self._tellers: dict[str, _Teller] = {}
 
     def submit(
         self, run_id: str, key: str, writes: list[ChunkWrite], single: bool
@@ -192,9 +193,10 @@ class ProcessAppender:
                         [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
                     )
         for run_id, run_news in news.items():
-            task = asyncio.get_running_loop().create_task(_tell(run_id, run_news))
-            self._telling.add(task)
-            task.add_done_callback(self._telling.discard)
+            teller = self._tellers.get(run_id)
+            if teller is None:
+                teller = self._tellers[run_id] = _Teller(run_id, self._tellers)
+            teller.add(run_news)
 
 
 def _append(
@@ -222,6 +224,32 @@ def _append(
         else:
             outcomes.append(result)
     return outcomes
+
+
+class _Teller:
+    """Tells one run's RunActor about this process's commits: one call in
+    flight; what commits meanwhile goes in the next call together (a flood
+    costs the actor one call per round trip, not one per commit)."""
+
+    def __init__(self, run_id: str, registry: dict[str, _Teller]) -> None:
+        self.run_id, self._registry = run_id, registry
+        self._news: dict[str, list[Row]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, news: list[tuple[str, list[Row]]]) -> None:
+        for key, rows in news:
+            self._news.setdefault(key, []).extend(rows)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        try:
+            while self._news:
+                news, self._news = list(self._news.items()), {}
+                await _tell(self.run_id, news)
+        finally:
+            if not self._news and self._registry.get(self.run_id) is self:
+                del self._registry[self.run_id]
 
 
 async def _tell(run_id: str, news: list[tuple[str, list[Row]]]) -> None:
