@@ -466,14 +466,17 @@ async def sustained(
     the CPU per acknowledged append (every process, the client's included)."""
     part = f"sus-{uuid.uuid4().hex[:6]}"
     failed: list[BaseException] = []
-    t0, cpu0 = time.perf_counter(), cpu_seconds(cpu_of)
+    t0, cpu0, by_process = time.perf_counter(), cpu_seconds(cpu_of), cpu_by_process(cpu_of)
     acks = await paced_appends(system, part, streams_n, seconds, rate, failed)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(cpu_of) - cpu0
+    spent = cpu_delta(by_process, cpu_by_process(cpu_of))
+    n = max(1, len(acks))
     out = {
         "ack_ms": c.summary(acks),
         "rate": len(acks) / elapsed,
         "failed": len(failed),
-        "cpu_us_per_append": cpu / max(1, len(acks)) * 1e6,
+        "cpu_us_per_append": cpu / n * 1e6,
+        "cpu_us_by_process": {name: sec / n * 1e6 for name, sec in spent.items()},
     }
     if failed:
         out["error"] = f"{len(failed)} appends failed ({type(failed[0]).__name__})"
@@ -736,6 +739,8 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         cr, cb = r["sustained"]["cpu_us_per_append"], b["sustained"]["cpu_us_per_append"]
         label = "… CPU per acknowledged append, every process (µs)"
         rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
+        if r["sustained"].get("cpu_us_by_process"):
+            rows.append(by_process_row(r["sustained"]))
     if "sustained_healthz" in r and "sustained" in b:
         h = r["sustained_healthz"]
         label = f"floor: GET /healthz at 10 × {SUSTAINED_RATE}/s, no append behind it (ms)"
