@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 
-from rayflow._runtime.serving import ChunkReader, current, hops
+from rayflow._runtime.serving import ChunkReader, current, hops, shared_task
 from rayflow.errors import RunNotFound
 from serve import run_feed
 from serve.sse import Batch, Record
@@ -56,9 +56,9 @@ class StreamHub:
         self._stopped = False
         self._changed = asyncio.Event()
         self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._follow())
-        self._watch = loop.create_task(self._wake_on_changes())
+        # in no request's context: the hub outlives the client that made it
+        self._task = shared_task(self._follow())
+        self._watch = shared_task(self._wake_on_changes())
 
     @property
     def next_seq(self) -> int:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from rayflow._runtime.serving import current, run_events
+from rayflow._runtime.serving import current, run_events, shared_task
 
 log = logging.getLogger("rayflow.serve")
 
@@ -78,7 +78,7 @@ class RunFeed:
         bounded and they look at the Store again)."""
         if self._task is None or self._task.done():
             self._ready.clear()
-            self._task = asyncio.get_running_loop().create_task(self._follow())
+            self._task = shared_task(self._follow())  # outlives this request
         if not self._ready.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), READY_S)

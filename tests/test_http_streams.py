@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from contextlib import aclosing
 
+import httpx
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, read_sse, trigger, wait_finished
+from _http_fixtures import HttpApi, SSEResult, read_sse, trigger, wait_finished
+from conftest import eventually_async
+from httpx_sse import EventSource
 
 import rayflow
 from rayflow._runtime.connection import current
@@ -107,6 +112,49 @@ async def test_sse_live_reader_resumed_after_20_cut_connections_gets_every_chunk
     assert [c for _, c in got] == [{"i": i} for i in range(n)]
     run = await rayflow.runs.retrieve(run_id)
     assert run.status == "COMPLETED"
+
+
+async def test_sse_reader_goes_on_when_the_reader_that_came_first_leaves(
+    http_tasks: HttpApi,
+) -> None:
+    """Readers of one stream in a replica share one upstream subscription,
+    made while serving the first of them; when that client goes away the
+    others must go on reading. (Ray makes the request being served the
+    parent of every Ray call a task made then makes, and cancels them when
+    the request ends: the shared long poll was cancelled and every other
+    reader's body broke off.)"""
+    run_id, token = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    await rayflow.streams.append("shared", {"i": 0}, target=run_id)
+    path = f"/realtime/v1/streams/{run_id}/shared"
+    hdrs = {"Accept": "text/event-stream", **http_tasks.headers(token)}
+
+    async def follow(result: SSEResult, client: httpx.AsyncClient) -> None:
+        async with (
+            client.stream("GET", path, headers=hdrs) as r,
+            aclosing(EventSource(r).aiter_sse()) as events,
+        ):
+            async for event in events:
+                result.events.append(event)
+
+    first, second = SSEResult(200, {}), SSEResult(200, {})
+    async with (
+        http_tasks.client(timeout=httpx.Timeout(60)) as c1,
+        http_tasks.client(timeout=httpx.Timeout(60)) as c2,
+    ):
+        leaving = asyncio.create_task(follow(first, c1))
+        await eventually_async(lambda: first.chunks, what="the first reader's chunk")
+        staying = asyncio.create_task(follow(second, c2))
+        await eventually_async(lambda: second.chunks, what="the second reader's chunk")
+        leaving.cancel()  # the first client goes away
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        for i in range(1, 6):
+            await rayflow.streams.append("shared", {"i": i}, target=run_id)
+            await asyncio.sleep(0.3)  # paced: the replica sees the first client leave meanwhile
+        await rayflow.runs.cancel(run_id)
+        await asyncio.wait_for(staying, 60)  # raises if its body broke off
+    assert second.chunks == [(i, {"i": i}) for i in range(6)]
+    assert second.done
 
 
 async def test_sse_caught_up_reader_gets_pings_then_done_after_idle_timeout(

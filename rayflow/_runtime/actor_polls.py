@@ -32,7 +32,7 @@ from typing import Any
 
 import ray
 
-from rayflow._runtime.calls import call
+from rayflow._runtime.calls import call, shared_task
 from rayflow._runtime.stream_buffer import ReadReply
 
 log = logging.getLogger("rayflow")
@@ -117,7 +117,7 @@ class ActorPoll:
     def _poke(self) -> None:
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = shared_task(self._run())
         elif self._polling:
             # the call in flight does not carry the newcomer: end it now
             self.actor.kick.remote(self.poll_id)

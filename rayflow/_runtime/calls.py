@@ -3,11 +3,16 @@ reaches the caller as itself, not wrapped in Ray's remote traceback."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextvars
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import ray
 
 from rayflow.errors import RayflowError
+
+T = TypeVar("T")
 
 
 class RunMoved(RayflowError):
@@ -24,3 +29,17 @@ async def call(ref: Any) -> Any:
         if isinstance(cause, RayflowError):
             raise cause from None
         raise
+
+
+def shared_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task on the running loop whose Ray calls belong to no request.
+
+    A task copies the context it is created in, and Ray takes a call's
+    parent task from it: in a Serve replica a task created while serving an
+    HTTP request has that request as the parent of every Ray call it makes,
+    and Ray cancels them all when the request ends (the client went away).
+    A task that serves many requests (one long poll for every reader of a
+    run, the run change feed) is created in an empty context instead.
+    """
+    loop = asyncio.get_running_loop()
+    return contextvars.Context().run(loop.create_task, coro)

@@ -3,7 +3,8 @@
 holds it to that), so what the app depends on is this module's `__all__`.
 
 Beyond the re-exports (the connection, the chunk reader, the run change
-feed, control-plane start, direct ingress, durations, hop tracing), two
+feed, control-plane start, direct ingress, durations, hop tracing, tasks
+that outlive the request that made them), two
 entry points the public API lacks: writes with a writer id and per-writer
 sequence numbers (the SDK's v1 NDJSON writer resends chunks after a
 reconnect; they must be stored once), and the writer's last stored
@@ -28,6 +29,7 @@ from typing import Any
 
 from rayflow._runtime import hops, ingress, run_events
 from rayflow._runtime.bootstrap import start_control_plane
+from rayflow._runtime.calls import shared_task
 from rayflow._runtime.connection import Connection, current, secret_key_for
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.reader import ChunkReader
@@ -113,6 +115,7 @@ __all__ = [
     "parse_duration",
     "run_events",
     "secret_key_for",
+    "shared_task",
     "start_control_plane",
     "writer_position",
 ]
