@@ -49,7 +49,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.calls import RunMoved, call
+from rayflow._runtime.calls import RunMoved, call, shared_task
 from rayflow._runtime.stream_buffer import Row, closed_error
 from rayflow._runtime.stream_commit import Entry, commit_thread
 from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
@@ -117,7 +117,9 @@ class ProcessAppender:
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((run_id, key, Entry(writes, future, single)))
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_loop())
+            # in no request's context: it commits for every request of a
+            # replica, and Ray cancels a request's calls when its client leaves
+            self._flusher = shared_task(self._flush_loop())
         return future
 
     def _take(self) -> list[tuple[str, str, Entry]]:
@@ -240,7 +242,7 @@ class _Teller:
         for key, rows in news:
             self._news.setdefault(key, []).extend(rows)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            self._task = shared_task(self._loop())
 
     async def _loop(self) -> None:
         try:
