@@ -17,6 +17,7 @@ from conftest import eventually, eventually_async
 import rayflow
 from rayflow import errors, streams, task
 from rayflow._runtime.connection import current
+from rayflow.store.base import ChunkWrite
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -294,4 +295,46 @@ async def test_a_follower_gets_inside_and_outside_writes_to_one_stream_once_each
     stored = [x async for x in streams.read(handle.id, "mix", timeout_s=0.3)]
     assert got == stored  # the follower saw the Store's order, nothing twice
     await wake.send(handle.id, {})
+    assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
+
+
+async def test_a_chunk_its_run_actor_was_never_told_of_reaches_a_follower_late_not_never() -> None:
+    """An outside writer commits to the Store, then tells the RunActor; a
+    writer that dies in between leaves the actor unaware. A reader already
+    following the actor finds the chunk in the Store after one long poll."""
+    handle = await hold.trigger({})
+
+    async def executing() -> bool:
+        return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
+
+    await eventually_async(executing, timeout_s=60, what="run executing")
+    await streams.append("told", "first", target=handle.id)
+    _, actor = await current().controller.locate.remote(handle.id)
+
+    async def actor_told() -> bool:
+        return "told" in await actor.stream_stats.remote()
+
+    # the RunActor knows the stream (told of "first"), so it answers the
+    # reader from its own tail, not from the Store
+    await eventually_async(actor_told, what="the RunActor told of the first chunk")
+    following = asyncio.Event()
+
+    async def follow() -> list[str]:
+        got: list[str] = []
+        async for x in streams.read(handle.id, "told", timeout_s=60):
+            got.append(x)
+            following.set()  # it has caught up: it waits on the RunActor now
+            if len(got) == 2:
+                break
+        return got
+
+    reader = asyncio.create_task(follow())
+    await asyncio.wait_for(following.wait(), 30)
+    # the writer's commit, without the telling that would follow it
+    store = current().store
+    await asyncio.to_thread(
+        store.append_chunks, handle.id, "told", [ChunkWrite('"silent"')], 1 << 20
+    )
+    assert await asyncio.wait_for(reader, 30) == ["first", "silent"]
+    await go.send(handle.id, {})
     assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"

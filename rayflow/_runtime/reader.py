@@ -203,8 +203,17 @@ class ChunkReader:
                     actor, located_at = None, 0.0
                     continue
                 if reply is None:
-                    continue
-                if reply.rows:
+                    # a whole long poll without news: look at the Store once.
+                    # An outside writer commits there first and tells the
+                    # RunActor after (`run_appender`); if the telling was lost
+                    # (the writer died in between), the chunk comes late
+                    # from here, it is never stranded
+                    rows = await self._read_store(self.next_index)
+                    if not rows:
+                        continue
+                    self._sub.close()  # follow on from the new position
+                    self._sub = None
+                elif reply.rows:
                     rows = reply.rows
                 elif reply.ref is not None:
                     segment = segment_rows(await reply.ref)
