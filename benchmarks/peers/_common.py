@@ -18,10 +18,10 @@ pool) is never inside a measurement.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -415,34 +415,31 @@ def late_offset(n: int) -> int:
 # --- SSE over HTTP (workload 5), for every system that offers it ---
 
 
-def _is_chunk(v: object) -> bool:
-    return isinstance(v, str) and len(v) == CHUNK_BYTES and v[8] == " "
+#: a chunk as `make_chunk` writes it: digits, spaces and x's, which no JSON
+#: encoding escapes, so it reads the same at any depth of nesting
+CHUNK_HEAD = re.compile(r"\d{8} \d{20} ")
+CHUNK_PAD = "x" * (CHUNK_BYTES - 30)
 
 
 def extract_chunks(data: str) -> list[str]:
     """The 64-byte chunks inside one SSE ``data:`` payload, in order.
 
     Raw (one chunk an event) or JSON-wrapped, also batched and nested (rayflow follows
-    Trigger.dev's wire format: ``{"records": [{"body": "<JSON text>"}]}``).
+    Trigger.dev's wire format: ``{"records": [{"body": "<JSON text>"}]}``). Found by a
+    string search of the payload, the same for every format, instead of decoding it: a
+    JSON walk in Python cost 5-11 µs per chunk of a batch against ~0.2 µs for a raw
+    event — this reader's cost, not the server's (a browser parses JSON natively); now
+    ~0.6 µs per chunk batched, ~0.4 raw. `LiveRead` checks the chunks' order.
     """
-    if _is_chunk(data):
+    if len(data) == CHUNK_BYTES and CHUNK_HEAD.match(data):
         return [data]
     found: list[str] = []
-
-    def walk(v: object) -> None:
-        if _is_chunk(v):
-            found.append(v)  # type: ignore[arg-type]
-        elif isinstance(v, str) and v[:1] in ("{", "[", '"'):
-            with contextlib.suppress(ValueError):
-                walk(json.loads(v))
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
-    walk(data)
+    at = data.find(CHUNK_PAD)
+    while at >= 0:
+        chunk = data[at - 30 : at + len(CHUNK_PAD)]
+        if CHUNK_HEAD.match(chunk):
+            found.append(chunk)
+        at = data.find(CHUNK_PAD, at + len(CHUNK_PAD))
     return found
 
 
