@@ -198,9 +198,10 @@ class HubSource:
                 records = hub.records_from(self.position)
             if records:
                 self.position = records[-1].seq + 1
-                hops.mark(
-                    "sse_out", [hops.stream_id(self.run_id, self.key, r.seq) for r in records]
-                )
+                if hops.enabled():  # not a string per record when tracing is off
+                    hops.mark(
+                        "sse_out", [hops.stream_id(self.run_id, self.key, r.seq) for r in records]
+                    )
                 return Batch(records)
             if hub.error is not None:
                 raise hub.error

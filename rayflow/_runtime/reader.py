@@ -133,7 +133,8 @@ class ChunkReader:
         return info is not None and info.closed
 
     def _advance(self, rows: list[Row]) -> None:
-        hops.mark("read", [hops.stream_id(self.run_id, self.key, r[0]) for r in rows])
+        if hops.enabled():  # not a string per row when tracing is off
+            hops.mark("read", [hops.stream_id(self.run_id, self.key, r[0]) for r in rows])
         self.next_index = rows[-1][0] + 1
 
     async def batches(self) -> AsyncIterator[list[Row]]:
