@@ -314,6 +314,11 @@ class StreamBuffers:
         self.activity.set()
         self.activity = asyncio.Event()
 
+    def poke(self) -> None:
+        """Wake every long poll waiting on `activity` to look again, though
+        nothing need have changed (a poll was kicked or reached its deadline)."""
+        self._wake()
+
     async def find(self, key: str) -> StreamBuffer | None:
         """The buffer of stream `key` when the stream exists (this run wrote
         it, or it is in the Store); None for a key nobody wrote, so that a
