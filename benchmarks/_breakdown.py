@@ -10,8 +10,9 @@ client's receive time, per chunk:
     ack (the writer's future resolved); a writer outside the run commits
     itself: write → send (its commit left) → ack, and the RunActor marks
     visible when it is told
-    visible → read (the Serve replica's reader got it) → sse_out (handed to
-    the SSE encoder) → client (httpx parsed it, through Serve's proxy)
+    visible → reply (the RunActor's `follow_many` stream sent it) → arrived
+    (the replica's `actor_polls` got it) → read (the replica's reader got
+    it) → sse_out (handed to the SSE encoder) → client (httpx parsed it)
 
 and the floors measured without rayflow: one SQLite `append_chunks` at
 synchronous=FULL / NORMAL, a durable PostgreSQL one, a bare Ray actor call.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 WRITE_HOPS = ["write", "send", "actor", "commit_start", "committed", "visible"]
-READ_HOPS = ["visible", "read", "sse_out", "client"]
+READ_HOPS = ["visible", "reply", "arrived", "read", "sse_out", "client"]
 
 
 class Hops:

@@ -159,6 +159,69 @@ async def test_readers_of_many_streams_of_one_run_share_one_long_poll() -> None:
     assert polls < n_streams * rounds / 2, polls
 
 
+ticks = streams.define("ticks", int)
+
+
+@task(id="steady-writer")
+async def steady_writer(payload: dict) -> int:
+    """Append `n` chunks, one every `gap_s`: one group commit each."""
+    for i in range(payload["n"]):
+        await ticks.append(i)
+        await asyncio.sleep(payload["gap_s"])
+    return payload["n"]
+
+
+async def test_a_live_reader_is_sent_many_commits_per_call() -> None:
+    """A reader following a live run is sent every commit on one streamed
+    call (`RunActor.follow_many`), not one long poll per commit: with a poll
+    per reply, every commit under a flood waited for the next poll to reach
+    the actor."""
+    from rayflow._runtime import actor_polls
+
+    n = 150
+    handle = await steady_writer.trigger({"n": n, "gap_s": 0.01})
+    got: list[int] = []
+    calls_before = actor_polls.calls
+    async for x in ticks.read(handle.id, timeout_s=30):
+        got.append(x)
+    assert got == list(range(n))
+    calls = actor_polls.calls - calls_before
+    # ~2 s of commits, one reply each: one call per LONG_POLL_S (+ the first)
+    assert 1 <= calls <= 4, calls
+
+
+async def test_a_reader_that_leaves_a_live_run_ends_its_stream_on_the_actor() -> None:
+    """A reader that stops reading must not leave the actor streaming its
+    rows to nobody until the stream's time is up: leaving ends the stream
+    (the process's poll on the actor is then gone)."""
+    from rayflow._runtime import actor_polls
+    from rayflow._runtime.connection import current
+
+    handle = await steady_writer.trigger({"n": 1000, "gap_s": 0.01})
+
+    async def live_actor() -> Any:
+        _, actor = await current().controller.locate.remote(handle.id)
+        return actor
+
+    actor = await eventually_async(live_actor, timeout_s=60, what="the run's RunActor")
+    loop = asyncio.get_running_loop()
+
+    def following() -> bool:
+        return actor._actor_id in actor_polls._polls.get(loop, {})
+
+    reader = ticks.read(handle.id, timeout_s=30).__aiter__()
+    got = []
+    while not following():  # the first chunks come from the Store, then it follows the actor
+        got.append(await reader.__anext__())
+        assert len(got) < 500, "the reader never followed the run's actor"
+    assert got == list(range(len(got)))
+    await reader.aclose()  # type: ignore[attr-defined]
+
+    # well within the stream's own end (LONG_POLL_S = 5 s) while the run writes on
+    await eventually_async(lambda: not following(), timeout_s=2.5, what="the stream to end")
+    await rayflow.runs.cancel(handle.id)
+
+
 def test_writes_to_many_streams_of_one_run_at_once_all_arrive_in_order() -> None:
     handle = many_streams_at_once.trigger({"streams": 8, "n": 60}).result()
     assert rayflow.runs.wait(handle.id).result().output == 8
@@ -319,8 +382,9 @@ async def test_a_long_poll_that_fails_reaches_every_reader_in_it() -> None:
 
     @ray.remote
     class StoreGone:
-        async def read_many(self, polls: Any, limit: int, wait_s: float, poll_id: str) -> Any:
+        async def follow_many(self, polls: Any, limit: int, wait_s: float, poll_id: str) -> Any:
             raise errors.Unavailable("the Store did not answer")
+            yield {}  # a streaming generator, as RunActor.follow_many
 
         def kick(self, poll_id: str) -> None:
             pass

@@ -1,23 +1,30 @@
-"""One long poll per (process, RunActor) for every stream read there.
+"""One stream of replies per (process, RunActor) for every stream read there.
 
 A Ray call costs ~1 ms of CPU on these machines however little it carries
 (docs/scaling.md), so a Serve replica following the 10 streams of a run
 must not keep 10 long polls on its RunActor: when the run writes its 10
 streams in one group commit, that is 10 replies for one commit. Here every
 reader in this process (event loop) of a stream of runs on one RunActor
-subscribes to that actor's `ActorPoll`, which keeps one `read_many` call
-in flight for all of them and hands each reader its reply. Measured with a
+subscribes to that actor's `ActorPoll`, which keeps one `follow_many` call
+in flight for all of them and hands each reader its replies. Measured with a
 bare Ray relay (benchmarks/_ray_relay.py): 10 runs × 10 streams × 20/s,
 one poll per stream p50 174 ms, one per actor 11 ms.
 
+`follow_many` is a Ray streaming generator: the actor sends each reply as
+soon as a commit is visible, with no call to wait for between two replies.
+With one long poll per reply, under a writer flood every commit waited for
+the next poll to reach the actor (peers workload 5: ~3.5 ms of a chunk's
+~8 ms). The stream ends after LONG_POLL_S (then the next one starts), when
+kicked, or when no subscription in it is left.
+
 A subscription follows its stream on its own: after rows it stays in the
-poll at its new position, so a reader that is slower than the poll finds
-the next rows waiting (at most MAX_QUEUED replies; beyond that it is left
-out of the poll until it catches up). Any other reply — a sealed segment,
-`closed`, `from_store` — or a failed call (every subscriber hears its
-error) ends the subscription: the reader decides what to do and subscribes
-again. A new subscription while a poll is in flight `kick`s it, so the
-newcomer is polled at once.
+stream at its new position, so a reader that is slower than the stream
+finds the next rows waiting (at most MAX_QUEUED replies; beyond that the
+stream starts again without it until it catches up). Any other reply — a
+sealed segment, `closed`, `from_store` — or a failed call (every subscriber
+hears its error) ends the subscription: the reader decides what to do and
+subscribes again. A new subscription, or one that leaves, while a stream is
+in flight `kick`s it, so the stream starts again with the readers there are.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ from typing import Any
 
 import ray
 
+from rayflow._runtime import hops
 from rayflow._runtime.calls import call, shared_task
 from rayflow._runtime.stream_buffer import ReadReply
 
 log = logging.getLogger("rayflow")
 
-#: longest single long poll, so readers notice their runs' actors change
+#: longest single stream, so readers notice their runs' actors change
 LONG_POLL_S = 5.0
 #: a poll not answered this long after its wait is given up: every reader
 #: in it locates its run again, instead of waiting forever
@@ -87,15 +95,18 @@ class Subscription:
 
 
 class ActorPoll:
-    """The one `read_many` long poll of this process on one RunActor."""
+    """The one `follow_many` stream of this process on one RunActor."""
 
     def __init__(self, actor: Any, forget: Any) -> None:
         self.actor = actor
         self.poll_id = uuid.uuid4().hex
         self.subs: list[Subscription] = []
         self._forget = forget
-        #: a `read_many` call is in flight (a newcomer kicks it)
-        self._polling = False
+        #: the subscriptions the `follow_many` stream in flight carries
+        #: (a newcomer, a leaver or a full one ends it)
+        self._following: set[Subscription] = set()
+        #: that stream was told to end
+        self._kicked = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -109,6 +120,8 @@ class ActorPoll:
         sub.active = False
         with contextlib.suppress(ValueError):
             self.subs.remove(sub)
+        if sub in self._following:
+            self._restart()  # the stream must not go on sending its rows
 
     def resumed(self) -> None:
         """A subscription left out of the poll (too far ahead) may be polled again."""
@@ -118,8 +131,15 @@ class ActorPoll:
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = shared_task(self._run())
-        elif self._polling:
-            # the call in flight does not carry the newcomer: end it now
+        else:
+            # the stream in flight does not carry the newcomer: end it now
+            self._restart()
+
+    def _restart(self) -> None:
+        """End the stream in flight (if any): the next one follows the
+        subscriptions as they are now."""
+        if self._following and not self._kicked:
+            self._kicked = True
             self.actor.kick.remote(self.poll_id)
 
     async def _run(self) -> None:
@@ -134,10 +154,9 @@ class ActorPoll:
                 continue
             self._wake.clear()
             polls = [(s.run_id, s.key, s.position) for s in subs]
-            self._polling = True
+            self._following, self._kicked = set(subs), False
             try:
-                ref = self.actor.read_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
-                replies = await asyncio.wait_for(call(ref), LONG_POLL_S + CALL_GRACE_S)
+                await self._follow(subs, polls)
             except Exception as e:
                 # every reader hears it (none may wait on a poll that ended):
                 # a lost or silent actor as RayActorError (locate the run
@@ -155,15 +174,39 @@ class ActorPoll:
                 self._forget(self)
                 return
             finally:
-                self._polling = False
+                self._following = set()
+
+    async def _follow(self, subs: list[Subscription], polls: list[tuple[str, str, int]]) -> None:
+        """One `follow_many` stream, until the actor ends it."""
+        global calls
+        calls += 1
+        stream = self.actor.follow_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
+        while True:
+            try:
+                ref = await asyncio.wait_for(anext(stream), LONG_POLL_S + CALL_GRACE_S)
+            except StopAsyncIteration:
+                return
+            replies = await asyncio.wait_for(call(ref), CALL_GRACE_S)
             for i, reply in replies.items():
                 sub = subs[i]
-                if sub.active and sub.position == polls[i][2]:
+                if hops.enabled():
+                    ids = [hops.stream_id(sub.run_id, sub.key, r[0]) for r in reply.rows]
+                    hops.mark("arrived", ids)
+                # rows follow on from what this subscription was sent, unless
+                # it left (its rows are nobody's)
+                if sub.active and (not reply.rows or reply.rows[0][0] == sub.position):
                     sub._deliver(reply)
+                if not reply.rows:
+                    self._following.discard(sub)  # the actor let it go
+                if len(sub.queue) >= MAX_QUEUED:
+                    self._restart()  # the stream goes on without it
 
 
 #: rows per reply (a reader's batch)
 BATCH = 1000
+
+#: `follow_many` calls this process made (tests count them)
+calls = 0
 
 
 _polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ActorPoll]] = (
