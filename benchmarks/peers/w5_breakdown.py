@@ -232,6 +232,18 @@ def report(results: list[tuple[str, dict[str, Any]]], at: dict[str, dict[str, in
             f" client CPU {cpu:.0%} of a core, parse {r['parse_ns'] / len(r['rows']) / 1e3:.2f}"
             f" µs/chunk ({r['parse_ns'] / 1e9 / r['wall_s']:.0%} of wall)"
         )
+    if at:  # how a run's reading starts: the first chunk to pass each hop
+        run_id, r = results[-1]
+        t0 = min(ts for _, ts, _, _ in r["rows"])
+        firsts = {
+            hop: min((t for k, t in at.get(hop, {}).items() if k.startswith(run_id)), default=None)
+            for hop in ["commit_start", "committed", "visible", "read", "reply", "arrived"]
+        }
+        firsts["line"] = min(line for _, _, line, _ in r["rows"])
+        print(
+            "start of the last run, ms after its first write:",
+            ", ".join(f"{h} {(t - t0) / 1e6:.1f}" for h, t in firsts.items() if t is not None),
+        )
     print(f"\nload average {os.getloadavg()}")
     print("| hop | p50 ms | p99 ms | n | p50 of the first 2,000 |\n|---|---:|---:|---:|---:|")
     for name, values in per.items():
