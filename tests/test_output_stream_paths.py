@@ -222,6 +222,33 @@ async def test_a_reader_that_leaves_a_live_run_ends_its_stream_on_the_actor() ->
     await rayflow.runs.cancel(handle.id)
 
 
+async def test_a_subscription_left_out_for_a_full_queue_that_leaves_ends_the_poll() -> None:
+    """A subscription whose reader stopped taking replies is left out of its
+    actor's stream once MAX_QUEUED wait; when it then leaves, the process's
+    poll on that actor must end (it waited for a wake-up that never came)."""
+    from rayflow._runtime import actor_polls
+    from rayflow._runtime.connection import current
+
+    handle = await steady_writer.trigger({"n": 1000, "gap_s": 0.01})
+
+    async def live_actor() -> Any:
+        _, actor = await current().controller.locate.remote(handle.id)
+        return actor
+
+    actor = await eventually_async(live_actor, timeout_s=60, what="the run's RunActor")
+    sub = actor_polls.subscribe(actor, handle.id, "ticks", 0)
+    await eventually_async(
+        lambda: len(sub.queue) >= actor_polls.MAX_QUEUED, what="the queue to fill"
+    )
+    polls = actor_polls._polls[asyncio.get_running_loop()]
+    assert actor._actor_id in polls
+    sub.close()
+    await eventually_async(
+        lambda: actor._actor_id not in polls, timeout_s=10, what="the poll to end"
+    )
+    await rayflow.runs.cancel(handle.id)
+
+
 def test_writes_to_many_streams_of_one_run_at_once_all_arrive_in_order() -> None:
     handle = many_streams_at_once.trigger({"streams": 8, "n": 60}).result()
     assert rayflow.runs.wait(handle.id).result().output == 8

@@ -122,6 +122,9 @@ class ActorPoll:
             self.subs.remove(sub)
         if sub in self._following:
             self._restart()  # the stream must not go on sending its rows
+        # the poll may be idle, every subscription left out (full queues):
+        # it looks again, and is forgotten when none is left
+        self._wake.set()
 
     def resumed(self) -> None:
         """A subscription left out of the poll (too far ahead) may be polled again."""
