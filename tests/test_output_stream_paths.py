@@ -186,8 +186,10 @@ async def test_a_live_reader_is_sent_many_commits_per_call() -> None:
         got.append(x)
     assert got == list(range(n))
     calls = actor_polls.calls - calls_before
-    # ~2 s of commits, one reply each: one call per LONG_POLL_S (+ the first)
-    assert 1 <= calls <= 4, calls
+    # ~2 s of commits, one reply each: one call per LONG_POLL_S (+ the first,
+    # + a restart whenever this reader fell MAX_QUEUED replies behind); one
+    # long poll per reply made about one call per commit
+    assert 1 <= calls <= n // 10, calls
 
 
 async def test_a_reader_that_leaves_a_live_run_ends_its_stream_on_the_actor() -> None:
