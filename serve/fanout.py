@@ -15,7 +15,9 @@ the replica's run change feed (serve/run_feed.py; the Store reports a new
 stream of a run, a closed one and every status change) until the stream
 exists or the run has finished (and looks again every RECHECK_S, should a
 notification be lost). Any number of made-up keys cost no reader, no
-RunActor buffer and one Store look per RECHECK_S.
+RunActor buffer and one Store look per RECHECK_S (and, for a live run, one
+`locate` per run while they wait: `prefetch_location`, so that a real
+stream's reader starts without a Controller call when its stream appears).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import asyncio
 import contextlib
 import logging
 
-from rayflow._runtime.serving import ChunkReader, current, hops, shared_task
+from rayflow._runtime.serving import (
+    ChunkReader,
+    current,
+    hops,
+    prefetch_location,
+    shared_task,
+)
+from rayflow._status import RunStatus
 from rayflow.errors import RunNotFound
 from serve import run_feed
 from serve.sse import Batch, Record
@@ -160,21 +169,24 @@ class HubSource:
         feed = run_feed.feed()
         loop = asyncio.get_running_loop()
 
-        def look() -> tuple[bool, bool]:
+        def look() -> tuple[bool, bool, bool]:
             run = store.get_run(self.run_id)
             if run is None:
                 raise RunNotFound(
                     f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
                 )
-            return store.stream_info(self.run_id, self.key) is not None, run.finished
+            exists = store.stream_info(self.run_id, self.key) is not None
+            return exists, run.finished, run.status == RunStatus.EXECUTING
 
         while True:
             since = await feed.changes()  # before the look: no change is missed
-            exists, finished = await asyncio.to_thread(look)
+            exists, finished, executing = await asyncio.to_thread(look)
             if exists:
                 return True
             if finished:
                 return False
+            if executing:  # its reader will need its actor the moment the stream appears
+                prefetch_location(self.run_id)
             left = deadline - loop.time()
             if left <= 0:
                 return None

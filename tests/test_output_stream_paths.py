@@ -257,6 +257,36 @@ async def test_a_subscription_left_out_for_a_full_queue_that_leaves_ends_the_pol
     await rayflow.runs.cancel(handle.id)
 
 
+async def test_a_live_runs_location_asked_ahead_is_cached_for_its_reader() -> None:
+    """An SSE reader that arrives before its stream exists has the replica
+    ask where the run executes while it waits (`serving.prefetch_location`),
+    so the hub's reader finds it cached when the stream appears instead of
+    asking the Controller then; a run that is not live leaves nothing."""
+    from rayflow._runtime import locations, serving
+    from rayflow._runtime.connection import current
+
+    handle = await steady_writer.trigger({"n": 300, "gap_s": 0.01})
+
+    async def live_actor() -> Any:
+        _, actor = await current().controller.locate.remote(handle.id)
+        return actor
+
+    actor = await eventually_async(live_actor, timeout_s=60, what="the run's RunActor")
+    locations.forget(handle.id)
+    serving.prefetch_location(handle.id)
+    serving.prefetch_location(handle.id)  # asked once
+    cached = await eventually_async(
+        lambda: locations.cached(handle.id), what="the run's location in the cache"
+    )
+    assert cached._actor_id == actor._actor_id
+    await rayflow.runs.cancel(handle.id)
+    done = await pipe_many.trigger({"n": 3})
+    await rayflow.runs.wait(done.id)
+    serving.prefetch_location(done.id)
+    await eventually_async(lambda: done.id not in serving._locating, what="the ask to end")
+    assert locations.cached(done.id) is None
+
+
 def test_writes_to_many_streams_of_one_run_at_once_all_arrive_in_order() -> None:
     handle = many_streams_at_once.trigger({"streams": 8, "n": 60}).result()
     assert rayflow.runs.wait(handle.id).result().output == 8
