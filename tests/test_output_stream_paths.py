@@ -304,6 +304,11 @@ def test_an_outside_writer_follows_a_run_whose_actor_moved_on() -> None:
     in this run's stream (through the Store) — never in another run's."""
     handle = suspend_between_writes.trigger({}).result()
     eventually(lambda: status(handle.id) == "EXECUTING", what="run executing")
+    # the run's own first chunk is stored first (an outside write commits on
+    # its own and could otherwise come before it)
+    eventually(
+        lambda: list(trail.read(handle.id, timeout_s=0.2)) == ["before"], what="the run's write"
+    )
     trail.append("outside-1", target=handle.id).result()  # caches the run's actor
     proceed.send(handle.id, {}).result()
     eventually(lambda: status(handle.id) == "WAITING", what="run suspended")
