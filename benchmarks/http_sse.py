@@ -515,16 +515,21 @@ async def many_inside(
     }
 
 
-async def throughput(system: System, n: int) -> dict[str, Any]:
+async def throughput(system: System, n: int, cpu_of: list[int] | None = None) -> dict[str, Any]:
     """Part 2: one stream, one SSE client, the writer as fast as it goes."""
     part = f"tput-{uuid.uuid4().hex[:6]}"
     async with sse_client(1) as client:
         readers, tasks = await start_readers(client, [system.target(part, 0)], n)
+        before = cpu_by_process(cpu_of) if cpu_of else {}
         await system.write_fast(part, 0, n)
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        spent = cpu_delta(before, cpu_by_process(cpu_of)) if cpu_of else {}
     check(readers, n)
     live = readers[0].live
-    return {"chunks_s": live.result()["throughput"], "sse_ms": c.summary(live.lat_ms)}
+    out = {"chunks_s": live.result()["throughput"], "sse_ms": c.summary(live.lat_ms)}
+    if spent:
+        out["cpu_us_by_process"] = {name: sec / n * 1e6 for name, sec in spent.items()}
+    return out
 
 
 async def fanout(system: System, n_readers: int, n: int) -> dict[str, Any]:
@@ -755,6 +760,8 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         tr, tb = r["tput"]["chunks_s"], b["tput"]["chunks_s"]
         label = "SSE throughput, 1 stream → 1 client (chunks/s)"
         rows.append(f"| {label} | {tr:,.0f} | {tb:,.0f} | {ratio(tr, tb)} |")
+        if r["tput"].get("cpu_us_by_process"):
+            rows.append(by_process_row(r["tput"]))
     fr, fb = r.get("fan"), b.get("fan")
     if fr or fb:
         label = f"{size['readers']} SSE readers of one live stream: delivered chunks/s"
@@ -826,7 +833,7 @@ async def run_parts(
         out["lat10"] = await latency(system, 10, size["lat_s"], py_runs[1] if py_runs else None)
     if "tput" in parts:
         log(f"{system.name}: throughput")
-        out["tput"] = await throughput(system, size["tput_chunks"])
+        out["tput"] = await throughput(system, size["tput_chunks"], cpu_of)
     if "fan" in parts:
         log(f"{system.name}: {size['readers']} readers × {fan_chunks} chunks")
         try:

@@ -7,6 +7,7 @@ same public API (trigger, send, read) as a script.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import tempfile
@@ -105,6 +106,12 @@ def connect(settings: Settings, controller: Any = None, *, run_actor: bool = Fal
         settings = settings.model_copy(update={"secret_key": secret_key_for(settings)})
         assert settings.secret_key is not None
         _current = Connection(settings, store, settings.secret_key, controller)
+        # what this process holds so far (Ray, its modules, the Store) lives
+        # as long as the process: out of the cyclic collector's full passes.
+        # A stream writer allocates a few objects per chunk; with Ray's heap
+        # in every full pass, the collector took half a writer's CPU
+        # (benchmarks/README.md, "Issue 10, session 5")
+        gc.freeze()
         return _current
 
 

@@ -153,7 +153,11 @@ class ProcessAppender:
             (run_id, key, [w for e in entries for w in e.writes])
             for (run_id, key), entries in by_stream.items()
         ]
-        ids = [hops.write_id(w.writer_id, w.writer_seq) for *_, ws in items for w in ws]
+        ids = (  # not a string per write when tracing is off
+            [hops.write_id(w.writer_id, w.writer_seq) for *_, ws in items for w in ws]
+            if hops.enabled()
+            else []
+        )
         hops.mark("send", ids)
         conn = connection.current()
         try:

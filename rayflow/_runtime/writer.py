@@ -18,7 +18,12 @@ from typing import Any
 
 from rayflow._runtime import hops
 from rayflow._runtime.context import current_run
-from rayflow._runtime.run_appender import MAX_BATCH, finished_error, process_appender
+from rayflow._runtime.run_appender import (
+    MAX_BATCH,
+    ProcessAppender,
+    finished_error,
+    process_appender,
+)
 from rayflow.store.base import ChunkWrite
 
 __all__ = ["MAX_BATCH", "ChunkWriter", "StreamAppender", "finished_error"]
@@ -32,6 +37,10 @@ class StreamAppender:
         self.run_id, self.key = run_id, key
         #: futures handed out and not yet resolved (what `flush` waits for)
         self._unsettled: set[asyncio.Future[Any]] = set()
+        #: the appender of the loop this one writes from (found on first use:
+        #: not looked up per chunk)
+        self._appender: ProcessAppender | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, write: ChunkWrite) -> asyncio.Future[int | None]:
         """Queue one write; the future resolves to its index once durable
@@ -43,7 +52,10 @@ class StreamAppender:
         return self._submit(writes, False)
 
     def _submit(self, writes: list[ChunkWrite], single: bool) -> asyncio.Future[Any]:
-        future = process_appender().submit(self.run_id, self.key, writes, single)
+        loop = asyncio.get_running_loop()
+        if self._appender is None or self._loop is not loop:
+            self._appender, self._loop = process_appender(), loop
+        future = self._appender.submit(self.run_id, self.key, writes, single)
         self._unsettled.add(future)
         future.add_done_callback(self._unsettled.discard)
         return future
