@@ -55,11 +55,11 @@ class RunActor:
         #: a cancel that came while the run was being claimed
         self._cancel_pending: str | None = None
         self._tracking = False
-        #: multiplexed long polls in progress (`read_many`), by poll id
+        #: multiplexed polls in progress (`_poll`, under `follow_many`), by poll id
         self._polls: dict[str, asyncio.Event] = {}
         #: kicks that came before their poll's call (the call answers at once)
         self._kicked: set[str] = set()
-        #: `read_many` calls answered (tests and benchmarks count them)
+        #: `_poll`s answered (tests and benchmarks count them)
         self.polls_served = 0
 
     def ready(self) -> bool:
@@ -148,8 +148,9 @@ class RunActor:
     async def follow_many(
         self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
     ) -> AsyncIterator[dict[int, ReadReply]]:
-        """`read_many` as a stream (a Ray streaming generator, `actor_polls`):
-        yields, by position in `polls`, what readers have something new as
+        """Replies to many readers in one process as a stream (a Ray
+        streaming generator, `actor_polls`; each step is `_poll`): yields, by
+        position in `polls`, what readers have something new as
         soon as they have it, with no call to wait for in between — under a
         flood a commit's rows leave at once instead of after the reader's
         next call has arrived (measured: ~3.5 ms of a chunk's ~8 ms). A
@@ -181,22 +182,16 @@ class RunActor:
             if kicked or not out:
                 return
 
-    async def read_many(
-        self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
-    ) -> dict[int, ReadReply]:
-        """One long poll for many readers in one process: `polls` are (run
-        id, key, next index). Returns, by position in `polls`, what each
-        reader that has something new gets — rows, a sealed segment,
-        `closed`, or `from_store` when this actor does not execute that run
-        — as soon as one has, or {} after `wait_s`. A key nobody wrote
-        allocates nothing here; its reader waits like the rest.
-        `kick(poll_id)` ends the wait early (the process has a new reader)."""
-        return (await self._poll(polls, limit, wait_s, poll_id))[0]
-
     async def _poll(
         self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
     ) -> tuple[dict[int, ReadReply], bool]:
-        """`read_many`'s answer, and whether the poll was kicked."""
+        """One look-and-wait for many readers in one process: `polls` are (run
+        id, key, next index). Returns, by position in `polls`, what each
+        reader that has something new gets — rows, a sealed segment,
+        `closed`, or `from_store` when this actor does not execute that run
+        — as soon as one has, or {} after `wait_s`; and whether
+        `kick(poll_id)` ended the wait early. A key nobody wrote allocates
+        nothing here; its reader waits like the rest."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         self.polls_served += 1
@@ -249,7 +244,7 @@ class RunActor:
         return await buf.peek(start, limit)
 
     def poll_count(self) -> int:
-        """How many long polls (`read_many`) this actor has answered."""
+        """How many polls (`_poll`, the steps of `follow_many`) this actor has answered."""
         return self.polls_served
 
     def kick(self, poll_id: str) -> None:

@@ -184,15 +184,11 @@ class ProcessAppender:
             for entry in entries:
                 entry.settle(outcome[at : at + len(entry.writes)])
                 at += len(entry.writes)
-            rows = [
-                (seq, w.data, created_at, w.record_id)
-                for w, seq in zip(writes, outcome, strict=True)
-                if seq is not None
-            ]
-            if rows:
+            stored = [(w, s) for w, s in zip(writes, outcome, strict=True) if s is not None]
+            if stored:
+                rows = [(s, w.data, created_at, w.record_id) for w, s in stored]
                 news.setdefault(run_id, []).append((key, rows))
                 if hops.enabled():
-                    stored = [(w, s) for w, s in zip(writes, outcome, strict=True) if s is not None]
                     hops.mark(
                         "stored",
                         [hops.stream_id(run_id, key, s) for _, s in stored],
