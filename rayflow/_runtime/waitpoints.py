@@ -26,14 +26,19 @@ async def wait_outcome(
     `{"timeout": True}`, journaled; raises
     `Suspended` when the run must wait without a process."""
     store = connection.current().store
-    if idempotency_key is not None:
-        earlier = await asyncio.to_thread(_keyed_result, store, ctx.run_id, idempotency_key)
-        if earlier is not None:
-            return earlier
+    # the journal first: a replay must move its cursor past this wait, or the
+    # next durable operation meets this wait's entry (NonDeterminism)
     recorded = ctx.journal.replay("wait", stream_id)
     if recorded is not MISSING:
         journaled: dict[str, Any] = recorded
         return journaled
+    if idempotency_key is not None:
+        earlier = await asyncio.to_thread(_keyed_result, store, ctx.run_id, idempotency_key)
+        if earlier is not None:
+            # an earlier attempt's result, journaled in this attempt like any
+            # outcome (its replays then read it at this point of the journal)
+            await ctx.journal.record("wait", stream_id, earlier)
+            return earlier
     message = ctx.inputs.take_buffered(stream_id)
     outcome: dict[str, Any] | None
     if message is not None:
@@ -65,8 +70,14 @@ def _keyed_result(store: Any, run_id: str, key: str) -> dict[str, Any] | None:
 
 
 def _keep_keyed_result(store: Any, run_id: str, key: str, outcome: dict[str, Any]) -> None:
-    # attempt 0 holds what outlives attempts: results of keyed waits
-    seq = len(store.journal_load(run_id, 0))
-    store.journal_append(
-        run_id, 0, [JournalEntry(seq=seq, kind="wait-key", name=key, value=json.dumps(outcome))]
-    )
+    """Keep `outcome` under `key` in attempt 0 (what outlives attempts). The
+    first result kept under a key stays. Two keyed waits of a run kept at
+    once may pick the same seq, and the Store keeps the first row at a seq
+    (journal writes are idempotent): the one that lost takes the next seq."""
+    while True:
+        entries = store.journal_load(run_id, 0)
+        if any(e.kind == "wait-key" and e.name == key for e in entries):
+            return
+        seq = max((e.seq for e in entries), default=-1) + 1
+        entry = JournalEntry(seq=seq, kind="wait-key", name=key, value=json.dumps(outcome))
+        store.journal_append(run_id, 0, [entry])
