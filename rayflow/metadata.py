@@ -53,7 +53,7 @@ class RunMetadata:
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.values: dict[str, Any] = initial_metadata(ctx.run_id)
+        self.values: dict[str, Any] = copy.deepcopy(ctx.trigger_metadata)
         self.dirty = False
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
@@ -88,21 +88,14 @@ class RunMetadata:
             await asyncio.to_thread(store.update_run, self.ctx.run_id, metadata=text)
 
 
-def initial_metadata(run_id: str) -> dict[str, Any]:
-    """The metadata the run was triggered with (`{}` when none)."""
-    run = connection.current().store.get_run(run_id)
-    if run is None:
-        return {}
-    given = json.loads(run.options).get("metadata")
-    return dict(given) if isinstance(given, dict) else {}
-
-
 def _state(what: str) -> RunMetadata:
+    # one object per attempt, shared by the task's code and its `.on()`
+    # handlers (each handler runs in a context of its own: `for_delivery`)
     ctx = require_run(f"rayflow.metadata.{what}()")
-    state: RunMetadata | None = ctx.__dict__.get("_metadata")
+    state: RunMetadata | None = ctx.shared.get("metadata")
     if state is None:
         state = RunMetadata(ctx)
-        ctx.__dict__["_metadata"] = state
+        ctx.shared["metadata"] = state
     return state
 
 
@@ -175,7 +168,7 @@ async def flush() -> None:
 async def flush_run(ctx: RunContext | None = None) -> None:
     """Make the run's last metadata durable (called when its function ends)."""
     ctx = ctx or current_run()
-    state = None if ctx is None else ctx.__dict__.get("_metadata")
+    state = None if ctx is None else ctx.shared.get("metadata")
     if state is not None:
         await state.write()
 

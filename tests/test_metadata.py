@@ -70,6 +70,41 @@ def test_metadata_is_durable_visible_and_the_same_after_a_replay() -> None:
     assert run.output == {"seen": expected}
 
 
+nudge = streams.input("metadata-nudge", int)
+carry_on = streams.input("metadata-carry-on", dict)
+
+
+@task(id="metadata-in-handler")
+async def metadata_in_handler(payload: dict) -> dict:  # type: ignore[type-arg]
+    metadata.set("main", 1)
+    await metadata.flush()
+    nudge.on(lambda n: metadata.set("from_handler", n))
+    (await carry_on.once(timeout_s=120)).unwrap()
+    metadata.set("main2", 2)
+    return metadata.current()
+
+
+def test_metadata_set_in_an_on_handler_is_the_runs_metadata() -> None:
+    """A handler's metadata joins the task's: neither overwrites the other."""
+    handle = metadata_in_handler.trigger({}, metadata={"given": "t"}).result()
+
+    def stored() -> dict:  # type: ignore[type-arg]
+        return rayflow.runs.retrieve(handle.id).result().metadata
+
+    eventually(lambda: stored().get("main") == 1, what="the task's metadata stored")
+    nudge.send(handle.id, 7).result()
+    after_handler = eventually(
+        lambda: (m := stored()).get("from_handler") == 7 and m, what="the handler's metadata"
+    )
+    assert after_handler == {"given": "t", "main": 1, "from_handler": 7}
+    carry_on.send(handle.id, {}).result()
+    run = rayflow.runs.wait(handle.id).result(timeout_s=60)
+    expected = {"given": "t", "main": 1, "from_handler": 7, "main2": 2}
+    assert run.status == "COMPLETED", run.error
+    assert run.output == expected
+    assert run.metadata == expected
+
+
 def test_metadata_rejects_what_it_cannot_hold() -> None:
     handle = metadata_bad.trigger({}).result()
     run = rayflow.runs.wait(handle.id).result(timeout_s=60)

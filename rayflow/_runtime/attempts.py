@@ -152,6 +152,7 @@ async def _execute(
             root_id=run.root_id or run_id,
             journal=journal,
             buffers=execution.buffers,
+            trigger_metadata=_trigger_metadata(options),
         )
         ctx.inputs = execution.inputs
         await execution.inputs.prepare(journal)
@@ -197,6 +198,11 @@ async def _execute(
     await asyncio.to_thread(store.finish_run, run_id, status, output, error_text)
     execution.buffers.close_all()
     return status
+
+
+def _trigger_metadata(options: dict[str, Any]) -> dict[str, Any]:
+    given = options.get("metadata")
+    return dict(given) if isinstance(given, dict) else {}
 
 
 async def _backoff(execution: Execution, delay_s: float) -> bool:

@@ -29,6 +29,11 @@ class RunContext:
     #: ("on:<stream>:<seq>:"): a replay hands a message over at another
     #: point among the task's own writes, and their ids must not shift
     writer_scope: str = ""
+    #: the metadata the run was triggered with (`rayflow.metadata` starts from it)
+    trigger_metadata: dict[str, Any] = field(default_factory=dict)
+    #: state of the attempt that its `.on()` deliveries share with the task's
+    #: own code (`for_delivery` hands the same dict on): the run's metadata
+    shared: dict[str, Any] = field(default_factory=dict)
     _writers: int = field(default=0)
 
     def next_writer_id(self, kind: str) -> str:
