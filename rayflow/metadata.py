@@ -57,6 +57,8 @@ class RunMetadata:
         self.dirty = False
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        #: whether `_pending` is still in its coalescing pause (not writing)
+        self._pausing = False
 
     def changed(self, values: dict[str, Any]) -> None:
         text = json.dumps(values)
@@ -73,7 +75,25 @@ class RunMetadata:
             self._pending = asyncio.get_running_loop().create_task(self._write_soon())
 
     async def _write_soon(self) -> None:
-        await asyncio.sleep(COALESCE_S)
+        self._pausing = True
+        try:
+            await asyncio.sleep(COALESCE_S)
+        except asyncio.CancelledError:
+            return  # `close` writes instead
+        finally:
+            self._pausing = False
+        await self.write()
+
+    async def close(self) -> None:
+        """Write what is left now, and leave no write pending: the run is
+        suspending or ending (a task it leaves running retires its actor)."""
+        pending = self._pending
+        if pending is not None and not pending.done():
+            if self._pausing:
+                pending.cancel()
+            # a write under way is awaited, not cut off: it is durable before
+            # the run's status changes
+            await asyncio.gather(pending, return_exceptions=True)
         await self.write()
 
     async def write(self) -> None:
@@ -166,11 +186,12 @@ async def flush() -> None:
 
 
 async def flush_run(ctx: RunContext | None = None) -> None:
-    """Make the run's last metadata durable (called when its function ends)."""
+    """Make the run's last metadata durable (called when its function ends
+    or suspends), with no coalesced write left pending."""
     ctx = ctx or current_run()
     state = None if ctx is None else ctx.shared.get("metadata")
     if state is not None:
-        await state.write()
+        await state.close()
 
 
 __all__ = [

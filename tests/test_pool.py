@@ -18,7 +18,7 @@ import ray
 from conftest import eventually
 
 import rayflow
-from rayflow import step, streams, task
+from rayflow import metadata, step, streams, task
 from rayflow._runtime import connection
 
 pytestmark = pytest.mark.usefixtures("rf")
@@ -126,6 +126,33 @@ def test_a_run_that_leaves_something_running_retires_its_actor(leaver: Any) -> N
     pid = run_output(leaver.trigger({}).result())
     eventually(lambda: not psutil.pid_exists(pid), what=f"actor process {pid} to be stopped")
     assert run_output(whoami.trigger({}).result())["pid"] != pid
+
+
+@task(id="pool-metadata-then-wait")
+async def metadata_then_wait(payload: dict) -> dict:  # type: ignore[type-arg]
+    before = await step("pid", os.getpid)
+    metadata.set("phase", "waiting")  # not flushed: its write is pending as the run suspends
+    await go.wait(timeout="2m")
+    metadata.set("phase", "done")  # ... and as the run ends
+    return {"before": before, "after": os.getpid()}
+
+
+def test_runs_that_touch_metadata_just_before_they_suspend_or_end_reuse_one_process() -> None:
+    """The coalesced metadata write pending when a run suspends or ends is
+    written then, not left running (it used to retire the actor every time)."""
+    run_output(whoami.trigger({}).result())  # the pool may still be starting its actors
+    pids: list[int] = []
+    for _ in range(3):
+        handle = metadata_then_wait.trigger({}).result()
+        eventually(
+            lambda: rayflow.runs.retrieve(handle.id).result().status == "WAITING",  # noqa: B023
+            what="the run to suspend",
+        )
+        go.send(handle.id, {}).result()
+        out = run_output(handle)
+        assert rayflow.runs.retrieve(handle.id).result().metadata == {"phase": "done"}
+        pids += [out["before"], out["after"]]
+    assert len(set(pids)) == 1, pids
 
 
 def test_a_run_that_crashed_mid_write_leaves_nothing_to_the_next_run() -> None:
