@@ -121,7 +121,7 @@ class Faults:
                 victim = self.rng.choice(sorted(live))
                 with contextlib.suppress(Exception):
                     _, actor = await controller.locate.remote(victim)
-                    if actor is not None and await actor.current_run_id.remote() == victim:
+                    if actor is not None and victim in await actor.run_ids.remote():
                         pid = await actor.pid.remote()
                         t0 = kill(pid)
 

@@ -280,7 +280,7 @@ class Soak:
                 connection.current().controller.locate.remote(st.id), 5
             )
             if actor is not None:
-                current = await asyncio.wait_for(actor.current_run_id.remote(), 5)
+                current = await asyncio.wait_for(actor.run_ids.remote(), 5)
                 where = f"actor runs {current}"
         tail = [(e.kind, e.name, e.value[:40]) for e in journal[-3:]]
         return (

@@ -85,7 +85,7 @@ def main() -> None:
         now = time.perf_counter()
         _, actor = ray.get(conn.controller.locate.remote(handle.id))
         pid = ray.get(actor.pid.remote())
-        stats = ray.get(actor.stream_stats.remote())["numbers"]
+        stats = ray.get(actor.stream_stats.remote(handle.id))["numbers"]
         uss = uss_mib(pid)
         samples.append((target, uss))
         rate = every / (now - t_prev)

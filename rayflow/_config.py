@@ -42,19 +42,30 @@ class Settings(BaseSettings):
     #: warm RunActors kept ready (the pool's minimum) so a trigger or revival
     #: skips actor start-up; each idle actor costs ~50 MB
     pool_size: int = 2
-    #: most RunActors the pool holds (idle + busy); None: `max_live_runs`
-    pool_max_size: int | None = None
+    #: most RunActor processes the pool holds (idle + busy, all shapes); a
+    #: process costs ~50-60 MB, so this bounds the memory of the runs that
+    #: need a process each (`runs_per_actor=1`, resources)
+    pool_max_size: int = 100
     #: an idle RunActor beyond the minimum is stopped after this many seconds
     pool_idle_s: float = 60.0
-    #: a RunActor whose run suspended or ended serves the next run (False:
-    #: one process per run, killed when the run leaves it)
+    #: a RunActor whose runs suspended or ended takes the next runs (False:
+    #: an actor is retired as soon as a run leaves it)
     pool_recycle: bool = True
-    #: a recycled RunActor is retired after this many runs (like a web
-    #: server's max-requests: bounds what leaks from run to run)
+    #: a RunActor is retired after this many runs (like a web server's
+    #: max-requests: bounds what leaks from run to run)
     max_runs_per_actor: int = 1000
-    #: runs executing at once per deployment (each holds a RunActor, ~50 MB);
-    #: more wait QUEUED, suspended runs hold none
-    max_live_runs: int = 100
+    #: runs of an `async def` task one RunActor executes at once (they share
+    #: its event loop); a task overrides it with `@task(runs_per_actor=...)`
+    runs_per_actor: int = 1000
+    #: a RunActor whose event loop runs a timer this late (seconds) takes no
+    #: new run until it is back under half that; a run that holds the loop
+    #: this long is reported (a warning and `loop_blocked_ms` on the run)
+    loop_lag_s: float = 0.1
+    #: runs executing at once per deployment; more wait QUEUED (suspended
+    #: runs count none). Memory-bounded: a live async run costs a coroutine
+    #: and its buffers (docs/scaling.md, "Sizing"), a run with a process of
+    #: its own ~55 MB (bounded by `pool_max_size` too)
+    max_live_runs: int = 10_000
     #: PostgreSQL connections a RunActor process may hold (opened when used,
     #: closed after a minute idle). With `max_live_runs` actors that is the
     #: worst case; keep it under the server's `max_connections` (100 by

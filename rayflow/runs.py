@@ -36,6 +36,9 @@ class Run(BaseModel):
     metadata: dict[str, Any] = {}
     #: the batch trigger that created the run, if any
     batch_id: str | None = None
+    #: the longest the run's code held its RunActor's event loop (ms), when
+    #: past `loop_lag_s`: every run sharing that actor waited (None: never)
+    loop_blocked_ms: int | None = None
     attempt_count: int = 0
     parent_id: str | None = None
     root_id: str | None = None
@@ -93,6 +96,7 @@ class Run(BaseModel):
             tags=json.loads(r.tags),
             metadata=run_metadata(r) or {},
             batch_id=r.batch_id,
+            loop_blocked_ms=r.loop_blocked_ms,
             attempt_count=r.attempt,
             parent_id=r.parent_id,
             root_id=r.root_id,

@@ -41,7 +41,7 @@ async def test_many_unknown_keys_allocate_no_actor_buffer(http_tasks: HttpApi) -
     run_id, token = await trigger(http_tasks, "http-emit", {"n": 2, "key": "real", "hold_s": 60})
     actor = await run_actor(run_id)
     await eventually_async(
-        lambda: "real" in ray.get(actor.stream_stats.remote()),  # type: ignore[attr-defined]
+        lambda: "real" in ray.get(actor.stream_stats.remote(run_id)),  # type: ignore[attr-defined]
         timeout_s=60,
         what="the run's own stream",
     )
@@ -61,7 +61,7 @@ async def test_many_unknown_keys_allocate_no_actor_buffer(http_tasks: HttpApi) -
     # and Python readers, which long-poll the RunActor itself
     for i in range(5):
         assert list(streams.read(run_id, f"py-made-up-{i}", timeout_s=0.5)) == []
-    stats = ray.get(actor.stream_stats.remote())  # type: ignore[attr-defined]
+    stats = ray.get(actor.stream_stats.remote(run_id))  # type: ignore[attr-defined]
     assert set(stats) == {"real"}, stats
     await rayflow.runs.cancel(run_id)
 

@@ -166,7 +166,7 @@ def test_wait_holds_no_actor_while_suspended_and_resumes_after_send(tmp_path: Pa
     # its actor went back to the pool: alive, but executing no run
     assert [a.state for a in actors] == ["ALIVE"], actors
     pooled = ray.get_actor(first[0]["actor"], namespace=connection.current().settings.namespace)
-    assert ray.get(pooled.current_run_id.remote()) != handle.id
+    assert handle.id not in ray.get(pooled.run_ids.remote())
     assert list(log.read(handle.id, timeout_s=1)) == ["draft ready"]
 
     approval.send(handle.id, {"approved": True, "reviewer": "alice"}).result()

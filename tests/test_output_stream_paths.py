@@ -240,7 +240,7 @@ async def test_a_subscription_left_out_for_a_full_queue_that_leaves_ends_the_pol
     actor = await eventually_async(live_actor, timeout_s=60, what="the run's RunActor")
 
     async def writing() -> bool:  # the actor executes the run and has its stream
-        stats = await actor.stream_stats.remote()
+        stats = await actor.stream_stats.remote(handle.id)
         return "ticks" in stats and stats["ticks"]["length"] > 0
 
     await eventually_async(writing, timeout_s=60, what="the run's first chunk")

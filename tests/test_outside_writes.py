@@ -315,7 +315,7 @@ async def test_a_chunk_its_run_actor_was_never_told_of_reaches_a_follower_late_n
     _, actor = await current().controller.locate.remote(handle.id)
 
     async def actor_told() -> bool:
-        return "told" in await actor.stream_stats.remote()
+        return "told" in await actor.stream_stats.remote(handle.id)
 
     # the RunActor knows the stream (told of "first"), so it answers the
     # reader from its own tail, not from the Store

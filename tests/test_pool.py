@@ -1,5 +1,9 @@
 """The elastic pool of RunActors: recycling, isolation between runs, growth
-and shrinking, pools per resource shape — on real Ray, both stores."""
+and shrinking, pools per resource shape — on real Ray, both stores.
+
+Runs of a task with `runs_per_actor=1` get a process each (recycled from run
+to run); the runs of other `async def` tasks share actors (tests of that in
+test_shared_actors.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ SEEN: list[str] = []
 
 @task(id="pool-whoami")
 async def whoami(payload: dict) -> dict:
+    SEEN.append(rayflow.context().id)
+    return {"pid": os.getpid(), "seen": list(SEEN)}
+
+
+@task(id="pool-whoami-solo", runs_per_actor=1)
+async def whoami_solo(payload: dict) -> dict:
     SEEN.append(rayflow.context().id)
     return {"pid": os.getpid(), "seen": list(SEEN)}
 
@@ -81,8 +91,14 @@ async def killed_mid_run(payload: dict) -> int:
     return os.getpid()
 
 
-@task(id="pool-sleeper")
+@task(id="pool-sleeper", runs_per_actor=1)
 async def sleeper(payload: dict) -> int:
+    await asyncio.sleep(payload["s"])
+    return os.getpid()
+
+
+@task(id="pool-shared-sleeper")
+async def shared_sleeper(payload: dict) -> int:
     await asyncio.sleep(payload["s"])
     return os.getpid()
 
@@ -104,17 +120,25 @@ def pool_stats() -> dict[str, int]:
 
 
 def test_runs_one_after_another_reuse_one_process() -> None:
-    run_output(whoami.trigger({}).result())  # the pool may still be starting its actors
-    pids = [run_output(whoami.trigger({}).result())["pid"] for _ in range(4)]
+    run_output(whoami_solo.trigger({}).result())  # its shape's first actor starts
+    pids = [run_output(whoami_solo.trigger({}).result())["pid"] for _ in range(4)]
     # the pool hands out the actor that came back last
     assert len(set(pids)) == 1, pids
     assert psutil.pid_exists(pids[0])
 
 
+def test_runs_one_after_another_start_no_process() -> None:
+    run_output(whoami.trigger({}).result())  # the pool may still be starting its actors
+    started = pool_stats()["started"]
+    pids = {run_output(whoami.trigger({}).result())["pid"] for _ in range(4)}
+    assert pool_stats()["started"] == started, "runs on shared actors start no process"
+    assert len(pids) <= 2, pids  # the pool's warm actors (pool_size=2)
+
+
 def test_module_globals_of_one_run_are_not_seen_by_the_next() -> None:
-    first_handle = whoami.trigger({}).result()
+    first_handle = whoami_solo.trigger({}).result()
     first = run_output(first_handle)
-    second_handle = whoami.trigger({}).result()
+    second_handle = whoami_solo.trigger({}).result()
     second = run_output(second_handle)
     assert first["pid"] == second["pid"], "both runs should have used one recycled actor"
     assert first["seen"] == [first_handle.id]
@@ -226,6 +250,18 @@ def test_with_recycling_off_every_run_gets_a_fresh_process(separate_deployment: 
     first = run_output(whoami.trigger({}).result())["pid"]
     eventually(lambda: not psutil.pid_exists(first), what=f"actor process {first} to be stopped")
     assert run_output(whoami.trigger({}).result())["pid"] != first
+
+
+def test_a_burst_of_async_runs_shares_one_process(separate_deployment: Any) -> None:
+    separate_deployment(pool_size=1)
+    eventually(lambda: pool_stats()["idle"] == 1, what="the pool's one warm actor")
+    began = time.monotonic()
+    handles = shared_sleeper.batch_trigger([{"s": 1.0}] * 40).result()
+    pids = {run_output(h) for h in handles}
+    assert len(pids) == 1, pids
+    assert pool_stats()["started"] == 1, "no process was started for the burst"
+    # they slept at once: 40 one after another would take 40 s
+    assert time.monotonic() - began < 20
 
 
 def test_the_pool_grows_under_a_burst_and_shrinks_back_to_its_minimum(

@@ -203,7 +203,7 @@ def test_a_long_stream_keeps_a_bounded_tail_and_reads_from_the_end_by_seek() -> 
         lambda: (streams.list_streams(handle.id).result() or [{"length": 0}])[0]["length"] > n,
         what="all chunks",
     )
-    stats = ray.get(live.stream_stats.remote())["long"]
+    stats = ray.get(live.stream_stats.remote(handle.id))["long"]
     settings = conn.settings
     assert stats["tail"] < 2 * settings.tail_chunks
     assert stats["segments"] <= settings.object_store_segments

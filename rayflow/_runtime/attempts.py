@@ -56,7 +56,8 @@ class Suspended(BaseException):
 
 @dataclass
 class Execution:
-    """Everything of the run an actor executes; dropped when it ends."""
+    """Everything of one run an actor executes (beside other runs); dropped
+    when the run leaves the actor."""
 
     run_id: str
     buffers: StreamBuffers
@@ -65,6 +66,9 @@ class Execution:
     canceled: asyncio.Event = field(default_factory=asyncio.Event)
     #: asyncio tasks the run's code created (to find any it leaves running)
     tasks: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+    #: the longest the run's code held its actor's event loop (`loop_watch`), ms
+    loop_blocked_ms: int = 0
+    task_id: str = ""
 
 
 def error_json(e: BaseException) -> str:
@@ -120,6 +124,7 @@ async def _execute(
         run_id,
         StreamBuffers(run_id, store, settings),
         RunInputs(store, run_id, resolved=claim.waitpoint),
+        task_id=run.task_id,
     )
     started(execution)
     blob = await asyncio.to_thread(store.get_task, run.task_id)

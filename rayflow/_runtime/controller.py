@@ -196,6 +196,9 @@ class Controller:
             try:
                 await asyncio.wait_for(live[1].cancel.remote(run_id), 5)
             except (asyncio.TimeoutError, ray.exceptions.RayActorError):
+                # its event loop did not answer for 5 s (a run blocks it, and
+                # every run there with it): stopped, the runs on it resume
+                # from their journals elsewhere
                 ray.kill(live[1], no_restart=True)
         if canceled:
             self.supervisor.notify(run_id, RunStatus.CANCELED)

@@ -69,7 +69,7 @@ async def recover(
 async def reattach(
     store: Store, namespace: str, supervisor: Supervisor
 ) -> dict[str, tuple[str, Any]]:
-    """Supervise again the RunActors still executing a run; stop the idle
+    """Supervise again the runs RunActors are still executing; stop the idle
     ones the previous Controller pooled. Returns run id -> (name, actor)."""
     attached: dict[str, tuple[str, Any]] = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
@@ -78,12 +78,12 @@ async def reattach(
             continue
         try:
             actor = ray.get_actor(name, namespace=namespace)
-            run_id: str | None = await asyncio.wait_for(actor.current_run_id.remote(), 10)
+            run_ids: list[str] = await asyncio.wait_for(actor.run_ids.remote(), 10)
         except (ValueError, asyncio.TimeoutError, ray.exceptions.RayActorError):
             continue
-        if run_id is None:
+        if not run_ids:
             ray.kill(actor, no_restart=True)
-        else:
+        for run_id in run_ids:  # an actor executes many runs
             attached[run_id] = (name, actor)
     for run_id, (name, actor) in attached.items():
         log.info("re-attaching to run %s on %s", run_id, name)

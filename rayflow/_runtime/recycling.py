@@ -1,10 +1,16 @@
-"""Recycling: whether a RunActor may serve another run.
+"""Recycling: whether a RunActor may take more runs after one left it.
 
-After a run the actor goes back to the pool only if nothing of the run is
-left running there: no asyncio task the run's code created is still pending
-and no non-daemon thread it started is alive (thread-pool workers outlive
-runs by design and do not count). Otherwise — or when recycling is switched
-off, or the actor has served `max_runs_per_actor` runs — it is retired.
+An actor executes many runs at once (or one, `runs_per_actor=1`). When a run
+leaves it, the actor stays in the pool only if nothing of that run is left
+running there: no asyncio task the run's code created is still pending
+(those are canceled) and no non-daemon thread the run's code started is
+alive (thread-pool workers outlive runs by design and do not count). Tasks
+and threads are told apart per run — a task by the run context it was
+created in, a thread by the run whose code started it — so a run that
+leaves cleanly is not blamed for another run's thread. Otherwise — or when
+recycling is switched off, or the actor has served `max_runs_per_actor`
+runs — the actor is retired: it takes no new run, and it is stopped once its
+other runs have left.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from typing import Any
 
 from rayflow._config import Settings
 from rayflow._runtime.attempts import Execution
-from rayflow._runtime.context import run_of
+from rayflow._runtime.context import current_run, run_of
 
 log = logging.getLogger("rayflow")
+
+#: the attribute a thread started by a run's code carries: the run's id
+_RUN_ATTR = "_rayflow_run_id"
 
 
 def _pool_worker(thread: threading.Thread) -> bool:
@@ -32,30 +41,27 @@ def _pool_worker(thread: threading.Thread) -> bool:
 
 
 def clean_after(
-    settings: Settings,
-    served: int,
-    actor_name: str,
-    run_id: str,
-    execution: Execution | None,
-    threads: set[threading.Thread],
+    settings: Settings, served: int, actor_name: str, run_id: str, execution: Execution | None
 ) -> bool:
-    """Whether nothing of the run is left running here (and the actor may be
-    recycled); cancels the asyncio tasks the run left. `threads` are the
-    threads that were alive before the run started."""
-    if not settings.pool_recycle or served >= settings.max_runs_per_actor:
-        return False
+    """Whether nothing of the run is left running here (and the actor may
+    take more runs); cancels the asyncio tasks the run left."""
     pending = [t for t in (execution.tasks if execution else ()) if not t.done()]
     for t in pending:
         t.cancel()
+    if not settings.pool_recycle or served >= settings.max_runs_per_actor:
+        return False
     stray = [
         t.name
         for t in threading.enumerate()
-        if t not in threads and t.is_alive() and not t.daemon and not _pool_worker(t)
+        if getattr(t, _RUN_ATTR, None) == run_id
+        and t.is_alive()
+        and not t.daemon
+        and not _pool_worker(t)
     ]
     if pending or stray:
         log.warning(
             "run %s left %d asyncio task(s) and threads %s running; its actor %s is"
-            " retired instead of recycled",
+            " retired (it takes no new run and stops once its other runs have left)",
             run_id,
             len(pending),
             stray,
@@ -65,9 +71,26 @@ def clean_after(
     return True
 
 
-def track_tasks(current: Callable[[], Execution | None]) -> None:
-    """Record every asyncio task created by the current run's code (in its
-    `Execution.tasks`). Install once per event loop."""
+def track_threads() -> None:
+    """Mark every thread started from a run's code with the run's id (once
+    per process; `clean_after` looks for them)."""
+    start = threading.Thread.start
+    if getattr(start, "_rayflow_tracks", False):
+        return
+
+    def tracked_start(self: threading.Thread) -> None:
+        ctx = current_run()
+        if ctx is not None:
+            setattr(self, _RUN_ATTR, ctx.run_id)
+        start(self)
+
+    tracked_start._rayflow_tracks = True  # type: ignore[attr-defined]
+    threading.Thread.start = tracked_start  # type: ignore[method-assign]
+
+
+def track_tasks(executing: Callable[[str], Execution | None]) -> None:
+    """Record every asyncio task created by a run's code in that run's
+    `Execution.tasks` (`executing(run_id)`). Install once per event loop."""
     loop = asyncio.get_running_loop()
     previous = loop.get_task_factory()
 
@@ -79,9 +102,10 @@ def track_tasks(current: Callable[[], Execution | None]) -> None:
         )
         context: contextvars.Context | None = kwargs.get("context")
         ctx = run_of(context)
-        execution = current()
-        if ctx is not None and execution is not None and ctx.run_id == execution.run_id:
-            execution.tasks.add(task)
+        if ctx is not None:
+            execution = executing(ctx.run_id)
+            if execution is not None:
+                execution.tasks.add(task)
         return task
 
     loop.set_task_factory(factory)

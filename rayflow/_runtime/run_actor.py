@@ -1,4 +1,4 @@
-"""RunActor: a pooled Ray actor that executes one run at a time.
+"""RunActor: a pooled Ray actor that executes runs — many at once.
 
 The Controller hands a RunActor a run id (`execute`); the actor claims the
 run in the Store (one transaction: QUEUED -> EXECUTING on this actor) and
@@ -7,25 +7,38 @@ so a run can be started, resumed after a crash or revived after a wait on
 any node and on any actor. `execute` returns when the run has finished or
 suspended. Then nothing of the run is left in the actor — its streams,
 inputs, journal, task object and context belong to an `Execution` that is
-dropped — and the Controller puts the actor back into the pool for the next
-run (recycling), unless the run's code left something running (a pending
-asyncio task, a non-daemon thread), the actor has served
-`max_runs_per_actor` runs, or recycling is switched off: then it is killed.
+dropped.
+
+An actor is a Ray async actor: the runs of `async def` tasks share its event
+loop, each in its own `Execution` (by run id) and its own run context (a
+context variable), so up to `runs_per_actor` of them execute in one process
+at once — an I/O-bound run costs a coroutine, not a process. A task with
+`runs_per_actor=1` (or one that declares resources) gets actors that execute
+one run at a time, as a process of its own. The pool decides how many runs
+an actor takes (`pool`); the actor watches its event loop (`loop_watch`)
+for the pool's placement and to name a run that blocks it.
+
+When a run leaves, the actor takes more runs (recycling) unless the run's
+code left something running (a pending asyncio task, a non-daemon thread),
+the actor has served `max_runs_per_actor` runs, or recycling is switched
+off: then the pool retires it — no new run, stopped once its other runs left.
 
 A cached RunActor handle (a reader's, a writer's, the Inbox's) may point at
-an actor that now executes another run, so every method that concerns a run
-takes its id and answers only for that run.
+an actor that no longer executes the run it looked for, so every method
+that concerns a run takes its id and answers only for that run.
 
 This module is the actor's interface (the methods called with `.remote`);
-executing a run lives in `attempts`, the recycling check in `recycling`.
+executing a run lives in `attempts`, the recycling check in `recycling`,
+the actor's side of readers' polls in `follows`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import ray
 
@@ -33,8 +46,12 @@ from rayflow._config import Settings
 from rayflow._runtime import attempts, connection, hops, recycling
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
+from rayflow._runtime.follows import Follow
+from rayflow._runtime.loop_watch import LoopWatch
 from rayflow._runtime.stream_buffer import ReadReply, Row
 from rayflow.store.base import InboxMessage
+
+log = logging.getLogger("rayflow")
 
 #: `join` for a run this actor does not execute
 LOST = "LOST"
@@ -48,18 +65,19 @@ class RunActor:
         self.settings = settings
         self.name = ray.get_runtime_context().get_actor_name() or ""
         self.served = 0
-        #: the run being executed, from the call to `execute` on
-        self.run_id: str | None = None
-        self.current: Execution | None = None
-        self._outcome: asyncio.Future[tuple[str, bool]] | None = None
-        #: a cancel that came while the run was being claimed
-        self._cancel_pending: str | None = None
-        self._tracking = False
-        #: multiplexed polls in progress (`_poll`, under `follow_many`), by poll id
-        self._polls: dict[str, asyncio.Event] = {}
+        #: the runs claimed here, by id (from the claim to the run leaving)
+        self.executions: dict[str, Execution] = {}
+        #: every run handed to `execute` and not yet left: its outcome
+        self._outcomes: dict[str, asyncio.Future[tuple[str, bool]]] = {}
+        #: cancels that came while their run was being claimed
+        self._cancel_pending: set[str] = set()
+        self._watch: LoopWatch | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        #: `follow_many` calls in progress, by poll id
+        self._follows: dict[str, Follow] = {}
         #: kicks that came before their poll's call (the call answers at once)
         self._kicked: set[str] = set()
-        #: `_poll`s answered (tests and benchmarks count them)
+        #: steps of `follow_many` answered (tests and benchmarks count them)
         self.polls_served = 0
 
     def ready(self) -> bool:
@@ -68,59 +86,114 @@ class RunActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def current_run_id(self) -> str | None:
-        return self.run_id
+    def run_ids(self) -> list[str]:
+        """The runs handed to this actor that have not left it."""
+        return list(self._outcomes)
 
-    # -- executing a run -------------------------------------------------------
+    def loop_lag(self) -> float:
+        """How late (seconds) the event loop ran its timer at worst since the
+        last call: the pool places no new run here while it is too late."""
+        return self._watch.take_lag() if self._watch is not None else 0.0
+
+    # -- executing runs --------------------------------------------------------
+    def _start_watching(self) -> None:
+        if self._watch is None:
+            recycling.track_threads()
+            recycling.track_tasks(self._executing)
+            self._watch = LoopWatch(
+                asyncio.get_running_loop(), self.settings.loop_lag_s, self._whose, self._blocked
+            )
+
     async def execute(self, run_id: str) -> tuple[str, bool]:
-        """Run (or resume) `run_id` to its end or its next suspension.
+        """Run (or resume) `run_id` to its end or its next suspension, beside
+        whatever other runs this actor executes.
 
         Returns (status, recyclable): the run's status (or SKIPPED when it
         could not be claimed, QUEUED when a message woke it while it
-        suspended) and whether this actor is clean enough to serve another run.
+        suspended) and whether the run left this actor clean enough to take
+        more runs.
         """
-        if self.run_id is not None:
-            raise RuntimeError(f"RunActor {self.name} is executing {self.run_id}, not {run_id}")
-        if not self._tracking:
-            self._tracking = True
-            recycling.track_tasks(lambda: self.current)
-        self.run_id = run_id
+        if run_id in self._outcomes:
+            raise RuntimeError(f"RunActor {self.name} is already executing {run_id}")
+        self._start_watching()
         self.served += 1
-        self._outcome = asyncio.ensure_future(self._execute_and_reset(run_id))
-        return await asyncio.shield(self._outcome)
+        outcome = asyncio.ensure_future(self._execute_and_reset(run_id))
+        self._outcomes[run_id] = outcome
+        return await asyncio.shield(outcome)
 
     async def join(self, run_id: str) -> tuple[str, bool]:
-        """Wait for the run being executed (a restarted Controller re-attaching)."""
-        if self.run_id != run_id or self._outcome is None:
-            return LOST, self.run_id is None
-        return await asyncio.shield(self._outcome)
+        """Wait for a run being executed (a restarted Controller re-attaching)."""
+        outcome = self._outcomes.get(run_id)
+        if outcome is None:
+            return LOST, True
+        return await asyncio.shield(outcome)
 
     async def _execute_and_reset(self, run_id: str) -> tuple[str, bool]:
-        threads = set(threading.enumerate())
         try:
-            status = await attempts.execute(
-                self.conn.store, self.settings, run_id, self.name, self._started
+            try:
+                status = await attempts.execute(
+                    self.conn.store, self.settings, run_id, self.name, self._started
+                )
+            finally:
+                execution = self.executions.pop(run_id, None)
+                if execution is not None:
+                    execution.buffers.release()
+                    await execution.inputs.close()
+            recyclable = recycling.clean_after(
+                self.settings, self.served, self.name, run_id, execution
             )
+            return status, recyclable
         finally:
-            execution, self.current = self.current, None
-            if execution is not None:
-                execution.buffers.release()
-                await execution.inputs.close()
-        recyclable = recycling.clean_after(
-            self.settings, self.served, self.name, run_id, execution, threads
-        )
-        self.run_id = self._cancel_pending = None
-        return status, recyclable
+            self._outcomes.pop(run_id, None)
+            self._cancel_pending.discard(run_id)
 
     def _started(self, execution: Execution) -> None:
-        """The run was claimed: it is this actor's current run from now on."""
-        self.current = execution
-        if self._cancel_pending == execution.run_id:
+        """The run was claimed: it executes here from now on."""
+        self.executions[execution.run_id] = execution
+        if execution.run_id in self._cancel_pending:
             execution.canceled.set()
 
     def _executing(self, run_id: str) -> Execution | None:
-        execution = self.current
-        return execution if execution is not None and execution.run_id == run_id else None
+        return self.executions.get(run_id)
+
+    def _whose(self, task: Any) -> tuple[str, str] | None:
+        """The run an asyncio task belongs to (on `loop_watch`'s thread: reads only)."""
+        for execution in list(self.executions.values()):
+            try:
+                if execution.task is task or task in execution.tasks:
+                    return execution.run_id, execution.task_id
+            except RuntimeError:  # its tasks changed while looking
+                continue
+        return None
+
+    def _blocked(self, run_id: str, task_id: str, seconds: float) -> None:
+        """A run held the event loop for `seconds`: every other run here
+        waited that long. Warn, and mark the run (its longest hold)."""
+        log.warning(
+            "run %s (task %r) blocked the event loop of RunActor %s for %.0f ms: every"
+            " run there waited. Move blocking work off the loop (asyncio.to_thread)"
+            " or give the task runs_per_actor=1",
+            run_id,
+            task_id,
+            self.name,
+            seconds * 1000,
+        )
+        execution = self.executions.get(run_id)
+        ms = int(seconds * 1000)
+        if execution is None or ms <= execution.loop_blocked_ms:
+            return
+        execution.loop_blocked_ms = ms
+        store = self.conn.store
+
+        async def mark() -> None:
+            try:
+                await asyncio.to_thread(store.update_run, run_id, loop_blocked_ms=ms)
+            except Exception:
+                log.exception("run %s: could not record that it blocked the event loop", run_id)
+
+        task = asyncio.get_running_loop().create_task(mark())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def deliver(self, run_id: str, stream_id: str, message: InboxMessage) -> bool:
         """The Inbox made a message durable for this run: take it in. False
@@ -132,11 +205,12 @@ class RunActor:
         return True
 
     async def cancel(self, run_id: str) -> None:
-        """Stop the run's code (the Controller has already marked it CANCELED)."""
+        """Stop the run's code (the Controller has already marked it
+        CANCELED); the other runs here go on."""
         execution = self._executing(run_id)
         if execution is None:
-            if self.run_id == run_id:
-                self._cancel_pending = run_id  # still claiming it
+            if run_id in self._outcomes:
+                self._cancel_pending.add(run_id)  # still claiming it
             return
         execution.canceled.set()
         if execution.task is not None and not execution.task.done():
@@ -149,85 +223,72 @@ class RunActor:
         self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
     ) -> AsyncIterator[dict[int, ReadReply]]:
         """Replies to many readers in one process as a stream (a Ray
-        streaming generator, `actor_polls`; each step is `_poll`): yields, by
-        position in `polls`, what readers have something new as
-        soon as they have it, with no call to wait for in between — under a
-        flood a commit's rows leave at once instead of after the reader's
+        streaming generator, `actor_polls`): `polls` are (run id, key, next
+        index), of any runs this actor executes. Yields, by position in
+        `polls`, what readers have something new — rows, a sealed segment,
+        `closed`, or `from_store` when this actor does not execute that run —
+        as soon as they have it, with no call to wait for in between: under
+        a flood a commit's rows leave at once instead of after the reader's
         next call has arrived (measured: ~3.5 ms of a chunk's ~8 ms). A
         reader's position moves past the rows it was sent; a reader sent
-        anything else (segment, closed, from_store) leaves the stream. Ends
-        at `kick(poll_id)` and after `wait_s` in all (the caller follows
-        again: a stream whose caller is gone cannot go on for long)."""
+        anything else leaves the stream. After the first look only the
+        readers of runs with news are looked at again (`follows`). Ends at
+        `kick(poll_id)`, after `wait_s` in all (the caller follows again: a
+        stream whose caller is gone cannot go on for long), or when no run
+        it follows executes here. A key nobody wrote allocates nothing here;
+        its reader waits like the rest."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        following = dict(enumerate(polls))
-        while following and loop.time() < deadline:
-            order = list(following)
-            replies, kicked = await self._poll(
-                [following[i] for i in order], limit, deadline - loop.time(), poll_id
-            )
-            out: dict[int, ReadReply] = {}
-            for j, reply in replies.items():
-                i = order[j]
-                out[i] = reply
-                run_id, key, _ = following[i]
-                if reply.rows:
-                    following[i] = (run_id, key, reply.rows[-1][0] + 1)
-                    if hops.enabled():
-                        hops.mark("reply", [hops.stream_id(run_id, key, r[0]) for r in reply.rows])
-                else:
-                    del following[i]
-            if out:
-                yield out
-            if kicked or not out:
-                return
-
-    async def _poll(
-        self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
-    ) -> tuple[dict[int, ReadReply], bool]:
-        """One look-and-wait for many readers in one process: `polls` are (run
-        id, key, next index). Returns, by position in `polls`, what each
-        reader that has something new gets — rows, a sealed segment,
-        `closed`, or `from_store` when this actor does not execute that run
-        — as soon as one has, or {} after `wait_s`; and whether
-        `kick(poll_id)` ended the wait early. A key nobody wrote allocates
-        nothing here; its reader waits like the rest."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        self.polls_served += 1
-        kicked = self._polls[poll_id] = asyncio.Event()
+        follow = self._follows[poll_id] = Follow(self._executing, polls)
         if poll_id in self._kicked:
             self._kicked.discard(poll_id)
-            kicked.set()  # the kick came before this call: answer at once
-        checked: set[int] = set()
+            follow.kick()  # the kick came before this call: answer at once
+        first = True
         try:
-            while True:
-                execution = self.current
-                activity = execution.buffers.activity if execution is not None else None
+            while follow.polls:
+                # watch before looking: a commit while looking is not missed
+                follow.watch()
+                follow.wake.clear()
+                runs = None if first else follow.take_changed()
+                self.polls_served += 1
                 out: dict[int, ReadReply] = {}
-                for i, (run_id, key, start) in enumerate(polls):
-                    reply = await self._peek(run_id, key, start, limit, look=i not in checked)
-                    checked.add(i)
-                    if reply is not None:
-                        out[i] = reply
+                for i, (run_id, key, start) in list(follow.polls.items()):
+                    if runs is not None and run_id not in runs:
+                        continue
+                    reply = await self._peek(run_id, key, start, limit, look=first)
+                    if reply is None:
+                        continue
+                    out[i] = reply
+                    if reply.rows:
+                        follow.polls[i] = (run_id, key, reply.rows[-1][0] + 1)
+                        if hops.enabled():
+                            ids = [hops.stream_id(run_id, key, r[0]) for r in reply.rows]
+                            hops.mark("reply", ids)
+                    else:
+                        del follow.polls[i]
+                first = False
+                if out:
+                    yield out
+                if follow.kicked or not follow.polls:
+                    return
                 left = deadline - loop.time()
-                if out or left <= 0 or kicked.is_set() or activity is None:
-                    return out, kicked.is_set()
-                # wait on the run's activity itself, not on a task that waits
-                # for it: then this poll answers first once a commit is
-                # published, ahead of the writers the commit resolves (under a
-                # flood a writer's next burst ran first: ~1 ms). A kick and the
-                # deadline wake it through the activity too (the run's other
-                # polls look once and wait again).
-                assert execution is not None
-                timer = loop.call_later(left, execution.buffers.poke)
+                if left <= 0 or not follow.watching:
+                    return
+                if follow.changed:
+                    continue
+                # wait on the watched runs' news itself, not on a task that
+                # waits for it: then this poll answers first once a commit is
+                # published, ahead of the writers the commit resolves (under
+                # a flood a writer's next burst ran first: ~1 ms)
+                timer = loop.call_later(left, follow.wake.set)
                 try:
-                    await activity.wait()
+                    await follow.wake.wait()
                 finally:
                     timer.cancel()
         finally:
-            if self._polls.get(poll_id) is kicked:
-                del self._polls[poll_id]
+            follow.close()
+            if self._follows.get(poll_id) is follow:
+                del self._follows[poll_id]
 
     async def _peek(
         self, run_id: str, key: str, start: int, limit: int, *, look: bool
@@ -244,16 +305,14 @@ class RunActor:
         return await buf.peek(start, limit)
 
     def poll_count(self) -> int:
-        """How many polls (`_poll`, the steps of `follow_many`) this actor has answered."""
+        """How many looks (steps of `follow_many`) this actor has answered."""
         return self.polls_served
 
     def kick(self, poll_id: str) -> None:
-        """End the long poll `poll_id` now (its process has a new reader)."""
-        event = self._polls.get(poll_id)
-        if event is not None:
-            event.set()
-            if self.current is not None:
-                self.current.buffers.poke()  # what the poll waits on
+        """End the `follow_many` stream `poll_id` now (its process has a new reader)."""
+        follow = self._follows.get(poll_id)
+        if follow is not None:
+            follow.kick()
         else:  # it may overtake its call: the call finds it
             if len(self._kicked) > 1000:
                 self._kicked.clear()
@@ -272,7 +331,7 @@ class RunActor:
         (streams opened later load their length from the Store, and a
         released run's readers read the Store)."""
         self.published_count += 1
-        if self.run_id != run_id:
+        if run_id not in self._outcomes:
             raise RunMoved(f"run {run_id} is not executing on {self.name}")
         execution = self._executing(run_id)
         if execution is None or execution.buffers.closed:
@@ -284,14 +343,15 @@ class RunActor:
         """Calls to `published` this actor has answered (all runs)."""
         return self.published_count
 
-    def stream_stats(self) -> dict[str, dict[str, int]]:
-        """Per stream of the current run: committed length, chunks in the heap
-        tail, sealed segments."""
-        if self.current is None:
+    def stream_stats(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Per stream of the run (when it executes here): committed length,
+        chunks in the heap tail, sealed segments."""
+        execution = self._executing(run_id)
+        if execution is None:
             return {}
         return {
             key: {"length": b.length, "tail": len(b.tail), "segments": len(b.segments)}
-            for key, b in self.current.buffers.streams.items()
+            for key, b in execution.buffers.streams.items()
         }
 
     async def close_stream(self, run_id: str, key: str) -> None:

@@ -309,10 +309,15 @@ class StreamBuffers:
         #: new for readers, a stream gets its buffer, the run ends or leaves:
         #: what a RunActor's multiplexed long poll waits on
         self.activity = asyncio.Event()
+        #: called with the run id at every `activity` (a RunActor's
+        #: `follow_many` watching many runs: it looks again at this run only)
+        self.watchers: set[Callable[[str], None]] = set()
 
     def _wake(self) -> None:
         self.activity.set()
         self.activity = asyncio.Event()
+        for watcher in tuple(self.watchers):
+            watcher(self.run_id)
 
     def poke(self) -> None:
         """Wake every long poll waiting on `activity` to look again, though

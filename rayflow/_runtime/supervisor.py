@@ -1,8 +1,10 @@
 """Supervision: a run on its RunActor, from the pool to its end.
 
-`run_on_actor` takes an actor from the pool and awaits `execute(run_id)`;
-`supervise` gets back `(status, recyclable)`, gives the actor back to the pool
-or retires it, frees the run's slot, and then: tells the run's waiters when it
+`run_on_actor` takes a place on an actor from the pool (an actor executes
+many runs at once) and awaits `execute(run_id)`; `supervise` gets back
+`(status, recyclable)`, gives the place back to the pool or retires the
+actor (it takes no new run and stops once its other runs left; at once when
+it died), frees the run's slot, and then: tells the run's waiters when it
 finished, relaunches it when a message woke it while it suspended, or resumes
 it from its journal when its actor was lost (at most `MAX_CRASH_RESUMES`
 times, then the run is CRASHED) or when the Store stayed unreachable during
@@ -68,7 +70,7 @@ class Supervisor:
         """Supervise a RunActor an earlier Controller started (recovery)."""
         self.admission.live[run_id] = (name, actor)
         self.admission.slots += 1
-        self.pool.adopt(resources)
+        self.pool.adopt(name, actor, resources)
         self._spawn(self.supervise(run_id, name, actor, resources, actor.join.remote(run_id)))
 
     async def supervise(
@@ -77,10 +79,12 @@ class Supervisor:
         status: str | None = None
         recyclable = False
         live = self.admission.live
+        dead = False
         try:
             status, recyclable = await ref
         except ray.exceptions.RayActorError:
             log.warning("run %s lost its actor", run_id)
+            dead = True
         except Exception:
             log.exception("run %s: its actor failed outside the task", run_id)
         finally:
@@ -89,7 +93,7 @@ class Supervisor:
             if recyclable:
                 self.pool.give_back(name, actor, resources)
             else:
-                self.pool.retire(name, actor, resources)
+                self.pool.retire(name, actor, resources, dead=dead)
             self.admission.release_slot()
         if status is None or status == LOST:
             await self._resume(run_id, resources, outage=False)

@@ -103,6 +103,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN batch_id TEXT",
         "CREATE INDEX IF NOT EXISTS runs_batch ON runs (batch_id)",
     ],
+    # 3: the longest the run's code held its RunActor's event loop (ms), when
+    #    it held it past `loop_lag_s` (every run on that actor waited)
+    [
+        "ALTER TABLE runs ADD COLUMN loop_blocked_ms BIGINT",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -49,6 +49,7 @@ class RunRecord:
     actor_name: str | None = None  # the Ray actor currently executing it
     metadata: str | None = None  # JSON text: an object, set by rayflow.metadata
     batch_id: str | None = None  # the batch trigger that created it
+    loop_blocked_ms: int | None = None  # the longest it held its actor's event loop
 
     @property
     def finished(self) -> bool:

@@ -119,6 +119,9 @@ class RunResponse(RunSummary):
     output: Any = None
     metadata: dict[str, Any] | None = None
     batch_id: str | None = None
+    #: rayflow's own: the longest the run held its RunActor's event loop (ms)
+    #: past the limit (the dashboard marks the run; every run there waited)
+    loop_blocked_ms: int | None = None
     error: RunError | None = None
     attempt_count: int = 0
     related_runs: RelatedRuns = RelatedRuns()
@@ -206,6 +209,7 @@ def run_response(run: Any, parent: Any, root: Any, children: list[Any]) -> RunRe
         output=_json(run.output),
         metadata=run_metadata(run),
         batch_id=run.batch_id,
+        loop_blocked_ms=run.loop_blocked_ms,
         error=error,
         attempt_count=run.attempt,
         related_runs=RelatedRuns(

@@ -1,0 +1,78 @@
+"""The RunActor's side of `follow_many`: one reader process's polls on the
+streams of the runs an actor executes, answered as their streams commit.
+
+A RunActor executes many runs at once, and a process reading streams of
+several of them follows them all in one call (`actor_polls`). A `Follow`
+watches the `StreamBuffers` of every run it has a reader for; when one has
+news it looks again at that run's readers only, so a commit costs the
+readers of its run, not every reader the call carries (1,000 runs on one
+actor, read from one process: one look per commit, not 1,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rayflow._runtime.attempts import Execution
+    from rayflow._runtime.stream_buffer import StreamBuffers
+
+#: one reader's poll: (run id, stream key, next index)
+Poll = tuple[str, str, int]
+
+
+class Follow:
+    """The polls of one `follow_many` call, by position in the call."""
+
+    def __init__(self, executing: Callable[[str], Execution | None], polls: list[Poll]) -> None:
+        self._executing = executing
+        self.polls: dict[int, Poll] = dict(enumerate(polls))
+        #: set when a watched run has news, at the deadline and at a kick
+        self.wake = asyncio.Event()
+        self.kicked = False
+        #: runs with news since they were last looked at
+        self.changed: set[str] = set()
+        self._watched: dict[str, StreamBuffers] = {}
+
+    def _on_change(self, run_id: str) -> None:
+        self.changed.add(run_id)
+        self.wake.set()
+
+    def kick(self) -> None:
+        self.kicked = True
+        self.wake.set()
+
+    @property
+    def watching(self) -> bool:
+        """Whether any run polled executes here (there is something to wait on)."""
+        return bool(self._watched)
+
+    def watch(self) -> None:
+        """Watch the buffers of every polled run executing here now, and no
+        others. Called before looking, so a commit in between is not missed."""
+        runs = {run_id for run_id, _, _ in self.polls.values()}
+        for run_id in [r for r in self._watched if r not in runs]:
+            self._watched.pop(run_id).watchers.discard(self._on_change)
+        for run_id in runs:
+            execution = self._executing(run_id)
+            buffers = execution.buffers if execution is not None else None
+            watched = self._watched.get(run_id)
+            if watched is buffers:
+                continue
+            if watched is not None:  # the run left and came back: new buffers
+                watched.watchers.discard(self._on_change)
+                del self._watched[run_id]
+            if buffers is not None:
+                buffers.watchers.add(self._on_change)
+                self._watched[run_id] = buffers
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def close(self) -> None:
+        for buffers in self._watched.values():
+            buffers.watchers.discard(self._on_change)
+        self._watched.clear()
