@@ -1,8 +1,9 @@
 """Admission: which runs hold a slot, and the queue of runs waiting for one.
 
-A box holds ~100–150 live RunActors (docs/scaling.md), so at most
-`max_live_runs` runs hold a slot — live on an actor or getting one from the
-pool; the rest wait here, QUEUED in the Store. The queue is memory only: a
+A slot is a run, not a process: runs of async tasks share RunActors
+(~0.1 MiB each, docs/scaling.md), so `max_live_runs` is sized by memory. At
+most that many runs hold a slot — live on an actor or getting a place on one
+from the pool; the rest wait here, QUEUED in the Store. The queue is memory only: a
 restarted Controller rebuilds it from the Store (`recovery`). A run is
 launched at most once at a time (`live` or `pending`); the RunActor's claim in
 the Store (QUEUED -> EXECUTING) makes a second launch by a race harmless.

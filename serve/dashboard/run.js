@@ -187,6 +187,14 @@ function renderRun(r) {
   document.getElementById("run-created").textContent = fmtTime(r.createdAt);
   document.getElementById("run-duration").textContent = fmtDuration(r.startedAt || r.createdAt, r.finishedAt);
   document.getElementById("run-attempts").textContent = r.attemptCount ?? "—";
+  // the run blocked the event loop it shares with other runs (docs/architecture.md)
+  const blocked = r.loopBlockedMs;
+  document.getElementById("run-blocked-label").hidden = !blocked;
+  const blockedBox = document.getElementById("run-blocked");
+  blockedBox.hidden = !blocked;
+  blockedBox.textContent = blocked
+    ? `blocked its actor's event loop for ${blocked} ms (every run there waited): move blocking work to asyncio.to_thread`
+    : "";
   document.getElementById("run-payload").textContent = pretty(r.payload);
   document.getElementById("run-metadata").textContent = r.metadata ? pretty(r.metadata) : "—";
   const out = document.getElementById("run-output");
