@@ -331,24 +331,18 @@ def task(
     HTTP triggers refer to it. `retry` (int or RetryPolicy) retries failed
     attempts with backoff; `max_duration` ("5m", seconds) ends a run as
     TIMED_OUT; `num_cpus`/`num_gpus`/`memory`/`resources` are given to the
-    run's Ray actor. Runs share RunActor processes: up to `runs_per_actor`
-    runs (default `RAYFLOW_RUNS_PER_ACTOR`, 1000) execute on one actor's event
-    loop, each with its own context, streams, inputs and metadata, but the
-    modules they import are the process's (like any async server). Code that
-    blocks the loop (CPU work, blocking I/O) delays the others and is reported;
-    `runs_per_actor=1` gives each run a process of its own (as does declaring
-    resources, which are per run). `inputs` lists input streams the task receives on that
-    its own code does not name (e.g. used in a helper function); those it
-    names are found by themselves. Their types are checked at the HTTP edge
+    run's Ray actor. Up to `runs_per_actor` runs (default 1000) share one
+    actor's event loop, each with its own context, streams, inputs and
+    metadata (imported modules are shared): do not block the loop;
+    `runs_per_actor=1` (the default with resources) gives a run a process.
+    `inputs` lists input streams the task receives on that its own code
+    does not name (e.g. used in a helper function); those it names are
+    found by themselves. Their types are checked at the HTTP edge
     (a wrong send is a 422 and is not stored). Code in a task that may
     suspend must be deterministic between durable operations (see `step`).
     """
 
-    if runs_per_actor is not None and (
-        isinstance(runs_per_actor, bool)
-        or not isinstance(runs_per_actor, int)
-        or runs_per_actor < 1
-    ):
+    if runs_per_actor is not None and (type(runs_per_actor) is not int or runs_per_actor < 1):
         raise InvalidArgument(f"runs_per_actor must be a whole number >= 1, not {runs_per_actor!r}")
 
     def wrap(f: Callable[[T], Awaitable[R]]) -> Task[T, R]:

@@ -220,3 +220,9 @@ def test_an_actor_killed_with_many_runs_on_it_resumes_every_run_with_every_chunk
         t.join(30)
     for run_id, got in live.items():
         assert got == list(range(n_ticks)), run_id
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+def test_runs_per_actor_must_be_a_whole_number_of_at_least_one(bad: Any) -> None:
+    with pytest.raises(rayflow.errors.InvalidArgument, match="runs_per_actor"):
+        task(id="shared-bad", runs_per_actor=bad)
