@@ -196,10 +196,11 @@ class Controller:
             try:
                 await asyncio.wait_for(live[1].cancel.remote(run_id), 5)
             except (asyncio.TimeoutError, ray.exceptions.RayActorError):
-                # its event loop did not answer for 5 s (a run blocks it, and
-                # every run there with it): stopped, the runs on it resume
-                # from their journals elsewhere
-                ray.kill(live[1], no_restart=True)
+                if not await self._answers(live[1]):
+                    # its event loop is stuck (a run blocks it, and every
+                    # run there with it): stopped, the runs on it resume
+                    # from their journals elsewhere
+                    ray.kill(live[1], no_restart=True)
         if canceled:
             self.supervisor.notify(run_id, RunStatus.CANCELED)
             children = await asyncio.to_thread(
@@ -208,6 +209,15 @@ class Controller:
             for child in children:
                 await self.cancel(child.id)
         return canceled
+
+    async def _answers(self, actor: Any) -> bool:
+        """Whether a RunActor's event loop answers a call (a cancel that took
+        long may only have waited for the Store: its other runs are fine)."""
+        try:
+            await asyncio.wait_for(actor.ready.remote(), 1)
+        except (asyncio.TimeoutError, ray.exceptions.RayActorError):
+            return False
+        return True
 
     # -- housekeeping ----------------------------------------------------------
     async def cleanup_expired(self) -> int:
