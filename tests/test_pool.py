@@ -152,7 +152,8 @@ def test_a_run_that_leaves_something_running_retires_its_actor(leaver: Any) -> N
     assert run_output(whoami.trigger({}).result())["pid"] != pid
 
 
-@task(id="pool-metadata-then-wait")
+# a process per run: one actor of its shape, so a retired actor shows as a new pid
+@task(id="pool-metadata-then-wait", runs_per_actor=1)
 async def metadata_then_wait(payload: dict) -> dict:  # type: ignore[type-arg]
     before = await step("pid", os.getpid)
     metadata.set("phase", "waiting")  # not flushed: its write is pending as the run suspends
