@@ -1,10 +1,11 @@
 """A RunActor's output streams: group commit, in-memory tail, sealed segments.
 
-Writes queue per stream; the run's one committer (`stream_commit`) takes
-what every stream has queued and commits it to the Store in one transaction
-(group commit), so a burst of writes, to one stream or many, costs one
-commit. Only then are the chunks visible to readers and the writers'
-futures resolved: acknowledged = durable = visible.
+Writes queue per stream; the event loop's one committer (`stream_commit`)
+takes what every stream of every run on it has queued and commits it to
+the Store in one transaction (group commit), so a burst of writes, to one
+stream or many, of one run or many, costs one commit. Only then are the
+chunks visible to readers and the writers' futures resolved: acknowledged
+= durable = visible.
 
 Memory stays bounded however long a stream grows: the newest `tail_chunks`
 chunks stay in the actor's heap; full batches are sealed into the Ray object
@@ -28,7 +29,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import hops
-from rayflow._runtime.stream_commit import Entry, RunCommitter
+from rayflow._runtime.stream_commit import Entry, StreamCommitter, loop_committer
 from rayflow.errors import StreamClosed
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamInfo, now_ms
@@ -74,10 +75,11 @@ class StreamBuffer:
         tail_chunks: int,
         segments: int,
         max_bytes: int,
-        committer: RunCommitter | None = None,
+        committer: StreamCommitter | None = None,
     ) -> None:
         self.run_id, self.key, self.store = run_id, key, store
-        self.committer = committer or RunCommitter(store, max_bytes)
+        #: the event loop's (`loop_committer`), found on the first write
+        self._committer = committer
         self.length = length
         self.tail: list[Row] = []
         self.tail_start = length
@@ -86,6 +88,11 @@ class StreamBuffer:
         self.closed = False
         self._pending: list[Entry] = []
         self._pending_chunks = 0
+        #: entries ever queued / landed (committed, failed or refused after
+        #: queueing): a drain waits for the landed count to reach the queued
+        #: count at its call; `_landing` is set at each landing
+        self._queued_count = self._landed_count = 0
+        self._landing: asyncio.Event | None = None
         #: the stream's length and closed flag being read from the Store (a
         #: thread hop, never on the loop); writes queue meanwhile
         self._loading: asyncio.Task[None] | None = None
@@ -114,10 +121,17 @@ class StreamBuffer:
             self.closed = self.closed or found.closed
         if self.closed:
             pending, self._pending, self._pending_chunks = self._pending, [], 0
+            self._land(pending)
             for entry in pending:
                 self._refuse(entry)
         elif self._pending:
             self.committer.wake(self)
+
+    @property
+    def committer(self) -> StreamCommitter:
+        if self._committer is None:
+            self._committer = loop_committer(self.store, self.max_bytes)
+        return self._committer
 
     def _refuse(self, entry: Entry) -> None:
         """A closed stream takes no new chunk — but a revived run's replay
@@ -146,8 +160,29 @@ class StreamBuffer:
 
     def _fail_pending(self, error: BaseException) -> None:
         pending, self._pending, self._pending_chunks = self._pending, [], 0
-        for entry in pending:
+        self.fail_taken(pending, error)
+
+    def fail_pending(self, error: BaseException) -> None:
+        """Every queued write fails with `error` (its committer stopped)."""
+        self._fail_pending(error)
+
+    def fail_taken(self, entries: list[Entry], error: BaseException) -> None:
+        """Entries taken for a commit that failed with `error`."""
+        for entry in entries:
             entry.fail(error)
+        self._land(entries)
+
+    def _land(self, entries: list[Entry]) -> None:
+        fresh = 0
+        for entry in entries:
+            if not entry.landed:
+                entry.landed = True
+                fresh += 1
+        if fresh:
+            self._landed_count += fresh
+            if self._landing is not None:
+                self._landing.set()
+                self._landing = None
 
     async def ready(self) -> None:
         """Length and closed are known (raises what reading them raised)."""
@@ -180,6 +215,7 @@ class StreamBuffer:
             return future
         self._pending.append(Entry(writes, future, single))
         self._pending_chunks += len(writes)
+        self._queued_count += 1
         if self.loaded:
             self.committer.wake(self)
         return future
@@ -203,6 +239,15 @@ class StreamBuffer:
 
     async def settle(self, entries: list[Entry], result: AppendResult) -> None:
         """The entries are committed as `result` says: publish, then acknowledge."""
+        try:
+            await self._publish(entries, result)
+        except Exception as e:  # committed, but not visible here: the writer hears it
+            for entry in entries:
+                entry.fail(e)
+        finally:
+            self._land(entries)
+
+    async def _publish(self, entries: list[Entry], result: AppendResult) -> None:
         writes = [w for e in entries for w in e.writes]
         now = now_ms()
         done = [(w, seq) for w, seq in zip(writes, result.seqs, strict=True) if seq is not None]
@@ -263,9 +308,15 @@ class StreamBuffer:
             self.on_change()
 
     async def drain(self) -> None:
-        """Wait until everything submitted so far is committed."""
+        """Wait until everything submitted to this stream so far is committed
+        (or has failed): only this stream's writes, whatever other streams
+        and runs sharing the committer keep writing."""
         await self.ready()
-        await self.committer.drain()
+        target = self._queued_count
+        while self._landed_count < target:
+            if self._landing is None:
+                self._landing = asyncio.Event()
+            await self._landing.wait()
 
     def close(self) -> None:
         self.closed = True
@@ -303,7 +354,6 @@ class StreamBuffers:
     def __init__(self, run_id: str, store: Store, settings: Any) -> None:
         self.run_id, self.store, self.settings = run_id, store, settings
         self.streams: dict[str, StreamBuffer] = {}
-        self.committer = RunCommitter(store, settings.max_stream_bytes)
         self.closed = False
         #: set (and replaced) whenever any stream of the run has something
         #: new for readers, a stream gets its buffer, the run ends or leaves:
@@ -348,7 +398,6 @@ class StreamBuffers:
                 tail_chunks=self.settings.tail_chunks,
                 segments=self.settings.object_store_segments,
                 max_bytes=self.settings.max_stream_bytes,
-                committer=self.committer,
             )
             buf.closed = self.closed
             buf.on_change = self._wake

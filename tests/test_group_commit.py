@@ -1,0 +1,189 @@
+"""Group commit across the runs of a process (issue 21, item 4).
+
+A RunActor hosting many runs commits what all of them wrote in one Store
+transaction per round, not one per run: 1,000 runs streaming 10 tokens a
+second are 10,000 writes a second from a few processes. These tests give
+many runs' `StreamBuffers` on one event loop a real Store (SQLite and
+PostgreSQL) that counts its transactions, and check that they are few,
+that every chunk is stored once and in order, that acknowledged = durable
+= visible still holds, that a stream past its limit fails alone and that a
+run's drain waits for its own writes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from rayflow._config import Settings
+from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow.errors import StreamTooLarge
+from rayflow.store import Store
+from rayflow.store.base import ChunkWrite, RunRecord
+
+
+class CountingStore:
+    """A real Store that counts its `append_chunks_many` transactions."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.transactions = 0
+
+    def append_chunks_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.transactions += 1
+        return self._inner.append_chunks_many(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def new_run(store: Store) -> str:
+    run_id = f"run_{uuid.uuid4().hex[:20]}"
+    store.create_run(RunRecord(id=run_id, task_id="group-commit", status="EXECUTING", attempt=1))
+    return run_id
+
+
+def write(value: Any, seq: int, writer: str = "w") -> ChunkWrite:
+    return ChunkWrite(data=json.dumps(value), writer_id=writer, writer_seq=seq)
+
+
+async def test_many_runs_on_one_loop_commit_in_few_transactions(store: Store) -> None:
+    runs, tokens = 200, 10
+    counting = CountingStore(store)
+    settings = Settings()
+    run_ids = [await asyncio.to_thread(new_run, store) for _ in range(runs)]
+    buffers = [StreamBuffers(r, counting, settings) for r in run_ids]  # type: ignore[arg-type]
+
+    async def run(bufs: StreamBuffers) -> None:
+        out = bufs.get("out")
+        for i in range(tokens):
+            seq = await out.submit(write(f"t{i}", i))
+            assert seq == i
+            # acknowledged = visible: a reader at `seq` finds it in the tail now
+            reply = await out.peek(i, 10)
+            assert reply is not None and reply.rows[0][:2] == (i, json.dumps(f"t{i}"))
+
+    await asyncio.gather(*(run(b) for b in buffers))
+    # one transaction per run and token would be runs × tokens = 2,000
+    assert counting.transactions <= 4 * tokens, counting.transactions
+    for run_id in run_ids:
+        chunks = await asyncio.to_thread(store.read_chunks, run_id, "out", 0, 100)
+        assert [(c.seq, c.data) for c in chunks] == [
+            (i, json.dumps(f"t{i}")) for i in range(tokens)
+        ]
+
+
+async def test_runs_writing_many_streams_and_batches_keep_each_streams_order(store: Store) -> None:
+    counting = CountingStore(store)
+    run_ids = [await asyncio.to_thread(new_run, store) for _ in range(30)]
+    buffers = [StreamBuffers(r, counting, Settings()) for r in run_ids]  # type: ignore[arg-type]
+
+    async def run(bufs: StreamBuffers) -> None:
+        futures = []
+        for i in range(40):
+            key = f"k{i % 3}"
+            if i % 5 == 0:
+                futures.append(
+                    bufs.get(key).submit_batch([write(i, 2 * i, key), write(-i, 2 * i + 1, key)])
+                )
+            else:
+                futures.append(bufs.get(key).submit(write(i, 2 * i, key)))
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*futures)
+        await bufs.drain()
+
+    await asyncio.gather(*(run(b) for b in buffers))
+    assert counting.transactions <= 20, counting.transactions
+    for run_id in run_ids:
+        for k in range(3):
+            want: list[int] = []
+            for i in range(k, 40, 3):
+                want += [i, -i] if i % 5 == 0 else [i]
+            chunks = await asyncio.to_thread(store.read_chunks, run_id, f"k{k}", 0, 1000)
+            assert [json.loads(c.data) for c in chunks] == want
+            assert [c.seq for c in chunks] == list(range(len(want)))
+
+
+async def test_a_stream_past_its_limit_fails_alone_in_a_shared_round(store: Store) -> None:
+    settings = Settings(max_stream_bytes=200)
+    counting = CountingStore(store)
+    run_ids = [await asyncio.to_thread(new_run, store) for _ in range(20)]
+    buffers = [StreamBuffers(r, counting, settings) for r in run_ids]  # type: ignore[arg-type]
+    # every stream knows its length: one round takes a write of each
+    await asyncio.gather(*(b.get("out").ready() for b in buffers))
+    big = "x" * 300
+    results = await asyncio.gather(
+        *(
+            b.get("out").submit(write(big if n == 7 else f"small{n}", 0))
+            for n, b in enumerate(buffers)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[7], StreamTooLarge) and results[7].run_id == run_ids[7]
+    assert [r for n, r in enumerate(results) if n != 7] == [0] * 19
+    # the round that failed, the others together again, the oversized write
+    # alone: not one per run
+    assert counting.transactions == 3, counting.transactions
+    # the stream that refused a write still takes the next one
+    assert await buffers[7].get("out").submit(write("fits", 1)) == 0
+    for n, run_id in enumerate(run_ids):
+        chunks = await asyncio.to_thread(store.read_chunks, run_id, "out", 0, 10)
+        assert [json.loads(c.data) for c in chunks] == ["fits" if n == 7 else f"small{n}"]
+
+
+async def test_a_runs_drain_waits_for_its_own_writes_not_for_other_runs(store: Store) -> None:
+    quiet_id, busy_id = [await asyncio.to_thread(new_run, store) for _ in range(2)]
+    quiet = StreamBuffers(quiet_id, store, Settings())
+    busy = StreamBuffers(busy_id, store, Settings())
+    stop = asyncio.Event()
+
+    async def flood() -> int:
+        n = 0
+        while not stop.is_set():
+            futures = [busy.get("out").submit(write(n + i, n + i)) for i in range(50)]
+            n += 50
+            await asyncio.gather(*futures)
+        return n
+
+    flooding = asyncio.get_running_loop().create_task(flood())
+    await asyncio.sleep(0.2)  # the committer is busy with the flood
+    future = quiet.get("out").submit(write("mine", 0))
+    await asyncio.wait_for(quiet.drain(), timeout=30)
+    assert future.done() and future.result() == 0
+    assert not flooding.done(), "the flood ended before the drain was tested"
+    stop.set()
+    written = await flooding
+    await busy.drain()
+    chunks = await asyncio.to_thread(store.read_chunks, busy_id, "out", 0, written + 1)
+    assert [c.seq for c in chunks] == list(range(written))
+
+
+async def test_a_failing_store_fails_every_write_of_the_round_and_the_next_commits(
+    store: Store,
+) -> None:
+    runs = 3
+
+    class FailOnce(CountingStore):
+        def append_chunks_many(self, *args: Any, **kwargs: Any) -> Any:
+            self.transactions += 1
+            if self.transactions == 1:
+                raise ConnectionError("the database went away (played)")
+            return self._inner.append_chunks_many(*args, **kwargs)
+
+    failing = FailOnce(store)
+    run_ids = [await asyncio.to_thread(new_run, store) for _ in range(runs)]
+    buffers = [StreamBuffers(r, failing, Settings()) for r in run_ids]  # type: ignore[arg-type]
+    await asyncio.gather(*(b.get("out").ready() for b in buffers))
+    first = await asyncio.gather(
+        *(b.get("out").submit(write("a", 0)) for b in buffers), return_exceptions=True
+    )
+    assert all(isinstance(r, ConnectionError) for r in first), first
+    # a retry with the same writer numbers is stored once
+    assert (
+        await asyncio.gather(*(b.get("out").submit(write("a", 0)) for b in buffers)) == [0] * runs
+    )
+    for b in buffers:
+        await asyncio.wait_for(b.drain(), timeout=30)
