@@ -132,8 +132,16 @@ async def _execute(
         error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
         await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, json.dumps(error))
         return RunStatus.FAILED
-    # unpickled per run: module globals of one run's code are not the next one's
-    task = cloudpickle.loads(blob)
+    try:
+        # unpickled per run: module globals of one run's code are not the next one's
+        task = cloudpickle.loads(blob)
+    except Unavailable:
+        raise
+    except Exception as e:
+        # not a crash: another actor would fail to load it the same way
+        error = _load_error(run_id, run.task_id, e)
+        await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, error)
+        return RunStatus.FAILED
     options = json.loads(run.options)
     retry = options.get("retry") or {}
     max_attempts = int(retry.get("max_attempts", 1))
@@ -203,6 +211,17 @@ async def _execute(
     await asyncio.to_thread(store.finish_run, run_id, status, output, error_text)
     execution.buffers.close_all()
     return status
+
+
+def _load_error(run_id: str, task_id: str, e: Exception) -> str:
+    error = json.loads(error_json(e))
+    error["name"] = "TaskLoadError"
+    error["message"] = (
+        f"run {run_id}: the code of task {task_id!r} cannot be loaded in its RunActor:"
+        f" {type(e).__name__}: {e}. Something the task's code names failed to unpickle or"
+        " to build there (a stream's type, a global); fix it and trigger the run again."
+    )
+    return json.dumps(error)
 
 
 def _trigger_metadata(options: dict[str, Any]) -> dict[str, Any]:
