@@ -1,6 +1,9 @@
 """One long poll per replica on the RunEvents actor, shared by every run
 subscription this replica serves (see rayflow/_runtime/run_events.py).
 
+The feed also carries named streams' changes, as keys `stream:<path>`
+(`rayflow/_runtime/named_signals.py`); a wait for any run ignores them.
+
 `changes()` returns a `Changes` cursor taken *before* the caller reads its
 rows; `wait_for(cursor, run_ids)` then returns as soon as one of those runs
 changed after the cursor (or everything must be re-read), so a change
@@ -16,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from rayflow._runtime.named_signals import FEED_PREFIX
 from rayflow._runtime.serving import current, run_events, shared_task
 
 log = logging.getLogger("rayflow.serve")
@@ -92,7 +96,12 @@ class RunFeed:
         for gen, run_id in reversed(self.recent):
             if gen <= since.gen:
                 break
-            if run_id is None or run_ids is None or run_id in run_ids:
+            if run_id is None:
+                return True
+            if run_ids is None:
+                if not run_id.startswith(FEED_PREFIX):  # a named stream is no run
+                    return True
+            elif run_id in run_ids:
                 return True
         return False
 

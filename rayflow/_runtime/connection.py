@@ -100,9 +100,11 @@ def connect(settings: Settings, controller: Any = None, *, run_actor: bool = Fal
                 settings.run_actor_store_connections if run_actor else settings.store_connections
             ),
         )
+        from rayflow._runtime import named_signals
         from rayflow._runtime.run_events import Notifier
 
-        store.on_run_change = Notifier(settings.namespace)
+        store.on_run_change = notifier = Notifier(settings.namespace)
+        store.on_named_change = named_signals.hook(notifier)
         settings = settings.model_copy(update={"secret_key": secret_key_for(settings)})
         assert settings.secret_key is not None
         _current = Connection(settings, store, settings.secret_key, controller)

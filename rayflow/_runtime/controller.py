@@ -222,6 +222,9 @@ class Controller:
     # -- housekeeping ----------------------------------------------------------
     async def cleanup_expired(self) -> int:
         cutoff = now_ms() - int(self.settings.retention_days * 86_400_000)
+        # named streams past their TTL or expiry (a read of one already sees it gone)
+        while await asyncio.to_thread(self.store.named_delete_expired) >= 500:
+            pass
         return await asyncio.to_thread(self.store.delete_expired, cutoff)
 
     async def pid(self) -> int:

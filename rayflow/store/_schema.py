@@ -108,6 +108,48 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE runs ADD COLUMN loop_blocked_ms BIGINT",
     ],
+    # 4: named streams, owned by no run (rayflow/store/named.py): Durable
+    #    Streams, sessions. Chunks are keyed by their end position (bytes, or
+    #    messages for JSON streams); producers hold their idempotence state.
+    [
+        """CREATE TABLE IF NOT EXISTS named_streams (
+            path TEXT PRIMARY KEY,
+            stream_id TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            length BIGINT NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            closed INTEGER NOT NULL,
+            closed_by TEXT,
+            ttl_s BIGINT,
+            expires_at BIGINT,
+            touched_at BIGINT NOT NULL,
+            last_stream_seq TEXT,
+            forked_from TEXT,
+            fork_offset BIGINT,
+            fork_sub_offset BIGINT NOT NULL,
+            deleted INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS named_streams_forks ON named_streams (forked_from)",
+        """CREATE TABLE IF NOT EXISTS named_chunks (
+            path TEXT NOT NULL,
+            end_pos BIGINT NOT NULL,
+            pos BIGINT NOT NULL,
+            span_end BIGINT NOT NULL,
+            data {blob} NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (path, end_pos)
+        )""",
+        """CREATE TABLE IF NOT EXISTS named_producers (
+            path TEXT NOT NULL,
+            producer_id TEXT NOT NULL,
+            epoch BIGINT NOT NULL,
+            last_seq BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (path, producer_id)
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

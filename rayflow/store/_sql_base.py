@@ -15,6 +15,7 @@ from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.store._schema import MIGRATIONS
 from rayflow.store.base import (
     FINISHED_STATUSES,
+    NamedChangeHook,
     RunChangeHook,
     RunRecord,
     StreamInfo,
@@ -68,6 +69,9 @@ def _waitpoint(row: Any) -> Waitpoint:
 class SqlBase:
     url: str
     on_run_change: RunChangeHook | None = None
+    on_named_change: NamedChangeHook | None = None
+    #: what the driver raises when an INSERT meets a row already there
+    integrity_errors: tuple[type[Exception], ...] = ()
     blob_type = "BLOB"
     #: appended to a SELECT that must lock the row for the transaction
     lock_clause = ""

@@ -95,6 +95,7 @@ IDEMPOTENT = frozenset(
         "append_chunks_guarded",
         "journal_append",
         "inbox_send_many",
+        "named_touch",
     }
 )
 
@@ -148,6 +149,7 @@ class PostgresStore(SqlStore):
     lock_clause = " FOR UPDATE"
     share_lock_clause = " FOR SHARE"
     migration_lock_sql = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
+    integrity_errors = (psycopg.errors.UniqueViolation,)
 
     def __init__(
         self,

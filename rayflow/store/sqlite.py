@@ -28,6 +28,8 @@ from rayflow.store._sql import SqlStore
 
 
 class SQLiteStore(SqlStore):
+    integrity_errors = (sqlite3.IntegrityError,)
+
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,105 @@
+"""One process's writes to named streams, group-committed.
+
+Every writer of named streams in an event loop (the Durable Streams route's
+POSTs, a session's `.out.append`) hands its `NamedWrite`s to the loop's
+`NamedAppender`. It keeps one commit in flight: with nothing in flight a
+write leaves at once (on the next turn of the loop, so writes made in one go
+share the commit); writes made meanwhile, to any stream, queue and leave
+together in the next one — at most `MAX_BATCH` writes, one transaction
+(`Store.named_write_many`), one fsync, on the process's commit thread.
+
+Invariants:
+- Acknowledged = durable = visible: a write's future resolves with its
+  `NamedWriteResult` once its commit is done; readers are woken by the
+  Store's `on_named_change` hook (`named_signals`) after that commit.
+- Writes to one stream are applied in the order submitted (the batch keeps
+  submission order; one commit at a time), so a producer's pipelined
+  requests arrive at the Store in the order it sent them on one connection.
+- Each write succeeds or fails alone (its outcome); a Store error (the
+  database away) fails every write of that commit, which stored nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from rayflow._runtime import connection
+from rayflow._runtime.calls import shared_task
+from rayflow._runtime.stream_commit import commit_thread
+from rayflow.store import Store
+from rayflow.store.named import NamedWrite, NamedWriteResult
+
+#: most writes in one commit
+MAX_BATCH = 2_000
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, NamedAppender] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def named_appender() -> NamedAppender:
+    """The appender of the running event loop."""
+    loop = asyncio.get_running_loop()
+    appender = _by_loop.get(loop)
+    if appender is None:
+        appender = _by_loop[loop] = NamedAppender()
+    return appender
+
+
+async def write(w: NamedWrite) -> NamedWriteResult:
+    """Commit `w` with whatever else this loop writes meanwhile."""
+    return await named_appender().submit(w)
+
+
+class NamedAppender:
+    def __init__(self, store: Store | None = None, max_bytes: int | None = None) -> None:
+        """Writes to `store` (default: the connection's), limited to `max_bytes`
+        per stream (default: `max_stream_bytes`)."""
+        self._store, self._max_bytes = store, max_bytes
+        self._queue: list[tuple[NamedWrite, asyncio.Future[NamedWriteResult]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def submit(self, w: NamedWrite) -> asyncio.Future[NamedWriteResult]:
+        future: asyncio.Future[NamedWriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((w, future))
+        if self._flusher is None or self._flusher.done():
+            # in no request's context: it commits for every request of the loop
+            self._flusher = shared_task(self._flush_loop())
+        return future
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._commit(batch)
+        except BaseException as e:  # e.g. cancelled as the loop closes: nobody may hang
+            queued, self._queue = self._queue, []
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+
+    async def _commit(
+        self, batch: list[tuple[NamedWrite, asyncio.Future[NamedWriteResult]]]
+    ) -> None:
+        store, max_bytes = self._store, self._max_bytes
+        if store is None or max_bytes is None:
+            conn = connection.current()
+            store = store or conn.store
+            max_bytes = max_bytes or conn.settings.max_stream_bytes
+        try:
+            results = await commit_thread().run(
+                store.named_write_many, [w for w, _ in batch], max_bytes
+            )
+        except BaseException as e:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
