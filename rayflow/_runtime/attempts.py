@@ -139,8 +139,8 @@ async def _execute(
         raise
     except Exception as e:
         # not a crash: another actor would fail to load it the same way
-        error = _load_error(run_id, run.task_id, e)
-        await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, error)
+        failure = _load_error(run_id, run.task_id, e)
+        await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, failure)
         return RunStatus.FAILED
     options = json.loads(run.options)
     retry = options.get("retry") or {}
