@@ -250,6 +250,96 @@ def timed_late_read(chunks: Iterable[str], offset: int, total: int) -> dict[str,
     }
 
 
+# --- workload 6: many runs streaming at once ---
+
+
+class Follow:
+    """What one reader saw of one run in workload 6: per-token latency, the
+    writer clocks of its first and last token (when the run was streaming)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.count = self.out_of_order = 0
+        self.first_ts = self.last_ts = self.end_ns = 0
+        self.lat_ms: list[float] = []
+
+    def add(self, chunk: str) -> None:
+        now = time.time_ns()
+        ts = chunk_ts(chunk)
+        if not self.count:
+            self.first_ts = ts
+        if chunk_seq(chunk) != self.count:
+            self.out_of_order += 1
+        self.count += 1
+        self.last_ts = ts
+        self.lat_ms.append(round((now - ts) / 1e6, 3))
+
+    def result(self) -> dict[str, Any]:
+        self.end_ns = self.end_ns or time.time_ns()
+        return {
+            "run_id": self.run_id,
+            "count": self.count,
+            "out_of_order": self.out_of_order,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "end_ns": self.end_ns,
+            "lat_ms": self.lat_ms,
+        }
+
+
+async def follow_all(ids: Sequence[str], chunks_of: Any) -> list[dict[str, Any]]:
+    """Read every run's stream at once (`chunks_of(id)` is an async iterable)."""
+    import asyncio
+
+    async def one(run_id: str) -> dict[str, Any]:
+        follow = Follow(run_id)
+        async for chunk in chunks_of(run_id):
+            follow.add(chunk)
+        return follow.result()
+
+    return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+async def paced_tokens(write: Any, n: int, interval_s: float) -> None:
+    """Workload 6's run body: `await write(chunk)` n times, one every
+    `interval_s` (open loop: the schedule does not drift with the write)."""
+    import asyncio
+
+    start = time.monotonic()
+    for i in range(n):
+        await write(make_chunk(i))
+        delay = start + (i + 1) * interval_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def summarize_density(
+    runs: Sequence[dict[str, Any]], started_ns: int, n_runs: int, tokens: int, duration_s: float
+) -> dict[str, Any]:
+    """Workload 6: all done after (from the first start call), most runs
+    streaming at once (a sweep over first → last token), per-token latency."""
+    events = sorted(
+        [(r["first_ts"], 1) for r in runs if r["count"]]
+        + [(r["last_ts"], -1) for r in runs if r["count"]],
+        key=lambda e: (e[0], -e[1]),
+    )
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    done_s = (max(r["end_ns"] for r in runs) - started_ns) / 1e9 if runs else None
+    return {
+        "all_done_s": done_s,
+        "all_done_x": done_s / duration_s if done_s else None,
+        "peak": peak,
+        "runs": n_runs,
+        "lat_ms": summary([x for r in runs for x in r["lat_ms"]]),
+        "chunks": sum(r["count"] for r in runs),
+        "chunks_expected": n_runs * tokens,
+        "out_of_order": sum(r["out_of_order"] for r in runs),
+    }
+
+
 # --- memory and processes held ---
 
 

@@ -39,7 +39,22 @@ def _client(cfg: dict[str, Any]) -> Any:
 # --- helpers (other processes) ---
 
 
+#: the reader helper's one event loop (workload 6 reads many streams at once)
+_LOOP = asyncio.new_event_loop()
+
+
 def reader_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
+    if job["op"] == "density":
+        runs = _LOOP.run_until_complete(
+            c.follow_all(
+                job["ids"],
+                lambda wfid: client.read_stream_async(
+                    wfid, KEY, offset=0, polling_interval_sec=POLL_S
+                ),
+            )
+        )
+        return {"runs": runs}
+
     def chunks(offset: int) -> Any:
         return client.read_stream(job["wfid"], KEY, offset=offset, polling_interval_sec=POLL_S)
 
@@ -105,13 +120,25 @@ def launch(cfg: dict[str, Any]) -> Any:
         return lat
 
     @DBOS.workflow()
+    async def tokens(n: int, interval: float) -> int:
+        await c.paced_tokens(lambda chunk: DBOS.write_stream_async(KEY, chunk), n, interval)
+        await DBOS.close_stream_async(KEY)
+        return n
+
+    @DBOS.workflow()
     async def waiter() -> float | None:
         msg = await DBOS.recv_async("go", timeout_seconds=900)
         return None if msg is None else c.age_ms(msg["ts"])
 
     DBOS(config=config)  # type: ignore[arg-type]
     DBOS.launch()
-    return {"DBOS": DBOS, "writer": writer, "receiver": receiver, "waiter": waiter}
+    return {
+        "DBOS": DBOS,
+        "writer": writer,
+        "receiver": receiver,
+        "waiter": waiter,
+        "tokens": tokens,
+    }
 
 
 def _start(app: dict[str, Any], fn: str, *args: Any) -> Any:
@@ -231,6 +258,30 @@ def w4(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
     return loop.run_until_complete(scenario())
 
 
+def w6(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
+    from dbos import SetWorkflowID
+
+    DBOS = app["DBOS"]
+    n, d = cfg["density_runs"], cfg["density_duration_s"]
+    k = int(d * 10)
+
+    async def scenario() -> dict[str, Any]:
+        with _reader(cfg) as reader:
+            started = time.time_ns()
+            handles = []
+            for _ in range(n):
+                with SetWorkflowID(f"tokens-{uuid.uuid4().hex}"):
+                    handles.append(await DBOS.start_workflow_async(app["tokens"], k, 0.1))
+            ids = [h.get_workflow_id() for h in handles]
+            answer = await asyncio.to_thread(reader.ask, {"op": "density", "ids": ids}, 600)
+        for h in handles:
+            await asyncio.wait_for(h.get_result(), timeout=120)
+        return c.summarize_density(answer["runs"], started, n, k, d)
+
+    loop = asyncio.new_event_loop()
+    return loop.run_until_complete(scenario())
+
+
 def main(argv: list[str]) -> None:
     cfg = c.load_config(argv)
     role = argv[1]
@@ -248,6 +299,7 @@ def main(argv: list[str]) -> None:
                 3: lambda cfg: w3(cfg, app),
                 4: lambda cfg: w4(cfg, app),
                 5: lambda cfg: c.na("DBOS offers no SSE/HTTP stream endpoint"),
+                6: lambda cfg: w6(cfg, app),
             },
             argv,
         )

@@ -54,6 +54,12 @@ try:
             lat.append((time.time_ns() - r.output["ts"]) / 1e6)
         return lat
 
+    @task(id="peers-tokens")
+    async def tokens(p: dict) -> int:
+        """Workload 6: a token every `interval` s, each durable on return."""
+        await c.paced_tokens(out.append, p["n"], p["interval"])
+        return int(p["n"])
+
     @task(id="peers-waiter")
     async def waiter(p: dict) -> float | None:
         r = await go.wait(timeout="1h")
@@ -78,7 +84,16 @@ def _join(cfg: dict[str, Any]) -> None:
 # --- helpers (other processes) ---
 
 
+#: the reader helper's one event loop (workload 6 reads many streams at once)
+_LOOP = asyncio.new_event_loop()
+
+
 def reader_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
+    if job["op"] == "density":
+        runs = _LOOP.run_until_complete(
+            c.follow_all(job["ids"], lambda run_id: out.read(run_id, start_index=0, timeout_s=120))
+        )
+        return {"runs": runs}
     if job["op"] == "live":
         live = c.LiveRead()
         for chunk in out.read(job["run_id"], start_index=0, timeout_s=120):
@@ -292,6 +307,26 @@ def w5(cfg: dict[str, Any]) -> dict[str, Any]:
     return c.summarize_live(reps)
 
 
+def w6(cfg: dict[str, Any]) -> dict[str, Any]:
+    n, d = cfg["density_runs"], cfg["density_duration_s"]
+    k = int(d * 10)
+    with _helper(cfg, "reader") as reader:
+
+        async def start_all() -> tuple[int, list[str]]:
+            started = time.time_ns()
+            ids: list[str] = []
+            for at in range(0, n, 500):
+                batch = [{"n": k, "interval": 0.1}] * (min(n, at + 500) - at)
+                ids.extend(h.id for h in await tokens.batch_trigger(batch))
+            return started, ids
+
+        started, ids = asyncio.run(start_all())
+        runs = reader.ask({"op": "density", "ids": ids}, timeout_s=600)["runs"]
+    for run_id in ids:
+        _output(run_id)
+    return c.summarize_density(runs, started, n, k, d)
+
+
 def main(argv: list[str]) -> None:
     cfg = c.load_config(argv)
     role = argv[1]
@@ -319,7 +354,7 @@ def main(argv: list[str]) -> None:
         cfg["_settings"] = rayflow.init(data_dir=_data_dir(cfg), pool_idle_s=5)
         cfg["_ray_address"] = ray.get_runtime_context().gcs_address
         try:
-            results = c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5}, argv)
+            results = c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6}, argv)
             c.write_result(argv, results)
         finally:
             rayflow.shutdown(stop_runs=True)

@@ -220,6 +220,7 @@ def main(argv: list[str]) -> None:
                         3: w3,
                         4: lambda cfg: w4(cfg, sdk.pid),
                         5: lambda cfg: c.na(no_streams),
+                        6: lambda cfg: c.na(no_streams),
                     },
                     argv,
                 ),

@@ -15,7 +15,8 @@ process, prints the table and writes it into benchmarks/README.md between
 stopped at the end, also on error.
 
 Workloads (issue 7): 1 output stream live, 2 late reader, 3 input while running,
-4 suspend and resume, 5 output stream over SSE.
+4 suspend and resume, 5 output stream over SSE; (issue 21) 6 many runs streaming
+at once: N runs × 10 tokens/s × D s, a reader each.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ SIZES = {
         "resume_gap_s": 0.05,
         "send_budget_s": 40,
         "wait_settle_s": 90,
+        "density_runs": 1000,
+        "density_duration_s": 20,
         "timeout_s": 420,
     },
     "quick": {
@@ -106,6 +109,8 @@ SIZES = {
         "resume_gap_s": 0.05,
         "send_budget_s": 20,
         "wait_settle_s": 40,
+        "density_runs": 100,
+        "density_duration_s": 10,
         "timeout_s": 180,
     },
 }
@@ -292,6 +297,9 @@ METRICS = [
     (4, "processes held while waiting", ("w4", "processes_held"), "", True, None),
     (5, "SSE chunks/s (median of runs)", ("w5", "throughput"), "/s", False, False),
     (5, "SSE write→read latency", ("w5", "lat_ms"), "ms", True, True),
+    (6, "N runs streaming: all done after", ("w6", "all_done_s"), "s", True, False),
+    (6, "N runs streaming: most at once", ("w6", "peak"), "", False, False),
+    (6, "N runs streaming: write→read latency", ("w6", "lat_ms"), "ms", True, True),
 ]
 
 
@@ -368,7 +376,7 @@ def table(report: dict[str, Any]) -> str:
             notes.append(f"- **{name}**: not yet — {r['not_yet']}")
         if "_error" in r:
             notes.append(f"- **{name}**: {r['_error']}")
-        for w in ("w1", "w2", "w3", "w4", "w5"):
+        for w in ("w1", "w2", "w3", "w4", "w5", "w6"):
             if isinstance(r.get(w), dict) and "na" in r[w]:
                 notes.append(f"- **{name}** workload {w[1]}: n/a — {r[w]['na']}")
             elif isinstance(r.get(w), dict) and "error" in r[w]:
@@ -382,9 +390,11 @@ def table(report: dict[str, Any]) -> str:
         f"Run {report['date']} ({report['size']} size: {sp['n_chunks']:,} chunks × 64 B × "
         f"{sp['reps']} runs, {sp['late_reps']} late reads per offset, {sp['n_inputs']} inputs "
         f"every {sp['input_gap_s'] * 1000:.0f} ms, {sp['n_waiters']:,} waiting runs of which "
-        f"{sp['n_resume']} resumed). Cells: median / p99; in brackets the ratio "
-        "rayflow/peer of the medians (latency: < 1 means rayflow is faster; chunks/s: > 1 "
-        "means rayflow is faster). Noisy 2-core machine: read the ratios, not the digits."
+        f"{sp['n_resume']} resumed, {sp.get('density_runs', 0):,} runs × 10 tokens/s × "
+        f"{sp.get('density_duration_s', 0)} s streaming at once). Cells: median / p99; "
+        "in brackets the ratio rayflow/peer of the medians (latency: < 1 means rayflow is "
+        "faster; chunks/s: > 1 means rayflow is faster). Noisy 2-core machine: read the "
+        "ratios, not the digits."
     )
     if report.get("loadavg"):
         la = report["loadavg"]
@@ -421,6 +431,13 @@ How each system does each workload (same machine, same run, loopback only):
 - **ray-serve** — a Ray Serve streaming response: the reader is the HTTP caller (no stream
   another reader can join, no durability: workloads 2 and 4 n/a); input = a second request
   filling the running generator's `asyncio.Queue`.
+- **workload 6** (many runs at once) — N runs of an `async def` that writes a 64-byte token
+  every 100 ms for D s, open loop, each awaited write durable (rayflow `await out.append`,
+  started with `batch_trigger`; DBOS `await DBOS.write_stream_async` in N async workflows
+  started with `start_workflow_async`); once all are started, one reader process reads
+  all N streams at once (rayflow `async for` over `out.read`; DBOS `read_stream_async`,
+  polling as in workload 1). "All done" is from the first start call to the last
+  reader's end; "at once" counts runs between their first and last token (writer clocks).
 
 Latency = the reader's clock minus the writer's clock embedded in each 64-byte chunk (one
 machine). A live write starts 0.5 s after the reader subscribed; writers go as fast as they
@@ -485,7 +502,7 @@ def main() -> int:
     p.add_argument(
         "--only", help="comma-separated systems (prefixes): rayflow,dbos,restate,redis,serve"
     )
-    p.add_argument("--workloads", default="1,2,3,4,5", help="comma-separated workload numbers")
+    p.add_argument("--workloads", default="1,2,3,4,5,6", help="comma-separated workload numbers")
     p.add_argument("--skip-setup", action="store_true", help="do not install anything")
     p.add_argument(
         "--no-netns",
@@ -535,7 +552,7 @@ def main() -> int:
     if not args.render:
         WORK.mkdir(exist_ok=True)
         (WORK / "last-report.json").write_text(json.dumps(report, indent=1))
-    if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5":
+    if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5,6":
         write_readme(text, command)
         log(f"table written to {README}")
     elif not args.no_readme:

@@ -179,6 +179,7 @@ def main(argv: list[str]) -> None:
                     3: lambda cfg: w3(cfg, base),
                     4: lambda cfg: c.na("Ray cannot suspend a call and release its replica"),
                     5: lambda cfg: _live(cfg, base, 1),
+                    6: lambda cfg: c.na("its floor is benchmarks/density.py (one async actor)"),
                 },
                 argv,
             )
