@@ -795,6 +795,36 @@ def test_only_one_claimant_executes_a_queued_run(store_url: str) -> None:
     assert all(c.run is not None and c.run.status == "EXECUTING" for c in claims)
 
 
+def test_claims_and_ends_of_many_runs_share_one_transaction_each_answering_per_run(
+    store: Store,
+) -> None:
+    for run_id in ("run_b", "run_a", "run_c"):
+        store.create_run(_run(run_id))
+    store.append_chunks("run_a", "out", _chunks("x"), MiB)
+    assert store.finish_run("run_c", "CANCELED", None, None)
+    claims = store.claim_runs([("run_b", "actor-1"), ("nope", "actor-1"), ("run_a", "actor-2")])
+    assert [(c.claimed, c.run.id if c.run else None) for c in claims] == [
+        (True, "run_b"),
+        (False, None),
+        (True, "run_a"),
+    ]
+    assert [c.run.actor_name for c in claims if c.run] == ["actor-1", "actor-2"]
+    assert not store.claim_runs([("run_c", "actor-1")])[0].claimed
+    ended = store.finish_runs(
+        [
+            ("run_a", "COMPLETED", "1", None),
+            ("run_c", "COMPLETED", "2", None),
+            ("run_b", "FAILED", None, '{"name": "E"}'),
+        ]
+    )
+    assert ended == [True, False, True]
+    runs = {r.id: r for r in store.get_runs(["run_a", "run_b", "run_c"]) if r}
+    assert (runs["run_a"].status, runs["run_a"].output) == ("COMPLETED", "1")
+    assert (runs["run_b"].status, runs["run_c"].status) == ("FAILED", "CANCELED")
+    info = store.stream_info("run_a", "out")
+    assert info is not None and info.closed
+
+
 def test_a_claim_of_a_canceled_or_unknown_run_fails(store: Store) -> None:
     store.create_run(_run("run_1"))
     assert store.finish_run("run_1", "CANCELED", None, None)

@@ -26,6 +26,7 @@ import cloudpickle
 from pydantic_core import to_jsonable_python
 
 from rayflow._config import Settings
+from rayflow._runtime import run_batches
 from rayflow._runtime.context import RunContext, set_run
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
@@ -114,7 +115,7 @@ async def _execute(
     its status (SKIPPED when it could not be claimed, QUEUED when a message
     woke it while it suspended). `started` is handed the run's `Execution`
     as soon as the claim succeeded (the actor keeps it as its current run)."""
-    claim = await asyncio.to_thread(store.claim_run, run_id, actor_name)
+    claim = await run_batches.claim(store, run_id, actor_name)
     run = claim.run
     if run is None:
         return SKIPPED
@@ -130,7 +131,7 @@ async def _execute(
     blob = await asyncio.to_thread(store.get_task, run.task_id)
     if blob is None:
         error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
-        await asyncio.to_thread(store.finish_run, run_id, RunStatus.FAILED, None, json.dumps(error))
+        await run_batches.finish(store, run_id, RunStatus.FAILED, None, json.dumps(error))
         return RunStatus.FAILED
     try:
         # unpickled per run: module globals of one run's code are not the next one's
@@ -208,7 +209,7 @@ async def _execute(
             status, error_text = RunStatus.FAILED, error_json(e)
         break
     await execution.buffers.drain()
-    await asyncio.to_thread(store.finish_run, run_id, status, output, error_text)
+    await run_batches.finish(store, run_id, status, output, error_text)
     execution.buffers.close_all()
     return status
 

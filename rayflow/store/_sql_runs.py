@@ -121,46 +121,71 @@ class RunsSql(SqlBase):
         return changed
 
     def claim_run(self, run_id: str, actor_name: str) -> Claim:
+        return self.claim_runs([(run_id, actor_name)])[0]
+
+    def claim_runs(self, claims: list[tuple[str, str]]) -> list[Claim]:
         now = now_ms()
+        out: list[Claim | None] = [None] * len(claims)
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE runs SET status = ?, actor_name = ?,"
-                " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
-                " started_at = COALESCE(started_at, ?), updated_at = ?"
-                " WHERE id = ? AND status = ?",
-                (EXECUTING, actor_name, now, now, run_id, QUEUED),
-            )
-            claimed = bool(cur.rowcount)
-            row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
-            waitpoint = None
-            if claimed:
-                found = c.execute(
-                    _WP_SELECT + " WHERE run_id = ? AND status <> ?", (run_id, PENDING)
-                ).fetchone()
-                if found:
-                    waitpoint = _waitpoint(found)
-                    c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
-        if claimed:
-            self._changed(run_id)  # QUEUED -> EXECUTING
-        return Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
+            # run rows in one order, as every transaction on several runs
+            # takes them (`append_chunks_guarded`): no deadlock
+            for i in sorted(range(len(claims)), key=lambda i: claims[i][0]):
+                run_id, actor_name = claims[i]
+                cur = c.execute(
+                    "UPDATE runs SET status = ?, actor_name = ?,"
+                    " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
+                    " started_at = COALESCE(started_at, ?), updated_at = ?"
+                    " WHERE id = ? AND status = ?",
+                    (EXECUTING, actor_name, now, now, run_id, QUEUED),
+                )
+                claimed = bool(cur.rowcount)
+                row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
+                waitpoint = None
+                if claimed:
+                    found = c.execute(
+                        _WP_SELECT + " WHERE run_id = ? AND status <> ?", (run_id, PENDING)
+                    ).fetchone()
+                    if found:
+                        waitpoint = _waitpoint(found)
+                        c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+                out[i] = Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
+        claimed_ids = [c.run.id for c in out if c is not None and c.claimed and c.run is not None]
+        if claimed_ids:
+            self._changed(*claimed_ids)  # QUEUED -> EXECUTING
+        return [c for c in out if c is not None]
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
+        return self.finish_runs([(run_id, status, output, error)])[0]
+
+    def finish_runs(self, finishes: list[tuple[str, str, str | None, str | None]]) -> list[bool]:
         now = now_ms()
         finished = ", ".join("?" for _ in FINISHED_STATUSES)
+        done = [False] * len(finishes)
+        order = sorted(range(len(finishes)), key=lambda i: finishes[i][0])
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
-                f" updated_at = ?, actor_name = NULL WHERE id = ? AND status NOT IN ({finished})",
-                (status, output, error, now, now, run_id, *FINISHED_STATUSES),
-            )
-            if cur.rowcount == 0:
-                return False
-            c.execute(
-                "UPDATE streams SET closed = 1, updated_at = ? WHERE run_id = ?", (now, run_id)
-            )
-            c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
-        self._changed(run_id)
-        return True
+            # every run row first, then stream rows, each in one order (as
+            # `append_chunks_guarded` takes them): no deadlock
+            for i in order:
+                run_id, status, output, error = finishes[i]
+                cur = c.execute(
+                    "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
+                    f" updated_at = ?, actor_name = NULL WHERE id = ?"
+                    f" AND status NOT IN ({finished})",
+                    (status, output, error, now, now, run_id, *FINISHED_STATUSES),
+                )
+                done[i] = cur.rowcount > 0
+            for i in order:
+                if done[i]:
+                    run_id = finishes[i][0]
+                    c.execute(
+                        "UPDATE streams SET closed = 1, updated_at = ? WHERE run_id = ?",
+                        (now, run_id),
+                    )
+                    c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
+        ended = [finishes[i][0] for i in order if done[i]]
+        if ended:
+            self._changed(*ended)
+        return done
 
     def list_runs(
         self,

@@ -203,6 +203,9 @@ class Store(Protocol):
         resolved or timed-out waitpoint. Only one caller can claim a queued
         run: a second one (a relaunch racing an old launch) gets claimed=False."""
 
+    def claim_runs(self, claims: list[tuple[str, str]]) -> list[Claim]:
+        """`claim_run` for many (run id, actor name), in one transaction."""
+
     def suspend_run(self, wp: Waitpoint) -> bool:
         """EXECUTING -> WAITING (no actor) with its PENDING waitpoint, in one
         transaction. False, changing nothing, when the run has finished."""
@@ -210,6 +213,9 @@ class Store(Protocol):
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         """Move an active run to a finished status; closes all its streams.
         Returns False (and changes nothing) when it had already finished."""
+
+    def finish_runs(self, finishes: list[tuple[str, str, str | None, str | None]]) -> list[bool]:
+        """`finish_run` for many (run id, status, output, error), in one transaction."""
 
     def list_runs(
         self,
