@@ -24,7 +24,8 @@ from typing import Any
 
 #: how often the loop's timer is due
 TICK_S = 0.05
-#: how often the watching thread looks while the loop is late
+#: how often the watching thread looks while the loop is late (and, on
+#: time, every TICK_S: it takes the GIL only that often)
 LOOK_S = 0.01
 
 #: (run id, task id, seconds the run held the loop)
@@ -70,10 +71,12 @@ class LoopWatch:
                 self.report(culprit[0], culprit[1], held)
 
     def _look(self) -> None:
+        pause = TICK_S
         while True:
-            time.sleep(LOOK_S)
+            time.sleep(pause)
             beat = self._beat
             stalled = time.monotonic() - beat - TICK_S
+            pause = LOOK_S if stalled >= 0 else TICK_S
             if stalled < LOOK_S:
                 continue
             task = asyncio.current_task(self.loop)
