@@ -76,6 +76,12 @@ async def blocks(payload: dict) -> int:
     return os.getpid()
 
 
+@task(id="shared-leaves-a-thread")
+async def leaves_a_thread(payload: dict) -> int:
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind").start()
+    return os.getpid()
+
+
 @task(id="shared-pid")
 async def pid_of(payload: dict) -> int:
     return os.getpid()
@@ -163,6 +169,21 @@ def test_cancel_timeout_and_failure_of_one_run_leave_the_others_on_its_actor_run
         assert list(ticks.read(h.id, timeout_s=5)) == list(range(30))
     assert psutil.pid_exists(pid)
     assert pool_stats()["started"] == started, "no run needed a process of its own"
+
+
+def test_a_run_that_leaves_a_thread_retires_its_actor_once_the_other_runs_there_have_left() -> None:
+    steady = ticker.trigger({"n": 40, "gap": 0.1}).result()
+    eventually(lambda: written(steady.id) > 0, what="the ticker to tick")
+    pid = ray.get(actor_of(steady.id).pid.remote())
+    leaver = leaves_a_thread.trigger({}).result()
+    assert finished(leaver).output == pid, "the runs should have shared the actor"
+    # retired: no new run goes there, but the ticker there goes on
+    assert finished(pid_of.trigger({}).result()).output != pid
+    assert psutil.pid_exists(pid)
+    run = finished(steady)
+    assert run.status == "COMPLETED" and run.output == pid, run.error
+    assert list(ticks.read(steady.id, timeout_s=5)) == list(range(40))
+    eventually(lambda: not psutil.pid_exists(pid), what=f"the retired actor {pid} to stop")
 
 
 def test_a_run_that_blocks_the_event_loop_is_marked_and_the_others_are_not() -> None:
