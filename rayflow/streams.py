@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from rayflow._response import Response, portal, run_sync
-from rayflow._runtime import connection
+from rayflow._runtime import connection, stream_journal
 from rayflow._runtime.codec import Codec, type_name
 from rayflow._runtime.context import resolve_target
 from rayflow._runtime.pipe import Pipe, each
@@ -74,7 +74,14 @@ class StreamWriter(Generic[T]):
 
     Flow control, as `asyncio.StreamWriter`: a loop that writes faster than
     chunks become durable calls `await w.drain()` now and then; it waits
-    while more than `max_in_flight` written chunks are not durable yet."""
+    while more than `max_in_flight` written chunks are not durable yet.
+
+    Inside a task each `wait()` (leaving the block without an error is one)
+    completes a segment, journaled: a replay of a completed segment writes
+    nothing and does not iterate what it merges (its sources are created by
+    your code, never consumed). Writes of your own loop run again on replay
+    (they are your code) and are dropped; `merge` a model's tokens to call
+    the model once."""
 
     def __init__(self, codec: Codec[T], writer: ChunkWriter, max_in_flight: int) -> None:
         if max_in_flight < 0:
@@ -84,6 +91,21 @@ class StreamWriter(Generic[T]):
         #: one future per written chunk, oldest first (they resolve in order)
         self._writes: deque[asyncio.Future[Any]] = deque()
         self._merges: list[asyncio.Future[None]] = []
+        #: the segment `wait()` completes next, and its journaled outcome when
+        #: a replay meets one that completed
+        self._segment = 0
+        self._recorded = self._completed()
+        self._awaited: asyncio.Event | None = None
+
+    def _completed(self) -> dict[str, Any] | None:
+        journal = self._writer.journal
+        recorded = (
+            stream_journal.completion(journal, self._writer.writer_id, self._segment)
+            if journal is not None
+            else None
+        )
+        self._writer.skipping = recorded is not None
+        return recorded
 
     @property
     def in_flight(self) -> int:
@@ -91,6 +113,8 @@ class StreamWriter(Generic[T]):
         return sum(1 for f in self._writes if not f.done())
 
     def write(self, value: T) -> None:
+        if self._recorded is not None:
+            return  # a replay of a completed segment: nothing is written
         self._writes.append(self._writer.write(self._codec.encode(value)))
 
     async def drain(self) -> None:
@@ -102,27 +126,57 @@ class StreamWriter(Generic[T]):
             await writes.popleft()
 
     def merge(self, source: AsyncIterable[T] | Iterable[T]) -> None:
-        self._merges.append(asyncio.ensure_future(self._merge(source)))
+        """Write every value of `source` in the background (see the class)."""
+        if self._recorded is not None:
+            return  # a replay of a completed segment: the source is not consumed
+        if self._awaited is None:
+            self._awaited = asyncio.Event()
+        self._merges.append(asyncio.ensure_future(self._merge(source, self._awaited)))
 
-    async def _merge(self, source: AsyncIterable[T] | Iterable[T]) -> None:
+    async def _merge(self, source: AsyncIterable[T] | Iterable[T], awaited: asyncio.Event) -> None:
+        writer = self._writer
         async for value in each(source):
+            if writer.journal is not None:
+                end = writer.position + 1
+                await stream_journal.admit(writer.journal, writer.writer_id, end, awaited)
             self.write(value)
             if len(self._writes) > self.max_in_flight:
                 await self.drain()
 
     async def wait(self) -> None:
+        """Wait until everything written and merged so far is durable; inside
+        a task this completes a segment (journaled, see the class)."""
+        await self._wait(completes=True)
+
+    async def _wait(self, *, completes: bool) -> None:
+        writer = self._writer
+        if self._recorded is not None:
+            writer.advance_to(int(self._recorded["position"]))
+            self._segment += 1
+            self._recorded = self._completed()
+            return
+        if self._awaited is not None:
+            self._awaited.set()
+            self._awaited = None
         while self._merges:
             merges, self._merges = self._merges, []
             await asyncio.gather(*merges)
         writes, self._writes = list(self._writes), deque()
         await asyncio.gather(*writes)
-        await self._writer.flush()
+        await writer.flush()
+        if completes and writer.journal is not None:
+            outcome = {"position": writer.position}
+            await stream_journal.complete(writer.journal, writer.writer_id, self._segment, outcome)
+            self._segment += 1
+            self._recorded = self._completed()
 
     async def __aenter__(self) -> StreamWriter[T]:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.wait()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        # a block left by an error (or a suspension) did not complete: a
+        # replay runs it again, bounded by what the journal recorded
+        await self._wait(completes=exc_type is None)
 
 
 class OutputStream(Generic[T]):

@@ -26,7 +26,7 @@ import cloudpickle
 from pydantic_core import to_jsonable_python
 
 from rayflow._config import Settings
-from rayflow._runtime import run_batches
+from rayflow._runtime import run_batches, stream_journal
 from rayflow._runtime.context import RunContext, set_run
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
@@ -245,6 +245,9 @@ async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> 
     nobody: the run then resolves its own waitpoint and is queued again."""
     await execution.inputs.flush_records()
     await execution.buffers.drain()
+    if execution.inputs.ctx is not None:
+        # each writer's position, so a replay never writes past it (stream_journal)
+        await stream_journal.mark_suspension(execution.inputs.ctx.journal, waitpoint.stream_id)
     if not await asyncio.to_thread(store.suspend_run, waitpoint):
         run = await asyncio.to_thread(store.get_run, execution.run_id)
         return run.status if run is not None else SKIPPED

@@ -10,11 +10,20 @@ Messages handed to `.on()` handlers are journaled too ("on" entries), at the
 point they were delivered. On replay they are handed to the (re-registered)
 handler at that same point: before the next durable operation recorded
 after them.
+
+Stream writes are journaled too (`_runtime/stream_journal.py`), out of the
+order the task's own operations are matched in: a "stream" entry records a
+writer segment that completed (a pipe, a `writer()` up to its `wait()`), and
+a "suspend" entry, recorded when the run suspends, each writer's position at
+that point. A "suspend" entry is passed by the next operation the replay
+asks for (the `.wait()` that suspended): until then the run is still
+replaying what it did before it suspended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +33,10 @@ from rayflow.store import Store
 from rayflow.store.base import JournalEntry
 
 MISSING: Any = object()
+
+#: entries that are not one of the task's operations: "stream" entries are
+#: skipped wherever they are, "suspend" entries by the next `replay`
+STREAM, SUSPEND = "stream", "suspend"
 
 
 class Journal:
@@ -38,6 +51,13 @@ class Journal:
         #: called once when the journal is exhausted and the run goes live
         self.on_live: Callable[[], None] | None = None
         self._live = False
+        #: set, and replaced, whenever the cursor passes a "suspend" entry
+        self.passed = asyncio.Event()
+        #: what `stream_journal` keeps of this attempt's writers, and what it
+        #: is told when the replay passes a "suspend" entry
+        self.stream_state: Any = None
+        self.on_suspension_passed: Callable[[JournalEntry], None] | None = None
+        self._suspends = [i for i, e in enumerate(self.entries) if e.kind == SUSPEND]
 
     @property
     def replaying(self) -> bool:
@@ -46,8 +66,9 @@ class Journal:
     def pump(self) -> None:
         """Hand recorded `.on()` deliveries at the cursor to their handlers,
         and go live when nothing is left to replay."""
-        while self.cursor < len(self.entries) and self.entries[self.cursor].kind == "on":
-            if self.dispatch_on is None or not self.dispatch_on(self.entries[self.cursor]):
+        while self.cursor < len(self.entries) and self.entries[self.cursor].kind in ("on", STREAM):
+            entry = self.entries[self.cursor]
+            if entry.kind == "on" and (self.dispatch_on is None or not self.dispatch_on(entry)):
                 return
             self.cursor += 1
         if self.cursor >= len(self.entries) and not self._live:
@@ -61,6 +82,14 @@ class Journal:
         Raises NonDeterminism when the next recorded operation is another one.
         """
         self.pump()
+        if self.cursor < len(self.entries) and self.entries[self.cursor].kind == SUSPEND:
+            while self.cursor < len(self.entries) and self.entries[self.cursor].kind == SUSPEND:
+                if self.on_suspension_passed is not None:
+                    self.on_suspension_passed(self.entries[self.cursor])
+                self.cursor += 1
+            self.passed.set()
+            self.passed = asyncio.Event()
+            self.pump()
         if self.cursor >= len(self.entries):
             return MISSING
         entry = self.entries[self.cursor]
@@ -85,10 +114,29 @@ class Journal:
                     taken.add(int(seq))
         return taken
 
+    def next_suspension(self) -> JournalEntry | None:
+        """The first "suspend" entry the replay has not passed yet, if any."""
+        at = bisect.bisect_left(self._suspends, self.cursor)
+        return self.entries[self._suspends[at]] if at < len(self._suspends) else None
+
+    async def note(self, kind: str, name: str, value: Any) -> None:
+        """Make an entry durable that is not one of the task's operations
+        (a "stream" entry): recorded at the end, the cursor left where the
+        replay is."""
+        live = self.cursor >= len(self.entries)
+        entry = JournalEntry(seq=len(self.entries), kind=kind, name=name, value=json.dumps(value))
+        self.entries.append(entry)
+        if live:
+            self.cursor = len(self.entries)
+        async with self._persist:
+            await asyncio.to_thread(self.store.journal_append, self.run_id, self.attempt, [entry])
+
     async def record(self, kind: str, name: str, value: Any) -> None:
         """Make the outcome durable, then return. Concurrent records keep
         their order (seq is taken before the first await)."""
         entry = JournalEntry(seq=len(self.entries), kind=kind, name=name, value=json.dumps(value))
+        if kind == SUSPEND:
+            self._suspends.append(entry.seq)
         self.entries.append(entry)
         self.cursor = len(self.entries)
         async with self._persist:

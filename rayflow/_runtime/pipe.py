@@ -1,7 +1,13 @@
 """Piping an iterable into an output stream: values taken in batches (a sync
 iterable in runs of up to PIPE_BATCH or PIPE_BATCH_S, an async one as its
 values arrive), encoded together and written with one future per batch;
-local tees see the values as they pass."""
+local tees see the values as they pass.
+
+Inside a task a pipe is a durable operation (`stream_journal`): its
+completion is journaled once every chunk is durable, and a replay that
+meets a completed pipe returns the recorded count without iterating the
+source (the source object is created by the task's code, never consumed);
+its tee yields the chunks the pipe stored, read back from the stream."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
+from rayflow._runtime import connection, stream_journal
 from rayflow._runtime.codec import Codec
 from rayflow._runtime.writer import ChunkWriter
 from rayflow.errors import ValidationError
@@ -73,7 +80,23 @@ class Pipe(Generic[T]):
         #: (future, chunks) per write not yet awaited, oldest first
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self._taken = 0  # chunks in `_pending`
-        self._task = asyncio.ensure_future(self._run(source))
+        #: the task awaits the pipe: it must not hold for a replay (stream_journal.admit)
+        self._awaited = asyncio.Event()
+        #: indexes the pipe's chunks got (journaled with its completion)
+        self._indexes: list[int] = []
+        journal = writer.journal
+        self._recorded = (
+            stream_journal.completion(journal, writer.writer_id, 0) if journal else None
+        )
+        self._task: asyncio.Future[int]
+        if self._recorded is not None:
+            # a replay of a completed pipe: the recorded outcome, the source untouched
+            writer.skipping = True
+            writer.advance_to(int(self._recorded["position"]))
+            self._task = asyncio.get_running_loop().create_future()
+            self._task.set_result(int(self._recorded["count"]))
+        else:
+            self._task = asyncio.ensure_future(self._run(source))
 
     @property
     def in_flight(self) -> int:
@@ -82,20 +105,23 @@ class Pipe(Generic[T]):
 
     async def _run(self, source: AsyncIterable[T] | Iterable[T]) -> int:
         count = 0
+        writer, journal = self._writer, self._writer.journal
         try:
             async for values in _batches(source):
+                if journal is not None:
+                    end = writer.position + len(values)
+                    await stream_journal.admit(journal, writer.writer_id, end, self._awaited)
                 if len(values) == 1:
-                    self._pending.append((self._writer.write(self._codec.encode(values[0])), 1))
+                    self._write(writer.write(self._codec.encode(values[0])), 1)
                 else:
                     try:
                         datas = self._codec.encode_many(values)
                     except ValidationError:
                         # as without batching: the values before the bad one are written
                         for value in values:
-                            future = self._writer.write(self._codec.encode(value))
-                            self._pending.append((future, 1))
+                            self._write(writer.write(self._codec.encode(value)), 1)
                     else:
-                        self._pending.append((self._writer.write_many(datas), len(values)))
+                        self._write(writer.write_many(datas), len(values))
                 self._taken += len(values)
                 count += len(values)
                 for q in self._tees:
@@ -110,12 +136,34 @@ class Pipe(Generic[T]):
             for q in self._tees:
                 q.put_nowait((True, None))
         await asyncio.gather(*(f for f, _ in self._pending))
-        await self._writer.flush()
+        await writer.flush()
+        if journal is not None:
+            outcome = {
+                "count": count,
+                "position": writer.position,
+                "ranges": stream_journal.ranges(self._indexes),
+            }
+            await stream_journal.complete(journal, writer.writer_id, 0, outcome)
         return count
+
+    def _write(self, future: asyncio.Future[Any], n: int) -> None:
+        self._pending.append((future, n))
+        future.add_done_callback(self._collect)
+
+    def _collect(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        got = future.result()
+        for index in got if isinstance(got, list) else [got]:
+            if index is not None:
+                self._indexes.append(index)
 
     @property
     def stream(self) -> AsyncIterator[T]:
-        """The piped values as they pass (a local tee; take it right after pipe())."""
+        """The piped values as they pass (a local tee; take it right after
+        pipe()). A replay of a completed pipe yields the chunks it stored."""
+        if self._recorded is not None:
+            return self._stored()
         q: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
         self._tees.append(q)
 
@@ -128,6 +176,24 @@ class Pipe(Generic[T]):
 
         return tee()
 
+    async def _stored(self) -> AsyncIterator[T]:
+        assert self._recorded is not None
+        store = connection.current().store
+        w = self._writer
+        for start, stop in self._recorded["ranges"]:
+            at = start
+            while at < stop:
+                chunks = await asyncio.to_thread(
+                    store.read_chunks, w.run_id, w.key, at, min(stop - at, 1000)
+                )
+                if not chunks:
+                    return
+                for chunk in chunks:
+                    yield self._codec.decode(chunk.data)
+                at = chunks[-1].seq + 1
+
     async def wait_until_complete(self) -> int:
-        """Wait until every piped chunk is durable; returns how many were piped."""
+        """Wait until every piped chunk is durable; returns how many were piped.
+        Inside a task the completion is journaled before this returns."""
+        self._awaited.set()
         return await asyncio.shield(self._task)

@@ -16,8 +16,9 @@ import asyncio
 import uuid
 from typing import Any
 
-from rayflow._runtime import hops
+from rayflow._runtime import hops, stream_journal
 from rayflow._runtime.context import current_run
+from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_appender import (
     MAX_BATCH,
     ProcessAppender,
@@ -74,6 +75,10 @@ class StreamAppender:
 
 
 class ChunkWriter:
+    """Numbered writes of one writer to one (run, key). Inside a task (a
+    deterministic `writer_id`) its writes are journaled as `stream_journal`
+    says: a replay writes nothing past the position the journal recorded."""
+
     def __init__(self, run_id: str, key: str, writer_id: str | None = None) -> None:
         self.run_id, self.key = run_id, key
         self.writer_id = writer_id or f"ext:{uuid.uuid4().hex}"
@@ -81,10 +86,40 @@ class ChunkWriter:
         ctx = current_run()
         self._local = ctx.buffers.get(key) if ctx is not None and ctx.run_id == run_id else None
         self._remote = StreamAppender(run_id, key) if self._local is None else None
+        #: the journal of the task that writes (None outside a task)
+        self.journal: Journal | None = ctx.journal if ctx is not None and writer_id else None
+        #: drop every write: a segment the journal recorded as complete is replayed
+        self.skipping = False
+        if self.journal is not None:
+            stream_journal.register(self.journal, self)
+
+    @property
+    def position(self) -> int:
+        """How many writes this writer numbered so far (its next write's number)."""
+        return self._seq
+
+    def advance_to(self, position: int) -> None:
+        """Number the next write `position` at least (the journal says the
+        writer had reached it)."""
+        self._seq = max(self._seq, position)
+
+    def _dropped(self, end: int) -> bool:
+        """Whether writes numbered up to `end` (excluded) are a replay's,
+        past what the journal allows: answered as duplicates, not stored."""
+        if self.skipping:
+            return True
+        if self.journal is None:
+            return False
+        bound = stream_journal.bound(self.journal, self.writer_id)
+        return bound is not None and end > bound
 
     def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
         """Queue one chunk (JSON text); the future resolves to its index once
-        durable (None when it was a duplicate)."""
+        durable (None when it was a duplicate, or a replay's write past what
+        the journal allows)."""
+        if self.journal is not None and self._dropped(self._seq + 1):
+            self._seq += 1
+            return _done(None)
         w = ChunkWrite(
             data=data_json, writer_id=self.writer_id, writer_seq=self._seq, record_id=record_id
         )
@@ -99,6 +134,9 @@ class ChunkWriter:
     def write_many(self, datas: list[str]) -> asyncio.Future[list[int | None]]:
         """Queue chunks (JSON text) that travel and commit together; the
         future resolves to their indexes once all are durable."""
+        if self.journal is not None and self._dropped(self._seq + len(datas)):
+            self._seq += len(datas)
+            return _done([None] * len(datas))
         first, self._seq = self._seq, self._seq + len(datas)
         writes = [
             ChunkWrite(data=d, writer_id=self.writer_id, writer_seq=first + i)
@@ -117,3 +155,9 @@ class ChunkWriter:
             await self._remote.flush()
         if self._local is not None:
             await self._local.drain()
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future

@@ -1,0 +1,151 @@
+"""Stream writes as durable operations: what a replay may write, and what not.
+
+A writer inside a task has a deterministic id (`RunContext.next_writer_id`).
+Its life is cut into segments, each ended by a *completion*: a pipe has one
+(its source is exhausted and every chunk is durable), a `writer()` one per
+`wait()` (leaving `async with` is one). A completion is journaled (a
+"stream" entry: writer id, segment, chunks written, the writer's position
+and the indexes the chunks got) once its chunks are durable and before the
+task hears of it. A replay that reaches a recorded segment gets the recorded
+outcome and writes nothing: a pipe does not even start iterating its source.
+
+A run that suspends journals every writer's position (a "suspend" entry,
+`mark_suspension`). Until the replay passes that point — the `.wait()` that
+suspended asks the journal for its outcome — a writer writes nothing at or
+past its position there: an `append` or `write` past it is dropped (answered
+as a duplicate: what the run wrote before it suspended is already in the
+stream, and a source that answers differently this time must not add to
+it); a pipe or `merge` that is not being awaited holds until the run is past
+that point, then writes on (its chunks from there on come from this attempt).
+When the replay passes the point, each writer's numbering moves up to its
+recorded position, so its live writes come after everything stored.
+
+A run revived after a crash has no such entry for the time after its last
+suspension: its writers' chunks up to what was committed are recognised as
+duplicates (writer id and number), and those past it come from the new
+attempt — a pipe cut mid-stream restarts its source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rayflow._runtime.journal import STREAM, SUSPEND, Journal
+from rayflow.store.base import JournalEntry
+
+if TYPE_CHECKING:
+    from rayflow._runtime.writer import ChunkWriter
+
+
+@dataclass
+class WriterLog:
+    """The journaled stream writes of one attempt (`Journal.stream_state`)."""
+
+    #: writer id -> its recorded completions, by segment number
+    completions: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    #: the writers this execution created, by id (their positions at a suspension)
+    writers: dict[str, ChunkWriter] = field(default_factory=dict)
+    #: "suspend" entries' positions, parsed once, by entry seq
+    positions: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+def log_of(journal: Journal) -> WriterLog:
+    log: WriterLog | None = journal.stream_state
+    if log is None:
+        log = WriterLog()
+        for entry in journal.entries:
+            if entry.kind == STREAM:
+                _add_completion(log, entry)
+        journal.stream_state = log
+        journal.on_suspension_passed = lambda entry: _passed(log, entry)
+    return log
+
+
+def _add_completion(log: WriterLog, entry: JournalEntry) -> None:
+    value = json.loads(entry.value)
+    log.completions.setdefault(entry.name, {})[int(value["segment"])] = value
+
+
+def _positions(log: WriterLog, entry: JournalEntry) -> dict[str, int]:
+    found = log.positions.get(entry.seq)
+    if found is None:
+        found = log.positions[entry.seq] = dict(json.loads(entry.value)["positions"])
+    return found
+
+
+def _passed(log: WriterLog, entry: JournalEntry) -> None:
+    """The replay passed a suspension: writers number on from where they were."""
+    for writer_id, position in _positions(log, entry).items():
+        writer = log.writers.get(writer_id)
+        if writer is not None:
+            writer.advance_to(position)
+
+
+def register(journal: Journal, writer: ChunkWriter) -> None:
+    """A writer of this attempt: its position goes into "suspend" entries;
+    one created after the replay passed a suspension starts past what it
+    wrote before it."""
+    log = log_of(journal)
+    log.writers[writer.writer_id] = writer
+    for entry in journal.entries[: journal.cursor]:
+        if entry.kind == SUSPEND:
+            writer.advance_to(_positions(log, entry).get(writer.writer_id, 0))
+
+
+def completion(journal: Journal, writer_id: str, segment: int) -> dict[str, Any] | None:
+    """The recorded outcome of segment `segment` of a writer, if it completed."""
+    return log_of(journal).completions.get(writer_id, {}).get(segment)
+
+
+async def complete(journal: Journal, writer_id: str, segment: int, outcome: dict[str, Any]) -> None:
+    """Journal that a segment completed (its chunks are durable)."""
+    value = {"segment": segment, **outcome}
+    log_of(journal).completions.setdefault(writer_id, {})[segment] = value
+    await journal.note(STREAM, writer_id, value)
+
+
+def bound(journal: Journal, writer_id: str) -> int | None:
+    """The position this writer may not write at or past yet (None: no limit)."""
+    entry = journal.next_suspension()
+    if entry is None:
+        return None
+    return _positions(log_of(journal), entry).get(writer_id, 0)
+
+
+async def admit(journal: Journal, writer_id: str, end: int, awaited: asyncio.Event) -> None:
+    """Hold a background writer (pipe, merge) whose next writes reach `end`
+    until the replay is past the suspension that bounds it — unless the task
+    awaits it meanwhile (then the writes past the bound are dropped, as a
+    foreground write's: holding would wait for a point the task cannot reach)."""
+    while (b := bound(journal, writer_id)) is not None and end > b and not awaited.is_set():
+        waits = [asyncio.ensure_future(journal.passed.wait()), asyncio.ensure_future(awaited.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+
+async def mark_suspension(journal: Journal, stream_id: str) -> None:
+    """Journal every writer's position as the run suspends on `stream_id`
+    (after its writes were drained: each position is what the Store holds)."""
+    log = journal.stream_state
+    if not isinstance(log, WriterLog):
+        return  # the attempt created no writer
+    positions = {wid: w.position for wid, w in log.writers.items() if w.position > 0}
+    if positions:
+        await journal.record(SUSPEND, stream_id, {"positions": positions})
+
+
+def ranges(indexes: list[int]) -> list[list[int]]:
+    """Sorted indexes as [start, stop) runs: a pipe's chunks, compactly."""
+    out: list[list[int]] = []
+    for i in sorted(indexes):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
