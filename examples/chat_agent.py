@@ -2,6 +2,12 @@
 out through an output stream, and `.wait()` between turns — an idle chat
 holds no process, however long the user takes to answer.
 
+Each turn pipes the model's tokens: they stream live to every reader, and
+the pipe's completion is journaled. A `.wait()` revives the run by running
+it again from the top; a pipe the journal recorded as complete returns at
+once without starting its generator, so the model is called once per turn
+(not once more per later turn) and an answer never changes once streamed.
+
     python examples/chat_agent.py
 """
 
@@ -18,16 +24,19 @@ assistant = streams.define("assistant", str)
 
 @task(id="chat-agent")
 async def chat_agent(payload: dict) -> dict:
-    turns = 0
+    history: list[str] = []
     while True:
         message = await user.wait(timeout="1d")  # suspended between turns
         if not message.ok or message.output == "bye":
             break
-        turns += 1
+        # a real model would be given `history` too
         pipe = assistant.pipe(tokens(message.output, delay_s=0.002, words=5))
-        await pipe.wait_until_complete()
+        # the tee: the tokens as they pass (on replay, read back from the stream)
+        reply = "".join([token async for token in pipe.stream])
+        await pipe.wait_until_complete()  # journaled: replays never call the model again
         await assistant.append("\n")  # end of this turn's answer
-    return {"turns": turns}
+        history += [message.output, reply]
+    return {"turns": len(history) // 2}
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ async def admit(journal: Journal, writer_id: str, end: int, awaited: asyncio.Eve
     awaits it meanwhile (then the writes past the bound are dropped, as a
     foreground write's: holding would wait for a point the task cannot reach)."""
     while (b := bound(journal, writer_id)) is not None and end > b and not awaited.is_set():
-        waits = [asyncio.ensure_future(journal.passed.wait()), asyncio.ensure_future(awaited.wait())]
+        waits = [asyncio.ensure_future(e.wait()) for e in (journal.passed, awaited)]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
