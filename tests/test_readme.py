@@ -1,8 +1,9 @@
 """The README's Python snippets run as written, and quickly.
 
-Both ```python blocks are taken from README.md as they are: the five-minute
-tour (embedded rayflow) and then, in the same process, the HTTP client
-against the API that process serves. The harness adds only what the README
+The three ```python blocks are taken from README.md as they are: the
+five-minute tour (embedded rayflow), then, in the same process, the HTTP
+client against the API that process serves, then the FastAPI route that
+awaits the client (called in-process through httpx's ASGI transport). The harness adds only what the README
 leaves to the reader: the two helpers the tour's task calls
 (`prepare_draft`, `generate`), starting the HTTP API and `SECRET_KEY`. The
 API listens on a free port: the snippet's `127.0.0.1:8000` is rewritten to
@@ -44,6 +45,22 @@ SECRET_KEY = _settings.secret_key
 """
 
 
+ROUTE_CALL = """
+import asyncio as _asyncio
+import httpx as _httpx
+
+async def _call_route():
+    transport = _httpx.ASGITransport(app=api)
+    async with _httpx.AsyncClient(transport=transport, base_url="http://backend") as c:
+        r = await c.post("/posts/p2/publish")
+        r.raise_for_status()
+        return r.json()
+
+_route = _asyncio.run(_call_route())
+print("route:", sorted(_route), _route["run"].startswith("run_"), bool(_route["token"]))
+"""
+
+
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
@@ -56,18 +73,30 @@ def free_port() -> int:
 
 def test_readme_has_the_tour_and_the_client_snippets() -> None:
     blocks = python_blocks(README.read_text())
-    assert len(blocks) == 2, f"expected the tour and the client snippet, found {len(blocks)}"
+    assert len(blocks) == 3, f"expected the tour and two client snippets, found {len(blocks)}"
     assert "rayflow.init()" in blocks[0] and "publish_post.trigger" in blocks[0]
     assert "from rayflow.client import Client" in blocks[1]
+    assert "await rayflow_client.trigger" in blocks[2] and "FastAPI" in blocks[2]
 
 
 def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
-    tour, client = python_blocks(README.read_text())
+    tour, client, route = python_blocks(README.read_text())
     port = free_port()
-    assert "http://127.0.0.1:8000" in client
+    assert "http://127.0.0.1:8000" in client and "http://127.0.0.1:8000" in route
     client = client.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+    route = route.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
     script = tmp_path / "readme_snippets.py"
-    script.write_text(HELPERS + tour + BRIDGE + client + '\nprint("token:", bool(token))\n')
+    key = '\nimport os as _os\n_os.environ["RAYFLOW_SECRET_KEY"] = SECRET_KEY\n'
+    script.write_text(
+        HELPERS
+        + tour
+        + BRIDGE
+        + client
+        + '\nprint("token:", bool(token))\n'
+        + key
+        + route
+        + ROUTE_CALL
+    )
     stdout = run_script(script, tmp_path, env={"RAYFLOW_HTTP_PORT": str(port)})
     lines = stdout.splitlines()
     # the tour: the progress chunk, then the run's output once approved
@@ -80,3 +109,5 @@ def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
     assert "{'step': 'draft', 'percent': 50}" in tail, stdout
     assert any(line.startswith("COMPLETED") for line in tail), stdout
     assert "token: True" in tail, stdout
+    # the FastAPI route: a third run triggered with `await`, its token for the page
+    assert "route: ['run', 'token'] True True" in tail, stdout

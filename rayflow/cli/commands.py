@@ -49,12 +49,29 @@ DataDir = Annotated[
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the replica binds it (ingress.reuse_address): connections of a
+        # server that stopped, left in TIME_WAIT, do not keep the port
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
         return True
+
+
+#: how long `rayflow dev` waits for its port: the HTTP server of a `rayflow
+#: dev` stopped a moment ago lives in a Ray worker process that exits
+#: a few seconds after its driver
+PORT_WAIT_S = 15.0
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not _port_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 @app.command()
@@ -87,7 +104,13 @@ def dev(
             f" {running['url']}); stop it or pass another --data-dir"
         )
     if not _port_free(host, port):
-        raise CLIError(f"port {port} on {host} is in use; pass another one with --port")
+        with spinner(f"waiting for port {port} on {host} to be free"):
+            free = _wait_port_free(host, port, PORT_WAIT_S)
+        if not free:
+            raise CLIError(
+                f"port {port} on {host} is in use (waited {PORT_WAIT_S:.0f} s); stop what"
+                " listens there or pass another port with --port"
+            )
     module = import_target(target) if target else None
     tasks = tasks_in(module) if module is not None else []
     if target and not tasks:
@@ -131,12 +154,14 @@ def dev(
     out.print(f"stopping ({stop})…")
     with contextlib.suppress(OSError):
         dev_file.unlink()
-    from ray import serve
-
-    try:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-    finally:
-        ray.shutdown()
+    # The local Ray this command started stops with every process it runs,
+    # Serve's included, and nothing of rayflow's lives outside the Store.
+    # `serve.shutdown()` first would only add a raylet warning
+    # ("ServeController.graceful_shutdown failed … killed by ray.kill").
+    ray.shutdown()
+    # back at the prompt, a new `rayflow dev` finds the port free
+    _wait_port_free(host, port, PORT_WAIT_S)
+    out.print("stopped")
 
 
 def _register(task: Any) -> None:
