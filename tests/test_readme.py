@@ -3,9 +3,10 @@
 The three ```python blocks are taken from README.md as they are: the
 five-minute tour (embedded rayflow), then, in the same process, the HTTP
 client against the API that process serves, then the FastAPI route that
-awaits the client (called in-process through httpx's ASGI transport). The harness adds only what the README
-leaves to the reader: the two helpers the tour's task calls
-(`prepare_draft`, `generate`), starting the HTTP API and `SECRET_KEY`. The
+awaits the client (called in-process through httpx's ASGI transport). The
+harness adds only what the README leaves to the reader: the two helpers the
+tour's task calls (`prepare_draft`, `generate`), starting the HTTP API,
+`SECRET_KEY` and `RAYFLOW_SECRET_KEY` for the route. The
 API listens on a free port: the snippet's `127.0.0.1:8000` is rewritten to
 it. A tour that waits out its read's idle timeout (60 s) before it sends
 the approval fails the time limit.
