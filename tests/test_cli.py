@@ -7,6 +7,8 @@ serves the module; every other command joins it through its data directory.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -253,3 +255,20 @@ def test_the_rayflow_console_script_is_installed() -> None:
     assert out.returncode == 0, out.stderr
     for command in ("dev", "trigger", "runs", "tail", "send", "token"):
         assert command in out.stdout
+
+
+def test_dev_stops_quietly_and_leaves_its_port_free(tmp_path: Path) -> None:
+    from rayflow.cli.commands import _port_free
+
+    tasks = tmp_path / "cli_tasks.py"
+    tasks.write_text(textwrap.dedent(TASKS))
+    with start_dev_server(str(tasks), tmp_path / "data") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
+        server.proc.wait(timeout=60)
+        free = _port_free("127.0.0.1", port)  # a user starting it again right away
+    out = server.output()
+    assert server.proc.returncode == 0, out[-2000:]
+    # nothing alarming (Serve's "graceful_shutdown failed ... killed by ray.kill")
+    assert out[out.index("stopping") :].splitlines() == ["stopping (SIGINT)…", "stopped"], out
+    assert free, f"port {port} is still taken after rayflow dev stopped"
