@@ -214,7 +214,17 @@ class OutputStream(Generic[T]):
         return Response(go)
 
     def pipe(self, source: AsyncIterable[T] | Iterable[T], *, target: str | None = None) -> Pipe[T]:
-        """Append every value of a sync or async iterable, in the background."""
+        """Append every value of a sync or async iterable, in the background;
+        `await pipe.wait_until_complete()` returns the count once all are durable.
+
+        Inside a task the completion is journaled: a replay (a revived run)
+        that reaches a completed pipe returns the recorded count at once and
+        never iterates `source` — your code creates the generator object, the
+        pipe does not start it, so a model is called once per pipe however
+        often the run suspends afterwards; `pipe.stream` then yields the
+        chunks the pipe stored. A pipe cut by a crash before it completed
+        restarts its source: the chunks committed before the crash stay, the
+        rest come from the new attempt."""
         pipe: Pipe[T] = _in_loop(lambda: Pipe(self._codec, new_writer(self.id, target), source))
         return pipe
 
