@@ -17,6 +17,8 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from rayflow._config import Settings
 from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow.errors import StreamTooLarge
@@ -187,3 +189,37 @@ async def test_a_failing_store_fails_every_write_of_the_round_and_the_next_commi
     )
     for b in buffers:
         await asyncio.wait_for(b.drain(), timeout=30)
+
+
+def test_one_round_over_many_existing_streams_numbers_dedups_and_limits(store: Store) -> None:
+    """The round's statements cover all its streams at once (`append_chunks_many`
+    on streams that exist): each stream numbered on, each writer's duplicates
+    dropped, writes without a writer always stored, and a write past its
+    stream's limit stores nothing of the round."""
+    mib = 1 << 20
+    run_ids = [new_run(store) for _ in range(6)]
+    created = store.append_chunks_many([(r, "out", [write("a", 0)]) for r in run_ids], mib)
+    assert [r.seqs for r in created] == [[0]] * 6
+    items = [
+        (
+            r,
+            "out",
+            [write("a", 0), write("b", 1), ChunkWrite(data='"anon"'), write("c", 0, "other")],
+        )
+        for r in run_ids
+    ]
+    first = store.append_chunks_many(items, mib)
+    assert [(r.seqs, r.length) for r in first] == [([None, 1, 2, 3], 4)] * 6
+    again = store.append_chunks_many(items, mib)  # a retry after a lost answer
+    assert [(r.seqs, r.length) for r in again] == [([None, None, 4, None], 5)] * 6
+    size = len('"a""b""anon""c""anon"')
+    with pytest.raises(StreamTooLarge) as caught:
+        store.append_chunks_many(
+            [(r, "out", [write("d" * (n + 1), 2)]) for n, r in enumerate(run_ids)], size + 4
+        )
+    assert caught.value.run_id in run_ids[2:]  # the first it met past the limit
+    for r in run_ids:
+        chunks = store.read_chunks(r, "out", 0, 10)
+        assert [json.loads(c.data) for c in chunks] == ["a", "b", "anon", "c", "anon"]
+        info = store.stream_info(r, "out")
+        assert info is not None and (info.length, info.size_bytes) == (5, size)

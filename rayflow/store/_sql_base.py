@@ -78,6 +78,9 @@ class SqlBase:
     #: appended to a SELECT that must hold a row against updates but not
     #: against other readers that lock it the same way (PostgreSQL: FOR SHARE)
     share_lock_clause = ""
+    #: after a text column in ORDER BY: compare bytes (code points), the order
+    #: Python's `sorted` locks rows in one by one (PostgreSQL: COLLATE "C")
+    binary_collation = ""
     #: run first in `migrate` to serialise processes migrating at once; SQLite
     #: needs none (BEGIN IMMEDIATE already holds the database's write lock)
     migration_lock_sql: str | None = None

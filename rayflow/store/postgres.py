@@ -148,6 +148,7 @@ class PostgresStore(SqlStore):
     blob_type = "BYTEA"
     lock_clause = " FOR UPDATE"
     share_lock_clause = " FOR SHARE"
+    binary_collation = ' COLLATE "C"'
     migration_lock_sql = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
     integrity_errors = (psycopg.errors.UniqueViolation,)
 
