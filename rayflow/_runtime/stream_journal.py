@@ -10,13 +10,15 @@ task hears of it. A replay that reaches a recorded segment gets the recorded
 outcome and writes nothing: a pipe does not even start iterating its source.
 
 A run that suspends journals every writer's position (a "suspend" entry,
-`mark_suspension`). Until the replay passes that point — the `.wait()` that
-suspended asks the journal for its outcome — a writer writes nothing at or
-past its position there: an `append` or `write` past it is dropped (answered
-as a duplicate: what the run wrote before it suspended is already in the
-stream, and a source that answers differently this time must not add to
-it); a pipe or `merge` that is not being awaited holds until the run is past
-that point, then writes on (its chunks from there on come from this attempt).
+`mark_suspension`, after flushing every writer: each position is what the
+Store holds). Until the replay passes that point — the `.wait()` that
+suspended asks the journal for its outcome — no write of a writer reaches
+the Store: below its position there the chunk is stored already (answered
+as a duplicate without a commit), and at or past it the write is dropped
+the same way (a source that answers differently this time must not add to
+what readers saw); a pipe or `merge` that is not being awaited holds before
+writing past it until the run is past that point, then writes on (its
+chunks from there on come from this attempt).
 When the replay passes the point, each writer's numbering moves up to its
 recorded position, so its live writes come after everything stored.
 
@@ -135,6 +137,9 @@ async def mark_suspension(journal: Journal, stream_id: str) -> None:
     log = journal.stream_state
     if not isinstance(log, WriterLog):
         return  # the attempt created no writer
+    # writes to other runs (target="parent", …) are not in the run's drained
+    # buffers; a write that failed reached its own future (the task's to see)
+    await asyncio.gather(*(w.flush() for w in log.writers.values()), return_exceptions=True)
     positions = {wid: w.position for wid, w in log.writers.items() if w.position > 0}
     if positions:
         await journal.record(SUSPEND, stream_id, {"positions": positions})

@@ -103,21 +103,24 @@ class ChunkWriter:
         writer had reached it)."""
         self._seq = max(self._seq, position)
 
-    def _dropped(self, end: int) -> bool:
-        """Whether writes numbered up to `end` (excluded) are a replay's,
-        past what the journal allows: answered as duplicates, not stored."""
+    def _dropped(self) -> bool:
+        """Whether the next writes are a replay's that the Store need not see
+        (answered as duplicates): a completed segment's, or any made before
+        the replay passed this writer's next suspension — below the position
+        recorded there the chunk is stored already (every writer was flushed
+        before it was recorded), at or past it the run did not write it
+        before it suspended."""
         if self.skipping:
             return True
         if self.journal is None:
             return False
-        bound = stream_journal.bound(self.journal, self.writer_id)
-        return bound is not None and end > bound
+        return stream_journal.bound(self.journal, self.writer_id) is not None
 
     def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
         """Queue one chunk (JSON text); the future resolves to its index once
         durable (None when it was a duplicate, or a replay's write past what
         the journal allows)."""
-        if self.journal is not None and self._dropped(self._seq + 1):
+        if self.journal is not None and self._dropped():
             self._seq += 1
             return _done(None)
         w = ChunkWrite(
@@ -134,7 +137,7 @@ class ChunkWriter:
     def write_many(self, datas: list[str]) -> asyncio.Future[list[int | None]]:
         """Queue chunks (JSON text) that travel and commit together; the
         future resolves to their indexes once all are durable."""
-        if self.journal is not None and self._dropped(self._seq + len(datas)):
+        if self.journal is not None and self._dropped():
             self._seq += len(datas)
             return _done([None] * len(datas))
         first, self._seq = self._seq, self._seq + len(datas)
