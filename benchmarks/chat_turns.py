@@ -9,10 +9,11 @@ earlier turn's pipe is met again: with its completion journaled the replay
 returns at once; without it (before issue 24) each earlier turn's model
 was called again before the new turn's first token.
 
-For `--chats` chats of `--turns` turns, side by side per turn: send ->
-first token of that turn (p50 over the chats, the driver's clock around a
-Python reader of the stream) and how many times the model was called in
-all (expected: chats x turns). The load average is printed beside every
+For `--chats` chats of `--turns` turns, side by side per turn (p50 over
+the chats): send -> the model produced that turn's first token (the task's
+clock, in the token: the revival and the replay of every earlier turn) and
+send -> a Python reader of the stream got it; and how many times the model
+was called in all (expected: chats x turns). The load average is printed beside every
 figure: absolute figures on a shared box are noise, the turn-N / turn-1
 ratio is the result.
 
@@ -53,7 +54,8 @@ async def model(calls: str, prompt: str) -> AsyncIterator[str]:
         f.write(prompt + "\n")
     for i in range(TOKENS):
         await asyncio.sleep(DELAY_S)
-        yield f"{prompt}:{i} "
+        # the first token carries the task's clock: when the model produced it
+        yield f"{prompt}:{i}@{time.time_ns()} " if i == 0 else f"{prompt}:{i} "
 
 
 @task(id="bench-chat-turns")
@@ -82,18 +84,22 @@ def wait_status(run_id: str, status: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-def one_chat(turns: int, calls: str) -> list[float]:
-    """Send -> first token of each turn, in ms."""
+def one_chat(turns: int, calls: str) -> list[tuple[float, float]]:
+    """Per turn, in ms: send -> the model produced its first token (the
+    task's clock: the revival and the replay of every earlier turn), and
+    send -> a Python reader got it."""
     handle = chat.trigger({"calls": calls}).result()
     reader = iter(assistant.read(handle.id, timeout_s=60))
-    firsts: list[float] = []
+    firsts: list[tuple[float, float]] = []
     for turn in range(1, turns + 1):
         wait_status(handle.id, "WAITING")
-        sent = time.perf_counter()
+        sent = time.time_ns()
         user.send(handle.id, f"t{turn}").result()
         first = next(reader)
-        firsts.append((time.perf_counter() - sent) * 1000)
-        assert first.startswith(f"t{turn}:"), first
+        got = time.time_ns()
+        assert first.startswith(f"t{turn}:0@"), first
+        produced = int(first.split("@")[1])
+        firsts.append(((produced - sent) / 1e6, (got - sent) / 1e6))
         while first != "\n":
             first = next(reader)
     wait_status(handle.id, "WAITING")
@@ -119,18 +125,25 @@ def main() -> None:
             f" apart per answer; {load()}",
             flush=True,
         )
-        per_turn: list[list[float]] = [[] for _ in range(args.turns)]
+        produced: list[list[float]] = [[] for _ in range(args.turns)]
+        read: list[list[float]] = [[] for _ in range(args.turns)]
         for _ in range(args.chats):
-            for i, ms in enumerate(one_chat(args.turns, calls)):
-                per_turn[i].append(ms)
+            for i, (p, r) in enumerate(one_chat(args.turns, calls)):
+                produced[i].append(p)
+                read[i].append(r)
             print(f"  chat done; {load()}", flush=True)
         made = len(Path(calls).read_text().splitlines())
-        p50 = [statistics.median(t) for t in per_turn]
-        print("turn   send -> first token p50 (ms)   [each chat]")
-        for i, (median, runs) in enumerate(zip(p50, per_turn, strict=True), start=1):
-            print(f"{i:>4}   {median:8.1f}   {[round(x, 1) for x in runs]}")
+        p50p = [statistics.median(t) for t in produced]
+        p50r = [statistics.median(t) for t in read]
+        print("turn   send -> first token, p50 ms: produced (task clock)   read (Python reader)")
+        for i in range(args.turns):
+            print(
+                f"{i + 1:>4}   {p50p[i]:8.1f} {[round(x, 1) for x in produced[i]]}"
+                f"   {p50r[i]:8.1f} {[round(x, 1) for x in read[i]]}"
+            )
         print(
-            f"turn {args.turns} / turn 1: x{p50[-1] / p50[0]:.2f}; model calls {made}"
+            f"turn {args.turns} / turn 1: produced x{p50p[-1] / p50p[0]:.2f},"
+            f" read x{p50r[-1] / p50r[0]:.2f}; model calls {made}"
             f" (one per turn: {args.chats * args.turns}); {load()}"
         )
         rayflow.shutdown(stop_runs=True)
