@@ -18,12 +18,29 @@ import uuid
 from typing import Any
 
 import pytest
+import ray
+from conftest import eventually
 
+import rayflow
+from rayflow import streams, task
 from rayflow._config import Settings
+from rayflow._runtime.connection import current
 from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import ChunkWrite, RunRecord
+
+tokens_out = streams.define("gc-tokens", str)
+go = streams.input("gc-go", dict)
+
+
+@task(id="gc-lockstep")
+async def lockstep(payload: dict) -> int:  # type: ignore[type-arg]
+    """Waits for the go, then appends its tokens one after the other."""
+    await go.once(timeout_s=300)
+    for i in range(payload["n"]):
+        await tokens_out.append(f"t{i}")
+    return int(payload["n"])
 
 
 class CountingStore:
@@ -223,3 +240,36 @@ def test_one_round_over_many_existing_streams_numbers_dedups_and_limits(store: S
         assert [json.loads(c.data) for c in chunks] == ["a", "b", "anon", "c", "anon"]
         info = store.stream_info(r, "out")
         assert info is not None and (info.length, info.size_bytes) == (5, size)
+
+
+@pytest.mark.usefixtures("rf")
+def test_runs_sharing_an_actor_commit_their_tokens_together() -> None:
+    """Through the public API: async runs on shared RunActors, each awaiting
+    10 appends one after the other — one transaction per append and run
+    would be 300."""
+    runs, n = 30, 10
+    ids = [h.id for h in lockstep.batch_trigger([{"n": n}] * runs).result(timeout_s=60)]
+    eventually(
+        lambda: all(rayflow.runs.retrieve(i).result().status == "EXECUTING" for i in ids),
+        timeout_s=120,
+        what="all runs executing",
+    )
+    controller = current().controller
+    actors = {}
+    for run_id in ids:
+        name, actor = ray.get(controller.locate.remote(run_id))
+        assert actor is not None
+        actors[name] = actor
+    assert len(actors) < runs, "the runs did not share actors"
+    before = sum(ray.get([a.stream_commits.remote() for a in actors.values()]))
+
+    async def go_all() -> None:
+        await asyncio.gather(*(go.send(i, {}) for i in ids))
+
+    asyncio.run(go_all())
+    for run_id in ids:
+        assert rayflow.runs.wait(run_id).result(timeout_s=120).output == n
+    commits = sum(ray.get([a.stream_commits.remote() for a in actors.values()])) - before
+    assert 1 <= commits <= runs * n // 3, commits
+    for run_id in ids:
+        assert list(tokens_out.read(run_id, timeout_s=5)) == [f"t{i}" for i in range(n)]

@@ -49,6 +49,7 @@ from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
 from rayflow._runtime.loop_watch import LoopWatch
 from rayflow._runtime.stream_buffer import ReadReply, Row
+from rayflow._runtime.stream_commit import loop_committer
 from rayflow.store.base import InboxMessage
 
 log = logging.getLogger("rayflow")
@@ -342,6 +343,11 @@ class RunActor:
     def published_calls(self) -> int:
         """Calls to `published` this actor has answered (all runs)."""
         return self.published_count
+
+    async def stream_commits(self) -> int:
+        """Transactions this actor's group commit made for the output streams
+        of all its runs (tests and benchmarks count them)."""
+        return loop_committer(self.conn.store, self.settings.max_stream_bytes).commits
 
     def stream_stats(self, run_id: str) -> dict[str, dict[str, int]]:
         """Per stream of the run (when it executes here): committed length,
