@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     #: its own ~55 MB (bounded by `pool_max_size` too)
     max_live_runs: int = 10_000
     #: PostgreSQL connections a RunActor process may hold (opened when used,
-    #: closed after a minute idle). With `max_live_runs` actors that is the
-    #: worst case; keep it under the server's `max_connections` (100 by
-    #: default) or put PgBouncer in front (docs/deploying.md)
+    #: closed after a minute idle), however many runs it hosts: their streams
+    #: commit together on one. Times the RunActors (at most `pool_max_size`)
+    #: that is the worst case; keep it under the server's `max_connections`
+    #: (100 by default) or put PgBouncer in front (docs/deploying.md)
     run_actor_store_connections: int = 2
     #: PostgreSQL connections of the Controller, an Inbox, a Serve replica, a driver
     store_connections: int = 8
