@@ -502,9 +502,25 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"×{a / b:.2f}"
 
 
+def once_lines(report: dict[str, Any]) -> list[str]:
+    if "once" not in report:
+        return []
+    o = report["once"]
+    return [
+        "",
+        f"once: {o['live']:,} of {o['runs']:,} runs live in `.once()` after "
+        f"{o['settle_s']:.0f} s; {o['kib_per_live']:.0f} KiB of Ray worker USS each "
+        f"({o['worker_processes'][0]} → {o['worker_processes'][1]} worker processes); "
+        f"send → received {_ms(o['send_ms'])} ms over {o['send_ms']['n']} sends; "
+        f"load {o['load'][0]:.1f} → {o['load'][1]:.1f}",
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     parts = report["parts"]
     names = [p for p in ("rayflow", "floor") if p in parts]
+    if not names:
+        return "\n".join(once_lines(report)).strip()
     cfg = report["config"]
     head = (
         f"{cfg['runs']} runs × {cfg['rate']:g} tokens/s × {cfg['duration']:g} s, "
@@ -581,16 +597,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{name}, runs executing by second after the first trigger: {points}")
         if "statuses" in p:
             lines.append(f"{name}, runs by status at the end: {p['statuses']}")
-    if "once" in report:
-        o = report["once"]
-        lines += [
-            "",
-            f"once: {o['live']:,} of {o['runs']:,} runs live in `.once()` after "
-            f"{o['settle_s']:.0f} s; {o['kib_per_live']:.0f} KiB of Ray worker USS each "
-            f"({o['worker_processes'][0]} → {o['worker_processes'][1]} worker processes); "
-            f"send → received {_ms(o['send_ms'])} ms over {o['send_ms']['n']} sends; "
-            f"load {o['load'][0]:.1f} → {o['load'][1]:.1f}",
-        ]
+    lines += once_lines(report)
     return "\n".join(lines)
 
 
