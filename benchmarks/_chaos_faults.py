@@ -40,6 +40,7 @@ from _chaos_workload import (
 
 import rayflow
 from rayflow._runtime import connection
+from rayflow._runtime.inbox import actor_name
 
 Probe = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -96,7 +97,8 @@ class Faults:
             return await self._kill_run_actor(states)
         if kind == "inbox":
             try:  # the Inbox starts with the stream's first send: none yet, no fault
-                inbox = ray.get_actor(f"rayflow-inbox-{IN}-0", namespace=conn.settings.namespace)
+                name = actor_name(IN, states[0].id) if states else "rayflow-inbox-0"
+                inbox = ray.get_actor(name, namespace=conn.settings.namespace)
             except ValueError:
                 return None
             return kill(await inbox.pid.remote()), self._probe_inbox

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     #: sealed segments per stream kept in the Ray object store (older: Store)
     object_store_segments: int = 64
     token_ttl_s: int = 3600
-    #: Inbox actors per input stream id; runs are spread over them by id
-    inbox_shards: int = 1
+    #: Inbox actors (on the head node) taking every send; a (run, input
+    #: stream) always goes to the same one, by a hash of both
+    inbox_shards: int = Field(default=2, ge=1, le=256)
     #: how often the Controller looks for waitpoints past their deadline
     timer_interval_s: float = 0.5
     #: level of Ray's and Ray Serve's own logs (rayflow/_logging.py): ERROR

@@ -163,6 +163,13 @@ async def send_input(
     await rayflow.streams.send(run_id, stream_id, data, idempotency_key=idempotency_key)
 
 
+async def sent_before(run_id: str, stream_id: str, idempotency_key: str) -> bool:
+    """Whether a send with this idempotency key is stored on the run's input stream."""
+    message_id = serving.keyed_message_id(idempotency_key)
+    found = await asyncio.to_thread(_conn().store.inbox_find, run_id, stream_id, message_id)
+    return found is not None
+
+
 async def stream_length(run_id: str, key: str) -> int:
     info = await asyncio.to_thread(_conn().store.stream_info, run_id, key)
     return info.length if info else 0

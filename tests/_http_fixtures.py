@@ -96,13 +96,6 @@ async def http_emit(payload: dict) -> dict:  # type: ignore[type-arg]
     return {"emitted": n}
 
 
-@task(id="http-hold")
-async def http_hold(payload: dict) -> str:  # type: ignore[type-arg]
-    """Stay running `hold_s` seconds (streams are written from outside)."""
-    await asyncio.sleep(float(payload.get("hold_s", 60)))
-    return "held"
-
-
 class Approval(BaseModel):
     approved: bool
     reviewer: str
@@ -110,6 +103,14 @@ class Approval(BaseModel):
 
 approval = streams.input("approval", Approval)
 notes = streams.input("notes", dict)
+
+
+@task(id="http-hold", inputs=[notes])
+async def http_hold(payload: dict) -> str:  # type: ignore[type-arg]
+    """Stay running `hold_s` seconds (streams are written from outside;
+    messages to "notes" are stored and never read)."""
+    await asyncio.sleep(float(payload.get("hold_s", 60)))
+    return "held"
 
 
 @task(id="http-approve")

@@ -306,9 +306,8 @@ class Scenarios:
         eventually(lambda: self.status(handle.id) == "EXECUTING", what="the run to start")
         conn = connection.current()
         inbox.forget("msgs", handle.id)
-        shard = 0  # inbox_shards is 1
         actor = inbox.InboxActor.options(
-            name=f"rayflow-inbox-msgs-{shard}",
+            name=inbox.actor_name("msgs", handle.id),
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,

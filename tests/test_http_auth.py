@@ -139,7 +139,7 @@ async def call_endpoint(
             "read_run": ("GET", f"/api/v3/runs/{run_a}", {}),
             "send_input": (
                 "POST",
-                f"/realtime/v1/streams/{run_a}/input/matrix",
+                f"/realtime/v1/streams/{run_a}/input/notes",
                 {"json": {"data": {"hello": "world"}}},
             ),
             "trigger": (

@@ -24,9 +24,11 @@ SCRIPT = textwrap.dedent(
     from rayflow import streams, task
 
     gate = streams.input("gate", dict)
+    notes = streams.input("notes", dict)
+    other = streams.input("other", dict)
 
 
-    @task(id="quota-wait")
+    @task(id="quota-wait", inputs=[notes, other])
     async def quota_wait(payload: dict) -> dict:
         return (await gate.once(timeout_s=600)).unwrap()  # never sent: the run stays live
 

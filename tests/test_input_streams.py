@@ -18,6 +18,7 @@ from ray.util import state as ray_state
 import rayflow
 from rayflow import errors, step, streams, task
 from rayflow._runtime import connection
+from rayflow._runtime.inbox import actor_name as inbox_actor_name
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -298,7 +299,8 @@ def test_an_inbox_that_dies_loses_no_acknowledged_message() -> None:
     for i in range(10):
         messages.send(handle.id, f"m{i}").result()
     inbox = ray.get_actor(
-        "rayflow-inbox-messages-0", namespace=connection.current().settings.namespace
+        inbox_actor_name("messages", handle.id),
+        namespace=connection.current().settings.namespace,
     )
     ray.kill(inbox, no_restart=False)
     for i in range(10, 20):

@@ -1,4 +1,9 @@
-"""Inbox actors: one per input stream id (sharded by run id), the way in.
+"""Inbox actors: a fixed set of shards (`RAYFLOW_INBOX_SHARDS`), the way in.
+
+Every send of one (run, input stream) goes to the same shard, picked by a
+hash of both, so its messages keep their order; the set never grows with
+the ids callers choose (a caller naming a million stream ids starts no
+actor: the shards exist once, on first use).
 
 A send is acknowledged only once the message is durable in the Store (the
 append also checks, atomically, that the run exists and is still running).
@@ -125,19 +130,30 @@ class InboxActor:
         return os.getpid()
 
 
-_handles: dict[tuple[str, str, int], Any] = {}
+#: one handle per (namespace, shard): bounded by the shards of each namespace
+_handles: dict[tuple[str, int], Any] = {}
+
+
+def shard_of(stream_id: str, run_id: str, shards: int) -> int:
+    """The shard taking sends to this run's input stream (stable across processes)."""
+    return zlib.crc32(f"{run_id}\x00{stream_id}".encode()) % max(1, shards)
+
+
+def actor_name(stream_id: str, run_id: str) -> str:
+    """The name of the Inbox actor taking sends to this run's input stream."""
+    shards = connection.current().settings.inbox_shards
+    return f"rayflow-inbox-{shard_of(stream_id, run_id, shards)}"
 
 
 def inbox_for(stream_id: str, run_id: str) -> Any:
-    """The Inbox actor for this stream and run (started on first use)."""
+    """The Inbox actor for this stream and run (its shard started on first use)."""
     conn = connection.current()
-    shards = max(1, conn.settings.inbox_shards)
-    shard = zlib.crc32(run_id.encode()) % shards
-    key = (conn.settings.namespace, stream_id, shard)
+    shard = shard_of(stream_id, run_id, conn.settings.inbox_shards)
+    key = (conn.settings.namespace, shard)
     handle = _handles.get(key)
     if handle is None:
         handle = InboxActor.options(  # type: ignore[attr-defined]
-            name=f"rayflow-inbox-{stream_id}-{shard}",
+            name=f"rayflow-inbox-{shard}",
             namespace=conn.settings.namespace,
             lifetime="detached",
             get_if_exists=True,
@@ -152,5 +168,5 @@ def inbox_for(stream_id: str, run_id: str) -> Any:
 
 def forget(stream_id: str, run_id: str) -> None:
     conn = connection.current()
-    shard = zlib.crc32(run_id.encode()) % max(1, conn.settings.inbox_shards)
-    _handles.pop((conn.settings.namespace, stream_id, shard), None)
+    shard = shard_of(stream_id, run_id, conn.settings.inbox_shards)
+    _handles.pop((conn.settings.namespace, shard), None)

@@ -38,10 +38,15 @@ async def send(
     else:
         message_id = uuid.uuid4().hex
     if idempotency_key is not None:
-        message_id = "key:" + idempotency_key
+        message_id = keyed_message_id(idempotency_key)
     await _send(stream_id, run_id, data, message_id)
     if ctx is not None:
         await ctx.journal.record("send", name, None)
+
+
+def keyed_message_id(idempotency_key: str) -> str:
+    """The message id a send with this idempotency key is stored under."""
+    return "key:" + idempotency_key
 
 
 async def _send(stream_id: str, run_id: str, data: str, message_id: str) -> None:

@@ -34,6 +34,7 @@ from rayflow._runtime.calls import shared_task
 from rayflow._runtime.connection import Connection, current, secret_key_for
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.reader import ChunkReader
+from rayflow._runtime.sends import keyed_message_id
 from rayflow._runtime.stream_buffer import closed_error
 from rayflow._runtime.writer import StreamAppender
 from rayflow.store.base import ChunkWrite
@@ -142,6 +143,7 @@ __all__ = [
     "current",
     "hops",
     "ingress",
+    "keyed_message_id",
     "parse_duration",
     "prefetch_location",
     "run_events",

@@ -89,6 +89,11 @@ class InputsSql(SqlBase):
         ).fetchone()
         if run is None:
             raise RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=stream_id)
+        # a retried send answers as the first one did, even once the run has finished
+        if message_id is not None:
+            seen = self._inbox_seen(c, run_id, stream_id, message_id)
+            if seen is not None:
+                return seen, False
         if run[0] in FINISHED_STATUSES:
             raise RunFinished(
                 f"run {run_id} is {run[0]}; input can only be sent to a run that is still running",
@@ -96,14 +101,6 @@ class InputsSql(SqlBase):
                 stream=stream_id,
                 status=run[0],
             )
-        if message_id is not None:
-            seen = c.execute(
-                "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
-                " AND message_id = ?",
-                (run_id, stream_id, message_id),
-            ).fetchone()
-            if seen:
-                return InboxMessage(seq=int(seen[0]), data=seen[1], created_at=int(seen[2])), False
         row = c.execute(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM inbox WHERE run_id = ? AND stream_id = ?",
             (run_id, stream_id),
@@ -115,6 +112,22 @@ class InputsSql(SqlBase):
             (run_id, stream_id, seq, data, message_id, now),
         )
         return InboxMessage(seq=seq, data=data, created_at=now), True
+
+    def inbox_find(self, run_id: str, stream_id: str, message_id: str) -> InboxMessage | None:
+        with self._read() as c:
+            return self._inbox_seen(c, run_id, stream_id, message_id)
+
+    def _inbox_seen(
+        self, c: Any, run_id: str, stream_id: str, message_id: str
+    ) -> InboxMessage | None:
+        seen = c.execute(
+            "SELECT seq, data, created_at FROM inbox WHERE run_id = ? AND stream_id = ?"
+            " AND message_id = ?",
+            (run_id, stream_id, message_id),
+        ).fetchone()
+        if seen is None:
+            return None
+        return InboxMessage(seq=int(seen[0]), data=seen[1], created_at=int(seen[2]))
 
     def inbox_read(self, run_id: str, stream_id: str, start: int, limit: int) -> list[InboxMessage]:
         with self._read() as c:

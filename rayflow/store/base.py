@@ -291,7 +291,11 @@ class Store(Protocol):
         atomically with checking that the run exists (RunNotFound) and
         has not finished (RunFinished). A `message_id` already stored
         for this run and stream returns the stored message instead (a
-        retried send is not duplicated)."""
+        retried send is not duplicated), whatever the run's status now:
+        a retried send answers as the first one did."""
+
+    def inbox_find(self, run_id: str, stream_id: str, message_id: str) -> InboxMessage | None:
+        """The message stored with `message_id` on the run's input stream, if any."""
 
     def inbox_send(
         self, run_id: str, stream_id: str, data: str, message_id: str | None = None

@@ -16,7 +16,7 @@ from rayflow.errors import RunFinished, RunNotFound
 from serve import core
 from serve.deps import Caller
 from serve.errors import BadRequest, RouteError
-from serve.input_types import validate_send
+from serve.input_types import check_receivable, check_stream_id, validate_send
 from serve.routes.runs import finite_json
 from serve.routes.streams import SSE_RESPONSES, idle_timeout, start_position
 from serve.sse import event_stream, sse_response
@@ -38,7 +38,10 @@ class SendInputResponse(BaseModel):
     "/realtime/v1/streams/{run_id}/input/{stream_id}",
     response_model=SendInputResponse,
     responses={
-        400: {"description": "`data` missing, or the run has finished"},
+        400: {
+            "description": "`data` missing, a malformed stream id, a stream the run's task"
+            " does not receive on, or the run has finished"
+        },
         404: {"description": "no such run"},
         413: {"description": "the body is over 1 MiB, or the run's input log would pass its limit"},
         422: {"description": "malformed JSON, or `data` fails the stream's type"},
@@ -57,6 +60,7 @@ async def send_input(
     `.peek()`. Secret key, or a token with `write:inputStreams:<runId>`.
     `Idempotency-Key`: a send retried with the same key (and caller) is
     stored once."""
+    check_stream_id(stream_id, run_id)
     who.require("write", "inputStreams", run_id)
     if "data" not in body.model_fields_set:
         raise BadRequest(
@@ -64,11 +68,24 @@ async def send_input(
             run_id=run_id,
             stream=stream_id,
         )
+    key = who.idempotency_key(idempotency_key)
     try:
         run = await core.get_run(run_id)
-        if not run.finished:
-            await validate_send(run.task_id, stream_id, body.data)
-        await core.send_input(run_id, stream_id, body.data, who.idempotency_key(idempotency_key))
+        # a retried send answers as the first one did, whatever happened since
+        if key is not None and await core.sent_before(run_id, stream_id, key):
+            return SendInputResponse()
+        # nothing below touches an actor before the run and the stream are checked
+        if run.finished:
+            raise RunFinished(
+                f"run {run_id} is {run.status}; input can only be sent to a run that is"
+                " still running",
+                run_id=run_id,
+                stream=stream_id,
+                status=run.status,
+            )
+        await check_receivable(run, stream_id)
+        await validate_send(run.task_id, stream_id, body.data)
+        await core.send_input(run_id, stream_id, body.data, key)
     except RunNotFound as e:
         raise RouteError(404, "Run not found", e, run_id=run_id, stream=stream_id) from e
     except RunFinished as e:
@@ -93,6 +110,7 @@ async def read_input(
 ) -> EventSourceResponse:
     """The messages sent to an input stream, as SSE in the same format as
     output streams (for tools and tests)."""
+    check_stream_id(stream_id, run_id)
     who.require("read", "runs", run_id)
     start = start_position(last_event_id, x_trigger_stream_start)
     timeout = idle_timeout(timeout_seconds)
