@@ -7,6 +7,7 @@ every run; `read:runs:<id>` / `write:inputStreams:<id>` one run.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -25,8 +26,12 @@ def run_scopes(run_id: str) -> list[str]:
 
 
 def token_claims(scopes: list[str], ttl_s: int) -> dict[str, Any]:
+    """The claims of a new token. `jti` is random: two tokens minted in the
+    same second with the same scopes differ, so their holders (told apart by
+    a digest of the token) never share an idempotency namespace."""
     now = int(time.time())
     return {
+        "jti": secrets.token_urlsafe(16),
         "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": ENVIRONMENT_ID,

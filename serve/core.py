@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from rayflow._runtime import serving
@@ -21,6 +22,9 @@ from serve.errors import BadRequest
 from serve.fanout import HubSource
 from serve.sources import StoreSource, input_reader
 from serve.sse import RecordSource
+
+#: `<created ms>:<run id>`, as `list_runs` returns it
+_CURSOR = re.compile(r"[0-9]{1,16}:[A-Za-z0-9_\-]{1,64}")
 
 
 def _conn() -> Connection:
@@ -61,9 +65,12 @@ async def list_runs(
     returned (runs created in one millisecond are ordered by id)."""
     store = _conn().store
     ms, _, before_id = (after or "").partition(":")
-    before = int(ms) if ms.isdigit() else None
-    if before is not None and before >= MAX_INDEX:
-        raise BadRequest("page[after] is not a cursor this API returned")
+    before = None
+    if after:
+        if not _CURSOR.fullmatch(after) or int(ms) >= MAX_INDEX:
+            shown = after if len(after) <= 40 else after[:40] + f"… ({len(after)} characters)"
+            raise BadRequest(f"page[after] is not a cursor this API returned: {shown!r}")
+        before = int(ms)
     task_id = task_ids[0] if task_ids and len(task_ids) == 1 else None
     runs = await asyncio.to_thread(
         store.list_runs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from rayflow._config import Settings
 from rayflow._tokens import mint_token
 from serve.auth import Principal, authenticate, missing_bearer
+from serve.errors import BadRequest
 
 #: the largest chunk `…/append` or one NDJSON line of the v1 writer may carry
 MAX_APPEND_BYTES = 512 * 1024
@@ -18,6 +20,21 @@ MAX_APPEND_BYTES = 512 * 1024
 #: it a number cannot be stored (SQLite and PostgreSQL integers are 64-bit)
 #: nor read exactly by a JavaScript client (2**53)
 MAX_INDEX = 2**53
+
+#: ASCII digits only (`str.isdigit` also takes `²`, which `int` refuses), at
+#: most 16 of them: MAX_INDEX has 16, and `int` of thousands of digits is slow
+#: and, past 4,300, an error
+_WHOLE = re.compile(r"[0-9]{1,16}")
+
+
+def whole_number(value: str, name: str, *, low: int = 0, below: int = MAX_INDEX) -> int:
+    """`value` as a whole number from `low` up to (not including) `below`;
+    any other text is a BadRequest (400) naming parameter `name`."""
+    v = value.strip()
+    if _WHOLE.fullmatch(v) and low <= int(v) < below:
+        return int(v)
+    shown = v if len(v) <= 40 else v[:40] + f"… ({len(v)} characters)"
+    raise BadRequest(f"{name} must be a whole number from {low} to {below - 1}; got {shown!r}")
 
 
 @dataclass

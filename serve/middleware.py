@@ -88,7 +88,7 @@ class EdgeMiddleware:
         limit = self._limit(method, scope["path"])
         length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
         if limit is not None and length is not None:
-            if not length.strip().isdigit():
+            if not length.strip().isdigit() or len(length.strip()) > 16:
                 await _send_error(send, 400, "invalid Content-Length header", "BadRequest")
                 return
             if int(length) > limit:

@@ -35,6 +35,7 @@ from rayflow._runtime.serving import current
 from rayflow._status import RunStatus
 from rayflow.runs import run_metadata
 from rayflow.store.base import RunRecord
+from serve.errors import BadRequest
 from serve.run_feed import feed
 
 #: a live request is answered "up-to-date" after this long without a change
@@ -162,10 +163,14 @@ def _offset(rows: list[ShapeRow]) -> str:
 
 
 def _parse_offset(offset: str) -> tuple[int, int] | None:
+    """(watermark, digest) of an offset this API returned; None for `-1` or
+    anything else not of that form (the whole shape is sent)."""
     head, _, tail = offset.partition("_")
-    if head.isdigit() and tail.isdigit():
-        return int(head), int(tail)
-    return None
+    if not (head.isascii() and head.isdigit() and tail.isascii() and tail.isdigit()):
+        return None
+    if len(head) > 16 or len(tail) > 16:  # ours have at most 16; `int` of thousands fails
+        raise BadRequest(f"offset is not one this API returned: {offset[:40]!r}… ({len(offset)})")
+    return int(head), int(tail)
 
 
 def _message(row: dict[str, Any], operation: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ here, their JSON text spliced in unparsed.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -129,6 +130,9 @@ def sse_response(events: AsyncIterator[Event]) -> SSEResponse:
     )
 
 
+_INDEX = re.compile(r"[0-9]{1,16}")
+
+
 def parse_last_event_id(value: str | None) -> int | None:
     """The record index of a `Last-Event-ID` header (digits before `,` or `-`).
 
@@ -137,8 +141,14 @@ def parse_last_event_id(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     head = value.strip().split(",", 1)[0].split("-", 1)[0]
-    if not head.isdigit():
-        raise ValueError(f"Last-Event-ID must start with a record index, got {value!r}")
+    # ASCII digits, at most 16 (2**53 has 16): `int` of thousands is an error
+    if head.isascii() and head.isdigit() and len(head) > 16:
+        raise ValueError(
+            f"Last-Event-ID must be a record index below {2**53}; got {len(head)} digits"
+        )
+    if not _INDEX.fullmatch(head):
+        shown = value if len(value) <= 40 else value[:40] + f"… ({len(value)} characters)"
+        raise ValueError(f"Last-Event-ID must start with a record index, got {shown!r}")
     return int(head)
 
 

@@ -235,3 +235,44 @@ async def test_sdk_style_public_token_endpoints(http_tasks: HttpApi) -> None:
         token = r.json()["token"]
         listed = await c.get("/api/v1/runs", headers=http_tasks.headers(token))
         assert listed.status_code == 200 and isinstance(listed.json()["data"], list)
+
+
+@rayflow.task(id="auth-child")
+async def auth_child(payload: dict) -> dict:  # type: ignore[type-arg]
+    rayflow.metadata.set("secret_of_the_child", "c")
+    return {"child_output": "c"}
+
+
+@rayflow.task(id="auth-parent")
+async def auth_parent(payload: dict) -> dict:  # type: ignore[type-arg]
+    rayflow.metadata.set("secret_of_the_parent", "p")
+    handle = await auth_child.trigger({"child_payload": "c"})
+    await rayflow.runs.wait(handle.id)
+    return {"child": handle.id, "parent_output": "p"}
+
+
+async def test_a_run_token_sees_its_relatives_summaries_only(http_tasks: HttpApi) -> None:
+    """As Trigger.dev (`relatedRuns` in `GET /api/v3/runs/{id}`), a run's
+    token sees the summaries of its root, parent and children — id, task,
+    status, tags, times — never their payload, output, metadata or error,
+    and it cannot read those runs themselves (issue 20, item 15;
+    docs/security.md)."""
+    parent = await auth_parent.trigger({"parent_payload": "p"})
+    done = await rayflow.runs.wait(parent.id)
+    child_id = done.output["child"]
+    child_token = mint_token(http_tasks.secret_key, run_scopes(child_id))
+    async with http_tasks.client() as c:
+        h = http_tasks.headers(child_token)
+        own = await c.get(f"/api/v3/runs/{child_id}", headers=h)
+        theirs = await c.get(f"/api/v3/runs/{parent.id}", headers=h)
+        theirs_events = await c.get(f"/rayflow/v1/runs/{parent.id}/events", headers=h)
+        events = await c.get(f"/rayflow/v1/runs/{child_id}/events", headers=h)
+    assert own.status_code == 200, own.text
+    related = own.json()["relatedRuns"]
+    assert related["parent"]["id"] == parent.id and related["root"]["id"] == parent.id
+    summary_fields = set(related["parent"])
+    assert not summary_fields & {"payload", "output", "metadata", "error"}, summary_fields
+    text = own.text + events.text
+    assert "secret_of_the_parent" not in text and "parent_payload" not in text
+    assert "parent_output" not in text
+    assert theirs.status_code == 403 and theirs_events.status_code == 403

@@ -49,6 +49,20 @@ def test_blocking_calls_mirror_the_in_cluster_api(http_api: HttpApi) -> None:
     assert reader.runs.retrieve(handle.id).result().id == handle.id
 
 
+def test_a_read_timeout_under_a_second_or_fractional_is_sent_in_whole_seconds(
+    http_api: HttpApi,
+) -> None:
+    """`Timeout-Seconds: int(timeout_s)` was 0 for 0.5 s, which the server
+    refuses (400) (issue 20, item 18)."""
+    client = Client(http_api.url, http_api.secret_key)
+    handle = client.trigger("client-ticker", {"n": 3}).result()
+    assert client.runs.wait(handle.id).result(timeout_s=60).status == "COMPLETED"
+    assert list(client.streams.read(handle.id, "client-ticks", timeout_s=0.5)) == [0, 1, 2]
+    assert list(client.streams.read(handle.id, "client-ticks", timeout_s=2.5)) == [0, 1, 2]
+    with pytest.raises(errors.InvalidArgument, match="at most 600"):
+        client.streams.read(handle.id, "client-ticks", timeout_s=1200)
+
+
 def test_each_http_error_is_the_same_rayflow_error(http_api: HttpApi) -> None:
     client = Client(http_api.url, http_api.secret_key)
     with pytest.raises(errors.RunNotFound):

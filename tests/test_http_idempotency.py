@@ -61,6 +61,19 @@ async def test_a_trigger_token_with_someone_elses_key_gets_its_own_run(
     assert status == 200 and again == {**mine, "isCached": True}
 
 
+async def test_two_tokens_minted_in_one_second_are_two_callers(http_tasks: HttpApi) -> None:
+    scopes = ["trigger:tasks:http-emit"]
+    first, second = (mint_token(http_tasks.secret_key, scopes) for _ in range(2))
+    assert first != second  # same scopes, same second: a random jti tells them apart
+    key = uuid.uuid4().hex
+    body = {"payload": {"n": 1}, "options": {"idempotencyKey": key}}
+    path = "/api/v1/tasks/http-emit/trigger"
+    status, mine, _ = await _post(http_tasks, path, first, body)
+    assert status == 200, mine
+    status, theirs, _ = await _post(http_tasks, path, second, body)
+    assert status == 200 and theirs["id"] != mine["id"] and theirs["isCached"] is False
+
+
 async def test_a_key_reused_with_another_payload_is_a_conflict(http_tasks: HttpApi) -> None:
     key = uuid.uuid4().hex
     path = "/api/v1/tasks/http-emit/trigger"

@@ -229,6 +229,20 @@ def test_list_runs_filters_and_orders_newest_first(store: Store) -> None:
     assert ids(task_id="task-a", statuses=["QUEUED", "COMPLETED"]) == ["r1"]
 
 
+def test_a_tag_filter_matches_case_before_the_limit(store: Store) -> None:
+    """One run tagged `vip` behind 600 newer runs tagged `VIP` (issue 20,
+    item 13): the exact-case match is part of the query, not a filter
+    applied to the newest `limit` rows."""
+    store.create_run(_run("vip", created_at=1, tags='["vip"]'))
+    store.create_runs([_run(f"VIP{i:04d}", created_at=10 + i, tags='["VIP"]') for i in range(600)])
+    assert [r.id for r in store.list_runs(tags=["vip"], limit=500)] == ["vip"]
+    assert len(store.list_runs(tags=["VIP"], limit=500)) == 500
+    # a tag with LIKE's wildcards in it is matched literally
+    store.create_run(_run("pct", created_at=2, tags='["50%_off"]'))
+    assert [r.id for r in store.list_runs(tags=["50%_off"])] == ["pct"]
+    assert store.list_runs(tags=["50%"]) == []
+
+
 def test_recoverable_runs_come_in_pages_by_id(store: Store) -> None:
     """What a starting Controller launches, read a page at a time (issue 11
     item 8): active runs and waiting runs whose waitpoint is no longer

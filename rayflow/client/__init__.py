@@ -44,7 +44,9 @@ class Streams:
         """Chunks of the run's stream from `start_index`, then live ones,
         until it closes or `timeout_s` passes without one. Reconnects by
         itself (`Last-Event-ID`) and yields each chunk exactly once;
-        `.next_index` says where a later read would resume."""
+        `.next_index` says where a later read would resume. The server
+        counts the idle timeout in whole seconds from 1 to 600: a shorter
+        one waits 1 s, a longer one (or none) raises `InvalidArgument`."""
         return HttpStreamReader(self._t, run_id, key, start_index, timeout_s)
 
     def append(self, run_id: str, key: str, value: Any) -> Response[None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
@@ -27,6 +28,19 @@ from rayflow.client._transport import Transport, error_for
 
 #: reconnects allowed without a record in between before the read fails
 MAX_RECONNECTS = 8
+#: the server's range for `Timeout-Seconds` (whole seconds)
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
+
+
+def timeout_header(timeout_s: float) -> str:
+    """`Timeout-Seconds` for an idle timeout of `timeout_s`: whole seconds,
+    rounded up, at least 1 (the server refuses 0 and fractions)."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise errors.InvalidArgument(
+            f"timeout_s must be above 0 and at most {MAX_TIMEOUT_S} seconds (the server's"
+            f" limit for an idle stream); got {timeout_s!r}. Read again to wait longer"
+        )
+    return str(max(MIN_TIMEOUT_S, math.ceil(timeout_s)))
 
 
 class HttpStreamReader:
@@ -36,6 +50,7 @@ class HttpStreamReader:
         self, transport: Transport, run_id: str, key: str, start_index: int, timeout_s: float
     ) -> None:
         self._t = transport
+        self._timeout_header = timeout_header(timeout_s)
         self.run_id, self.key = run_id, key
         #: the index of the next chunk this reader yields (to resume elsewhere)
         self.next_index = start_index
@@ -74,7 +89,7 @@ class HttpStreamReader:
                 )
 
     async def _connect(self) -> AsyncIterator[tuple[str, Any]]:
-        headers = {"Accept": "text/event-stream", "Timeout-Seconds": str(int(self.timeout_s))}
+        headers = {"Accept": "text/event-stream", "Timeout-Seconds": self._timeout_header}
         if self.next_index > 0:
             headers["Last-Event-ID"] = str(self.next_index - 1)
         path = f"/realtime/v1/streams/{self.run_id}/{self.key}"

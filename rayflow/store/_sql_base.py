@@ -84,6 +84,8 @@ class SqlBase:
     #: run first in `migrate` to serialise processes migrating at once; SQLite
     #: needs none (BEGIN IMMEDIATE already holds the database's write lock)
     migration_lock_sql: str | None = None
+    #: a case-sensitive "column contains ?" (SQLite's LIKE ignores ASCII case)
+    contains_sql = "instr({column}, ?) > 0"
 
     # -- supplied by subclasses ---------------------------------------------
     def _transaction(self, write: bool = True) -> contextlib.AbstractContextManager[Any]:
@@ -137,10 +139,6 @@ class SqlBase:
             [*values.values(), run_id, *FINISHED_STATUSES],
         )
         return bool(cur.rowcount)
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 class _Cursor:

@@ -18,7 +18,6 @@ from rayflow.store._sql_base import (
     QUEUED,
     WAITING,
     SqlBase,
-    _like_escape,
     _run,
     _waitpoint,
 )
@@ -225,17 +224,15 @@ class RunsSql(SqlBase):
             args.append(created_after)
         for tag in tags or []:
             # tags are stored as a JSON array (json.dumps); an element is its
-            # JSON string, quotes included, so this matches whole tags only
-            where.append("tags LIKE ? ESCAPE '!'")
-            args.append("%" + _like_escape(json.dumps(tag)) + "%")
+            # JSON string, quotes included, so this matches whole tags only,
+            # in their case, before LIMIT (a filter after it could return
+            # nothing while matching runs exist further back)
+            where.append(self.contains_sql.format(column="tags"))
+            args.append(json.dumps(tag))
         sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         with self._read() as c:
-            runs = [_run(r) for r in c.execute(sql, [*args, limit])]
-        if tags:  # SQLite's LIKE ignores case: keep exact matches only
-            wanted = set(tags)
-            runs = [r for r in runs if wanted <= set(json.loads(r.tags))]
-        return runs
+            return [_run(r) for r in c.execute(sql, [*args, limit])]
 
     def recoverable_runs(self, after_id: str | None, limit: int) -> list[RunRecord]:
         sql = _RUN_SELECT + (

@@ -149,6 +149,7 @@ class PostgresStore(SqlStore):
     lock_clause = " FOR UPDATE"
     share_lock_clause = " FOR SHARE"
     binary_collation = ' COLLATE "C"'
+    contains_sql = "strpos({column}, ?) > 0"
     migration_lock_sql = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})"
     integrity_errors = (psycopg.errors.UniqueViolation,)
 

@@ -69,6 +69,8 @@ async def batch_trigger(
     runs: list[BatchedRun] = []
     store = current().store
     item_options = [(i.options or TriggerOptions()) for i in body.items]
+    for n, o in enumerate(item_options):
+        o.check_limits(n)
     shared = {json.dumps(_shared(o), sort_keys=True) for o in item_options}
     if len(shared) == 1 and not item_options[0].metadata:
         import rayflow

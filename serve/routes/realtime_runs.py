@@ -23,6 +23,7 @@ from rayflow.store.base import RunRecord
 from serve import core
 from serve.deps import Caller
 from serve.errors import BadRequest
+from serve.routes.runs import check_tag_filter
 from serve.run_shapes import MAX_ROWS, ShapeRequest, serve_shape
 
 router = APIRouter(tags=["run subscriptions"])
@@ -74,7 +75,7 @@ async def subscribe_to_run(
     return await serve_shape(req, f"run:{run_id}", load, {run_id})
 
 
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_DURATION = re.compile(r"^([0-9]+)\s*(s|m|h|d|w)$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
@@ -85,14 +86,21 @@ def created_after(value: str | None) -> int | None:
     v = value.strip()
     m = _DURATION.match(v)
     if m:
-        # a period longer than the epoch is "every run", not a negative time
+        # a period longer than the epoch is "every run", not a negative time;
+        # past 15 digits it is longer whatever the unit (and `int` of
+        # thousands of digits is an error)
+        if len(m.group(1)) > 15:
+            return 0
         return max(0, int(time.time() * 1000) - int(m.group(1)) * _UNIT_MS[m.group(2)])
     from datetime import datetime
 
     try:
         return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError as e:
-        raise BadRequest(f"createdAt must be a period like 1h or 7d, or an ISO date: {e}") from e
+    except (ValueError, OverflowError, OSError):
+        shown = v if len(v) <= 40 else v[:40] + f"… ({len(v)} characters)"
+        raise BadRequest(
+            f"createdAt must be a period like 1h or 7d, or an ISO date; got {shown!r}"
+        ) from None
 
 
 @router.get("/realtime/v1/runs", responses=SHAPE_RESPONSES)
@@ -113,6 +121,7 @@ async def subscribe_to_runs_with_tag(
     wanted = [t.strip() for t in (tags or "").split(",") if t.strip()]
     if not wanted:
         raise BadRequest("tags is required: /realtime/v1/runs?tags=tag1,tag2")
+    check_tag_filter(wanted, "tags")
     scopes = list(who.scopes)
     if not who.secret and not (
         allows(scopes, "read", "runs", None)

@@ -11,13 +11,36 @@ from pydantic import ConfigDict, Field, field_validator
 
 from rayflow._status import FAILED_STATUSES, RunStatus
 from rayflow._tokens import run_scopes, token_claims
-from rayflow.errors import ValidationError
+from rayflow.errors import PayloadTooLarge, ValidationError
 from rayflow.runs import run_metadata
 from serve import core
 from serve.deps import AppState, Caller
+from serve.errors import BadRequest
 from serve.wire import WireModel, WireRequest
 
 router = APIRouter(tags=["runs"])
+
+#: Trigger.dev's limits on what a trigger may carry
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 128
+MAX_METADATA_BYTES = 256 * 1024
+
+
+def check_tag_filter(tags: list[str], name: str) -> list[str]:
+    """`tags` of a filter (runs carrying every one): a run carries at most
+    MAX_TAGS, so a longer list is a 400 naming parameter `name`, as is a tag
+    over MAX_TAG_LENGTH characters (and neither reaches the Store)."""
+    if len(tags) > MAX_TAGS:
+        raise BadRequest(
+            f"{name}: at most {MAX_TAGS} tags (a run carries no more), got {len(tags)}"
+        )
+    for tag in tags:
+        if len(tag) > MAX_TAG_LENGTH:
+            raise BadRequest(
+                f"{name}: a tag is at most {MAX_TAG_LENGTH} characters, got {len(tag)}"
+            )
+    return tags
+
 
 PayloadType = Literal["application/json", "application/super+json", "text/plain"]
 
@@ -55,6 +78,32 @@ class TriggerOptions(WireRequest):
     metadata: dict[str, Any] | None = None
 
     _finite_metadata = field_validator("metadata")(finite_json)
+
+    def tag_list(self) -> list[str] | None:
+        return [self.tags] if isinstance(self.tags, str) else self.tags
+
+    def check_limits(self, item: int | None = None) -> None:
+        """Trigger.dev's limits: at most 10 tags of 1-128 characters (400),
+        metadata of at most 256 KiB as JSON (413)."""
+        where = "" if item is None else f" (batch item {item})"
+        tags = self.tag_list() or []
+        if len(tags) > MAX_TAGS:
+            raise BadRequest(
+                f"options.tags: at most {MAX_TAGS} tags per run, got {len(tags)}{where}"
+            )
+        for tag in tags:
+            if not 1 <= len(tag) <= MAX_TAG_LENGTH:
+                raise BadRequest(
+                    f"options.tags: each tag is 1 to {MAX_TAG_LENGTH} characters, got one of"
+                    f" {len(tag)}{where}"
+                )
+        if self.metadata is not None:
+            size = len(json.dumps(self.metadata, separators=(",", ":")).encode())
+            if size > MAX_METADATA_BYTES:
+                raise PayloadTooLarge(
+                    f"options.metadata is {size} bytes as JSON; the limit is"
+                    f" {MAX_METADATA_BYTES} (256 KiB){where}"
+                )
 
 
 class TriggerBody(WireRequest):
@@ -233,6 +282,7 @@ async def trigger_task(
     public access token that may read the run and write its input streams."""
     who.require("trigger", "tasks", task_id)
     options = body.options or TriggerOptions()
+    options.check_limits()
     payload = decode_payload(body.payload, options.payload_type)
     options.idempotency_key = who.idempotency_key(options.idempotency_key)
     run_id, cached = await core.trigger(
@@ -269,7 +319,9 @@ async def list_runs(
     who.require("read", "runs", None)
     statuses = [s for value in status or [] for s in value.split(",") if s]
     tasks = [t for value in task or [] for t in value.split(",") if t]
-    tags = [t for value in tag or [] for t in value.split(",") if t]
+    tags = check_tag_filter(
+        [t for value in tag or [] for t in value.split(",") if t], "filter[tag]"
+    )
     runs, next_cursor = await core.list_runs(
         statuses=statuses or None,
         task_ids=tasks or None,

@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from rayflow.errors import PayloadTooLarge
 from serve import core
-from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, Caller
+from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, Caller, whole_number
 from serve.errors import BadRequest
 from serve.sse import event_stream, parse_last_event_id, sse_response
 
@@ -70,10 +70,7 @@ def start_position(last_event_id: str | None, stream_start: str | None) -> int |
 def idle_timeout(value: str | None) -> float:
     if value is None or not value.strip():
         return DEFAULT_TIMEOUT_S
-    v = value.strip()
-    if not v.isdigit() or not 1 <= int(v) <= MAX_TIMEOUT_S:
-        raise BadRequest(f"Timeout-Seconds must be a whole number from 1 to {MAX_TIMEOUT_S}")
-    return int(v)
+    return whole_number(value, "Timeout-Seconds", low=1, below=MAX_TIMEOUT_S + 1)
 
 
 @router.get("/realtime/v1/streams/{run_id}/{key}", responses=SSE_RESPONSES)
@@ -226,9 +223,7 @@ def resume_from(header: str | None) -> int:
     resume = (header or "").strip()
     if not resume.isdigit():
         return 0
-    if int(resume) >= MAX_INDEX:
-        raise BadRequest(f"X-Resume-From-Chunk must be a chunk number below {MAX_INDEX}")
-    return int(resume)
+    return whole_number(resume, "X-Resume-From-Chunk")
 
 
 def _ndjson_chunk(line: bytes, run_id: str, key: str) -> str:

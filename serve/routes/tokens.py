@@ -57,10 +57,12 @@ def ttl_from_expiration(value: str | int | None, default_s: int) -> int:
         try:
             seconds = parse_duration(value)
         except ValueError as e:
-            raise BadRequest(str(e)) from e
+            raise BadRequest(f"expirationTime: {e}") from e
         ttl = int(seconds or 0)
     if not 1 <= ttl <= MAX_TTL_S:
-        raise BadRequest(f"token lifetime must be between 1 second and {MAX_TTL_S} seconds")
+        raise BadRequest(
+            f"expirationTime: a token's lifetime must be between 1 second and {MAX_TTL_S} seconds"
+        )
     return ttl
 
 
