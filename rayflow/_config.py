@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_input_messages_per_run: int = 10_000
     #: characters of JSON one run's input streams keep; past it: 413
     max_input_log_bytes_per_run: int = 64 * MiB
+    #: SSE bodies and live run subscriptions one public token may hold open
+    #: at once on one Serve replica; past it: 429 (the secret key: no limit).
+    #: Every viewer of a run that shares one run token counts
+    max_streams_per_token: int = Field(default=500, ge=1)
     #: warm RunActors kept ready (the pool's minimum) so a trigger or revival
     #: skips actor start-up; each idle actor costs ~50 MB
     pool_size: int = 2

@@ -27,6 +27,12 @@ from serve.sse import RecordSource
 _CURSOR = re.compile(r"[0-9]{1,16}:[A-Za-z0-9_\-]{1,64}")
 
 
+#: an input log read over SSE (tools and tests; a task receives its messages
+#: pushed) polls the Store from every INPUT_POLL_S up to every INPUT_MAX_POLL_S
+#: while idle: two reads a second at most, not 20-200
+INPUT_POLL_S, INPUT_MAX_POLL_S = 0.05, 1.0
+
+
 def _conn() -> Connection:
     return current()
 
@@ -202,7 +208,13 @@ async def input_source(run_id: str, stream_id: str, start: int | None) -> Record
         run = await asyncio.to_thread(store.get_run, run_id)
         return run is None or run.finished
 
-    return StoreSource(input_reader(store, run_id, stream_id), is_closed, start)
+    return StoreSource(
+        input_reader(store, run_id, stream_id),
+        is_closed,
+        start,
+        poll_s=INPUT_POLL_S,
+        max_poll_s=INPUT_MAX_POLL_S,
+    )
 
 
 async def task_ids() -> list[str]:

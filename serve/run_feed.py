@@ -105,6 +105,22 @@ class RunFeed:
                 return True
         return False
 
+    def changed_ids(self, since: Changes, upto: Changes) -> set[str] | None:
+        """The runs that changed after `since` up to `upto`; None when
+        anything may have changed (a resync, or `since` left the window)."""
+        if self.recent and self.recent[0][0] > since.gen + 1:
+            return None
+        ids: set[str] = set()
+        for gen, run_id in reversed(self.recent):
+            if gen <= since.gen:
+                break
+            if gen > upto.gen:
+                continue
+            if run_id is None:
+                return None
+            ids.add(run_id)
+        return ids
+
     async def wait_for(self, since: Changes, run_ids: set[str] | None, timeout_s: float) -> bool:
         """Wait until one of `run_ids` (None: any run) changed after `since`;
         False after `timeout_s` without such a change."""

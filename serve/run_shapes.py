@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from rayflow._status import RunStatus
 from rayflow.runs import run_metadata
 from rayflow.store.base import RunRecord
 from serve.errors import BadRequest
-from serve.run_feed import feed
+from serve.run_feed import Changes, feed
 
 #: a live request is answered "up-to-date" after this long without a change
 LIVE_TIMEOUT_S = 20.0
@@ -207,22 +208,84 @@ def _response(messages: list[dict[str, Any]], offset: str, handle: str, live: bo
     return JSONResponse([*messages, UP_TO_DATE], headers=headers)
 
 
+#: a change to this many runs outside a shape is not looked at one by one:
+#: the shape is read again
+MAX_LOOKUPS = 50
+#: shape reads shared between the requests of one replica (the newest kept)
+MAX_SHARED_READS = 1000
+
+#: (shape id, skipped columns) -> (feed position the read started at, the read)
+_reads: OrderedDict[tuple[str, frozenset[str]], tuple[int, asyncio.Future[list[ShapeRow]]]] = (
+    OrderedDict()
+)
+
+
+async def _shared_rows(
+    shape_id: str, at: Changes, load: Callable[[], Awaitable[list[RunRecord]]], skip: set[str]
+) -> list[ShapeRow]:
+    """The shape's rows, read once per shape and change-feed position for
+    every request of this replica that needs them (a tag shape watched by
+    a thousand browsers costs one read per change, not a thousand). A read
+    that started at position `at` saw every change up to `at`: what changes
+    later moves the feed on, and those waiting read again."""
+    key = (shape_id, frozenset(skip))
+    entry = _reads.get(key)
+    if entry is None or entry[0] != at.gen or _failed(entry[1]):
+
+        async def read() -> list[ShapeRow]:
+            return await asyncio.to_thread(read_rows, await load(), skip)
+
+        entry = (at.gen, asyncio.ensure_future(read()))
+        _reads[key] = entry
+        while len(_reads) > MAX_SHARED_READS:
+            _reads.popitem(last=False)
+    _reads.move_to_end(key)
+    return await asyncio.shield(entry[1])
+
+
+def _failed(read: asyncio.Future[list[ShapeRow]]) -> bool:
+    return read.done() and (read.cancelled() or read.exception() is not None)
+
+
+async def _concerns(
+    changed: set[str] | None, rows: list[ShapeRow], admits: Callable[[RunRecord], bool]
+) -> bool:
+    """Whether a change to the runs `changed` may alter a shape of `rows`
+    that any run `admits` may enter: a run already in it, or a run that
+    belongs there (looked up by id, at most MAX_LOOKUPS)."""
+    if changed is None:
+        return True
+    if changed & {r.row["id"] for r in rows}:
+        return True
+    if len(changed) > MAX_LOOKUPS:
+        return True
+    store = current().store
+
+    def lookup() -> bool:
+        return any(run is not None and admits(run) for run in map(store.get_run, changed))
+
+    return await asyncio.to_thread(lookup)
+
+
 async def serve_shape(
     req: ShapeRequest,
     shape_id: str,
     load: Callable[[], Awaitable[list[RunRecord]]],
     run_ids: set[str] | None,
+    admits: Callable[[RunRecord], bool] | None = None,
 ) -> JSONResponse:
     """Answer one shape request: the whole shape, or what changed since the
     client's offset (waiting for it when `live`).
 
     `load` reads the shape's runs from the Store; `run_ids` are the runs whose
-    changes matter (None: any run may enter the shape, e.g. a new tagged run).
+    changes matter (None: any run may enter the shape, e.g. a new tagged run);
+    then `admits` says which runs belong to the shape, so a change to a run
+    that neither is in it nor belongs there wakes no read.
     """
     handle = "rf-" + hashlib.sha256(shape_id.encode()).hexdigest()[:16]
     changes = feed()
     since = await changes.changes()
-    rows = await asyncio.to_thread(read_rows, await load(), req.skip)
+    rows = await _shared_rows(shape_id, since, load, req.skip)
     known = _parse_offset(req.offset)
     if known is None or not req.live:
         operation = "insert" if known is None else "update"
@@ -234,7 +297,11 @@ async def serve_shape(
         left = deadline - loop.time()
         if left <= 0 or not await changes.wait_for(since, run_ids, left):
             return _response([], req.offset, handle, True)
-        since = await changes.changes()
-        rows = await asyncio.to_thread(read_rows, await load(), req.skip)
+        upto = await changes.changes()
+        changed = changes.changed_ids(since, upto)
+        since = upto
+        if admits is not None and not await _concerns(changed, rows, admits):
+            continue
+        rows = await _shared_rows(shape_id, since, load, req.skip)
     fresh = [r for r in rows if r.version >= watermark - SKEW_MS] or rows
     return _response([_message(r.row, "update") for r in fresh], _offset(rows), handle, True)

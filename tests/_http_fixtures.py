@@ -53,6 +53,8 @@ class HttpApi:
 #: app itself is kept here and started once; Ray's shutdown at the end of
 #: the session stops it.
 _apps: dict[str, HttpApi] = {}
+#: the test app's `max_streams_per_token`
+STREAMS_PER_TOKEN = 128
 #: Serve listens on one port per Ray session; a redeploy (another store) keeps it
 _port: list[int] = []
 
@@ -66,7 +68,15 @@ def http_api(rf: Any) -> HttpApi:
         return _apps[rf.store_url()]
     if not _port:
         _port.append(free_port())
-    settings = rf.model_copy(update={"http_host": "127.0.0.1", "http_port": _port[0]})
+    # a token holds 128 streams (tests/test_http_open_streams.py; 100
+    # readers share one token in tests/test_http_streams.py)
+    settings = rf.model_copy(
+        update={
+            "http_host": "127.0.0.1",
+            "http_port": _port[0],
+            "max_streams_per_token": STREAMS_PER_TOKEN,
+        }
+    )
     url = start(settings)
     wait_ready(url, timeout_s=60)
     _apps[rf.store_url()] = HttpApi(url=url, secret_key=settings.secret_key)

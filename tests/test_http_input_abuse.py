@@ -6,6 +6,7 @@ first one did, however the run ended since."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -131,3 +132,23 @@ def test_a_retried_keyed_send_in_the_cluster_answers_as_the_first(http_tasks: Ht
     with pytest.raises(rayflow.errors.RunFinished):
         approval.send(handle.id, message, idempotency_key="k2").result()
     assert len(current().store.inbox_read(handle.id, "approval", 0, 10)) == 1
+
+
+async def test_a_process_writing_to_many_streams_keeps_a_bounded_set_of_writers(
+    http_tasks: HttpApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rayflow import streams
+    from rayflow._runtime import stream_writers
+
+    monkeypatch.setattr(stream_writers, "MAX_LOOP_WRITERS", 5)
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    for i in range(12):
+        await streams.append(f"many-{i}", {"i": i}, target=run_id)
+    writers = stream_writers._loop_writers[asyncio.get_running_loop()]
+    assert len([k for k in writers if k[0] == run_id]) <= 6
+    await rayflow.runs.cancel(run_id)
+    for i in range(12):
+        read = await asyncio.to_thread(
+            lambda i=i: list(streams.read(run_id, f"many-{i}", timeout_s=5))
+        )
+        assert read == [{"i": i}]

@@ -37,7 +37,21 @@ def default_writer(key: str, target: str | None) -> ChunkWriter:
     key_ = (run_id, key)
     if key_ not in writers:
         writers[key_] = ChunkWriter(run_id, key)
+        if len(writers) > MAX_LOOP_WRITERS:
+            _drop_idle(writers, keep=key_)
     return writers[key_]
+
+
+#: default writers kept per event loop outside a task; past it the idle ones
+#: go (a process writing to many runs keeps no writer per (run, key) forever)
+MAX_LOOP_WRITERS = 1_000
+
+
+def _drop_idle(writers: dict[Any, ChunkWriter], keep: Any) -> None:
+    # a writer with writes in flight stays: a new one for its stream could
+    # otherwise commit a later chunk before them
+    for k in [k for k, w in writers.items() if w.idle and k != keep]:
+        del writers[k]
 
 
 _loop_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ChunkWriter]] = (

@@ -116,6 +116,11 @@ class ChunkWriter:
             return False
         return stream_journal.bound(self.journal, self.writer_id) is not None
 
+    @property
+    def idle(self) -> bool:
+        """No write of this writer is in flight."""
+        return self._remote is None or self._remote.idle
+
     def write(self, data_json: str, record_id: str | None = None) -> asyncio.Future[int | None]:
         """Queue one chunk (JSON text); the future resolves to its index once
         durable (None when it was a duplicate, or a replay's write past what

@@ -14,8 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from serve import core
-from serve.deps import Caller
+from serve import core, open_streams
+from serve.deps import AppState, Caller
 from serve.routes.runs import run_response
 from serve.routes.streams import SSE_RESPONSES
 from serve.run_feed import feed
@@ -90,12 +90,13 @@ async def run_streams(run_id: str, who: Caller) -> RunStreams:
 
 
 @router.get("/rayflow/v1/runs/{run_id}/events", responses=SSE_RESPONSES)
-async def run_events(run_id: str, who: Caller) -> EventSourceResponse:
+async def run_events(run_id: str, who: Caller, st: AppState) -> EventSourceResponse:
     """`event: run` with the run (as `GET /api/v3/runs/{id}`) whenever its
     status changes, then `data: [DONE]` once it has finished."""
     who.require("read", "runs", run_id)
     await core.get_run(run_id)
-    return sse_response(_run_events(run_id))
+    release = open_streams.take(who, st.settings.max_streams_per_token)
+    return sse_response(_run_events(run_id), on_close=release)
 
 
 async def _run_events(run_id: str) -> AsyncIterator[ServerSentEvent]:

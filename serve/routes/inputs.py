@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field, field_validator
 from sse_starlette import EventSourceResponse
 
 from rayflow.errors import RunFinished, RunNotFound
-from serve import core
-from serve.deps import Caller
+from serve import core, open_streams
+from serve.deps import AppState, Caller
 from serve.errors import BadRequest, RouteError
 from serve.input_types import check_receivable, check_stream_id, validate_send
 from serve.routes.runs import finite_json
@@ -104,6 +104,7 @@ async def read_input(
     run_id: str,
     stream_id: str,
     who: Caller,
+    st: AppState,
     last_event_id: Annotated[str | None, Header()] = None,
     x_trigger_stream_start: Annotated[str | None, Header()] = None,
     timeout_seconds: Annotated[str | None, Header()] = None,
@@ -114,5 +115,11 @@ async def read_input(
     who.require("read", "runs", run_id)
     start = start_position(last_event_id, x_trigger_stream_start)
     timeout = idle_timeout(timeout_seconds)
-    source = await core.input_source(run_id, stream_id, start)
-    return sse_response(event_stream(source, idle_timeout_s=timeout))
+    release = open_streams.take(who, st.settings.max_streams_per_token)
+    try:
+        source = await core.input_source(run_id, stream_id, start)
+    except BaseException:
+        release()
+        raise
+    events = event_stream(source, idle_timeout_s=timeout)
+    return sse_response(events, on_close=release)

@@ -9,8 +9,11 @@ request of a subscription.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import time
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -20,8 +23,9 @@ from rayflow._runtime.serving import current
 from rayflow._tokens import allows
 from rayflow.errors import Forbidden
 from rayflow.store.base import RunRecord
-from serve import core
-from serve.deps import Caller
+from serve import core, open_streams
+from serve.auth import Principal
+from serve.deps import AppState, Caller, ServeState
 from serve.errors import BadRequest
 from serve.routes.runs import check_tag_filter
 from serve.run_shapes import MAX_ROWS, ShapeRequest, serve_shape
@@ -45,6 +49,13 @@ def _request(
     return ShapeRequest(offset=offset, handle=handle, live=live == "true", skip=skip)
 
 
+def _held(who: Principal, st: ServeState, req: ShapeRequest) -> AbstractContextManager[None]:
+    """A live poll holds one of the caller's open streams while it waits."""
+    if not req.live:
+        return contextlib.nullcontext()
+    return open_streams.hold(who, st.settings.max_streams_per_token)
+
+
 Offset = Annotated[
     str, Query(description="`-1` for the whole shape, else the last electric-offset")
 ]
@@ -57,6 +68,7 @@ Skip = Annotated[str | None, Query(alias="skipColumns", description="columns to 
 async def subscribe_to_run(
     run_id: str,
     who: Caller,
+    st: AppState,
     offset: Offset = "-1",
     handle: Handle = None,
     live: Live = None,
@@ -72,7 +84,8 @@ async def subscribe_to_run(
         return [run] if run is not None else []
 
     req = _request(offset, handle, live, skip_columns)
-    return await serve_shape(req, f"run:{run_id}", load, {run_id})
+    with _held(who, st, req):
+        return await serve_shape(req, f"run:{run_id}", load, {run_id})
 
 
 _DURATION = re.compile(r"^([0-9]+)\s*(s|m|h|d|w)$")
@@ -106,6 +119,7 @@ def created_after(value: str | None) -> int | None:
 @router.get("/realtime/v1/runs", responses=SHAPE_RESPONSES)
 async def subscribe_to_runs_with_tag(
     who: Caller,
+    st: AppState,
     tags: Annotated[
         str | None, Query(description="comma-separated; runs carrying all of them")
     ] = None,
@@ -136,14 +150,22 @@ async def subscribe_to_runs_with_tag(
             store.list_runs, tags=wanted, created_after=since, limit=MAX_ROWS
         )
 
+    def admits(run: RunRecord) -> bool:
+        tags = json.loads(run.tags) or []
+        carried = set(tags) if isinstance(tags, list) else {str(tags)}
+        return carried.issuperset(wanted) and (since is None or run.created_at > since)
+
     req = _request(offset, handle, live, skip_columns)
-    return await serve_shape(req, f"tags:{','.join(sorted(wanted))}:{created_at}", load, None)
+    shape_id = f"tags:{','.join(sorted(wanted))}:{created_at}"
+    with _held(who, st, req):
+        return await serve_shape(req, shape_id, load, None, admits)
 
 
 @router.get("/realtime/v1/batches/{batch_id}", responses=SHAPE_RESPONSES)
 async def subscribe_to_batch(
     batch_id: str,
     who: Caller,
+    st: AppState,
     offset: Offset = "-1",
     handle: Handle = None,
     live: Live = None,
@@ -168,4 +190,5 @@ async def subscribe_to_batch(
         raise RunNotFound(f"batch {batch_id} not found (or its runs were removed by retention)")
     ids = {r.id for r in runs}
     req = _request(offset, handle, live, skip_columns)
-    return await serve_shape(req, f"batch:{batch_id}", load, ids)
+    with _held(who, st, req):
+        return await serve_shape(req, f"batch:{batch_id}", load, ids)

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from rayflow.errors import PayloadTooLarge
-from serve import core
-from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, Caller, whole_number
+from serve import core, open_streams
+from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, AppState, Caller, whole_number
 from serve.errors import BadRequest
 from serve.sse import event_stream, parse_last_event_id, sse_response
 
@@ -78,6 +78,7 @@ async def read_stream(
     run_id: str,
     key: str,
     who: Caller,
+    st: AppState,
     last_event_id: Annotated[str | None, Header()] = None,
     x_trigger_stream_start: Annotated[str | None, Header()] = None,
     timeout_seconds: Annotated[str | None, Header()] = None,
@@ -88,8 +89,14 @@ async def read_stream(
     who.require("read", "runs", run_id)
     start = start_position(last_event_id, x_trigger_stream_start)
     timeout = idle_timeout(timeout_seconds)
-    source = await core.output_source(run_id, key, start)
-    return sse_response(event_stream(source, idle_timeout_s=timeout))
+    release = open_streams.take(who, st.settings.max_streams_per_token)
+    try:
+        source = await core.output_source(run_id, key, start)
+    except BaseException:
+        release()
+        raise
+    events = event_stream(source, idle_timeout_s=timeout)
+    return sse_response(events, on_close=release)
 
 
 async def resolve_target(run_id: str, target: str) -> str:
