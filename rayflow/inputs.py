@@ -150,10 +150,17 @@ class InputStream(Generic[T]):
         if message is None:
             waiter = ctx.inputs.waiter(self.id)
             try:
-                message = await asyncio.wait_for(waiter, timeout_s)
-            except asyncio.TimeoutError:
+                # not wait_for: from Python 3.12 it cancels this task when the
+                # timeout fires, even in the loop turn the waiter got its
+                # message — the message, taken, was then lost
+                await asyncio.wait([waiter], timeout=timeout_s)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()  # a later message stays buffered
+            if waiter.cancelled():
                 await ctx.journal.record("once", self.id, {"timeout": True})
                 return self._timeout(ctx, timeout_s)
+            message = waiter.result()
         await ctx.journal.record("once", self.id, {"seq": message.seq})
         return self._result(message)
 

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 import pytest
 import ray
 from conftest import eventually
+from pydantic import BaseModel
 
 import rayflow
 from rayflow import metadata, step, streams, task
@@ -44,6 +45,21 @@ async def whoami(payload: dict) -> dict:
 async def whoami_solo(payload: dict) -> dict:
     SEEN.append(rayflow.context().id)
     return {"pid": os.getpid(), "seen": list(SEEN)}
+
+
+class Ticket(BaseModel):
+    """A by-value class (this module travels by value) used as a payload
+    type: its TypeAdapter is cached in the RunActor across runs."""
+
+    #: a class attribute the runs below change at run time
+    holders: ClassVar[list[str]] = []
+    n: int = 0
+
+
+@task(id="pool-class-attribute")
+async def class_attribute(payload: Ticket) -> dict:  # type: ignore[type-arg]
+    Ticket.holders = [*Ticket.holders, rayflow.context().id]
+    return {"pid": os.getpid(), "holders": Ticket.holders}
 
 
 @task(id="pool-whoami-half-cpu", num_cpus=0.5)
@@ -143,6 +159,19 @@ def test_module_globals_of_one_run_are_not_seen_by_the_next() -> None:
     assert first["pid"] == second["pid"], "both runs should have used one recycled actor"
     assert first["seen"] == [first_handle.id]
     assert second["seen"] == [second_handle.id]
+
+
+def test_class_attributes_set_by_one_run_are_not_seen_by_the_next() -> None:
+    """Classes of by-value code are the run's own, like its module globals
+    (cloudpickle used to hand a recycled actor's next run the class object
+    of the last one, which the TypeAdapter cache kept alive)."""
+    run_output(class_attribute.trigger({"n": 0}).result())  # the pool may still be starting
+    handles, outs = [], []
+    for i in range(3):  # one after another
+        handles.append(class_attribute.trigger({"n": i}).result())
+        outs.append(run_output(handles[-1]))
+    assert len({o["pid"] for o in outs}) == 1, "the runs should share one recycled actor"
+    assert [o["holders"] for o in outs] == [[h.id] for h in handles]
 
 
 @pytest.mark.parametrize("leaver", [leaves_a_task, leaves_a_thread], ids=["task", "thread"])

@@ -20,13 +20,12 @@ import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import cloudpickle
 from pydantic_core import to_jsonable_python
 
 from rayflow._config import Settings
-from rayflow._runtime import run_batches, stream_journal
+from rayflow._runtime import registry, run_batches, stream_journal
 from rayflow._runtime.context import RunContext, set_run
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
@@ -36,6 +35,7 @@ from rayflow.errors import Unavailable
 from rayflow.store.base import Store, Waitpoint
 
 log = logging.getLogger("rayflow")
+T = TypeVar("T")
 
 #: what `execute` returns besides a run status: the claim was lost (another
 #: actor executes the run, or it is not queued any more)
@@ -135,7 +135,7 @@ async def _execute(
         return RunStatus.FAILED
     try:
         # unpickled per run: module globals of one run's code are not the next one's
-        task = cloudpickle.loads(blob)
+        task = registry.load(blob)
     except Unavailable:
         raise
     except Exception as e:
@@ -251,12 +251,30 @@ async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> 
     if not await asyncio.to_thread(store.suspend_run, waitpoint):
         run = await asyncio.to_thread(store.get_run, execution.run_id)
         return run.status if run is not None else SKIPPED
-    raced = await asyncio.to_thread(execution.inputs.oldest_unconsumed, waitpoint.stream_id)
-    if raced is not None and await asyncio.to_thread(
+    # the run is WAITING now: an outage here must not end the attempt before
+    # this look (nobody else looks, and the run would wait with its message there)
+    raced = await _answered(execution.inputs.oldest_unconsumed, waitpoint.stream_id)
+    if raced is not None and await _answered(
         store.resolve_waitpoint, execution.run_id, WaitpointStatus.RESOLVED, raced.seq
     ):
         return RunStatus.QUEUED
     return RunStatus.WAITING
+
+
+#: the longest pause between two tries of a Store call that must be answered
+ANSWER_POLL_MAX_S = 5.0
+
+
+async def _answered(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread, tried again while the Store is unreachable."""
+    pause = 0.05
+    while True:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Unavailable as e:
+            log.warning("the Store is unreachable (%s); trying again in %.2f s", e, pause)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, ANSWER_POLL_MAX_S)
 
 
 async def _call(task: Any, payload: Any, ctx: RunContext) -> Any:

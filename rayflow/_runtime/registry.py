@@ -176,6 +176,23 @@ def register_defined_tasks() -> None:
         _register_now(t)
 
 
+def load(blob: bytes) -> Any:
+    """A stored task, unpickled in a RunActor for one run, with classes of its own.
+
+    cloudpickle hands a load the class object an earlier load made of the
+    same by-value class for as long as that object lives (a cached
+    TypeAdapter keeps it, or anything an earlier run left), so a class
+    attribute one run set was seen by the next run on a recycled actor.
+    Forgetting the earlier loads' classes first gives each run fresh ones,
+    as it gets fresh module globals; within one load a class is still one
+    object. Synchronous: no other load on the actor's loop runs meanwhile.
+    """
+    tracker = cloudpickle.cloudpickle
+    with tracker._DYNAMIC_CLASS_TRACKER_LOCK:
+        tracker._DYNAMIC_CLASS_TRACKER_BY_ID.clear()
+    return cloudpickle.loads(blob)
+
+
 def _pickle_by_value(module: Any) -> bool:
     """User code that a worker may not be able to import travels by value."""
     name = getattr(module, "__name__", "")

@@ -12,7 +12,10 @@ Writers queue on an advisory file lock (`flock` on `<file>-writers`) before
 it is free. Without it a writer that finds the database locked sleeps in
 SQLite's busy handler, whose waits grow 1, 2, 5, 10, … 100 ms; ten RunActors
 committing at once then waited up to ~100 ms (the p99 of the 100-stream part
-in benchmarks/http_sse.py). `busy_timeout` stays as the fallback.
+in benchmarks/http_sse.py). `busy_timeout` stays as the fallback. A writer
+waits in that line at most `write_lock_timeout_s` (SQLite's own busy
+timeout), then raises `Unavailable`: a process that stopped while holding
+the lock (SIGSTOP, a hung disk) must not hang every other writer for ever.
 """
 
 from __future__ import annotations
@@ -23,12 +26,24 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+from rayflow.errors import Unavailable
 from rayflow.store._sql import SqlStore
+
+
+def _release(held: IO[bytes], own: IO[bytes]) -> None:
+    if held is own:
+        fcntl.flock(own, fcntl.LOCK_UN)
+    else:
+        held.close()  # a file of its own: closing it releases the lock
 
 
 class SQLiteStore(SqlStore):
     integrity_errors = (sqlite3.IntegrityError,)
+
+    #: the longest a writer waits for the writers' lock (then `Unavailable`)
+    write_lock_timeout_s = 30.0
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -46,8 +61,7 @@ class SQLiteStore(SqlStore):
     @contextlib.contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
         with self._lock:
-            if write:
-                fcntl.flock(self._writers, fcntl.LOCK_EX)  # in line behind other processes
+            held = self._take_writers_lock() if write else None
             cur = self._conn.cursor()
             try:
                 # a reader in WAL mode takes no write lock: it never waits for
@@ -62,8 +76,43 @@ class SQLiteStore(SqlStore):
                     cur.execute("COMMIT")
             finally:
                 cur.close()
-                if write:
-                    fcntl.flock(self._writers, fcntl.LOCK_UN)
+                if held is not None:
+                    _release(held, self._writers)
+
+    def _take_writers_lock(self) -> IO[bytes]:
+        """Take the writers' lock, in line behind other processes; returns the
+        file that holds it. When it is free, on the store's own file; else a
+        thread waits in line on a file of its own (a wait that gives up must
+        not release a lock a later write takes on the store's file)."""
+        try:
+            fcntl.flock(self._writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return self._writers
+        except BlockingIOError:
+            pass
+        line = open(self._writers.name, "a+b")  # noqa: SIM115  (closed by _release)
+        taken = threading.Event()
+        guard = threading.Lock()
+        gave_up = False
+
+        def wait_in_line() -> None:
+            fcntl.flock(line, fcntl.LOCK_EX)
+            with guard:
+                if gave_up:
+                    line.close()  # releases the lock
+                else:
+                    taken.set()
+
+        threading.Thread(target=wait_in_line, name="sqlite-writers-line", daemon=True).start()
+        if not taken.wait(self.write_lock_timeout_s):
+            with guard:
+                gave_up = not taken.is_set()
+            if gave_up:
+                raise Unavailable(
+                    f"SQLite store {self.path}: another process has held the write lock for"
+                    f" {self.write_lock_timeout_s:.0f} s (is it stopped?); nothing was written,"
+                    " and the call is safe to retry"
+                )
+        return line
 
     def close(self) -> None:
         with self._lock:
