@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+#: the host names that listen on this machine only
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -93,6 +95,15 @@ class Settings(BaseSettings):
     #: Inbox actors (on the head node) taking every send; a (run, input
     #: stream) always goes to the same one, by a hash of both
     inbox_shards: int = Field(default=2, ge=1, le=256)
+    #: the Durable Streams endpoint (`/durable-streams/v1/stream/…`) takes
+    #: requests without a key or token: for local development and the
+    #: protocol's conformance suite; refused unless `http_host` is loopback
+    durable_streams_anonymous: bool = False
+    #: how long a Durable Streams long poll waits for data before its 204
+    durable_streams_long_poll_s: float = 20.0
+    #: how long one Durable Streams SSE response lasts; the client reconnects
+    #: from its offset (PROTOCOL.md: about a minute lets CDNs collapse readers)
+    durable_streams_sse_s: float = 60.0
     #: how often the Controller looks for waitpoints past their deadline
     timer_interval_s: float = 0.5
     #: level of Ray's and Ray Serve's own logs (rayflow/_logging.py): ERROR

@@ -12,6 +12,7 @@ from serve.middleware import default_body_limits, install_middleware
 from serve.routes import (
     batches,
     dashboard,
+    durable_streams,
     inputs,
     realtime_runs,
     runs,
@@ -39,7 +40,17 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     app.state.rayflow = ServeState(settings=settings, secret_key=secret_key)
     install_error_handlers(app)
     # inputs before streams: `…/input/{id}` must win over `…/{target}/{key}`
-    for module in (runs, batches, realtime_runs, inputs, streams, tokens, types, dashboard):
+    for module in (
+        runs,
+        batches,
+        realtime_runs,
+        inputs,
+        streams,
+        tokens,
+        types,
+        durable_streams,
+        dashboard,
+    ):
         app.include_router(module.router)
     dashboard.mount_dashboard(app, settings.dashboard_api_origins)
     openapi.install(app)

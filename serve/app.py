@@ -24,7 +24,7 @@ import httpx
 from ray import serve
 from ray.serve import Application
 
-from rayflow._config import Settings
+from rayflow._config import LOOPBACK_HOSTS, Settings
 from rayflow._logging import serve_logging_config
 from rayflow.errors import RayflowError, Unavailable
 
@@ -34,9 +34,6 @@ APP_NAME = "rayflow"
 #: Serve's default (5) makes the 6th concurrent SSE reader hang (docs/scaling.md);
 #: an SSE reader costs a replica one idle coroutine, so allow many.
 MAX_ONGOING_REQUESTS = 5000
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _keep_replica_grpc_on_loopback() -> None:
@@ -91,6 +88,13 @@ def application(settings: Settings, *, num_replicas: int = 1) -> Application:
     """The Serve application for `settings` (its secret key resolved)."""
     from rayflow._runtime.serving import secret_key_for
 
+    if settings.durable_streams_anonymous and settings.http_host not in LOOPBACK_HOSTS:
+        raise RayflowError(
+            "RAYFLOW_DURABLE_STREAMS_ANONYMOUS=true lets anyone read and write streams without"
+            f" a key; it is refused while the HTTP API listens on {settings.http_host}. Use it"
+            " on loopback only (RAYFLOW_HTTP_HOST=127.0.0.1), or give clients tokens scoped"
+            " to their streams (read:streams:<path>, write:streams:<path>)"
+        )
     secret = secret_key_for(settings)
     # replicas run in other directories: pin the Store and data_dir absolutely
     resolved = settings.model_copy(

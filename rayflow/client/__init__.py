@@ -29,7 +29,7 @@ from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
 from rayflow.client._streams import HttpStreamReader
 from rayflow.client._transport import Transport
-from rayflow.task import RunHandle
+from rayflow._handles import RunHandle
 
 
 class Streams:

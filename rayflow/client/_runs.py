@@ -10,7 +10,8 @@ from typing import Any
 
 from rayflow._response import Response, run_sync
 from rayflow.client._transport import Transport
-from rayflow.runs import Run, RunStatus
+from rayflow._run_model import Run
+from rayflow._status import RunStatus
 
 #: Trigger.dev database status (run subscriptions) -> rayflow status
 _STATUS = {

@@ -1,0 +1,514 @@
+"""The Durable Streams protocol at `/durable-streams/v1/stream/{path}`.
+
+PUT creates (or forks), POST appends and closes, GET reads (catch-up,
+long-poll, SSE), HEAD tells the tail, DELETE deletes — PROTOCOL.md of
+durable-streams/durable-streams, checked by its conformance suite
+(tests/test_durable_streams_conformance.py). Streams live in the Store as
+named streams `ds/<path>` (`rayflow/store/named.py`); a run's output stream
+is readable, read-only, at `runs/<run_id>/<key>` in JSON mode (its chunks
+are the messages; the run's end closes it).
+
+Appends go through the replica's `NamedAppender` (group commit: appends
+made while a commit is in flight share the next one). Live reads wake on
+the Store's change signals (`serve/ds_sources.py`).
+
+Auth: the secret key; or a public access token whose scopes name the path:
+`read:streams:<prefix>` / `write:streams:<prefix>` (`<prefix>` a path or a
+folder of paths, segment by segment; no id: every stream), or
+`read:runs:<id>` for that run's streams. `RAYFLOW_DURABLE_STREAMS_ANONYMOUS`
+lets anyone in, only while the API listens on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import Headers
+from starlette.responses import Response, StreamingResponse
+
+from rayflow._config import LOOPBACK_HOSTS, Settings
+from rayflow._runtime import named_appender
+from rayflow._runtime.serving import current
+from rayflow._tokens import allows
+from rayflow.errors import Forbidden
+from rayflow.store.base import now_ms
+from rayflow.store.named import (
+    DEFAULT_CONTENT_TYPE,
+    NamedOutcome,
+    NamedStreamInfo,
+    NamedStreamSpec,
+    NamedWrite,
+    Producer,
+    is_json,
+)
+from serve import ds_wire as wire
+from serve.auth import Principal, authenticate, missing_bearer
+from serve.deps import AppState
+from serve.ds_sources import NamedSource, RunSource, Slice, Tail
+from serve.ds_wire import WireError
+
+router = APIRouter(tags=["durable-streams"])
+
+PREFIX = "/durable-streams/v1/stream/"
+#: where the protocol's streams live among the Store's named streams
+STORE_PREFIX = "ds/"
+METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE"]
+_CONTENT_TYPE = r"^[\w.+-]+/[\w.+-]+"
+
+Source = NamedSource | RunSource
+
+
+async def caller(request: Request, st: AppState) -> Principal | None:
+    """The caller; None for an anonymous one where that is allowed."""
+    settings = st.settings
+    if settings.durable_streams_anonymous and settings.http_host in LOOPBACK_HOSTS:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise missing_bearer(header)
+    return authenticate(token, st.secret_key)
+
+
+def _require(who: Principal | None, action: str, path: str) -> None:
+    if who is None or who.secret or "admin" in who.scopes:
+        return
+    scopes = list(who.scopes)
+    for scope in scopes:
+        parts = scope.split(":", 2)
+        if parts[:2] != [action, "streams"]:
+            continue
+        if len(parts) == 2 or _within(path, parts[2]):
+            return
+    run = _run_stream(path)
+    if action == "read" and run is not None and allows(scopes, "read", "runs", run[0]):
+        return
+    raise Forbidden(f"token does not allow {action}:streams:{path}; its scopes are {scopes}")
+
+
+def _within(path: str, prefix: str) -> bool:
+    """`path` is `prefix` or inside it, segment by segment (`a/b` holds
+    `a/b/c`, not `a/bc`)."""
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+def _run_stream(path: str) -> tuple[str, str] | None:
+    if not path.startswith("runs/"):
+        return None
+    run_id, _, key = path.removeprefix("runs/").partition("/")
+    return (run_id, key) if run_id and key else None
+
+
+def _source(path: str) -> Source:
+    run = _run_stream(path)
+    return RunSource(*run) if run else NamedSource(STORE_PREFIX + path)
+
+
+def _check_path(path: str) -> None:
+    if not path or len(path) > 1024 or any(p in ("", ".", "..") for p in path.split("/")):
+        raise WireError(400, f"invalid stream path {path!r}")
+
+
+Who = Annotated[Principal | None, Depends(caller)]
+
+
+@router.api_route(PREFIX + "{path:path}", methods=METHODS, include_in_schema=False)
+async def durable_stream(path: str, request: Request, who: Who) -> Response:
+    """One stream URL, every method of the protocol."""
+    method = request.method
+    try:
+        _check_path(path)
+        if method in ("GET", "HEAD"):
+            _require(who, "read", path)
+            source = _source(path)
+            if method == "HEAD":
+                return await head(source)
+            return await get(source, request)
+        _require(who, "write", path)
+        if path.startswith(("runs/", "sessions/")):
+            return wire.error(405, f"{path} is read-only here: {method} is not allowed")
+        if method == "PUT":
+            return await put(path, request)
+        if method == "POST":
+            return await post(path, request)
+        return await delete(path)
+    except WireError as e:
+        return wire.error(e.status, str(e), e.headers)
+
+
+# -- HEAD and GET --------------------------------------------------------------
+def _missing(tail: Tail | None, path: str) -> Response | None:
+    if tail is None:
+        return wire.error(404, f"stream {path} does not exist")
+    if tail.gone:
+        return wire.error(410, f"stream {path} was deleted")
+    return None
+
+
+async def head(source: Source) -> Response:
+    tail = await source.look()
+    refused = _missing(tail, _name(source))
+    if refused is not None or tail is None:
+        return refused or wire.error(404, "")
+    headers = {
+        wire.NEXT_OFFSET: wire.offset(tail.length),
+        "Cache-Control": "no-store",
+        "ETag": _etag(tail, "-1", tail.length, tail.closed),
+    }
+    if tail.closed:
+        headers[wire.CLOSED] = "true"
+    info = tail.info
+    if info is not None and info.ttl_s is not None:
+        headers[wire.TTL] = str(info.ttl_s)
+    if info is not None and info.expires_at is not None:
+        headers[wire.EXPIRES_AT] = wire.format_expires_at(info.expires_at)
+    return wire.response(200, headers=headers, content_type=tail.content_type)
+
+
+def _name(source: Source) -> str:
+    if isinstance(source, RunSource):
+        return f"runs/{source.run_id}/{source.key}"
+    return source.path.removeprefix(STORE_PREFIX)
+
+
+def _etag(tail: Tail, start: str, end: int, closed: bool) -> str:
+    return f'"{tail.stream_id}:{start}:{wire.offset(end)}{":c" if closed else ""}"'
+
+
+async def get(source: Source, request: Request) -> Response:
+    params = request.query_params
+    offsets = params.getlist("offset")
+    if len(offsets) > 1:
+        raise WireError(400, "name one offset")
+    given = offsets[0] if offsets else None
+    if given == "":
+        raise WireError(400, "the offset is empty: use -1, now, or an offset this server gave")
+    live = params.get("live")
+    if live not in (None, "long-poll", "sse"):
+        raise WireError(400, f"live={live!r}: use long-poll or sse")
+    if live is not None and given is None:
+        raise WireError(400, f"live={live} needs an offset (-1 for the start)")
+    start = 0 if given in (None, "-1") else None if given == "now" else wire.parse_offset(given)
+    try:
+        tail = await source.look()
+        refused = _missing(tail, _name(source))
+        if refused is not None or tail is None:
+            return refused or wire.error(404, "")
+        await _touch(tail)
+        if start is None or start > tail.length:
+            start = tail.length
+        if live == "sse":
+            return _sse(source, start, tail, params.get("cursor"))
+        if given == "now" and live is None:
+            headers = {
+                wire.NEXT_OFFSET: wire.offset(tail.length),
+                wire.UP_TO_DATE: "true",
+                "Cache-Control": "no-store",
+            }
+            if tail.closed:
+                headers[wire.CLOSED] = "true"
+            body = b"[]" if tail.json else b""
+            return wire.response(200, body, headers, tail.content_type)
+        if live == "long-poll" and start >= tail.length:
+            got = await source.wait(start, _settings().durable_streams_long_poll_s)
+            refused = _missing(got.tail if got else None, _name(source))
+            if refused is not None or got is None:
+                return refused or wire.error(404, "")
+            if not got.chunks:
+                return _long_poll_timeout(got, params.get("cursor"))
+        else:
+            got = await source.read(start)
+            refused = _missing(got.tail if got else None, _name(source))
+            if refused is not None or got is None:
+                return refused or wire.error(404, "")
+        return _data_response(got, given or "-1", live, request)
+    finally:
+        if isinstance(source, RunSource):
+            await source.aclose()
+
+
+def _long_poll_timeout(got: Slice, client_cursor: str | None) -> Response:
+    headers = {wire.NEXT_OFFSET: wire.offset(got.start), wire.UP_TO_DATE: "true"}
+    if got.tail.closed:
+        headers[wire.CLOSED] = "true"
+    else:
+        headers[wire.CURSOR] = wire.cursor(client_cursor)
+    return wire.response(204, headers=headers)
+
+
+def _data_response(got: Slice, given: str, live: str | None, request: Request) -> Response:
+    tail = got.tail
+    closed = tail.closed and got.at_tail
+    headers = {wire.NEXT_OFFSET: wire.offset(got.end)}
+    if got.at_tail:
+        headers[wire.UP_TO_DATE] = "true"
+    if closed:
+        headers[wire.CLOSED] = "true"
+    if live == "long-poll":
+        headers[wire.CURSOR] = wire.cursor(request.query_params.get("cursor"))
+    etag = _etag(tail, given, got.end, closed)
+    headers["ETag"] = etag
+    if request.headers.get("if-none-match") == etag:
+        return wire.response(304, headers={"ETag": etag})
+    headers["Cache-Control"] = "private, max-age=60, stale-while-revalidate=300"
+    body = wire.json_array(got.chunks) if tail.json else b"".join(got.chunks)
+    return wire.response(200, body, headers, tail.content_type)
+
+
+def _sse(source: Source, start: int, tail: Tail, client_cursor: str | None) -> Response:
+    as_base64 = not wire.text_like(tail.content_type)
+    headers = {**wire.SECURITY_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if as_base64:
+        headers[wire.SSE_ENCODING] = "base64"
+    settings = _settings()
+
+    async def events() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.durable_streams_sse_s
+        position, caught_up = start, False
+        try:
+            while True:
+                left = deadline - loop.time()
+                if caught_up:
+                    if left <= 0:
+                        return  # the client reconnects from its offset (PROTOCOL.md 10.2)
+                    wait_s = min(left, settings.durable_streams_long_poll_s)
+                    got = await source.wait(position, wait_s)
+                else:
+                    got = await source.read(position)
+                if got is None or got.tail.gone:
+                    return  # deleted: a reconnect gets its 404 / 410
+                if got.chunks:
+                    data = wire.json_array(got.chunks) if got.tail.json else b"".join(got.chunks)
+                    yield wire.sse_data(data, got.tail.json, as_base64)
+                    position = got.end
+                caught_up = got.at_tail
+                closed = got.tail.closed and caught_up
+                yield wire.sse_control(
+                    wire.offset(position),
+                    cursor_value=None if closed else wire.cursor(client_cursor),
+                    up_to_date=caught_up,
+                    closed=closed,
+                )
+                if closed:
+                    return
+        finally:
+            if isinstance(source, RunSource):
+                await source.aclose()
+
+    return StreamingResponse(events(), headers=headers, media_type="text/event-stream")
+
+
+# -- PUT, POST, DELETE -----------------------------------------------------------
+def _settings() -> Settings:
+    return current().settings
+
+
+async def put(path: str, request: Request) -> Response:
+    h = request.headers
+    forked_from = h.get(wire.FORKED_FROM)
+    content_type = h.get("content-type")
+    if not content_type or not re.match(_CONTENT_TYPE, content_type.strip()):
+        content_type = None if forked_from else DEFAULT_CONTENT_TYPE
+    ttl, expires = h.get(wire.TTL), h.get(wire.EXPIRES_AT)
+    if ttl is not None and expires is not None:
+        raise WireError(400, f"send {wire.TTL} or {wire.EXPIRES_AT}, not both")
+    spec = NamedStreamSpec(
+        STORE_PREFIX + path,
+        content_type,
+        ttl_s=wire.parse_ttl(ttl) if ttl is not None else None,
+        expires_at=wire.parse_expires_at(expires) if expires is not None else None,
+        closed=wire.is_true(h.get(wire.CLOSED)),
+    )
+    source_type: str | None = None
+    if wire.FORK_SUB_OFFSET in h and not forked_from:
+        raise WireError(400, f"{wire.FORK_SUB_OFFSET} needs {wire.FORKED_FROM}")
+    if forked_from:
+        source_path = _path_of(forked_from)
+        spec.forked_from = STORE_PREFIX + source_path
+        if wire.FORK_OFFSET in h:
+            spec.fork_offset = wire.parse_offset(h[wire.FORK_OFFSET], wire.FORK_OFFSET)
+        if wire.FORK_SUB_OFFSET in h:
+            spec.fork_sub_offset = wire.parse_sub_offset(h[wire.FORK_SUB_OFFSET])
+        if content_type is None:
+            info = await asyncio.to_thread(current().store.named_info, spec.forked_from)
+            source_type = info.content_type if info else None
+    body = await request.body()
+    stream_type = content_type or source_type or DEFAULT_CONTENT_TYPE
+    if is_json(stream_type):
+        messages = wire.json_messages(body, append=False) if body else []
+    else:
+        messages = [body] if body else []
+    store, settings = current().store, _settings()
+    result = await asyncio.to_thread(store.named_create, spec, messages, settings.max_stream_bytes)
+    outcome, stream = result.outcome, result.stream
+    if outcome in (NamedOutcome.OK, NamedOutcome.EXISTS) and stream is not None:
+        headers = {wire.NEXT_OFFSET: wire.offset(stream.length)}
+        if stream.closed:
+            headers[wire.CLOSED] = "true"
+        if outcome is NamedOutcome.OK:
+            headers["Location"] = str(request.url.replace(query=""))
+        status = 201 if outcome is NamedOutcome.OK else 200
+        return wire.response(status, headers=headers, content_type=stream.content_type)
+    return wire.error(*_create_refusal(outcome, path))
+
+
+def _path_of(forked_from: str) -> str:
+    """The stream path a `Stream-Forked-From` names (a URL path or a full URL)."""
+    value = forked_from.strip()
+    if "://" in value:
+        value = "/" + value.split("://", 1)[1].partition("/")[2]
+    for prefix in (PREFIX, "/v1/stream/", "v1/stream/"):
+        if value.startswith(prefix):
+            value = value[len(prefix) :]
+            break
+    value = value.lstrip("/")
+    _check_path(value)
+    return value
+
+
+def _create_refusal(outcome: NamedOutcome, path: str) -> tuple[int, str]:
+    return {
+        NamedOutcome.CONFLICT: (409, f"stream {path} exists with another configuration"),
+        NamedOutcome.SOURCE_MISSING: (404, "the stream to fork does not exist"),
+        NamedOutcome.SOURCE_GONE: (409, "the stream to fork was deleted (its forks keep it)"),
+        NamedOutcome.BAD_OFFSET: (400, "the fork offset is past the source stream's data"),
+        NamedOutcome.TOO_LARGE: (413, "the initial data is over the stream size limit"),
+    }.get(outcome, (500, f"unexpected outcome {outcome.value}"))
+
+
+def _producer(headers: Headers) -> Producer | None:
+    names = (wire.PRODUCER_ID, wire.PRODUCER_EPOCH, wire.PRODUCER_SEQ)
+    given = [headers.get(n) for n in names]
+    if all(v is None for v in given):
+        return None
+    if any(v is None for v in given):
+        raise WireError(400, "send Producer-Id, Producer-Epoch and Producer-Seq together")
+    producer_id, epoch, seq = given
+    assert producer_id is not None and epoch is not None and seq is not None
+    if not producer_id:
+        raise WireError(400, "Producer-Id must not be empty")
+    return Producer(
+        producer_id,
+        wire.parse_counter(epoch, wire.PRODUCER_EPOCH),
+        wire.parse_counter(seq, wire.PRODUCER_SEQ),
+    )
+
+
+async def post(path: str, request: Request) -> Response:
+    h = request.headers
+    producer = _producer(h)
+    close = wire.is_true(h.get(wire.CLOSED))
+    body = await request.body()
+    content_type = h.get("content-type")
+    if not body and not close:
+        raise WireError(400, "the body is empty: send data, or Stream-Closed: true to close")
+    if body and not content_type:
+        raise WireError(400, "send the stream's Content-Type with the data")
+    store_path = STORE_PREFIX + path
+    messages: list[bytes] = []
+    if body:
+        if content_type is not None and is_json(content_type):
+            try:
+                messages = wire.json_messages(body, append=True)
+            except WireError:
+                refused = await _refusal_before_json(store_path, path, content_type)
+                if refused is not None:
+                    return refused
+                raise
+        else:
+            messages = [body]
+    write = NamedWrite(
+        store_path,
+        messages,
+        content_type=content_type if body else None,
+        close=close,
+        producer=producer,
+        stream_seq=h.get(wire.SEQ),
+    )
+    result = await named_appender.write(write)
+    stream = result.stream
+    if stream is not None:
+        await _touch_info(stream)
+    outcome = result.outcome
+    tail = {wire.NEXT_OFFSET: wire.offset(stream.length)} if stream else {}
+    closed = {wire.CLOSED: "true"} if stream and stream.closed else {}
+    stamp = (
+        {wire.PRODUCER_EPOCH: str(producer.epoch), wire.PRODUCER_SEQ: str(result.producer_seq)}
+        if producer
+        else {}
+    )
+    if outcome is NamedOutcome.OK:
+        status = 200 if producer and messages else 204
+        return wire.response(status, headers={**tail, **closed, **stamp})
+    if outcome is NamedOutcome.DUPLICATE:
+        return wire.response(204, headers={**tail, **closed, **stamp})
+    if outcome is NamedOutcome.MISSING:
+        return wire.error(404, f"stream {path} does not exist")
+    if outcome is NamedOutcome.GONE:
+        return wire.error(410, f"stream {path} was deleted")
+    if outcome is NamedOutcome.CLOSED:
+        return wire.error(409, f"stream {path} is closed", {**tail, wire.CLOSED: "true"})
+    if outcome is NamedOutcome.CONTENT_TYPE:
+        return wire.error(409, f"stream {path} holds {stream.content_type if stream else '?'}")
+    if outcome is NamedOutcome.STREAM_SEQ:
+        return wire.error(409, f"{wire.SEQ} must be above the stream's last one")
+    if outcome is NamedOutcome.STALE_EPOCH:
+        epoch = {wire.PRODUCER_EPOCH: str(result.producer_epoch)}
+        return wire.error(403, "a newer epoch of this producer is writing", epoch)
+    if outcome is NamedOutcome.EPOCH_SEQ:
+        return wire.error(400, "a new producer epoch starts at Producer-Seq 0")
+    if outcome is NamedOutcome.SEQ_GAP:
+        assert producer is not None
+        gap = {wire.EXPECTED_SEQ: str(result.expected_seq), wire.RECEIVED_SEQ: str(producer.seq)}
+        return wire.error(409, f"Producer-Seq {producer.seq} skips {result.expected_seq}", gap)
+    if outcome is NamedOutcome.TOO_LARGE:
+        return wire.error(413, f"stream {path} would grow past its size limit")
+    return wire.error(500, f"unexpected outcome {outcome.value}")
+
+
+async def _refusal_before_json(store_path: str, path: str, content_type: str) -> Response | None:
+    """A body that is not JSON, to a stream that refuses it for an earlier
+    reason (missing, closed, another type): that reason's answer."""
+    info = await asyncio.to_thread(current().store.named_info, store_path)
+    if info is None:
+        return wire.error(404, f"stream {path} does not exist")
+    if info.deleted:
+        return wire.error(410, f"stream {path} was deleted")
+    if info.closed:
+        tail = {wire.NEXT_OFFSET: wire.offset(info.length), wire.CLOSED: "true"}
+        return wire.error(409, f"stream {path} is closed", tail)
+    if not info.json:
+        return wire.error(409, f"stream {path} holds {info.content_type}")
+    return None
+
+
+async def delete(path: str) -> Response:
+    outcome = await asyncio.to_thread(current().store.named_delete, STORE_PREFIX + path)
+    if outcome is NamedOutcome.OK:
+        return wire.response(204)
+    if outcome is NamedOutcome.GONE:
+        return wire.error(410, f"stream {path} was deleted")
+    return wire.error(404, f"stream {path} does not exist")
+
+
+# -- sliding TTLs ----------------------------------------------------------------
+async def _touch(tail: Tail) -> None:
+    if tail.info is not None:
+        await _touch_info(tail.info)
+
+
+async def _touch_info(info: NamedStreamInfo) -> None:
+    """A read or write restarts a sliding TTL; the Store is told only when
+    a tenth of the TTL has passed since (a busy stream costs no write per read)."""
+    if info.ttl_s is None or info.deleted:
+        return
+    now = now_ms()
+    if now - info.touched_at >= min(1000, info.ttl_s * 100):
+        await asyncio.to_thread(current().store.named_touch, [info.path])
+        info.touched_at = now
