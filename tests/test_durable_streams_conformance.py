@@ -33,18 +33,29 @@ SUITE = NODE_DIR / "node_modules" / "@durable-streams" / "server-conformance-tes
 #: tests the reference server (@durable-streams/server 0.3.7) passes: 326 of
 #: 338 with suite 0.3.6 (6 reserved subscription tests are skipped)
 REFERENCE_PASSES = 326
+#: what rayflow passes: every test the suite runs by default (the 6 others
+#: are reserved subscription APIs, run only when a server declares them)
+RAYFLOW_PASSES = 332
 #: tests rayflow is known to fail, each with its reason (none today)
 KNOWN_FAILURES: dict[str, str] = {}
 
 
 @pytest.fixture
-def ds_server(store_backend: str, store_url_for: Callable[[str], str], tmp_path: Path) -> Iterator[str]:
+def ds_server(
+    store_backend: str, store_url_for: Callable[[str], str], tmp_path: Path
+) -> Iterator[str]:
     """A rayflow deployment on the given store; yields the protocol's base URL."""
     if shutil.which("node") is None or not SUITE.is_dir():
         skip_or_fail("Node.js and tests/node's npm packages (npm ci) are needed for the suite")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "_ds_server.py"), store_url_for(store_backend), str(port), str(tmp_path / "rf")],
+        [
+            sys.executable,
+            str(TESTS / "_ds_server.py"),
+            store_url_for(store_backend),
+            str(port),
+            str(tmp_path / "rf"),
+        ],
         cwd=TESTS.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -85,9 +96,7 @@ def run_suite(base_url: str, report: Path) -> dict[str, str]:
         pytest.fail(f"the suite wrote no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     results = json.loads(report.read_text())
     return {
-        t["fullName"]: t["status"]
-        for f in results["testResults"]
-        for t in f["assertionResults"]
+        t["fullName"]: t["status"] for f in results["testResults"] for t in f["assertionResults"]
     }
 
 
@@ -99,3 +108,4 @@ def test_the_durable_streams_conformance_suite_passes(ds_server: str, tmp_path: 
     assert not unexpected, f"{len(unexpected)} conformance tests failed:\n" + "\n".join(unexpected)
     assert len(statuses) == 338, f"the suite ran {len(statuses)} tests, not 338: another version?"
     assert passed >= REFERENCE_PASSES, f"{passed} passed, fewer than the reference server's"
+    assert passed == RAYFLOW_PASSES

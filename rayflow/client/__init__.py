@@ -25,11 +25,11 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from rayflow import errors
+from rayflow._handles import RunHandle
 from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
 from rayflow.client._streams import HttpStreamReader
 from rayflow.client._transport import Transport
-from rayflow._handles import RunHandle
 
 
 class Streams:

@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from rayflow._response import Response, run_sync
-from rayflow.client._transport import Transport
 from rayflow._run_model import Run
 from rayflow._status import RunStatus
+from rayflow.client._transport import Transport
 
 #: Trigger.dev database status (run subscriptions) -> rayflow status
 _STATUS = {

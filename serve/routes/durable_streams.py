@@ -262,7 +262,12 @@ def _data_response(got: Slice, given: str, live: str | None, request: Request) -
 
 def _sse(source: Source, start: int, tail: Tail, client_cursor: str | None) -> Response:
     as_base64 = not wire.text_like(tail.content_type)
-    headers = {**wire.SECURITY_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {
+        **wire.SECURITY_HEADERS,
+        "Content-Type": "text/event-stream",  # as is: no charset parameter
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
     if as_base64:
         headers[wire.SSE_ENCODING] = "base64"
     settings = _settings()
@@ -283,13 +288,15 @@ def _sse(source: Source, start: int, tail: Tail, client_cursor: str | None) -> R
                     got = await source.read(position)
                 if got is None or got.tail.gone:
                     return  # deleted: a reconnect gets its 404 / 410
+                event = b""
                 if got.chunks:
                     data = wire.json_array(got.chunks) if got.tail.json else b"".join(got.chunks)
-                    yield wire.sse_data(data, got.tail.json, as_base64)
+                    event = wire.sse_data(data, got.tail.json, as_base64)
                     position = got.end
                 caught_up = got.at_tail
                 closed = got.tail.closed and caught_up
-                yield wire.sse_control(
+                # data and its control in one write: a reader never sees one without the other
+                yield event + wire.sse_control(
                     wire.offset(position),
                     cursor_value=None if closed else wire.cursor(client_cursor),
                     up_to_date=caught_up,
@@ -301,7 +308,7 @@ def _sse(source: Source, start: int, tail: Tail, client_cursor: str | None) -> R
             if isinstance(source, RunSource):
                 await source.aclose()
 
-    return StreamingResponse(events(), headers=headers, media_type="text/event-stream")
+    return StreamingResponse(events(), headers=headers)
 
 
 # -- PUT, POST, DELETE -----------------------------------------------------------
