@@ -75,8 +75,8 @@ def test_rayflow_client_installs_without_ray_and_round_trips(
     started = time.perf_counter()
     _run([python, "-m", "pip", "install", "-q", str(wheel)])
     install_s = time.perf_counter() - started
-
-    assert "None" in _run([python, "-c", "import importlib.util as u; print(u.find_spec('ray'))"]).stdout
+    no_ray = "import importlib.util as u; print(u.find_spec('ray'))"
+    assert _run([python, "-c", no_ray]).stdout.strip() == "None"
     out = _run([python, "-c", ROUND_TRIP, http_api.url, http_api.secret_key]).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["first"] == {"hello": "Ada"}
