@@ -12,7 +12,6 @@ is nothing yet). A read always shows the stream's state as of the read, so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 from rayflow._runtime.named_signals import feed_key, signals
@@ -102,8 +101,7 @@ class NamedSource:
             finally:
                 for w in waits:
                     w.cancel()
-                    with contextlib.suppress(BaseException):
-                        await w
+                await asyncio.wait(waits)  # never raises what the waits raised
 
 
 class RunSource:
@@ -114,18 +112,7 @@ class RunSource:
         self._hub: HubSource | None = None
 
     async def look(self) -> Tail | None:
-        store = current().store
-
-        def look() -> Tail | None:
-            run = store.get_run(self.run_id)
-            if run is None:
-                return None
-            info = store.stream_info(self.run_id, self.key)
-            length = info.length if info else 0
-            closed = run.finished or bool(info and info.closed)
-            return Tail(length, closed, "application/json", f"{self.run_id}/{self.key}")
-
-        return await asyncio.to_thread(look)
+        return await asyncio.to_thread(self._look_sync)
 
     async def read(self, start: int) -> Slice | None:
         store = current().store
