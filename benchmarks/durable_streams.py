@@ -1,0 +1,119 @@
+"""The Durable Streams shape: 64 concurrent idempotent producers appending
+100-byte JSON messages to one stream, against rayflow's endpoint
+(`rayflow.init(serve=True)`, SQLite or PostgreSQL) and the protocol's
+reference Node server (`@durable-streams/server`, in memory) in the same
+run. Reports acknowledgement latency (p50 / p99) and appends per second.
+
+    .venv/bin/python benchmarks/durable_streams.py --seconds 10 [--store URL]
+
+The load is tests/node/ds_load.mjs. Each producer sends its next append
+when the previous one is acknowledged
+(Producer-Id / Epoch / Seq headers, as the clients' IdempotentProducer
+does without pipelining). Load generator, both servers and the box's other
+work share the same cores: compare the ratio, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def load(base: str, producers: int, seconds: float) -> dict[str, float]:
+    """tests/node/ds_load.mjs against `base` (a Node load generator: a
+    Python one was the bottleneck at ~300 appends/s on this box)."""
+    out = subprocess.run(
+        ["node", "ds_load.mjs", base, str(producers), str(seconds)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 120,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def start_reference() -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", "ds_reference_server.mjs"],
+        cwd=NODE_DIR,
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    return proc, url
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--producers", type=int, default=64)
+    parser.add_argument("--store", default="")
+    args = parser.parse_args()
+
+    import rayflow
+
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="ds-bench-")
+    rayflow.init(
+        store=args.store or None,
+        data_dir=data_dir,
+        serve=True,
+        http_port=port,
+        durable_streams_anonymous=True,
+    )
+    from serve.app import wait_ready
+
+    wait_ready(f"http://127.0.0.1:{port}")
+    reference, ref_url = start_reference()
+    results = {}
+    try:
+        for name, base in (
+            ("rayflow", f"http://127.0.0.1:{port}/durable-streams"),
+            ("reference", ref_url),
+        ):
+            load(base, args.producers, 1.0)  # warm up
+            results[name] = load(base, args.producers, args.seconds)
+            results[name]["load"] = loadavg()  # type: ignore[assignment]
+    finally:
+        reference.terminate()
+        reference.wait()
+    for name, r in results.items():
+        print(
+            f"{name:9s} {r['appends_per_s']:8.0f} appends/s  ack p50 {r['p50_ms']:6.2f} ms"
+            f"  p99 {r['p99_ms']:6.2f} ms  ({r['appends']:.0f} appends; load {r['load']})"
+        )
+    ours, ref = results["rayflow"], results["reference"]
+    print(
+        f"rayflow / reference: throughput x{ours['appends_per_s'] / ref['appends_per_s']:.2f},"
+        f" p50 x{ours['p50_ms'] / ref['p50_ms']:.2f}, p99 x{ours['p99_ms'] / ref['p99_ms']:.2f}"
+    )
+    print(json.dumps(results))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
