@@ -40,7 +40,10 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
     app.state.rayflow = ServeState(settings=settings, secret_key=secret_key)
     install_error_handlers(app)
     # inputs before streams: `…/input/{id}` must win over `…/{target}/{key}`
+    # Durable Streams first: its prefix is its own, and a producer's append
+    # should not be matched against every route before it
     for module in (
+        durable_streams,
         runs,
         batches,
         realtime_runs,
@@ -48,7 +51,6 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
         streams,
         tokens,
         types,
-        durable_streams,
         dashboard,
     ):
         app.include_router(module.router)

@@ -6,7 +6,8 @@ durable-streams/durable-streams, checked by its conformance suite
 (tests/test_durable_streams_conformance.py). Streams live in the Store as
 named streams `ds/<path>` (`rayflow/store/named.py`); a run's output stream
 is readable, read-only, at `runs/<run_id>/<key>` in JSON mode (its chunks
-are the messages; the run's end closes it).
+are the messages; the run's end closes it); a session's streams, read-only,
+at `sessions/<id>/…` (the Store's named streams of that name).
 
 Appends go through the replica's `NamedAppender` (group commit: appends
 made while a commit is in flight share the next one). Live reads wake on
@@ -106,7 +107,11 @@ def _run_stream(path: str) -> tuple[str, str] | None:
 
 def _source(path: str) -> Source:
     run = _run_stream(path)
-    return RunSource(*run) if run else NamedSource(STORE_PREFIX + path)
+    if run is not None:
+        return RunSource(*run)
+    if path.startswith("sessions/"):  # a session's streams, as sessions keep them
+        return NamedSource(path)
+    return NamedSource(STORE_PREFIX + path)
 
 
 def _check_path(path: str) -> None:
@@ -173,7 +178,7 @@ async def head(source: Source) -> Response:
 def _name(source: Source) -> str:
     if isinstance(source, RunSource):
         return f"runs/{source.run_id}/{source.key}"
-    return source.path.removeprefix(STORE_PREFIX)
+    return source.path.removeprefix(STORE_PREFIX)  # `sessions/…` as it is
 
 
 def _etag(tail: Tail, start: str, end: int, closed: bool) -> str:
