@@ -40,7 +40,10 @@ def _read_python(url: str, token: str, cut_after: int) -> tuple[list[Any], list[
     resume from its offset until the stream is closed."""
     headers = {"Authorization": f"Bearer {token}"}
     first: list[Any] = []
-    with durable_streams.stream(url, live="long-poll", headers=headers, timeout=30) as res:
+    # the client sends no offset unless given one, and a long poll needs one
+    with durable_streams.stream(
+        url, offset="-1", live="long-poll", headers=headers, timeout=30
+    ) as res:
         for batch in res.iter_json_batches():
             first.extend(batch)
             if len(first) >= cut_after:
