@@ -146,7 +146,7 @@ async def test_stream_tokens_reach_their_prefix_only_and_run_streams_are_read_on
         assert missing.status_code == 404
 
 
-def test_anonymous_durable_streams_are_refused_off_loopback() -> None:
+def test_anonymous_durable_streams_are_refused_off_loopback(rf: Any) -> None:
     from rayflow._config import Settings
     from rayflow.errors import RayflowError
     from serve.app import application
