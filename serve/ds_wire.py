@@ -209,6 +209,7 @@ def response(
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     code = {
         400: "BadRequest",
+        401: "Unauthorized",
         403: "Forbidden",
         404: "NotFound",
         405: "MethodNotAllowed",

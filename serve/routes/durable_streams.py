@@ -25,17 +25,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from rayflow._config import LOOPBACK_HOSTS, Settings
 from rayflow._runtime import named_appender
 from rayflow._runtime.serving import current
 from rayflow._tokens import allows
-from rayflow.errors import Forbidden
+from rayflow.errors import Forbidden, RayflowError
 from rayflow.store.base import now_ms
 from rayflow.store.named import (
     DEFAULT_CONTENT_TYPE,
@@ -48,7 +48,7 @@ from rayflow.store.named import (
 )
 from serve import ds_wire as wire
 from serve.auth import Principal, authenticate, missing_bearer
-from serve.deps import AppState
+from serve.deps import ServeState
 from serve.ds_sources import NamedSource, RunSource, Slice, Tail
 from serve.ds_wire import WireError
 
@@ -63,8 +63,9 @@ _CONTENT_TYPE = r"^[\w.+-]+/[\w.+-]+"
 Source = NamedSource | RunSource
 
 
-async def caller(request: Request, st: AppState) -> Principal | None:
+def caller(request: Request) -> Principal | None:
     """The caller; None for an anonymous one where that is allowed."""
+    st: ServeState = request.app.state.rayflow
     settings = st.settings
     if settings.durable_streams_anonymous and settings.http_host in LOOPBACK_HOSTS:
         return None
@@ -119,13 +120,15 @@ def _check_path(path: str) -> None:
         raise WireError(400, f"invalid stream path {path!r}")
 
 
-Who = Annotated[Principal | None, Depends(caller)]
-
-
-@router.api_route(PREFIX + "{path:path}", methods=METHODS, include_in_schema=False)
-async def durable_stream(path: str, request: Request, who: Who) -> Response:
-    """One stream URL, every method of the protocol."""
+async def durable_stream(request: Request) -> Response:
+    """One stream URL, every method of the protocol. A plain Starlette route:
+    no dependency solving per append."""
+    path: str = request.path_params["path"]
     method = request.method
+    try:
+        who = caller(request)
+    except RayflowError as e:
+        return wire.error(e.http_status, str(e))
     try:
         _check_path(path)
         if method in ("GET", "HEAD"):
@@ -144,6 +147,13 @@ async def durable_stream(path: str, request: Request, who: Who) -> Response:
         return await delete(path)
     except WireError as e:
         return wire.error(e.status, str(e), e.headers)
+    except RayflowError as e:  # Forbidden, Unavailable, ...
+        return wire.error(e.http_status, str(e))
+
+
+router.routes.append(
+    Route(PREFIX + "{path:path}", durable_stream, methods=METHODS, include_in_schema=False)
+)
 
 
 # -- HEAD and GET --------------------------------------------------------------
