@@ -4,7 +4,7 @@ anonymous clients (RAYFLOW_DURABLE_STREAMS_ANONYMOUS, loopback only).
 
     python tests/_ds_server.py <store url> <port> <data dir>
 
-Prints the API's base URL once it answers, then serves until its stdin
+Prints `READY <the API's base URL>` once it answers, then serves until its stdin
 closes (the test that started it ended) and shuts Ray down.
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout_s=120)
-    print(url, flush=True)
+    print(f"READY {url}", flush=True)
     sys.stdin.read()
     ray.shutdown()
 

@@ -63,14 +63,23 @@ def ds_server(
         text=True,
     )
     ready: list[str] = []
-    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()))  # type: ignore[union-attr]
+
+    def wait_ready() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("READY "):
+                ready.append(line.split()[1])
+                return
+
+    reader = threading.Thread(target=wait_ready, daemon=True)
     reader.start()
     reader.join(180)
     try:
-        if not ready or not ready[0].startswith("http"):
+        if not ready:
             proc.kill()
-            pytest.fail(f"the rayflow server did not start: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
-        yield ready[0].strip() + "/durable-streams"
+            assert proc.stderr is not None
+            pytest.fail(f"the rayflow server did not start: {proc.stderr.read()[-3000:]}")
+        yield ready[0] + "/durable-streams"
     finally:
         if proc.poll() is None:
             proc.stdin.close()  # type: ignore[union-attr]
