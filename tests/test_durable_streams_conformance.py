@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def ds_server(
     if shutil.which("node") is None or not SUITE.is_dir():
         skip_or_fail("Node.js and tests/node's npm packages (npm ci) are needed for the suite")
     port = free_port()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -59,26 +61,27 @@ def ds_server(
         cwd=TESTS.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     ready: list[str] = []
 
-    def wait_ready() -> None:
+    def wait_ready() -> None:  # and go on reading: a full pipe would stall the server
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("READY "):
+            if line.startswith("READY ") and not ready:
                 ready.append(line.split()[1])
-                return
 
     reader = threading.Thread(target=wait_ready, daemon=True)
     reader.start()
-    reader.join(180)
+    deadline = time.monotonic() + 180
+    while not ready and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     try:
         if not ready:
             proc.kill()
-            assert proc.stderr is not None
-            pytest.fail(f"the rayflow server did not start: {proc.stderr.read()[-3000:]}")
+            server_log = (tmp_path / "server.log").read_text()[-3000:]
+            pytest.fail(f"the rayflow server did not start: {server_log}")
         yield ready[0] + "/durable-streams"
     finally:
         if proc.poll() is None:
@@ -88,6 +91,7 @@ def ds_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()
 
 
 def run_suite(base_url: str, report: Path) -> dict[str, str]:
