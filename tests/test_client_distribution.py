@@ -76,8 +76,9 @@ def test_rayflow_client_installs_without_ray_and_round_trips(
     _run([python, "-m", "pip", "install", "-q", str(wheel)])
     install_s = time.perf_counter() - started
     no_ray = "import importlib.util as u; print(u.find_spec('ray'))"
-    assert _run([python, "-c", no_ray]).stdout.strip() == "None"
-    out = _run([python, "-c", ROUND_TRIP, http_api.url, http_api.secret_key]).stdout
+    assert _run([python, "-c", no_ray], cwd=tmp_path).stdout.strip() == "None"
+    # from a directory holding no rayflow: the wheel's, not this checkout's
+    out = _run([python, "-c", ROUND_TRIP, http_api.url, http_api.secret_key], cwd=tmp_path).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["first"] == {"hello": "Ada"}
     assert result["status"] == "COMPLETED" and result["output"] == {"reply": {"text": "hi Ada"}}

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from _ci import skip_or_fail
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, trigger
+from _http_fixtures import HttpApi, trigger, wait_finished
 
 from rayflow._tokens import mint_token
 
@@ -68,7 +68,8 @@ async def test_the_pypi_client_reads_a_live_run_is_cut_off_and_resumes_without_l
     first, rest = await asyncio.to_thread(_read_python, url, http_api.secret_key, 5)
     assert len(first) >= 5
     assert first + rest == [{"i": i} for i in range(CHUNKS)]
-    # the run's end closed the stream: a read at the tail says so
+    # the run's end closes the stream: a look at it says so
+    await wait_finished(run_id)
     async with http_api.client() as c:
         tail = await c.head(url, headers=http_api.headers())
         assert tail.headers["Stream-Closed"] == "true"
