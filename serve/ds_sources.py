@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from rayflow._runtime.named_signals import feed_key, signals
-from rayflow._runtime.serving import current
+from rayflow._runtime.serving import current, feed_key, signals
 from rayflow.store.named import NamedStreamInfo
 from serve import run_feed
 from serve.fanout import HubSource

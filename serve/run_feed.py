@@ -19,8 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from rayflow._runtime.named_signals import FEED_PREFIX
-from rayflow._runtime.serving import current, run_events, shared_task
+from rayflow._runtime.serving import FEED_PREFIX, current, run_events, shared_task
 
 log = logging.getLogger("rayflow.serve")
 

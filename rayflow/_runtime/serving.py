@@ -3,7 +3,8 @@
 holds it to that), so what the app depends on is this module's `__all__`.
 
 Beyond the re-exports (the connection, the chunk reader, the run change
-feed, control-plane start, direct ingress, durations, hop tracing, tasks
+feed and the named streams' signals and group commit, control-plane start, direct
+ingress, durations, hop tracing, tasks
 that outlive the request that made them, a run location asked ahead), two
 entry points the public API lacks: writes with a writer id and per-writer
 sequence numbers (the SDK's v1 NDJSON writer resends chunks after a
@@ -28,11 +29,12 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from rayflow._runtime import hops, ingress, locations, run_events
+from rayflow._runtime import hops, ingress, locations, named_appender, run_events
 from rayflow._runtime.bootstrap import start_control_plane
 from rayflow._runtime.calls import shared_task
 from rayflow._runtime.connection import Connection, current, secret_key_for
 from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.named_signals import FEED_PREFIX, feed_key, signals
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.sends import keyed_message_id
 from rayflow._runtime.stream_buffer import closed_error
@@ -136,19 +138,23 @@ async def writer_position(run_id: str, key: str, writer_id: str) -> int:
 
 
 __all__ = [
+    "FEED_PREFIX",
     "ChunkReader",
     "Connection",
     "append_writes",
     "closed_error",
     "current",
+    "feed_key",
     "hops",
     "ingress",
     "keyed_message_id",
+    "named_appender",
     "parse_duration",
     "prefetch_location",
     "run_events",
     "secret_key_for",
     "shared_task",
+    "signals",
     "start_control_plane",
     "writer_position",
 ]
