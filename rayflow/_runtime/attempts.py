@@ -128,7 +128,7 @@ async def _execute(
         task_id=run.task_id,
     )
     started(execution)
-    blob = await asyncio.to_thread(store.get_task, run.task_id)
+    blob = await run_batches.task_blob(store, run.task_id)
     if blob is None:
         error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
         await run_batches.finish(store, run_id, RunStatus.FAILED, None, json.dumps(error))

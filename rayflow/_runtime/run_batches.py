@@ -1,4 +1,5 @@
-"""Claims and ends of the runs of one process, group-committed.
+"""Claims and ends of the runs of one process, group-committed; and the
+task objects they load, read once for the runs that start together.
 
 A RunActor starts and ends many runs at once — a batch trigger placed on it,
 a burst of revivals, runs that stream for the same time — and each claim
@@ -11,6 +12,7 @@ transactions, and a lone run still commits at once.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 from rayflow._runtime.batching import GroupCommit
@@ -19,6 +21,11 @@ from rayflow.store.base import Claim, Store
 
 class RunBatches:
     def __init__(self, store: Store) -> None:
+        self.store = store
+        #: task blobs being read, by task id: runs starting meanwhile share
+        #: the read (only while it is in flight: a re-registered task is
+        #: read afresh by the next run)
+        self.task_reads: dict[str, asyncio.Future[bytes | None]] = {}
         self.claims: GroupCommit[tuple[str, str], Claim] = GroupCommit(store.claim_runs)
         self.finishes: GroupCommit[tuple[str, str, str | None, str | None], bool] = GroupCommit(
             store.finish_runs
@@ -45,3 +52,19 @@ async def finish(
 ) -> bool:
     """`store.finish_run`, sharing a transaction with the ends arriving meanwhile."""
     return await _for(store).finishes.submit((run_id, status, output, error))
+
+
+async def task_blob(store: Store, task_id: str) -> bytes | None:
+    """`store.get_task`, one read for the runs that ask while it is in flight."""
+    batches = _for(store)
+    read = batches.task_reads.get(task_id)
+    if read is None:
+        read = asyncio.ensure_future(asyncio.to_thread(store.get_task, task_id))
+        batches.task_reads[task_id] = read
+
+        def done(f: asyncio.Future[bytes | None]) -> None:
+            if batches.task_reads.get(task_id) is f:
+                del batches.task_reads[task_id]
+
+        read.add_done_callback(done)
+    return await asyncio.shield(read)
