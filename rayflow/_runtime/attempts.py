@@ -27,7 +27,6 @@ from pydantic_core import to_jsonable_python
 from rayflow._config import Settings
 from rayflow._runtime import registry, run_batches, stream_journal
 from rayflow._runtime.context import RunContext, set_run
-from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
@@ -155,7 +154,7 @@ async def _execute(
     output: str | None = None
     error_text: str | None = None
     while True:
-        journal = await asyncio.to_thread(Journal, store, run_id, attempt)
+        journal = await run_batches.journal(store, run_id, attempt)
         if execution.canceled.is_set():
             return RunStatus.CANCELED
         ctx = RunContext(

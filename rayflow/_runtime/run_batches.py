@@ -1,5 +1,6 @@
-"""Claims and ends of the runs of one process, group-committed; and the
-task objects they load, read once for the runs that start together.
+"""Claims and ends of the runs of one process, group-committed; their
+journals loaded in one thread hop for the runs that start together; and the
+task objects they load, read once for those runs.
 
 A RunActor starts and ends many runs at once — a batch trigger placed on it,
 a burst of revivals, runs that stream for the same time — and each claim
@@ -16,6 +17,7 @@ import asyncio
 import weakref
 
 from rayflow._runtime.batching import GroupCommit
+from rayflow._runtime.journal import Journal
 from rayflow.store.base import Claim, Store
 
 
@@ -29,6 +31,11 @@ class RunBatches:
         self.claims: GroupCommit[tuple[str, str], Claim] = GroupCommit(store.claim_runs)
         self.finishes: GroupCommit[tuple[str, str, str | None, str | None], bool] = GroupCommit(
             store.finish_runs
+        )
+        # one thread hop for many (the executor is shared by every run here)
+        self.journals: GroupCommit[tuple[str, int], Journal] = GroupCommit(
+            lambda items: [Journal(store, run_id, attempt) for run_id, attempt in items],
+            max_batch=100,
         )
 
 
@@ -52,6 +59,11 @@ async def finish(
 ) -> bool:
     """`store.finish_run`, sharing a transaction with the ends arriving meanwhile."""
     return await _for(store).finishes.submit((run_id, status, output, error))
+
+
+async def journal(store: Store, run_id: str, attempt: int) -> Journal:
+    """The run's journal of `attempt`, loaded with those of the runs asking meanwhile."""
+    return await _for(store).journals.submit((run_id, attempt))
 
 
 async def task_blob(store: Store, task_id: str) -> bytes | None:
