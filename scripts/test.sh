@@ -10,7 +10,9 @@ export CI="${CI:-}"
 bash scripts/venv.sh
 export RAYFLOW_TEST_POSTGRES_URL="${RAYFLOW_TEST_POSTGRES_URL:-$(bash scripts/postgres.sh)}"
 bash scripts/browser.sh >/dev/null
-if [ ! -d tests/node/node_modules ]; then
+# again whenever the lock file changed since the last install (new packages)
+if [ ! -d tests/node/node_modules ] \
+  || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
   (cd tests/node && npm install --no-audit --no-fund --loglevel=error)
 fi
 .venv/bin/ruff check rayflow serve tests examples benchmarks

@@ -46,8 +46,18 @@ def ds_server(
     store_backend: str, store_url_for: Callable[[str], str], tmp_path: Path
 ) -> Iterator[str]:
     """A rayflow deployment on the given store; yields the protocol's base URL."""
-    if shutil.which("node") is None or not SUITE.is_dir():
-        skip_or_fail("Node.js and tests/node's npm packages (npm ci) are needed for the suite")
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        skip_or_fail("Node.js and npm are needed for the Durable Streams conformance suite")
+    if not SUITE.is_dir():  # a checkout whose tests/node predates the suite
+        npm = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if npm.returncode != 0:
+            pytest.fail(f"npm install in {NODE_DIR} failed:\n{npm.stderr[-2000:]}")
     port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
