@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import durable_streams
 import httpx
 import pytest
-from _ci import skip_or_fail
 from _http_fixtures import *  # noqa: F403
 from _http_fixtures import HttpApi, trigger, wait_finished
+from _node import node_packages
 
 from rayflow._tokens import mint_token
 
@@ -79,8 +78,7 @@ async def test_the_pypi_client_reads_a_live_run_is_cut_off_and_resumes_without_l
 async def test_the_npm_client_reads_a_live_run_over_sse_is_cut_off_and_resumes(
     http_api: HttpApi,
 ) -> None:
-    if shutil.which("node") is None or not (NODE_DIR / "node_modules/@durable-streams").is_dir():
-        skip_or_fail("Node.js and tests/node's npm packages (npm ci) are needed")
+    node_packages("@durable-streams/client")
     run_id, _ = await trigger(http_api, "http-emit", {"n": CHUNKS, "key": "ds", "delay_s": 0.05})
     args = {
         "url": _ds_url(http_api, f"runs/{run_id}/ds"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,15 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _ci import skip_or_fail
 from _http_fixtures import free_port
+from _node import node_packages
 from _store_fixtures import *  # noqa: F403  (store_backend, store_url_for)
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(900)]
 
 TESTS = Path(__file__).resolve().parent
 NODE_DIR = TESTS / "node"
-SUITE = NODE_DIR / "node_modules" / "@durable-streams" / "server-conformance-tests"
 #: tests the reference server (@durable-streams/server 0.3.7) passes: 326 of
 #: 338 with suite 0.3.6 (6 reserved subscription tests are skipped)
 REFERENCE_PASSES = 326
@@ -46,18 +44,7 @@ def ds_server(
     store_backend: str, store_url_for: Callable[[str], str], tmp_path: Path
 ) -> Iterator[str]:
     """A rayflow deployment on the given store; yields the protocol's base URL."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        skip_or_fail("Node.js and npm are needed for the Durable Streams conformance suite")
-    if not SUITE.is_dir():  # a checkout whose tests/node predates the suite
-        npm = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if npm.returncode != 0:
-            pytest.fail(f"npm install in {NODE_DIR} failed:\n{npm.stderr[-2000:]}")
+    node_packages("@durable-streams/server-conformance-tests", "vitest")
     port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
