@@ -156,7 +156,8 @@ async def test_a_stream_past_its_limit_fails_alone_in_a_shared_round(store: Stor
 async def test_a_runs_drain_waits_for_its_own_writes_not_for_other_runs(store: Store) -> None:
     quiet_id, busy_id = [await asyncio.to_thread(new_run, store) for _ in range(2)]
     quiet = StreamBuffers(quiet_id, store, Settings())
-    busy = StreamBuffers(busy_id, store, Settings())
+    # a tail that never seals: sealing puts a segment into Ray's object store
+    busy = StreamBuffers(busy_id, store, Settings(tail_chunks=10_000_000))
     stop = asyncio.Event()
 
     async def flood() -> int:
