@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import ray
+from _outside_writers import outside_writers
 from conftest import eventually, eventually_async
 
 import rayflow
@@ -341,3 +342,64 @@ async def test_a_chunk_its_run_actor_was_never_told_of_reaches_a_follower_late_n
     assert await asyncio.wait_for(reader, 30) == ["first", "silent"]
     await go.send(handle.id, {})
     assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
+
+
+async def test_a_follower_misses_no_chunk_of_two_processes_writing_one_stream(rf: Any) -> None:
+    """Two writers outside the run commit to one stream, each telling the
+    RunActor of its commits (several commits per call while one is in
+    flight): between a call's rows lie the other writer's. A reader already
+    following the actor gets every acknowledged chunk once, in the Store's
+    order — none skipped at the holes."""
+    writers = outside_writers(rf, 2)
+    handle = await hold.trigger({})
+
+    async def executing() -> bool:
+        return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
+
+    await eventually_async(executing, timeout_s=60, what="run executing")
+    await streams.append("many", "start", target=handle.id)
+    following = asyncio.Event()
+
+    async def follow() -> list[str]:
+        got: list[str] = []
+        async for x in streams.read(handle.id, "many", timeout_s=60):
+            following.set()
+            if x == "end":
+                break
+            got.append(x)
+        return got
+
+    reader = asyncio.create_task(follow())
+    await asyncio.wait_for(following.wait(), 30)
+    await asyncio.gather(
+        *(
+            w.append.remote(handle.id, "many", [f"{name}{i}" for i in range(450)], coroutines=3)
+            for name, w in zip("AB", writers, strict=True)
+        )
+    )
+    await streams.append("many", "end", target=handle.id)
+    got = await asyncio.wait_for(reader, 60)
+    stored = [x async for x in streams.read(handle.id, "many", timeout_s=0.3)]
+    assert len(stored) == 2 + 2 * 3 * 150
+    missing = [x for x in stored[:-1] if x not in set(got)]
+    assert got == stored[:-1], f"{len(missing)} acknowledged chunks skipped: {missing[:10]}"
+    await go.send(handle.id, {})
+    assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
+
+
+def test_a_writer_whose_event_loop_ends_at_once_still_tells_the_run_actor() -> None:
+    """A script appends and its event loop ends (`asyncio.run` returns) as
+    soon as the append is acknowledged: telling the RunActor, which follows
+    the commit in the background, must not die with that loop (the run's
+    followers would wait a whole long poll for the chunk)."""
+    run_id = live_run(hold)
+    actor = actor_of(run_id)
+    before = ray.get(actor.published_calls.remote())
+
+    async def append_once() -> int:
+        return int(await streams.append("brief", "x", target=run_id))
+
+    assert asyncio.run(append_once()) == 0
+    eventually(lambda: ray.get(actor.published_calls.remote()) > before, what="actor told")
+    go.send(run_id, {}).result()
+    rayflow.runs.wait(run_id).result()

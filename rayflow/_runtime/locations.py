@@ -12,6 +12,7 @@ The caller then `forget`s the entry and locates again.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -22,14 +23,17 @@ from rayflow._runtime.calls import call
 MAX_ENTRIES = 10_000
 
 _actors: OrderedDict[str, Any] = OrderedDict()
+#: the process's telling thread (`run_appender`) uses it beside the event loops
+_lock = threading.Lock()
 
 
 def cached(run_id: str) -> Any:
     """The RunActor last seen executing `run_id`, or None."""
-    actor = _actors.get(run_id)
-    if actor is not None:
-        _actors.move_to_end(run_id)
-    return actor
+    with _lock:
+        actor = _actors.get(run_id)
+        if actor is not None:
+            _actors.move_to_end(run_id)
+        return actor
 
 
 async def locate(run_id: str) -> tuple[str | None, Any]:
@@ -47,14 +51,16 @@ async def locate(run_id: str) -> tuple[str | None, Any]:
 
 
 def remember(run_id: str, actor: Any) -> None:
-    _actors[run_id] = actor
-    _actors.move_to_end(run_id)
-    while len(_actors) > MAX_ENTRIES:
-        _actors.popitem(last=False)
+    with _lock:
+        _actors[run_id] = actor
+        _actors.move_to_end(run_id)
+        while len(_actors) > MAX_ENTRIES:
+            _actors.popitem(last=False)
 
 
 def forget(run_id: str, actor: Any = None) -> None:
     """Drop the entry (only if it still is `actor`, when given: a newer
     location found meanwhile stays)."""
-    if actor is None or _actors.get(run_id) is actor:
-        _actors.pop(run_id, None)
+    with _lock:
+        if actor is None or _actors.get(run_id) is actor:
+            _actors.pop(run_id, None)

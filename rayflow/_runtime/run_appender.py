@@ -17,6 +17,10 @@ Then the RunActor executing the run, if there is one, is told
 (`RunActor.published`, in the background; one call in flight per run, what
 commits meanwhile goes in the next call): it takes the rows into its
 streams' tails and wakes the long polls of the readers following them.
+Telling runs on the process's own telling thread (`telling`), not on the
+writer's event loop: a script's `asyncio.run` that returns as soon as its
+appends are acknowledged would cancel a teller of its loop before the actor
+heard, and the run's followers would wait a whole long poll for the chunks.
 
 Invariants:
 - Acknowledged = durable = visible. A future resolves once its commit is
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from typing import Any
 
@@ -105,8 +110,6 @@ class ProcessAppender:
     def __init__(self) -> None:
         self._queue: list[tuple[str, str, Entry]] = []
         self._flusher: asyncio.Task[None] | None = None
-        #: per run, the rows its RunActor is being told about (one call in flight)
-        self._tellers: dict[str, _Teller] = {}
 
     def submit(
         self, run_id: str, key: str, writes: list[ChunkWrite], single: bool
@@ -194,11 +197,8 @@ class ProcessAppender:
                         [hops.stream_id(run_id, key, s) for _, s in stored],
                         [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
                     )
-        for run_id, run_news in news.items():
-            teller = self._tellers.get(run_id)
-            if teller is None:
-                teller = self._tellers[run_id] = _Teller(run_id, self._tellers)
-            teller.add(run_news)
+        if news:
+            telling().tell(news)
 
 
 def _append(
@@ -226,6 +226,41 @@ def _append(
         else:
             outcomes.append(result)
     return outcomes
+
+
+class _Telling:
+    """The process's tellers, on a daemon thread's event loop of their own:
+    telling outlives the event loop whose commit it follows."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        #: per run, the rows its RunActor is being told about (one call in flight)
+        self._tellers: dict[str, _Teller] = {}
+        threading.Thread(target=self._loop.run_forever, name="rayflow-tell", daemon=True).start()
+
+    def tell(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
+        """Tell each run's RunActor of its committed rows (from any thread)."""
+        self._loop.call_soon_threadsafe(self._add, news)
+
+    def _add(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
+        for run_id, run_news in news.items():
+            teller = self._tellers.get(run_id)
+            if teller is None:
+                teller = self._tellers[run_id] = _Teller(run_id, self._tellers)
+            teller.add(run_news)
+
+
+_telling: _Telling | None = None
+_telling_lock = threading.Lock()
+
+
+def telling() -> _Telling:
+    """The process's telling thread (started on first use)."""
+    global _telling
+    with _telling_lock:
+        if _telling is None:
+            _telling = _Telling()
+        return _telling
 
 
 class _Teller:

@@ -276,23 +276,54 @@ class StreamBuffer:
     async def merge(self, rows: list[Row], length: int) -> None:
         """Committed rows (ascending seqs) into the tail, the stream now at
         least `length` long. Commits of this run and of outside writers
-        interleave in the Store: rows the tail already holds are skipped, and
-        a gap before them is read from the Store, so the tail stays gapless
-        and in order — also when every write of a commit was a duplicate (the
+        interleave in the Store, so `rows` may skip seqs anywhere — before
+        its first row, or between rows (an outside writer tells the rows of
+        several commits at once, another writer's commits between them):
+        rows the tail already holds are skipped and every hole is read from
+        the Store, so the tail stays gapless and in order (readers take it by
+        offset; a row exposed past a hole would make them skip the hole for
+        good) — also when every write of a commit was a duplicate (the
         length must never run ahead of the rows the tail holds)."""
         async with self._merging:
             rows = [r for r in rows if r[0] >= self.length]
-            first = rows[0][0] if rows else length
-            if first > self.length:
-                gap = await asyncio.to_thread(
-                    self.store.read_chunks, self.run_id, self.key, self.length, first - self.length
-                )
-                rows = [(c.seq, c.data, c.created_at, c.record_id) for c in gap] + rows
+            end = max(length, rows[-1][0] + 1 if rows else 0)
+            if end <= self.length:
+                return
+            if len(rows) != end - self.length:  # holes: before, between or after the rows
+                rows = await self._fill(rows, end)
             if rows:
                 self.tail.extend(rows)
                 self.length = rows[-1][0] + 1
                 self._seal()
                 self._notify()
+
+    async def _fill(self, rows: list[Row], end: int) -> list[Row]:
+        """`rows` with the seqs they lack in [length, end) read from the Store
+        (one read, from the first hole to the last), cut at the first seq the
+        Store does not have either (none: everything below `end` is committed)."""
+        at = self.length
+        known = {r[0]: r for r in rows}
+        first = next(s for s in range(at, end) if s not in known)
+        last = next(s for s in range(end - 1, at - 1, -1) if s not in known)
+        chunks = await asyncio.to_thread(
+            self.store.read_chunks, self.run_id, self.key, first, last + 1 - first
+        )
+        known.update((c.seq, (c.seq, c.data, c.created_at, c.record_id)) for c in chunks)
+        filled: list[Row] = []
+        for seq in range(at, end):
+            row = known.get(seq)
+            if row is None:
+                log.warning(
+                    "rayflow: run %s stream %s: chunk %d committed but not found in the"
+                    " store; its followers read from %d on from the store",
+                    self.run_id,
+                    self.key,
+                    seq,
+                    seq,
+                )
+                break
+            filled.append(row)
+        return filled
 
     def _seal(self) -> None:
         while len(self.tail) >= 2 * self.tail_chunks:

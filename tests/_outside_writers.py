@@ -1,0 +1,60 @@
+"""Writers outside a run in processes of their own (Ray actors): each has its
+own event loop, ProcessAppender and tellers, as a Serve replica or another
+driver has. Pickled by value: Ray's workers cannot import the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+from rayflow._config import Settings
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class OutsideWriter:
+    """Appends to streams of runs it does not execute; answers what was
+    acknowledged, in order per call."""
+
+    def __init__(self, settings_json: str) -> None:
+        from rayflow._runtime import connection
+
+        connection.connect(Settings.model_validate_json(settings_json))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def append(
+        self, run_id: str, key: str, values: list[str], *, coroutines: int = 1, pause_s: float = 0
+    ) -> list[str]:
+        """`values` spread over `coroutines` appenders (round robin), each in
+        order; the acknowledged ones (a refused write ends that appender)."""
+        from rayflow import streams
+
+        acknowledged: list[str] = []
+
+        async def one(mine: list[str]) -> None:
+            for value in mine:
+                try:
+                    await streams.append(key, value, target=run_id)
+                except Exception:  # refused (the run ended): nothing after it
+                    return
+                acknowledged.append(value)
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+
+        await asyncio.gather(*(one(values[c::coroutines]) for c in range(coroutines)))
+        return acknowledged
+
+
+def outside_writers(settings: Any, n: int) -> list[Any]:
+    """`n` writer processes connected to the deployment of `settings`."""
+    writers = [OutsideWriter.remote(settings.model_dump_json()) for _ in range(n)]  # type: ignore[attr-defined]
+    ray.get([w.pid.remote() for w in writers])
+    return writers
