@@ -8,7 +8,12 @@ a bounded window; every client reads from that window. A client that is
 behind the window (it asked for old history, or was too slow) reads the
 Store by index until it catches up — every acknowledged chunk is there
 (acknowledged = durable = visible) — so each client gets every chunk once,
-in order, whatever its position.
+in order, whatever its position. A hub starts where its first client is,
+but never past the stream's end: a client that claims to have seen chunks
+nobody wrote yet (a far-future `Last-Event-ID`) waits for them without
+stalling the hub every other client of the stream reads from. The window
+is bounded in records and in bytes (WINDOW, WINDOW_BYTES; trimmed when
+either is exceeded twice over).
 
 A client naming a stream that does not exist (yet) gets no hub: it waits on
 the replica's run change feed (serve/run_feed.py; the Store reports a new
@@ -35,6 +40,7 @@ from rayflow._runtime.serving import (
 )
 from rayflow._status import RunStatus
 from rayflow.errors import RunNotFound
+from rayflow.store.base import StreamInfo
 from serve import run_feed
 from serve.sse import Batch, Record
 
@@ -44,6 +50,8 @@ log = logging.getLogger("rayflow.serve")
 BATCH_LIMIT = 1000
 #: records a hub keeps for its clients; older ones are read from the Store
 WINDOW = 4096
+#: and at most about this many bytes of chunk data (chunks may be large)
+WINDOW_BYTES = 8 << 20
 #: longest wait for a hub's tasks to end when its last client leaves
 STOP_WAIT_S = 1.0
 #: a reader of a key that does not exist yet looks at the Store at least this
@@ -57,6 +65,8 @@ class StreamHub:
     def __init__(self, run_id: str, key: str, start: int) -> None:
         self.run_id, self.key = run_id, key
         self.records: list[Record] = []
+        #: bytes of chunk data in `records`
+        self.bytes = 0
         #: seq of records[0] (== the next seq expected while records is empty)
         self.window_start = start
         self.closed = False
@@ -77,10 +87,9 @@ class StreamHub:
         try:
             async for rows in self._reader.batches():
                 self.records.extend(Record(*row) for row in rows)
-                if len(self.records) > 2 * WINDOW:
-                    drop = len(self.records) - WINDOW
-                    self.records = self.records[drop:]
-                    self.window_start += drop
+                self.bytes += sum(len(row[1]) for row in rows)
+                if len(self.records) > 2 * WINDOW or self.bytes > 2 * WINDOW_BYTES:
+                    self._trim()
                 self._notify()
             self.closed = True
         except asyncio.CancelledError:
@@ -89,6 +98,17 @@ class StreamHub:
             log.warning("stream %r of run %s: reader failed: %s", self.key, self.run_id, e)
             self.error = e
         self._notify()
+
+    def _trim(self) -> None:
+        """Down to WINDOW records and WINDOW_BYTES (the clients behind read the Store)."""
+        drop = max(0, len(self.records) - WINDOW)
+        kept = self.bytes - sum(len(r.data) for r in self.records[:drop])
+        while drop < len(self.records) and kept > WINDOW_BYTES:
+            kept -= len(self.records[drop].data)
+            drop += 1
+        self.records = self.records[drop:]
+        self.window_start += drop
+        self.bytes = kept
 
     async def _wake_on_changes(self) -> None:
         """The run changed (revived, moved, finished): the reader looks again
@@ -153,6 +173,8 @@ class HubSource:
         self.run_id, self.key = run_id, key
         self.position = start
         self._hub: StreamHub | None = None
+        #: the stream's length when it was found to exist
+        self._length = 0
 
     async def _from_store(self, until: int) -> list[Record]:
         store = current().store
@@ -169,19 +191,20 @@ class HubSource:
         feed = run_feed.feed()
         loop = asyncio.get_running_loop()
 
-        def look() -> tuple[bool, bool, bool]:
+        def look() -> tuple[StreamInfo | None, bool, bool]:
             run = store.get_run(self.run_id)
             if run is None:
                 raise RunNotFound(
                     f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
                 )
-            exists = store.stream_info(self.run_id, self.key) is not None
-            return exists, run.finished, run.status == RunStatus.EXECUTING
+            info = store.stream_info(self.run_id, self.key)
+            return info, run.finished, run.status == RunStatus.EXECUTING
 
         while True:
             since = await feed.changes()  # before the look: no change is missed
-            exists, finished, executing = await asyncio.to_thread(look)
-            if exists:
+            info, finished, executing = await asyncio.to_thread(look)
+            if info is not None:
+                self._length = info.length
                 return True
             if finished:
                 return False
@@ -201,7 +224,9 @@ class HubSource:
                 return Batch([])
             if not exists:
                 return Batch([], closed=True)
-            self._hub = _hub_for(self.run_id, self.key, self.position)
+            # never past the stream's end: a far-future position must not
+            # hold back the hub of the stream's other clients
+            self._hub = _hub_for(self.run_id, self.key, min(self.position, self._length))
         hub = self._hub
         while True:
             if self.position < hub.window_start:

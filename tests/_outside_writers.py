@@ -31,26 +31,36 @@ class OutsideWriter:
         return os.getpid()
 
     async def append(
-        self, run_id: str, key: str, values: list[str], *, coroutines: int = 1, pause_s: float = 0
-    ) -> list[str]:
+        self,
+        run_id: str,
+        key: str,
+        values: list[str],
+        *,
+        coroutines: int = 1,
+        pause_s: float = 0,
+        burst: int = 1,
+    ) -> tuple[list[str], list[str]]:
         """`values` spread over `coroutines` appenders (round robin), each in
-        order; the acknowledged ones (a refused write ends that appender)."""
+        order, pausing `pause_s` after every `burst` appends: (the acknowledged
+        ones, the errors; an error ends its appender)."""
         from rayflow import streams
 
         acknowledged: list[str] = []
+        errors: list[str] = []
 
         async def one(mine: list[str]) -> None:
-            for value in mine:
+            for i, value in enumerate(mine):
                 try:
                     await streams.append(key, value, target=run_id)
-                except Exception:  # refused (the run ended): nothing after it
+                except Exception as e:
+                    errors.append(f"{value}: {e!r}")
                     return
                 acknowledged.append(value)
-                if pause_s:
+                if pause_s and i % burst == burst - 1:
                     await asyncio.sleep(pause_s)
 
         await asyncio.gather(*(one(values[c::coroutines]) for c in range(coroutines)))
-        return acknowledged
+        return acknowledged, errors
 
 
 def outside_writers(settings: Any, n: int) -> list[Any]:

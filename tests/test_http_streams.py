@@ -320,3 +320,45 @@ async def test_concurrent_http_appends_to_one_stream_are_each_stored_once(
         w: n for (k, w), n in current().store.writer_positions(run_id).items() if k == "burst"
     }
     assert list(writers.values()) == [99], writers
+
+
+async def test_a_reader_from_a_far_future_index_holds_back_no_other_reader(
+    http_tasks: HttpApi,
+) -> None:
+    """A client whose Last-Event-ID names a chunk nobody wrote yet (up to
+    2^53) comes first: the replica's shared subscription of the stream must
+    not start there, or every later reader of the stream waits for chunks
+    it would never deliver (until the reader's Timeout-Seconds)."""
+    run_id, token = await trigger(http_tasks, "http-hold", {"hold_s": 120})
+    await rayflow.streams.append("future", {"i": 0}, target=run_id)
+    path = f"/realtime/v1/streams/{run_id}/future"
+    hdrs = {"Accept": "text/event-stream", "Timeout-Seconds": "60", **http_tasks.headers(token)}
+    far_future = {**hdrs, "Last-Event-ID": str(2**53 - 1)}
+    connected = asyncio.Event()
+
+    async def follow(result: SSEResult, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        async with client.stream("GET", path, headers=headers) as r:
+            connected.set()
+            async with aclosing(EventSource(r).aiter_sse()) as events:
+                async for event in events:
+                    result.events.append(event)
+
+    ahead, reader = SSEResult(200, {}), SSEResult(200, {})
+    async with (
+        http_tasks.client(timeout=httpx.Timeout(90)) as c1,
+        http_tasks.client(timeout=httpx.Timeout(90)) as c2,
+    ):
+        first = asyncio.create_task(follow(ahead, c1, far_future))
+        await asyncio.wait_for(connected.wait(), 30)
+        second = asyncio.create_task(follow(reader, c2, hdrs))
+        await eventually_async(lambda: reader.chunks, what="the history chunk")
+        for i in range(1, 4):
+            await rayflow.streams.append("future", {"i": i}, target=run_id)
+        # live, in well under the reader's Timeout-Seconds
+        await eventually_async(
+            lambda: len(reader.chunks) == 4, timeout_s=20, what="the live chunks"
+        )
+        await rayflow.runs.cancel(run_id)
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+    assert reader.chunks == [(i, {"i": i}) for i in range(4)]
+    assert reader.done and ahead.done and ahead.chunks == []

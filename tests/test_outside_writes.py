@@ -371,12 +371,13 @@ async def test_a_follower_misses_no_chunk_of_two_processes_writing_one_stream(rf
 
     reader = asyncio.create_task(follow())
     await asyncio.wait_for(following.wait(), 30)
-    await asyncio.gather(
+    for acknowledged, refused in await asyncio.gather(
         *(
             w.append.remote(handle.id, "many", [f"{name}{i}" for i in range(450)], coroutines=3)
             for name, w in zip("AB", writers, strict=True)
         )
-    )
+    ):
+        assert len(acknowledged) == 450 and not refused, refused
     await streams.append("many", "end", target=handle.id)
     got = await asyncio.wait_for(reader, 60)
     stored = [x async for x in streams.read(handle.id, "many", timeout_s=0.3)]
@@ -403,3 +404,34 @@ def test_a_writer_whose_event_loop_ends_at_once_still_tells_the_run_actor() -> N
     eventually(lambda: ray.get(actor.published_calls.remote()) > before, what="actor told")
     go.send(run_id, {}).result()
     rayflow.runs.wait(run_id).result()
+
+
+async def test_a_replayed_write_batched_with_a_refused_one_is_acknowledged_as_a_duplicate() -> None:
+    """One commit carries a writer's retry of a chunk already stored and
+    another writer's new chunk, both to a stream closed since: the new one
+    is refused with StreamClosed, the retry answers as the first did
+    (stored before: a duplicate) — one refusal must not fail the other."""
+    from rayflow._runtime.run_appender import process_appender
+
+    handle = await hold.trigger({})
+
+    async def executing() -> bool:
+        return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
+
+    await eventually_async(executing, timeout_s=60, what="run executing")
+    appender = process_appender()
+
+    def write(writer_id: str, text: str) -> list[ChunkWrite]:
+        return [ChunkWrite(f'"{text}"', writer_id=writer_id, writer_seq=0)]
+
+    assert await appender.submit(handle.id, "shut", write("w1", "first"), True) == 0
+    await streams.define("shut").close(target=handle.id)
+    # submitted in one go: they leave in one commit
+    retried = appender.submit(handle.id, "shut", write("w1", "first"), True)
+    new = appender.submit(handle.id, "shut", write("w2", "late"), True)
+    results = await asyncio.gather(retried, new, return_exceptions=True)
+    assert results[0] is None, results
+    assert isinstance(results[1], errors.StreamClosed), results
+    assert [x async for x in streams.read(handle.id, "shut", timeout_s=0.3)] == ["first"]
+    await go.send(handle.id, {})
+    assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"

@@ -35,7 +35,9 @@ Invariants:
   streams' lengths from the Store after the commit, so it has the chunks.
 - The run is checked in the same transaction: a write to a run that does not
   exist or has finished, or to a closed stream, stores nothing and fails with
-  RunNotFound / RunFinished / StreamClosed — only that (run, key)'s writes.
+  RunNotFound / RunFinished / StreamClosed — only that (run, key)'s writes,
+  and of those not a call whose writes were all stored before (a retry or a
+  replay batched with a refused write is acknowledged as duplicates).
   A run that finishes concurrently is ordered by its row lock: before (the
   write is refused) or after (the write is stored and then closed).
 - Per (run, key, writer), writes are committed in the order submitted, one
@@ -68,8 +70,9 @@ MAX_BATCH = 10_000
 #: how often telling a RunActor is tried when the run keeps moving
 TELL_TRIES = 10
 
-#: what a commit answers per (run, key): the indexes of its writes, or its error
-Outcome = list[int | None] | Exception
+#: what a commit answers per (run, key): the indexes of its writes, or its
+#: error — with, when refused, which writes were stored duplicates
+Outcome = list[int | None] | Exception | tuple[Exception, list[bool]]
 
 
 def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
@@ -183,6 +186,19 @@ class ProcessAppender:
                 for entry in entries:
                     entry.fail(outcome)
                 continue
+            if isinstance(outcome, tuple):
+                # refused: an entry of duplicates only (a retry, a replay) was
+                # stored before and is acknowledged as such; the others fail
+                error, duplicates = outcome
+                at = 0
+                for entry in entries:
+                    n = len(entry.writes)
+                    if all(duplicates[at : at + n]):
+                        entry.settle([None] * n)
+                    else:
+                        entry.fail(error)
+                    at += n
+                continue
             at = 0
             for entry in entries:
                 entry.settle(outcome[at : at + len(entry.writes)])
@@ -222,7 +238,8 @@ def _append(
         if isinstance(result, AppendResult):
             outcomes.append(result.seqs)
         elif isinstance(result, Refused):
-            outcomes.append(_refusal_error(run_id, key, result))
+            error = _refusal_error(run_id, key, result)
+            outcomes.append((error, result.duplicates) if result.duplicates else error)
         else:
             outcomes.append(result)
     return outcomes

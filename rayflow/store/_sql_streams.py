@@ -230,9 +230,11 @@ class StreamsSql(SqlBase):
             ).fetchone()
             last_by_writer[writer_id] = int(r[0]) if r else -1
         if guarded and (refusal is not None or row[2]):
-            if all(_stored(w, last_by_writer) for w in writes):
+            duplicates = [_stored(w, last_by_writer) for w in writes]
+            if all(duplicates):
                 return AppendResult(seqs=[None] * len(writes), length=length)
-            return refusal or Refused("closed")
+            refused = refusal or Refused("closed")
+            return Refused(refused.reason, refused.status, duplicates)
         seqs: list[int | None] = []
         rows: list[tuple[object, ...]] = []
         touched: dict[str, int] = {}

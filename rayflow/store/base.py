@@ -109,10 +109,13 @@ class AppendResult:
 class Refused:
     """Why `append_chunks_guarded` stored nothing of one item: the run does
     not exist (`missing`), has finished (`finished`, with its `status`), or
-    the stream is closed (`closed`)."""
+    the stream is closed (`closed`). `duplicates`, per write of the item:
+    it was already stored (a retried or replayed write, answered as such
+    whatever else is refused; None: none was)."""
 
     reason: str
     status: str | None = None
+    duplicates: list[bool] | None = None
 
 
 @dataclass
