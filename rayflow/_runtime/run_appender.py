@@ -57,11 +57,13 @@ import ray
 
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call, shared_task
-from rayflow._runtime.stream_buffer import Row, closed_error
+from rayflow._runtime.stream_buffer import Row, finished_error, refusal_error
 from rayflow._runtime.stream_commit import Entry, commit_thread
-from rayflow.errors import RunFinished, RunNotFound, StreamTooLarge
+from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, ChunkWrite, Refused, now_ms
+
+__all__ = ["ProcessAppender", "finished_error", "process_appender", "telling"]
 
 log = logging.getLogger("rayflow")
 
@@ -73,23 +75,6 @@ TELL_TRIES = 10
 #: what a commit answers per (run, key): the indexes of its writes, or its
 #: error — with, when refused, which writes were stored duplicates
 Outcome = list[int | None] | Exception | tuple[Exception, list[bool]]
-
-
-def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
-    return RunFinished(
-        f"run {run_id} is {status}; its streams are closed and take no more chunks",
-        run_id=run_id,
-        stream=key,
-        status=status,
-    )
-
-
-def _refusal_error(run_id: str, key: str, refused: Refused) -> Exception:
-    if refused.reason == "missing":
-        return RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=key)
-    if refused.reason == "finished":
-        return finished_error(run_id, refused.status or "finished", key)
-    return closed_error(run_id, key)
 
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProcessAppender] = (
@@ -238,7 +223,7 @@ def _append(
         if isinstance(result, AppendResult):
             outcomes.append(result.seqs)
         elif isinstance(result, Refused):
-            error = _refusal_error(run_id, key, result)
+            error = refusal_error(run_id, key, result)
             outcomes.append((error, result.duplicates) if result.duplicates else error)
         else:
             outcomes.append(result)

@@ -30,9 +30,9 @@ import ray
 
 from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, StreamCommitter, loop_committer
-from rayflow.errors import StreamClosed
+from rayflow.errors import RayflowError, RunFinished, RunNotFound, StreamClosed
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, Chunk, ChunkWrite, StreamInfo, now_ms
+from rayflow.store.base import AppendResult, Chunk, ChunkWrite, Refused, StreamInfo, now_ms
 
 log = logging.getLogger("rayflow")
 
@@ -53,6 +53,25 @@ class ReadReply:
     from_store: bool = False
     length: int = 0
     closed: bool = False
+
+
+def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
+    """What a write to a run that has finished raises."""
+    return RunFinished(
+        f"run {run_id} is {status}; its streams are closed and take no more chunks",
+        run_id=run_id,
+        stream=key,
+        status=status,
+    )
+
+
+def refusal_error(run_id: str, key: str, refused: Refused) -> RayflowError:
+    """What a write the Store refused (`Refused`) raises."""
+    if refused.reason == "missing":
+        return RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=key)
+    if refused.reason == "finished":
+        return finished_error(run_id, refused.status or "finished", key)
+    return closed_error(run_id, key)
 
 
 def closed_error(run_id: str, key: str) -> StreamClosed:
@@ -171,6 +190,26 @@ class StreamBuffer:
         for entry in entries:
             entry.fail(error)
         self._land(entries)
+
+    def refused(self, entries: list[Entry], refused: Refused) -> None:
+        """The Store refused the entries' commit: the stream was closed (the
+        run's end closes it in the same transaction), so nothing was stored.
+        An entry whose writes were all stored before (a replay) is
+        acknowledged as duplicates; the others fail. The stream takes no
+        more writes here either."""
+        self.closed = True
+        error = refusal_error(self.run_id, self.key, refused)
+        duplicates = refused.duplicates or []
+        at = 0
+        for entry in entries:
+            n = len(entry.writes)
+            if n and all(duplicates[at : at + n]):
+                entry.settle([None] * n)
+            else:
+                entry.fail(error)
+            at += n
+        self._land(entries)
+        self._notify()
 
     def _land(self, entries: list[Entry]) -> None:
         fresh = 0

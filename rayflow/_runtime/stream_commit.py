@@ -15,9 +15,11 @@ one actor are ~10,000 writes a second in a few hundred transactions.
 A write that would take its stream past `max_bytes` fails alone
 (`StreamTooLarge`, nothing of it stored): its stream leaves the round, the
 others commit together, and its entries are committed one by one. A Store
-failure fails every write of the round. A run's `closed` and finished
-checks stay its own (`StreamBuffer`: a closed stream refuses before
-queueing; a run drains its streams before it finishes).
+failure fails every write of the round. A closed stream refuses before
+queueing (`StreamBuffer`), and the Store refuses a commit to a stream closed
+meanwhile (`append_chunks_own`): a run's end closes its streams in the same
+transaction, so a canceled run's last writes are refused, never committed
+after its end.
 
 Commits run on one dedicated thread per process: they never queue behind
 other blocking work handed to the default executor, and stay in order. It
@@ -42,7 +44,7 @@ from rayflow._runtime import hops
 from rayflow._runtime.calls import shared_task
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, ChunkWrite
+from rayflow.store.base import AppendResult, ChunkWrite, Refused
 
 if TYPE_CHECKING:
     from rayflow._runtime.stream_buffer import StreamBuffer
@@ -200,7 +202,9 @@ class StreamCommitter:
     async def _commit(self, taken: Round) -> None:
         while taken:
             try:
-                results: list[AppendResult] = await commit_thread().run(self._append, taken)
+                results: list[AppendResult | Refused] = await commit_thread().run(
+                    self._append, taken
+                )
             except StreamTooLarge as e:
                 # that stream alone, entry by entry; the rest together again
                 bad = [
@@ -217,7 +221,10 @@ class StreamCommitter:
                     buf.fail_taken(entries, e)
                 return
             for (buf, entries), result in zip(taken, results, strict=True):
-                await buf.settle(entries, result)
+                if isinstance(result, Refused):
+                    buf.refused(entries, result)
+                else:
+                    await buf.settle(entries, result)
             return
 
     async def _one_by_one(self, buf: StreamBuffer, entries: list[Entry]) -> None:
@@ -227,17 +234,20 @@ class StreamCommitter:
             except Exception as e:  # StreamTooLarge: only this entry fails
                 buf.fail_taken([entry], e)
             else:
-                await buf.settle([entry], result)
+                if isinstance(result, Refused):
+                    buf.refused([entry], result)
+                else:
+                    await buf.settle([entry], result)
 
-    def _append(self, taken: Round) -> list[AppendResult]:
+    def _append(self, taken: Round) -> list[AppendResult | Refused]:
         items = [(b.run_id, b.key, [w for e in entries for w in e.writes]) for b, entries in taken]
         if not hops.enabled():
-            results = self.store.append_chunks_many(items, self.max_bytes)
+            results = self.store.append_chunks_own(items, self.max_bytes)
             self.commits += 1
             return results
         ids = [hops.write_id(w.writer_id, w.writer_seq) for _, _, ws in items for w in ws]
         hops.mark("commit_start", ids)
-        results = self.store.append_chunks_many(items, self.max_bytes)
+        results = self.store.append_chunks_own(items, self.max_bytes)
         self.commits += 1
         hops.mark("committed", ids)
         return results

@@ -61,10 +61,16 @@ class StreamsSql(SqlBase):
         return [r for r in results if r is not None]
 
     def _append_batch(
-        self, c: Any, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int, now: int
+        self,
+        c: Any,
+        items: list[tuple[str, str, list[ChunkWrite]]],
+        max_bytes: int,
+        now: int,
+        own: bool = False,
     ) -> list[AppendResult] | None:
         """`append_chunks_many` with statements per round, not per stream;
-        None (nothing written or locked) when a stream is new or named twice."""
+        None (nothing written) when a stream is new or named twice, or, when
+        `own`, closed (the one-by-one path answers its refusal)."""
         pairs = sorted({(run_id, key) for run_id, key, _ in items})
         if len(pairs) < len(items):
             return None
@@ -82,16 +88,20 @@ class StreamsSql(SqlBase):
             return None  # created one by one, strictly in order
         order = f"run_id{self.binary_collation}, key{self.binary_collation}"
         streams: dict[tuple[str, str], tuple[int, int]] = {}
+        closed = False
         for group in _groups(pairs, _PAIRS_PER_STATEMENT):
             rows = c.execute(
-                "SELECT run_id, key, length, size_bytes FROM streams WHERE (run_id, key) IN"
-                f" (VALUES {', '.join(['(?, ?)'] * len(group))}) ORDER BY {order}"
-                + self.lock_clause,
+                "SELECT run_id, key, length, size_bytes, closed FROM streams WHERE"
+                f" (run_id, key) IN (VALUES {', '.join(['(?, ?)'] * len(group))})"
+                f" ORDER BY {order}" + self.lock_clause,
                 [x for pair in group for x in pair],
             ).fetchall()
             streams.update({(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows})
+            closed = closed or any(r[4] for r in rows)
         if len(streams) < len(pairs):
             return None  # deleted meanwhile (retention): nothing was written yet
+        if own and closed:
+            return None  # refused item by item, in the same order
         triples = sorted(
             {
                 (run_id, key, w.writer_id)
@@ -153,6 +163,24 @@ class StreamsSql(SqlBase):
             )
         return results
 
+    def append_chunks_own(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult | Refused]:
+        now = now_ms()
+        results: list[AppendResult | Refused | None] = [None] * len(items)
+        new_streams: set[str] = set()
+        with self._tx() as c:
+            if len(items) > 1 and (batched := self._append_batch(c, items, max_bytes, now, True)):
+                return list(batched)
+            for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
+                run_id, key, writes = items[i]
+                results[i] = self._append_in(
+                    c, run_id, key, writes, max_bytes, now, new_streams, own=True
+                )
+        if new_streams:
+            self._changed(*sorted(new_streams))
+        return [r for r in results if r is not None]
+
     def append_chunks_guarded(
         self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
     ) -> list[AppendResult | Refused]:
@@ -197,10 +225,13 @@ class StreamsSql(SqlBase):
         new_streams: set[str],
         guarded: bool = False,
         refusal: Refused | None = None,
+        own: bool = False,
     ) -> Any:
         """AppendResult. When `guarded`, new writes to a closed stream (or to
         any stream, when there is a `refusal`: the run has finished) store
-        nothing and answer Refused; duplicates of stored writes answer None."""
+        nothing and answer Refused; duplicates of stored writes answer None.
+        When `own` (the run's own writes), the same for a closed stream, and
+        a stream the write would create for a run that has finished."""
         row = c.execute(
             "SELECT length, size_bytes, closed FROM streams WHERE run_id = ? AND key = ?"
             + self.lock_clause,
@@ -209,6 +240,8 @@ class StreamsSql(SqlBase):
         if row is None:
             if refusal is not None:
                 return refusal  # nothing was ever stored there
+            if own and (ended := self._ended(c, run_id)) is not None:
+                return ended
             new_streams.add(run_id)
             c.execute(
                 "INSERT INTO streams (run_id, key, length, size_bytes, closed, created_at,"
@@ -229,11 +262,11 @@ class StreamsSql(SqlBase):
                 (run_id, key, writer_id),
             ).fetchone()
             last_by_writer[writer_id] = int(r[0]) if r else -1
-        if guarded and (refusal is not None or row[2]):
+        if (guarded or own) and (refusal is not None or row[2]):
             duplicates = [_stored(w, last_by_writer) for w in writes]
             if all(duplicates):
                 return AppendResult(seqs=[None] * len(writes), length=length)
-            refused = refusal or Refused("closed")
+            refused = refusal or (own and self._ended(c, run_id)) or Refused("closed")
             return Refused(refused.reason, refused.status, duplicates)
         seqs: list[int | None] = []
         rows: list[tuple[object, ...]] = []
@@ -270,6 +303,15 @@ class StreamsSql(SqlBase):
                 (run_id, key, writer_id, last),
             )
         return AppendResult(seqs=seqs, length=length)
+
+    def _ended(self, c: Any, run_id: str) -> Refused | None:
+        """Why the run takes no more chunks (it is missing or has finished), if so."""
+        row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return Refused("missing")
+        if row[0] in FINISHED_STATUSES:
+            return Refused("finished", row[0])
+        return None
 
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
         with self._read() as c:

@@ -258,6 +258,19 @@ class Store(Protocol):
         """`append_chunks` for several (run id, key, writes) in one transaction:
         one commit (one fsync) for all; StreamTooLargeError stores none."""
 
+    def append_chunks_own(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult | Refused]:
+        """`append_chunks_many` for a run's own writes (its RunActor's group
+        commit): an item whose stream is closed stores nothing and answers
+        `Refused` (duplicates of stored writes answer their None seqs).
+        `finish_run` closes the run's streams in its transaction, and the
+        stream row is locked here, so no chunk lands after the run's end — a
+        canceled run's last writes are refused, not committed after it. A
+        stream this would create for a run that has finished refuses too
+        (read in the same transaction: on PostgreSQL, unlike the stream
+        rows, not ordered by a lock against a concurrent `finish_run`)."""
+
     def append_chunks_guarded(
         self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
     ) -> list[AppendResult | Refused]:

@@ -93,6 +93,7 @@ IDEMPOTENT = frozenset(
         "append_chunks",
         "append_chunks_many",
         "append_chunks_guarded",
+        "append_chunks_own",
         "journal_append",
         "inbox_send_many",
         "named_touch",
