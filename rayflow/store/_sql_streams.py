@@ -305,11 +305,10 @@ class StreamsSql(SqlBase):
         return AppendResult(seqs=seqs, length=length)
 
     def _ended(self, c: Any, run_id: str) -> Refused | None:
-        """Why the run takes no more chunks (it is missing or has finished), if so."""
+        """`finished` when the run has finished (a run's own writes are those
+        of a run its RunActor claimed: it exists)."""
         row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            return Refused("missing")
-        if row[0] in FINISHED_STATUSES:
+        if row is not None and row[0] in FINISHED_STATUSES:
             return Refused("finished", row[0])
         return None
 
