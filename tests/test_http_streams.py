@@ -362,3 +362,33 @@ async def test_a_reader_from_a_far_future_index_holds_back_no_other_reader(
         await asyncio.wait_for(asyncio.gather(first, second), 60)
     assert reader.chunks == [(i, {"i": i}) for i in range(4)]
     assert reader.done and ahead.done and ahead.chunks == []
+
+
+async def test_a_replicas_window_of_a_stream_is_bounded_in_bytes(http_tasks: HttpApi) -> None:
+    """The window a replica keeps of a live stream for its clients holds at
+    most ~WINDOW_BYTES of chunk data however large the chunks (4,096 chunks
+    of 1 MiB would be 4 GiB); a client behind it reads the Store."""
+    from serve import fanout
+
+    run_id, _ = await trigger(http_tasks, "http-hold", {"hold_s": 120})
+    big = "x" * (1 << 20)
+    n = 2 * fanout.WINDOW_BYTES // len(big) + 8
+    for i in range(n):
+        await rayflow.streams.append("big", f"{i}:{big}", target=run_id)
+    source = fanout.HubSource(run_id, "big", 0)
+    got: list[int] = []
+    try:
+        while len(got) < n:
+            batch = await source.next_batch(30)
+            got.extend(r.seq for r in batch.records)
+            hub = source._hub
+            assert hub is not None
+            held = sum(len(r.data) for r in hub.records)
+            assert held <= 2 * fanout.WINDOW_BYTES + len(big) + 64, held
+        assert got == list(range(n))
+        await eventually_async(lambda: hub.next_seq == n, what="the hub at the end")
+        held = sum(len(r.data) for r in hub.records)
+        assert held <= 2 * fanout.WINDOW_BYTES + len(big) + 64, held
+    finally:
+        await source.aclose()
+        await rayflow.runs.cancel(run_id)
