@@ -402,8 +402,8 @@ def test_a_guarded_append_refuses_item_by_item_what_an_outside_writer_may_not_wr
         AppendResult(seqs=[0, 1], length=2),
         Refused("missing"),
         Refused("finished", "COMPLETED"),
-        Refused("finished", "COMPLETED"),
-        Refused("closed"),
+        Refused("finished", "COMPLETED", duplicates=[False]),
+        Refused("closed", duplicates=[False]),
         AppendResult(seqs=[None], length=1),
     ]
     assert [c.data for c in store.read_chunks("run_a", "k", 0, 10)] == ['"a0"', '"a1"']
@@ -947,3 +947,37 @@ def test_a_run_actors_postgres_pool_is_small_and_lazy(store_url_for: Any) -> Non
     finally:
         store.close()
     assert held() == 0
+
+
+def test_a_refused_append_says_which_of_its_writes_were_stored_before(store: Store) -> None:
+    """A retried write batched with a new one, to a closed stream: the new
+    one is refused, and the refusal says the retried one was stored (its
+    caller is acknowledged as the first time)."""
+    store.create_run(_run("run_a", status="EXECUTING"))
+    stored = ChunkWrite(data='"s0"', writer_id="w1", writer_seq=0)
+    store.append_chunks("run_a", "shut", [stored], MiB)
+    store.close_stream("run_a", "shut")
+    new = ChunkWrite(data='"n0"', writer_id="w2", writer_seq=0)
+    for append in (store.append_chunks_guarded, store.append_chunks_own):
+        assert append([("run_a", "shut", [stored, new])], MiB) == [
+            Refused("closed", duplicates=[True, False])
+        ]
+    assert [c.data for c in store.read_chunks("run_a", "shut", 0, 10)] == ['"s0"']
+
+
+def test_a_runs_own_append_stores_nothing_after_the_run_has_finished(store: Store) -> None:
+    """`finish_run` closes the run's streams: the run's own commits that
+    come after it are refused (its streams, and a stream it would create)."""
+    store.create_run(_run("run_f", status="EXECUTING"))
+    assert store.append_chunks_own([("run_f", "old", _chunks("f0"))], MiB) == [
+        AppendResult(seqs=[0], length=1)
+    ]
+    store.finish_run("run_f", "CANCELED", None, None)
+    assert store.append_chunks_own(
+        [("run_f", "old", _chunks("f1")), ("run_f", "new", _chunks("n0"))], MiB
+    ) == [
+        Refused("finished", "CANCELED", duplicates=[False]),
+        Refused("finished", "CANCELED"),
+    ]
+    assert [c.data for c in store.read_chunks("run_f", "old", 0, 10)] == ['"f0"']
+    assert [s.key for s in store.list_streams("run_f")] == ["old"]
