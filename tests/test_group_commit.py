@@ -44,15 +44,16 @@ async def lockstep(payload: dict) -> int:  # type: ignore[type-arg]
 
 
 class CountingStore:
-    """A real Store that counts its `append_chunks_many` transactions."""
+    """A real Store that counts its `append_chunks_own` transactions (a
+    RunActor's group commit)."""
 
     def __init__(self, inner: Store) -> None:
         self._inner = inner
         self.transactions = 0
 
-    def append_chunks_many(self, *args: Any, **kwargs: Any) -> Any:
+    def append_chunks_own(self, *args: Any, **kwargs: Any) -> Any:
         self.transactions += 1
-        return self._inner.append_chunks_many(*args, **kwargs)
+        return self._inner.append_chunks_own(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -187,11 +188,11 @@ async def test_a_failing_store_fails_every_write_of_the_round_and_the_next_commi
     runs = 3
 
     class FailOnce(CountingStore):
-        def append_chunks_many(self, *args: Any, **kwargs: Any) -> Any:
+        def append_chunks_own(self, *args: Any, **kwargs: Any) -> Any:
             self.transactions += 1
             if self.transactions == 1:
                 raise ConnectionError("the database went away (played)")
-            return self._inner.append_chunks_many(*args, **kwargs)
+            return self._inner.append_chunks_own(*args, **kwargs)
 
     failing = FailOnce(store)
     run_ids = [await asyncio.to_thread(new_run, store) for _ in range(runs)]
