@@ -203,14 +203,20 @@ def dev_env(data_dir: Path, port: int, secret_key: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def start_dev_server(
-    module: str, data_dir: Path, timeout_s: float = 240, attempts: int = 2
+    module: str,
+    data_dir: Path,
+    timeout_s: float = 240,
+    attempts: int = 2,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[DevServer]:
     """Run `rayflow dev MODULE` on a free loopback port until the block ends, then stop it
     (SIGINT, then SIGKILL of its process group after 30 s). A start that fails (Ray's
     own start-up can time out on an overloaded 2-core box) is tried again once."""
     failures: list[str] = []
     for attempt in range(attempts):
-        server = _launch_dev(module, data_dir / f"try{attempt}" if attempt else data_dir)
+        server = _launch_dev(
+            module, data_dir / f"try{attempt}" if attempt else data_dir, extra_args
+        )
         problem = _wait_ready(server, timeout_s)
         if problem is None:
             break
@@ -224,7 +230,7 @@ def start_dev_server(
         _stop(server.proc)
 
 
-def _launch_dev(module: str, data_dir: Path) -> DevServer:
+def _launch_dev(module: str, data_dir: Path, extra_args: tuple[str, ...] = ()) -> DevServer:
     import secrets
 
     port = free_port()
@@ -234,7 +240,7 @@ def _launch_dev(module: str, data_dir: Path) -> DevServer:
     log = data_dir / "dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayflow.cli", "dev", module, "--port", str(port)],
+            [sys.executable, "-m", "rayflow.cli", "dev", module, "--port", str(port), *extra_args],
             cwd=ROOT,
             env=env,
             stdout=out,

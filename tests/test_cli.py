@@ -272,3 +272,33 @@ def test_dev_stops_quietly_and_leaves_its_port_free(tmp_path: Path) -> None:
     # nothing alarming (Serve's "graceful_shutdown failed ... killed by ray.kill")
     assert out[out.index("stopping") :].splitlines() == ["stopping (SIGINT)…", "stopped"], out
     assert free, f"port {port} is still taken after rayflow dev stopped"
+
+
+RELOADED = """
+from rayflow import task
+
+
+@task(id="cli-reload")
+async def cli_reload(payload: dict) -> dict:
+    return {"version": VERSION}
+"""
+
+
+def test_dev_reload_serves_the_edited_task(tmp_path: Path) -> None:
+    module = tmp_path / "reload_tasks.py"
+    module.write_text("VERSION = 1\n" + textwrap.dedent(RELOADED))
+    with start_dev_server(str(module), tmp_path / "data", extra_args=("--reload",)) as server:
+
+        def run_version() -> Any:
+            out = ok(rayflow(server, "trigger", "cli-reload", "-p", "{}", "--wait", "--json"))
+            return json.loads(out)["output"]["version"]
+
+        assert run_version() == 1
+        module.write_text("VERSION = 2\n" + textwrap.dedent(RELOADED))
+        stat = module.stat()
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        deadline = time.monotonic() + 30
+        while "reloaded reload_tasks.py: cli-reload" not in server.output():
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        assert run_version() == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rayflow.cli._failure import CLIError
+from rayflow.cli._render import err, out
 
 
 def import_target(target: str) -> Any:
@@ -62,3 +63,33 @@ def tasks_in(module: Any) -> list[Any]:
     from rayflow.task import Task
 
     return [v for v in vars(module).values() if isinstance(v, Task)]
+
+
+def reloader(module: Any, register: Callable[[Any], None]) -> Callable[[], None]:
+    """`rayflow dev --reload`: a tick that re-imports the module when its file
+    changed and `register`s its tasks again (stored by value: every run after that, and
+    every revival, loads the new code — a suspended run replays its journal
+    against it). A module that fails to import leaves the old code serving."""
+    path = Path(module.__file__)
+    seen = path.stat().st_mtime_ns
+
+    def tick() -> None:
+        nonlocal seen
+        try:
+            changed = path.stat().st_mtime_ns
+        except OSError:
+            return  # an editor replacing the file: look again next tick
+        if changed == seen:
+            return
+        seen = changed
+        try:
+            fresh = import_target(str(path))
+            tasks = tasks_in(fresh)
+            for t in tasks:
+                register(t)
+        except CLIError as e:
+            err.print(f"reload failed, the previous code still serves: {e}")
+            return
+        out.print(f"reloaded {path.name}: {', '.join(t.id for t in tasks) or '(no tasks)'}")
+
+    return tick

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from rayflow.cli._connect import (
     start_quiet_serve,
 )
 from rayflow.cli._failure import CLIError, friendly, parse_json
-from rayflow.cli._loading import import_target, tasks_in
+from rayflow.cli._loading import import_target, reloader, tasks_in
 from rayflow.cli._render import ChunkPrinter, err, out, runs_table, spinner
 
 app = typer.Typer(
@@ -60,9 +61,9 @@ def _port_free(host: str, port: int) -> bool:
 
 
 #: how long `rayflow dev` waits for its port: the HTTP server of a `rayflow
-#: dev` stopped a moment ago lives in a Ray worker process that exits
+#: dev` stopped a moment ago lives in a Ray worker process that may exit
 #: a few seconds after its driver
-PORT_WAIT_S = 15.0
+PORT_WAIT_S = 10.0
 
 
 def _wait_port_free(host: str, port: int, timeout_s: float) -> bool:
@@ -85,6 +86,12 @@ def dev(
         int | None, typer.Option(help="HTTP port [env RAYFLOW_HTTP_PORT; 8000]")
     ] = None,
     replicas: Annotated[int, typer.Option(help="HTTP API replicas")] = 1,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload", help="re-import MODULE when its file changes: new runs use the new code"
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Run rayflow on this machine: Ray, the Store, the HTTP API and the dashboard (127.0.0.1)."""
@@ -103,14 +110,11 @@ def dev(
             f"rayflow dev is already running for {settings.data_dir} (pid {running['pid']},"
             f" {running['url']}); stop it or pass another --data-dir"
         )
-    if not _port_free(host, port):
-        with spinner(f"waiting for port {port} on {host} to be free"):
-            free = _wait_port_free(host, port, PORT_WAIT_S)
-        if not free:
-            raise CLIError(
-                f"port {port} on {host} is in use (waited {PORT_WAIT_S:.0f} s); stop what"
-                " listens there or pass another port with --port"
-            )
+    if not _wait_port_free(host, port, PORT_WAIT_S):
+        raise CLIError(
+            f"port {port} on {host} is in use (waited {PORT_WAIT_S:.0f} s); stop what"
+            " listens there or pass another port with --port"
+        )
     module = import_target(target) if target else None
     tasks = tasks_in(module) if module is not None else []
     if target and not tasks:
@@ -149,8 +153,11 @@ def dev(
     out.print(f"  Data        {resolved.data_dir}")
     if tasks:
         out.print(f"Try: rayflow trigger {tasks[0].id} --payload '{{}}'   ·   rayflow runs --watch")
+    if reload and module is not None:
+        out.print(f"Reloading {module.__file__} when it changes.")
     out.print("Press Ctrl-C to stop.")
-    stop = _wait_for_signal()
+    tick = reloader(module, _register) if reload and module is not None else None
+    stop = _wait_for_signal(tick)
     out.print(f"stopping ({stop})…")
     with contextlib.suppress(OSError):
         dev_file.unlink()
@@ -175,7 +182,7 @@ def _register(task: Any) -> None:
         run_sync(result)
 
 
-def _wait_for_signal() -> str:
+def _wait_for_signal(tick: Callable[[], None] | None = None) -> str:
     got: list[str] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -185,6 +192,8 @@ def _wait_for_signal() -> str:
         signal.signal(s, on_signal)
     while not got:
         time.sleep(0.2)
+        if tick is not None and not got:
+            tick()
     return got[0]
 
 
