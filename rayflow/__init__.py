@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rayflow import auth, errors, metadata, runs, streams
+from rayflow import auth, errors, metadata, runs, streams, wait
 from rayflow._config import Settings
 from rayflow._response import Response
 from rayflow.durable import now, random, step
@@ -139,4 +139,5 @@ __all__ = [
     "streams",
     "task",
     "trigger",
+    "wait",
 ]

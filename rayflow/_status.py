@@ -56,6 +56,21 @@ class WaitpointStatus(str, Enum):
         return self.value
 
 
+class WaitTokenStatus(str, Enum):
+    """Where a wait token is (`rayflow.wait.create_token`); Trigger.dev's
+    waitpoint token statuses. A token leaves WAITING once, and never again."""
+
+    #: not completed yet; runs waiting on it are suspended
+    WAITING = "WAITING"
+    #: completed with data (the first completion; later ones change nothing)
+    COMPLETED = "COMPLETED"
+    #: its timeout passed before anyone completed it
+    TIMED_OUT = "TIMED_OUT"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: a run in one of these may still change (values as stored)
 ACTIVE_STATUSES: tuple[str, ...] = (
     RunStatus.QUEUED.value,

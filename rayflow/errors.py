@@ -8,6 +8,9 @@
     ├── PayloadTooLarge              413  an input message over max_input_bytes
     ├── StreamTooLarge               413  an append past max_stream_bytes
     ├── RunNotFound / TaskNotFound   404
+    ├── WaitTokenNotFound            404  no wait token with that id
+    ├── SessionNotFound              404  no session with that id or external id
+    ├── SessionClosed                409  a closed or expired session
     ├── RunFinished                  400  input or output for a finished run
     ├── StreamClosed                 409  a write to a closed output stream
     ├── RunFailed                    500  a child run awaited with trigger_and_wait failed
@@ -121,6 +124,25 @@ class TaskNotFound(RayflowError):
     http_status = 404
 
 
+class WaitTokenNotFound(RayflowError):
+    """No wait token with that id exists (or it was deleted by retention)."""
+
+    http_status = 404
+
+
+class SessionNotFound(RayflowError):
+    """No session with that id or external id exists."""
+
+    http_status = 404
+
+
+class SessionClosed(RayflowError):
+    """The session was closed or has expired: it takes no more records and
+    starts no more runs. Start a new session (another external id)."""
+
+    http_status = 409
+
+
 class RunFinished(RayflowError):
     """The run has finished; it takes no more input or output. `status` says
     how it finished (when known)."""
@@ -230,6 +252,8 @@ __all__ = [
     "RunFailed",
     "RunFinished",
     "RunNotFound",
+    "SessionClosed",
+    "SessionNotFound",
     "StreamClosed",
     "StreamTooLarge",
     "TaskNotFound",
@@ -238,4 +262,5 @@ __all__ = [
     "Unavailable",
     "ValidationError",
     "WaitTimeout",
+    "WaitTokenNotFound",
 ]

@@ -19,6 +19,7 @@ from serve.routes import (
     streams,
     tokens,
     types,
+    waitpoints,
 )
 
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, secret_key: str) -> FastAPI:
         inputs,
         streams,
         tokens,
+        waitpoints,
         types,
         dashboard,
     ):

@@ -15,8 +15,8 @@ from typing import Any
 
 from rayflow._runtime import serving
 from rayflow._runtime.serving import Connection, current
-from rayflow.errors import PayloadTooLarge, RunNotFound, TooManyRequests
-from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo
+from rayflow.errors import PayloadTooLarge, RunNotFound, TooManyRequests, WaitTokenNotFound
+from rayflow.store.base import ChunkWrite, RunRecord, StreamInfo, WaitTokenRecord
 from serve.deps import MAX_INDEX
 from serve.errors import BadRequest
 from serve.fanout import HubSource
@@ -242,3 +242,52 @@ async def run_streams(run_id: str) -> tuple[list[StreamInfo], list[tuple[str, in
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+# -- wait tokens ------------------------------------------------------------------
+def wait_token_signature(secret_key: str, token_id: str) -> str:
+    return serving.wait_tokens.callback_signature(secret_key, token_id)
+
+
+def wait_token_url(base_url: str, secret_key: str, token_id: str) -> str:
+    return serving.wait_tokens.callback_url(base_url, secret_key, token_id)
+
+
+async def get_wait_token(token_id: str) -> WaitTokenRecord:
+    token = await asyncio.to_thread(_conn().store.get_wait_token, token_id)
+    if token is None:
+        raise WaitTokenNotFound(f"wait token {token_id} not found; check the id")
+    return token
+
+
+async def complete_wait_token(token_id: str, data: Any) -> None:
+    """Complete the token (the first completion stands) and revive its waiters."""
+    await serving.wait_tokens.complete(token_id, json.dumps(data))
+
+
+async def list_wait_tokens(
+    *,
+    statuses: list[str] | None,
+    tags: list[str] | None,
+    idempotency_key: str | None,
+    created_from: int | None,
+    created_to: int | None,
+    limit: int,
+    after: str | None,
+) -> tuple[list[WaitTokenRecord], str | None]:
+    """Newest first; the cursor `<created ms>:<token id>` names the last one."""
+    ms, _, before_id = (after or "").partition(":")
+    if after is not None and (not ms.isdigit() or int(ms) >= MAX_INDEX or not before_id):
+        raise BadRequest("page[after] is not a cursor this API returned")
+    tokens = await asyncio.to_thread(
+        _conn().store.list_wait_tokens,
+        statuses=statuses,
+        tags=tags,
+        idempotency_key=idempotency_key,
+        created_from=created_from,
+        created_to=created_to,
+        before=(int(ms), before_id) if after is not None else None,
+        limit=limit,
+    )
+    cursor = f"{tokens[-1].created_at}:{tokens[-1].id}" if len(tokens) == limit else None
+    return tokens, cursor

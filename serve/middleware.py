@@ -38,8 +38,11 @@ BodyLimits = list[tuple[str, "re.Pattern[str]", int | None]]
 
 def default_body_limits(max_input_bytes: int, max_append_bytes: int) -> BodyLimits:
     stream = r"^/realtime/v1/streams/[^/]+"
+    token = r"^/api/v1/waitpoints/tokens/[^/]+"
     return [
         ("POST", re.compile(stream + r"/input/[^/]+$"), max_input_bytes),
+        # a wait token's data (completion, or a webhook on its callback url)
+        ("POST", re.compile(token + r"/(complete|callback/[^/]+)$"), max_input_bytes),
         ("POST", re.compile(stream + r"/[^/]+/[^/]+/append$"), max_append_bytes),
         # the v1 NDJSON writer: one long-lived body; lines are limited one by one
         ("POST", re.compile(stream + r"/[^/]+/[^/]+$"), None),

@@ -15,6 +15,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from test_http_node_client import node_sdk  # noqa: F401  (fixture)
 
 import rayflow
-from rayflow import metadata, streams, task
+from rayflow import metadata, streams, task, wait
 
 pytestmark = [
     pytest.mark.parametrize("rf", ["sqlite"], indirect=True),
@@ -64,6 +65,17 @@ async def hooks_lifecycle(payload: dict) -> dict:  # type: ignore[type-arg]
     metadata.set("progress", 100)
     await hooks_progress.append(HooksProgress(percent=100, step="done"))
     return {"approved": bool(decision.output and decision.output.approved)}
+
+
+hooks_tokens = streams.define("hooks-tokens", dict)
+
+
+@task(id="hooks-token")
+async def hooks_token(payload: dict) -> dict:  # type: ignore[type-arg]
+    token = await wait.create_token(timeout="120s")
+    await hooks_tokens.append({"id": token.id, "pat": token.public_access_token})
+    result = await wait.for_token(token)  # WAITING: the run holds no process
+    return {"ok": result.ok, "output": result.output}
 
 
 @task(id="hooks-quick")
@@ -232,3 +244,25 @@ def test_use_realtime_task_trigger_triggers_and_subscribes(
     run = wait_json(page, "run", "v && v.status === 'COMPLETED'")
     assert run["output"] == {"n": 3} and run["metadata"] == {"n": 3}
     assert read_json(page, "handle")["id"] == run["id"]
+
+
+def test_use_wait_token_completes_a_token_a_suspended_run_waits_on(
+    page: Any,  # noqa: F811
+    hooks_page: str,
+    http_api: HttpApi,
+) -> None:
+    handle = hooks_token.trigger({}).result()
+    made = next(iter(hooks_tokens.read(handle.id, timeout_s=30)))
+    for _ in range(600):
+        if rayflow.runs.retrieve(handle.id).result().status == "WAITING":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"run {handle.id} did not suspend on its wait token")
+    # the browser holds only the token's own public access token
+    open_view(page, hooks_page, http_api, made["pat"], view="token", tokenId=made["id"])
+    page.click("#complete")
+    assert wait_json(page, "completed", "v === true") is True
+    run = rayflow.runs.wait(handle.id).result(timeout_s=60)
+    assert run.output == {"ok": True, "output": {"approved": True, "by": "browser"}}
+    assert page.text_content("#error") == ""

@@ -31,7 +31,7 @@ from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffer import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.errors import Unavailable
-from rayflow.store.base import Store, Waitpoint
+from rayflow.store.base import TOKEN_WAIT_PREFIX, Store, Waitpoint
 
 log = logging.getLogger("rayflow")
 T = TypeVar("T")
@@ -252,6 +252,12 @@ async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> 
         return run.status if run is not None else SKIPPED
     # the run is WAITING now: an outage here must not end the attempt before
     # this look (nobody else looks, and the run would wait with its message there)
+    if waitpoint.stream_id.startswith(TOKEN_WAIT_PREFIX):
+        # a wait token completed before the waitpoint existed woke nobody
+        token_id = waitpoint.stream_id.removeprefix(TOKEN_WAIT_PREFIX)
+        if await _answered(store.settle_token_wait, execution.run_id, token_id):
+            return RunStatus.QUEUED
+        return RunStatus.WAITING
     raced = await _answered(execution.inputs.oldest_unconsumed, waitpoint.stream_id)
     if raced is not None and await _answered(
         store.resolve_waitpoint, execution.run_id, WaitpointStatus.RESOLVED, raced.seq

@@ -29,7 +29,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from rayflow._runtime import hops, ingress, locations, named_appender, run_events
+from rayflow._runtime import hops, ingress, locations, named_appender, run_events, wait_tokens
 from rayflow._runtime.bootstrap import start_control_plane
 from rayflow._runtime.calls import shared_task
 from rayflow._runtime.connection import Connection, current, secret_key_for
@@ -156,5 +156,6 @@ __all__ = [
     "shared_task",
     "signals",
     "start_control_plane",
+    "wait_tokens",
     "writer_position",
 ]

@@ -33,7 +33,7 @@ async def timer_loop(
     revive: Callable[[str], Awaitable[bool]],
     interval_s: float,
 ) -> None:
-    """Time out due waitpoints (and revive their runs); every
+    """Time out due waitpoints and wait tokens (and revive their runs); every
     `STRAY_QUEUED_MS`, launch stray queued runs. Runs until cancelled."""
     last_sweep = 0.0
     while True:
@@ -43,6 +43,9 @@ async def timer_loop(
                     store.resolve_waitpoint, wp.run_id, WaitpointStatus.TIMED_OUT, None
                 ):
                     await revive(wp.run_id)
+            # wait tokens past their timeout, and the runs waiting on them
+            for run_id in await asyncio.to_thread(store.expire_wait_tokens, now_ms()):
+                await revive(run_id)
             if time.monotonic() - last_sweep >= STRAY_QUEUED_MS / 1000:
                 last_sweep = time.monotonic()
                 await launch_strays(store, admission)

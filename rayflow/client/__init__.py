@@ -30,6 +30,7 @@ from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
 from rayflow.client._streams import HttpStreamReader
 from rayflow.client._transport import Transport
+from rayflow.client._wait import Wait
 
 
 class Streams:
@@ -129,7 +130,7 @@ class Auth:
 
 class Client:
     """rayflow over HTTP: `trigger`, `batch_trigger`, `send`, `runs.*`,
-    `streams.*`, `auth.create_public_token`. `token` is the secret key (or a
+    `streams.*`, `auth.create_public_token`, `wait.*` (wait tokens). `token` is the secret key (or a
     public access token, for what its scopes allow)."""
 
     def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
@@ -137,6 +138,7 @@ class Client:
         self.runs = Runs(self._t)
         self.streams = Streams(self._t)
         self.auth = Auth(self._t)
+        self.wait = Wait(self._t)
 
     def trigger(
         self,

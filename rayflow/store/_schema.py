@@ -150,6 +150,50 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (path, producer_id)
         )""",
     ],
+    # 5: wait tokens (rayflow.wait, /api/v1/waitpoints/tokens): a token runs
+    #    wait on (their waitpoint's stream_id is "token:<id>") until someone
+    #    completes it or its timeout passes; `idempotency_key` is unique among
+    #    tokens whose key has not expired (an expired key is cleared on reuse)
+    [
+        """CREATE TABLE IF NOT EXISTS wait_tokens (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            output TEXT,
+            output_is_error INTEGER NOT NULL,
+            timeout_at BIGINT,
+            idempotency_key TEXT,
+            idempotency_key_expires_at BIGINT,
+            tags TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            completed_at BIGINT
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS wait_tokens_key ON wait_tokens (idempotency_key)",
+        "CREATE INDEX IF NOT EXISTS wait_tokens_created ON wait_tokens (created_at)",
+        "CREATE INDEX IF NOT EXISTS wait_tokens_timeout ON wait_tokens (status, timeout_at)",
+        "CREATE INDEX IF NOT EXISTS waitpoints_stream ON waitpoints (stream_id, status)",
+    ],
+    # 6: sessions (Trigger.dev 4.5): a durable in/out pair keyed by the
+    #    user's external id that outlives its runs; `current_run_id` moves
+    #    when a record continues a session whose run ended
+    [
+        """CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY,
+            external_id TEXT,
+            type TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            trigger_config TEXT NOT NULL,
+            current_run_id TEXT,
+            tags TEXT NOT NULL,
+            metadata TEXT,
+            closed_at BIGINT,
+            closed_reason TEXT,
+            expires_at BIGINT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS sessions_external ON sessions (external_id)",
+        "CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

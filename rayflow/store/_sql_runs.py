@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rayflow._status import WaitTokenStatus
 from rayflow.store._sql_base import (
     _RUN_COLUMNS,
     _RUN_SELECT,
@@ -290,4 +291,11 @@ class RunsSql(SqlBase):
                     c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
             deleted += len(ids)
             if len(ids) < self.expire_batch:
-                return deleted
+                break
+        with self._tx() as c:
+            # wait tokens completed (or timed out) as long ago as those runs
+            c.execute(
+                "DELETE FROM wait_tokens WHERE status <> ? AND completed_at < ?",
+                (WaitTokenStatus.WAITING.value, finished_before),
+            )
+        return deleted

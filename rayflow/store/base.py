@@ -30,6 +30,10 @@ from rayflow.store.named import (
     NamedWrite,
     NamedWriteResult,
 )
+from rayflow.store.waits import TOKEN_WAIT_PREFIX as TOKEN_WAIT_PREFIX
+from rayflow.store.waits import SessionRecord as SessionRecord
+from rayflow.store.waits import TokenAndSessionStore
+from rayflow.store.waits import WaitTokenRecord as WaitTokenRecord
 
 
 def now_ms() -> int:
@@ -163,7 +167,7 @@ RunChangeHook = Callable[[list[str]], None]
 NamedChangeHook = Callable[[list[str]], None]
 
 
-class Store(Protocol):
+class Store(TokenAndSessionStore, Protocol):
     url: str
     on_run_change: RunChangeHook | None
     on_named_change: NamedChangeHook | None

@@ -10,8 +10,12 @@
 //   subscribe: runId                       — runs.subscribeToRun(): one line per run update
 //   subscribeTag: tag, until                — runs.subscribeToRunsWithTag(): until `until` runs finished
 //   subscribeBatch: batchId, until          — runs.subscribeToBatch(): likewise
+//   createToken: timeout?, idempotencyKey?, tags? — wait.createToken(): prints id, url, token
+//   completeToken: tokenId, data            — wait.completeToken() (with the token's own JWT)
+//   retrieveToken: tokenId                  — wait.retrieveToken(): status, output, error
+//   listTokens: status?, tags?              — wait.listTokens(): every page
 // Output: one JSON object per line; the last is {"type": "end"} or {"type": "error", ...}.
-import { auth, runs, streams, tasks } from "@trigger.dev/sdk";
+import { auth, runs, streams, tasks, wait } from "@trigger.dev/sdk";
 import { apiClientManager } from "@trigger.dev/core/v3";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -95,7 +99,47 @@ async function subscribeMany(subscription, until) {
 const subscribeTag = (cmd) => subscribeMany(runs.subscribeToRunsWithTag(cmd.tag), cmd.until);
 const subscribeBatch = (cmd) => subscribeMany(runs.subscribeToBatch(cmd.batchId), cmd.until);
 
-const ops = { read, send, trigger, pipe, subscribe, subscribeTag, subscribeBatch };
+async function createToken(cmd) {
+  const options = {};
+  for (const k of ["timeout", "idempotencyKey", "idempotencyKeyTTL", "tags"]) {
+    if (cmd[k] !== undefined) options[k] = cmd[k];
+  }
+  const token = await wait.createToken(options);
+  out({ type: "token", id: token.id, url: token.url, isCached: token.isCached, publicAccessToken: token.publicAccessToken });
+}
+
+async function completeToken(cmd) {
+  const result = await wait.completeToken(cmd.tokenId, cmd.data);
+  out({ type: "completed", success: result.success });
+}
+
+async function retrieveToken(cmd) {
+  const t = await wait.retrieveToken(cmd.tokenId);
+  out({
+    type: "token",
+    id: t.id,
+    status: t.status,
+    output: t.output ?? null,
+    error: t.error ? { name: t.error.name, message: t.error.message } : null,
+    tags: t.tags,
+    idempotencyKey: t.idempotencyKey ?? null,
+    createdAt: t.createdAt.toISOString(),
+    completedAt: t.completedAt ? t.completedAt.toISOString() : null,
+    timeoutAt: t.timeoutAt ? t.timeoutAt.toISOString() : null,
+  });
+}
+
+async function listTokens(cmd) {
+  const params = { limit: cmd.limit ?? 2 };
+  if (cmd.status !== undefined) params.status = cmd.status;
+  if (cmd.tags !== undefined) params.tags = cmd.tags;
+  for await (const t of wait.listTokens(params)) out({ type: "token", id: t.id, status: t.status, tags: t.tags });
+}
+
+const ops = {
+  read, send, trigger, pipe, subscribe, subscribeTag, subscribeBatch,
+  createToken, completeToken, retrieveToken, listTokens,
+};
 
 async function main() {
   const cmd = JSON.parse(process.argv[2] ?? "{}");

@@ -3,7 +3,7 @@
 // (tests/test_react_hooks.py) and opened in headless Chromium; each view
 // writes what its hook returns into the DOM as JSON for the test to read.
 //
-//   hooks.html?view=run|tag|batch|trigger&baseURL=…&token=…&runId=…&tag=…&batchId=…&taskId=…
+//   hooks.html?view=run|tag|batch|trigger|token&baseURL=…&token=…&runId=…&tag=…&batchId=…&taskId=…&tokenId=…
 import React, { useEffect } from "react";
 import { createRoot } from "react-dom/client";
 import {
@@ -13,6 +13,7 @@ import {
   useRealtimeRunsWithTag,
   useRealtimeStream,
   useRealtimeTaskTrigger,
+  useWaitToken,
 } from "@trigger.dev/react-hooks";
 import type { HooksGo, HooksProgress } from "./rayflow-types";
 
@@ -84,6 +85,20 @@ function TriggerView({ taskId }: { taskId: string }) {
   );
 }
 
+function TokenView({ tokenId }: { tokenId: string }) {
+  // useWaitToken completes a wait token with the token's own public access token
+  const { complete, isLoading, isCompleted, error } = useWaitToken(tokenId, options);
+  return (
+    <div>
+      <button id="complete" disabled={isLoading} onClick={() => complete({ approved: true, by: "browser" })}>
+        complete
+      </button>
+      <pre id="completed">{JSON.stringify(isCompleted)}</pre>
+      <pre id="error">{error ? String(error) : ""}</pre>
+    </div>
+  );
+}
+
 function App() {
   switch (query.get("view")) {
     case "run":
@@ -94,6 +109,8 @@ function App() {
       return <BatchView batchId={query.get("batchId") ?? ""} />;
     case "trigger":
       return <TriggerView taskId={query.get("taskId") ?? ""} />;
+    case "token":
+      return <TokenView tokenId={query.get("tokenId") ?? ""} />;
     default:
       return <p>unknown view</p>;
   }

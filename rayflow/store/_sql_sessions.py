@@ -1,0 +1,225 @@
+"""Sessions in SQL. A session row is locked by every transaction that
+decides on it (a start with its external id, a continuation, a close), so
+two starts converge, two continuations create one run, and nothing starts a
+run on a session a close has committed.
+
+The session's first run is inserted in the transaction that creates the
+session (there is no moment where the session exists and no run was asked
+for); launching it is the caller's job (`Controller.revive`, or the stray
+sweep that launches any QUEUED run nobody launched).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rayflow.errors import SessionClosed, SessionNotFound
+from rayflow.store._sql_base import SqlBase
+from rayflow.store.base import FINISHED_STATUSES, RunRecord, SessionRecord, now_ms
+
+_COLUMNS = (
+    "id, external_id, type, task_id, trigger_config, current_run_id, tags, metadata,"
+    " closed_at, closed_reason, expires_at, created_at, updated_at"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM sessions"
+#: the prefix of every session id; an external id may not start with it
+SESSION_PREFIX = "session_"
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        external_id=row[1],
+        type=row[2],
+        task_id=row[3],
+        trigger_config=row[4],
+        current_run_id=row[5],
+        tags=list(json.loads(row[6])),
+        metadata=row[7],
+        closed_at=row[8],
+        closed_reason=row[9],
+        expires_at=row[10],
+        created_at=int(row[11]),
+        updated_at=int(row[12]),
+    )
+
+
+def _closed(session: SessionRecord) -> SessionClosed:
+    why = f"closed ({session.closed_reason})" if session.closed_at else "expired"
+    return SessionClosed(
+        f"session {session.id} ({session.external_id}) is {why}; it takes no more records"
+        " and starts no runs: start a new session under another external id"
+    )
+
+
+class SessionsSql(SqlBase):
+    def _insert_run(self, c: Any, run: RunRecord) -> tuple[RunRecord, bool]:
+        raise NotImplementedError  # RunsSql
+
+    def start_session(
+        self, session: SessionRecord, first_run: RunRecord
+    ) -> tuple[SessionRecord, bool]:
+        now = now_ms()
+        with self._tx() as c:
+            if session.external_id is not None:
+                found = self._find(c, "external_id", session.external_id, lock=True)
+                if found is not None:
+                    return self._cached_start(c, found, session, now), False
+            inserted = c.execute(
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (
+                    session.id,
+                    session.external_id,
+                    session.type,
+                    session.task_id,
+                    session.trigger_config,
+                    first_run.id,
+                    json.dumps(session.tags),
+                    session.metadata,
+                    None,
+                    None,
+                    session.expires_at,
+                    now,
+                    now,
+                ),
+            ).rowcount
+            if not inserted:
+                # a concurrent start with this external id committed first
+                # (PostgreSQL: the unique index made this insert a no-op)
+                found = self._find(c, "external_id", session.external_id, lock=True)
+                assert found is not None
+                return self._cached_start(c, found, session, now), False
+            self._insert_run(c, first_run)
+            session.current_run_id, session.created_at, session.updated_at = first_run.id, now, now
+        self._changed(first_run.id)
+        return session, True
+
+    def _cached_start(
+        self, c: Any, found: SessionRecord, asked: SessionRecord, now: int
+    ) -> SessionRecord:
+        if found.closed_or_expired(now):
+            raise _closed(found)
+        # a repeated start writes its config through (it applies to future runs)
+        c.execute(
+            "UPDATE sessions SET trigger_config = ?, tags = ?, metadata = COALESCE(?, metadata),"
+            " expires_at = COALESCE(?, expires_at), updated_at = ? WHERE id = ?",
+            (
+                asked.trigger_config,
+                json.dumps(asked.tags),
+                asked.metadata,
+                asked.expires_at,
+                now,
+                found.id,
+            ),
+        )
+        found.trigger_config, found.tags = asked.trigger_config, asked.tags
+        found.metadata = asked.metadata if asked.metadata is not None else found.metadata
+        found.expires_at = asked.expires_at if asked.expires_at is not None else found.expires_at
+        found.updated_at = now
+        return found
+
+    def _find(self, c: Any, column: str, value: Any, *, lock: bool = False) -> SessionRecord | None:
+        row = c.execute(
+            _SELECT + f" WHERE {column} = ?" + (self.lock_clause if lock else ""), (value,)
+        ).fetchone()
+        return _session(row) if row else None
+
+    def get_session(self, id_or_external_id: str) -> SessionRecord | None:
+        column = "id" if id_or_external_id.startswith(SESSION_PREFIX) else "external_id"
+        with self._read() as c:
+            return self._find(c, column, id_or_external_id)
+
+    def list_sessions(
+        self,
+        *,
+        types: list[str] | None = None,
+        task_ids: list[str] | None = None,
+        tags: list[str] | None = None,
+        external_id: str | None = None,
+        status: str | None = None,
+        before: tuple[int, str] | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, values in (("type", types), ("task_id", task_ids)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+                args += values
+        if external_id is not None:
+            where.append("external_id = ?")
+            args.append(external_id)
+        now = now_ms()
+        if status == "CLOSED":
+            where.append("closed_at IS NOT NULL")
+        elif status == "EXPIRED":
+            where.append("closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?")
+            args.append(now)
+        elif status == "ACTIVE":
+            where.append("closed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+            args.append(now)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        for tag in tags or []:
+            # a whole tag, in its case: its JSON string in the stored JSON list
+            where.append(self.contains_sql.format(column="tags"))
+            args.append(json.dumps(tag))
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        with self._read() as c:
+            rows = c.execute(sql, (*args, limit)).fetchall()
+        return [_session(r) for r in rows]
+
+    def update_session(
+        self, session_id: str, *, tags: list[str] | None = None, metadata: str | None = None
+    ) -> SessionRecord | None:
+        with self._tx() as c:
+            found = self._find(c, "id", session_id, lock=True)
+            if found is None:
+                return None
+            found.tags = tags if tags is not None else found.tags
+            found.metadata = metadata if metadata is not None else found.metadata
+            found.updated_at = now_ms()
+            c.execute(
+                "UPDATE sessions SET tags = ?, metadata = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(found.tags), found.metadata, found.updated_at, session_id),
+            )
+        return found
+
+    def close_session(self, session_id: str, reason: str | None) -> SessionRecord | None:
+        with self._tx() as c:
+            found = self._find(c, "id", session_id, lock=True)
+            if found is None or found.closed_at is not None:
+                return found
+            found.closed_at = found.updated_at = now_ms()
+            found.closed_reason = reason
+            c.execute(
+                "UPDATE sessions SET closed_at = ?, closed_reason = ?, updated_at = ? WHERE id = ?",
+                (found.closed_at, reason, found.updated_at, session_id),
+            )
+        return found
+
+    def continue_session(self, session_id: str, run: RunRecord) -> tuple[SessionRecord, bool]:
+        with self._tx() as c:
+            found = self._find(c, "id", session_id, lock=True)
+            if found is None:
+                raise SessionNotFound(f"session {session_id} not found; check the id")
+            if found.closed_or_expired(now_ms()):
+                raise _closed(found)
+            if found.current_run_id is not None:
+                current = c.execute(
+                    "SELECT status FROM runs WHERE id = ?", (found.current_run_id,)
+                ).fetchone()
+                if current is not None and current[0] not in FINISHED_STATUSES:
+                    return found, False  # its run is alive (or waiting): it takes the record
+            self._insert_run(c, run)
+            found.current_run_id, found.updated_at = run.id, now_ms()
+            c.execute(
+                "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
+                (run.id, found.updated_at, session_id),
+            )
+        self._changed(run.id)
+        return found, True
