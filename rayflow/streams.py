@@ -18,7 +18,7 @@ from rayflow._runtime.codec import Codec, type_name
 from rayflow._runtime.context import resolve_target
 from rayflow._runtime.pipe import Pipe, each
 from rayflow._runtime.reader import ChunkReader
-from rayflow._runtime.stream_buffer import Row
+from rayflow._runtime.stream_rows import Row
 from rayflow._runtime.stream_writers import close_stream, default_writer, new_writer
 from rayflow._runtime.writer import ChunkWriter
 from rayflow.errors import InvalidArgument

@@ -25,7 +25,7 @@ import rayflow
 from rayflow import streams, task
 from rayflow._config import Settings
 from rayflow._runtime.connection import current
-from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import ChunkWrite, RunRecord

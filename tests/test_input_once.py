@@ -18,7 +18,7 @@ from rayflow._config import Settings
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
-from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow.inputs import InputStream
 from rayflow.store import Store
 

@@ -381,7 +381,7 @@ async def test_a_chunk_written_past_the_actor_is_served_even_when_the_actors_com
     duplicate), its buffer must still serve that chunk — not report a length
     past the rows it holds (readers then spun without ever getting it)."""
     from rayflow._config import Settings
-    from rayflow._runtime.stream_buffer import StreamBuffers
+    from rayflow._runtime.stream_buffers import StreamBuffers
     from rayflow.store.base import ChunkWrite
 
     store = open_store(f"sqlite:///{tmp_path / 'gap.db'}")
@@ -407,7 +407,7 @@ async def test_a_buffer_told_of_outside_commits_in_any_order_holds_each_chunk_on
     rows already taken from the Store to fill a gap) or out of order, the
     tail holds every chunk once, in index order."""
     from rayflow._config import Settings
-    from rayflow._runtime.stream_buffer import StreamBuffers
+    from rayflow._runtime.stream_buffers import StreamBuffers
     from rayflow.store.base import ChunkWrite
 
     store = open_store(f"sqlite:///{tmp_path / 'merge.db'}")

@@ -24,7 +24,7 @@ from rayflow._config import Settings
 from rayflow._runtime.context import RunContext
 from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
-from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow.store import Store
 from rayflow.store.base import ChunkWrite, JournalEntry, RunRecord
 

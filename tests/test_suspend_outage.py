@@ -13,7 +13,7 @@ from rayflow._config import Settings
 from rayflow._runtime import attempts
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.run_inputs import RunInputs
-from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.errors import Unavailable
 from rayflow.store import Store

@@ -41,7 +41,7 @@ import ray
 
 from rayflow._runtime import hops
 from rayflow._runtime.calls import call, shared_task
-from rayflow._runtime.stream_buffer import ReadReply
+from rayflow._runtime.stream_rows import ReadReply
 
 log = logging.getLogger("rayflow")
 

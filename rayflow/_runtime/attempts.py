@@ -28,7 +28,7 @@ from rayflow._config import Settings
 from rayflow._runtime import registry, run_batches, stream_journal
 from rayflow._runtime.context import RunContext, set_run
 from rayflow._runtime.run_inputs import RunInputs
-from rayflow._runtime.stream_buffer import StreamBuffers
+from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.errors import Unavailable
 from rayflow.store.base import TOKEN_WAIT_PREFIX, Store, Waitpoint

@@ -11,7 +11,7 @@ from rayflow.errors import NoParentRun, OutsideTask
 
 if TYPE_CHECKING:
     from rayflow._runtime.journal import Journal
-    from rayflow._runtime.stream_buffer import StreamBuffers
+    from rayflow._runtime.stream_buffers import StreamBuffers
 
 
 @dataclass

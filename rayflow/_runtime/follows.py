@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rayflow._runtime.attempts import Execution
-    from rayflow._runtime.stream_buffer import StreamBuffers
+    from rayflow._runtime.stream_buffers import StreamBuffers
 
 #: one reader's poll: (run id, stream key, next index)
 Poll = tuple[str, str, int]

@@ -25,7 +25,7 @@ import ray
 
 from rayflow._runtime import actor_polls, connection, hops, locations
 from rayflow._runtime.actor_polls import LONG_POLL_S
-from rayflow._runtime.stream_buffer import Row, rows_from_chunks, segment_rows
+from rayflow._runtime.stream_rows import Row, rows_from_chunks, segment_rows
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord

@@ -48,8 +48,8 @@ from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
 from rayflow._runtime.loop_watch import LoopWatch
-from rayflow._runtime.stream_buffer import ReadReply, Row
 from rayflow._runtime.stream_commit import loop_committer
+from rayflow._runtime.stream_rows import ReadReply, Row
 from rayflow.store.base import InboxMessage
 
 log = logging.getLogger("rayflow")

@@ -57,8 +57,9 @@ import ray
 
 from rayflow._runtime import connection, hops, locations
 from rayflow._runtime.calls import RunMoved, call, shared_task
-from rayflow._runtime.stream_buffer import Row, finished_error, refusal_error
 from rayflow._runtime.stream_commit import Entry, commit_thread
+from rayflow._runtime.stream_refusals import finished_error, refusal_error
+from rayflow._runtime.stream_rows import Row
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, ChunkWrite, Refused, now_ms

@@ -37,7 +37,7 @@ from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.named_signals import FEED_PREFIX, feed_key, signals
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.sends import keyed_message_id
-from rayflow._runtime.stream_buffer import closed_error
+from rayflow._runtime.stream_refusals import closed_error
 from rayflow._runtime.writer import StreamAppender
 from rayflow.store.base import ChunkWrite
 

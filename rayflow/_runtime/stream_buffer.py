@@ -18,69 +18,22 @@ read from the Store by an index seek. A segment is put as one pickled blob
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import pickle
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, StreamCommitter, loop_committer
-from rayflow.errors import RayflowError, RunFinished, RunNotFound, StreamClosed
+from rayflow._runtime.stream_refusals import closed_error, refusal_error
+from rayflow._runtime.stream_rows import ReadReply, Row
 from rayflow.store import Store
-from rayflow.store.base import AppendResult, Chunk, ChunkWrite, Refused, StreamInfo, now_ms
+from rayflow.store.base import AppendResult, ChunkWrite, Refused, StreamInfo, now_ms
 
 log = logging.getLogger("rayflow")
-
-#: one chunk as sent to readers: (seq, JSON text, created_at ms, record id)
-Row = tuple[int, str, int, str | None]
-
-
-@dataclass
-class ReadReply:
-    """What a reader gets from `StreamBuffer.read`: rows, or where to find them."""
-
-    rows: list[Row]
-    #: a sealed segment holding the rows from `ref_start` on, when not in
-    #: `rows`: an ObjectRef of the pickled rows (`segment_rows` unpacks it)
-    ref: Any = None
-    ref_start: int = 0
-    #: the reader's index is older than the actor remembers: read the Store
-    from_store: bool = False
-    length: int = 0
-    closed: bool = False
-
-
-def finished_error(run_id: str, status: str, key: str | None = None) -> RunFinished:
-    """What a write to a run that has finished raises."""
-    return RunFinished(
-        f"run {run_id} is {status}; its streams are closed and take no more chunks",
-        run_id=run_id,
-        stream=key,
-        status=status,
-    )
-
-
-def refusal_error(run_id: str, key: str, refused: Refused) -> RayflowError:
-    """What a write the Store refused (`Refused`) raises."""
-    if refused.reason == "missing":
-        return RunNotFound(f"run {run_id} does not exist", run_id=run_id, stream=key)
-    if refused.reason == "finished":
-        return finished_error(run_id, refused.status or "finished", key)
-    return closed_error(run_id, key)
-
-
-def closed_error(run_id: str, key: str) -> StreamClosed:
-    """What a write to a closed stream raises."""
-    return StreamClosed(
-        f"stream {key!r} of run {run_id} is closed; it takes no more chunks",
-        run_id=run_id,
-        stream=key,
-    )
 
 
 class StreamBuffer:
@@ -416,89 +369,3 @@ class StreamBuffer:
                 return reply
         reply.from_store = True
         return reply
-
-
-class StreamBuffers:
-    """All output streams of one run, created on first use."""
-
-    def __init__(self, run_id: str, store: Store, settings: Any) -> None:
-        self.run_id, self.store, self.settings = run_id, store, settings
-        self.streams: dict[str, StreamBuffer] = {}
-        self.closed = False
-        #: set (and replaced) whenever any stream of the run has something
-        #: new for readers, a stream gets its buffer, the run ends or leaves:
-        #: what a RunActor's multiplexed long poll waits on
-        self.activity = asyncio.Event()
-        #: called with the run id at every `activity` (a RunActor's
-        #: `follow_many` watching many runs: it looks again at this run only)
-        self.watchers: set[Callable[[str], None]] = set()
-
-    def _wake(self) -> None:
-        self.activity.set()
-        self.activity = asyncio.Event()
-        for watcher in tuple(self.watchers):
-            watcher(self.run_id)
-
-    def poke(self) -> None:
-        """Wake every long poll waiting on `activity` to look again, though
-        nothing need have changed (a poll was kicked or reached its deadline)."""
-        self._wake()
-
-    async def find(self, key: str) -> StreamBuffer | None:
-        """The buffer of stream `key` when the stream exists (this run wrote
-        it, or it is in the Store); None for a key nobody wrote, so that a
-        reader naming any key it likes allocates nothing here."""
-        buf = self.streams.get(key)
-        if buf is None:
-            info = await asyncio.to_thread(self.store.stream_info, self.run_id, key)
-            if info is not None:
-                buf = self.get(key)
-        return buf
-
-    def get(self, key: str) -> StreamBuffer:
-        """The buffer of stream `key`, created on first use; its length and
-        closed flag arrive from the Store in a thread (`StreamBuffer.ready`)."""
-        buf = self.streams.get(key)
-        if buf is None or buf.load_error is not None:
-            buf = StreamBuffer(
-                self.run_id,
-                key,
-                self.store,
-                length=0,
-                tail_chunks=self.settings.tail_chunks,
-                segments=self.settings.object_store_segments,
-                max_bytes=self.settings.max_stream_bytes,
-            )
-            buf.closed = self.closed
-            buf.on_change = self._wake
-            buf.load(functools.partial(self.store.stream_info, self.run_id, key))
-            self.streams[key] = buf
-            self._wake()
-        return buf
-
-    async def drain(self) -> None:
-        for buf in list(self.streams.values()):
-            await buf.drain()
-
-    def release(self) -> None:
-        """The run left this actor: wake every long poll, so that its reader
-        asks again and is sent to the Store (or the run's next actor)."""
-        for buf in self.streams.values():
-            buf._notify()
-        self._wake()
-
-    def close_all(self) -> None:
-        self.closed = True
-        for buf in self.streams.values():
-            buf.close()
-        self._wake()
-
-
-def segment_rows(blob: bytes) -> list[Row]:
-    """The rows of a sealed segment (what its ObjectRef holds)."""
-    rows: list[Row] = pickle.loads(blob)
-    return rows
-
-
-def rows_from_chunks(chunks: list[Chunk]) -> list[Row]:
-    return [(c.seq, c.data, c.created_at, c.record_id) for c in chunks]

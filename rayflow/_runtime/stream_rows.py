@@ -1,0 +1,43 @@
+"""What a reader of a live stream is sent: rows, or where to find them.
+
+A RunActor's `StreamBuffer` answers readers with a `ReadReply` — committed
+rows from its heap tail, an ObjectRef of a sealed segment, or "read the
+Store" — and readers (`reader`, `actor_polls`) turn segments and Store
+chunks into the same `Row`s.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+from rayflow.store.base import Chunk
+
+#: one chunk as sent to readers: (seq, JSON text, created_at ms, record id)
+Row = tuple[int, str, int, str | None]
+
+
+@dataclass
+class ReadReply:
+    """What a reader gets from `StreamBuffer.read`: rows, or where to find them."""
+
+    rows: list[Row]
+    #: a sealed segment holding the rows from `ref_start` on, when not in
+    #: `rows`: an ObjectRef of the pickled rows (`segment_rows` unpacks it)
+    ref: Any = None
+    ref_start: int = 0
+    #: the reader's index is older than the actor remembers: read the Store
+    from_store: bool = False
+    length: int = 0
+    closed: bool = False
+
+
+def segment_rows(blob: bytes) -> list[Row]:
+    """The rows of a sealed segment (what its ObjectRef holds)."""
+    rows: list[Row] = pickle.loads(blob)
+    return rows
+
+
+def rows_from_chunks(chunks: list[Chunk]) -> list[Row]:
+    return [(c.seq, c.data, c.created_at, c.record_id) for c in chunks]
