@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -41,6 +40,7 @@ from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.context import require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._status import WaitTokenStatus
+from rayflow._wait_model import WaitToken, WaitTokenInfo
 from rayflow.errors import InvalidArgument, RayflowError, ValidationError, WaitTimeout
 from rayflow.store.base import WaitTokenRecord
 
@@ -48,36 +48,6 @@ T = TypeVar("T")
 
 #: how long the public access token of a new wait token is valid (Trigger.dev: 24 h)
 TOKEN_ACCESS_TTL_S = 24 * 3600
-
-
-@dataclass(frozen=True)
-class WaitToken:
-    """A created token: its id, the `url` a webhook may POST its data to,
-    and a public access token that can complete it (only it) from a browser."""
-
-    id: str
-    url: str
-    public_access_token: str
-    #: True when the idempotency key named a token created earlier
-    is_cached: bool = False
-
-
-@dataclass(frozen=True)
-class WaitTokenInfo:
-    """A token as `retrieve_token` and `list_tokens` see it; `output` is the
-    data it was completed with, `error` a `WaitTimeout` when it timed out."""
-
-    id: str
-    url: str
-    status: WaitTokenStatus
-    tags: list[str]
-    created_at: datetime
-    completed_at: datetime | None = None
-    timeout_at: datetime | None = None
-    idempotency_key: str | None = None
-    idempotency_key_expires_at: datetime | None = None
-    output: Any = None
-    error: RayflowError | None = None
 
 
 def _time(ms: int | None) -> datetime | None:

@@ -305,6 +305,22 @@ class Scenarios:
         handle = collector.trigger({}).result()
         eventually(lambda: self.status(handle.id) == "EXECUTING", what="the run to start")
         conn = connection.current()
+        # Inboxes are a fixed set of shards shared by every run and stream: the
+        # one this run's sends go to may already be up on the head node (earlier
+        # scenarios sent through it). Stop it for good, so that the shard is
+        # started again below where this scenario can lose it.
+        name = inbox.actor_name("msgs", handle.id)
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+
+        def name_free() -> bool:
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                return True
+            return False
+
+        eventually(name_free, what=f"{name} to stop")
         inbox.forget("msgs", handle.id)
         actor = inbox.InboxActor.options(
             name=inbox.actor_name("msgs", handle.id),

@@ -9,7 +9,15 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 #: the modules of the `rayflow` package that `rayflow.client` needs
-CLIENT_MODULES = {"__init__", "errors", "_response", "_handles", "_status", "_run_model"}
+CLIENT_MODULES = {
+    "__init__",
+    "errors",
+    "_response",
+    "_handles",
+    "_status",
+    "_run_model",
+    "_wait_model",
+}
 
 
 class ClientOnly(build_py):

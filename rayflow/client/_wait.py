@@ -10,9 +10,10 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from rayflow._response import Response
+from rayflow._status import WaitTokenStatus
+from rayflow._wait_model import WaitToken, WaitTokenInfo
 from rayflow.client._transport import Transport
 from rayflow.errors import RayflowError, WaitTimeout
-from rayflow.wait import WaitToken, WaitTokenInfo, WaitTokenStatus
 
 
 def _time(text: str | None) -> datetime | None:

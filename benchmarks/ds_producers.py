@@ -4,7 +4,7 @@
 reference Node server (`@durable-streams/server`, in memory) in the same
 run. Reports acknowledgement latency (p50 / p99) and appends per second.
 
-    .venv/bin/python benchmarks/durable_streams.py --seconds 10 [--store URL]
+    .venv/bin/python benchmarks/ds_producers.py --seconds 10 [--store URL]
 
 The load is tests/node/ds_load.mjs. Each producer sends its next append
 when the previous one is acknowledged
