@@ -7,6 +7,7 @@ row mappers, and the one status update that never moves a finished run.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
@@ -114,6 +115,33 @@ class SqlBase:
     def _read(self) -> Iterator[Any]:
         with self._transaction(write=False) as cur:
             yield _Cursor(cur, self._sql)
+
+    def _newest_first(
+        self,
+        select: str,
+        where: list[str],
+        args: list[Any],
+        *,
+        before: tuple[int, str] | None,
+        tags: list[str] | None,
+        limit: int,
+    ) -> list[Any]:
+        """The rows of `select` that match `where` and carry every one of
+        `tags` (whole, in their case), newest first, after the page cursor
+        `before` = (created_at, id) of the last row seen."""
+        where, args = list(where), list(args)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        for tag in tags or []:
+            # a whole tag, in its case: its JSON string in the stored JSON list
+            where.append(self.contains_sql.format(column="tags"))
+            args.append(json.dumps(tag))
+        sql = select + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        with self._read() as c:
+            rows: list[Any] = c.execute(sql, (*args, limit)).fetchall()
+        return rows
 
     def migrate(self) -> None:
         with self._tx() as c:

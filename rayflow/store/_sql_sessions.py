@@ -160,17 +160,7 @@ class SessionsSql(SqlBase):
         elif status == "ACTIVE":
             where.append("closed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
             args.append(now)
-        if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [before[0], before[0], before[1]]
-        for tag in tags or []:
-            # a whole tag, in its case: its JSON string in the stored JSON list
-            where.append(self.contains_sql.format(column="tags"))
-            args.append(json.dumps(tag))
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        with self._read() as c:
-            rows = c.execute(sql, (*args, limit)).fetchall()
+        rows = self._newest_first(_SELECT, where, args, before=before, tags=tags, limit=limit)
         return [_session(r) for r in rows]
 
     def update_session(

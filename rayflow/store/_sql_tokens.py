@@ -119,18 +119,7 @@ class TokensSql(SqlBase):
         if created_to is not None:
             where.append("created_at <= ?")
             args.append(created_to)
-        if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [before[0], before[0], before[1]]
-        for tag in tags or []:
-            # tags are a JSON list of strings: match the quoted element
-            # a whole tag, in its case: its JSON string in the stored JSON list
-            where.append(self.contains_sql.format(column="tags"))
-            args.append(json.dumps(tag))
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        with self._read() as c:
-            rows = c.execute(sql, (*args, limit)).fetchall()
+        rows = self._newest_first(_SELECT, where, args, before=before, tags=tags, limit=limit)
         return [_token(r) for r in rows]
 
     def complete_wait_token(
