@@ -558,3 +558,52 @@ def sse_chunks(
                 n += 1
                 if total is not None and n >= total:
                     return
+
+
+# --- workload 7: chat turns (issue 22) ---
+
+#: the fake model every system calls: TURN_TOKENS tokens, one every TOKEN_GAP_S
+TURN_TOKENS = 20
+TOKEN_GAP_S = 0.01
+
+
+def turn_chunk(turn: int, i: int) -> str:
+    """A 64-byte token of a reply: turn, index, `E` on the turn's last token."""
+    head = f"{turn:04d} {i:04d} {'E' if i == TURN_TOKENS - 1 else '-'} "
+    return head + "x" * (CHUNK_BYTES - len(head))
+
+
+async def stream_reply(write: Any, turn: int) -> None:
+    """The fake model's reply to `turn`, each token handed to `await write(token)`
+    as it is "generated" (open loop, like workload 6)."""
+    import asyncio
+
+    start = time.monotonic()
+    for i in range(TURN_TOKENS):
+        await write(turn_chunk(turn, i))
+        delay = start + (i + 1) * TOKEN_GAP_S - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def chat_turns(turns: int, gap_s: float, send: Any, tokens: Any) -> dict[str, Any]:
+    """The user's side of workload 7: `turns` times, think for `gap_s`, `send(turn)`,
+    then read the reply from the iterator `tokens` (one stream over every turn) up
+    to its last token. Send → first token and send → turn complete, per turn."""
+    first: list[float] = []
+    done: list[float] = []
+    for turn in range(turns):
+        time.sleep(gap_s)
+        sent = time.time_ns()
+        send(turn)
+        seen_first = False
+        for chunk in tokens:
+            if int(chunk[:4]) != turn:
+                raise AssertionError(f"turn {turn}: got a token of turn {chunk[:4]}")
+            if not seen_first:
+                first.append((time.time_ns() - sent) / 1e6)
+                seen_first = True
+            if chunk[10] == "E":
+                done.append((time.time_ns() - sent) / 1e6)
+                break
+    return {"first_ms": summary(first), "done_ms": summary(done), "turns": len(done)}

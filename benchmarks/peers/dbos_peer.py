@@ -7,6 +7,9 @@
 - suspend/resume = ``await DBOS.recv_async`` in async workflows: DBOS has no way to
   release a waiting workflow's process, so the waiters are coroutines of the app process.
 - SSE: DBOS offers none (n/a).
+- chat turns = one async workflow per conversation: ``await DBOS.recv_async`` for the
+  user's message, the fake model's tokens each a ``write_stream_async``; the user's
+  process sends with ``DBOSClient.send`` and reads the one stream with ``read_stream``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ def reader_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     def chunks(offset: int) -> Any:
         return client.read_stream(job["wfid"], KEY, offset=offset, polling_interval_sec=POLL_S)
 
+    if job["op"] == "chat":
+        return c.chat_turns(
+            job["turns"],
+            job["gap_s"],
+            lambda turn: client.send(job["wfid"], {"turn": turn}, topic="in"),
+            iter(chunks(0)),
+        )
     if job["op"] == "live":
         live = c.LiveRead()
         for chunk in chunks(0):
@@ -130,6 +140,16 @@ def launch(cfg: dict[str, Any]) -> Any:
         msg = await DBOS.recv_async("go", timeout_seconds=900)
         return None if msg is None else c.age_ms(msg["ts"])
 
+    @DBOS.workflow()
+    async def chat(turns: int) -> int:
+        for _ in range(turns):
+            msg = await DBOS.recv_async("in", timeout_seconds=120)
+            if msg is None:
+                break
+            await c.stream_reply(lambda token: DBOS.write_stream_async(KEY, token), msg["turn"])
+        await DBOS.close_stream_async(KEY)
+        return turns
+
     DBOS(config=config)  # type: ignore[arg-type]
     DBOS.launch()
     return {
@@ -138,6 +158,7 @@ def launch(cfg: dict[str, Any]) -> Any:
         "receiver": receiver,
         "waiter": waiter,
         "tokens": tokens,
+        "chat": chat,
     }
 
 
@@ -282,6 +303,24 @@ def w6(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
     return loop.run_until_complete(scenario())
 
 
+def w7(cfg: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
+    from dbos import SetWorkflowID
+
+    turns = cfg["chat_turns"]
+
+    async def scenario() -> dict[str, Any]:
+        with SetWorkflowID(f"chat-{uuid.uuid4().hex}"):
+            handle = await app["DBOS"].start_workflow_async(app["chat"], turns)
+        with _reader(cfg) as user:
+            job = {"op": "chat", "wfid": handle.get_workflow_id(), "turns": turns}
+            result = await asyncio.to_thread(user.ask, {**job, "gap_s": cfg["turn_gap_s"]}, 300)
+        await asyncio.wait_for(handle.get_result(), timeout=60)
+        return result
+
+    loop = asyncio.new_event_loop()
+    return loop.run_until_complete(scenario())
+
+
 def main(argv: list[str]) -> None:
     cfg = c.load_config(argv)
     role = argv[1]
@@ -300,6 +339,7 @@ def main(argv: list[str]) -> None:
                 4: lambda cfg: w4(cfg, app),
                 5: lambda cfg: c.na("DBOS offers no SSE/HTTP stream endpoint"),
                 6: lambda cfg: w6(cfg, app),
+                7: lambda cfg: w7(cfg, app),
             },
             argv,
         )

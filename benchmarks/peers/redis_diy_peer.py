@@ -315,6 +315,7 @@ def main(argv: list[str]) -> None:
                     4: w4,
                     5: w5,
                     6: lambda cfg: c.na("not run: workload 6 compares durable runtimes"),
+                    7: lambda cfg: c.na("not run: workload 7 compares durable runtimes"),
                 },
                 argv,
             ),

@@ -8,6 +8,11 @@
   waiting invocations are suspended by the server (journal kept, no SDK call held)
   before anything is sent.
 
+- chat turns = a virtual object per conversation whose ``turn`` handler calls the fake
+  model inside ``ctx.run`` (journaled: a retry does not call it again) and keeps the
+  history in the object's state; the user calls it over the ingress and gets the whole
+  reply as the answer. Without output streams there is no first token (n/a).
+
 The latency a handler sees is taken inside ``ctx.run`` so it is journaled, not
 recomputed on replay.
 """
@@ -58,7 +63,25 @@ try:  # only the peers' venv has restate-sdk; the helpers below do not need it
     async def w4_go(ctx: restate.WorkflowSharedContext, msg: dict[str, int]) -> None:
         await ctx.promise("go", type_hint=int).resolve(msg["ts"])
 
-    app = restate.app(services=[W3, W4])
+    Chat = restate.VirtualObject("Chat")
+
+    @Chat.handler()
+    async def turn(ctx: restate.ObjectContext, msg: dict[str, int]) -> list[str]:
+        async def model() -> list[str]:
+            reply: list[str] = []
+
+            async def keep(token: str) -> None:
+                reply.append(token)
+
+            await c.stream_reply(keep, msg["turn"])
+            return reply
+
+        reply = await ctx.run_typed("model", model)
+        history = await ctx.get("history", type_hint=list) or []
+        ctx.set("history", [*history, msg["turn"]])
+        return reply
+
+    app = restate.app(services=[W3, W4, Chat])
 except ImportError:
     app = None
 
@@ -67,6 +90,14 @@ except ImportError:
 
 
 def sender_job(client: Any, job: dict[str, Any]) -> dict[str, Any]:
+    if job.get("op") == "chat":
+        done: list[float] = []
+        for t in range(job["turns"]):
+            time.sleep(job["gap_s"])
+            sent = time.time_ns()
+            client.post(job["url"], json={"turn": t}).raise_for_status()
+            done.append((time.time_ns() - sent) / 1e6)
+        return {"first_ms": {"na": True}, "done_ms": c.summary(done), "turns": len(done)}
     urls = job["urls"]
     for i in c.paced(len(urls), job["gap_s"], job.get("budget_s")):
         client.post(urls[i], json={"i": i, "ts": time.time_ns()}).raise_for_status()
@@ -199,6 +230,15 @@ def w4(cfg: dict[str, Any], sdk_pid: int) -> dict[str, Any]:
     }
 
 
+def w7(cfg: dict[str, Any]) -> dict[str, Any]:
+    url = f"{cfg['restate']['ingress']}/Chat/{uuid.uuid4().hex}/turn"
+    with _sender(cfg) as user:
+        job = {"op": "chat", "url": url, "turns": cfg["chat_turns"], "gap_s": cfg["turn_gap_s"]}
+        result = user.ask(job)
+    result["note"] = "no output streams: the reply arrives whole, as the turn's answer"
+    return result
+
+
 def main(argv: list[str]) -> None:
     cfg = c.load_config(argv)
     role = argv[1]
@@ -221,6 +261,7 @@ def main(argv: list[str]) -> None:
                         4: lambda cfg: w4(cfg, sdk.pid),
                         5: lambda cfg: c.na(no_streams),
                         6: lambda cfg: c.na(no_streams),
+                        7: w7,
                     },
                     argv,
                 ),

@@ -16,7 +16,8 @@ stopped at the end, also on error.
 
 Workloads (issue 7): 1 output stream live, 2 late reader, 3 input while running,
 4 suspend and resume, 5 output stream over SSE; (issue 21) 6 many runs streaming
-at once: N runs × 10 tokens/s × D s, a reader each.
+at once: N runs × 10 tokens/s × D s, a reader each; (issue 22) 7 chat turns: a
+user sends a message, a fake model streams a 20-token reply, the user thinks, again.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ SIZES = {
         "wait_settle_s": 90,
         "density_runs": 1000,
         "density_duration_s": 20,
+        "chat_turns": 20,
+        "turn_gap_s": 1.0,
         "timeout_s": 420,
     },
     "quick": {
@@ -111,6 +114,8 @@ SIZES = {
         "wait_settle_s": 40,
         "density_runs": 100,
         "density_duration_s": 10,
+        "chat_turns": 8,
+        "turn_gap_s": 1.0,
         "timeout_s": 180,
     },
 }
@@ -300,6 +305,8 @@ METRICS = [
     (6, "N runs streaming: all done after", ("w6", "all_done_s"), "s", True, False),
     (6, "N runs streaming: most at once", ("w6", "peak"), "", False, False),
     (6, "N runs streaming: write→read latency", ("w6", "lat_ms"), "ms", True, True),
+    (7, "chat turn: send → first token", ("w7", "first_ms"), "ms", True, True),
+    (7, "chat turn: send → turn complete", ("w7", "done_ms"), "ms", True, True),
 ]
 
 
@@ -376,7 +383,7 @@ def table(report: dict[str, Any]) -> str:
             notes.append(f"- **{name}**: not yet — {r['not_yet']}")
         if "_error" in r:
             notes.append(f"- **{name}**: {r['_error']}")
-        for w in ("w1", "w2", "w3", "w4", "w5", "w6"):
+        for w in ("w1", "w2", "w3", "w4", "w5", "w6", "w7"):
             if isinstance(r.get(w), dict) and "na" in r[w]:
                 notes.append(f"- **{name}** workload {w[1]}: n/a — {r[w]['na']}")
             elif isinstance(r.get(w), dict) and "error" in r[w]:
@@ -438,6 +445,15 @@ How each system does each workload (same machine, same run, loopback only):
   all N streams at once (rayflow `async for` over `out.read`; DBOS `read_stream_async`,
   polling as in workload 1). "All done" is from the first start call to the last
   reader's end; "at once" counts runs between their first and last token (writer clocks).
+- **workload 7** (chat turns) — one conversation of T turns: the user process thinks for
+  1 s, sends a message, and reads the reply — 20 tokens of a fake model, one every 10 ms —
+  from the conversation's one output stream. rayflow: a chat agent on a session
+  (`session.input.wait()` between turns, so the run is suspended while the user thinks;
+  each token `session.output.append`ed); the user `sessions.open(id).input.send`s and
+  reads `.output.read`. DBOS: `recv_async` + `write_stream_async` per token in one async
+  workflow; `DBOSClient.send` + `read_stream`. Restate: a virtual object's `turn` handler
+  calling the model in `ctx.run`; the reply arrives whole as the call's answer (no first
+  token). Send → first token and send → turn complete on the user's clock.
 
 Latency = the reader's clock minus the writer's clock embedded in each 64-byte chunk (one
 machine). A live write starts 0.5 s after the reader subscribed; writers go as fast as they
@@ -502,7 +518,7 @@ def main() -> int:
     p.add_argument(
         "--only", help="comma-separated systems (prefixes): rayflow,dbos,restate,redis,serve"
     )
-    p.add_argument("--workloads", default="1,2,3,4,5,6", help="comma-separated workload numbers")
+    p.add_argument("--workloads", default="1,2,3,4,5,6,7", help="comma-separated workload numbers")
     p.add_argument("--skip-setup", action="store_true", help="do not install anything")
     p.add_argument(
         "--no-netns",
@@ -552,7 +568,7 @@ def main() -> int:
     if not args.render:
         WORK.mkdir(exist_ok=True)
         (WORK / "last-report.json").write_text(json.dumps(report, indent=1))
-    if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5,6":
+    if not args.no_readme and len(systems) == len(SYSTEMS) and args.workloads == "1,2,3,4,5,6,7":
         write_readme(text, command)
         log(f"table written to {README}")
     elif not args.no_readme:

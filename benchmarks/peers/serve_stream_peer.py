@@ -180,6 +180,7 @@ def main(argv: list[str]) -> None:
                     4: lambda cfg: c.na("Ray cannot suspend a call and release its replica"),
                     5: lambda cfg: _live(cfg, base, 1),
                     6: lambda cfg: c.na("its floor is benchmarks/density.py (one async actor)"),
+                    7: lambda cfg: c.na("not run: workload 7 compares durable runtimes"),
                 },
                 argv,
             )
