@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rayflow import auth, errors, metadata, runs, streams, wait
+from rayflow import auth, errors, metadata, runs, sessions, streams, wait
 from rayflow._config import Settings
 from rayflow._response import Response
 from rayflow.durable import now, random, step
@@ -134,6 +134,7 @@ __all__ = [
     "now",
     "random",
     "runs",
+    "sessions",
     "shutdown",
     "step",
     "streams",

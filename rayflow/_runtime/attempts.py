@@ -31,7 +31,7 @@ from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
 from rayflow.errors import Unavailable
-from rayflow.store.base import TOKEN_WAIT_PREFIX, Store, Waitpoint
+from rayflow.store.base import SESSION_WAIT_PREFIX, TOKEN_WAIT_PREFIX, Store, Waitpoint
 
 log = logging.getLogger("rayflow")
 T = TypeVar("T")
@@ -166,6 +166,7 @@ async def _execute(
             journal=journal,
             buffers=execution.buffers,
             trigger_metadata=_trigger_metadata(options),
+            session=_session(options),
         )
         ctx.inputs = execution.inputs
         await execution.inputs.prepare(journal)
@@ -224,6 +225,17 @@ def _load_error(run_id: str, task_id: str, e: Exception) -> str:
     return json.dumps(error)
 
 
+def _session(options: dict[str, Any]) -> dict[str, Any] | None:
+    if options.get("session_id") is None:
+        return None
+    return {
+        "id": options["session_id"],
+        "continuation": bool(options.get("session_continuation")),
+        "previous_run_id": options.get("session_previous_run_id"),
+        "idle_timeout_s": options.get("session_idle_timeout_s"),
+    }
+
+
 def _trigger_metadata(options: dict[str, Any]) -> dict[str, Any]:
     given = options.get("metadata")
     return dict(given) if isinstance(given, dict) else {}
@@ -256,6 +268,12 @@ async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> 
         # a wait token completed before the waitpoint existed woke nobody
         token_id = waitpoint.stream_id.removeprefix(TOKEN_WAIT_PREFIX)
         if await _answered(store.settle_token_wait, execution.run_id, token_id):
+            return RunStatus.QUEUED
+        return RunStatus.WAITING
+    if waitpoint.stream_id.startswith(SESSION_WAIT_PREFIX):
+        # a record sent to the session before the waitpoint existed woke nobody
+        session_id = waitpoint.stream_id.removeprefix(SESSION_WAIT_PREFIX)
+        if await _answered(store.settle_session_wait, execution.run_id, session_id):
             return RunStatus.QUEUED
         return RunStatus.WAITING
     raced = await _answered(execution.inputs.oldest_unconsumed, waitpoint.stream_id)

@@ -34,6 +34,13 @@ class RunContext:
     #: state of the attempt that its `.on()` deliveries share with the task's
     #: own code (`for_delivery` hands the same dict on): the run's metadata
     shared: dict[str, Any] = field(default_factory=dict)
+    #: the session this run serves (`rayflow.sessions`), from its options:
+    #: {"id", "continuation", "previous_run_id", "idle_timeout_s"}, or None
+    session: dict[str, Any] | None = None
+    #: the attempt's readers of session input streams (`session_inputs`), by path
+    session_readers: dict[str, Any] = field(default_factory=dict)
+    #: per producer id: the appends to session streams made so far (`session_io`)
+    session_writes: dict[str, int] = field(default_factory=dict)
     _writers: int = field(default=0)
 
     def next_writer_id(self, kind: str) -> str:

@@ -131,13 +131,26 @@ class Journal:
         async with self._persist:
             await asyncio.to_thread(self.store.journal_append, self.run_id, self.attempt, [entry])
 
-    async def record(self, kind: str, name: str, value: Any) -> None:
+    async def record(
+        self,
+        kind: str,
+        name: str,
+        value: Any,
+        persist: Callable[[JournalEntry], None] | None = None,
+    ) -> None:
         """Make the outcome durable, then return. Concurrent records keep
-        their order (seq is taken before the first await)."""
+        their order (seq is taken before the first await). `persist` writes
+        the entry instead of `journal_append`, in a transaction that also
+        commits what the operation did (a session's consumed cursor)."""
         entry = JournalEntry(seq=len(self.entries), kind=kind, name=name, value=json.dumps(value))
         if kind == SUSPEND:
             self._suspends.append(entry.seq)
         self.entries.append(entry)
         self.cursor = len(self.entries)
         async with self._persist:
-            await asyncio.to_thread(self.store.journal_append, self.run_id, self.attempt, [entry])
+            if persist is not None:
+                await asyncio.to_thread(persist, entry)
+            else:
+                await asyncio.to_thread(
+                    self.store.journal_append, self.run_id, self.attempt, [entry]
+                )

@@ -43,7 +43,7 @@ from typing import Any
 import ray
 
 from rayflow._config import Settings
-from rayflow._runtime import attempts, connection, hops, recycling
+from rayflow._runtime import attempts, connection, hops, named_signals, recycling
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
@@ -203,6 +203,15 @@ class RunActor:
         if execution is None:
             return False
         execution.inputs.poke(stream_id, message)
+        return True
+
+    def session_changed(self, run_id: str, paths: list[str]) -> bool:
+        """Records were stored on these session streams: wake the run's
+        readers of them (they read the Store). False when this actor does
+        not execute the run."""
+        if self._executing(run_id) is None:
+            return False
+        named_signals.signals().notify(paths)
         return True
 
     async def cancel(self, run_id: str) -> None:

@@ -5,7 +5,8 @@ holds it to that), so what the app depends on is this module's `__all__`.
 Beyond the re-exports (the connection, the chunk reader, the run change
 feed and the named streams' signals and group commit, control-plane start, direct
 ingress, durations, hop tracing, tasks
-that outlive the request that made them, a run location asked ahead), two
+that outlive the request that made them, a run location asked ahead, the
+session entry points of `session_io` / `session_runs`), two
 entry points the public API lacks: writes with a writer id and per-writer
 sequence numbers (the SDK's v1 NDJSON writer resends chunks after a
 reconnect; they must be stored once), and the writer's last stored
@@ -37,6 +38,26 @@ from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.named_signals import FEED_PREFIX, feed_key, signals
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.sends import keyed_message_id
+from rayflow._runtime.session_io import (
+    CHANNEL_TTL_S,
+    RecordPage,
+    S2Record,
+    SentRecord,
+    append_control,
+    append_output,
+    check_channel,
+    read_records,
+    send_input,
+    session_stream_path,
+    wait_records,
+)
+from rayflow._runtime.session_runs import (
+    check_external_id,
+    close_session,
+    get_session,
+    normalize_config,
+    start_session,
+)
 from rayflow._runtime.stream_refusals import closed_error
 from rayflow._runtime.writer import StreamAppender
 from rayflow.store.base import ChunkWrite
@@ -138,7 +159,23 @@ async def writer_position(run_id: str, key: str, writer_id: str) -> int:
 
 
 __all__ = [
+    "CHANNEL_TTL_S",
     "FEED_PREFIX",
+    "RecordPage",
+    "S2Record",
+    "SentRecord",
+    "append_control",
+    "append_output",
+    "check_channel",
+    "check_external_id",
+    "close_session",
+    "get_session",
+    "normalize_config",
+    "read_records",
+    "send_input",
+    "session_stream_path",
+    "start_session",
+    "wait_records",
     "ChunkReader",
     "Connection",
     "append_writes",

@@ -194,6 +194,25 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX IF NOT EXISTS sessions_external ON sessions (external_id)",
         "CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at)",
     ],
+    # 7: what a session's runs consumed of its input streams (`.in` and each
+    #    channel's `in`: the next seq to hand out, committed with the journal
+    #    entry of the take, so a continuation run starts there), and the keys
+    #    that make a retried send to a session stream store one record
+    [
+        """CREATE TABLE IF NOT EXISTS session_cursors (
+            session_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            next_seq BIGINT NOT NULL,
+            PRIMARY KEY (session_id, path)
+        )""",
+        """CREATE TABLE IF NOT EXISTS session_sent_keys (
+            path TEXT NOT NULL,
+            send_key TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (path, send_key)
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

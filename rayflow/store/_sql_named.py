@@ -123,41 +123,48 @@ class NamedStreamsSql(SqlBase):
         return self.named_write_many([write], max_bytes)[0]
 
     def named_write_many(self, writes: list[NamedWrite], max_bytes: int) -> list[NamedWriteResult]:
-        now = now_ms()
-        results: list[NamedWriteResult] = []
         with self._tx() as c:
-            states: dict[str, NamedStreamInfo | None] = {}
-            for path in sorted({w.path for w in writes}):  # one lock order: no deadlock
-                states[path] = self._locked(c, path)
-            producers: dict[tuple[str, str], _ProducerState | None] = {}
-            changed: set[str] = set()
-            for write in writes:
-                state = states[write.path]
-                if state is None or (state.expired(now) and not state.deleted):
-                    results.append(NamedWriteResult(NamedOutcome.MISSING))
-                elif state.deleted:
-                    results.append(NamedWriteResult(NamedOutcome.GONE, state))
-                else:
-                    result = self._apply(c, write, state, producers, max_bytes, now)
-                    if result.outcome is NamedOutcome.OK:
-                        changed.add(write.path)
-                    results.append(result)
-            for path in sorted(changed):
-                state = states[path]
-                assert state is not None
-                self._save(c, state)
-            for (path, producer_id), p in producers.items():
-                if p is not None and p.dirty:
-                    c.execute(
-                        "INSERT INTO named_producers (path, producer_id, epoch, last_seq,"
-                        " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (path, producer_id)"
-                        " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
-                        " updated_at = excluded.updated_at",
-                        (path, producer_id, p.epoch, p.last_seq, now),
-                    )
+            results, changed = self._write_in(c, writes, max_bytes, now_ms())
         if changed:
             self._named_changed(*sorted(changed))
         return results  # each shows the stream as its own request left it
+
+    def _write_in(
+        self, c: Any, writes: list[NamedWrite], max_bytes: int, now: int
+    ) -> tuple[list[NamedWriteResult], set[str]]:
+        """`named_write_many` inside the caller's transaction: (outcomes, the
+        paths changed — tell their readers after the commit)."""
+        results: list[NamedWriteResult] = []
+        states: dict[str, NamedStreamInfo | None] = {}
+        for path in sorted({w.path for w in writes}):  # one lock order: no deadlock
+            states[path] = self._locked(c, path)
+        producers: dict[tuple[str, str], _ProducerState | None] = {}
+        changed: set[str] = set()
+        for write in writes:
+            state = states[write.path]
+            if state is None or (state.expired(now) and not state.deleted):
+                results.append(NamedWriteResult(NamedOutcome.MISSING))
+            elif state.deleted:
+                results.append(NamedWriteResult(NamedOutcome.GONE, state))
+            else:
+                result = self._apply(c, write, state, producers, max_bytes, now)
+                if result.outcome is NamedOutcome.OK:
+                    changed.add(write.path)
+                results.append(result)
+        for path in sorted(changed):
+            state = states[path]
+            assert state is not None
+            self._save(c, state)
+        for (path, producer_id), p in producers.items():
+            if p is not None and p.dirty:
+                c.execute(
+                    "INSERT INTO named_producers (path, producer_id, epoch, last_seq,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (path, producer_id)"
+                    " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
+                    " updated_at = excluded.updated_at",
+                    (path, producer_id, p.epoch, p.last_seq, now),
+                )
+        return results, changed
 
     def _apply(
         self,

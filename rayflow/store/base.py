@@ -30,8 +30,10 @@ from rayflow.store.named import (
     NamedWrite,
     NamedWriteResult,
 )
+from rayflow.store.waits import SESSION_WAIT_PREFIX as SESSION_WAIT_PREFIX
 from rayflow.store.waits import TOKEN_WAIT_PREFIX as TOKEN_WAIT_PREFIX
 from rayflow.store.waits import SessionRecord as SessionRecord
+from rayflow.store.waits import SessionSend as SessionSend
 from rayflow.store.waits import TokenAndSessionStore
 from rayflow.store.waits import WaitTokenRecord as WaitTokenRecord
 

@@ -6,11 +6,13 @@ session outlives the runs that wait on it or serve it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from rayflow.store.base import RunRecord
+    from rayflow.store.base import JournalEntry, RunRecord
+    from rayflow.store.named import NamedWrite, NamedWriteResult
 
 
 @dataclass
@@ -55,8 +57,26 @@ class SessionRecord:
         return self.closed_at is not None or expired
 
 
+@dataclass
+class SessionSend:
+    """What `Store.session_send` did: the write's outcome (nothing else
+    happened unless it is OK), the record's seq, and the run it woke (queued)
+    or created (a continuation, now the session's current run)."""
+
+    result: NamedWriteResult
+    seq: int | None = None
+    woke: str | None = None
+    continued: str | None = None
+    #: the session's current run after the send (as the transaction saw it)
+    run_id: str | None = None
+    #: a send retried with a key already stored: nothing new was stored
+    duplicate: bool = False
+
+
 #: the `stream_id` of the waitpoint of a run waiting on wait token `id`
 TOKEN_WAIT_PREFIX = "token:"
+#: the `stream_id` of the waitpoint of a run waiting on its session's `.in`
+SESSION_WAIT_PREFIX = "session:"
 
 
 class TokenAndSessionStore(Protocol):
@@ -100,6 +120,47 @@ class TokenAndSessionStore(Protocol):
         """When the session's current run has finished (or it has none),
         create `run` and make it current, in one transaction; (session,
         whether `run` was created). Raises SessionNotFound, SessionClosed."""
+
+    def session_send(
+        self,
+        session_id: str,
+        write: NamedWrite,
+        max_bytes: int,
+        *,
+        wakes: bool,
+        next_run: Callable[[SessionRecord], RunRecord] | None,
+        send_key: str | None = None,
+        ttl_s: int | None = None,
+    ) -> SessionSend:
+        """Append `write` (to one of the session's streams, created with
+        `ttl_s` when missing) under the session row's lock; when it is stored
+        and `wakes`: queue the current run if it waits on the session
+        (`SESSION_WAIT_PREFIX`), or — when it has ended — insert
+        `next_run(session)` and make it current. One transaction: two sends
+        continue a session once. A `send_key` seen before on that stream
+        stores nothing (`duplicate`, the first seq). Raises SessionNotFound,
+        SessionClosed."""
+
+    def session_consume(
+        self,
+        run_id: str,
+        attempt: int,
+        entry: JournalEntry | None,
+        session_id: str,
+        path: str,
+        next_seq: int,
+    ) -> None:
+        """Journal `entry` (if any) and move the session's cursor on `path` to
+        `next_seq` (never back) in one transaction. Raises InvalidArgument
+        when `run_id` is not the session's current run."""
+
+    def session_cursor(self, session_id: str, path: str) -> int:
+        """The next seq of `path` no run of the session has consumed."""
+
+    def settle_session_wait(self, run_id: str, session_id: str) -> bool:
+        """After the run suspended on its session's `.in`: when a record past
+        the cursor is there already (or the session was closed), resolve
+        its waitpoint and queue it; True when this call queued it."""
 
     # -- wait tokens -----------------------------------------------------------
     def create_wait_token(self, token: WaitTokenRecord) -> tuple[WaitTokenRecord, bool]:

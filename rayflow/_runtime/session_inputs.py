@@ -1,0 +1,240 @@
+"""The task's side of a session's input: take records (`once`, `wait`), hand
+them to `.on()` handlers, peek — inside the session's own run.
+
+A take is a durable operation: the journal entry ("session-in", the
+stream's path, `{"seq": n}`) commits in one transaction with the session's
+consumed cursor (`Store.session_consume`). So a replay hands the run the
+same records, and a continuation run — a fresh run of the session after
+this one ended — starts exactly past what this run took.
+
+`wait()` follows the waitpoint protocol of `.wait()` on run input streams
+(`waitpoints.py`): a journaled outcome, else a record already there past the
+cursor, else the outcome the run was revived for, else `Suspended` on a
+waitpoint whose stream id is `session:<id>` — the RunActor then suspends
+the run (no process held) and settles the race with a send that committed
+first (`Store.settle_session_wait`); a send to the session queues the run.
+
+Records handed to `.on()` handlers move the cursor without a journal entry:
+each reaches the handlers once across the session's runs, and a replay does
+not hand them over again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayflow._runtime import connection, session_runs
+from rayflow._runtime.attempts import Suspended
+from rayflow._runtime.context import RunContext, reset_run, set_run
+from rayflow._runtime.journal import MISSING
+from rayflow._runtime.named_signals import signals
+from rayflow._runtime.session_io import REREAD_S, session_stream_path
+from rayflow._status import WaitpointStatus
+from rayflow.errors import InvalidArgument, RayflowError
+from rayflow.store.base import SESSION_WAIT_PREFIX, JournalEntry, Waitpoint, now_ms
+
+log = logging.getLogger("rayflow")
+
+Handler = Callable[[Any], Any]
+KIND = "session-in"
+#: the most a read for handlers takes in at once
+_BATCH = 100
+
+
+@dataclass
+class _Reader:
+    session_id: str
+    path: str
+    #: the next seq not taken (None: not read from the Store yet this attempt)
+    next_seq: int | None = None
+    last_taken: int | None = None
+    handlers: list[Handler] = field(default_factory=list)
+    pump: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _reader(ctx: RunContext, session_id: str, channel: str | None) -> _Reader:
+    if ctx.session is None or ctx.session["id"] != session_id:
+        raise InvalidArgument(
+            f"run {ctx.run_id} does not serve session {session_id}: only a session's own run"
+            " takes records from its input (read them without taking with"
+            " read_records, or open the session from its run)"
+        )
+    path = session_stream_path(session_id, "in", channel)
+    found = ctx.session_readers.get(path)
+    if found is None:
+        found = ctx.session_readers[path] = _Reader(session_id, path)
+    r: _Reader = found
+    return r
+
+
+def last_taken(ctx: RunContext, session_id: str, channel: str | None) -> int | None:
+    r = ctx.session_readers.get(session_stream_path(session_id, "in", channel))
+    return None if r is None else r.last_taken
+
+
+async def _data(path: str, seq: int) -> bytes:
+    conn = connection.current()
+    read = await asyncio.to_thread(conn.store.named_read, path, seq, 1, 1 << 30)
+    if not read.chunks or read.chunks[0].pos != seq:
+        raise RayflowError(
+            f"record {seq} of session stream {path} is journaled but missing from the Store"
+            " (its stream expired?)"
+        )
+    return read.chunks[0].data
+
+
+async def _replayed(ctx: RunContext, r: _Reader) -> dict[str, Any] | None:
+    recorded = ctx.journal.replay(KIND, r.path)
+    if recorded is MISSING:
+        return None
+    outcome: dict[str, Any] = dict(recorded)
+    if "seq" in outcome:
+        r.last_taken = int(outcome["seq"])
+        outcome["data"] = await _data(r.path, r.last_taken)
+    return outcome
+
+
+async def _take_next(ctx: RunContext, r: _Reader) -> dict[str, Any] | None:
+    """Take the record at the cursor, if there is one (journaled with the cursor)."""
+    store = connection.current().store
+    if r.next_seq is None:
+        r.next_seq = await asyncio.to_thread(store.session_cursor, r.session_id, r.path)
+    read = await asyncio.to_thread(store.named_read, r.path, r.next_seq, 1, 1 << 30)
+    if not read.chunks:
+        return None
+    chunk = read.chunks[0]
+    seq, run_id, attempt = chunk.pos, ctx.run_id, ctx.attempt
+    session_id, path = r.session_id, r.path
+
+    def persist(entry: JournalEntry) -> None:
+        store.session_consume(run_id, attempt, entry, session_id, path, seq + 1)
+
+    await ctx.journal.record(KIND, r.path, {"seq": seq}, persist=persist)
+    r.next_seq, r.last_taken = seq + 1, seq
+    return {"seq": seq, "data": chunk.data}
+
+
+async def _closed(session_id: str) -> bool:
+    session = await session_runs.get_session(session_id)
+    return session.closed_or_expired(now_ms())
+
+
+async def once(
+    ctx: RunContext, session_id: str, channel: str | None, timeout_s: float | None
+) -> dict[str, Any]:
+    """The next record (`{"seq": n, "data": its JSON}`), `{"timeout": True}`
+    or `{"closed": True}`, holding the process while it waits."""
+    r = _reader(ctx, session_id, channel)
+    recorded = await _replayed(ctx, r)
+    if recorded is not None:
+        return recorded
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    async with r.lock:
+        while True:
+            changed = signals().event(r.path)  # before reading: no commit is missed
+            taken = await _take_next(ctx, r)
+            if taken is not None:
+                return taken
+            if await _closed(session_id):
+                await ctx.journal.record(KIND, r.path, {"closed": True})
+                return {"closed": True}
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                await ctx.journal.record(KIND, r.path, {"timeout": True})
+                return {"timeout": True}
+            pause = REREAD_S if left is None else min(left, REREAD_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), pause)
+
+
+async def wait(ctx: RunContext, session_id: str, timeout_s: float | None) -> dict[str, Any]:
+    """Like `once` on `.in`, but the run suspends (holding no process) while
+    nothing is there; raises `Suspended`."""
+    r = _reader(ctx, session_id, None)
+    recorded = await _replayed(ctx, r)
+    if recorded is not None:
+        return recorded
+    stream_id = SESSION_WAIT_PREFIX + session_id
+    resolved = ctx.inputs.resolved if ctx.inputs is not None else None
+    if resolved is not None and resolved.stream_id == stream_id:
+        ctx.inputs.resolved = None  # revived for this wait: it is settled here
+        if resolved.status == WaitpointStatus.TIMED_OUT:
+            await ctx.journal.record(KIND, r.path, {"timeout": True})
+            return {"timeout": True}
+    async with r.lock:
+        taken = await _take_next(ctx, r)
+        if taken is not None:
+            return taken
+        if await _closed(session_id):
+            await ctx.journal.record(KIND, r.path, {"closed": True})
+            return {"closed": True}
+    deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
+    pending = WaitpointStatus.PENDING.value
+    raise Suspended(Waitpoint(ctx.run_id, stream_id, deadline, None, pending, None))
+
+
+def add_handler(ctx: RunContext, session_id: str, channel: str | None, handler: Handler) -> None:
+    """Hand every record from the cursor on to `handler` until `remove_handler`
+    or the end of the attempt."""
+    r = _reader(ctx, session_id, channel)
+    r.handlers.append(handler)
+    if r.pump is None or r.pump.done():
+        owner = asyncio.current_task()
+        r.pump = asyncio.get_running_loop().create_task(_pump(ctx, r))
+        if owner is not None:
+            pump = r.pump
+            owner.add_done_callback(lambda _: pump.cancel())
+
+
+def remove_handler(ctx: RunContext, session_id: str, channel: str | None, handler: Handler) -> None:
+    r = _reader(ctx, session_id, channel)
+    if handler in r.handlers:
+        r.handlers.remove(handler)
+
+
+async def _pump(ctx: RunContext, r: _Reader) -> None:
+    store = connection.current().store
+    while r.handlers:
+        changed = signals().event(r.path)
+        async with r.lock:
+            if r.next_seq is None:
+                r.next_seq = await asyncio.to_thread(store.session_cursor, r.session_id, r.path)
+            read = await asyncio.to_thread(store.named_read, r.path, r.next_seq, _BATCH, 1 << 30)
+            for chunk in read.chunks:
+                for handler in list(r.handlers):
+                    _call(ctx, r.path, chunk.pos, handler, chunk.data)
+                r.next_seq, r.last_taken = chunk.end, chunk.pos
+            if read.chunks:
+                await asyncio.to_thread(
+                    store.session_consume,
+                    ctx.run_id,
+                    ctx.attempt,
+                    None,
+                    r.session_id,
+                    r.path,
+                    r.next_seq,
+                )
+                continue
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), REREAD_S)
+
+
+def _call(ctx: RunContext, path: str, seq: int, handler: Handler, data: bytes) -> None:
+    token = set_run(ctx.for_delivery(path, seq))
+    try:
+        result = handler(json.loads(data))
+        if inspect.isawaitable(result):
+            asyncio.ensure_future(result)
+    except Exception:
+        log.exception("run %s: a session .on() handler raised on record %d", ctx.run_id, seq)
+    finally:
+        reset_run(token)

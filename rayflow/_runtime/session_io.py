@@ -1,0 +1,349 @@
+"""A session's streams from anywhere: send to its input (waking or continuing
+its run), append to its output, read records by sequence number.
+
+A session's streams are named JSON streams (`store/named.py`), one message
+per record, so a record's sequence number is its position, from 0 — what
+the SDK's S2 records carry as `seq_num`, monotonic across the session's runs:
+
+- `sessions/<id>/in`, `sessions/<id>/out`;
+- `sessions/<id>/channels/<name>/in`, `.../out` (side channels: created on
+  first write, sliding TTL `CHANNEL_TTL_S`; their input wakes no run).
+
+What a record holds: on an input stream, the value sent; on an output
+stream, `{"data": value, "id": part id}` (a data record: exactly the S2
+body the SDK writes) or `{"headers": [[name, value], …]}` (a control record,
+e.g. `trigger-control: turn-complete`, whose S2 body is empty).
+`S2Record.to_wire()` is the record as the HTTP API serves it.
+
+Invariant: a send to `.in` and the decision it causes — wake the session's
+waiting run, or continue the session with a fresh run when its run ended —
+commit in one transaction under the session row's lock
+(`Store.session_send`); the run is launched (or the live one poked) after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic_core import to_jsonable_python
+
+from rayflow._runtime import connection, locations, named_appender, run_events, session_runs
+from rayflow._runtime.calls import call
+from rayflow._runtime.context import current_run
+from rayflow._runtime.named_signals import feed_key, signals
+from rayflow.errors import InvalidArgument, PayloadTooLarge, RayflowError, SessionNotFound
+from rayflow.store.base import SessionRecord
+from rayflow.store.named import (
+    NamedOutcome,
+    NamedStreamSpec,
+    NamedWrite,
+    NamedWriteResult,
+    Producer,
+)
+
+IO = Literal["in", "out"]
+JSON_TYPE = "application/json"
+#: a side channel's streams expire this long after their last read or write
+CHANNEL_TTL_S = 7 * 24 * 3600
+#: a waiting reader also reads the Store this often: a lost wake-up delays
+#: a record by at most this, never forever
+REREAD_S = 2.0
+_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@dataclass
+class S2Record:
+    """A session record as the SDK's S2 reader sees it."""
+
+    seq_num: int
+    timestamp: int  # ms
+    body: str
+    headers: list[list[str]] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "seq_num": self.seq_num,
+            "timestamp": self.timestamp,
+            "body": self.body,
+            "headers": self.headers,
+        }
+
+    @property
+    def control(self) -> str | None:
+        """The `trigger-control` subtype of a control record, else None."""
+        return next((v for n, v in self.headers if n == "trigger-control"), None)
+
+    def value(self) -> Any:
+        """An input record's value, or an output data record's `data`."""
+        if not self.body:
+            return None
+        return json.loads(self.body)
+
+
+@dataclass
+class RecordPage:
+    session_id: str
+    records: list[S2Record]
+    #: the seq the next record will get (S2's tail)
+    tail: int
+    closed: bool
+
+
+@dataclass
+class SentRecord:
+    seq: int
+    session_id: str
+    #: the session's run after the send: the one it woke or created, or the live one
+    run_id: str | None
+    #: a fresh run was created for this record (the session's run had ended)
+    continued: bool = False
+    #: the session's suspended run was queued for this record
+    woke: bool = False
+
+
+def check_channel(name: str | None) -> None:
+    if name is not None and not _CHANNEL_NAME.match(name):
+        raise InvalidArgument(
+            f"invalid session channel name {name!r}: use 1-128 characters of [A-Za-z0-9._-]"
+        )
+
+
+def session_stream_path(session_id: str, io: IO, channel: str | None = None) -> str:
+    if io not in ("in", "out"):
+        raise InvalidArgument(f"a session stream is 'in' or 'out', not {io!r}")
+    check_channel(channel)
+    if channel is None:
+        return f"sessions/{session_id}/{io}"
+    return f"sessions/{session_id}/channels/{channel}/{io}"
+
+
+def encode(value: Any, what: str) -> bytes:
+    """A record's JSON text, refused past the 1 MiB limit (nothing stored)."""
+    try:
+        data = json.dumps(to_jsonable_python(value), separators=(",", ":")).encode()
+    except Exception as e:
+        raise InvalidArgument(f"{what}: the value is not JSON-serialisable: {e}") from None
+    limit = connection.current().settings.max_input_bytes
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{what} is {len(data)} bytes; the limit is {limit} bytes")
+    return data
+
+
+def _record(io: IO, seq: int, end: int, data: bytes, created_at: int) -> S2Record:
+    if io == "out":
+        stored = json.loads(data)
+        if isinstance(stored, dict) and "headers" in stored and "data" not in stored:
+            return S2Record(seq, created_at, "", [list(h) for h in stored["headers"]])
+    return S2Record(seq, created_at, data.decode())
+
+
+# -- writing --------------------------------------------------------------------
+async def send_input(
+    id_or_external: str,
+    value: Any,
+    *,
+    channel: str | None = None,
+    idempotency_key: str | None = None,
+) -> SentRecord:
+    """Store `value` as the next record of the session's input (or a
+    channel's) and, for `.in`, wake or continue its run in the same
+    transaction. Raises SessionNotFound, SessionClosed, PayloadTooLarge,
+    InvalidArgument."""
+    session = await session_runs.get_session(id_or_external)
+    path = session_stream_path(session.id, "in", channel)
+    data = encode(value, f"the record for {path}")
+    conn = connection.current()
+    next_run = None if channel is not None else await session_runs.next_run_factory(session)
+    sent = await asyncio.to_thread(
+        conn.store.session_send,
+        session.id,
+        NamedWrite(path, [data], JSON_TYPE),
+        conn.settings.max_stream_bytes,
+        wakes=channel is None,
+        next_run=next_run,
+        send_key=idempotency_key,
+        ttl_s=CHANNEL_TTL_S if channel is not None else None,
+    )
+    _check(sent.result, path)
+    assert sent.seq is not None
+    run_id, queued = sent.run_id, sent.continued or sent.woke
+    if queued is not None:
+        await session_runs.launch(queued)
+    elif run_id is not None and not sent.duplicate:
+        await poke(run_id, [path])
+    return SentRecord(sent.seq, session.id, run_id, sent.continued is not None, bool(sent.woke))
+
+
+async def append_output(
+    id_or_external: str, value: Any, *, channel: str | None = None, part_id: str | None = None
+) -> int:
+    """Append a data record (`{"data": value, "id": part_id}`) to the
+    session's output (or a channel's); returns its seq once durable."""
+    record = {"data": to_jsonable_python(value), "id": part_id or uuid.uuid4().hex}
+    return await _append(id_or_external, "out", record, channel)
+
+
+async def append_control(
+    id_or_external: str,
+    subtype: str,
+    headers: list[tuple[str, str]] | tuple[()] = (),
+    *,
+    channel: str | None = None,
+) -> int:
+    """Append a control record (`trigger-control: subtype` plus `headers`)."""
+    record = {"headers": [["trigger-control", subtype], *[[n, v] for n, v in headers]]}
+    return await _append(id_or_external, "out", record, channel)
+
+
+async def _append(id_or_external: str, io: IO, record: Any, channel: str | None) -> int:
+    session_id = await session_runs.session_id_of(id_or_external)
+    path = session_stream_path(session_id, io, channel)
+    data = encode(record, f"the record for {path}")
+    result = await append_encoded(path, data, channel, _producer(path))
+    assert result.start is not None or result.outcome is NamedOutcome.DUPLICATE
+    return -1 if result.start is None else result.start
+
+
+def _producer(path: str) -> Producer | None:
+    """Inside a run: the idempotent producer stamp of its next append to
+    `path`. A replay after a suspension makes the same appends in the same
+    order (per `.on()` delivery scope), so they are answered DUPLICATE and
+    stored once; a new attempt numbers afresh."""
+    ctx = current_run()
+    if ctx is None:
+        return None
+    producer_id = f"{ctx.run_id}:{ctx.attempt}:{ctx.writer_scope}{path}"
+    seq = ctx.session_writes.get(producer_id, 0)
+    ctx.session_writes[producer_id] = seq + 1
+    return Producer(producer_id, 0, seq)
+
+
+async def append_encoded(
+    path: str, data: bytes, channel: str | None, producer: Producer | None
+) -> NamedWriteResult:
+    """Append one encoded record to a session stream (created on first write)."""
+    write = NamedWrite(path, [data], JSON_TYPE, producer=producer)
+    result = await named_appender.write(write)
+    if result.outcome is NamedOutcome.MISSING:
+        # created on first write, once the session is known to exist
+        await session_runs.get_session(path.split("/")[1])
+        ttl = CHANNEL_TTL_S if channel is not None else None
+        conn = connection.current()
+        await asyncio.to_thread(
+            conn.store.named_create,
+            NamedStreamSpec(path, JSON_TYPE, ttl_s=ttl),
+            [],
+            conn.settings.max_stream_bytes,
+        )
+        result = await named_appender.write(write)
+    _check(result, path)
+    return result
+
+
+def _check(result: NamedWriteResult, path: str) -> None:
+    if result.outcome in (NamedOutcome.OK, NamedOutcome.DUPLICATE):
+        return
+    if result.outcome is NamedOutcome.TOO_LARGE:
+        raise PayloadTooLarge(f"session stream {path} is full ({result.size} bytes)")
+    if result.outcome in (NamedOutcome.MISSING, NamedOutcome.GONE):
+        raise SessionNotFound(f"session stream {path} does not exist (expired?)")
+    raise RayflowError(f"session stream {path}: the Store answered {result.outcome.value}")
+
+
+async def poke(run_id: str, paths: list[str]) -> None:
+    """Tell the run's live RunActor that `paths` changed (its readers then
+    read the Store). Best effort: a reader reads again every REREAD_S."""
+    for _ in range(2):
+        try:
+            _, actor = await locations.locate(run_id)
+            if actor is None:
+                return
+            if await call(actor.session_changed.remote(run_id, paths)):
+                return
+            locations.forget(run_id, actor)
+        except RayflowError:
+            return  # e.g. RunNotFound: nothing to poke
+        except Exception:
+            locations.forget(run_id)
+
+
+# -- reading --------------------------------------------------------------------
+async def read_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    limit: int = 1000,
+) -> RecordPage:
+    """The records at `start` and after (at most `limit`), without waiting."""
+    if start < 0:
+        raise InvalidArgument(f"start must be 0 or more, not {start}")
+    session = await session_runs.get_session(id_or_external)
+    path = session_stream_path(session.id, io, channel)
+    conn = connection.current()
+    read = await asyncio.to_thread(
+        conn.store.named_read, path, start, limit, conn.settings.max_input_bytes * 4
+    )
+    records = [_record(io, c.pos, c.end, c.data, c.created_at) for c in read.chunks]
+    tail = read.stream.length if read.stream is not None else 0
+    return RecordPage(session.id, records, tail, _closed(session))
+
+
+async def wait_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    limit: int = 1000,
+    timeout_s: float = 60.0,
+) -> RecordPage:
+    """`read_records`, waiting up to `timeout_s` while there are none at `start`."""
+    session_id = await session_runs.session_id_of(id_or_external)
+    path = session_stream_path(session_id, io, channel)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        changed = signals().event(path)  # before reading: a commit after it is not missed
+        page = await read_records(session_id, io, channel=channel, start=start, limit=limit)
+        remaining = deadline - time.monotonic()
+        if page.records or page.closed or remaining <= 0:
+            return page
+        await _changed(path, changed, min(remaining, REREAD_S))
+
+
+async def _changed(path: str, local: asyncio.Event, timeout_s: float) -> None:
+    """Until `path` changes (a commit in this process, or one the change
+    feed reports) or `timeout_s` passes."""
+    waits = [asyncio.ensure_future(local.wait()), asyncio.ensure_future(_feed(path, timeout_s))]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _feed(path: str, timeout_s: float) -> None:
+    """A long poll on the change feed for `path` (processes that follow no feed)."""
+    actor = run_events.handle(connection.current().settings.namespace)
+    if actor is None:
+        await asyncio.sleep(timeout_s)
+        return
+    key = feed_key(path)
+    after, _ = await call(actor.wait.remote(-1, 0))
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        after, changed = await call(actor.wait.remote(after, left))
+        if changed is None or key in changed:
+            return
+
+
+def _closed(session: SessionRecord) -> bool:
+    return session.closed_or_expired(int(time.time() * 1000))

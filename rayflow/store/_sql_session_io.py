@@ -1,0 +1,200 @@
+"""Session streams in SQL: a send to a session and what it decides, the
+consumed cursors, and settling a run that suspended on its session.
+
+Every decision takes the session row's lock first (as `_sql_sessions` does),
+then the stream row's: a send stores its record and — in the same
+transaction — wakes the session's waiting run or continues the session
+(inserts a fresh run and makes it current). Two sends to a session whose run
+ended therefore create one run between them, and a close committed first
+refuses the send. A run that suspends on its session settles under the same
+lock (`settle_session_wait`), so a record stored between its last read and
+its waitpoint is never missed.
+
+A session's consumed cursor (`session_cursors`, one row per input stream)
+moves in the transaction that journals the take (`session_consume`): the run
+replays the take from its journal, and a continuation run starts at the
+cursor — no record is handed out twice or skipped across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rayflow._status import WaitpointStatus
+from rayflow.errors import InvalidArgument, SessionNotFound
+from rayflow.store._sql_named_life import NamedLifecycleSql
+from rayflow.store._sql_sessions import _SELECT, _closed, _session
+from rayflow.store.base import (
+    FINISHED_STATUSES,
+    SESSION_WAIT_PREFIX,
+    JournalEntry,
+    RunRecord,
+    SessionRecord,
+    SessionSend,
+    now_ms,
+)
+from rayflow.store.named import NamedOutcome, NamedStreamSpec, NamedWrite, NamedWriteResult
+
+_PENDING = WaitpointStatus.PENDING.value
+_WAITING = "WAITING"
+JSON_TYPE = "application/json"
+
+
+def in_path(session_id: str) -> str:
+    return f"sessions/{session_id}/in"
+
+
+class SessionIoSql(NamedLifecycleSql):
+    def _insert_run(self, c: Any, run: RunRecord) -> tuple[RunRecord, bool]:
+        raise NotImplementedError  # RunsSql
+
+    def _resolve(self, c: Any, run_id: str, status: str, inbox_seq: int | None) -> bool:
+        raise NotImplementedError  # InputsSql
+
+    def _session_row(self, c: Any, session_id: str) -> SessionRecord:
+        row = c.execute(_SELECT + " WHERE id = ?" + self.lock_clause, (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFound(f"session {session_id} not found; check the id")
+        return _session(row)
+
+    def session_send(
+        self,
+        session_id: str,
+        write: NamedWrite,
+        max_bytes: int,
+        *,
+        wakes: bool,
+        next_run: Callable[[SessionRecord], RunRecord] | None,
+        send_key: str | None = None,
+        ttl_s: int | None = None,
+    ) -> SessionSend:
+        now = now_ms()
+        runs_changed: list[str] = []
+        with self._tx() as c:
+            session = self._session_row(c, session_id)
+            if session.closed_or_expired(now):
+                raise _closed(session)
+            if send_key is not None:
+                row = c.execute(
+                    "SELECT seq FROM session_sent_keys WHERE path = ? AND send_key = ?",
+                    (write.path, send_key),
+                ).fetchone()
+                if row is not None:
+                    result = NamedWriteResult(NamedOutcome.DUPLICATE, self._locked(c, write.path))
+                    run_id = session.current_run_id
+                    return SessionSend(result, seq=int(row[0]), duplicate=True, run_id=run_id)
+            existing = self._locked(c, write.path)
+            if existing is None or (existing.expired(now) and not existing.deleted):
+                self._create_in(c, NamedStreamSpec(write.path, JSON_TYPE, ttl_s=ttl_s), [], 0, now)
+            results, changed = self._write_in(c, [write], max_bytes, now)
+            sent = SessionSend(results[0], run_id=session.current_run_id)
+            if sent.result.outcome is not NamedOutcome.OK:
+                return sent
+            sent.seq = sent.result.start
+            if send_key is not None:
+                c.execute(
+                    "INSERT INTO session_sent_keys (path, send_key, seq, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (write.path, send_key, sent.seq, now),
+                )
+            if wakes:
+                self._wake_or_continue(c, session, sent, next_run)
+                runs_changed = [r for r in (sent.woke, sent.continued) if r is not None]
+        self._named_changed(*sorted(changed))
+        self._changed(*runs_changed)
+        return sent
+
+    def _wake_or_continue(
+        self,
+        c: Any,
+        session: SessionRecord,
+        sent: SessionSend,
+        next_run: Callable[[SessionRecord], RunRecord] | None,
+    ) -> None:
+        run_id = session.current_run_id
+        status = None
+        if run_id is not None:
+            row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            status = row[0] if row else None
+        if run_id is None or status is None or status in FINISHED_STATUSES:
+            if next_run is None:
+                return
+            run = next_run(session)
+            self._insert_run(c, run)
+            c.execute(
+                "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
+                (run.id, now_ms(), session.id),
+            )
+            sent.continued = sent.run_id = run.id
+        elif status == _WAITING and self._resolve_session_wait(c, run_id, session.id):
+            sent.woke = run_id
+
+    def _resolve_session_wait(self, c: Any, run_id: str, session_id: str) -> bool:
+        row = c.execute(
+            "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = ?",
+            (run_id, _PENDING),
+        ).fetchone()
+        if row is None or row[0] != SESSION_WAIT_PREFIX + session_id:
+            return False  # it waits on something else: this record waits for it
+        return self._resolve(c, run_id, WaitpointStatus.RESOLVED.value, None)
+
+    def session_consume(
+        self,
+        run_id: str,
+        attempt: int,
+        entry: JournalEntry | None,
+        session_id: str,
+        path: str,
+        next_seq: int,
+    ) -> None:
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT current_run_id FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(f"session {session_id} not found; check the id")
+            if row[0] != run_id:
+                raise InvalidArgument(
+                    f"run {run_id} is not the run of session {session_id} (that is {row[0]}):"
+                    " only a session's own run takes records from its input; read them"
+                    " without taking with session.input.read() / session.output.read()"
+                )
+            if entry is not None:
+                c.execute(
+                    "INSERT INTO journal (run_id, attempt, seq, kind, name, value)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (run_id, attempt, entry.seq, entry.kind, entry.name, entry.value),
+                )
+            c.execute(
+                "INSERT INTO session_cursors (session_id, path, next_seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (session_id, path) DO UPDATE SET next_seq ="
+                " CASE WHEN excluded.next_seq > session_cursors.next_seq"
+                " THEN excluded.next_seq ELSE session_cursors.next_seq END",
+                (session_id, path, next_seq),
+            )
+
+    def session_cursor(self, session_id: str, path: str) -> int:
+        with self._read() as c:
+            return self._cursor(c, session_id, path)
+
+    def _cursor(self, c: Any, session_id: str, path: str) -> int:
+        row = c.execute(
+            "SELECT next_seq FROM session_cursors WHERE session_id = ? AND path = ?",
+            (session_id, path),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def settle_session_wait(self, run_id: str, session_id: str) -> bool:
+        with self._tx() as c:
+            session = self._session_row(c, session_id)
+            path = in_path(session_id)
+            row = c.execute("SELECT length FROM named_streams WHERE path = ?", (path,)).fetchone()
+            length = int(row[0]) if row else 0
+            waiting = length > self._cursor(c, session_id, path)
+            if not waiting and not session.closed_or_expired(now_ms()):
+                return False
+            resolved = self._resolve_session_wait(c, run_id, session_id)
+        if resolved:
+            self._changed(run_id)
+        return resolved

@@ -1,0 +1,226 @@
+"""Sessions through the public API (`rayflow.sessions`), on real Ray, on both
+stores: start is idempotent; a session's run suspends on `.input.wait()`
+holding no process and a send revives it; a send to a session whose run
+ended (returned, cancelled, idled out) continues it with a fresh run that
+takes exactly the records not yet taken; concurrent starts and sends
+converge; channels wake nothing; a closed session refuses records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import ray
+from conftest import eventually
+
+import rayflow
+from rayflow import errors, sessions, task
+from rayflow._runtime import connection
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+BASE = {"base_payload": {}}
+
+
+@task(id="session-echo")
+async def session_echo(payload: dict) -> dict:  # type: ignore[type-arg]
+    me = sessions.current()
+    session = sessions.open(me.id)
+    # appended again by every replay after a suspension: stored once per run
+    await session.output.append(
+        {"type": "boot", "continuation": me.continuation, "previous": me.previous_run_id}
+    )
+    taken = 0
+    while True:
+        got = await session.input.wait()
+        if not got.ok:
+            return {"ended": type(got.error).__name__, "taken": taken}
+        taken += 1
+        text = got.output["text"]
+        if text == "steal":
+            try:
+                await sessions.open(got.output["other"]).input.once(timeout_s=0)
+                verdict = "stole"
+            except errors.InvalidArgument:
+                verdict = "refused"
+            await session.output.append({"type": "steal", "verdict": verdict})
+            continue
+        seq = session.input.last_dispatched_seq()
+        await session.output.append({"type": "echo", "text": text, "in_seq": seq, **payload})
+        if text == "bye":
+            return {"ended": "bye", "taken": taken}
+
+
+def outs(session: str, start: int = 0) -> list[dict[str, Any]]:
+    page = sessions.open(session).output.read(start=start).result()
+    assert [r.seq_num for r in page.records] == list(range(start, start + len(page.records)))
+    return [json.loads(r.body)["data"] for r in page.records]
+
+
+def echoes(session: str) -> list[str]:
+    return [o["text"] for o in outs(session) if o["type"] == "echo"]
+
+
+def run_status(run_id: str) -> str:
+    return str(rayflow.runs.retrieve(run_id).result().status)
+
+
+def suspended(run_id: str) -> bool:
+    """WAITING and held by no RunActor (no process)."""
+    if run_status(run_id) != "WAITING":
+        return False
+    record = connection.current().store.get_run(run_id)
+    live = ray.get(connection.current().controller.live_runs.remote())
+    return record is not None and record.actor_name is None and run_id not in live
+
+
+def test_a_session_suspends_between_records_and_continues_after_its_run_returns() -> None:
+    with pytest.raises(errors.InvalidArgument, match="session_"):
+        sessions.start(type="inbox", task_id="session-echo", external_id="session_x").result()
+    config = {"base_payload": {"who": "alice"}, "tags": ["user:alice"]}
+    first = sessions.start(
+        type="inbox", task_id="session-echo", external_id="alice", trigger_config=config
+    ).result()
+    again = sessions.start(
+        type="inbox", task_id="session-echo", external_id="alice", trigger_config=config
+    ).result()
+    assert (again.id, again.run_id, again.is_cached) == (first.id, first.run_id, True)
+    assert first.id.startswith("session_") and not first.is_cached and first.public_access_token
+    run1 = first.run_id
+    assert run1 is not None
+    eventually(lambda: suspended(run1), what="the first run to suspend on .input.wait()")
+
+    inbox = sessions.open("alice")  # by external id
+    sent = inbox.input.send({"text": "hello"}).result()
+    assert (sent.seq, sent.session_id, sent.run_id, sent.woke, sent.continued) == (
+        0,
+        first.id,
+        run1,
+        True,
+        False,
+    )
+    eventually(lambda: echoes(first.id) == ["hello"], what="the reply to hello")
+    eventually(lambda: suspended(run1), what="the run to suspend again")
+    assert inbox.input.send({"text": "bye"}).result().seq == 1
+    assert rayflow.runs.wait(run1).result().output == {"ended": "bye", "taken": 2}
+
+    # the run returned: the next record starts a fresh run that takes it alone
+    sent = inbox.input.send({"text": "again"}).result()
+    assert sent.continued and not sent.woke and sent.run_id not in (None, run1)
+    run2 = sent.run_id
+    assert run2 is not None
+    eventually(lambda: echoes(first.id) == ["hello", "bye", "again"], what="the new run's reply")
+    info = sessions.retrieve(first.id).result()
+    assert info.current_run_id == run2 and info.external_id == "alice"
+    assert info.trigger_config["base_payload"] == {"who": "alice"}
+    assert rayflow.runs.retrieve(run2).result().tags == ["user:alice"]
+    boots = [o for o in outs(first.id) if o["type"] == "boot"]
+    # one boot record per run, although run 1 replayed its start after each wake
+    assert boots == [
+        {"type": "boot", "continuation": False, "previous": None},
+        {"type": "boot", "continuation": True, "previous": run1},
+    ]
+    echo_records = [o for o in outs(first.id) if o["type"] == "echo"]
+    assert [(o["in_seq"], o["who"]) for o in echo_records] == [
+        (0, "alice"),
+        (1, "alice"),
+        (2, "alice"),
+    ]
+    assert [r.value() for r in inbox.input.read().result().records] == [
+        {"text": "hello"},
+        {"text": "bye"},
+        {"text": "again"},
+    ]
+
+    # close: the waiting run wakes and ends; records and starts are refused
+    eventually(lambda: suspended(run2), what="the second run to suspend")
+    closed = sessions.close("alice", reason="signed out").result()
+    assert closed.closed and closed.closed_reason == "signed out"
+    assert rayflow.runs.wait(run2).result().output == {"ended": "SessionClosed", "taken": 1}
+    with pytest.raises(errors.SessionClosed):
+        inbox.input.send({"text": "late"}).result()
+    with pytest.raises(errors.SessionClosed):
+        sessions.start(type="inbox", task_id="session-echo", external_id="alice").result()
+    assert sessions.close(first.id, reason="again").result().closed_reason == "signed out"
+    assert len(inbox.input.read().result().records) == 3  # nothing stored by the refused send
+    assert [s.id for s in sessions.list(status="CLOSED").result()] == [first.id]
+    with pytest.raises(errors.SessionNotFound):
+        sessions.open("nobody").input.send({"text": "x"}).result()
+
+
+def test_concurrent_starts_and_sends_converge_and_a_cancelled_run_is_continued_once() -> None:
+    async def start_many() -> list[sessions.StartedSession]:
+        return await asyncio.gather(
+            *[
+                sessions.start(
+                    type="inbox", task_id="session-echo", external_id="bob", trigger_config=BASE
+                )
+                for _ in range(5)
+            ]
+        )
+
+    started = asyncio.run(start_many())
+    assert len({s.id for s in started}) == 1 and len({s.run_id for s in started}) == 1
+    assert sorted(s.is_cached for s in started) == [False, True, True, True, True]
+    sid, run1 = started[0].id, started[0].run_id
+    assert run1 is not None
+    other = sessions.start(
+        type="inbox", task_id="session-echo", external_id="carol", trigger_config=BASE
+    ).result()
+    bob = sessions.open(sid)
+
+    bob.input.send({"text": "r1"}).result()
+    eventually(lambda: echoes(sid) == ["r1"], what="run 1's reply")
+    # a session's run takes records of its own session only
+    bob.input.send({"text": "steal", "other": other.id}).result()
+    eventually(lambda: any(o["type"] == "steal" for o in outs(sid)), what="the steal attempt")
+    assert [o["verdict"] for o in outs(sid) if o["type"] == "steal"] == ["refused"]
+    eventually(lambda: suspended(run1), what="run 1 to suspend")
+
+    # channels: their own streams; sending to one wakes nothing
+    screen = bob.channel("screen")
+    assert screen.input.send({"paused": True}).result().seq == 0
+    assert screen.output.read().result().records == []
+    sessions.open("bob").channel("screen").output.append({"frame": 1}).result()
+    assert [r.value() for r in screen.output.read().result().records] == [
+        {"data": {"frame": 1}, "id": r.value()["id"]} for r in screen.output.read().result().records
+    ]
+    assert suspended(run1) and sessions.retrieve(sid).result().current_run_id == run1
+    with pytest.raises(errors.InvalidArgument):
+        bob.channel("no/slash")
+    with pytest.raises(errors.PayloadTooLarge):
+        bob.input.send({"text": "x" * (1 << 20)}).result()
+    assert len(bob.input.read().result().records) == 2  # r1, steal: nothing stored
+
+    rayflow.runs.cancel(run1).result()
+    eventually(lambda: run_status(run1) == "CANCELED", what="run 1 to be cancelled")
+    # the next runs idle out after 1 s (a repeated start writes its config through)
+    sessions.start(
+        type="inbox",
+        task_id="session-echo",
+        external_id="bob",
+        trigger_config={**BASE, "idle_timeout_s": 1},
+    ).result()
+
+    async def send_many() -> list[sessions.SentRecord]:
+        return await asyncio.gather(*[bob.input.send({"text": f"m{i}"}) for i in range(5)])
+
+    sent = asyncio.run(send_many())
+    assert sorted(s.seq for s in sent) == [2, 3, 4, 5, 6]
+    continued = [s for s in sent if s.continued]
+    assert len(continued) == 1 and len({s.run_id for s in sent}) == 1
+    run2 = continued[0].run_id
+    assert run2 is not None and run2 != run1
+    in_order = [f"m{i}" for i in sorted(range(5), key=lambda i: sent[i].seq)]
+    eventually(lambda: echoes(sid) == ["r1", *in_order], what="run 2 to take the five records")
+    # run 2 idles out (its wait times out) and returns; the next send continues again
+    assert rayflow.runs.wait(run2).result(timeout_s=60).output == {
+        "ended": "WaitTimeout",
+        "taken": 5,
+    }
+    third = bob.input.send({"text": "later"}).result()
+    assert third.continued and third.run_id not in (run1, run2)
+    eventually(lambda: echoes(sid)[-1:] == ["later"], what="run 3's reply")
+    assert echoes(sid) == ["r1", *in_order, "later"]
