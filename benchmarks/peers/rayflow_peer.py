@@ -8,6 +8,10 @@
 - input = ``streams.input("in", dict).send`` from another process, ``.once()`` in the task.
 - suspend/resume = ``.wait()``: the RunActor commits, exits, and a send revives the run.
 - SSE = rayflow's own HTTP app (``serve/``) on Ray Serve, read with the secret key.
+- chat turns = a session (``rayflow.sessions``) whose run ``await``s
+  ``session.input.wait()`` for each message (suspended between turns: no process) and
+  ``session.output.append``s each token of the fake model; the user process sends with
+  ``sessions.open(id).input.send`` and reads ``.output.read(start, wait_s=…)``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ NOT_YET = (
 
 try:
     import rayflow
-    from rayflow import streams, task
+    from rayflow import sessions, streams, task
 
     out = streams.define("out", str)
     inp = streams.input("in", dict)
@@ -66,6 +70,18 @@ try:
         if not r.ok:
             return None
         return (time.time_ns() - r.output["ts"]) / 1e6
+
+    @task(id="peers-chat")
+    async def chat(p: dict) -> int:
+        """Workload 7: one conversation; each turn's reply streams as it is made."""
+        me = sessions.open(sessions.current().id)
+        turns = 0
+        while True:
+            got = await me.input.wait(timeout="1h")
+            if not got.ok or got.output.get("bye"):
+                return turns
+            await c.stream_reply(me.output.append, got.output["turn"])
+            turns += 1
 
     IMPORT_ERROR = None
 except ImportError as e:  # the core has not landed in this checkout
@@ -110,12 +126,34 @@ def reader_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
                 for _ in range(job["reps"])
             ]
         }
+    if job["op"] == "chat":
+        user = sessions.open(job["session"])
+        result = c.chat_turns(
+            job["turns"],
+            job["gap_s"],
+            lambda turn: user.input.send({"turn": turn}).result(timeout_s=60),
+            _session_tokens(job["session"]),
+        )
+        user.input.send({"bye": True}).result(timeout_s=60)
+        return result
     if job["op"] == "sse":
         live = c.LiveRead()
         for chunk in c.sse_chunks(job["url"], headers=job["headers"]):
             live.add(chunk)
         return live.result()
     raise ValueError(job["op"])
+
+
+def _session_tokens(session_id: str) -> Any:
+    """Every output record of the session as it comes (the user's reader)."""
+    import json
+
+    at = 0
+    while True:
+        page = sessions.open(session_id).output.read(start=at, wait_s=30).result(timeout_s=60)
+        for record in page.records:
+            yield json.loads(record.body)["data"]
+        at += len(page.records)
 
 
 def sender_job(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +365,20 @@ def w6(cfg: dict[str, Any]) -> dict[str, Any]:
     return c.summarize_density(runs, started, n, k, d)
 
 
+def w7(cfg: dict[str, Any]) -> dict[str, Any]:
+    started = sessions.start(
+        type="chat",
+        task_id="peers-chat",
+        external_id=f"peers-chat-{time.time_ns()}",
+        trigger_config={"base_payload": {}},
+    ).result(timeout_s=60)
+    with _helper(cfg, "reader") as user:
+        job = {"op": "chat", "session": started.id, "turns": cfg["chat_turns"]}
+        result = user.ask({**job, "gap_s": cfg["turn_gap_s"]})
+    _output(str(started.run_id))
+    return result
+
+
 def main(argv: list[str]) -> None:
     cfg = c.load_config(argv)
     role = argv[1]
@@ -354,7 +406,7 @@ def main(argv: list[str]) -> None:
         cfg["_settings"] = rayflow.init(data_dir=_data_dir(cfg), pool_idle_s=5)
         cfg["_ray_address"] = ray.get_runtime_context().gcs_address
         try:
-            results = c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6}, argv)
+            results = c.run_workloads(cfg, {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6, 7: w7}, argv)
             c.write_result(argv, results)
         finally:
             rayflow.shutdown(stop_runs=True)
