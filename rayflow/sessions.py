@@ -44,7 +44,8 @@ from typing import Any, TypeVar
 from rayflow import _tokens
 from rayflow._response import Response
 from rayflow._runtime import connection, session_runs
-from rayflow._runtime.context import require_run
+from rayflow._runtime.context import current_run, require_run
+from rayflow._runtime.journal import MISSING
 from rayflow._runtime.session_io import RecordPage, S2Record, SentRecord
 from rayflow._session_handles import (
     OutputWriter,
@@ -77,6 +78,7 @@ __all__ = [
     "Subscription",
     "close",
     "current",
+    "end_and_continue",
     "list",
     "open",
     "retrieve",
@@ -277,6 +279,39 @@ def close(id_or_external_id: str, *, reason: str | None = None) -> Response[Sess
 
     async def go() -> SessionInfo:
         return SessionInfo.of(await session_runs.close_session(id_or_external_id, reason))
+
+    return Response(go)
+
+
+def end_and_continue(
+    id_or_external_id: str | None = None,
+    *,
+    calling_run_id: str | None = None,
+    reason: str = "handoff",
+) -> Response[tuple[str | None, bool]]:
+    """Hand the session over to a fresh run, started now, and return (the
+    session's run after, whether it was handed over). Inside a session's
+    run both default to this run and its session; the calling run should
+    then return (it takes no more input). False when another run is
+    current already (someone else moved on)."""
+
+    async def go() -> tuple[str | None, bool]:
+        ctx = current_run()
+        session = id_or_external_id or (ctx.session["id"] if ctx and ctx.session else None)
+        caller = calling_run_id or (ctx.run_id if ctx else None)
+        if session is None or caller is None:
+            raise InvalidArgument(
+                "end_and_continue needs the session and the calling run outside a session's run"
+            )
+        if ctx is not None:
+            recorded = ctx.journal.replay("session-handoff", session)
+            if recorded is not MISSING:
+                return recorded["run_id"], bool(recorded["swapped"])
+        run_id, swapped = await session_runs.end_and_continue(session, caller, reason)
+        if ctx is not None:
+            outcome = {"run_id": run_id, "swapped": swapped}
+            await ctx.journal.record("session-handoff", session, outcome)
+        return run_id, swapped
 
     return Response(go)
 

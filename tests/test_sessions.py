@@ -47,6 +47,9 @@ async def session_echo(payload: dict) -> dict:  # type: ignore[type-arg]
                 verdict = "refused"
             await session.output.append({"type": "steal", "verdict": verdict})
             continue
+        if text == "handoff":
+            run_id, swapped = await sessions.end_and_continue(reason="upgrade")
+            return {"ended": "handoff", "next": run_id, "swapped": swapped}
         seq = session.input.last_dispatched_seq()
         await session.output.append({"type": "echo", "text": text, "in_seq": seq, **payload})
         if text == "bye":
@@ -224,3 +227,20 @@ def test_concurrent_starts_and_sends_converge_and_a_cancelled_run_is_continued_o
     assert third.continued and third.run_id not in (run1, run2)
     eventually(lambda: echoes(sid)[-1:] == ["later"], what="run 3's reply")
     assert echoes(sid) == ["r1", *in_order, "later"]
+
+    # a send retried with its key is stored once
+    keyed = [bob.input.send({"text": "once"}, idempotency_key="k1").result() for _ in range(2)]
+    assert keyed[0].seq == keyed[1].seq
+    eventually(lambda: echoes(sid)[-1:] == ["once"], what="run 3's reply to the keyed send")
+
+    # a run hands the session over to a fresh one, which takes what follows
+    run3 = third.run_id
+    assert run3 is not None
+    bob.input.send({"text": "handoff"}).result()
+    ended = rayflow.runs.wait(run3).result().output
+    assert ended["swapped"] and ended["next"] not in (run1, run2, run3)
+    assert sessions.retrieve(sid).result().current_run_id == ended["next"]
+    assert bob.input.send({"text": "after"}).result().run_id == ended["next"]
+    eventually(lambda: echoes(sid)[-1:] == ["after"], what="run 4's reply")
+    assert echoes(sid) == ["r1", *in_order, "later", "once", "after"]
+    assert [o["previous"] for o in outs(sid) if o["type"] == "boot"] == [None, run1, run2, run3]

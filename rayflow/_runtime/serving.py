@@ -54,6 +54,7 @@ from rayflow._runtime.session_io import (
 from rayflow._runtime.session_runs import (
     check_external_id,
     close_session,
+    end_and_continue,
     get_session,
     normalize_config,
     start_session,
@@ -169,6 +170,7 @@ __all__ = [
     "check_channel",
     "check_external_id",
     "close_session",
+    "end_and_continue",
     "get_session",
     "normalize_config",
     "read_records",

@@ -28,6 +28,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,8 @@ from rayflow.store.named import (
 )
 
 IO = Literal["in", "out"]
+#: waits for a change of a path: (path, this process's event for it, timeout)
+Waiter = Callable[[str, asyncio.Event, float], Awaitable[None]]
 JSON_TYPE = "application/json"
 #: a side channel's streams expire this long after their last read or write
 CHANNEL_TTL_S = 7 * 24 * 3600
@@ -304,8 +307,12 @@ async def wait_records(
     start: int = 0,
     limit: int = 1000,
     timeout_s: float = 60.0,
+    waiter: Waiter | None = None,
 ) -> RecordPage:
-    """`read_records`, waiting up to `timeout_s` while there are none at `start`."""
+    """`read_records`, waiting up to `timeout_s` while there are none at
+    `start`. `waiter(path, local_event, timeout_s)` waits for a change of
+    `path`; by default a long poll of its own on the change feed — a Serve
+    replica passes one built on its shared feed (`serve/run_feed.py`)."""
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, io, channel)
     deadline = time.monotonic() + timeout_s
@@ -315,7 +322,7 @@ async def wait_records(
         remaining = deadline - time.monotonic()
         if page.records or page.closed or remaining <= 0:
             return page
-        await _changed(path, changed, min(remaining, REREAD_S))
+        await (waiter or _changed)(path, changed, min(remaining, REREAD_S))
 
 
 async def _changed(path: str, local: asyncio.Event, timeout_s: float) -> None:

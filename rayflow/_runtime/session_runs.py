@@ -234,3 +234,22 @@ async def close_session(id_or_external: str, reason: str | None = None) -> Sessi
         else:
             await session_io.poke(run_id, [session_io.session_stream_path(closed.id, "in")])
     return closed
+
+
+async def end_and_continue(
+    id_or_external: str, calling_run_id: str, reason: str | None = None
+) -> tuple[str | None, bool]:
+    """Hand the session over from `calling_run_id` (its current run, which
+    then ends) to a fresh run, launched now; (the session's run after,
+    whether this call swapped it — False: another run is current already).
+    The calling run takes no more input records once it is swapped out."""
+    session = await get_session(id_or_external)
+    make = await next_run_factory(session)
+    store = connection.current().store
+    run_id, swapped = await asyncio.to_thread(store.session_swap, session.id, calling_run_id, make)
+    if swapped and run_id is not None:
+        log.info(
+            "session %s: run %s handed over to %s (%s)", session.id, calling_run_id, run_id, reason
+        )
+        await launch(run_id)
+    return run_id, swapped

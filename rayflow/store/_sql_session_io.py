@@ -198,3 +198,21 @@ class SessionIoSql(NamedLifecycleSql):
         if resolved:
             self._changed(run_id)
         return resolved
+
+    def session_swap(
+        self, session_id: str, calling_run_id: str, next_run: Callable[[SessionRecord], RunRecord]
+    ) -> tuple[str | None, bool]:
+        with self._tx() as c:
+            session = self._session_row(c, session_id)
+            if session.closed_or_expired(now_ms()):
+                raise _closed(session)
+            if session.current_run_id != calling_run_id:
+                return session.current_run_id, False  # someone else moved on
+            run = next_run(session)
+            self._insert_run(c, run)
+            c.execute(
+                "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
+                (run.id, now_ms(), session.id),
+            )
+        self._changed(run.id)
+        return run.id, True

@@ -154,6 +154,14 @@ class TokenAndSessionStore(Protocol):
         `next_seq` (never back) in one transaction. Raises InvalidArgument
         when `run_id` is not the session's current run."""
 
+    def session_swap(
+        self, session_id: str, calling_run_id: str, next_run: Callable[[SessionRecord], RunRecord]
+    ) -> tuple[str | None, bool]:
+        """When `calling_run_id` is the session's current run: insert
+        `next_run(session)` and make it current (the caller ends); (the
+        session's current run after, whether it was swapped). Raises
+        SessionNotFound, SessionClosed."""
+
     def session_cursor(self, session_id: str, path: str) -> int:
         """The next seq of `path` no run of the session has consumed."""
 
