@@ -15,6 +15,11 @@ typed data in while they run.
     handle = hello.trigger({}).result()
     for chunk in progress.read(handle.id):
         print(chunk)
+
+Beside runs: `rayflow.wait` (tokens a run waits on, holding no process, until
+someone completes them) and `rayflow.sessions` (a durable input/output pair
+keyed by your own id that outlives its runs: a record sent after the run
+ended starts a fresh run that takes it).
 """
 
 from __future__ import annotations
