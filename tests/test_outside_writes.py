@@ -124,6 +124,43 @@ def test_one_process_writing_many_keys_of_a_run_makes_one_actor_call_per_round()
     rayflow.runs.wait(run_id).result()
 
 
+def test_one_process_writing_many_runs_of_one_actor_makes_one_call_per_round() -> None:
+    """Runs sharing a RunActor are told together: one call per commit to each
+    actor, not one per run (8 runs on the pool's 2 actors, 3 rounds)."""
+    runs = [live_run(hold) for _ in range(8)]
+    actor_ids = {run_id: actor_of(run_id)._actor_id for run_id in runs}
+    actors = {actor_of(run_id)._actor_id: actor_of(run_id) for run_id in runs}
+    on = {a: [r for r in runs if actor_ids[r] == a] for a in actors}
+    busiest = max(on, key=lambda a: len(on[a]))
+    actor, its_runs = actors[busiest], on[busiest]
+    assert len(its_runs) >= 4, on
+
+    def told(length: int) -> bool:  # every run's actor holds the round in its tail
+        return all(
+            ray.get(actors[actor_ids[r]].stream_stats.remote(r)).get("m", {}).get("length")
+            == length
+            for r in runs
+        )
+
+    async def one_round(r: int) -> None:
+        assert await asyncio.gather(*(streams.append("m", r, target=x) for x in runs)) == [r] * 8
+
+    calls = []
+    for r in range(3):
+        before = ray.get(actor.published_calls.remote())
+        asyncio.run(one_round(r))
+        eventually(lambda r=r: told(r + 1), what="actors told")
+        calls.append(ray.get(actor.published_calls.remote()) - before)
+    # a round leaves in one or two commits, each told to the actor once for
+    # all its runs; one call per run would be >= 4
+    assert all(1 <= n < len(its_runs) for n in calls), (calls, len(its_runs))
+    for run_id in runs:
+        assert list(streams.read(run_id, "m", timeout_s=0.3)) == [0, 1, 2]
+        go.send(run_id, {}).result()
+    for run_id in runs:
+        assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
+
+
 async def _closed_and_open(run_id: str) -> list[Any]:
     return await asyncio.gather(
         streams.append("open-a", "a", target=run_id),

@@ -332,22 +332,32 @@ class RunActor:
     #: (how many Ray calls outside writers cost; read through `published_calls`)
     published_count = 0
 
-    async def published(self, run_id: str, news: list[tuple[str, list[Row]]]) -> None:
-        """An outside writer committed `news` — (key, rows) — to the run's
-        streams in the Store (`run_appender`): take the rows into the
-        streams' tails and wake their readers. Raises RunMoved when this
-        actor does not execute the run (the writer locates it again); while
-        the run is being claimed or released here there is nothing to do
+    async def published(self, news: list[tuple[str, list[tuple[str, list[Row]]]]]) -> list[str]:
+        """Outside writers of one process committed `news` — per run, (key,
+        rows) — to the streams of runs this actor executes (`run_appender`:
+        one call per actor, however many of its runs were written): take the
+        rows into the streams' tails and wake their readers. Answers the runs
+        this actor does not execute (the writer locates them again); while a
+        run is being claimed or released here there is nothing to do for it
         (streams opened later load their length from the Store, and a
         released run's readers read the Store)."""
         self.published_count += 1
-        if run_id not in self._outcomes:
-            raise RunMoved(f"run {run_id} is not executing on {self.name}")
-        execution = self._executing(run_id)
-        if execution is None or execution.buffers.closed:
-            return
-        for key, rows in news:
-            await execution.buffers.get(key).learn(rows)
+        moved: list[str] = []
+        learning = []
+        for run_id, run_news in news:
+            if run_id not in self._outcomes:
+                moved.append(run_id)
+                continue
+            execution = self._executing(run_id)
+            if execution is None or execution.buffers.closed:
+                continue
+            buffers = execution.buffers
+            learning += [buffers.get(key).learn(rows) for key, rows in run_news]
+        if len(learning) == 1:
+            await learning[0]
+        elif learning:  # one stream waiting for its length holds up no other
+            await asyncio.gather(*learning)
+        return moved
 
     def published_calls(self) -> int:
         """Calls to `published` this actor has answered (all runs)."""

@@ -14,9 +14,10 @@ commit thread. The acknowledgement is that commit — no Ray call, no
 Controller, no RunActor on the way.
 
 Then the RunActor executing the run, if there is one, is told
-(`RunActor.published`, in the background; one call in flight per run, what
-commits meanwhile goes in the next call): it takes the rows into its
-streams' tails and wakes the long polls of the readers following them.
+(`RunActor.published`, in the background; one call in flight per RunActor
+for every run it executes, what commits meanwhile goes in the next call):
+it takes the rows into its streams' tails and wakes the long polls of the
+readers following them.
 Telling runs on the process's own telling thread (`telling`), not on the
 writer's event loop: a script's `asyncio.run` that returns as soon as its
 appends are acknowledged would cancel a teller of its loop before the actor
@@ -30,9 +31,10 @@ Invariants:
   never skips a chunk: a commit of its own that lands after an outside one
   fills the gap from the Store (`StreamBuffer.merge`).
 - Who is told: the RunActor found executing the run *after* the commit
-  (through the `locations` cache; a RunMoved or dead actor means: locate
-  again). A RunActor that starts executing the run later loads its
-  streams' lengths from the Store after the commit, so it has the chunks.
+  (through the `locations` cache; a run the actor answers as not its
+  own, or a dead actor, means: locate again). A RunActor that starts
+  executing the run later loads its streams' lengths from the Store after
+  the commit, so it has the chunks.
 - The run is checked in the same transaction: a write to a run that does not
   exist or has finished, or to a closed stream, stores nothing and fails with
   RunNotFound / RunFinished / StreamClosed — only that (run, key)'s writes,
@@ -56,7 +58,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.calls import RunMoved, call, shared_task
+from rayflow._runtime.calls import call, shared_task
 from rayflow._runtime.stream_commit import Entry, commit_thread
 from rayflow._runtime.stream_refusals import finished_error, refusal_error
 from rayflow._runtime.stream_rows import Row
@@ -233,12 +235,15 @@ def _append(
 
 class _Telling:
     """The process's tellers, on a daemon thread's event loop of their own:
-    telling outlives the event loop whose commit it follows."""
+    telling outlives the event loop whose commit it follows. One teller per
+    RunActor: the runs it executes are told together, in one call."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        #: per run, the rows its RunActor is being told about (one call in flight)
-        self._tellers: dict[str, _Teller] = {}
+        #: per RunActor (its actor id), the teller of its runs' rows
+        self._tellers: dict[Any, _Teller] = {}
+        #: per run whose RunActor is being located, the rows waiting for it
+        self._locating: dict[str, dict[str, list[Row]]] = {}
         threading.Thread(target=self._loop.run_forever, name="rayflow-tell", daemon=True).start()
 
     def tell(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
@@ -247,10 +252,40 @@ class _Telling:
 
     def _add(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
         for run_id, run_news in news.items():
-            teller = self._tellers.get(run_id)
+            self.route(run_id, run_news, 0)
+
+    def route(self, run_id: str, news: list[tuple[str, list[Row]]], tries: int) -> None:
+        """To the teller of the RunActor last seen executing the run, or
+        (unknown here) once the Controller says which it is."""
+        actor = locations.cached(run_id)
+        if actor is not None:
+            key = actor._actor_id
+            teller = self._tellers.get(key)
             if teller is None:
-                teller = self._tellers[run_id] = _Teller(run_id, self._tellers)
-            teller.add(run_news)
+                teller = self._tellers[key] = _Teller(actor, key, self)
+            teller.add(run_id, news, tries)
+            return
+        waiting = self._locating.get(run_id)
+        if waiting is None:
+            waiting = self._locating[run_id] = {}
+            shared_task(self._locate(run_id, tries))
+        for key_, rows in news:
+            waiting.setdefault(key_, []).extend(rows)
+
+    async def _locate(self, run_id: str, tries: int) -> None:
+        try:
+            _, actor = await locations.locate(run_id)
+        except Exception:  # e.g. the Controller is restarting: readers find the Store
+            log.debug("rayflow: could not locate run %s to tell it of new chunks", run_id)
+            actor = None
+        news = self._locating.pop(run_id, {})
+        if actor is not None and news:
+            # not live: whoever executes it next loads its streams from the Store
+            self.route(run_id, list(news.items()), tries)
+
+    def done(self, teller: _Teller) -> None:
+        if self._tellers.get(teller.key) is teller:
+            del self._tellers[teller.key]
 
 
 _telling: _Telling | None = None
@@ -267,47 +302,50 @@ def telling() -> _Telling:
 
 
 class _Teller:
-    """Tells one run's RunActor about this process's commits: one call in
-    flight; what commits meanwhile goes in the next call together (a flood
-    costs the actor one call per round trip, not one per commit)."""
+    """Tells one RunActor about this process's commits to the runs it
+    executes: one call in flight; what commits meanwhile, to any of its
+    runs, goes in the next call together (a flood costs the actor one call
+    per round trip, not one per commit, stream or run)."""
 
-    def __init__(self, run_id: str, registry: dict[str, _Teller]) -> None:
-        self.run_id, self._registry = run_id, registry
-        self._news: dict[str, list[Row]] = {}
+    def __init__(self, actor: Any, key: Any, telling: _Telling) -> None:
+        self.actor, self.key, self._telling = actor, key, telling
+        #: per run: (per key, its rows), how often the run was told before
+        self._news: dict[str, tuple[dict[str, list[Row]], int]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, news: list[tuple[str, list[Row]]]) -> None:
+    def add(self, run_id: str, news: list[tuple[str, list[Row]]], tries: int) -> None:
+        pending = self._news.get(run_id)
+        if pending is None:
+            pending = self._news[run_id] = ({}, tries)
         for key, rows in news:
-            self._news.setdefault(key, []).extend(rows)
+            pending[0].setdefault(key, []).extend(rows)
         if self._task is None or self._task.done():
             self._task = shared_task(self._loop())
 
     async def _loop(self) -> None:
         try:
             while self._news:
-                news, self._news = list(self._news.items()), {}
-                await _tell(self.run_id, news)
+                batch, self._news = self._news, {}
+                await self._tell(batch)
         finally:
-            if not self._news and self._registry.get(self.run_id) is self:
-                del self._registry[self.run_id]
+            if not self._news:
+                self._telling.done(self)
 
-
-async def _tell(run_id: str, news: list[tuple[str, list[Row]]]) -> None:
-    """Hand committed rows to the RunActor executing `run_id`, if any."""
-    for _ in range(TELL_TRIES):
+    async def _tell(self, batch: dict[str, tuple[dict[str, list[Row]], int]]) -> None:
+        news = [(run_id, list(keys.items())) for run_id, (keys, _) in batch.items()]
         try:
-            _, actor = await locations.locate(run_id)
-        except Exception:  # e.g. the Controller is restarting: readers find the Store
-            log.debug("rayflow: could not locate run %s to tell it of new chunks", run_id)
-            return
-        if actor is None:
-            return  # not live: whoever executes it next loads its streams from the Store
-        try:
-            await call(actor.published.remote(run_id, news))
-            return
-        except (ray.exceptions.RayActorError, RunMoved):
-            locations.forget(run_id, actor)  # it left that actor: look again
+            moved = await call(self.actor.published.remote(news))
+        except ray.exceptions.RayActorError:
+            moved = list(batch)  # the actor is gone: where do its runs execute now?
         except Exception as e:
-            log.warning("rayflow: telling run %s of new chunks failed: %s", run_id, e)
+            log.warning("rayflow: telling runs %s of new chunks failed: %s", list(batch), e)
             return
-    log.warning("rayflow: run %s kept moving; its followers read new chunks later", run_id)
+        for run_id in moved:
+            locations.forget(run_id, self.actor)  # it left that actor: look again
+            keys, tries = batch[run_id]
+            if tries + 1 >= TELL_TRIES:
+                log.warning(
+                    "rayflow: run %s kept moving; its followers read new chunks later", run_id
+                )
+                continue
+            self._telling.route(run_id, list(keys.items()), tries + 1)
