@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from rayflow._status import FAILED_STATUSES, RunStatus
 
@@ -24,6 +24,9 @@ def _time(ms: int | None) -> datetime | None:
 
 class Run(BaseModel):
     """A run as a user sees it."""
+
+    #: its validator is built on first use, not at import
+    model_config = ConfigDict(defer_build=True)
 
     id: str
     task_id: str

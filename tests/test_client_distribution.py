@@ -40,6 +40,8 @@ import asyncio, json, sys, time
 started = time.perf_counter()
 from rayflow.client import Client
 import_s = time.perf_counter() - started
+# pydantic's machinery loads when a Run is first built, not with the client
+deferred = [m for m in ("pydantic", "pydantic_core") if m not in sys.modules]
 
 async def main():
     client = Client(sys.argv[1], sys.argv[2])
@@ -51,7 +53,8 @@ async def main():
     done = await client.runs.wait(run.id)
     ray_loaded = "ray" in sys.modules
     print(json.dumps({"import_s": import_s, "first": first, "status": done.status.value,
-                      "output": done.output, "ray_loaded": ray_loaded}))
+                      "output": done.output, "ray_loaded": ray_loaded,
+                      "deferred": deferred}))
 
 asyncio.run(main())
 """
@@ -83,6 +86,7 @@ def test_rayflow_client_installs_without_ray_and_round_trips(
     assert result["first"] == {"hello": "Ada"}
     assert result["status"] == "COMPLETED" and result["output"] == {"reply": {"text": "hi Ada"}}
     assert not result["ray_loaded"]
+    assert result["deferred"] == ["pydantic", "pydantic_core"]
     # the goals are 10 s and 0.3 s; bounds here leave room for a loaded CI box
     print(f"rayflow-client: install {install_s:.2f} s, import {result['import_s']:.3f} s")
     assert result["import_s"] < 1.0

@@ -22,14 +22,12 @@ import json
 import uuid
 from typing import Any
 
-from pydantic_core import to_jsonable_python
-
 from rayflow import errors
 from rayflow._handles import RunHandle
 from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
 from rayflow.client._streams import HttpStreamReader
-from rayflow.client._transport import Transport
+from rayflow.client._transport import Transport, jsonable
 from rayflow.client._wait import Wait
 
 
@@ -53,7 +51,7 @@ class Streams:
     def append(self, run_id: str, key: str, value: Any) -> Response[None]:
         """Append one JSON value to the run's stream `key` (secret key only).
         Resolves once it is durable. Raises `RunFinished`, `RunNotFound`."""
-        line = json.dumps(to_jsonable_python(value)) + "\n"
+        line = json.dumps(jsonable(value)) + "\n"
         # the server's v1 writer: chunk 0 of a writer id used once, so a
         # retried request is stored once
         headers = {
@@ -86,7 +84,7 @@ class Streams:
             await self._t.request(
                 "POST",
                 f"/realtime/v1/streams/{run_id}/input/{stream_id}",
-                json={"data": to_jsonable_python(data)},
+                json={"data": jsonable(data)},
                 headers=headers,
             )
 
@@ -159,7 +157,7 @@ class Client:
             r = await self._t.request(
                 "POST",
                 f"/api/v1/tasks/{task_id}/trigger",
-                json={"payload": to_jsonable_python(payload), "options": options},
+                json={"payload": jsonable(payload), "options": options},
             )
             body = r.json()
             return RunHandle(
@@ -188,7 +186,7 @@ class Client:
                 f"{len(payloads)} payloads but {len(keys)} idempotency keys"
             )
         items = [
-            {"payload": to_jsonable_python(p), "options": _options(k, tags, None, None)}
+            {"payload": jsonable(p), "options": _options(k, tags, None, None)}
             for p, k in zip(payloads, keys, strict=True)
         ]
 
@@ -230,7 +228,7 @@ def _options(
     if max_duration is not None:
         options["maxDuration"] = max_duration
     if metadata is not None:
-        options["metadata"] = to_jsonable_python(metadata)
+        options["metadata"] = jsonable(metadata)
     return options
 
 

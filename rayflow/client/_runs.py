@@ -6,12 +6,14 @@ import builtins
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayflow._response import Response, run_sync
-from rayflow._run_model import Run
 from rayflow._status import RunStatus
 from rayflow.client._transport import Transport
+
+if TYPE_CHECKING:
+    from rayflow._run_model import Run
 
 #: Trigger.dev database status (run subscriptions) -> rayflow status
 _STATUS = {
@@ -32,6 +34,10 @@ def _when(value: str | None) -> datetime | None:
 
 def run_from_api(body: dict[str, Any]) -> Run:
     """A `Run` from `GET /api/v3/runs/{id}` (or a list entry)."""
+    # imported when first needed: pydantic's model machinery is half of
+    # `import rayflow.client`, and a backend may only trigger and stream
+    from rayflow._run_model import Run
+
     related = body.get("relatedRuns") or {}
     return Run(
         id=body["id"],
@@ -59,6 +65,8 @@ def _shape_time(value: str | None) -> datetime | None:
 
 def run_from_row(row: dict[str, Any]) -> Run:
     """A `Run` from a run-subscription row (`/realtime/v1/runs/{id}`)."""
+    from rayflow._run_model import Run
+
     error = row.get("error")
     return Run(
         id=row["id"],

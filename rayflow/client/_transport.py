@@ -30,6 +30,14 @@ _BY_STATUS: dict[int, type[errors.RayflowError]] = {
 }
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as JSON-ready data (pydantic models, dataclasses, datetimes…);
+    pydantic_core is imported on the first call, not with the client."""
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
 def error_for(response: httpx.Response) -> errors.RayflowError:
     """The rayflow error an error response stands for."""
     try:

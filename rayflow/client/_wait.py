@@ -7,12 +7,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic_core import to_jsonable_python
-
 from rayflow._response import Response
 from rayflow._status import WaitTokenStatus
 from rayflow._wait_model import WaitToken, WaitTokenInfo
-from rayflow.client._transport import Transport
+from rayflow.client._transport import Transport, jsonable
 from rayflow.errors import RayflowError, WaitTimeout
 
 
@@ -89,7 +87,7 @@ class Wait:
         """Complete the token with `data`; the first completion stands.
         Works with the secret key or the token's own public access token."""
         token_id = token if isinstance(token, str) else token.id
-        body = {"data": to_jsonable_python(data)}
+        body = {"data": jsonable(data)}
 
         async def go() -> None:
             path = f"/api/v1/waitpoints/tokens/{token_id}/complete"
