@@ -6,8 +6,11 @@ run. Reports acknowledgement latency (p50 / p99) and appends per second.
 
     .venv/bin/python benchmarks/ds_producers.py --seconds 10 [--store URL]
 
-The load is tests/node/ds_load.mjs. Each producer sends its next append
-when the previous one is acknowledged
+The load is tests/node/ds_load.mjs. Floors in the same run, same load:
+rayflow's `GET /healthz` (Serve's direct ingress + FastAPI, nothing behind
+it) and a bare uvicorn no-op (benchmarks/_noop_http.py: what any Python
+HTTP server costs per request on this box, before any framework or Store).
+Each producer sends its next append when the previous one is acknowledged
 (Producer-Id / Epoch / Seq headers, as the clients' IdempotentProducer
 does without pipelining). Load generator, both servers and the box's other
 work share the same cores: compare the ratio, not the absolute figures.
@@ -35,11 +38,12 @@ def free_port() -> int:
         return port
 
 
-def load(base: str, producers: int, seconds: float) -> dict[str, float]:
+def load(base: str, producers: int, seconds: float, floor: bool = False) -> dict[str, float]:
     """tests/node/ds_load.mjs against `base` (a Node load generator: a
-    Python one was the bottleneck at ~300 appends/s on this box)."""
+    Python one was the bottleneck at ~300 appends/s on this box); `floor`:
+    the same requests to `base` itself, no stream behind them."""
     out = subprocess.run(
-        ["node", "ds_load.mjs", base, str(producers), str(seconds)],
+        ["node", "ds_load.mjs", base, str(producers), str(seconds)] + (["floor"] if floor else []),
         cwd=NODE_DIR,
         capture_output=True,
         text=True,
@@ -63,6 +67,27 @@ def start_reference() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
+def start_noop() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "_noop_http.py"), str(port)])
+    url = f"http://127.0.0.1:{port}/"
+    wait_ready_noop(url)
+    return proc, url
+
+
+def wait_ready_noop(url: str) -> None:
+    import time
+    import urllib.request
+
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b"x"), timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -72,6 +97,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--producers", type=int, default=64)
     parser.add_argument("--store", default="")
+    parser.add_argument("--reps", type=int, default=1, help="alternating runs (median)")
+    parser.add_argument("--no-floors", dest="floors", action="store_false", help="skip the floors")
     args = parser.parse_args()
 
     import rayflow
@@ -89,28 +116,47 @@ def main() -> None:
 
     wait_ready(f"http://127.0.0.1:{port}")
     reference, ref_url = start_reference()
-    results = {}
+    noop, noop_url = start_noop()
+    targets = [
+        ("rayflow", f"http://127.0.0.1:{port}/durable-streams", False),
+        ("reference", ref_url, False),
+    ]
+    if args.floors:
+        targets += [
+            ("floor: rayflow GET /healthz", f"http://127.0.0.1:{port}/healthz", True),
+            ("floor: uvicorn no-op", noop_url, True),
+        ]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
     try:
-        for name, base in (
-            ("rayflow", f"http://127.0.0.1:{port}/durable-streams"),
-            ("reference", ref_url),
-        ):
-            load(base, args.producers, 1.0)  # warm up
-            results[name] = load(base, args.producers, args.seconds)
-            results[name]["load"] = loadavg()  # type: ignore[assignment]
+        for _, base, floor in targets:
+            load(base, args.producers, 1.0, floor)  # warm up
+        for _ in range(args.reps):  # alternating: the box's load drifts
+            for name, base, floor in targets:
+                r = load(base, args.producers, args.seconds, floor)
+                r["load"] = loadavg()  # type: ignore[assignment]
+                runs[name].append(r)
     finally:
-        reference.terminate()
-        reference.wait()
-    for name, r in results.items():
+        for proc in (reference, noop):
+            proc.terminate()
+            proc.wait()
+    results = {}
+    for name, rs in runs.items():
+        results[name] = r = sorted(rs, key=lambda x: x["appends_per_s"])[len(rs) // 2]
+        each = ", ".join(f"{x['appends_per_s']:.0f} (load {x['load']})" for x in rs)
         print(
-            f"{name:9s} {r['appends_per_s']:8.0f} appends/s  ack p50 {r['p50_ms']:6.2f} ms"
-            f"  p99 {r['p99_ms']:6.2f} ms  ({r['appends']:.0f} appends; load {r['load']})"
+            f"{name:28s} {r['appends_per_s']:8.0f} appends/s  ack p50 {r['p50_ms']:6.2f} ms"
+            f"  p99 {r['p99_ms']:6.2f} ms  (median of {len(rs)}: {each})"
         )
     ours, ref = results["rayflow"], results["reference"]
     print(
         f"rayflow / reference: throughput x{ours['appends_per_s'] / ref['appends_per_s']:.2f},"
         f" p50 x{ours['p50_ms'] / ref['p50_ms']:.2f}, p99 x{ours['p99_ms'] / ref['p99_ms']:.2f}"
     )
+    for name in runs:
+        if name.startswith("floor"):
+            f = results[name]
+            ratio = f["appends_per_s"] / ref["appends_per_s"]
+            print(f"{name} / reference: throughput x{ratio:.2f}")
     print(json.dumps(results))
     sys.stdout.flush()
 

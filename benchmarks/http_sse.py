@@ -623,8 +623,11 @@ def start_rayflow(
     if ingress == "proxy":
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     port = free_port()
-    # a warm RunActor per run: the runs start at once instead of one pool refill at a time
-    extra.setdefault("pool_size", n_runs + 1)
+    # the pool as deployed (`pool_size` 2: the runs share its warm RunActors,
+    # up to `runs_per_actor` each); `--pool-size 11` gives each run an actor
+    # of its own, as this benchmark did before RunActors hosted many runs
+    if extra.get("pool_size") is None:
+        extra.pop("pool_size", None)
     bootstrap.start_ray(rayflow.Settings(), serve_port=port)
     settings = rayflow.init(
         data_dir=data_dir,
@@ -642,9 +645,21 @@ def start_rayflow(
     handles = [idle.trigger({}).result(timeout_s=120) for _ in range(n_runs)]
     for h in handles:
         wait_executing(h.id)
+    log(f"rayflow: {n_runs} runs on {len(run_actors([h.id for h in handles]))} RunActors")
     assert settings.secret_key
     runs = [(h.id, h.public_access_token) for h in handles]
     return base, settings.secret_key, runs, proxy_base
+
+
+def run_actors(run_ids: list[str]) -> set[Any]:
+    """The distinct RunActors executing `run_ids`."""
+    import ray
+
+    from rayflow._runtime.connection import current
+
+    controller = current().controller
+    located = ray.get([controller.locate.remote(r) for r in run_ids])
+    return {actor._actor_id for _, actor in located if actor is not None}
 
 
 def wait_executing(run_id: str, timeout_s: float = 120.0) -> None:
@@ -927,7 +942,9 @@ async def bench_rayflow(
     return out
 
 
-def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
+def measure_floors(
+    base: str, synchronous: str, lat10_actors: int = 10, n: int = 150
+) -> dict[str, Any]:
     """What no design on Ray Serve and fsync'd commits can go below, measured
     here without rayflow's code, one operation every 1/RATE s as in the
     latency parts (paced calls cost more than back-to-back ones on this box:
@@ -935,7 +952,8 @@ def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
     async Ray actor call (round trip), one one-chunk Store commit (SQLite,
     `synchronous`), one HTTP request answered by the rayflow replica (`GET
     /healthz`: Serve + FastAPI); and a bare Ray relay (writer -> actor ->
-    reader actor) at each latency part's shape and rate."""
+    reader actor) at each latency part's shape and rate (the 10-stream part
+    on `lat10_actors` actors, as rayflow's pool placed its runs)."""
     sys.path.insert(0, str(HERE))
     import _breakdown as bd
     import _ray_relay as rr
@@ -961,10 +979,16 @@ def measure_floors(base: str, synchronous: str, n: int = 150) -> dict[str, Any]:
     # two Ray crossings at the latency parts' own shapes and rates: what any
     # chunk from a writer through a RunActor to a replica costs, without a
     # commit or HTTP (benchmarks/_ray_relay.py)
+    shapes = dict(RELAY_SHAPES)
+    if lat10_actors < 10:
+        # the 10 runs as the pool placed them: `lat10_actors` RunActors, each
+        # told once per tick for all its runs (rayflow/_runtime/run_appender.py)
+        shapes["lat10"] = (lat10_actors, 10 // lat10_actors, RATE, True)
     out["relay"] = {
         part: c.summary(rr.relay_latency(runs, keys, rate, 5, multiplexed=mux))
-        for part, (runs, keys, rate, mux) in RELAY_SHAPES.items()
+        for part, (runs, keys, rate, mux) in shapes.items()
     }
+    out["lat10_actors"] = lat10_actors
     return out
 
 
@@ -987,12 +1011,13 @@ def goals_table(res: dict[str, Any]) -> str:
     rows = []
     relay = floors.get("relay", {})
     for part, f in relay.items():
+        on = f" on {floors.get('lat10_actors', 10)} actors" if part == "lat10" else ""
         rows.append(
-            f"bare Ray relay (two crossings, no commit, no HTTP), shape of {part}:"
+            f"bare Ray relay (two crossings, no commit, no HTTP), shape of {part}{on}:"
             f" p50 {f['p50']:.2f} / p99 {f['p99']:.2f} ms"
         )
     for label, f in floors.items():
-        if label == "relay":
+        if label in ("relay", "lat10_actors"):
             continue
         ray_ms, commit_ms, http_ms = (f[k]["p50"] for k in ("ray_call", "commit", "http"))
         rows.append(
@@ -1106,7 +1131,9 @@ def goals_table(res: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: str) -> None:
+def breakdown(
+    size: dict[str, Any], synchronous: str, postgres: bool, ingress: str, pool_size: int | None
+) -> None:
     """`--breakdown`: where an append's time goes, hop by hop (benchmarks/_breakdown.py)."""
     import ray
 
@@ -1126,7 +1153,7 @@ def breakdown(size: dict[str, Any], synchronous: str, postgres: bool, ingress: s
     with tempfile.TemporaryDirectory(prefix="rayflow-http-breakdown-") as tmp:
         hops_dir = Path(tmp) / "hops"
         base, secret, runs, _ = start_rayflow(
-            tmp, 10, synchronous, ingress, trace_hops_dir=str(hops_dir)
+            tmp, 10, synchronous, ingress, trace_hops_dir=str(hops_dir), pool_size=pool_size
         )
         try:
             floor_rows.update(bd.ray_call_floor())
@@ -1212,6 +1239,13 @@ def main() -> None:
         " the default, as `rayflow dev` does) or by Serve's proxy",
     )
     p.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="rayflow's warm RunActors (default: rayflow's own, 2, which the 10 runs share;"
+        " 11: an actor per run, as before RunActors hosted many runs)",
+    )
+    p.add_argument(
         "--parts",
         default=",".join(PARTS),
         help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
@@ -1220,7 +1254,9 @@ def main() -> None:
     parts = args.parts.split(",")
     size = SIZES["quick" if args.quick else "full"]
     if args.breakdown:
-        breakdown(size, args.sqlite_synchronous, args.breakdown_postgres, args.ingress)
+        breakdown(
+            size, args.sqlite_synchronous, args.breakdown_postgres, args.ingress, args.pool_size
+        )
         return
     started, load_before = time.monotonic(), os.getloadavg()[0]
     servers = Servers()
@@ -1234,14 +1270,16 @@ def main() -> None:
         log("starting rayflow (local Ray, SQLite, Serve)")
         with tempfile.TemporaryDirectory(prefix="rayflow-http-bench-") as tmp:
             rf_base, secret, runs, proxy_base = start_rayflow(
-                tmp, 10, args.sqlite_synchronous, args.ingress
+                tmp, 10, args.sqlite_synchronous, args.ingress, pool_size=args.pool_size
             )
             try:
                 results["rayflow"] = asyncio.run(
                     bench_rayflow(rf_base, secret, runs, size, parts, proxy_base)
                 )
                 log("floors: a bare Ray call, a SQLite commit, one HTTP request to the replica")
-                results["floors"] = measure_floors(rf_base, args.sqlite_synchronous)
+                results["floors"] = measure_floors(
+                    rf_base, args.sqlite_synchronous, len(run_actors([r for r, _ in runs]))
+                )
             finally:
                 stop_rayflow(runs)
     finally:
@@ -1254,6 +1292,7 @@ def main() -> None:
     print(
         f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s, "
         f"rayflow SQLite synchronous={args.sqlite_synchronous}, {args.ingress} ingress, "
+        f"pool_size {args.pool_size or 'default'}, "
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
 

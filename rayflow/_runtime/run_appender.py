@@ -18,10 +18,13 @@ Then the RunActor executing the run, if there is one, is told
 for every run it executes, what commits meanwhile goes in the next call):
 it takes the rows into its streams' tails and wakes the long polls of the
 readers following them.
-Telling runs on the process's own telling thread (`telling`), not on the
-writer's event loop: a script's `asyncio.run` that returns as soon as its
-appends are acknowledged would cancel a teller of its loop before the actor
-heard, and the run's followers would wait a whole long poll for the chunks.
+The commit thread hands the stored rows over as soon as its commit returns,
+and telling runs on the process's own telling thread (`telling`), not on
+the writer's event loop: a busy loop (a replica's, a benchmark's SSE
+client's) is not on the way to the readers, and a script's `asyncio.run`
+that returns as soon as its appends are acknowledged would cancel a teller
+of its loop before the actor heard (its followers would wait a whole long
+poll for the chunks).
 
 Invariants:
 - Acknowledged = durable = visible. A future resolves once its commit is
@@ -156,7 +159,7 @@ class ProcessAppender:
         conn = connection.current()
         try:
             outcomes = await commit_thread().run(
-                _append, conn.store, conn.settings.max_stream_bytes, items
+                _append_and_tell, conn.store, conn.settings.max_stream_bytes, items
             )
         except BaseException as e:
             for *_, entry in batch:
@@ -165,11 +168,7 @@ class ProcessAppender:
                 raise
             return
         hops.mark("ack", ids)
-        created_at = now_ms()
-        news: dict[str, list[tuple[str, list[Row]]]] = {}
-        for (run_id, key, writes), entries, outcome in zip(
-            items, by_stream.values(), outcomes, strict=True
-        ):
+        for entries, outcome in zip(by_stream.values(), outcomes, strict=True):
             if isinstance(outcome, Exception):
                 for entry in entries:
                     entry.fail(outcome)
@@ -191,18 +190,33 @@ class ProcessAppender:
             for entry in entries:
                 entry.settle(outcome[at : at + len(entry.writes)])
                 at += len(entry.writes)
-            stored = [(w, s) for w, s in zip(writes, outcome, strict=True) if s is not None]
-            if stored:
-                rows = [(s, w.data, created_at, w.record_id) for w, s in stored]
-                news.setdefault(run_id, []).append((key, rows))
-                if hops.enabled():
-                    hops.mark(
-                        "stored",
-                        [hops.stream_id(run_id, key, s) for _, s in stored],
-                        [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
-                    )
-        if news:
-            telling().tell(news)
+
+
+def _append_and_tell(
+    store: Store, max_bytes: int, items: list[tuple[str, str, list[ChunkWrite]]]
+) -> list[Outcome]:
+    """`_append`, then the runs' RunActors told of the stored rows straight
+    from the commit thread: the writer's event loop (busy, or about to
+    close) is not on the way to the readers."""
+    outcomes = _append(store, max_bytes, items)
+    created_at = now_ms()
+    news: dict[str, list[tuple[str, list[Row]]]] = {}
+    for (run_id, key, writes), outcome in zip(items, outcomes, strict=True):
+        if not isinstance(outcome, list):
+            continue
+        stored = [(w, s) for w, s in zip(writes, outcome, strict=True) if s is not None]
+        if stored:
+            rows = [(s, w.data, created_at, w.record_id) for w, s in stored]
+            news.setdefault(run_id, []).append((key, rows))
+            if hops.enabled():
+                hops.mark(
+                    "stored",
+                    [hops.stream_id(run_id, key, s) for _, s in stored],
+                    [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
+                )
+    if news:
+        telling().tell(news)
+    return outcomes
 
 
 def _append(
