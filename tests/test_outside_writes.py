@@ -59,6 +59,20 @@ def live_run(task_: Any) -> str:
     return str(handle.id)
 
 
+def read_keys(run_id: str, keys: list[str], timeout_s: float) -> dict[str, list[Any]]:
+    """Every key's chunks, the keys read at once: each read ends `timeout_s`
+    after its last chunk (a live run's stream), so reading them one after
+    another would sit out that wait once per key."""
+
+    async def one(key: str) -> list[Any]:
+        return [x async for x in streams.read(run_id, key, timeout_s=timeout_s)]
+
+    async def every() -> list[list[Any]]:
+        return await asyncio.gather(*(one(k) for k in keys))
+
+    return dict(zip(keys, asyncio.run(every()), strict=True))
+
+
 def actor_of(run_id: str) -> Any:
     _, actor = ray.get(current().controller.locate.remote(run_id))
     assert actor is not None
@@ -88,8 +102,7 @@ def test_many_keys_written_at_once_each_keep_their_order_and_every_chunk_once() 
         await asyncio.gather(*(f(k) for k in keys for f in (by_writer, by_append, by_pipe)))
 
     asyncio.run(flood())
-    for key in keys:
-        got = list(streams.read(run_id, key, timeout_s=0.5))
+    for key, got in read_keys(run_id, keys, timeout_s=0.5).items():
         assert len(got) == 290 and len(set(got)) == 290, key
         for prefix, n in (("w", 150), ("a", 40), ("p", 100)):
             assert [g for g in got if g[0] == prefix] == [f"{prefix}{i}" for i in range(n)], key
@@ -118,8 +131,8 @@ def test_one_process_writing_many_keys_of_a_run_makes_one_actor_call_per_round()
     # at once) and each commit tells the actor once, coalesced while a call
     # is in flight: a handful per round, never one per stream
     assert 1 <= calls <= 20, calls
-    for k in range(50):
-        assert list(streams.read(run_id, f"n{k}", timeout_s=0.3)) == [0, 1, 2, 3]
+    for key, got in read_keys(run_id, [f"n{k}" for k in range(50)], timeout_s=0.3).items():
+        assert got == [0, 1, 2, 3], key
     go.send(run_id, {}).result()
     rayflow.runs.wait(run_id).result()
 
@@ -239,12 +252,11 @@ def test_a_run_that_suspends_mid_flood_takes_every_write_through_the_store() -> 
         return r
 
     rounds = asyncio.run(flood())
-    for k in KEYS:  # a suspended run's streams are read from the Store
-        assert list(streams.read(run_id, k, timeout_s=0.3)) == list(range(rounds))
+    # a suspended run's streams are read from the Store
+    assert read_keys(run_id, KEYS, timeout_s=0.3) == {k: list(range(rounds)) for k in KEYS}
     wake.send(run_id, {}).result()
     assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
-    for k in KEYS:
-        assert list(streams.read(run_id, k, timeout_s=0.3)) == list(range(rounds))
+    assert read_keys(run_id, KEYS, timeout_s=0.3) == {k: list(range(rounds)) for k in KEYS}
 
 
 def test_a_run_that_finishes_mid_flood_refuses_later_writes_with_run_finished() -> None:
