@@ -777,6 +777,21 @@ def test_a_postgres_store_replaces_connections_the_server_closed(
         s.close()
 
 
+def test_a_call_on_a_closed_store_fails_at_once(store_url: str) -> None:
+    """A closed Store is gone for good: a call that meets it (a thread still
+    at work when its owner closed the Store) fails at once. PostgreSQL's took
+    its closed pool for a server that went away and retried for RECONNECT_S
+    (30 s), then raised Unavailable."""
+    import sqlite3
+
+    from psycopg_pool import PoolClosed
+
+    closed = open_store(store_url)
+    closed.close()
+    with pytest.raises((sqlite3.ProgrammingError, PoolClosed)):
+        closed.get_run("run_1")
+
+
 # -- the run lifecycle in one transaction each (claim, suspend, wake) ------------
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from rayflow.errors import Unavailable
 from rayflow.store._sql import SqlStore
@@ -124,6 +124,10 @@ def _retried(method: Any) -> Any:
         while True:
             try:
                 return method(self, *args, **kwargs)
+            except PoolClosed:
+                # this process closed the Store: it is not coming back (an
+                # OperationalError without SQLSTATE, like a refused connection)
+                raise
             except PoolTimeout as e:
                 # the pool already waited its whole timeout for a connection
                 raise _unreachable(method.__name__, e) from e
