@@ -39,7 +39,10 @@ BodyLimits = list[tuple[str, "re.Pattern[str]", int | None]]
 def default_body_limits(max_input_bytes: int, max_append_bytes: int) -> BodyLimits:
     stream = r"^/realtime/v1/streams/[^/]+"
     token = r"^/api/v1/waitpoints/tokens/[^/]+"
+    session = r"^/realtime/v1/sessions/[^/]+(/channels/[^/]+)?/(in|out)/append$"
     return [
+        # one session record: 1 MiB, as Trigger.dev's (and S2's) ceiling
+        ("POST", re.compile(session), max_input_bytes),
         ("POST", re.compile(stream + r"/input/[^/]+$"), max_input_bytes),
         # a wait token's data (completion, or a webhook on its callback url)
         ("POST", re.compile(token + r"/(complete|callback/[^/]+)$"), max_input_bytes),

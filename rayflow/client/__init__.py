@@ -26,6 +26,13 @@ from rayflow import errors
 from rayflow._handles import RunHandle
 from rayflow._response import Response
 from rayflow.client._runs import Runs, RunSubscription
+from rayflow.client._sessions import (
+    SessionChannel,
+    SessionHandle,
+    SessionInfo,
+    Sessions,
+    SessionStreamReader,
+)
 from rayflow.client._streams import HttpStreamReader
 from rayflow.client._transport import Transport, jsonable
 from rayflow.client._wait import Wait
@@ -128,8 +135,9 @@ class Auth:
 
 class Client:
     """rayflow over HTTP: `trigger`, `batch_trigger`, `send`, `runs.*`,
-    `streams.*`, `auth.create_public_token`, `wait.*` (wait tokens). `token` is the secret key (or a
-    public access token, for what its scopes allow)."""
+    `streams.*`, `auth.create_public_token`, `wait.*` (wait tokens),
+    `sessions.*`. `token` is the secret key (or a public access token, for
+    what its scopes allow)."""
 
     def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
         self._t = Transport(base_url, token, timeout_s)
@@ -137,6 +145,7 @@ class Client:
         self.streams = Streams(self._t)
         self.auth = Auth(self._t)
         self.wait = Wait(self._t)
+        self.sessions = Sessions(self._t)
 
     def trigger(
         self,
@@ -232,4 +241,16 @@ def _options(
     return options
 
 
-__all__ = ["Auth", "Client", "HttpStreamReader", "RunSubscription", "Runs", "Streams"]
+__all__ = [
+    "Auth",
+    "Client",
+    "HttpStreamReader",
+    "RunSubscription",
+    "Runs",
+    "SessionChannel",
+    "SessionHandle",
+    "SessionInfo",
+    "SessionStreamReader",
+    "Sessions",
+    "Streams",
+]

@@ -92,7 +92,7 @@ class HttpStreamReader:
         headers = {"Accept": "text/event-stream", "Timeout-Seconds": self._timeout_header}
         if self.next_index > 0:
             headers["Last-Event-ID"] = str(self.next_index - 1)
-        path = f"/realtime/v1/streams/{self.run_id}/{self.key}"
+        path = self._path()
         timeout = httpx.Timeout(self._t.timeout_s, read=self.timeout_s + 30)
         self.connections += 1
         async with self._t.client().stream("GET", path, headers=headers, timeout=timeout) as r:
@@ -111,7 +111,8 @@ class HttpStreamReader:
                             if seq < self.next_index:
                                 continue  # already yielded before a reconnect
                             self.next_index = seq + 1
-                            yield "chunk", json.loads(record["body"])["data"]
+                            if self._wanted(record):
+                                yield "chunk", json.loads(record["body"])["data"]
                     elif event.event == "error":
                         raise errors.Unavailable(
                             f"reading stream {self.key!r} of run {self.run_id} failed:"
@@ -119,6 +120,13 @@ class HttpStreamReader:
                             run_id=self.run_id,
                             stream=self.key,
                         )
+
+    def _path(self) -> str:
+        return f"/realtime/v1/streams/{self.run_id}/{self.key}"
+
+    def _wanted(self, record: dict[str, Any]) -> bool:
+        """Whether a record is a chunk to yield (every record of a run's stream)."""
+        return True
 
     def __iter__(self) -> Iterator[Any]:
         chunks = self.__aiter__()

@@ -1,0 +1,256 @@
+"""What the session routes ask of rayflow: rows read from the Store, the
+caller's right to a session, and the wire shape of a session.
+
+Writes that decide about runs (start, a record sent to `.in`, continuation,
+close, end-and-continue) go through the sessions runtime (`rayflow.sessions`
+and the runtime's `send_input`); nothing here starts a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from rayflow._runtime.serving import current
+from rayflow._tokens import allows
+from rayflow.errors import Forbidden, SessionNotFound
+from rayflow.store.base import SessionRecord
+from serve.auth import Principal
+from serve.deps import MAX_INDEX
+from serve.errors import BadRequest
+
+#: `<created ms>:<session id>`, the cursor of `list_sessions`
+_CURSOR = re.compile(r"[0-9]{1,16}:session_[A-Za-z0-9_\-]{1,64}")
+#: a side channel's name, as the SDK checks it
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: trigger-config fields whose wire name is not their Python name in camelCase
+_WIRE_NAMES = {"idle_timeout_s": "idleTimeoutInSeconds"}
+_PY_NAMES = {v: k for k, v in _WIRE_NAMES.items()}
+
+
+def _camel(name: str) -> str:
+    if name in _WIRE_NAMES:
+        return _WIRE_NAMES[name]
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _snake(name: str) -> str:
+    if name in _PY_NAMES:
+        return _PY_NAMES[name]
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def trigger_config_to_wire(stored: str) -> dict[str, Any]:
+    """A stored trigger config (Python names) as the SDK's `SessionTriggerConfig`."""
+    config = json.loads(stored) if stored else {}
+    return {_camel(k): v for k, v in config.items() if v is not None}
+
+
+def trigger_config_from_wire(config: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's `SessionTriggerConfig` with rayflow's Python names."""
+    return {_snake(k): v for k, v in config.items() if v is not None}
+
+
+def _date(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def item(session: SessionRecord) -> dict[str, Any]:
+    """A session as the SDK's `SessionItem` (Python field names)."""
+    return {
+        "id": session.id,
+        "external_id": session.external_id,
+        "type": session.type,
+        "task_identifier": session.task_id,
+        "trigger_config": trigger_config_to_wire(session.trigger_config),
+        "current_run_id": session.current_run_id,
+        "tags": session.tags,
+        "metadata": json.loads(session.metadata) if session.metadata else None,
+        "closed_at": _date(session.closed_at),
+        "closed_reason": session.closed_reason,
+        "expires_at": _date(session.expires_at),
+        "created_at": _date(session.created_at),
+        "updated_at": _date(session.updated_at),
+    }
+
+
+async def get(id_or_external_id: str) -> SessionRecord:
+    """The session by its `session_…` id or its external id; SessionNotFound."""
+    found = await asyncio.to_thread(current().store.get_session, id_or_external_id)
+    if found is None:
+        raise SessionNotFound(
+            f"session {id_or_external_id!r} not found; pass its id (session_…) or the"
+            " externalId it was started with"
+        )
+    return found
+
+
+def session_scopes(session: SessionRecord) -> list[str]:
+    """What a session's public access token carries: read and write the
+    session (every channel of it), named by id and by external id."""
+    names = [session.id] + ([session.external_id] if session.external_id else [])
+    return [f"{action}:sessions:{n}" for action in ("read", "write") for n in names]
+
+
+def require(
+    who: Principal,
+    action: str,
+    session: SessionRecord,
+    *,
+    channel: str | None = None,
+    io: str | None = None,
+) -> None:
+    """Raise Forbidden unless the caller may `action` (read/write) the session,
+    or the side channel `channel` (and its `io`) of it. A token names the
+    session by id or external id: `read:sessions:<id>` reaches every channel,
+    `read:sessions:<id>:channels:<name>` one channel, `…:<name>:out` one side."""
+    if who.secret:
+        return
+    names = [session.id] + ([session.external_id] if session.external_id else [])
+    allowed: list[str] = []
+    for name in names:
+        allowed.append(name)
+        if channel is not None:
+            allowed.append(f"{name}:channels:{channel}")
+            if io is not None:
+                allowed.append(f"{name}:channels:{channel}:{io}")
+    scopes = list(who.scopes)
+    if any(allows(scopes, action, "sessions", a) for a in allowed):
+        return
+    what = f"{action}:sessions:{session.external_id or session.id}"
+    if channel is not None:
+        what += f":channels:{channel}"
+    raise Forbidden(f"token does not allow {what}; its scopes are {scopes}")
+
+
+def check_external_id(external_id: str) -> str:
+    """`external_id` stripped, or BadRequest for one Trigger.dev reserves."""
+    value = external_id.strip()
+    if not value:
+        raise BadRequest("externalId must not be empty")
+    if value.startswith("session_"):
+        raise BadRequest(
+            "externalId cannot start with 'session_' (reserved prefix for internal friendlyIds)"
+        )
+    if ":channels:" in value:
+        raise BadRequest("externalId cannot contain ':channels:' (the channel scope delimiter)")
+    return value
+
+
+def check_channel(channel: str) -> str:
+    if not CHANNEL_NAME.fullmatch(channel):
+        raise BadRequest(
+            f"invalid session channel name {channel!r}: use 1-128 chars from [A-Za-z0-9._-]"
+        )
+    return channel
+
+
+async def list_sessions(
+    *,
+    types: list[str] | None,
+    task_ids: list[str] | None,
+    tags: list[str] | None,
+    external_id: str | None,
+    statuses: list[str] | None,
+    created_from: int | None,
+    created_to: int | None,
+    limit: int,
+    after: str | None,
+) -> tuple[list[SessionRecord], str | None]:
+    """Newest first; the cursor `<created ms>:<session id>` names the last one
+    returned. Several statuses, and the creation window, are applied to the
+    page the Store returns."""
+    before = None
+    if after:
+        if not _CURSOR.fullmatch(after) or int(after.split(":", 1)[0]) >= MAX_INDEX:
+            shown = after if len(after) <= 40 else after[:40] + f"… ({len(after)} characters)"
+            raise BadRequest(f"page[after] is not a cursor this API returned: {shown!r}")
+        ms, _, sid = after.partition(":")
+        before = (int(ms), sid)
+    found = await asyncio.to_thread(
+        current().store.list_sessions,
+        types=types,
+        task_ids=task_ids,
+        tags=tags,
+        external_id=external_id,
+        status=statuses[0] if statuses and len(statuses) == 1 else None,
+        before=before,
+        limit=limit,
+    )
+    cursor = f"{found[-1].created_at}:{found[-1].id}" if len(found) == limit else None
+    if statuses and len(statuses) > 1:
+        found = [s for s in found if status_of(s) in statuses]
+    if created_from is not None:
+        found = [s for s in found if s.created_at >= created_from]
+    if created_to is not None:
+        found = [s for s in found if s.created_at <= created_to]
+    return found, cursor
+
+
+def status_of(session: SessionRecord) -> str:
+    if session.closed_at is not None:
+        return "CLOSED"
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    return "EXPIRED" if session.closed_or_expired(now) else "ACTIVE"
+
+
+async def update(session: SessionRecord, tags: list[str] | None, metadata: Any) -> SessionRecord:
+    meta = None if metadata is None else json.dumps(metadata)
+    updated = await asyncio.to_thread(
+        current().store.update_session, session.id, tags=tags, metadata=meta
+    )
+    if updated is None:
+        raise SessionNotFound(f"session {session.id} not found")
+    return updated
+
+
+# -- the sessions runtime (rayflow._runtime.session_io / session_runs) ----------
+
+
+async def start(**kwargs: Any) -> tuple[SessionRecord, bool]:
+    """The session and its first run, launched; (session, created)."""
+    from rayflow._runtime.serving import start_session
+
+    started: tuple[SessionRecord, bool] = await start_session(**kwargs)
+    return started
+
+
+async def close(session_id: str, reason: str | None) -> SessionRecord:
+    from rayflow._runtime.serving import close_session
+
+    closed: SessionRecord = await close_session(session_id, reason)
+    return closed
+
+
+async def send_input(
+    session_id: str, value: Any, *, channel: str | None, part_id: str | None
+) -> int:
+    """Store one record on `.in` (or a channel's) and wake or continue the
+    session's run; its seq."""
+    from rayflow._runtime.serving import send_input as send
+
+    sent = await send(session_id, value, channel=channel, idempotency_key=part_id)
+    return int(sent.seq)
+
+
+async def append_output(
+    session_id: str, value: Any, *, channel: str | None, part_id: str | None
+) -> int:
+    from rayflow._runtime.serving import append_output as append
+
+    return int(await append(session_id, value, channel=channel, part_id=part_id))
+
+
+async def end_and_continue(session_id: str, calling_run_id: str, reason: str) -> tuple[str, bool]:
+    """A fresh run takes the session over from `calling_run_id`; (the
+    current run's id, whether this call swapped it in)."""
+    from rayflow._runtime.serving import end_and_continue_session
+
+    result: tuple[str, bool] = await end_and_continue_session(
+        session_id, calling_run_id=calling_run_id, reason=reason
+    )
+    return result
