@@ -91,8 +91,16 @@ def error_body(status: int, message: str, code: str, **extra: Any) -> dict[str, 
     return {"ok": False, "error": message, "code": code, "status": status, **extra}
 
 
+#: Trigger.dev's clients retry a 409 (a lock timeout, on its servers) unless told
+#: not to; every rayflow 409 is final (closed, canceled, a conflicting key)
+NO_RETRY = {"x-should-retry": "false"}
+
+
 def error_response(status: int, message: str, code: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(error_body(status, message, code, **extra), status_code=status)
+    headers = NO_RETRY if status == 409 else None
+    return JSONResponse(
+        error_body(status, message, code, **extra), status_code=status, headers=headers
+    )
 
 
 def rayflow_error_response(exc: RayflowError) -> JSONResponse:

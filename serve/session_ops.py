@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -26,33 +27,28 @@ from serve.errors import BadRequest
 _CURSOR = re.compile(r"[0-9]{1,16}:session_[A-Za-z0-9_\-]{1,64}")
 #: a side channel's name, as the SDK checks it
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-#: trigger-config fields whose wire name is not their Python name in camelCase
-_WIRE_NAMES = {"idle_timeout_s": "idleTimeoutInSeconds"}
-_PY_NAMES = {v: k for k, v in _WIRE_NAMES.items()}
-
-
-def _camel(name: str) -> str:
-    if name in _WIRE_NAMES:
-        return _WIRE_NAMES[name]
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
-def _snake(name: str) -> str:
-    if name in _PY_NAMES:
-        return _PY_NAMES[name]
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+#: a stored trigger config's names (rayflow's) -> the SDK's `SessionTriggerConfig`
+_WIRE_NAMES = {
+    "base_payload": "basePayload",
+    "tags": "tags",
+    "max_duration_s": "maxDuration",
+    "idle_timeout_s": "idleTimeoutInSeconds",
+}
 
 
 def trigger_config_to_wire(stored: str) -> dict[str, Any]:
-    """A stored trigger config (Python names) as the SDK's `SessionTriggerConfig`."""
+    """A stored trigger config as the SDK's `SessionTriggerConfig` (whole
+    seconds, as its schema wants)."""
     config = json.loads(stored) if stored else {}
-    return {_camel(k): v for k, v in config.items() if v is not None}
-
-
-def trigger_config_from_wire(config: dict[str, Any]) -> dict[str, Any]:
-    """The SDK's `SessionTriggerConfig` with rayflow's Python names."""
-    return {_snake(k): v for k, v in config.items() if v is not None}
+    wire: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in _WIRE_NAMES and value is not None:
+            wire[_WIRE_NAMES[name]] = value
+    for name in ("maxDuration", "idleTimeoutInSeconds"):
+        if name in wire:
+            wire[name] = max(1, math.ceil(wire[name]))
+    wire.setdefault("basePayload", {})
+    return wire
 
 
 def _date(ms: int | None) -> datetime | None:
@@ -125,20 +121,6 @@ def require(
     if channel is not None:
         what += f":channels:{channel}"
     raise Forbidden(f"token does not allow {what}; its scopes are {scopes}")
-
-
-def check_external_id(external_id: str) -> str:
-    """`external_id` stripped, or BadRequest for one Trigger.dev reserves."""
-    value = external_id.strip()
-    if not value:
-        raise BadRequest("externalId must not be empty")
-    if value.startswith("session_"):
-        raise BadRequest(
-            "externalId cannot start with 'session_' (reserved prefix for internal friendlyIds)"
-        )
-    if ":channels:" in value:
-        raise BadRequest("externalId cannot contain ':channels:' (the channel scope delimiter)")
-    return value
 
 
 def check_channel(channel: str) -> str:

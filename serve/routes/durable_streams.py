@@ -17,7 +17,8 @@ the Store's change signals (`serve/ds_sources.py`).
 Auth: the secret key; or a public access token whose scopes name the path:
 `read:streams:<prefix>` / `write:streams:<prefix>` (`<prefix>` a path or a
 folder of paths, segment by segment; no id: every stream), or
-`read:runs:<id>` for that run's streams. `RAYFLOW_DURABLE_STREAMS_ANONYMOUS`
+`read:runs:<id>` for that run's streams, `read:sessions:<session id>` for a
+session's (`…:channels:<name>` for one side channel's). `RAYFLOW_DURABLE_STREAMS_ANONYMOUS`
 lets anyone in, only while the API listens on loopback.
 """
 
@@ -84,6 +85,10 @@ def _require(who: Principal | None, action: str, path: str) -> None:
     run = _run_stream(path)
     if action == "read" and run is not None and allows(scopes, "read", "runs", run[0]):
         return
+    if action == "read" and any(
+        allows(scopes, "read", "sessions", s) for s in _session_scopes(path)
+    ):
+        return
     raise Forbidden(f"token does not allow {action}:streams:{path}; its scopes are {scopes}")
 
 
@@ -99,6 +104,19 @@ def _run_stream(path: str) -> tuple[str, str] | None:
         return None
     run_id, _, key = path.removeprefix("runs/").partition("/")
     return (run_id, key) if run_id and key else None
+
+
+def _session_scopes(path: str) -> list[str]:
+    """The `read:sessions:<…>` ids that reach a session stream
+    (`sessions/<id>/in`, `sessions/<id>/channels/<name>/out`): the session's
+    id, and for a channel `<id>:channels:<name>` and `…:<name>:<io>`."""
+    parts = path.split("/")
+    if parts[0] != "sessions" or len(parts) < 3:
+        return []
+    found = [parts[1]]
+    if len(parts) == 5 and parts[2] == "channels":
+        found += [f"{parts[1]}:channels:{parts[3]}", f"{parts[1]}:channels:{parts[3]}:{parts[4]}"]
+    return found
 
 
 def _source(path: str) -> Source:

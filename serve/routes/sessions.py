@@ -116,11 +116,10 @@ async def start_session(body: CreateSessionBody, who: Caller, st: AppState) -> C
     `externalId` already — return it (`isCached: true`) and start nothing.
     `publicAccessToken` reads and writes this session only."""
     who.require_secret("starting a session")
-    external_id = None if body.external_id is None else ops.check_external_id(body.external_id)
-    config = ops.trigger_config_from_wire(body.trigger_config.model_dump(exclude_none=True))
+    config = body.trigger_config.model_dump(exclude_none=True, by_alias=True)
     session, created = await ops.start(
         type=body.type,
-        external_id=external_id,
+        external_id=body.external_id,
         task_id=body.task_identifier,
         trigger_config=config,
         tags=body.tags,
