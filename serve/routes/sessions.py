@@ -19,7 +19,7 @@ from rayflow._runtime.serving import parse_duration
 from serve import session_ops as ops
 from serve.deps import AppState, Caller
 from serve.errors import BadRequest
-from serve.routes.runs import Pagination, finite_json
+from serve.routes.runs import finite_json
 from serve.wire import WireModel, WireRequest
 
 router = APIRouter(tags=["sessions"])
@@ -95,7 +95,8 @@ class CreatedSession(SessionItem):
 
 class ListSessionsResponse(WireModel):
     data: list[SessionItem]
-    pagination: Pagination
+    #: `{"next"?}`: absent, not null, when there is no next page (the SDK's schema)
+    pagination: dict[str, str]
 
 
 class EndAndContinueResponse(WireModel):
@@ -178,7 +179,8 @@ async def list_sessions(
         after=after,
     )
     return ListSessionsResponse(
-        data=[SessionItem(**ops.item(s)) for s in found], pagination=Pagination(next=cursor)
+        data=[SessionItem(**ops.item(s)) for s in found],
+        pagination={} if cursor is None else {"next": cursor},
     )
 
 
