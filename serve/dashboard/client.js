@@ -152,6 +152,13 @@ export class RayflowClient {
     return Array.isArray(data) ? data : data?.data || [];
   }
 
+  /** Sessions, newest first (docs/wire.md "Sessions"): `{id, externalId, type, currentRunId, closedAt, …}`. */
+  async listSessions({ limit, signal } = {}) {
+    const q = limit ? `?page[size]=${limit}` : "";
+    const { data } = await this.request("GET", `/api/v1/sessions${q}`, { signal });
+    return data?.data || [];
+  }
+
   async cancelRun(runId) {
     return (await this.request("POST", `/api/v2/runs/${encodeURIComponent(runId)}/cancel`)).data;
   }

@@ -1,4 +1,4 @@
-// The run list: polls the runs API every second and offers a trigger form.
+// The run list and the session list: polls the API every second and offers a trigger form.
 import { el, fmtDuration, fmtTime, makeClient, pageURL, setupTokenForm, showError, statusBadge } from "./ui.js";
 
 let client = makeClient();
@@ -23,7 +23,39 @@ function renderRuns(runs) {
   );
 }
 
+const sessionsBody = document.getElementById("sessions");
+
+function renderSessions(sessions) {
+  if (!sessions.length) {
+    sessionsBody.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "empty" }, "no sessions")));
+    return;
+  }
+  sessionsBody.replaceChildren(
+    ...sessions.map((s) =>
+      el("tr", { dataset: { sessionId: s.id } },
+        el("td", { class: "mono" }, s.id),
+        el("td", { class: "mono" }, s.externalId || ""),
+        el("td", {}, s.type),
+        el("td", { class: "current-run" }, s.currentRunId
+          ? el("a", { class: "mono", href: pageURL("run.html", { id: s.currentRunId }) }, s.currentRunId)
+          : ""),
+        el("td", { class: "status" }, statusBadge(s.closedAt ? "CLOSED" : "ACTIVE")),
+        el("td", {}, fmtTime(s.createdAt)),
+      ),
+    ),
+  );
+}
+
+async function refreshSessions() {
+  try {
+    renderSessions(await client.listSessions({ limit: 50 }));
+  } catch {
+    // a public token may list runs but not sessions: the table stays as it was
+  }
+}
+
 async function refresh() {
+  refreshSessions();
   try {
     renderRuns(await client.listRuns({ limit: 50 }));
     live.classList.add("live");
