@@ -53,13 +53,18 @@ def node_sdk() -> Path:
 
 
 async def run_node(
-    node_dir: Path, command: dict[str, Any], timeout_s: float = 90, *, fails: bool = False
+    node_dir: Path,
+    command: dict[str, Any],
+    timeout_s: float = 90,
+    *,
+    fails: bool = False,
+    script: str = "sdk_client.mjs",
 ) -> list[Any]:
-    """Run one sdk_client.mjs command; returns its JSON lines. Unless `fails`,
-    the command must succeed."""
+    """Run one sdk_client.mjs command (or `script`'s); returns its JSON
+    lines. Unless `fails`, the command must succeed."""
     proc = await asyncio.create_subprocess_exec(
         "node",
-        "sdk_client.mjs",
+        script,
         json.dumps(command),
         cwd=node_dir,
         stdout=asyncio.subprocess.PIPE,
@@ -70,13 +75,13 @@ async def run_node(
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        pytest.fail(f"node {command['op']} did not finish within {timeout_s} s")
+        pytest.fail(f"node {command.get('op', script)} did not finish within {timeout_s} s")
     lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     if fails:
         assert proc.returncode != 0 and lines and lines[-1]["type"] == "error", lines
         return lines
     assert proc.returncode == 0 and lines and lines[-1]["type"] == "end", (
-        f"node {command['op']} failed: {lines[-3:]}\n{err.decode()[-2000:]}"
+        f"node {command.get('op', script)} failed: {lines[-3:]}\n{err.decode()[-2000:]}"
     )
     return lines
 

@@ -1,0 +1,217 @@
+"""Sessions over HTTP (serve/routes/sessions.py, session_streams.py): the
+published `@trigger.dev/sdk`'s `sessions` API from Node, and curl-style
+requests with httpx and `rayflow.client`, against a Python inbox agent like
+the one in the SDK's docs (`docs/ai-chat/sessions.mdx`). Both stores."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _http_fixtures import *  # noqa: F403
+from _http_fixtures import HttpApi, read_sse
+from test_http_node_client import node_sdk, run_node  # noqa: F401  (fixture)
+
+import rayflow
+from rayflow import sessions, task
+from rayflow.client import Client
+
+pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
+
+AGENT = "http-inbox-agent"
+
+
+@task(id=AGENT)
+async def http_inbox_agent(payload: dict) -> dict:  # type: ignore[type-arg]
+    """Echo each `{"text"}` record of `.in` on `.out`, then a `turn-complete`
+    control record; `"side"` answers the side channel's last note on the
+    channel's `.out`; `"bye"` ends the run (the next record continues the
+    session on a fresh run)."""
+    current = sessions.current()
+    assert current is not None
+    session = sessions.open(current.id)
+    handled = 0
+    while True:
+        got = await session.input.wait(timeout_s=120)
+        if not got.ok:
+            return {"handled": handled, "timed_out": True}
+        text = got.output.get("text")
+        seq = session.input.last_dispatched_seq()
+        if text == "bye":
+            return {"handled": handled, "bye": True}
+        if text == "side":
+            side = session.channel("side")
+            note = await side.input.once(timeout_s=30)
+            await side.output.append({"echo": note.unwrap(), "base": payload})
+        else:
+            reply = {"type": "reply", "text": f"echo: {text}", "continued": current.continuation}
+            await session.output.append(reply)
+        await session.output.write_control("turn-complete", [("session-in-event-id", str(seq))])
+        handled += 1
+
+
+async def test_sdk_sessions_start_send_read_channel_continue_close(
+    http_tasks: HttpApi,
+    node_sdk: Path,  # noqa: F811
+) -> None:
+    """The SDK's own `sessions.*` from Node, one scenario end to end."""
+    external_id = f"chat-{uuid.uuid4().hex[:8]}"
+    lines = await run_node(
+        node_sdk,
+        {
+            "baseURL": http_tasks.url,
+            "token": http_tasks.secret_key,
+            "externalId": external_id,
+            "taskId": AGENT,
+        },
+        timeout_s=120,
+        script="session_client.mjs",
+    )
+    by_type: dict[str, list[Any]] = {}
+    for line in lines:
+        by_type.setdefault(line["type"], []).append(line)
+    started = by_type["started"][0]
+    first, again = started["first"], started["again"]
+    assert first["id"].startswith("session_") and first["externalId"] == external_id
+    assert first["isCached"] is False and again["isCached"] is True
+    assert again["id"] == first["id"] and again["runId"] == first["runId"]  # no second run
+    assert first["triggerConfig"]["basePayload"] == {"greeting": "hi"}
+    assert first["metadata"] == {"owner": "node"} and first["tags"] == ["node-session"]
+    assert by_type["reply"][0]["reply"] == {
+        "type": "reply",
+        "text": "echo: hello",
+        "continued": False,
+    }
+    assert by_type["side"][0]["reply"] == {"echo": {"note": "n1"}, "base": {"greeting": "hi"}}
+    before, after = (r["session"] for r in by_type["retrieved"])
+    assert before["currentRunId"] == first["runId"]
+    assert by_type["ended"][0]["status"] == "COMPLETED"
+    assert by_type["ended"][0]["output"] == {"handled": 2, "bye": True}
+    # continuation: a send after the run ended started a fresh run, same streams
+    assert by_type["continued"][0]["reply"] == {
+        "type": "reply",
+        "text": "echo: again",
+        "continued": True,
+    }
+    assert after["currentRunId"] not in (None, first["runId"])
+    closed = by_type["closed"][0]["session"]
+    assert closed["closedAt"] is not None and closed["closedReason"] == "done"
+    late = by_type["late-send"][0]
+    assert late["refused"] and late["status"] == 409 and late["code"] == "session_closed"
+    assert late["closedReason"] == "done"
+    assert by_type["listed"][0]["sessions"][0]["id"] == first["id"]
+
+
+async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: HttpApi) -> None:
+    """curl-style and rayflow.client: tokens reach their session only, bad
+    input is a precise 4xx with nothing stored, resume and settled reads."""
+    client = Client(http_tasks.url, http_tasks.secret_key)
+    mine = await client.sessions.start(type="probe", task_id=AGENT, external_id=_ext("mine"))
+    other = await client.sessions.start(type="probe", task_id=AGENT, external_id=_ext("other"))
+    assert mine.public_access_token and not mine.is_cached
+    as_mine = Client(http_tasks.url, mine.public_access_token)
+
+    # the session's own token: send, read (by external id and by id), retrieve
+    assert await as_mine.sessions.open(mine.external_id or "").send({"text": "hello"}) == 0
+    reader = as_mine.sessions.open(mine.id).read(timeout_s=30)
+    async for chunk in reader:
+        assert chunk == {"type": "reply", "text": "echo: hello", "continued": False}
+        break
+    assert (await as_mine.sessions.retrieve(mine.id)).external_id == mine.external_id
+
+    async with http_tasks.client() as c:
+        pat = http_tasks.headers(mine.public_access_token)
+        secret = http_tasks.headers()
+        # ... and nothing of another session
+        for method, path in (
+            ("GET", f"/api/v1/sessions/{other.id}"),
+            ("GET", f"/realtime/v1/sessions/{other.external_id}/out/records"),
+            ("POST", f"/realtime/v1/sessions/{other.id}/in/append"),
+            ("POST", f"/api/v1/sessions/{other.id}/close"),
+            ("GET", "/api/v1/sessions"),
+            ("POST", f"/realtime/v1/sessions/{mine.id}/out/append"),  # only runs write .out
+        ):
+            r = await c.request(method, path, headers=pat, content=b'{"x":1}')
+            assert r.status_code == 403, (method, path, r.text)
+        assert (await c.get(f"/api/v1/sessions/{other.id}", headers=secret)).status_code == 200
+
+        # a channel-scoped token reads that channel only
+        side = rayflow.auth.create_public_token(scopes=[f"read:sessions:{mine.id}:channels:side"])
+        r = await c.get(
+            f"/realtime/v1/sessions/{mine.id}/channels/side/out/records",
+            headers=http_tasks.headers(side),
+        )
+        assert r.status_code == 200 and r.json() == {"records": []}
+        r = await c.get(
+            f"/realtime/v1/sessions/{mine.id}/out/records", headers=http_tasks.headers(side)
+        )
+        assert r.status_code == 403
+
+        # bad input: each a JSON error, nothing stored
+        r = await c.post(
+            "/api/v1/sessions",
+            headers=secret,
+            json={"type": "x", "externalId": "session_mine", "taskIdentifier": AGENT,
+                  "triggerConfig": {"basePayload": {}}},
+        )  # fmt: skip
+        assert r.status_code == 400 and "session_" in r.json()["error"]
+        r = await c.get("/api/v1/sessions/no-such-chat", headers=secret)
+        assert r.status_code == 404 and r.json()["code"] == "SessionNotFound"
+        r = await c.post("/realtime/v1/sessions/no-such-chat/in/append", headers=secret, json={})
+        assert r.status_code == 404
+        big = json.dumps({"text": "x" * (1024 * 1024)}).encode()
+        r = await c.post(f"/realtime/v1/sessions/{mine.id}/in/append", headers=pat, content=big)
+        assert r.status_code == 413 and r.json()["code"] == "PayloadTooLarge"
+        r = await c.get(f"/realtime/v1/sessions/{mine.id}/in/records", headers=pat)
+        assert [rec["data"] for rec in r.json()["records"]] == [{"text": "hello"}]
+
+        # .out: the reply, then the turn-complete control record (seq 1)
+        r = await c.get(f"/realtime/v1/sessions/{mine.id}/out/records", headers=pat)
+        out = r.json()["records"]
+        assert [rec["seqNum"] for rec in out] == [0, 1]
+        assert out[1]["data"] is None
+        assert out[1]["headers"] == [
+            ["trigger-control", "turn-complete"],
+            ["session-in-event-id", "0"],
+        ]
+        # resume after seq 0: only the control record; a settled peek ends at once
+        started = time.monotonic()
+        res = await read_sse(
+            http_tasks,
+            f"/realtime/v1/sessions/{mine.external_id}/out",
+            token=mine.public_access_token,
+            headers={"Last-Event-ID": "0", "X-Peek-Settled": "1", "Timeout-Seconds": "60"},
+        )
+        assert time.monotonic() - started < 10
+        assert res.headers["x-session-settled"] == "true" and res.done
+        assert [(r["seq_num"], r["body"], r["headers"][0]) for r in res.records] == [
+            (1, "", ["trigger-control", "turn-complete"])
+        ]
+
+        # closed: sends are 409 session_closed (not retried), starting it again 409
+        closed = await as_mine.sessions.close(mine.id, reason="finished")
+        assert closed.closed and closed.closed_reason == "finished"
+        r = await c.post(
+            f"/realtime/v1/sessions/{mine.id}/in/append", headers=pat, json={"text": "late"}
+        )
+        body = r.json()
+        assert r.status_code == 409 and body["code"] == "session_closed"
+        assert body["closedReason"] == "finished" and r.headers["x-should-retry"] == "false"
+        with pytest.raises(rayflow.errors.SessionClosed):
+            await client.sessions.start(type="probe", task_id=AGENT, external_id=mine.external_id)
+
+    closed_ones = await client.sessions.list(type="probe", status="CLOSED", limit=5)
+    assert [s.id for s in closed_ones] == [mine.id]
+    both = await client.sessions.list(type="probe", limit=5)
+    assert {s.id for s in both} >= {mine.id, other.id}
+    await client.sessions.close(other.id)
+    await client.aclose()
+    await as_mine.aclose()
+
+
+def _ext(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
