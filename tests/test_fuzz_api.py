@@ -53,7 +53,7 @@ DOCUMENTED_CODES = {
     name
     for name, cls in vars(rf_errors).items()
     if isinstance(cls, type) and issubclass(cls, rf_errors.RayflowError)
-} | {"BadRequest", "InternalError", "NotFound", "MethodNotAllowed"}
+} | {"BadRequest", "InternalError", "NotFound", "MethodNotAllowed", "session_closed"}
 #: a status per code where the class fixes it (RouteError keeps the cause's name)
 CODE_STATUS = {
     name: cls.http_status

@@ -247,14 +247,14 @@ def _no_s2() -> Response:
     )
 
 
-@router.put(_PREFIX + "/{io}")
+@router.put(_PREFIX + "/{io}", include_in_schema=False)
 async def initialize_session_stream(session: str, io: str, who: Caller) -> Response:
     """The SDK's S2 writer set-up: 501 (see `_no_s2`)."""
     await _target(who, "write", session, io, None)
     return _no_s2()
 
 
-@router.put(_CHANNEL + "/{io}")
+@router.put(_CHANNEL + "/{io}", include_in_schema=False)
 async def initialize_channel_stream(session: str, channel: str, io: str, who: Caller) -> Response:
     """The SDK's S2 writer set-up for a channel: 501."""
     await _target(who, "write", session, io, channel)
