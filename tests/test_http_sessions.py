@@ -178,6 +178,13 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
             ["trigger-control", "turn-complete"],
             ["session-in-event-id", "0"],
         ]
+        # the same stream over the Durable Streams protocol, with the session's token
+        ds = f"/durable-streams/v1/stream/sessions/{mine.id}/out"
+        r = await c.get(ds, headers=pat)
+        assert r.status_code == 200 and r.json()[0]["data"] == out[0]["data"]
+        r = await c.get(f"/durable-streams/v1/stream/sessions/{other.id}/out", headers=pat)
+        assert r.status_code == 403
+        assert (await c.post(ds, headers=secret, json=[1])).status_code == 405  # read-only
         # resume after seq 0: only the control record; a settled peek ends at once
         started = time.monotonic()
         res = await read_sse(
