@@ -2,7 +2,7 @@
 caller's right to a session, and the wire shape of a session.
 
 Writes that decide about runs (start, a record sent to `.in`, continuation,
-close, end-and-continue) go through the sessions runtime (`rayflow.sessions`
+close) go through the sessions runtime (`rayflow.sessions`
 and the runtime's `send_input`); nothing here starts a run.
 """
 
@@ -15,7 +15,9 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from rayflow._runtime.serving import current
+from rayflow._runtime.serving import append_output as runtime_append
+from rayflow._runtime.serving import close_session, current, start_session
+from rayflow._runtime.serving import send_input as runtime_send
 from rayflow._tokens import allows
 from rayflow.errors import Forbidden, SessionNotFound
 from rayflow.store.base import SessionRecord
@@ -195,17 +197,11 @@ async def update(session: SessionRecord, tags: list[str] | None, metadata: Any) 
 
 async def start(**kwargs: Any) -> tuple[SessionRecord, bool]:
     """The session and its first run, launched; (session, created)."""
-    from rayflow._runtime.serving import start_session
-
-    started: tuple[SessionRecord, bool] = await start_session(**kwargs)
-    return started
+    return await start_session(**kwargs)
 
 
 async def close(session_id: str, reason: str | None) -> SessionRecord:
-    from rayflow._runtime.serving import close_session
-
-    closed: SessionRecord = await close_session(session_id, reason)
-    return closed
+    return await close_session(session_id, reason)
 
 
 async def send_input(
@@ -213,26 +209,11 @@ async def send_input(
 ) -> int:
     """Store one record on `.in` (or a channel's) and wake or continue the
     session's run; its seq."""
-    from rayflow._runtime.serving import send_input as send
-
-    sent = await send(session_id, value, channel=channel, idempotency_key=part_id)
-    return int(sent.seq)
+    sent = await runtime_send(session_id, value, channel=channel, idempotency_key=part_id)
+    return sent.seq
 
 
 async def append_output(
     session_id: str, value: Any, *, channel: str | None, part_id: str | None
 ) -> int:
-    from rayflow._runtime.serving import append_output as append
-
-    return int(await append(session_id, value, channel=channel, part_id=part_id))
-
-
-async def end_and_continue(session_id: str, calling_run_id: str, reason: str) -> tuple[str, bool]:
-    """A fresh run takes the session over from `calling_run_id`; (the
-    current run's id, whether this call swapped it in)."""
-    from rayflow._runtime.serving import end_and_continue_session
-
-    result: tuple[str, bool] = await end_and_continue_session(
-        session_id, calling_run_id=calling_run_id, reason=reason
-    )
-    return result
+    return await runtime_append(session_id, value, channel=channel, part_id=part_id)

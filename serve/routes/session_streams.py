@@ -54,14 +54,14 @@ def _io(io: str) -> str:
 
 async def _target(
     who: Principal, action: str, session: str, io: str, channel: str | None
-) -> tuple[SessionRecord, str]:
-    """The session (its caller's right checked) and the named stream."""
+) -> SessionRecord:
+    """The session, its caller's right to `io` (of `channel`) checked."""
     io = _io(io)
     if channel is not None:
         ops.check_channel(channel)
     found = await ops.get(session)
     ops.require(who, action, found, channel=channel, io=io)
-    return found, records.stream_path(found.id, io, channel)
+    return found
 
 
 async def _read(
@@ -75,17 +75,16 @@ async def _read(
     timeout_seconds: str | None,
     peek_settled: str | None,
 ) -> EventSourceResponse:
-    _, path = await _target(who, "read", session, io, channel)
+    found = await _target(who, "read", session, io, channel)
     start = start_position(last_event_id, stream_start)
     if start is None:
-        start = (await records.read(path, 0, limit=1)).length
+        start = (await records.read(found.id, io, channel, 0, limit=1)).tail
     timeout = idle_timeout(timeout_seconds)
     settled = False
-    if peek_settled and peek_settled.strip() not in ("", "0", "false"):
-        last = await records.last_record(path)
-        settled = last is not None and last.control == records.TURN_COMPLETE
+    if io == "out" and peek_settled and peek_settled.strip() not in ("", "0", "false"):
+        settled = await records.settled(found.id, channel)
     release = open_streams.take(who, st.settings.max_streams_per_token)
-    events = records.events(path, start, idle_timeout_s=0 if settled else timeout)
+    events = records.events(found.id, io, channel, start, idle_timeout_s=0 if settled else timeout)
     response = sse_response(events, on_close=release)
     if settled:
         response.headers["X-Session-Settled"] = "true"
@@ -132,11 +131,12 @@ async def read_channel_stream(
 async def _drain(
     who: Principal, session: str, io: str, channel: str | None, after: str | None
 ) -> dict[str, Any]:
-    _, path = await _target(who, "read", session, io, channel)
+    found = await _target(who, "read", session, io, channel)
     start = 0
     if after is not None and after.strip():
         start = whole_number(after, "afterEventId", below=MAX_INDEX) + 1
-    return {"records": [r.drained() for r in await records.read_all(path, start)]}
+    got = await records.read_all(found.id, io, channel, start)
+    return {"records": [records.drained(r, io) for r in got]}
 
 
 @router.get(_PREFIX + "/{io}/records")
@@ -189,7 +189,7 @@ async def _append(
     channel: str | None,
     part_id: str | None,
 ) -> Response:
-    found, _ = await _target(who, "write", session, io, channel)
+    found = await _target(who, "write", session, io, channel)
     if io == "out":
         who.require_secret("writing a session's .out (only its runs do)")
     value = _value(await request.body())

@@ -1,6 +1,7 @@
 """Sessions over HTTP: what `@trigger.dev/sdk`'s `sessions.start`,
-`retrieve`, `update`, `close`, `list` and `chat.requestUpgrade`
-(end-and-continue) call (docs/wire.md, "Sessions").
+`retrieve`, `update`, `close` and `list` call (docs/wire.md, "Sessions").
+`end-and-continue` (`chat.requestUpgrade`) waits for the runtime's forced
+swap of a session's run.
 
 Starting, listing and updating need the secret key; retrieving and closing
 take a session's public access token too (`read:` / `write:sessions:<id or
@@ -66,11 +67,6 @@ class CloseSessionBody(WireRequest):
     calling_run_id: str | None = None
 
 
-class EndAndContinueBody(WireRequest):
-    calling_run_id: str
-    reason: str = Field(max_length=64)
-
-
 class SessionItem(WireModel):
     id: str
     external_id: str | None
@@ -97,11 +93,6 @@ class ListSessionsResponse(WireModel):
     data: list[SessionItem]
     #: `{"next"?}`: absent, not null, when there is no next page (the SDK's schema)
     pagination: dict[str, str]
-
-
-class EndAndContinueResponse(WireModel):
-    run_id: str
-    swapped: bool
 
 
 def _ms(at: datetime | None) -> int | None:
@@ -216,16 +207,3 @@ async def close_session(
     ops.require(who, "write", found)
     reason = body.reason if body else None
     return SessionItem(**ops.item(await ops.close(found.id, reason)))
-
-
-@router.post("/api/v1/sessions/{session}/end-and-continue", response_model=EndAndContinueResponse)
-async def end_and_continue(
-    session: str, body: EndAndContinueBody, who: Caller
-) -> EndAndContinueResponse:
-    """The calling run hands the session over: a fresh run is triggered with
-    the session's trigger config and becomes current (`swapped`), unless
-    another run took over already (`swapped: false`, its id). Secret key."""
-    who.require_secret("continuing a session")
-    found = await ops.get(session)
-    run_id, swapped = await ops.end_and_continue(found.id, body.calling_run_id, body.reason)
-    return EndAndContinueResponse(run_id=run_id, swapped=swapped)
