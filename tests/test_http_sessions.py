@@ -36,7 +36,7 @@ async def http_inbox_agent(payload: dict) -> dict:  # type: ignore[type-arg]
     session = sessions.open(current.id)
     handled = 0
     while True:
-        got = await session.input.wait(timeout_s=120)
+        got = await session.input.wait(timeout=120)
         if not got.ok:
             return {"handled": handled, "timed_out": True}
         text = got.output.get("text")
@@ -135,7 +135,7 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
             ("GET", "/api/v1/sessions"),
             ("POST", f"/realtime/v1/sessions/{mine.id}/out/append"),  # only runs write .out
         ):
-            r = await c.request(method, path, headers=pat, content=b'{"x":1}')
+            r = await c.request(method, path, headers=pat, json={"x": 1})
             assert r.status_code == 403, (method, path, r.text)
         assert (await c.get(f"/api/v1/sessions/{other.id}", headers=secret)).status_code == 200
 

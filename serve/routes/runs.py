@@ -296,9 +296,11 @@ async def trigger_task(
     return TriggerResponse(id=run_id, is_cached=cached)
 
 
-@router.get("/api/v3/runs/{run_id}", response_model=RunResponse)
+# absent, not null: the SDK's schema (`runs.retrieve`) refuses null for its optional fields
+@router.get("/api/v3/runs/{run_id}", response_model=RunResponse, response_model_exclude_none=True)
 async def retrieve_run(run_id: str, who: Caller) -> RunResponse:
-    """A run with its payload, output, error and related runs."""
+    """A run with its payload, output, error and related runs (fields
+    without a value are absent)."""
     who.require("read", "runs", run_id)
     run, parent, root, children = await core.retrieve_with_relations(run_id)
     return run_response(run, parent, root, children)
