@@ -17,11 +17,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic_core import to_jsonable_python
-
 from rayflow._response import Response
 from rayflow.client._streams import HttpStreamReader
-from rayflow.client._transport import Transport
+from rayflow.client._transport import Transport, jsonable
 
 
 @dataclass
@@ -127,7 +125,7 @@ class SessionChannel:
         when its run has ended; a side channel's wakes no run. `part_id`
         (default: a fresh one) makes a retried send store nothing new.
         Raises `SessionNotFound`, `SessionClosed`, `PayloadTooLarge`."""
-        body = json.dumps(to_jsonable_python(value)).encode()
+        body = json.dumps(jsonable(value)).encode()
         headers = {"X-Part-Id": part_id or uuid.uuid4().hex, "Content-Type": "application/json"}
 
         async def go() -> int:
@@ -186,11 +184,11 @@ class Sessions:
         body: dict[str, Any] = {
             "type": type,
             "taskIdentifier": task_id,
-            "triggerConfig": to_jsonable_python(config),
+            "triggerConfig": jsonable(config),
         }
         for name, value in (("externalId", external_id), ("tags", tags), ("metadata", metadata)):
             if value is not None:
-                body[name] = to_jsonable_python(value)
+                body[name] = jsonable(value)
 
         async def go() -> SessionInfo:
             return _info((await self._t.request("POST", "/api/v1/sessions", json=body)).json())
@@ -250,9 +248,7 @@ class Sessions:
     ) -> Response[SessionInfo]:
         """Replace the session's tags and/or metadata (secret key)."""
         body = {
-            k: to_jsonable_python(v)
-            for k, v in (("tags", tags), ("metadata", metadata))
-            if v is not None
+            k: jsonable(v) for k, v in (("tags", tags), ("metadata", metadata)) if v is not None
         }
 
         async def go() -> SessionInfo:
