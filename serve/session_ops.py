@@ -2,7 +2,7 @@
 caller's right to a session, and the wire shape of a session.
 
 Writes that decide about runs (start, a record sent to `.in`, continuation,
-close) go through the sessions runtime (`rayflow.sessions`
+close, end-and-continue) go through the sessions runtime (`rayflow.sessions`
 and the runtime's `send_input`); nothing here starts a run.
 """
 
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rayflow._runtime.serving import append_output as runtime_append
-from rayflow._runtime.serving import close_session, current, start_session
+from rayflow._runtime.serving import close_session, current, end_and_continue, start_session
 from rayflow._runtime.serving import send_input as runtime_send
 from rayflow._tokens import allows
 from rayflow.errors import Forbidden, SessionNotFound
@@ -217,3 +217,11 @@ async def append_output(
     session_id: str, value: Any, *, channel: str | None, part_id: str | None
 ) -> int:
     return await runtime_append(session_id, value, channel=channel, part_id=part_id)
+
+
+async def continue_with_fresh_run(
+    session_id: str, calling_run_id: str, reason: str
+) -> tuple[str | None, bool]:
+    """A fresh run takes the session over from `calling_run_id`; (the
+    session's run after, whether this call swapped it in)."""
+    return await end_and_continue(session_id, calling_run_id, reason)

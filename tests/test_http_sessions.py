@@ -199,6 +199,15 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
             (1, "", ["trigger-control", "turn-complete"])
         ]
 
+        # end-and-continue: the calling run hands over to a fresh run, once
+        handover = {"callingRunId": mine.current_run_id, "reason": "upgrade"}
+        path = f"/api/v1/sessions/{mine.id}/end-and-continue"
+        assert (await c.post(path, headers=pat, json=handover)).status_code == 403
+        first, second = [(await c.post(path, headers=secret, json=handover)).json() for _ in "12"]
+        assert first["swapped"] is True and first["runId"] not in (None, mine.current_run_id)
+        assert second == {"runId": first["runId"], "swapped": False}
+        assert (await client.sessions.retrieve(mine.id)).current_run_id == first["runId"]
+
         # closed: sends are 409 session_closed (not retried), starting it again 409
         closed = await as_mine.sessions.close(mine.id, reason="finished")
         assert closed.closed and closed.closed_reason == "finished"

@@ -1,7 +1,6 @@
 """Sessions over HTTP: what `@trigger.dev/sdk`'s `sessions.start`,
-`retrieve`, `update`, `close` and `list` call (docs/wire.md, "Sessions").
-`end-and-continue` (`chat.requestUpgrade`) waits for the runtime's forced
-swap of a session's run.
+`retrieve`, `update`, `close`, `list` and `chat.requestUpgrade`
+(end-and-continue) call (docs/wire.md, "Sessions").
 
 Starting, listing and updating need the secret key; retrieving and closing
 take a session's public access token too (`read:` / `write:sessions:<id or
@@ -65,6 +64,16 @@ class UpdateSessionBody(WireRequest):
 class CloseSessionBody(WireRequest):
     reason: str | None = Field(default=None, max_length=256)
     calling_run_id: str | None = None
+
+
+class EndAndContinueBody(WireRequest):
+    calling_run_id: str = Field(min_length=1, max_length=128)
+    reason: str = Field(max_length=64)
+
+
+class EndAndContinueResponse(WireModel):
+    run_id: str
+    swapped: bool
 
 
 class SessionItem(WireModel):
@@ -207,3 +216,16 @@ async def close_session(
     ops.require(who, "write", found)
     reason = body.reason if body else None
     return SessionItem(**ops.item(await ops.close(found.id, reason)))
+
+
+@router.post("/api/v1/sessions/{session}/end-and-continue", response_model=EndAndContinueResponse)
+async def end_and_continue(
+    session: str, body: EndAndContinueBody, who: Caller
+) -> EndAndContinueResponse:
+    """The calling run hands the session over: a fresh run with the
+    session's trigger config becomes current (`swapped`), unless another
+    run is current already (`swapped: false`, its id). Secret key."""
+    who.require_secret("continuing a session")
+    found = await ops.get(session)
+    run_id, swapped = await ops.continue_with_fresh_run(found.id, body.calling_run_id, body.reason)
+    return EndAndContinueResponse(run_id=run_id or "", swapped=swapped)
