@@ -299,3 +299,33 @@ def test_a_run_can_be_canceled_from_its_page(
     _wait(page, "#run-status[data-status='CANCELED']", "the run canceled", 60)
     assert page.is_hidden("#cancel-button")
     _wait(page, "section.stream[data-ended='true']", "its streams closed", 30)
+
+
+def test_the_run_list_shows_sessions_with_their_current_run(
+    page: Any,  # noqa: F811
+    dev_server: DevServer,  # noqa: F811
+) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {dev_server.secret_key}"}
+    body = {
+        "type": "dashboard-probe",
+        "externalId": f"probe-{int(time.time() * 1000)}",
+        "taskIdentifier": RESEARCH_AGENT.task_id,
+        "triggerConfig": {"basePayload": RESEARCH_AGENT.payload},
+    }
+    r = httpx.post(f"{dev_server.url}/api/v1/sessions", json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    session = r.json()
+    page.goto(f"{dev_server.url}/dashboard/#key={dev_server.secret_key}")
+    row = f"tr[data-session-id='{session['id']}']"
+    link = _wait(page, f"{row} td.current-run a", "the session with its current run", 30)
+    assert link.text_content() == session["runId"]
+    assert page.text_content(f"{row} td.status") == "ACTIVE"
+    link.click()
+    page.wait_for_url(f"**/run.html?id={session['runId']}", timeout=30_000)
+    closed = httpx.post(
+        f"{dev_server.url}/api/v1/sessions/{session['id']}/close", headers=headers, timeout=30
+    )
+    assert closed.status_code == 200
+    httpx.post(f"{dev_server.url}/api/v2/runs/{session['runId']}/cancel", headers=headers)
