@@ -257,23 +257,6 @@ def test_the_rayflow_console_script_is_installed() -> None:
         assert command in out.stdout
 
 
-def test_dev_stops_quietly_and_leaves_its_port_free(tmp_path: Path) -> None:
-    from rayflow.cli.commands import _port_free
-
-    tasks = tmp_path / "cli_tasks.py"
-    tasks.write_text(textwrap.dedent(TASKS))
-    with start_dev_server(str(tasks), tmp_path / "data") as server:
-        port = int(server.url.rsplit(":", 1)[1])
-        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
-        server.proc.wait(timeout=60)
-        free = _port_free("127.0.0.1", port)  # a user starting it again right away
-    out = server.output()
-    assert server.proc.returncode == 0, out[-2000:]
-    # nothing alarming (Serve's "graceful_shutdown failed ... killed by ray.kill")
-    assert out[out.index("stopping") :].splitlines() == ["stopping (SIGINT)…", "stopped"], out
-    assert free, f"port {port} is still taken after rayflow dev stopped"
-
-
 RELOADED = """
 from rayflow import task
 
@@ -284,7 +267,12 @@ async def cli_reload(payload: dict) -> dict:
 """
 
 
-def test_dev_reload_serves_the_edited_task(tmp_path: Path) -> None:
+def test_dev_reload_serves_the_edited_task_then_stops_quietly_leaving_its_port_free(
+    tmp_path: Path,
+) -> None:
+    """One dev server for both (each start of `rayflow dev` costs a Ray)."""
+    from rayflow.cli.commands import _port_free
+
     module = tmp_path / "reload_tasks.py"
     module.write_text("VERSION = 1\n" + textwrap.dedent(RELOADED))
     with start_dev_server(str(module), tmp_path / "data", extra_args=("--reload",)) as server:
@@ -302,3 +290,13 @@ def test_dev_reload_serves_the_edited_task(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.2)
         assert run_version() == 2
+
+        port = int(server.url.rsplit(":", 1)[1])
+        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
+        server.proc.wait(timeout=60)
+        free = _port_free("127.0.0.1", port)  # a user starting it again right away
+    out = server.output()
+    assert server.proc.returncode == 0, out[-2000:]
+    # nothing alarming (Serve's "graceful_shutdown failed ... killed by ray.kill")
+    assert out[out.index("stopping") :].splitlines() == ["stopping (SIGINT)…", "stopped"], out
+    assert free, f"port {port} is still taken after rayflow dev stopped"
