@@ -19,6 +19,16 @@ from _store_fixtures import *  # noqa: F403, E402  (store fixtures)
 T = TypeVar("T")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest grouped the items by their parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that do without this session's Ray run first, before it
+    starts: most start Ray clusters of their own (`rayflow dev`, the
+    examples, the multi-node scenarios), which on a 2-core box are slower
+    beside an idle session cluster (its GCS, raylet, Serve, Controllers). A
+    stable sort: the order within each part (grouped per store) is kept."""
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     import ray
