@@ -1,0 +1,105 @@
+"""`SessionPort` on `rayflow.sessions`: the chat agent's session I/O.
+
+The journaled, suspending `.in` wait is the session's own (`Session.input`);
+the rest goes straight to the session runtime (`session_io`), unjournaled on
+purpose: a turn is one journaled step, and what it writes or watches inside
+must not add journal entries of its own.
+
+The conversation's snapshot (what a run that continues the session starts
+from) is the last record of the session's `chat.snapshot` side channel:
+written before each `turn-complete`, bounded by the channel's retention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rayflow import sessions
+from rayflow._runtime import session_io
+from rayflow.chat import _wire
+from rayflow.errors import SessionClosed
+
+SNAPSHOT_CHANNEL = "chat.snapshot"
+#: a watch of `.in` re-asks this often (it is cancelled when its turn ends)
+WATCH_POLL_S = 30.0
+
+
+class SessionIO:
+    def __init__(self, session: Any, chat_id: str) -> None:
+        self.session = session
+        self.session_id: str = session.id
+        self.chat_id = chat_id
+
+    async def wait_input(self, timeout_s: float | None) -> tuple[int, Any] | None:
+        try:
+            result = await self.session.input.wait(timeout=timeout_s)
+        except SessionClosed:
+            return None
+        if not result.ok:
+            return None
+        seq = self.session.input.last_dispatched_seq()
+        return int(seq), _unwrap(result.output)
+
+    async def watch_input(self, after: int) -> AsyncIterator[tuple[int, Any]]:
+        start = after + 1
+        while True:
+            page = await session_io.wait_records(
+                self.session_id, "in", start=start, timeout_s=WATCH_POLL_S
+            )
+            for record in page.records:
+                yield record.seq_num, _unwrap(record.value())
+                start = record.seq_num + 1
+            if page.closed and not page.records:
+                return
+
+    async def append_data(self, chunk: dict[str, Any]) -> int:
+        return await session_io.append_output(self.session_id, chunk)
+
+    async def append_control(self, headers: list[list[str]]) -> int:
+        subtype = headers[0][1]
+        extra = [(name, value) for name, value in headers[1:]]
+        return await session_io.append_control(self.session_id, subtype, extra)
+
+    async def input_cursor(self) -> int:
+        seq = self.session.input.last_dispatched_seq()
+        return -1 if seq is None else int(seq)
+
+    async def save_snapshot(self, snapshot: dict[str, Any]) -> None:
+        await session_io.append_output(self.session_id, snapshot, channel=SNAPSHOT_CHANNEL)
+
+    async def load_snapshot(self) -> dict[str, Any] | None:
+        head = await session_io.read_records(
+            self.session_id, "out", channel=SNAPSHOT_CHANNEL, limit=1
+        )
+        if head.tail == 0:
+            return None
+        last = await session_io.read_records(
+            self.session_id, "out", channel=SNAPSHOT_CHANNEL, start=head.tail - 1, limit=1
+        )
+        if not last.records:
+            return None
+        value = last.records[0].value()
+        snapshot: dict[str, Any] = value["data"]
+        return snapshot
+
+
+def _unwrap(value: Any) -> Any:
+    """An `.in` value as sent: a record stored as the S2 envelope is unwrapped."""
+    if isinstance(value, dict) and "kind" not in value and set(value) == {"data", "id"}:
+        return value["data"]
+    return value
+
+
+async def open_port(payload: _wire.WirePayload) -> SessionIO:
+    """The session of the running task (`sessions.current()`), and whether
+    this run continues it (its payload's first message was answered)."""
+    current = sessions.current()
+    session = sessions.open(current.id)
+    if hasattr(session, "__await__"):
+        session = await session
+    if current.continuation:
+        payload.continuation = True
+        payload.previous_run_id = current.previous_run_id
+    chat_id = payload.chat_id or session.external_id or session.id
+    return SessionIO(session, chat_id)
