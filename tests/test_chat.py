@@ -1,0 +1,214 @@
+"""`rayflow.chat` agents on sessions, through the public API, on both stores:
+the chat protocol's records on `.out` (UI message chunks as data records,
+`turn-complete` control records carrying the `.in` seq they answer), the run
+suspended between turns and revived without calling the model again, a
+continuation run that rebuilds the conversation, stop, regenerate, actions.
+(The browser side — `useChat` with `TriggerChatTransport` — is
+tests/test_chat_browser.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import eventually
+
+import rayflow
+from rayflow import chat, sessions
+from rayflow._runtime import session_io
+
+pytestmark = pytest.mark.usefixtures("rf")
+
+
+async def echo(turn: chat.Turn):  # type: ignore[no-untyped-def]
+    options = turn.metadata or {}
+    model = chat.FakeModel(
+        words=options.get("words", 8), delay_s=options.get("delay", 0.0), calls=options["calls"]
+    )
+    async for piece in model.stream(turn.messages):
+        yield piece
+    yield chat.data("turn", {"users": sum(m.role == "user" for m in turn.messages)})
+
+
+echo_agent = chat.agent(id="chat-test-agent", idle_timeout="120s")(echo)
+
+
+async def undo(action: Any, messages: list[chat.UIMessage]) -> list[chat.UIMessage] | None:
+    if action == {"type": "undo"}:
+        return messages[:-2]
+    return None
+
+
+action_agent = chat.agent(id="chat-test-actions", idle_timeout="120s", on_action=undo)(echo)
+
+
+def message(text: str, calls: Path, **options: Any) -> dict[str, Any]:
+    return {
+        "kind": "message",
+        "payload": {
+            "chatId": "ignored-by-the-agent",
+            "trigger": "submit-message",
+            "message": {
+                "id": f"u-{uuid.uuid4().hex[:6]}",
+                "role": "user",
+                "parts": [{"type": "text", "text": text}],
+            },
+            "metadata": {"calls": str(calls), **options},
+        },
+    }
+
+
+def start(task_id: str, calls: Path, first: str | None = None, **options: Any) -> Any:
+    chat_id = f"chat-{uuid.uuid4().hex[:8]}"
+    base: dict[str, Any] = {"chatId": chat_id, "trigger": "preload"}
+    base["metadata"] = {"calls": str(calls), **options}
+    if first is not None:
+        base.update(message(first, calls, **options)["payload"], chatId=chat_id)
+    return sessions.start(
+        type="chat.agent",
+        task_id=task_id,
+        external_id=chat_id,
+        trigger_config={"base_payload": base},
+    ).result()
+
+
+def send(session_id: str, value: Any) -> int:
+    return sessions.open(session_id).input.send(value).result().seq
+
+
+class Out:
+    """A reader of a session's `.out`, one turn at a time."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.next = 0
+
+    def turn(self, *, until: int | None = None) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        """The data chunks up to the next turn-complete, and its headers."""
+        chunks: list[dict[str, Any]] = []
+
+        async def read() -> list[list[str]]:
+            while True:
+                page = await session_io.wait_records(
+                    self.session_id, "out", start=self.next, timeout_s=30
+                )
+                assert page.records, f"no turn-complete on {self.session_id}/out"
+                for record in page.records:
+                    self.next = record.seq_num + 1
+                    if record.control == "turn-complete":
+                        return record.headers
+                    chunks.append(record.value()["data"])
+
+        headers = asyncio.run(read())
+        return chunks, headers
+
+    def deltas(self, count: int) -> list[dict[str, Any]]:
+        """Read until `count` text deltas have arrived (mid-turn)."""
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            while sum(c["type"] == "text-delta" for c in seen) < count:
+                page = await session_io.wait_records(
+                    self.session_id, "out", start=self.next, timeout_s=30
+                )
+                assert page.records, "the turn stalled"
+                for record in page.records:
+                    self.next = record.seq_num + 1
+                    assert record.control is None
+                    seen.append(record.value()["data"])
+
+        asyncio.run(read())
+        return seen
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
+def run_status(session_id: str) -> str:
+    run_id = sessions.retrieve(session_id).result().current_run_id
+    return rayflow.runs.retrieve(run_id).result().status
+
+
+def test_turns_stream_ui_chunks_the_run_waits_between_them_and_the_model_is_called_once_per_turn(
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    model = chat.FakeModel(calls=calls)
+    session = start("chat-test-agent", calls, first="hello")
+    out = Out(session.id)
+
+    chunks, headers = out.turn()
+    kinds = [c["type"] for c in chunks]
+    assert kinds[:3] == ["start", "start-step", "text-start"], kinds
+    assert kinds[-4:] == ["text-end", "data-turn", "finish-step", "finish"], kinds
+    assert text_of(chunks) == model.answer([chat.user_message("u", "hello")])
+    assert chunks[-3]["data"] == {"users": 1}
+    assert headers == [["trigger-control", "turn-complete"]]  # the payload's message: no .in seq
+
+    history = [chat.user_message("u1", "hello")]
+    for text, extra in (
+        ("think twice", "reasoning-delta"),
+        ("weather Oslo", "tool-output-available"),
+    ):
+        eventually(lambda: run_status(session.id) == "WAITING", what="the run suspended")
+        seq = send(session.id, message(text, calls))
+        chunks, headers = out.turn()
+        history.append(chat.user_message("u", text))
+        assert extra in [c["type"] for c in chunks]
+        assert text_of(chunks) == model.answer(history)  # the run kept the conversation
+        assert headers == [["trigger-control", "turn-complete"], ["session-in-event-id", str(seq)]]
+    assert model.call_count() == 3  # two revivals replayed the earlier turns without the model
+
+    # the run ends (cancelled while it waits): the next message continues the
+    # session with a new run, which starts from the conversation's snapshot
+    first_run = sessions.retrieve(session.id).result().current_run_id
+    rayflow.runs.cancel(first_run).result()
+    eventually(lambda: run_status(session.id) == "CANCELED", what="the run cancelled")
+    send(session.id, message("still there?", calls))
+    chunks, _ = out.turn()
+    history.append(chat.user_message("u", "still there?"))
+    assert text_of(chunks) == model.answer(history)
+    assert sessions.retrieve(session.id).result().current_run_id != first_run
+    assert model.call_count() == 4
+
+
+def test_stop_regenerate_and_an_action_edit_the_conversation(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    model = chat.FakeModel(calls=calls)
+    session = start("chat-test-actions", calls)
+    out = Out(session.id)
+
+    send(session.id, message("tell me a long story", calls, words=400, delay=0.02))
+    streamed = out.deltas(3)
+    stop_seq = send(session.id, {"kind": "stop"})
+    chunks, headers = out.turn()
+    kinds = [c["type"] for c in streamed + chunks]
+    assert kinds[-4:] == ["text-end", "finish-step", "abort", "finish"], kinds
+    partial = text_of(streamed + chunks)
+    full = model.answer([chat.user_message("u", "tell me a long story")])
+    assert full.startswith(partial) and len(partial) < len(full)
+    assert int(dict(headers)["session-in-event-id"]) < stop_seq
+
+    # regenerate: the stopped answer is dropped and the same message answered again
+    options = {"calls": str(calls), "words": 400}
+    regenerate = {"trigger": "regenerate-message", "metadata": options}
+    regen = send(session.id, {"kind": "message", "payload": regenerate})
+    chunks, headers = out.turn()
+    assert text_of(chunks) == full
+    assert dict(headers)["session-in-event-id"] == str(regen)
+
+    # an action (undo the last exchange) is no turn: a turn-complete, no chunks
+    act = send(
+        session.id,
+        {"kind": "message", "payload": {"trigger": "action", "action": {"type": "undo"}}},
+    )
+    chunks, headers = out.turn()
+    assert chunks == [] and dict(headers)["session-in-event-id"] == str(act)
+    send(session.id, message("again", calls))
+    chunks, _ = out.turn()
+    assert text_of(chunks) == model.answer([chat.user_message("u", "again")])  # one user message
+    assert model.call_count() == 3  # the stopped turn, the regenerated one, "again"
