@@ -37,7 +37,15 @@ def node_sdk() -> Path:
     """tests/node with its npm packages installed (once, from the registry)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         skip_or_fail("Node.js and npm are needed for the npm-client tests")
-    needed = ["@trigger.dev/sdk", "@trigger.dev/react-hooks", "esbuild", "react-dom", "typescript"]
+    needed = [
+        "@trigger.dev/sdk",
+        "@trigger.dev/react-hooks",
+        "@ai-sdk/react",
+        "ai",
+        "esbuild",
+        "react-dom",
+        "typescript",
+    ]
     if not all((NODE_DIR / "node_modules" / name).is_dir() for name in needed):
         lock = (NODE_DIR / "package-lock.json").exists()
         proc = subprocess.run(

@@ -9,7 +9,7 @@
 // `resume: true` has useChat reconnect to a turn that was streaming.
 // `useSessionStream` follows the session's `.out` records beside it.
 //
-//   chat.html?baseURL=…&token=…&chatId=…&task=…
+//   chat.html?baseURL=…&token=…&chatId=…&task=…&clientData=<JSON>
 import React, { useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { useChat } from "@ai-sdk/react";
@@ -22,6 +22,7 @@ const baseURL = query.get("baseURL") ?? "";
 const accessToken = query.get("token") ?? "";
 const chatId = query.get("chatId") ?? "";
 const task = query.get("task") ?? "";
+const clientData = JSON.parse(query.get("clientData") ?? "{}") as Record<string, unknown>;
 const sessionKey = `chat-session:${chatId}`;
 const messagesKey = `chat-messages:${chatId}`;
 
@@ -47,6 +48,7 @@ function Chat() {
     task,
     baseURL,
     accessToken: async () => accessToken,
+    clientData,
     sessions: stored ? { [chatId]: stored as never } : undefined,
     onSessionChange: (id, session) => {
       if (id === chatId && session) localStorage.setItem(sessionKey, JSON.stringify(session));
@@ -60,7 +62,10 @@ function Chat() {
     resume: stored !== undefined,
   });
   useEffect(() => {
-    if (status === "ready") localStorage.setItem(messagesKey, JSON.stringify(messages));
+    // what the turn answers is kept once sent; the answer once it finished
+    if (status === "ready" || status === "submitted") {
+      localStorage.setItem(messagesKey, JSON.stringify(messages));
+    }
   }, [status, messages]);
   const [text, setText] = useState("");
   const shown = messages.map((m) => ({
