@@ -8,7 +8,6 @@ tests/test_chat_browser.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from conftest import eventually
 
 import rayflow
 from rayflow import chat, sessions
-from rayflow._runtime import session_io
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -84,43 +82,33 @@ class Out:
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
+        self.output = sessions.open(session_id).output
         self.next = 0
 
     def turn(self, *, until: int | None = None) -> tuple[list[dict[str, Any]], list[list[str]]]:
         """The data chunks up to the next turn-complete, and its headers."""
         chunks: list[dict[str, Any]] = []
 
-        async def read() -> list[list[str]]:
-            while True:
-                page = await session_io.wait_records(
-                    self.session_id, "out", start=self.next, timeout_s=30
-                )
-                assert page.records, f"no turn-complete on {self.session_id}/out"
-                for record in page.records:
-                    self.next = record.seq_num + 1
-                    if record.control == "turn-complete":
-                        return record.headers
-                    chunks.append(record.value()["data"])
-
-        headers = asyncio.run(read())
-        return chunks, headers
+        while True:
+            page = self.output.read(start=self.next, wait_s=30).result()
+            assert page.records, f"no turn-complete on {self.session_id}/out"
+            for record in page.records:
+                self.next = record.seq_num + 1
+                if record.control == "turn-complete":
+                    return chunks, record.headers
+                chunks.append(record.value()["data"])
 
     def deltas(self, count: int) -> list[dict[str, Any]]:
         """Read until `count` text deltas have arrived (mid-turn)."""
         seen: list[dict[str, Any]] = []
 
-        async def read() -> None:
-            while sum(c["type"] == "text-delta" for c in seen) < count:
-                page = await session_io.wait_records(
-                    self.session_id, "out", start=self.next, timeout_s=30
-                )
-                assert page.records, "the turn stalled"
-                for record in page.records:
-                    self.next = record.seq_num + 1
-                    assert record.control is None
-                    seen.append(record.value()["data"])
-
-        asyncio.run(read())
+        while sum(c["type"] == "text-delta" for c in seen) < count:
+            page = self.output.read(start=self.next, wait_s=30).result()
+            assert page.records, "the turn stalled"
+            for record in page.records:
+                self.next = record.seq_num + 1
+                assert record.control is None
+                seen.append(record.value()["data"])
         return seen
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from rayflow import sessions
 from rayflow._runtime import session_io
 from rayflow.chat import _wire
-from rayflow.errors import SessionClosed
 
 SNAPSHOT_CHANNEL = "chat.snapshot"
 #: a watch of `.in` re-asks this often (it is cancelled when its turn ends)
@@ -32,12 +31,9 @@ class SessionIO:
         self.chat_id = chat_id
 
     async def wait_input(self, timeout_s: float | None) -> tuple[int, Any] | None:
-        try:
-            result = await self.session.input.wait(timeout=timeout_s)
-        except SessionClosed:
-            return None
+        result = await self.session.input.wait(timeout=timeout_s)
         if not result.ok:
-            return None
+            return None  # the idle timeout, or the session was closed
         seq = self.session.input.last_dispatched_seq()
         return int(seq), _unwrap(result.output)
 
@@ -95,11 +91,7 @@ async def open_port(payload: _wire.WirePayload) -> SessionIO:
     """The session of the running task (`sessions.current()`), and whether
     this run continues it (its payload's first message was answered)."""
     current = sessions.current()
-    session = sessions.open(current.id)
-    if hasattr(session, "__await__"):
-        session = await session
     if current.continuation:
         payload.continuation = True
         payload.previous_run_id = current.previous_run_id
-    chat_id = payload.chat_id or session.external_id or session.id
-    return SessionIO(session, chat_id)
+    return SessionIO(sessions.open(current.id), payload.chat_id or current.id)

@@ -33,7 +33,7 @@ ActionHandler = Callable[[Any, list[UIMessage]], Awaitable[list[UIMessage] | Non
 def agent(
     id: str,
     *,
-    idle_timeout: float | str | None = "1h",
+    idle_timeout: float | str | None = None,
     steering: bool = False,
     on_action: ActionHandler | None = None,
     **task_options: Any,
@@ -45,8 +45,9 @@ def agent(
     `rayflow.chat.chunks` (reasoning, tool calls and results, `data(...)`
     parts); it must not call other durable operations (`step`, `.wait()`):
     the whole turn is one. `idle_timeout`: how long the run waits for the
-    next message before it ends (the session lives on; its next message
-    starts a new run). `steering=True` lets a turn take messages sent while
+    next message before it ends (default: the session's `idle_timeout_s`,
+    else for ever — a waiting run holds no process); the session lives on,
+    and its next message starts a new run. `steering=True` lets a turn take messages sent while
     it streams (`Turn.take_pending`); otherwise they are the next turns.
     `on_action(action, messages)` answers `trigger: "action"` records
     (undo, edit…): it returns the new conversation, or None.
