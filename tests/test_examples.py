@@ -25,7 +25,7 @@ EXPECTED = {
     "approval.py": "result: COMPLETED",
     "cancellable_stream.py": "'canceled': True",
     "http_tour.py": "run: COMPLETED",
-    "chat_agent.py": "result: COMPLETED {'turns': 2}",
+    "chat_agent.py": "result: COMPLETED {'turns': 2, 'ended': 'closed'}",
     "child_tasks.py": "result: COMPLETED",
     "fastapi_pipe.py": "result: COMPLETED",
 }

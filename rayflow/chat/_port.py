@@ -10,11 +10,13 @@ from typing import Any, Protocol
 class SessionPort(Protocol):
     session_id: str
     chat_id: str
+    #: why the last `wait_input` gave nothing: "idle" (timeout) or "closed"
+    ended: str
 
     async def wait_input(self, timeout_s: float | None) -> tuple[int, Any] | None:
         """The next `.in` record not consumed yet (seq, value), suspending the
         run while there is none (journaled: a replay gets the same record);
-        None on timeout."""
+        None on timeout or when the session is closed (`ended` says which)."""
         ...
 
     def watch_input(self, after: int) -> AsyncIterator[tuple[int, Any]]:

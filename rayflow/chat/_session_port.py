@@ -18,6 +18,7 @@ from typing import Any
 from rayflow import sessions
 from rayflow._runtime import session_io
 from rayflow.chat import _wire
+from rayflow.errors import SessionClosed
 
 SNAPSHOT_CHANNEL = "chat.snapshot"
 #: a watch of `.in` re-asks this often (it is cancelled when its turn ends)
@@ -29,11 +30,14 @@ class SessionIO:
         self.session = session
         self.session_id: str = session.id
         self.chat_id = chat_id
+        #: why the last `wait_input` gave nothing: "idle" (timeout) or "closed"
+        self.ended = "idle"
 
     async def wait_input(self, timeout_s: float | None) -> tuple[int, Any] | None:
         result = await self.session.input.wait(timeout=timeout_s)
         if not result.ok:
-            return None  # the idle timeout, or the session was closed
+            self.ended = "closed" if isinstance(result.error, SessionClosed) else "idle"
+            return None
         seq = self.session.input.last_dispatched_seq()
         return int(seq), _unwrap(result.output)
 

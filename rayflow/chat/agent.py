@@ -101,7 +101,7 @@ class _Loop:
         while True:
             got = await self.port.wait_input(timeout_s)
             if got is None:
-                return {"turns": self.turns, "ended": "idle"}
+                return {"turns": self.turns, "ended": self.port.ended}
             seq, value = got
             self.cursor = max(self.cursor, seq)
             if seq in self.skip:
