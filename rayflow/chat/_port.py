@@ -31,10 +31,6 @@ class SessionPort(Protocol):
         """Append a control record (headers only); its `.out` seq."""
         ...
 
-    async def input_cursor(self) -> int:
-        """The seq of the last `.in` record consumed (-1: none)."""
-        ...
-
     async def save_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Keep the conversation for the session's next run."""
         ...

@@ -61,10 +61,6 @@ class SessionIO:
         extra = [(name, value) for name, value in headers[1:]]
         return await session_io.append_control(self.session_id, subtype, extra)
 
-    async def input_cursor(self) -> int:
-        seq = self.session.input.last_dispatched_seq()
-        return -1 if seq is None else int(seq)
-
     async def save_snapshot(self, snapshot: dict[str, Any]) -> None:
         await session_io.append_output(self.session_id, snapshot, channel=SNAPSHOT_CHANNEL)
 

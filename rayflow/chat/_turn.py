@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from rayflow.chat import _wire, chunks
 from rayflow.chat._port import SessionPort
 from rayflow.chat.messages import MessageBuilder, UIMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,8 +118,12 @@ async def run_turn(
     watcher = asyncio.create_task(_watch(port, turn, watch_from, skip, inject))
     await out.emit(chunks.Start(message_id=message_id))
     await out.emit(chunks.StartStep())
+    failed: str | None = None
     try:
         stopped = await _pump(fn(turn), out, turn)
+    except Exception as e:  # the agent's own error ends its turn, not the run
+        log.exception("chat %s: the agent's turn failed", turn.session_id)
+        stopped, failed = False, f"{type(e).__name__}: {e}"
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -125,6 +132,8 @@ async def run_turn(
     for open_part in out.builder.open_reasoning():
         await out.emit(chunks.ReasoningEnd(id=open_part))
     await out.emit(chunks.FinishStep())
+    if failed is not None:
+        await out.emit(chunks.Error(error_text=failed))
     if stopped:
         await out.emit(chunks.Abort(reason="stopped"))
     await out.emit(chunks.Finish())
@@ -135,6 +144,7 @@ async def run_turn(
         "taken": turn._taken,
         "steered": [m.wire() for m in turn._steered],
         "stopped": stopped,
+        "error": failed,
         "stops": turn._stops,
         "consumed": consumed,
     }

@@ -93,7 +93,6 @@ class _Loop:
     async def run(self, timeout_s: float | None) -> dict[str, Any]:
         boot = await durable.step("chat-boot", self._boot)
         self.history = [UIMessage.model_validate(m) for m in boot["messages"]]
-        self.cursor = boot["cursor"]
         first = self.first
         fresh = not first.continuation and not self.history
         if fresh and first.trigger == "submit-message" and first.message is not None:
@@ -116,9 +115,7 @@ class _Loop:
 
     async def _boot(self) -> dict[str, Any]:
         snapshot = await self.port.load_snapshot()
-        if snapshot is None:
-            return {"messages": [], "cursor": await self.port.input_cursor()}
-        return {"messages": snapshot["messages"], "cursor": await self.port.input_cursor()}
+        return {"messages": [] if snapshot is None else snapshot["messages"]}
 
     async def _message(self, record: _wire.InputRecord) -> None:
         payload = record.payload
