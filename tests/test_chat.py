@@ -177,7 +177,7 @@ def test_stop_regenerate_and_an_action_edit_the_conversation(tmp_path: Path) -> 
     kinds = [c["type"] for c in streamed + chunks]
     assert kinds[-4:] == ["text-end", "finish-step", "abort", "finish"], kinds
     partial = text_of(streamed + chunks)
-    full = model.answer([chat.user_message("u", "tell me a long story")])
+    full = chat.FakeModel(words=400).answer([chat.user_message("u", "tell me a long story")])
     assert full.startswith(partial) and len(partial) < len(full)
     assert int(dict(headers)["session-in-event-id"]) < stop_seq
 

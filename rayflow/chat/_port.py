@@ -23,18 +23,24 @@ class SessionPort(Protocol):
         """`.in` records past seq `after` as they arrive, consuming nothing."""
         ...
 
-    async def append_data(self, chunk: dict[str, Any]) -> int:
-        """Append one UI message chunk as a data record; its `.out` seq."""
-        ...
-
-    async def append_control(self, headers: list[list[str]]) -> int:
-        """Append a control record (headers only); its `.out` seq."""
-        ...
-
-    async def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """Keep the conversation for the session's next run."""
+    def writer(self, key: str) -> TurnWriter:
+        """The writer of one turn's records (`key`: the turn's message id)."""
         ...
 
     async def load_snapshot(self) -> dict[str, Any] | None:
         """The last snapshot saved by any run of the session."""
+        ...
+
+
+class TurnWriter(Protocol):
+    async def data(self, chunk: dict[str, Any]) -> None:
+        """Append one UI message chunk as a data record."""
+        ...
+
+    async def control(self, headers: list[list[str]]) -> None:
+        """Append a control record (headers only)."""
+        ...
+
+    async def snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Keep the conversation for the session's next run."""
         ...

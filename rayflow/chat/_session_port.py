@@ -1,9 +1,13 @@
 """`SessionPort` on `rayflow.sessions`: the chat agent's session I/O.
 
 The journaled, suspending `.in` wait is the session's own (`Session.input`);
-the rest goes straight to the session runtime (`session_io`), unjournaled on
-purpose: a turn is one journaled step, and what it writes or watches inside
-must not add journal entries of its own.
+the rest goes straight to the session runtime (`session_io`): a turn is one
+journaled step, skipped on replay, so its writes cannot be numbered like a
+run's other appends (by their order in the attempt, which a replay repeats).
+A turn's records are written by an idempotent producer of its own, named by
+the turn's message id (deterministic) and numbered from 0: a turn run again
+after a crash re-makes them, and those the Store holds already are answered
+as duplicates — the same rule as a pipe cut mid-stream (`stream_journal`).
 
 The conversation's snapshot (what a run that continues the session starts
 from) is the last record of the session's `chat.snapshot` side channel:
@@ -19,6 +23,7 @@ from rayflow import sessions
 from rayflow._runtime import session_io
 from rayflow.chat import _wire
 from rayflow.errors import SessionClosed
+from rayflow.store.named import Producer
 
 SNAPSHOT_CHANNEL = "chat.snapshot"
 #: a watch of `.in` re-asks this often (it is cancelled when its turn ends)
@@ -53,16 +58,9 @@ class SessionIO:
             if page.closed and not page.records:
                 return
 
-    async def append_data(self, chunk: dict[str, Any]) -> int:
-        return await session_io.append_output(self.session_id, chunk)
-
-    async def append_control(self, headers: list[list[str]]) -> int:
-        subtype = headers[0][1]
-        extra = [(name, value) for name, value in headers[1:]]
-        return await session_io.append_control(self.session_id, subtype, extra)
-
-    async def save_snapshot(self, snapshot: dict[str, Any]) -> None:
-        await session_io.append_output(self.session_id, snapshot, channel=SNAPSHOT_CHANNEL)
+    def writer(self, key: str) -> TurnWriter:
+        """The writer of one turn's records (`key`: the turn's message id)."""
+        return TurnWriter(self.session_id, key)
 
     async def load_snapshot(self) -> dict[str, Any] | None:
         head = await session_io.read_records(
@@ -95,3 +93,30 @@ async def open_port(payload: _wire.WirePayload) -> SessionIO:
         payload.continuation = True
         payload.previous_run_id = current.previous_run_id
     return SessionIO(sessions.open(current.id), payload.chat_id or current.id)
+
+
+class TurnWriter:
+    """One turn's `.out` records and snapshot, each stream numbered from 0."""
+
+    def __init__(self, session_id: str, key: str) -> None:
+        self.session_id = session_id
+        self.key = key
+        self.next: dict[str, int] = {}
+
+    async def _write(self, record: dict[str, Any], channel: str | None = None) -> None:
+        path = session_io.session_stream_path(self.session_id, "out", channel)
+        seq = self.next.get(path, 0)
+        self.next[path] = seq + 1
+        producer = Producer(f"chat:{self.key}", 0, seq)
+        data = session_io.encode(record, f"the record for {path}")
+        await session_io.append_encoded(path, data, channel, producer)
+
+    async def data(self, chunk: dict[str, Any]) -> None:
+        index = self.next.get(session_io.session_stream_path(self.session_id, "out"), 0)
+        await self._write(_wire.data_record(chunk, f"{self.key}:{index}"))
+
+    async def control(self, headers: list[list[str]]) -> None:
+        await self._write({"headers": headers})
+
+    async def snapshot(self, snapshot: dict[str, Any]) -> None:
+        await self._write(_wire.data_record(snapshot, self.key), SNAPSHOT_CHANNEL)

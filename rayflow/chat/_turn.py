@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow.chat import _wire, chunks
-from rayflow.chat._port import SessionPort
+from rayflow.chat._port import SessionPort, TurnWriter
 from rayflow.chat.messages import MessageBuilder, UIMessage
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ TurnFunction = Callable[[Turn], AsyncIterator["str | chunks.Chunk"]]
 class _Out:
     """Writes one assistant message's chunks to `.out`, building it as it goes."""
 
-    def __init__(self, port: SessionPort, message_id: str) -> None:
-        self.port = port
+    def __init__(self, writer: TurnWriter, message_id: str) -> None:
+        self.writer = writer
         self.builder = MessageBuilder(message_id)
         self.text_id: str | None = None
         self.parts = 0
@@ -81,7 +81,7 @@ class _Out:
     async def emit(self, chunk: chunks.Chunk) -> None:
         wire = chunk.wire()
         self.builder.apply(wire)
-        await self.port.append_data(wire)
+        await self.writer.data(wire)
 
     async def piece(self, piece: str | chunks.Chunk) -> None:
         if isinstance(piece, str):
@@ -102,6 +102,7 @@ class _Out:
 
 async def run_turn(
     port: SessionPort,
+    writer: TurnWriter,
     fn: TurnFunction,
     turn: Turn,
     *,
@@ -114,7 +115,7 @@ async def run_turn(
     """Stream one turn; returns the outcome to journal: the assistant
     message, the `.in` seqs taken into it (steering, a stop), whether it was
     stopped, the last `.in` seq it consumed."""
-    out = _Out(port, message_id)
+    out = _Out(writer, message_id)
     watcher = asyncio.create_task(_watch(port, turn, watch_from, skip, inject))
     await out.emit(chunks.Start(message_id=message_id))
     await out.emit(chunks.StartStep())

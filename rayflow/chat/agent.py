@@ -63,8 +63,10 @@ def agent(
             loop = _Loop(port, fn, first, steering=steering, on_action=on_action)
             return await loop.run(timeout_s)
 
-        run.__name__ = getattr(fn, "__name__", "chat_agent")
-        run.__doc__ = fn.__doc__
+        # the task is the user's code: it names their module (so a module no
+        # worker can import travels by value, like any task's) and function
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(run, attr, getattr(fn, attr, getattr(run, attr)))
         return task(id=id, **task_options)(run)
 
     return wrap
@@ -150,8 +152,10 @@ class _Loop:
         )
         message_id = f"{self.port.session_id}-a{len(self.history)}-{in_seq}"
         watch_from = in_seq if in_seq is not None else self.cursor
+        writer = self.port.writer(message_id)
         outcome = await run_turn(
             self.port,
+            writer,
             self.fn,
             turn,
             message_id=message_id,
@@ -163,15 +167,16 @@ class _Loop:
         messages = [*turn.messages, UIMessage.model_validate(outcome["message"])]
         # the snapshot before the turn-complete: a client that saw the turn end
         # may send at once, and a run that continues the session reads it
-        await self.port.save_snapshot({"messages": [m.wire() for m in messages]})
-        await self.port.append_control(_wire.turn_complete_headers(outcome["consumed"]))
+        await writer.snapshot({"messages": [m.wire() for m in messages]})
+        await writer.control(_wire.turn_complete_headers(outcome["consumed"]))
         return outcome
 
     async def _action(self, action: Any, in_seq: int | None) -> dict[str, Any]:
         changed = None
+        writer = self.port.writer(f"{self.port.session_id}-action-{in_seq}")
         if self.on_action is not None:
             changed = await self.on_action(action, list(self.history))
             if changed is not None:
-                await self.port.save_snapshot({"messages": [m.wire() for m in changed]})
-        await self.port.append_control(_wire.turn_complete_headers(in_seq))
+                await writer.snapshot({"messages": [m.wire() for m in changed]})
+        await writer.control(_wire.turn_complete_headers(in_seq))
         return {"messages": None if changed is None else [m.wire() for m in changed]}
