@@ -159,7 +159,7 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
             "triggerConfig": {"basePayload": {"chatId": chat_id, "trigger": "preload"}},
         },
     )
-    assert created.status_code == 201, created.text
+    assert created.is_success and created.json()["isCached"] is False, created.text
     session_id = created.json()["id"]
     query = {
         "baseURL": http_api.url,
@@ -173,13 +173,13 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     history: list[chat.UIMessage] = []
 
     def answered(tab: Any, n: int, done: str = "true") -> list[dict[str, Any]]:
-        shown = wait_json(
+        wait_json(
             tab,
             "messages",
             f"v.length === {2 * n} && v[{2 * n - 1}].role === 'assistant' && ({done})",
         )
         wait_json(tab, "status", "v === 'ready'")
-        return shown
+        return json.loads(tab.text_content("#messages") or "[]")
 
     # turn 1, then the run suspends: no process until the next message
     say(page, "hello")
@@ -198,28 +198,32 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     assert [m["role"] for m in shown] == ["user", "assistant"] * 2
     wait_status(session_id, "WAITING")
 
-    # turn 3: stopped mid-answer; the answer keeps what streamed
-    say(page, "slow again")
-    history.append(chat.user_message("u", "slow again"))
-    wait_json(page, "messages", "v.length === 6 && v[5].text.includes(' w3')")
-    page.click("#stop")
-    wait_json(page, "status", "v === 'ready'")
-    wait_status(session_id, "WAITING")  # the agent ended the turn and waits again
-    partial = json.loads(page.text_content("#messages") or "[]")[5]["text"]
-    assert slow.answer(history).startswith(partial) and " w119" not in partial
-
-    # a second tab on the same chat carries it on; the first tab's
-    # useSessionStream sees that answer's records as they come
+    # a second tab on the same chat (the app's stored state: the transport's
+    # session and the messages) carries it on; the first tab's useSessionStream
+    # sees that answer's records as they come
     before = len(wait_json(page, "records", "v.length > 0"))
     other = page.context.new_page()
     other.goto(str(httpx.URL(chat_page, params=query)))
-    wait_json(other, "messages", "v.length === 6")
-    say(other, "fourth")
-    history.append(chat.user_message("u", "fourth"))
-    assert answered(other, 4)[7]["text"] == quick.answer(history)
+    wait_json(other, "messages", "v.length === 4")
+    say(other, "third")
+    history.append(chat.user_message("u", "third"))
+    assert answered(other, 3)[5]["text"] == quick.answer(history)
     records = wait_json(page, "records", f"v.length > {before} && v.at(-1) === 'finish'")
-    assert records[before:][:2] == ["start", "start-step"], records[before:]
-    assert wait_json(page, "control", "v !== null")["subtype"] == "turn-complete"
+    assert records[before:][:3] == ["start", "start-step", "text-start"], records[before:]
+    control = wait_json(page, "control", "v && v.seqNum > 0")
+    assert control["subtype"] == "turn-complete"
+    assert control["headers"][1][0] == "session-in-event-id"
+
+    # turn 4: stopped mid-answer; the answer keeps what streamed, and the run waits again
+    wait_status(session_id, "WAITING")
+    say(other, "slow again")
+    history.append(chat.user_message("u", "slow again"))
+    wait_json(other, "messages", "v.length === 8 && v[7].text.includes(' w3')")
+    other.click("#stop")
+    wait_json(other, "status", "v === 'ready'")
+    wait_status(session_id, "WAITING")
+    partial = json.loads(other.text_content("#messages") or "[]")[7]["text"]
+    assert slow.answer(history).startswith(partial) and " w119" not in partial
     assert page.text_content("#error") == "" and other.text_content("#error") == ""
     assert model.call_count() == 4  # once per turn: revivals never called it again
     other.close()
