@@ -1,9 +1,10 @@
 """The README's Python snippets run as written, and quickly.
 
-The three ```python blocks are taken from README.md as they are: the
+The four ```python blocks are taken from README.md as they are: the
 five-minute tour (embedded rayflow), then, in the same process, the HTTP
 client against the API that process serves, then the FastAPI route that
-awaits the client (called in-process through httpx's ASGI transport). The
+awaits the client (called in-process through httpx's ASGI transport), then
+the chat agent, answering one message of a session. The
 harness adds only what the README leaves to the reader: the two helpers the
 tour's task calls (`prepare_draft`, `generate`), starting the HTTP API,
 `SECRET_KEY` and `RAYFLOW_SECRET_KEY` for the route. The
@@ -62,6 +63,31 @@ print("route:", sorted(_route), _route["run"].startswith("run_"), bool(_route["t
 """
 
 
+CHAT_CALL = """
+from rayflow import sessions as _sessions
+
+_first = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+_started = _sessions.start(
+    type="chat.agent",
+    task_id="ai-chat",
+    external_id="readme-chat",
+    trigger_config={"base_payload": {"chatId": "readme-chat", "trigger": "submit-message",
+                                     "message": _first}},
+).result()
+_text, _at, _done = "", 0, False
+while not _done:
+    _page = _sessions.open(_started.id).output.read(start=_at, wait_s=30).result()
+    assert _page.records, "the chat agent wrote no turn-complete"
+    for _record in _page.records:
+        _at = _record.seq_num + 1
+        if _record.control == "turn-complete":
+            _done = True
+        elif _record.value()["data"]["type"] == "text-delta":
+            _text += _record.value()["data"]["delta"]
+print("chat:", _text)
+"""
+
+
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
@@ -74,14 +100,15 @@ def free_port() -> int:
 
 def test_readme_has_the_tour_and_the_client_snippets() -> None:
     blocks = python_blocks(README.read_text())
-    assert len(blocks) == 3, f"expected the tour and two client snippets, found {len(blocks)}"
+    assert len(blocks) == 4, f"expected the tour, two client snippets, a chat, found {len(blocks)}"
     assert "rayflow.init()" in blocks[0] and "publish_post.trigger" in blocks[0]
     assert "from rayflow.client import Client" in blocks[1]
     assert "await rayflow_client.trigger" in blocks[2] and "FastAPI" in blocks[2]
+    assert "@chat.agent" in blocks[3]
 
 
 def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
-    tour, client, route = python_blocks(README.read_text())
+    tour, client, route, chat = python_blocks(README.read_text())
     port = free_port()
     assert "http://127.0.0.1:8000" in client and "http://127.0.0.1:8000" in route
     client = client.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
@@ -97,6 +124,8 @@ def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
         + key
         + route
         + ROUTE_CALL
+        + chat
+        + CHAT_CALL
     )
     stdout = run_script(script, tmp_path, env={"RAYFLOW_HTTP_PORT": str(port)})
     lines = stdout.splitlines()
@@ -112,3 +141,5 @@ def test_readme_snippets_run_as_written_and_quickly(tmp_path: Path) -> None:
     assert "token: True" in tail, stdout
     # the FastAPI route: a third run triggered with `await`, its token for the page
     assert "route: ['run', 'token'] True True" in tail, stdout
+    # the chat agent: its first answer, as the fake model gives it
+    assert any(line.startswith("chat: [1] you said: hi | w0") for line in tail), stdout
