@@ -51,6 +51,14 @@ def start_ray(settings: Settings, *, serve_port: int | None = None) -> None:
         # are the service here, not background work (measured: p99 several
         # times worse beside nice-0 processes on a busy box)
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Serve runs a replica's app on a second event loop in a thread of
+        # its own unless told otherwise: two thread hops per request, and the
+        # two loops take turns at the GIL. On the replica's own loop (one of
+        # Serve's "throughput optimized" settings) a request costs less:
+        # measured +25-30 % requests/s on one replica (benchmarks/README.md,
+        # Durable Streams). rayflow's app never blocks its loop (Store calls
+        # go to threads). A value the user set wins.
+        os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
         ray.init(
             # its own local Ray, not whatever `ray start` left running
             # (join that with address="auto")
