@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 import ray
 
@@ -43,3 +44,20 @@ def shared_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     """
     loop = asyncio.get_running_loop()
     return contextvars.Context().run(loop.create_task, coro)
+
+
+class PerProcess(Generic[T]):
+    """`make()` once per process, on first use from any thread: for what
+    serves every event loop of the process, e.g. a daemon thread of its own
+    (`commit_thread()`, `telling()`). Call it to get the one instance."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._made: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+            return self._made

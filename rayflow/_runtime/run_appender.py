@@ -61,7 +61,7 @@ from typing import Any
 import ray
 
 from rayflow._runtime import connection, hops, locations
-from rayflow._runtime.calls import call, shared_task
+from rayflow._runtime.calls import PerProcess, call, shared_task
 from rayflow._runtime.stream_commit import Entry, commit_thread
 from rayflow._runtime.stream_refusals import finished_error, refusal_error
 from rayflow._runtime.stream_rows import Row
@@ -302,17 +302,8 @@ class _Telling:
             del self._tellers[teller.key]
 
 
-_telling: _Telling | None = None
-_telling_lock = threading.Lock()
-
-
-def telling() -> _Telling:
-    """The process's telling thread (started on first use)."""
-    global _telling
-    with _telling_lock:
-        if _telling is None:
-            _telling = _Telling()
-        return _telling
+#: the process's telling thread (started on first use)
+telling = PerProcess(_Telling)
 
 
 class _Teller:

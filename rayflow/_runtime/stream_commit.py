@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rayflow._runtime import hops
-from rayflow._runtime.calls import shared_task
+from rayflow._runtime.calls import PerProcess, shared_task
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, ChunkWrite, Refused
@@ -110,17 +110,8 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-_thread: _CommitThread | None = None
-_thread_lock = threading.Lock()
-
-
-def commit_thread() -> _CommitThread:
-    """The process's commit thread (started on first use)."""
-    global _thread
-    with _thread_lock:
-        if _thread is None:
-            _thread = _CommitThread()
-        return _thread
+#: the process's commit thread (started on first use)
+commit_thread = PerProcess(_CommitThread)
 
 
 #: one committer per event loop, per (Store, size limit)
