@@ -324,20 +324,6 @@ class Sampler(threading.Thread):
         return used
 
 
-def peak_executing(runs: list[dict[str, Any]]) -> int:
-    """Most runs executing at one instant (a sweep over their intervals)."""
-    events = sorted(
-        [(r["first_ts"], 1) for r in runs if r["count"]]
-        + [(r["last_ts"], -1) for r in runs if r["count"]],
-        key=lambda e: (e[0], -e[1]),
-    )
-    now = peak = 0
-    for _, step in events:
-        now += step
-        peak = max(peak, now)
-    return peak
-
-
 def executing_at(runs: list[dict[str, Any]], t: float) -> int:
     return sum(1 for r in runs if r["count"] and r["first_ts"] / 1e9 <= t <= r["last_ts"] / 1e9)
 
@@ -395,7 +381,7 @@ def run_part(
         "load": [load_start, load_end],
         "all_done_s": all_done,
         "all_done_x": all_done / d,
-        "peak_executing": peak_executing(runs),
+        "peak_executing": c.peak_streaming(runs),
         "timeline": timeline,
         "chunks": chunks,
         "chunks_expected": n * n_tokens,

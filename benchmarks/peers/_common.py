@@ -313,11 +313,9 @@ async def paced_tokens(write: Any, n: int, interval_s: float) -> None:
             await asyncio.sleep(delay)
 
 
-def summarize_density(
-    runs: Sequence[dict[str, Any]], started_ns: int, n_runs: int, tokens: int, duration_s: float
-) -> dict[str, Any]:
-    """Workload 6: all done after (from the first start call), most runs
-    streaming at once (a sweep over first → last token), per-token latency."""
+def peak_streaming(runs: Sequence[dict[str, Any]]) -> int:
+    """Most runs streaming at one instant: a sweep over each run's first →
+    last token (the writer's clock; `Follow.result()` rows)."""
     events = sorted(
         [(r["first_ts"], 1) for r in runs if r["count"]]
         + [(r["last_ts"], -1) for r in runs if r["count"]],
@@ -327,6 +325,15 @@ def summarize_density(
     for _, step in events:
         now += step
         peak = max(peak, now)
+    return peak
+
+
+def summarize_density(
+    runs: Sequence[dict[str, Any]], started_ns: int, n_runs: int, tokens: int, duration_s: float
+) -> dict[str, Any]:
+    """Workload 6: all done after (from the first start call), most runs
+    streaming at once, per-token latency."""
+    peak = peak_streaming(runs)
     done_s = (max(r["end_ns"] for r in runs) - started_ns) / 1e9 if runs else None
     return {
         "all_done_s": done_s,
