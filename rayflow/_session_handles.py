@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,9 @@ from pydantic import ValidationError as PydanticValidationError
 from rayflow._response import Response
 from rayflow._runtime import connection, session_inputs, session_io, session_runs
 from rayflow._runtime.adapters import adapter_for
-from rayflow._runtime.context import require_run
+from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
+from rayflow._runtime.journal import MISSING
 from rayflow._runtime.session_io import RecordPage, SentRecord
 from rayflow.errors import InvalidArgument, SessionClosed, ValidationError, WaitTimeout
 from rayflow.task import Result
@@ -90,7 +92,8 @@ class SessionInput:
             return Result(ok=False, error=SessionClosed(f"session {self._session} is closed"))
         adapter: TypeAdapter[Any] = adapter_for(type)
         try:
-            return Result(ok=True, output=adapter.validate_json(outcome["data"]))
+            value = json.loads(outcome["data"])["data"]
+            return Result(ok=True, output=adapter.validate_python(value))
         except PydanticValidationError as e:
             error = ValidationError(f"record {outcome['seq']} of {what} does not fit {type}: {e}")
             return Result(ok=False, error=error)
@@ -206,9 +209,17 @@ class SessionOutput:
         return Response(go)
 
     def pipe(self, source: AsyncIterable[Any] | Iterable[Any]) -> Response[int]:
-        """Append every item of `source` in order; returns how many."""
+        """Append every item of `source` in order; returns how many. Inside
+        a run the pipe is one durable operation: a replay returns the count
+        without iterating `source` again (a model is not called twice)."""
 
         async def go() -> int:
+            ctx = current_run()
+            name = f"{self._session}/{self._channel or ''}"
+            if ctx is not None:
+                recorded = ctx.journal.replay("session-pipe", name)
+                if recorded is not MISSING:
+                    return int(recorded["count"])
             count = 0
             if isinstance(source, AsyncIterable):
                 async for item in source:
@@ -218,6 +229,8 @@ class SessionOutput:
                 for item in source:
                     await session_io.append_output(self._session, item, channel=self._channel)
                     count += 1
+            if ctx is not None:
+                await ctx.journal.record("session-pipe", name, {"count": count})
             return count
 
         return Response(go)

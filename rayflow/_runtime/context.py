@@ -39,8 +39,6 @@ class RunContext:
     session: dict[str, Any] | None = None
     #: the attempt's readers of session input streams (`session_inputs`), by path
     session_readers: dict[str, Any] = field(default_factory=dict)
-    #: per producer id: the appends to session streams made so far (`session_io`)
-    session_writes: dict[str, int] = field(default_factory=dict)
     _writers: int = field(default=0)
 
     def next_writer_id(self, kind: str) -> str:

@@ -203,6 +203,11 @@ def remove_handler(ctx: RunContext, session_id: str, channel: str | None, handle
 
 async def _pump(ctx: RunContext, r: _Reader) -> None:
     store = connection.current().store
+    # records reach handlers only once the run is past what it did before
+    # its last suspension: a handler's appends made earlier would be taken
+    # for replayed ones (stored already) and skipped
+    while ctx.journal.next_suspension() is not None:
+        await ctx.journal.passed.wait()
     while r.handlers:
         changed = signals().event(r.path)
         async with r.lock:
@@ -231,7 +236,7 @@ async def _pump(ctx: RunContext, r: _Reader) -> None:
 def _call(ctx: RunContext, path: str, seq: int, handler: Handler, data: bytes) -> None:
     token = set_run(ctx.for_delivery(path, seq))
     try:
-        result = handler(json.loads(data))
+        result = handler(json.loads(data)["data"])
         if inspect.isawaitable(result):
             asyncio.ensure_future(result)
     except Exception:

@@ -83,10 +83,11 @@ class S2Record:
         return next((v for n, v in self.headers if n == "trigger-control"), None)
 
     def value(self) -> Any:
-        """An input record's value, or an output data record's `data`."""
+        """A data record's value (the `data` of its envelope); None for a
+        control record."""
         if not self.body:
             return None
-        return json.loads(self.body)
+        return json.loads(self.body)["data"]
 
 
 @dataclass
@@ -139,11 +140,15 @@ def encode(value: Any, what: str) -> bytes:
 
 
 def _record(io: IO, seq: int, end: int, data: bytes, created_at: int) -> S2Record:
-    if io == "out":
-        stored = json.loads(data)
-        if isinstance(stored, dict) and "headers" in stored and "data" not in stored:
-            return S2Record(seq, created_at, "", [list(h) for h in stored["headers"]])
+    stored = json.loads(data)
+    if isinstance(stored, dict) and "headers" in stored and "data" not in stored:
+        return S2Record(seq, created_at, "", [list(h) for h in stored["headers"]])
     return S2Record(seq, created_at, data.decode())
+
+
+def envelope(value: Any, part_id: str | None) -> dict[str, Any]:
+    """A data record as stored (and as the S2 body): `{"data", "id"}`."""
+    return {"data": to_jsonable_python(value), "id": part_id or uuid.uuid4().hex}
 
 
 # -- writing --------------------------------------------------------------------
@@ -160,7 +165,7 @@ async def send_input(
     InvalidArgument."""
     session = await session_runs.get_session(id_or_external)
     path = session_stream_path(session.id, "in", channel)
-    data = encode(value, f"the record for {path}")
+    data = encode(envelope(value, idempotency_key), f"the record for {path}")
     conn = connection.current()
     next_run = None if channel is not None else await session_runs.next_run_factory(session)
     sent = await asyncio.to_thread(
@@ -188,8 +193,7 @@ async def append_output(
 ) -> int:
     """Append a data record (`{"data": value, "id": part_id}`) to the
     session's output (or a channel's); returns its seq once durable."""
-    record = {"data": to_jsonable_python(value), "id": part_id or uuid.uuid4().hex}
-    return await _append(id_or_external, "out", record, channel)
+    return await _append(id_or_external, "out", envelope(value, part_id), channel)
 
 
 async def append_control(
@@ -205,26 +209,26 @@ async def append_control(
 
 
 async def _append(id_or_external: str, io: IO, record: Any, channel: str | None) -> int:
+    """-1 when skipped: inside a run replaying what it did before its last
+    suspension, every append it makes was stored before it suspended (an
+    append is durable before it returns), so it stores nothing again and
+    costs no I/O — wherever it comes from (a step, a pipe, a handler)."""
+    if replaying_stored():
+        return -1
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, io, channel)
     data = encode(record, f"the record for {path}")
-    result = await append_encoded(path, data, channel, _producer(path))
-    assert result.start is not None or result.outcome is NamedOutcome.DUPLICATE
+    result = await append_encoded(path, data, channel, None)
     return -1 if result.start is None else result.start
 
 
-def _producer(path: str) -> Producer | None:
-    """Inside a run: the idempotent producer stamp of its next append to
-    `path`. A replay after a suspension makes the same appends in the same
-    order (per `.on()` delivery scope), so they are answered DUPLICATE and
-    stored once; a new attempt numbers afresh."""
+def replaying_stored() -> bool:
+    """Whether the current run replays code that ran before its last
+    suspension (its session appends then are stored already). A run revived
+    after a crash has no suspension entry past its last wait: what it
+    appended after that wait is appended again (at least once)."""
     ctx = current_run()
-    if ctx is None:
-        return None
-    producer_id = f"{ctx.run_id}:{ctx.attempt}:{ctx.writer_scope}{path}"
-    seq = ctx.session_writes.get(producer_id, 0)
-    ctx.session_writes[producer_id] = seq + 1
-    return Producer(producer_id, 0, seq)
+    return ctx is not None and ctx.journal.next_suspension() is not None
 
 
 async def append_encoded(

@@ -135,14 +135,16 @@ async def mark_suspension(journal: Journal, stream_id: str) -> None:
     """Journal every writer's position as the run suspends on `stream_id`
     (after its writes were drained: each position is what the Store holds)."""
     log = journal.stream_state
-    if not isinstance(log, WriterLog):
-        return  # the attempt created no writer
-    # writes to other runs (target="parent", …) are not in the run's drained
-    # buffers; a write that failed reached its own future (the task's to see)
-    await asyncio.gather(*(w.flush() for w in log.writers.values()), return_exceptions=True)
-    positions = {wid: w.position for wid, w in log.writers.items() if w.position > 0}
-    if positions:
-        await journal.record(SUSPEND, stream_id, {"positions": positions})
+    positions: dict[str, int] = {}
+    if isinstance(log, WriterLog):
+        # writes to other runs (target="parent", …) are not in the run's drained
+        # buffers; a write that failed reached its own future (the task's to see)
+        await asyncio.gather(*(w.flush() for w in log.writers.values()), return_exceptions=True)
+        positions = {wid: w.position for wid, w in log.writers.items() if w.position > 0}
+    # recorded even with no writer: it is also where a replay passes from
+    # what ran before the suspension to live code (`journal.next_suspension`;
+    # a session's appends are skipped before it, `session_io.replaying_stored`)
+    await journal.record(SUSPEND, stream_id, {"positions": positions})
 
 
 def ranges(indexes: list[int]) -> list[list[int]]:
