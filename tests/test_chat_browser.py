@@ -2,7 +2,8 @@
 `TriggerChatTransport` (`@trigger.dev/sdk` 4.8.3) in headless Chromium,
 against a Python chat agent (`rayflow.chat`): only the base URL and the
 token differ from Trigger.dev's cloud. Beside it on the page,
-`useSessionStream` (`@trigger.dev/react-hooks`) follows the session's `.out`.
+`useSessionStream` (`@trigger.dev/react-hooks`) follows the session's `.out`
+and `useSessionStreamChannel` its `chat.snapshot` side channel.
 
 One conversation covers what a user does: turns answered while the run
 holds no process between them; a reload mid-answer that resumes the turn
@@ -196,6 +197,7 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     shown = answered(page, 2, "v[3].text.includes(' w119')")
     assert shown[3]["text"] == slow.answer(history)
     assert [m["role"] for m in shown] == ["user", "assistant"] * 2
+    wait_json(page, "snapshot", "v === 4")  # useSessionStreamChannel: the agent's snapshot
     wait_status(session_id, "WAITING")
 
     # a second tab on the same chat (the app's stored state: the transport's
@@ -210,6 +212,7 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     assert answered(other, 3)[5]["text"] == quick.answer(history)
     records = wait_json(page, "records", f"v.length > {before} && v.at(-1) === 'finish'")
     assert records[before:][:3] == ["start", "start-step", "text-start"], records[before:]
+    wait_json(page, "snapshot", "v === 6")
     control = wait_json(page, "control", "v && v.seqNum > 0")
     assert control["subtype"] == "turn-complete"
     assert control["headers"][1][0] == "session-in-event-id"
@@ -224,6 +227,8 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     wait_status(session_id, "WAITING")
     partial = json.loads(other.text_content("#messages") or "[]")[7]["text"]
     assert slow.answer(history).startswith(partial) and " w119" not in partial
-    assert page.text_content("#error") == "" and other.text_content("#error") == ""
+    for tab in (page, other):
+        for errors in ("#error", "#records-error", "#snapshot-error"):
+            assert tab.text_content(errors) == "", (errors, tab.text_content(errors))
     assert model.call_count() == 4  # once per turn: revivals never called it again
     other.close()

@@ -7,7 +7,8 @@
 // transport's session state (its `onSessionChange`: token, `.out` cursor —
 // the turn's start while one streams) and the messages of finished turns;
 // `resume: true` has useChat reconnect to a turn that was streaming.
-// `useSessionStream` follows the session's `.out` records beside it.
+// `useSessionStream` follows the session's `.out` records beside it, and
+// `useSessionStreamChannel` its `chat.snapshot` side channel.
 //
 //   chat.html?baseURL=…&token=…&chatId=…&task=…&clientData=<JSON>
 import React, { useEffect, useState } from "react";
@@ -15,7 +16,7 @@ import { createRoot } from "react-dom/client";
 import { useChat } from "@ai-sdk/react";
 import type { UIMessage } from "ai";
 import { useTriggerChatTransport } from "@trigger.dev/sdk/chat/react";
-import { useSessionStream } from "@trigger.dev/react-hooks";
+import { useSessionStream, useSessionStreamChannel } from "@trigger.dev/react-hooks";
 
 const query = new URLSearchParams(window.location.search);
 const baseURL = query.get("baseURL") ?? "";
@@ -106,9 +107,28 @@ function Records() {
   );
 }
 
+// the agent keeps the conversation on the session's `chat.snapshot` side
+// channel after every turn (what a run continuing the session starts from)
+function Snapshot() {
+  const { records, error } = useSessionStreamChannel("chat.snapshot", {
+    sessionId: chatId,
+    accessToken,
+    baseURL,
+    from: "beginning",
+  });
+  const last = records.at(-1) as { messages?: unknown[] } | undefined;
+  return (
+    <div>
+      <pre id="snapshot">{JSON.stringify(last?.messages?.length ?? null)}</pre>
+      <pre id="snapshot-error">{error ? String(error) : ""}</pre>
+    </div>
+  );
+}
+
 createRoot(document.getElementById("root")!).render(
   <>
     <Chat />
     <Records />
+    <Snapshot />
   </>,
 );
