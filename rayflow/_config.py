@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     durable_streams_anonymous: bool = False
     #: how long a Durable Streams long poll waits for data before its 204
     durable_streams_long_poll_s: float = 20.0
+    #: how long a live run subscription (`/realtime/v1/runs…?live=true`)
+    #: waits for a change before it answers "up-to-date" with the same offset
+    run_shape_live_s: float = Field(default=20.0, gt=0)
     #: how long one Durable Streams SSE response lasts; the client reconnects
     #: from its offset (PROTOCOL.md: about a minute lets CDNs collapse readers)
     durable_streams_sse_s: float = 60.0

@@ -11,7 +11,8 @@ back is `<watermark>_<digest>`: the newest change time (ms) of the rows it
 has and a digest of their contents. A live poll answers at once when the
 digest differs, else waits on the replica's run feed (serve/run_feed.py) —
 a push from the Store's commit, not polling — and answers "up-to-date" with
-the same offset when nothing changed within `LIVE_TIMEOUT_S`.
+the same offset when nothing changed within `Settings.run_shape_live_s`
+(20 s).
 
 Rows changed since the watermark (less `SKEW_MS`, for clocks of different
 nodes) are sent; a multi-row shape may resend a few unchanged rows, which
@@ -39,8 +40,6 @@ from rayflow.store.base import RunRecord
 from serve.errors import BadRequest
 from serve.run_feed import Changes, feed
 
-#: a live request is answered "up-to-date" after this long without a change
-LIVE_TIMEOUT_S = 20.0
 #: clock skew between nodes tolerated when picking the rows to resend
 SKEW_MS = 2000
 #: at most this many runs in a tag or batch shape (newest first)
@@ -292,7 +291,7 @@ async def serve_shape(
         return _response([_message(r.row, operation) for r in rows], _offset(rows), handle, False)
     watermark, digest = known
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + LIVE_TIMEOUT_S
+    deadline = loop.time() + current().settings.run_shape_live_s
     while _digest(rows) == digest:
         left = deadline - loop.time()
         if left <= 0 or not await changes.wait_for(since, run_ids, left):

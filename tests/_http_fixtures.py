@@ -55,6 +55,8 @@ class HttpApi:
 _apps: dict[str, HttpApi] = {}
 #: the test app's `max_streams_per_token`
 STREAMS_PER_TOKEN = 128
+#: the test app's `run_shape_live_s`
+RUN_SHAPE_LIVE_S = 5.0
 #: Serve listens on one port per Ray session; a redeploy (another store) keeps it
 _port: list[int] = []
 
@@ -75,6 +77,10 @@ def http_api(rf: Any) -> HttpApi:
             "http_host": "127.0.0.1",
             "http_port": _port[0],
             "max_streams_per_token": STREAMS_PER_TOKEN,
+            # a live run subscription without a change answers after this
+            # (tests/test_run_subscriptions.py waits it out once; 20 s by
+            # default); one with a change is answered at once
+            "run_shape_live_s": RUN_SHAPE_LIVE_S,
         }
     )
     url = start(settings)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, trigger, wait_finished
+from _http_fixtures import RUN_SHAPE_LIVE_S, HttpApi, trigger, wait_finished
 from conftest import eventually_async
 from test_http_node_client import node_sdk  # noqa: F401  (fixture)
 
@@ -134,20 +134,24 @@ async def test_a_live_request_is_answered_by_a_push_when_the_run_changes(
 
 
 async def test_a_live_request_without_a_change_ends_up_to_date_with_the_same_offset(
-    http_tasks: HttpApi, monkeypatch: pytest.MonkeyPatch
+    http_tasks: HttpApi,
 ) -> None:
     run_id, _ = await trigger(http_tasks, "http-emit", {"n": 1})
     await wait_finished(run_id)
     async with http_tasks.client() as c:
         first = await c.get(f"/realtime/v1/runs/{run_id}", headers=http_tasks.headers())
         params = {"offset": first.headers["electric-offset"], "live": "true", "cursor": "1"}
-        # a finished run never changes: the poll times out (20 s) "up-to-date"
+        # a finished run never changes: the poll waits out the deployment's
+        # run_shape_live_s, then answers "up-to-date"
+        started = time.monotonic()
         live = await c.get(
             f"/realtime/v1/runs/{run_id}", params=params, headers=http_tasks.headers()
         )
+        waited = time.monotonic() - started
     messages, _ = shape_messages(live)
     assert messages == []
     assert live.headers["electric-offset"] == params["offset"]
+    assert waited >= RUN_SHAPE_LIVE_S - 0.5, f"answered after {waited:.1f} s, not held"
 
 
 async def test_tag_shape_gets_runs_triggered_after_it_started(http_tasks: HttpApi) -> None:
