@@ -68,7 +68,7 @@ def read_turn(session_id: str, start: int) -> tuple[str, int]:
             start = record.seq_num + 1
             if record.control == "turn-complete":
                 return text, start
-            chunk = record.value()["data"]
+            chunk = record.value()
             if chunk["type"] == "text-delta":
                 text += chunk["delta"]
 

@@ -96,7 +96,7 @@ class Out:
                 self.next = record.seq_num + 1
                 if record.control == "turn-complete":
                     return chunks, record.headers
-                chunks.append(record.value()["data"])
+                chunks.append(record.value())
 
     def deltas(self, count: int) -> list[dict[str, Any]]:
         """Read until `count` text deltas have arrived (mid-turn)."""
@@ -108,7 +108,7 @@ class Out:
             for record in page.records:
                 self.next = record.seq_num + 1
                 assert record.control is None
-                seen.append(record.value()["data"])
+                seen.append(record.value())
         return seen
 
 
@@ -200,3 +200,33 @@ def test_stop_regenerate_and_an_action_edit_the_conversation(tmp_path: Path) -> 
     chunks, _ = out.turn()
     assert text_of(chunks) == model.answer([chat.user_message("u", "again")])  # one user message
     assert model.call_count() == 3  # the stopped turn, the regenerated one, "again"
+
+
+async def steered(turn: chat.Turn):  # type: ignore[no-untyped-def]
+    model = chat.FakeModel(words=60, delay_s=0.02, calls=turn.metadata["calls"])
+    async for piece in model.stream(turn.messages):
+        yield piece
+        for pending in turn.take_pending():
+            yield f" [steered: {pending.text}]"
+
+
+steering_agent = chat.agent(id="chat-test-steering", idle_timeout="120s", steering=True)(steered)
+
+
+def test_a_message_sent_mid_turn_steers_it_or_is_the_next_turn(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    session = start("chat-test-steering", calls)
+    out = Out(session.id)
+    send(session.id, message("long one", calls))
+    streamed = out.deltas(3)
+    steer = send(session.id, message("also this", calls))
+    chunks, headers = out.turn()
+    kinds = [c["type"] for c in streamed + chunks]
+    assert "steering-message" in kinds
+    assert " [steered: also this]" in text_of(streamed + chunks)
+    assert dict(headers)["session-in-event-id"] == str(steer)  # the turn took it
+    # taken into that turn, it is not answered again: the next message is
+    send(session.id, message("next", calls))
+    chunks, _ = out.turn()
+    assert text_of(chunks).startswith("[3] you said: next")  # long one, also this, next
+    assert chat.FakeModel(calls=calls).call_count() == 2

@@ -82,8 +82,8 @@ while not _done:
         _at = _record.seq_num + 1
         if _record.control == "turn-complete":
             _done = True
-        elif _record.value()["data"]["type"] == "text-delta":
-            _text += _record.value()["data"]["delta"]
+        elif _record.value()["type"] == "text-delta":
+            _text += _record.value()["delta"]
 print("chat:", _text)
 """
 

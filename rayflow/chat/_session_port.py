@@ -44,7 +44,7 @@ class SessionIO:
             self.ended = "closed" if isinstance(result.error, SessionClosed) else "idle"
             return None
         seq = self.session.input.last_dispatched_seq()
-        return int(seq), _unwrap(result.output)
+        return int(seq), result.output
 
     async def watch_input(self, after: int) -> AsyncIterator[tuple[int, Any]]:
         start = after + 1
@@ -53,7 +53,7 @@ class SessionIO:
                 self.session_id, "in", start=start, timeout_s=WATCH_POLL_S
             )
             for record in page.records:
-                yield record.seq_num, _unwrap(record.value())
+                yield record.seq_num, record.value()
                 start = record.seq_num + 1
             if page.closed and not page.records:
                 return
@@ -73,16 +73,8 @@ class SessionIO:
         )
         if not last.records:
             return None
-        value = last.records[0].value()
-        snapshot: dict[str, Any] = value["data"]
+        snapshot: dict[str, Any] = last.records[0].value()
         return snapshot
-
-
-def _unwrap(value: Any) -> Any:
-    """An `.in` value as sent: a record stored as the S2 envelope is unwrapped."""
-    if isinstance(value, dict) and "kind" not in value and set(value) == {"data", "id"}:
-        return value["data"]
-    return value
 
 
 async def open_port(payload: _wire.WirePayload) -> SessionIO:
