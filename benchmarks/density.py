@@ -151,6 +151,8 @@ class Follow:
 
     def __init__(self, trigger_ns: int) -> None:
         self.trigger_ns = trigger_ns
+        #: when the trigger call returned (rayflow: the run is created, QUEUED)
+        self.triggered_ns = 0
         self.first_recv_ns: int | None = None
         self.first_ts = self.last_ts = 0
         self.end_ns = 0
@@ -173,6 +175,7 @@ class Follow:
         return {
             "run_id": self.run_id,
             "trigger_ns": self.trigger_ns,
+            "triggered_ns": self.triggered_ns,
             "first_recv_ns": self.first_recv_ns,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
@@ -186,6 +189,7 @@ class Follow:
 async def _read_rayflow(job: dict[str, Any]) -> Follow:
     follow = Follow(time.time_ns())
     handle = await tokens.trigger({"n": job["tokens"], "interval": job["interval"]})
+    follow.triggered_ns = time.time_ns()
     follow.run_id = handle.id
     async for chunk in out.read(handle.id, start_index=0, timeout_s=job["timeout_s"]):
         follow.add(chunk)
@@ -198,6 +202,7 @@ async def _read_floor(job: dict[str, Any], floor: Any, i: int) -> Follow:
     follow = Follow(time.time_ns())
     follow.run_id = sid
     done = floor.run.remote(sid, job["tokens"], job["interval"])
+    follow.triggered_ns = time.time_ns()
     start = 0
     while True:
         rows, closed = await floor.read.remote(sid, start, 10.0)
@@ -394,7 +399,11 @@ def run_part(
         "hosts_max": sampler.hosts_max,
         "memory": sampler.memory,
         "run_ids": [r["run_id"] for r in runs],
+        # the share of the box's cores this part's processes used while it ran
+        "cpu_busy": sum(cpu.values()) / max(1e-9, all_done * (os.cpu_count() or 1)),
     }
+    if part == "rayflow":
+        result["breakdown"] = breakdown(runs)
     if best and executing_then:
         result["mib_per_executing"] = best["uss"] / 2**20 / executing_then
         result["mib_over_idle_per_executing"] = (
@@ -415,6 +424,49 @@ def check_completed(run_ids: list[str]) -> dict[str, int]:
         status = str(record.status) if record else "MISSING"
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+#: a rayflow run's way to its first token, in order: (label, from, to); the
+#: clocks are the trigger call's, the Store's (ms: the run row's created_at,
+#: the claim's started_at, the first chunk's created_at) and the writer's
+#: (the token carries its append call's wall clock)
+HOPS = [
+    ("trigger call (returned)", "trigger", "triggered"),
+    ("trigger → run row created (Store)", "trigger", "created"),
+    ("created → claimed on a RunActor", "created", "claimed"),
+    ("claimed → first append call (task loaded, started)", "claimed", "appended"),
+    ("first append call → committed", "appended", "committed"),
+    ("committed → reader got it", "committed", "received"),
+    ("TOTAL trigger → first token", "trigger", "received"),
+]
+
+
+def breakdown(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Where trigger → first token goes, per hop (ms p50/p99 over the runs),
+    from the readers' clocks and the Store's timestamps of each run."""
+    from rayflow._runtime import connection
+
+    store = connection.current().store
+    records = store.get_runs([r["run_id"] for r in runs])
+    hops: dict[str, list[float]] = {label: [] for label, _, _ in HOPS}
+    for r, rec in zip(runs, records, strict=True):
+        if rec is None or rec.started_at is None or r["first_recv_ns"] is None:
+            continue
+        first = store.read_chunks(r["run_id"], out.id, 0, 1)
+        if not first:
+            continue
+        at = {
+            "trigger": r["trigger_ns"] / 1e6,
+            "triggered": r["triggered_ns"] / 1e6,
+            "created": float(rec.created_at),
+            "claimed": float(rec.started_at),
+            "appended": r["first_ts"] / 1e6,
+            "committed": float(first[0].created_at),
+            "received": r["first_recv_ns"] / 1e6,
+        }
+        for label, a, b in HOPS:
+            hops[label].append(at[b] - at[a])
+    return {label: c.summary(v) for label, v in hops.items()}
 
 
 def ray_workers_uss() -> tuple[int, int]:
@@ -566,6 +618,11 @@ def table(report: dict[str, Any]) -> str:
         lambda p: p["host_cpu_us_per_chunk"],
     )
     row(
+        f"CPU used, % of the box's {os.cpu_count()} cores",
+        lambda p: f"{100 * p['cpu_busy']:.0f} %" if "cpu_busy" in p else "–",
+        None,
+    )
+    row(
         "tokens read / written (out of order)",
         lambda p: f"{p['chunks']:,} / {p['chunks_expected']:,} ({p['out_of_order']})",
         None,
@@ -583,8 +640,91 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{name}, runs executing by second after the first trigger: {points}")
         if "statuses" in p:
             lines.append(f"{name}, runs by status at the end: {p['statuses']}")
+    if "breakdown" in parts.get("rayflow", {}):
+        lines += [
+            "",
+            "rayflow, trigger → first token by hop (ms; reader, Store and writer clocks;"
+            " the Store's are whole ms):",
+            "",
+            "| hop | p50 | p99 |",
+            "|---|---:|---:|",
+        ]
+        for label, v in parts["rayflow"]["breakdown"].items():
+            if v.get("n"):
+                lines.append(f"| {label} | {v['p50']:.1f} | {v['p99']:.1f} |")
     lines += once_lines(report)
     return "\n".join(lines)
+
+
+def sweep_table(reports: list[dict[str, Any]]) -> str:
+    """One line per N of a `--sweep`: append → reader and trigger → first
+    token of rayflow and the floor, how busy the box was, the load."""
+    lines = [
+        "Sweep (one sitting, one Ray; each N runs the floor, then rayflow). Cells: p50 / p99 ms;"
+        f" CPU = this benchmark's processes, % of the box's {os.cpu_count()} cores while the part"
+        " ran; load = 1-minute load average at the part's start → end.",
+        "",
+        "| N | append → reader, rayflow | append → reader, floor | trigger → first token,"
+        " rayflow | trigger → first token, floor | CPU rayflow / floor | all done × D,"
+        " rayflow / floor | load rayflow; floor |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in reports:
+        parts = r["parts"]
+        rf, fl = parts.get("rayflow", {}), parts.get("floor", {})
+
+        def cell(p: dict[str, Any], key: str) -> str:
+            return _ms(p[key]) if key in p else "–"
+
+        def busy(p: dict[str, Any]) -> str:
+            return f"{100 * p['cpu_busy']:.0f} %" if "cpu_busy" in p else "–"
+
+        def done(p: dict[str, Any]) -> str:
+            return f"×{p['all_done_x']:.2f}" if "all_done_x" in p else "–"
+
+        def load(p: dict[str, Any]) -> str:
+            return f"{p['load'][0]:.1f} → {p['load'][1]:.1f}" if "load" in p else "–"
+
+        lines.append(
+            f"| {r['config']['runs']:,} | {cell(rf, 'lat_ms')} | {cell(fl, 'lat_ms')} |"
+            f" {cell(rf, 'ttfc_ms')} | {cell(fl, 'ttfc_ms')} | {busy(rf)} / {busy(fl)} |"
+            f" {done(rf)} / {done(fl)} | {load(rf)}; {load(fl)} |"
+        )
+    return "\n".join(lines)
+
+
+def measure_parts(args: argparse.Namespace, readers: list[c.Helper]) -> dict[str, Any]:
+    """Each part of `--parts` at N = `args.runs`, one after the other."""
+    out: dict[str, Any] = {}
+    for part in [x.strip() for x in args.parts.split(",") if x.strip()]:
+        print(
+            f"[density {time.strftime('%H:%M:%S')}] {part}, N={args.runs} …",
+            file=sys.stderr,
+            flush=True,
+        )
+        floor = None
+        if part == "floor":
+            floor = Floor.options(
+                name=FLOOR_NAME, namespace=FLOOR_NS, max_concurrency=2 * args.runs + 50
+            ).remote()
+            ray.get(floor.pid.remote())
+            hosts_before = _uss(ray.get(floor.pid.remote()))
+        else:
+            time.sleep(1.0)
+            hosts_before = sum(
+                _uss(pid)
+                for pid in c.process_tree([os.getpid()])
+                if _name(psutil.Process(pid)).startswith("ray::RunActor")
+            )
+        result = run_part(part, args, readers, hosts_before)
+        if part == "rayflow":
+            result["statuses"] = check_completed(result["run_ids"])
+        del result["run_ids"]
+        out[part] = result
+        if floor is not None:
+            ray.kill(floor)
+        time.sleep(2.0)
+    return out
 
 
 def main() -> None:
@@ -595,6 +735,11 @@ def main() -> None:
     p.add_argument("--reader-procs", type=int, default=2, help="reader helper processes")
     p.add_argument("--store", default="", help="postgresql://… (default: SQLite in a temp dir)")
     p.add_argument("--parts", default="floor,rayflow", help="floor,rayflow (in this order)")
+    p.add_argument(
+        "--sweep",
+        default="",
+        help="N1,N2,…: the parts at each N in one sitting (e.g. 100,300,1000), then one table",
+    )
     p.add_argument("--once", type=int, default=0, help="also M runs live in .once() (e.g. 10000)")
     p.add_argument("--once-sends", type=int, default=200)
     p.add_argument("--once-settle", type=float, default=300.0, help="seconds to wait for live")
@@ -662,31 +807,21 @@ def main() -> None:
         store,
     ]
     readers = [c.Helper(list(argv)) for _ in range(args.reader_procs)]
+    sizes = [int(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else [args.runs]
+    sweep: list[dict[str, Any]] = []
     try:
-        for part in [x.strip() for x in args.parts.split(",") if x.strip()]:
-            print(f"[density {time.strftime('%H:%M:%S')}] {part} …", file=sys.stderr, flush=True)
-            floor = None
-            if part == "floor":
-                floor = Floor.options(
-                    name=FLOOR_NAME, namespace=FLOOR_NS, max_concurrency=2 * args.runs + 50
-                ).remote()
-                ray.get(floor.pid.remote())
-                hosts_before = _uss(ray.get(floor.pid.remote()))
-            else:
-                time.sleep(1.0)
-                hosts_before = sum(
-                    _uss(pid)
-                    for pid in c.process_tree([os.getpid()])
-                    if _name(psutil.Process(pid)).startswith("ray::RunActor")
+        for n in sizes:
+            sized = argparse.Namespace(**{**vars(args), "runs": n})
+            parts = measure_parts(sized, readers)
+            if args.sweep:
+                sweep.append({"config": {**report["config"], "runs": n}, "parts": parts})
+                print(
+                    f"[density {time.strftime('%H:%M:%S')}] N={n}:\n"
+                    + table({**report, "config": {**report["config"], "runs": n}, "parts": parts}),
+                    file=sys.stderr,
+                    flush=True,
                 )
-            result = run_part(part, args, readers, hosts_before)
-            if part == "rayflow":
-                result["statuses"] = check_completed(result["run_ids"])
-            del result["run_ids"]
-            report["parts"][part] = result
-            if floor is not None:
-                ray.kill(floor)
-            time.sleep(2.0)
+            report["parts"] = parts
         if args.once:
             print(f"[density {time.strftime('%H:%M:%S')}] once …", file=sys.stderr, flush=True)
             report["once"] = once_part(args)
@@ -700,9 +835,11 @@ def main() -> None:
 
             with psycopg.connect(args.store, autocommit=True) as db:
                 db.execute(f"DROP SCHEMA {schema} CASCADE")
+    if sweep:
+        report["sweep"] = sweep
     report["seconds"] = round(time.monotonic() - started)
     report["loadavg"] = {"before": load_before, "after": os.getloadavg()}
-    text = table(report)
+    text = table(report) if not sweep else sweep_table(sweep)
     print(text)
     la = report["loadavg"]
     print(
