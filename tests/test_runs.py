@@ -12,7 +12,7 @@ from conftest import eventually
 
 import rayflow
 from rayflow import errors, streams, task
-from rayflow._runtime import connection
+from rayflow._runtime import connection, triggers
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -105,6 +105,35 @@ def test_idempotency_key_returns_the_same_run() -> None:
     # another payload under the same key is not a retry of that trigger
     with pytest.raises(errors.IdempotencyConflict, match="once-only"):
         typed_payload.trigger({"x": 2}, idempotency_key="once-only").result()
+
+
+def test_triggers_made_together_share_calls_and_each_caller_gets_its_own_outcome() -> None:
+    """100 `trigger`s at once from one event loop (a backend starting many
+    runs) reach the Controller in a few calls, not 100; each caller still
+    gets its own outcome: its run, the cached run of a reused key, its own
+    IdempotencyConflict for a key reused with another payload (the others in
+    that call are untouched), TaskNotFound for an unknown task."""
+    first = typed_payload.trigger({"x": 1}, idempotency_key="together").result()
+    before = triggers.coalesced_calls
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(
+            *(typed_payload.trigger({"x": i}) for i in range(100)),
+            typed_payload.trigger({"x": 1}, idempotency_key="together"),
+            typed_payload.trigger({"x": 2}, idempotency_key="together"),
+            rayflow.trigger("no-such-task", {}),
+            return_exceptions=True,
+        )
+
+    *handles, cached, conflict, unknown = asyncio.run(burst())
+    assert isinstance(conflict, errors.IdempotencyConflict) and "together" in str(conflict)
+    assert conflict.run_id == first.id
+    assert isinstance(unknown, errors.TaskNotFound)
+    assert cached.id == first.id and cached.is_cached
+    assert not any(h.is_cached for h in handles) and len({h.id for h in handles}) == 100
+    assert triggers.coalesced_calls - before <= 10, triggers.coalesced_calls - before
+    outputs = [rayflow.runs.wait(h.id).result(timeout_s=120).output for h in handles]
+    assert outputs == list(range(100))
 
 
 def test_failed_attempts_are_retried_with_a_fresh_attempt() -> None:

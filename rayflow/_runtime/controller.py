@@ -41,7 +41,7 @@ from rayflow._runtime.recovery import recover
 from rayflow._runtime.run_creation import RunCreation, TriggerItem
 from rayflow._runtime.supervisor import Supervisor
 from rayflow._status import RunStatus
-from rayflow.errors import RunNotFound
+from rayflow.errors import IdempotencyConflict, RunNotFound
 from rayflow.store.base import ACTIVE_STATUSES, RunRecord, now_ms
 
 
@@ -135,6 +135,16 @@ class Controller:
         idempotency key, tags), in one transaction, and start them; returns
         (run id, newly created) per item."""
         return await self.creation.trigger_batch(task_id, items, parent_id)
+
+    @ray.method(max_task_retries=0)
+    async def trigger_each(
+        self, task_id: str, items: list[TriggerItem]
+    ) -> list[tuple[str, bool] | IdempotencyConflict]:
+        """Triggers of separate callers that one process coalesced into one
+        call (`triggers.trigger_run`): created in one transaction and
+        started; each item's outcome alone — (run id, newly created) or its
+        `IdempotencyConflict`."""
+        return await self.creation.trigger_each(task_id, items, None)
 
     async def queue_length(self) -> int:
         return len(self.admission.queue)

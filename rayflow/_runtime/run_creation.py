@@ -20,6 +20,8 @@ from rayflow._runtime.batching import GroupCommit
 from rayflow.errors import IdempotencyConflict, RunNotFound, TaskNotFound
 from rayflow.store.base import RunRecord, Store
 
+CONFLICT = "an idempotency key was reused with a different payload: "
+
 #: one trigger item: (payload JSON, options, idempotency key, tags)
 TriggerItem = tuple[str, dict[str, Any], str | None, list[str] | None]
 
@@ -59,7 +61,27 @@ class RunCreation:
         self, task_id: str, items: list[TriggerItem], parent_id: str | None
     ) -> list[tuple[str, bool]]:
         """Create runs of one task in one transaction and launch the new
-        ones; returns (run id, newly created) per item."""
+        ones; returns (run id, newly created) per item. An idempotency key
+        reused with another payload raises `IdempotencyConflict` (naming
+        every such item), after the new runs were started."""
+        outcomes = await self.trigger_each(task_id, items, parent_id)
+        conflicts = [(n, o) for n, o in enumerate(outcomes) if isinstance(o, IdempotencyConflict)]
+        if conflicts:
+            # the run the key already names, when there is one such run
+            named = {o.run_id for _, o in conflicts}
+            raise IdempotencyConflict(
+                CONFLICT
+                + "; ".join(f"item {n}: {str(o).removeprefix(CONFLICT)}" for n, o in conflicts),
+                run_id=named.pop() if len(named) == 1 else None,
+            )
+        return [o for o in outcomes if not isinstance(o, IdempotencyConflict)]
+
+    async def trigger_each(
+        self, task_id: str, items: list[TriggerItem], parent_id: str | None
+    ) -> list[tuple[str, bool] | IdempotencyConflict]:
+        """`trigger_batch` for items of separate callers (triggers a process
+        coalesced into one call): each item's outcome on its own — (run id,
+        newly created), or the `IdempotencyConflict` of that item alone."""
         defaults = await self.task_defaults(task_id)
         root_id = None
         if parent_id is not None:
@@ -91,19 +113,16 @@ class RunCreation:
                 self.admission.launch(run.id, needs, child=parent_id is not None)
         # a key names one trigger: reused with another payload it is a mistake
         # (or someone else's key), never a retry; the new runs above still start
-        conflicts = [
-            (n, rec.idempotency_key, run.id)
-            for n, ((run, new), rec) in enumerate(zip(created, records, strict=True))
-            if not new and run.payload != rec.payload
-        ]
-        if conflicts:
-            # the run the key already names, when there is one such run
-            named = {r for _, _, r in conflicts}
-            raise IdempotencyConflict(
-                "an idempotency key was reused with a different payload: "
-                + "; ".join(
-                    f"item {n}: idempotency key {k!r} was used for run {r}" for n, k, r in conflicts
-                ),
-                run_id=named.pop() if len(named) == 1 else None,
-            )
-        return [(run.id, new) for run, new in created]
+        outcomes: list[tuple[str, bool] | IdempotencyConflict] = []
+        for (run, new), rec in zip(created, records, strict=True):
+            if not new and run.payload != rec.payload:
+                outcomes.append(
+                    IdempotencyConflict(
+                        f"{CONFLICT}idempotency key {rec.idempotency_key!r} was used for run"
+                        f" {run.id}",
+                        run_id=run.id,
+                    )
+                )
+            else:
+                outcomes.append((run.id, new))
+        return outcomes

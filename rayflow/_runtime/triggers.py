@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -15,9 +16,11 @@ from pydantic_core import to_jsonable_python
 from rayflow import _tokens
 from rayflow._handles import Result, RunHandle
 from rayflow._runtime import connection
+from rayflow._runtime.batching import CallGroup
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.journal import MISSING
+from rayflow._runtime.run_creation import TriggerItem
 from rayflow._status import RunStatus
 from rayflow.errors import RunFailed
 
@@ -48,19 +51,50 @@ async def trigger_run(
         # a crash between creating the child and journaling it must not make two
         auto = f"{ctx.attempt}:{ctx.journal.cursor}"
         idempotency_key = child_key(ctx.run_id, idempotency_key, auto)
-    run_id, created = await call(
-        conn.controller.trigger.remote(
-            task_id,
-            json.dumps(to_jsonable_python(payload)),
-            options,
-            parent_id,
-            idempotency_key,
-            tags,
+    payload_json = json.dumps(to_jsonable_python(payload))
+    if ctx is None:
+        # triggers made together in this process (a backend starting many
+        # runs at once) share one Controller call and one Store transaction
+        item = (payload_json, options, idempotency_key, tags)
+        run_id, created = await _coalesced(conn, task_id).submit(item)
+    else:
+        run_id, created = await call(
+            conn.controller.trigger.remote(
+                task_id, payload_json, options, parent_id, idempotency_key, tags
+            )
         )
-    )
     if ctx is not None:
         await ctx.journal.record("trigger", task_id, {"id": run_id, "cached": not created})
     return _handle(conn.secret_key, run_id, task_id, not created)
+
+
+#: `trigger_each` calls this process made (tests count them)
+coalesced_calls = 0
+
+#: per event loop: per (connection, task id), the triggers waiting for the call in flight
+_groups: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, str], CallGroup[TriggerItem, tuple[str, bool]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _coalesced(
+    conn: connection.Connection, task_id: str
+) -> CallGroup[TriggerItem, tuple[str, bool]]:
+    """The group of this loop's triggers of `task_id`: one `trigger_each`
+    call in flight, carrying every trigger made meanwhile."""
+    groups = _groups.setdefault(asyncio.get_running_loop(), {})
+    for key in [k for k, g in groups.items() if g.idle and k != (id(conn), task_id)]:
+        del groups[key]  # a loop that triggers many tasks keeps only the busy ones
+    group = groups.get((id(conn), task_id))
+    if group is None:
+
+        async def trigger_each(items: list[TriggerItem]) -> list[Any]:
+            global coalesced_calls
+            coalesced_calls += 1
+            return list(await call(conn.controller.trigger_each.remote(task_id, items)))
+
+        group = groups[(id(conn), task_id)] = CallGroup(trigger_each)
+    return group
 
 
 async def trigger_runs(
