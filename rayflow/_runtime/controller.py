@@ -169,15 +169,28 @@ class Controller:
 
     async def locate(self, run_id: str) -> tuple[str, Any]:
         """(status, the RunActor executing it or None)."""
+        found = (await self.locate_many([run_id]))[0]
+        if isinstance(found, RunNotFound):
+            raise found
+        return found
+
+    async def locate_many(self, run_ids: list[str]) -> list[tuple[str, Any] | RunNotFound]:
+        """`locate` for many runs in one call and one Store read (the
+        locates of one process made together, `locations.locate`): each
+        (status, RunActor or None), or RunNotFound for that run alone."""
         if not self._attached.is_set():
             # a restarted Controller: answer once the live runs are re-attached
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._attached.wait(), 60)
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None:
-            raise RunNotFound(f"run {run_id} does not exist", run_id=run_id)
-        live = self.admission.live.get(run_id)
-        return run.status, (live[1] if live else None)
+        runs = await asyncio.to_thread(self.store.get_runs, run_ids)
+        out: list[tuple[str, Any] | RunNotFound] = []
+        for run_id, run in zip(run_ids, runs, strict=True):
+            if run is None:
+                out.append(RunNotFound(f"run {run_id} does not exist", run_id=run_id))
+                continue
+            live = self.admission.live.get(run_id)
+            out.append((run.status, live[1] if live else None))
+        return out
 
     async def wait_run(self, run_id: str) -> str:
         """Wait until the run has finished; returns its status."""

@@ -26,8 +26,15 @@ Poll = tuple[str, str, int]
 class Follow:
     """The polls of one `follow_many` call, by position in the call."""
 
-    def __init__(self, executing: Callable[[str], Execution | None], polls: list[Poll]) -> None:
+    def __init__(
+        self,
+        executing: Callable[[str], Execution | None],
+        polls: list[Poll],
+        claiming: Callable[[str], bool] = lambda run_id: False,
+    ) -> None:
         self._executing = executing
+        #: whether a run is being claimed here (not executing yet, soon)
+        self._claiming = claiming
         self.polls: dict[int, Poll] = dict(enumerate(polls))
         #: set when a watched run has news, at the deadline and at a kick
         self.wake = asyncio.Event()
@@ -44,10 +51,17 @@ class Follow:
         self.kicked = True
         self.wake.set()
 
+    def look_at(self, run_id: str) -> None:
+        """A run was claimed here, or left (or its claim failed): look at it
+        again (and watch it) if it is polled."""
+        if any(r == run_id for r, _, _ in self.polls.values()):
+            self._on_change(run_id)
+
     @property
     def watching(self) -> bool:
-        """Whether any run polled executes here (there is something to wait on)."""
-        return bool(self._watched)
+        """Whether any run polled executes here or is being claimed here
+        (there is something to wait on)."""
+        return bool(self._watched) or any(self._claiming(r) for r, _, _ in self.polls.values())
 
     def watch(self) -> None:
         """Watch the buffers of every polled run executing here now, and no

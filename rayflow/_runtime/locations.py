@@ -12,11 +12,14 @@ The caller then `forget`s the entry and locates again.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
 from rayflow._runtime import connection
+from rayflow._runtime.batching import CallGroup
 from rayflow._runtime.calls import call
 
 #: runs remembered per process (a replica serves many); oldest forgotten first
@@ -39,15 +42,34 @@ def cached(run_id: str) -> Any:
 async def locate(run_id: str) -> tuple[str | None, Any]:
     """(status, RunActor or None). A cache hit returns status None (unknown,
     but the run was live); a miss asks the Controller, which raises
-    RunNotFound for an unknown run."""
+    RunNotFound for an unknown run. The misses of this event loop made
+    together share one Controller call (1,000 readers starting at once)."""
     actor = cached(run_id)
     if actor is not None:
         return None, actor
-    controller = connection.current().controller
-    status, actor = await call(controller.locate.remote(run_id))
+    status, actor = await _group(connection.current()).submit(run_id)
     if actor is not None:
         remember(run_id, actor)
     return status, actor
+
+
+#: per event loop, per connection: the locates waiting for the call in flight
+_groups: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[int, CallGroup[str, tuple[str, Any]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _group(conn: connection.Connection) -> CallGroup[str, tuple[str, Any]]:
+    groups = _groups.setdefault(asyncio.get_running_loop(), {})
+    group = groups.get(id(conn))
+    if group is None:
+        groups.clear()  # an earlier connection's (rayflow.init after shutdown)
+
+        async def locate_many(run_ids: list[str]) -> list[Any]:
+            return list(await call(conn.controller.locate_many.remote(run_ids)))
+
+        group = groups[id(conn)] = CallGroup(locate_many)
+    return group
 
 
 def remember(run_id: str, actor: Any) -> None:

@@ -147,15 +147,27 @@ class RunActor:
         finally:
             self._outcomes.pop(run_id, None)
             self._cancel_pending.discard(run_id)
+            self._look_at(run_id)  # a reader that waited for a failed claim moves on
 
     def _started(self, execution: Execution) -> None:
-        """The run was claimed: it executes here from now on."""
+        """The run was claimed: it executes here from now on (readers that
+        came while it was being claimed are woken to watch it)."""
         self.executions[execution.run_id] = execution
         if execution.run_id in self._cancel_pending:
             execution.canceled.set()
+        self._look_at(execution.run_id)
+
+    def _look_at(self, run_id: str) -> None:
+        for follow in list(self._follows.values()):
+            follow.look_at(run_id)
 
     def _executing(self, run_id: str) -> Execution | None:
         return self.executions.get(run_id)
+
+    def _claiming(self, run_id: str) -> bool:
+        """Whether the run was handed to this actor and is being claimed (a
+        reader that found it through the Controller may come before the claim)."""
+        return run_id in self._outcomes and run_id not in self.executions
 
     def _whose(self, task: Any) -> tuple[str, str] | None:
         """The run an asyncio task belongs to (on `loop_watch`'s thread: reads only)."""
@@ -249,7 +261,7 @@ class RunActor:
         its reader waits like the rest."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        follow = self._follows[poll_id] = Follow(self._executing, polls)
+        follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming)
         if poll_id in self._kicked:
             self._kicked.discard(poll_id)
             follow.kick()  # the kick came before this call: answer at once
@@ -305,6 +317,8 @@ class RunActor:
     ) -> ReadReply | None:
         execution = self._executing(run_id)
         if execution is None:
+            if self._claiming(run_id):
+                return None  # its reader waits here: the claim wakes it (`_started`)
             return ReadReply(rows=[], from_store=True)
         buffers = execution.buffers
         # the Store is asked about a key this actor has no buffer for once
