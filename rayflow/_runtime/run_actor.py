@@ -122,6 +122,46 @@ class RunActor:
         self._outcomes[run_id] = outcome
         return await asyncio.shield(outcome)
 
+    async def execute_many(
+        self, run_ids: list[str]
+    ) -> AsyncIterator[dict[str, tuple[str, bool] | Exception]]:
+        """`execute` for the runs the Controller placed here together, in one
+        call (a Ray streaming generator, `execute_calls`): yields their
+        outcomes by run id as they come (runs that end together in one
+        reply) until every run has one; a run that could not be executed
+        gets the error instead."""
+        outcomes: asyncio.Queue[tuple[str, tuple[str, bool] | Exception]] = asyncio.Queue()
+
+        def report(run_id: str, outcome: asyncio.Future[tuple[str, bool]]) -> None:
+            if outcome.cancelled():
+                outcomes.put_nowait((run_id, RuntimeError(f"run {run_id} was cancelled")))
+            elif (e := outcome.exception()) is not None:
+                log.error("run %s: its actor failed outside the task: %r", run_id, e)
+                # its own type may not unpickle in the Controller
+                outcomes.put_nowait((run_id, RuntimeError(f"{type(e).__name__}: {e}")))
+            else:
+                outcomes.put_nowait((run_id, outcome.result()))
+
+        for run_id in run_ids:
+            if run_id in self._outcomes:
+                error = RuntimeError(f"RunActor {self.name} is already executing {run_id}")
+                outcomes.put_nowait((run_id, error))
+                continue
+            self._start_watching()
+            self.served += 1
+            outcome = asyncio.ensure_future(self._execute_and_reset(run_id))
+            self._outcomes[run_id] = outcome
+            outcome.add_done_callback(lambda f, r=run_id: report(r, f))  # type: ignore[misc]
+        left = len(run_ids)
+        while left:
+            first = await outcomes.get()
+            reply = dict([first])
+            while not outcomes.empty():
+                run_id, out = outcomes.get_nowait()
+                reply[run_id] = out
+            left -= len(reply)
+            yield reply
+
     async def join(self, run_id: str) -> tuple[str, bool]:
         """Wait for a run being executed (a restarted Controller re-attaching)."""
         outcome = self._outcomes.get(run_id)

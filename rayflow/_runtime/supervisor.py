@@ -25,6 +25,7 @@ import ray
 
 from rayflow._runtime.admission import Admission, Resources
 from rayflow._runtime.attempts import UNAVAILABLE
+from rayflow._runtime.execute_calls import ExecuteCalls
 from rayflow._runtime.pool import RunActorPool
 from rayflow._runtime.run_actor import LOST
 from rayflow._status import RunStatus
@@ -57,6 +58,8 @@ class Supervisor:
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._crashes: dict[str, int] = {}
         self._outages: dict[str, int] = {}
+        #: runs placed together leave in one call per actor
+        self.execute_calls = ExecuteCalls()
 
     async def run_on_actor(self, run_id: str, resources: Resources) -> None:
         try:
@@ -64,7 +67,8 @@ class Supervisor:
         finally:
             self.admission.pending.discard(run_id)
         self.admission.live[run_id] = (name, actor)
-        await self.supervise(run_id, name, actor, resources, actor.execute.remote(run_id))
+        outcome = self.execute_calls.execute(name, actor, run_id)
+        await self.supervise(run_id, name, actor, resources, outcome)
 
     def adopt(self, run_id: str, name: str, actor: Any, resources: Resources) -> None:
         """Supervise a RunActor an earlier Controller started (recovery)."""
