@@ -150,11 +150,13 @@ class Controller:
         return len(self.admission.queue)
 
     async def pool_stats(self) -> dict[str, int]:
-        """The pool's idle, busy and starting actors; live and queued runs."""
+        """The pool's idle, busy and starting actors; live and queued runs;
+        the `execute_many` calls made (runs placed together share one)."""
         return {
             **self.pool.stats(),
             "live_runs": len(self.admission.live),
             "queued": len(self.admission.queue),
+            "execute_calls": self.supervisor.execute_calls.calls,
         }
 
     async def revive(self, run_id: str) -> bool:
