@@ -152,19 +152,6 @@ def test_runs_one_after_another_start_no_process() -> None:
     assert len(pids) <= 2, pids  # the pool's warm actors (pool_size=2)
 
 
-def test_runs_placed_together_leave_in_one_call_per_actor_and_each_gets_its_outcome() -> None:
-    """A batch of 100 runs placed on the shared actors at once costs one
-    `execute_many` call per actor, not 100 `execute` calls; each run still
-    ends on its own (its own output, its waiters told)."""
-    run_output(whoami.trigger({}).result())  # the pool's actors are up
-    before = pool_stats()["execute_calls"]
-    handles = whoami.batch_trigger([{}] * 100).result()
-    outputs = [run_output(h) for h in handles]
-    assert [o["seen"] for o in outputs] == [[h.id] for h in handles]  # its own globals
-    calls = pool_stats()["execute_calls"] - before
-    assert 1 <= calls <= 4, calls  # the pool's 2 warm actors: one call each
-
-
 def test_module_globals_of_one_run_are_not_seen_by_the_next() -> None:
     first_handle = whoami_solo.trigger({}).result()
     first = run_output(first_handle)
@@ -303,7 +290,10 @@ def test_a_burst_of_async_runs_shares_one_process(separate_deployment: Any) -> N
     handles = shared_sleeper.batch_trigger([{"s": 1.0}] * 40).result()
     pids = {run_output(h) for h in handles}
     assert len(pids) == 1, pids
-    assert pool_stats()["started"] == 1, "no process was started for the burst"
+    stats = pool_stats()
+    assert stats["started"] == 1, "no process was started for the burst"
+    # placed together on the one actor: one execute_many call, not 40 calls
+    assert 1 <= stats["execute_calls"] <= 3, stats
     # they slept at once: 40 one after another would take 40 s
     assert time.monotonic() - began < 20
 
