@@ -152,13 +152,17 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
         assert r.status_code == 403
 
         # bad input: each a JSON error, nothing stored
+        start = {"type": "fresh", "taskIdentifier": AGENT, "triggerConfig": {"basePayload": {}}}
         r = await c.post(
-            "/api/v1/sessions",
-            headers=secret,
-            json={"type": "x", "externalId": "session_mine", "taskIdentifier": AGENT,
-                  "triggerConfig": {"basePayload": {}}},
-        )  # fmt: skip
+            "/api/v1/sessions", headers=secret, json={**start, "externalId": "session_x"}
+        )
         assert r.status_code == 400 and "session_" in r.json()["error"]
+        # 201 created, 200 for the same external id again (Trigger.dev's statuses)
+        fresh = {**start, "externalId": _ext("fresh")}
+        statuses = [(await c.post("/api/v1/sessions", headers=secret, json=fresh)) for _ in "12"]
+        assert [r.status_code for r in statuses] == [201, 200]
+        assert statuses[0].json()["id"] == statuses[1].json()["id"]
+        await client.sessions.close(statuses[0].json()["id"])
         r = await c.get("/api/v1/sessions/no-such-chat", headers=secret)
         assert r.status_code == 404 and r.json()["code"] == "SessionNotFound"
         r = await c.post("/realtime/v1/sessions/no-such-chat/in/append", headers=secret, json={})

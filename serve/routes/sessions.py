@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 from pydantic import Field, field_validator
 
 from rayflow._runtime.serving import parse_duration
@@ -111,11 +111,18 @@ def _ms(at: datetime | None) -> int | None:
     return int(at.timestamp() * 1000)
 
 
-@router.post("/api/v1/sessions", response_model=CreatedSession)
-async def start_session(body: CreateSessionBody, who: Caller, st: AppState) -> CreatedSession:
-    """Create the session and trigger its first run, or — a session holds
-    `externalId` already — return it (`isCached: true`) and start nothing.
-    `publicAccessToken` reads and writes this session only."""
+@router.post(
+    "/api/v1/sessions",
+    response_model=CreatedSession,
+    status_code=201,
+    responses={200: {"model": CreatedSession, "description": "the session existed already"}},
+)
+async def start_session(
+    body: CreateSessionBody, response: Response, who: Caller, st: AppState
+) -> CreatedSession:
+    """Create the session and trigger its first run (201), or — a session
+    holds `externalId` already — return it (200, `isCached: true`) and start
+    nothing. `publicAccessToken` reads and writes this session only."""
     who.require_secret("starting a session")
     config = body.trigger_config.model_dump(exclude_none=True, by_alias=True)
     session, created = await ops.start(
@@ -128,6 +135,8 @@ async def start_session(body: CreateSessionBody, who: Caller, st: AppState) -> C
         expires_at_ms=_ms(body.expires_at),
     )
     token = st.mint(ops.session_scopes(session))
+    if not created:
+        response.status_code = 200
     return CreatedSession(
         **ops.item(session),
         run_id=session.current_run_id or "",
