@@ -6,20 +6,20 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from rayflow._response import Response
+from rayflow._response import Response, run_sync
 from rayflow._runtime import connection, session_inputs, session_io, session_runs
 from rayflow._runtime.adapters import adapter_for
 from rayflow._runtime.context import current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
-from rayflow._runtime.session_io import RecordPage, SentRecord
+from rayflow._runtime.session_io import RecordPage, S2Record, SentRecord
 from rayflow.errors import InvalidArgument, SessionClosed, ValidationError, WaitTimeout
 from rayflow.task import Result
 
@@ -170,13 +170,12 @@ class SessionInput:
             return None
         return session_inputs.last_taken(ctx, ctx.session["id"], self._channel)
 
-    def read(self, *, start: int = 0, limit: int = 1000) -> Response[RecordPage]:
-        """The records from `start` on, whether taken or not (takes nothing)."""
-        return Response(
-            lambda: session_io.read_records(
-                self._session, "in", channel=self._channel, start=start, limit=limit
-            )
-        )
+    def read(
+        self, *, start: int = 0, limit: int = 1000, wait_s: float = 0.0, timeout_s: float = 60.0
+    ) -> RecordReader:
+        """The records from `start` on, whether taken or not (takes nothing);
+        see `RecordReader` (await it for a page, iterate it for live records)."""
+        return RecordReader(self._session, "in", self._channel, start, limit, wait_s, timeout_s)
 
 
 class SessionOutput:
@@ -241,26 +240,63 @@ class SessionOutput:
         return OutputWriter(self._session, self._channel)
 
     def read(
-        self, *, start: int = 0, limit: int = 1000, wait_s: float = 0.0
-    ) -> Response[RecordPage]:
-        """The records from `start` on (resume with the last `seq_num` + 1);
-        with `wait_s`, waits that long while there are none."""
+        self, *, start: int = 0, limit: int = 1000, wait_s: float = 0.0, timeout_s: float = 60.0
+    ) -> RecordReader:
+        """The records from `start` on (resume with the last `seq_num` + 1):
+        `await` it (or `.result()`) for one page, waiting up to `wait_s` while
+        there are none; iterate it (`for` / `async for`) for every record
+        live, until `timeout_s` passes without one."""
+        return RecordReader(self._session, "out", self._channel, start, limit, wait_s, timeout_s)
+
+
+class RecordReader(Response[RecordPage]):
+    """A read of a session stream: a `Response` for one page, and an
+    iterable of its records live (`S2Record`: `.seq_num`, `.value()`,
+    `.control`)."""
+
+    def __init__(
+        self,
+        session: str,
+        io: session_io.IO,
+        channel: str | None,
+        start: int,
+        limit: int,
+        wait_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._args = (session, io, channel, start, limit, wait_s, timeout_s)
+        super().__init__(self._page)
+
+    async def _page(self) -> RecordPage:
+        session, io, channel, start, limit, wait_s, _ = self._args
         if wait_s > 0:
-            return Response(
-                lambda: session_io.wait_records(
-                    self._session,
-                    "out",
-                    channel=self._channel,
-                    start=start,
-                    limit=limit,
-                    timeout_s=wait_s,
-                )
+            return await session_io.wait_records(
+                session, io, channel=channel, start=start, limit=limit, timeout_s=wait_s
             )
-        return Response(
-            lambda: session_io.read_records(
-                self._session, "out", channel=self._channel, start=start, limit=limit
-            )
+        return await session_io.read_records(session, io, channel=channel, start=start, limit=limit)
+
+    def _batches(self) -> AsyncIterator[builtins.list[S2Record]]:
+        session, io, channel, start, _, _, timeout_s = self._args
+        return session_io.follow_records(
+            session, io, channel=channel, start=start, timeout_s=timeout_s
         )
+
+    async def __aiter__(self) -> AsyncIterator[S2Record]:
+        async for batch in self._batches():
+            for record in batch:
+                yield record
+
+    def __iter__(self) -> Iterator[S2Record]:
+        batches = self._batches()
+        try:
+            while True:
+                try:
+                    batch: builtins.list[S2Record] = run_sync(batches.__anext__())  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+                yield from batch
+        finally:
+            run_sync(batches.aclose())  # type: ignore[attr-defined]
 
 
 class OutputWriter:

@@ -18,7 +18,8 @@
                              trigger_config={"idle_timeout_s": 3600}).result()
     session = sessions.open(user_id)
     session.input.send({"text": "hello"}).result()
-    page = session.output.read(start=0, wait_s=30).result()
+    for record in session.output.read(start=0, timeout_s=30):   # live, resumable
+        print(record.seq_num, record.value())
 
 A session (Trigger.dev's `sessions`) is keyed by your `external_id` (a
 chat id) and owns a pair of durable streams, `.input` and `.output`, whose
@@ -49,6 +50,7 @@ from rayflow._runtime.journal import MISSING
 from rayflow._runtime.session_io import RecordPage, S2Record, SentRecord
 from rayflow._session_handles import (
     OutputWriter,
+    RecordReader,
     Session,
     SessionChannel,
     SessionInput,
@@ -67,6 +69,7 @@ __all__ = [
     "CurrentSession",
     "OutputWriter",
     "RecordPage",
+    "RecordReader",
     "S2Record",
     "SentRecord",
     "Session",

@@ -229,7 +229,10 @@ def test_concurrent_starts_and_sends_converge_and_a_cancelled_run_is_continued_o
         "ended": "WaitTimeout",
         "taken": 5,
     }
+    live = iter(bob.output.read(start=len(outs(sid)), timeout_s=30))  # follows new records
     third = bob.input.send({"text": "later"}).result()
+    assert [next(live).value()["type"] for _ in range(3)] == ["boot", "greet", "echo"]
+    live.close()
     assert third.continued and third.run_id not in (run1, run2)
     eventually(lambda: echoes(sid)[-1:] == ["later"], what="run 3's reply")
     assert echoes(sid) == ["r1", *in_order, "later"]

@@ -52,6 +52,12 @@ class NamedSignals:
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(event.set)
 
+    def notify_all(self) -> None:
+        """Set every event (a feed that lost track: every reader reads again)."""
+        with self._lock:
+            paths = list(self._events)
+        self.notify(paths)
+
 
 _signals = NamedSignals()
 

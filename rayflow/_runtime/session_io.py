@@ -24,20 +24,21 @@ commit in one transaction under the session row's lock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from rayflow._runtime import connection, locations, named_appender, run_events, session_runs
+from rayflow._runtime import connection, locations, named_appender, named_feed, session_runs
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run
-from rayflow._runtime.named_signals import feed_key, signals
+from rayflow._runtime.named_signals import signals
 from rayflow.errors import InvalidArgument, PayloadTooLarge, RayflowError, SessionNotFound
 from rayflow.store.base import SessionRecord
 from rayflow.store.named import (
@@ -139,7 +140,7 @@ def encode(value: Any, what: str) -> bytes:
     return data
 
 
-def _record(io: IO, seq: int, end: int, data: bytes, created_at: int) -> S2Record:
+def _record(seq: int, end: int, data: bytes, created_at: int) -> S2Record:
     stored = json.loads(data)
     if isinstance(stored, dict) and "headers" in stored and "data" not in stored:
         return S2Record(seq, created_at, "", [list(h) for h in stored["headers"]])
@@ -290,15 +291,18 @@ async def read_records(
     limit: int = 1000,
 ) -> RecordPage:
     """The records at `start` and after (at most `limit`), without waiting."""
+    session = await session_runs.get_session(id_or_external)
+    return await _read(session, session_stream_path(session.id, io, channel), start, limit)
+
+
+async def _read(session: SessionRecord, path: str, start: int, limit: int) -> RecordPage:
     if start < 0:
         raise InvalidArgument(f"start must be 0 or more, not {start}")
-    session = await session_runs.get_session(id_or_external)
-    path = session_stream_path(session.id, io, channel)
     conn = connection.current()
     read = await asyncio.to_thread(
         conn.store.named_read, path, start, limit, conn.settings.max_input_bytes * 4
     )
-    records = [_record(io, c.pos, c.end, c.data, c.created_at) for c in read.chunks]
+    records = [_record(c.pos, c.end, c.data, c.created_at) for c in read.chunks]
     tail = read.stream.length if read.stream is not None else 0
     return RecordPage(session.id, records, tail, _closed(session))
 
@@ -315,45 +319,46 @@ async def wait_records(
 ) -> RecordPage:
     """`read_records`, waiting up to `timeout_s` while there are none at
     `start`. `waiter(path, local_event, timeout_s)` waits for a change of
-    `path`; by default a long poll of its own on the change feed — a Serve
-    replica passes one built on its shared feed (`serve/run_feed.py`)."""
-    session_id = await session_runs.session_id_of(id_or_external)
-    path = session_stream_path(session_id, io, channel)
+    `path`; by default this process's feed follower sets `local_event`
+    (`named_feed`) — a Serve replica passes one built on its shared feed
+    (`serve/run_feed.py`)."""
+    session = await session_runs.get_session(id_or_external)
+    path = session_stream_path(session.id, io, channel)
+    if waiter is None:
+        named_feed.follower()
     deadline = time.monotonic() + timeout_s
     while True:
         changed = signals().event(path)  # before reading: a commit after it is not missed
-        page = await read_records(session_id, io, channel=channel, start=start, limit=limit)
+        page = await _read(session, path, start, limit)
         remaining = deadline - time.monotonic()
-        if page.records or page.closed or remaining <= 0:
+        if page.records or remaining <= 0:
             return page
         await (waiter or _changed)(path, changed, min(remaining, REREAD_S))
 
 
-async def _changed(path: str, local: asyncio.Event, timeout_s: float) -> None:
-    """Until `path` changes (a commit in this process, or one the change
-    feed reports) or `timeout_s` passes."""
-    waits = [asyncio.ensure_future(local.wait()), asyncio.ensure_future(_feed(path, timeout_s))]
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
-async def _feed(path: str, timeout_s: float) -> None:
-    """A long poll on the change feed for `path` (processes that follow no feed)."""
-    actor = run_events.handle(connection.current().settings.namespace)
-    if actor is None:
-        await asyncio.sleep(timeout_s)
-        return
-    key = feed_key(path)
-    after, _ = await call(actor.wait.remote(-1, 0))
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        after, changed = await call(actor.wait.remote(after, left))
-        if changed is None or key in changed:
+async def follow_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    timeout_s: float = 60.0,
+) -> AsyncIterator[list[S2Record]]:
+    """Batches of records from `start` on, live, until `timeout_s` passes
+    with none (resume from the last `seq_num` + 1)."""
+    while True:
+        page = await wait_records(
+            id_or_external, io, channel=channel, start=start, timeout_s=timeout_s
+        )
+        if not page.records:
             return
+        yield page.records
+        start = page.records[-1].seq_num + 1
+
+
+async def _changed(path: str, local: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(local.wait(), timeout_s)
 
 
 def _closed(session: SessionRecord) -> bool:
