@@ -2,11 +2,10 @@
 non-SSE `records` drain (docs/wire.md, "Sessions").
 
 The records come from the sessions runtime (`read_records`: positions of the
-session's named streams, `seq_num` from 0). What the wire adds: a `.in`
-record's `body` is the envelope `{"data": <the value sent>, "id": "<seq>"}`
-(the SDK's reader takes `JSON.parse(body).data`, for `.in` as for `.out`,
-whose data records are stored in that shape already); a control record's
-body is `""` with its `headers`.
+session's named streams, `seq_num` from 0). A data record's `body` is the
+envelope `{"data": <the value>, "id": <its part id>}` as stored, for `.in` as
+for `.out` (the SDK's reader takes `JSON.parse(body).data`); a control
+record's body is `""` with its `headers`.
 
 Live readers are woken by the named streams' signals (a commit in this
 process) and the replica's change feed (a commit anywhere, one shared long
@@ -39,10 +38,7 @@ TURN_COMPLETE = "turn-complete"
 
 def wire(record: S2Record, io: str) -> dict[str, Any]:
     """The record in an SSE `batch`."""
-    body = record.body
-    if io == "in" and body:
-        body = '{"data":' + body + ',"id":' + json.dumps(str(record.seq_num)) + "}"
-    found = {"seq_num": record.seq_num, "timestamp": record.timestamp, "body": body}
+    found = {"seq_num": record.seq_num, "timestamp": record.timestamp, "body": record.body}
     if record.headers:
         found["headers"] = record.headers
     return found
@@ -50,10 +46,7 @@ def wire(record: S2Record, io: str) -> dict[str, Any]:
 
 def drained(record: S2Record, io: str) -> dict[str, Any]:
     """The record in a `records` drain: `data` parsed, its seq as its id."""
-    data: Any = None
-    if record.body:
-        data = json.loads(record.body)
-        data = data if io == "in" else data.get("data")
+    data = record.value() if record.body else None
     found: dict[str, Any] = {"data": data, "id": str(record.seq_num), "seqNum": record.seq_num}
     if record.headers:
         found["headers"] = record.headers
