@@ -8,7 +8,10 @@ tests/test_chat_browser.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -202,12 +205,29 @@ def test_stop_regenerate_and_an_action_edit_the_conversation(tmp_path: Path) -> 
     assert model.call_count() == 3  # the stopped turn, the regenerated one, "again"
 
 
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
+
+
 async def steered(turn: chat.Turn):  # type: ignore[no-untyped-def]
     model = chat.FakeModel(words=60, delay_s=0.02, calls=turn.metadata["calls"])
-    async for piece in model.stream(turn.messages):
+    # "long one" streams until the test's steering message has come (not
+    # for a fixed time: a reader behind on a busy box must not see the turn
+    # end before it sends); bounded, so a lost message fails the test
+    hold = turn.messages[-1].text == "long one"
+    deadline = time.monotonic() + 30
+    async for n, piece in aenumerate(model.stream(turn.messages)):
         yield piece
-        for pending in turn.take_pending():
-            yield f" [steered: {pending.text}]"
+        pending = turn.take_pending()
+        while hold and n >= 5 and not pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            pending = turn.take_pending()
+        hold = hold and not pending
+        for message_ in pending:
+            yield f" [steered: {message_.text}]"
 
 
 steering_agent = chat.agent(id="chat-test-steering", idle_timeout="120s", steering=True)(steered)
