@@ -1,0 +1,193 @@
+"""The RunActor's output-stream service: the methods readers and writers in
+other processes call on the runs it executes (`follow_many` for readers'
+polls, `published` for outside writers' commits, and the counters tests and
+benchmarks read). A mixin of `RunActor` (`run_actor`), which owns the state
+it uses: the runs' `Execution`s, the open follows, the kicked polls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from rayflow._config import Settings
+from rayflow._runtime import hops
+from rayflow._runtime.attempts import Execution
+from rayflow._runtime.calls import RunMoved
+from rayflow._runtime.follows import Follow
+from rayflow._runtime.stream_commit import loop_committer
+from rayflow._runtime.stream_rows import ReadReply, Row
+
+
+class StreamService:
+    # the RunActor's state this service reads (set in `RunActor.__init__`)
+    conn: Any
+    settings: Settings
+    name: str
+    polls_served: int
+    _follows: dict[str, Follow]
+    _kicked: set[str]
+    _outcomes: dict[str, Any]
+    _executing: Callable[[str], Execution | None]
+    _claiming: Callable[[str], bool]
+
+    async def follow_many(
+        self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
+    ) -> AsyncIterator[dict[int, ReadReply]]:
+        """Replies to many readers in one process as a stream (a Ray
+        streaming generator, `actor_polls`): `polls` are (run id, key, next
+        index), of any runs this actor executes. Yields, by position in
+        `polls`, what readers have something new — rows, a sealed segment,
+        `closed`, or `from_store` when this actor does not execute that run —
+        as soon as they have it, with no call to wait for in between: under
+        a flood a commit's rows leave at once instead of after the reader's
+        next call has arrived (measured: ~3.5 ms of a chunk's ~8 ms). A
+        reader's position moves past the rows it was sent; a reader sent
+        anything else leaves the stream. After the first look only the
+        readers of runs with news are looked at again (`follows`). Ends at
+        `kick(poll_id)`, after `wait_s` in all (the caller follows again: a
+        stream whose caller is gone cannot go on for long), or when no run
+        it follows executes here. A key nobody wrote allocates nothing here;
+        its reader waits like the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming)
+        if poll_id in self._kicked:
+            self._kicked.discard(poll_id)
+            follow.kick()  # the kick came before this call: answer at once
+        first = True
+        try:
+            while follow.polls:
+                # watch before looking: a commit while looking is not missed
+                follow.watch()
+                follow.wake.clear()
+                runs = None if first else follow.take_changed()
+                self.polls_served += 1
+                out: dict[int, ReadReply] = {}
+                for i, (run_id, key, start) in list(follow.polls.items()):
+                    if runs is not None and run_id not in runs:
+                        continue
+                    reply = await self._peek(run_id, key, start, limit, look=first)
+                    if reply is None:
+                        continue
+                    out[i] = reply
+                    if reply.rows:
+                        follow.polls[i] = (run_id, key, reply.rows[-1][0] + 1)
+                        if hops.enabled():
+                            ids = [hops.stream_id(run_id, key, r[0]) for r in reply.rows]
+                            hops.mark("reply", ids)
+                    else:
+                        del follow.polls[i]
+                first = False
+                if out:
+                    yield out
+                if follow.kicked or not follow.polls:
+                    return
+                left = deadline - loop.time()
+                if left <= 0 or not follow.watching:
+                    return
+                if follow.changed:
+                    continue
+                # wait on the watched runs' news itself, not on a task that
+                # waits for it: then this poll answers first once a commit is
+                # published, ahead of the writers the commit resolves (under
+                # a flood a writer's next burst ran first: ~1 ms)
+                timer = loop.call_later(left, follow.wake.set)
+                try:
+                    await follow.wake.wait()
+                finally:
+                    timer.cancel()
+        finally:
+            follow.close()
+            if self._follows.get(poll_id) is follow:
+                del self._follows[poll_id]
+
+    async def _peek(
+        self, run_id: str, key: str, start: int, limit: int, *, look: bool
+    ) -> ReadReply | None:
+        execution = self._executing(run_id)
+        if execution is None:
+            if self._claiming(run_id):
+                return None  # its reader waits here: the claim wakes it (`_started`)
+            return ReadReply(rows=[], from_store=True)
+        buffers = execution.buffers
+        # the Store is asked about a key this actor has no buffer for once
+        # per poll; after that only a write through this actor creates it
+        buf = await buffers.find(key) if look else buffers.streams.get(key)
+        if buf is None:
+            return ReadReply(rows=[], closed=True) if buffers.closed else None
+        return await buf.peek(start, limit)
+
+    def poll_count(self) -> int:
+        """How many looks (steps of `follow_many`) this actor has answered."""
+        return self.polls_served
+
+    def kick(self, poll_id: str) -> None:
+        """End the `follow_many` stream `poll_id` now (its process has a new reader)."""
+        follow = self._follows.get(poll_id)
+        if follow is not None:
+            follow.kick()
+        else:  # it may overtake its call: the call finds it
+            if len(self._kicked) > 1000:
+                self._kicked.clear()
+            self._kicked.add(poll_id)
+
+    #: calls to `published` answered by this actor, for every run it served
+    #: (how many Ray calls outside writers cost; read through `published_calls`)
+    published_count = 0
+
+    async def published(self, news: list[tuple[str, list[tuple[str, list[Row]]]]]) -> list[str]:
+        """Outside writers of one process committed `news` — per run, (key,
+        rows) — to the streams of runs this actor executes (`run_appender`:
+        one call per actor, however many of its runs were written): take the
+        rows into the streams' tails and wake their readers. Answers the runs
+        this actor does not execute (the writer locates them again); while a
+        run is being claimed or released here there is nothing to do for it
+        (streams opened later load their length from the Store, and a
+        released run's readers read the Store)."""
+        self.published_count += 1
+        moved: list[str] = []
+        learning = []
+        for run_id, run_news in news:
+            if run_id not in self._outcomes:
+                moved.append(run_id)
+                continue
+            execution = self._executing(run_id)
+            if execution is None or execution.buffers.closed:
+                continue
+            buffers = execution.buffers
+            learning += [buffers.get(key).learn(rows) for key, rows in run_news]
+        if len(learning) == 1:
+            await learning[0]
+        elif learning:  # one stream waiting for its length holds up no other
+            await asyncio.gather(*learning)
+        return moved
+
+    def published_calls(self) -> int:
+        """Calls to `published` this actor has answered (all runs)."""
+        return self.published_count
+
+    async def stream_commits(self) -> int:
+        """Transactions this actor's group commit made for the output streams
+        of all its runs (tests and benchmarks count them)."""
+        return loop_committer(self.conn.store, self.settings.max_stream_bytes).commits
+
+    def stream_stats(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Per stream of the run (when it executes here): committed length,
+        chunks in the heap tail, sealed segments."""
+        execution = self._executing(run_id)
+        if execution is None:
+            return {}
+        return {
+            key: {"length": b.length, "tail": len(b.tail), "segments": len(b.segments)}
+            for key, b in execution.buffers.streams.items()
+        }
+
+    async def close_stream(self, run_id: str, key: str) -> None:
+        execution = self._executing(run_id)
+        if execution is None:
+            raise RunMoved(f"run {run_id} is not executing on {self.name}")
+        buf = execution.buffers.get(key)
+        await buf.drain()
+        await asyncio.to_thread(self.conn.store.close_stream, run_id, key)
+        buf.close()
