@@ -315,7 +315,7 @@ def test_the_run_list_shows_sessions_with_their_current_run(
         "triggerConfig": {"basePayload": RESEARCH_AGENT.payload},
     }
     r = httpx.post(f"{dev_server.url}/api/v1/sessions", json=body, headers=headers, timeout=30)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text  # created (200: cached)
     session = r.json()
     page.goto(f"{dev_server.url}/dashboard/#key={dev_server.secret_key}")
     row = f"tr[data-session-id='{session['id']}']"
