@@ -580,17 +580,23 @@ def turn_chunk(turn: int, i: int) -> str:
     return head + "x" * (CHUNK_BYTES - len(head))
 
 
-async def stream_reply(write: Any, turn: int) -> None:
-    """The fake model's reply to `turn`, each token handed to `await write(token)`
-    as it is "generated" (open loop, like workload 6)."""
+async def reply_tokens(turn: int) -> Any:
+    """The fake model's reply to `turn`: an async generator of its tokens, one
+    every TOKEN_GAP_S as they are "generated" (open loop, like workload 6)."""
     import asyncio
 
     start = time.monotonic()
     for i in range(TURN_TOKENS):
-        await write(turn_chunk(turn, i))
+        yield turn_chunk(turn, i)
         delay = start + (i + 1) * TOKEN_GAP_S - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+async def stream_reply(write: Any, turn: int) -> None:
+    """The fake model's reply to `turn`, each token handed to `await write(token)`."""
+    async for token in reply_tokens(turn):
+        await write(token)
 
 
 def chat_turns(turns: int, gap_s: float, send: Any, tokens: Any) -> dict[str, Any]:

@@ -10,8 +10,9 @@
 - SSE = rayflow's own HTTP app (``serve/``) on Ray Serve, read with the secret key.
 - chat turns = a session (``rayflow.sessions``) whose run ``await``s
   ``session.input.wait()`` for each message (suspended between turns: no process) and
-  ``session.output.append``s each token of the fake model; the user process sends with
-  ``sessions.open(id).input.send`` and reads ``.output.read(start, wait_s=…)``.
+  ``session.output.pipe``s the fake model's tokens (one journaled step per reply);
+  the user process sends with ``sessions.open(id).input.send`` and reads
+  ``.output.read(start, wait_s=…)``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ try:
             got = await me.input.wait(timeout="1h")
             if not got.ok or got.output.get("bye"):
                 return turns
-            await c.stream_reply(me.output.append, got.output["turn"])
+            # a pipe is one journaled step: a revival replays it without
+            # calling the model again (an append loop would re-run it)
+            await me.output.pipe(c.reply_tokens(got.output["turn"]))
             turns += 1
 
     IMPORT_ERROR = None

@@ -449,11 +449,12 @@ How each system does each workload (same machine, same run, loopback only):
   1 s, sends a message, and reads the reply — 20 tokens of a fake model, one every 10 ms —
   from the conversation's one output stream. rayflow: a chat agent on a session
   (`session.input.wait()` between turns, so the run is suspended while the user thinks;
-  each token `session.output.append`ed); the user `sessions.open(id).input.send`s and
-  reads `.output.read`. DBOS: `recv_async` + `write_stream_async` per token in one async
-  workflow; `DBOSClient.send` + `read_stream`. Restate: a virtual object's `turn` handler
-  calling the model in `ctx.run`; the reply arrives whole as the call's answer (no first
-  token). Send → first token and send → turn complete on the user's clock.
+  the model's tokens `session.output.pipe`d, one journaled step); the user
+  `sessions.open(id).input.send`s and reads `.output.read`. DBOS: `recv_async` +
+  `write_stream_async` per token in one async workflow; `DBOSClient.send` +
+  `read_stream`. Restate: a virtual object's `turn` handler calling the model in
+  `ctx.run`; the reply arrives whole as the call's answer (no first token). Send → first
+  token and send → turn complete on the user's clock.
 
 Latency = the reader's clock minus the writer's clock embedded in each 64-byte chunk (one
 machine). A live write starts 0.5 s after the reader subscribed; writers go as fast as they
