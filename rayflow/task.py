@@ -83,6 +83,14 @@ def _validate(adapter: TypeAdapter[Any] | None, value: Any, what: str) -> Any:
         raise ValidationError(f"{what} is invalid: {e}") from None
 
 
+def _code_text(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = fn.__code__
+        return repr((code.co_code, code.co_consts, code.co_names))
+
+
 class Task(Generic[T, R]):
     """A task: an `async def` function that runs as a rayflow run on Ray.
 
@@ -152,11 +160,10 @@ class Task(Generic[T, R]):
     def fingerprint(self) -> str:
         """A hash of the function's code: two registrations with different
         fingerprints come from different code versions."""
-        try:
-            text = inspect.getsource(self.fn)
-        except (OSError, TypeError):
-            code = self.fn.__code__
-            text = repr((code.co_code, code.co_consts, code.co_names))
+        # a library's wrapper (a chat agent) names the user's function it runs:
+        # its code is the version too, not only the shared wrapper's
+        user_fn = getattr(self.fn, "__rayflow_user_fn__", None)
+        text = "\n".join(_code_text(f) for f in (self.fn, user_fn) if f is not None)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     async def invoke(self, payload: Any) -> R:

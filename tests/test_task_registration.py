@@ -75,6 +75,24 @@ def test_the_same_code_defined_twice_is_not_reported() -> None:
         make()
 
 
+def test_a_chat_agent_redefined_with_other_turn_code_is_reported() -> None:
+    """An agent's task runs a wrapper shared by every agent: its version must
+    still come from the user's turn function."""
+    from rayflow import chat
+
+    @chat.agent("redefined-agent")
+    async def first(turn: chat.Turn):  # type: ignore[no-untyped-def]
+        yield "first version"
+
+    with pytest.warns(RuntimeWarning, match="redefined-agent"):
+
+        @chat.agent("redefined-agent")
+        async def second(turn: chat.Turn):  # type: ignore[no-untyped-def]
+            yield "second version"
+
+    assert first.fingerprint != second.fingerprint
+
+
 def test_the_default_stream_is_used_when_no_key_is_given() -> None:
     handle = default_stream_writer.trigger({}).result()
     assert list(streams.read(handle.id, timeout_s=30)) == [

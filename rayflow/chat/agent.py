@@ -67,6 +67,7 @@ def agent(
         # worker can import travels by value, like any task's) and function
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(run, attr, getattr(fn, attr, getattr(run, attr)))
+        run.__rayflow_user_fn__ = fn  # type: ignore[attr-defined]  # the task's version
         return task(id=id, **task_options)(run)
 
     return wrap
