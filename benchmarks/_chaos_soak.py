@@ -151,6 +151,7 @@ class Soak:
                     st.saw(key)
                 if await self._finished(st.id):
                     st.finished = True
+                    st.ended.set()
                     return
                 result.early_ends += 1
                 result.problems.append(f"python reader of {st.id} ended before the run did")
@@ -209,7 +210,13 @@ class Soak:
     ) -> None:
         think = random.Random(f"{st.index}")
         for r in range(st.rounds):
-            await st.round_seen[r].wait()
+            seen = asyncio.ensure_future(st.round_seen[r].wait())
+            ended = asyncio.ensure_future(st.ended.wait())
+            await asyncio.wait({seen, ended}, return_when=asyncio.FIRST_COMPLETED)
+            seen.cancel()
+            ended.cancel()
+            if not st.round_seen[r].is_set():
+                return  # the run ended without this round: the verdict says how
             # a person or a backend takes a while: the run waits (suspended in .wait())
             await asyncio.sleep(think.uniform(*self.think_s))
             n = st.message(r)
@@ -230,6 +237,8 @@ class Soak:
                         await asyncio.wait_for(inp.send(st.id, {"n": n}, idempotency_key=key), 30)
                     break
                 except Exception as e:
+                    if st.ended.is_set():
+                        return  # refused for good: the run ended (the verdict says how)
                     result.send_retries += 1
                     self.log(f"send {n} to {st.id}: {e!r}; retrying")
                     tries += 1

@@ -68,6 +68,9 @@ class RunState:
     round_seen: list[asyncio.Event] = field(default_factory=list)
     #: its Python reader saw the stream end with the run finished
     finished: bool = False
+    #: set with `finished`: a sender waiting for a round the run never
+    #: reaches (it ended CRASHED or FAILED) stops instead of hanging the phase
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def message(self, r: int) -> str:
         return f"{self.index}.{r}"

@@ -2,7 +2,8 @@
 an actor's event loop, each with its own context, streams, metadata and
 inputs; one run's cancel, timeout or failure leaves the others running; a
 run that blocks the loop is named; an actor whose loop lags takes no new
-runs; an actor killed with many runs on it loses none of their chunks.
+runs; an actor killed with many runs on it loses none of their chunks, and
+runs killed with their actor again and again are resumed each time.
 
 Every test here runs on a deployment of its own whose pool keeps one warm
 actor (`pool_size=1`), so that runs triggered together share it.
@@ -27,10 +28,13 @@ from conftest import eventually
 import rayflow
 from rayflow import metadata, streams, task
 from rayflow._runtime import connection
+from rayflow._runtime.supervisor import MAX_CRASH_RESUMES
+from rayflow._status import FINISHED_STATUSES
 
 said = streams.define("shared-said", str)
 heard = streams.input("shared-heard", str)
 ticks = streams.define("shared-ticks", int)
+turns = streams.input("shared-turns", int)
 
 
 @task(id="shared-probe")
@@ -54,6 +58,24 @@ async def ticker(payload: dict) -> int:
         await ticks.append(i)
         await asyncio.sleep(payload["gap"])
     return os.getpid()
+
+
+@task(id="shared-rounds")
+async def rounds(payload: dict) -> list[int]:
+    """`chunks` ticks per round, then one message (`.once()`): the run waits
+    on its actor for the test to send it."""
+    got = []
+    for r in range(payload["rounds"]):
+        for i in range(payload["chunks"]):
+            await ticks.append(100 * r + i)
+        got.append((await turns.once(timeout_s=120)).unwrap())
+    return got
+
+
+@task(id="shared-kills-its-actor")
+async def kills_its_actor(payload: dict) -> None:
+    await ticks.append(0)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @task(id="shared-fails")
@@ -241,6 +263,86 @@ def test_an_actor_killed_with_many_runs_on_it_resumes_every_run_with_every_chunk
         t.join(30)
     for run_id, got in live.items():
         assert got == list(range(n_ticks)), run_id
+
+
+def test_runs_whose_actor_is_killed_again_and_again_resume_each_time_they_got_further() -> None:
+    """Found by the chaos soak (benchmarks/chaos.py, run_actor phase): a lost
+    actor counted as a crash of every run it hosted, for the run's whole
+    life, so the fourth SIGKILL of the actor its runs shared CRASHED all of
+    them ("lost its actor 4 times") though each had got further every time.
+    Here all the runs share one actor, which is killed MAX_CRASH_RESUMES + 1
+    times, each time after every run took a message and wrote a round more;
+    every run completes, with every chunk and message exactly once."""
+    n_runs, n_rounds, n_chunks = 6, MAX_CRASH_RESUMES + 2, 5
+    handles = rounds.batch_trigger([{"rounds": n_rounds, "chunks": n_chunks}] * n_runs).result()
+    expected = [100 * r + i for r in range(n_rounds) for i in range(n_chunks)]
+    live: dict[str, list[int]] = {h.id: [] for h in handles[:2]}
+
+    def follow(run_id: str) -> None:
+        live[run_id].extend(ticks.read(run_id, timeout_s=120))
+
+    readers = [threading.Thread(target=follow, args=(r,)) for r in live]
+    for t in readers:
+        t.start()
+    for r in range(n_rounds - 1):
+        eventually(
+            lambda r=r: all(written(h.id) == (r + 1) * n_chunks for h in handles),
+            timeout_s=60,
+            what=f"every run to write round {r}",
+        )
+        pids = {ray.get(actor_of(h.id).pid.remote()) for h in handles}
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if r % 2:  # else the message is stored while its run has no actor
+            eventually(
+                lambda pids=pids: all(on_another_actor(h.id, pids) for h in handles),
+                timeout_s=60,
+                what=f"every run to resume on another actor after kill {r + 1}",
+            )
+        for h in handles:
+            turns.send(h.id, r, idempotency_key=f"{h.id}-{r}").result()
+    for h in handles:
+        turns.send(h.id, n_rounds - 1).result()
+    store = connection.current().store
+    for h in handles:
+        run = finished(h, timeout_s=60)
+        assert run.status == "COMPLETED", run.error
+        assert run.output == list(range(n_rounds))
+        assert list(ticks.read(h.id, timeout_s=5)) == expected, h.id
+        assert len(store.inbox_read(h.id, turns.id, 0, 100)) == n_rounds
+    for t in readers:
+        t.join(30)
+    for run_id, got in live.items():
+        assert got == expected, run_id
+
+
+def test_a_run_that_kills_its_actor_at_the_same_point_every_time_is_crashed() -> None:
+    """The other side of resuming runs that get further: a run that dies
+    where it died before (its append is a duplicate on replay, no progress)
+    is resumed MAX_CRASH_RESUMES times on the shared actors, once more on an
+    actor of its own, and CRASHED when it kills that one too."""
+    handle = kills_its_actor.trigger({}).result()
+    run = finished(handle)
+    assert run.status == "CRASHED", run
+    times = MAX_CRASH_RESUMES + 2
+    assert run.error["message"] == f"run {handle.id} lost its actor without progress {times} times"
+    assert list(ticks.read(handle.id, timeout_s=5)) == [0]
+
+
+def on_another_actor(run_id: str, dead: set[int]) -> bool:
+    """Whether the run executes on an actor other than the `dead` ones
+    (fails at once when it finished instead)."""
+    status, actor = ray.get(connection.current().controller.locate.remote(run_id))
+    if status in FINISHED_STATUSES:
+        pytest.fail(f"run {run_id} ended {status}: {rayflow.runs.retrieve(run_id).result().error}")
+    try:
+        return (
+            actor is not None
+            and ray.get(actor.pid.remote(), timeout=5) not in dead
+            and run_id in ray.get(actor.run_ids.remote(), timeout=5)
+        )
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])

@@ -6,11 +6,19 @@ many runs at once) and awaits `execute(run_id)`; `supervise` gets back
 actor (it takes no new run and stops once its other runs left; at once when
 it died), frees the run's slot, and then: tells the run's waiters when it
 finished, relaunches it when a message woke it while it suspended, or resumes
-it from its journal when its actor was lost (at most `MAX_CRASH_RESUMES`
-times, then the run is CRASHED) or when the Store stayed unreachable during
-the attempt (`UNAVAILABLE`: once the Store answers again; at most
-`MAX_OUTAGE_RESUMES` times, so that an outage never fails a run but a run
-that meets one at every attempt still ends).
+it from its journal when its actor was lost or when the Store stayed
+unreachable during the attempt (`UNAVAILABLE`: once the Store answers again;
+at most `MAX_OUTAGE_RESUMES` times, so that an outage never fails a run but a
+run that meets one at every attempt still ends).
+
+A lost actor takes every run it hosted, so a loss says little about any one
+of them. Losses count in a row only while the run gets nowhere in between
+(no journal entry, no chunk, no new attempt — `Progress`): a run that
+progresses between losses, beside a run that kills actors or through node
+losses over its life, is resumed every time. After `MAX_CRASH_RESUMES` + 1
+losses without progress on actors it shared, the run gets an actor of its
+own (`runs_per_actor=1`), where a loss is its own doing: one more there,
+without progress, and it is CRASHED (it dies where it died before).
 """
 
 from __future__ import annotations
@@ -26,16 +34,20 @@ import ray
 from rayflow._runtime.admission import Admission, Resources
 from rayflow._runtime.attempts import UNAVAILABLE
 from rayflow._runtime.execute_calls import ExecuteCalls
-from rayflow._runtime.pool import RunActorPool
+from rayflow._runtime.pool import RunActorPool, capacity_of
 from rayflow._runtime.run_actor import LOST
 from rayflow._status import RunStatus
 from rayflow.errors import Unavailable
-from rayflow.store.base import FINISHED_STATUSES, Store
+from rayflow.store.base import FINISHED_STATUSES, RunRecord, Store
 
 log = logging.getLogger("rayflow")
 T = TypeVar("T")
+#: how far a run got, as the Store holds it: (attempt, journal entries of that
+#: attempt, chunks on its streams) — it only grows while the run gets anywhere
+Progress = tuple[int, int, int]
 
-#: how often a run may lose its actor (node death, OOM kill) and be resumed
+#: how often in a row a run may lose its actor (node death, OOM kill) without
+#: progress in between and be resumed (`Progress`)
 MAX_CRASH_RESUMES = 3
 #: how often a run may be resumed after the Store was unreachable mid-attempt
 MAX_OUTAGE_RESUMES = 10
@@ -56,7 +68,8 @@ class Supervisor:
         self.admission = admission
         self._spawn = spawn
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
-        self._crashes: dict[str, int] = {}
+        #: run id -> losses in a row without progress, and its progress at the last
+        self._crashes: dict[str, tuple[int, Progress]] = {}
         self._outages: dict[str, int] = {}
         #: runs placed together leave in one call per actor
         self.execute_calls = ExecuteCalls()
@@ -112,19 +125,28 @@ class Supervisor:
     async def _resume(self, run_id: str, resources: Resources, *, outage: bool) -> None:
         """Launch the run again from its journal after it lost its actor (or,
         `outage`, the Store) — unless it already needed MAX_CRASH_RESUMES
-        (MAX_OUTAGE_RESUMES) such resumes; then it is CRASHED."""
-        if outage:
-            counts, most, what, step = self._outages, MAX_OUTAGE_RESUMES, "lost the Store", 0.1
-        else:
-            counts, most, what, step = self._crashes, MAX_CRASH_RESUMES, "lost its actor", 0.5
+        such resumes in a row without progress (MAX_OUTAGE_RESUMES in all);
+        then it is CRASHED — or, when it lost an actor other runs shared,
+        resumed once more on an actor of its own."""
         run = await self._store_call(self.store.get_run, run_id)
         if run is None or run.status == RunStatus.WAITING:
             return
         if run.finished:
             self.notify(run_id, run.status)
             return
-        n = counts[run_id] = counts.get(run_id, 0) + 1
-        if n > most:
+        if outage:
+            most, what, step = MAX_OUTAGE_RESUMES, "lost the Store", 0.1
+            n = self._outages[run_id] = self._outages.get(run_id, 0) + 1
+        else:
+            most, what, step = MAX_CRASH_RESUMES, "lost its actor", 0.5
+            n = await self._count_crash(run)
+            what += " without progress"
+        if n > most and not outage and self._shared(resources):
+            # any run on an actor it shared may have killed it: the run gets
+            # an actor of its own for its last try, where a loss is its own
+            log.warning("run %s lost its actor %d times without progress; alone now", run_id, n)
+            resources = {**(resources or {}), "runs_per_actor": 1}
+        elif n > most:
             await self._store_call(
                 self.store.finish_run,
                 run_id,
@@ -143,6 +165,18 @@ class Supervisor:
         ):
             return
         self.admission.launch(run_id, resources, front=True)
+
+    def _shared(self, resources: Resources) -> bool:
+        """Whether runs of this shape share their actors."""
+        return capacity_of(resources, self.pool.settings.runs_per_actor) > 1
+
+    async def _count_crash(self, run: RunRecord) -> int:
+        """The run's losses in a row without progress, this one included."""
+        progress = await self._store_call(progress_of, self.store, run)
+        n, before = self._crashes.get(run.id, (0, None))
+        n = n + 1 if progress == before else 1
+        self._crashes[run.id] = (n, progress)
+        return n
 
     async def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args)` on a thread, tried again until the Store answers: a
@@ -168,3 +202,10 @@ class Supervisor:
         for fut in self._waiters.pop(run_id, []):
             if not fut.done():
                 fut.set_result(status)
+
+
+def progress_of(store: Store, run: RunRecord) -> Progress:
+    """How far `run` got (`Progress`), read from the Store."""
+    journal = store.journal_load(run.id, run.attempt)
+    chunks = sum(stream.length for stream in store.list_streams(run.id))
+    return run.attempt, len(journal), chunks
