@@ -91,7 +91,12 @@ class Settings(BaseSettings):
     tail_chunks: int = 4096
     #: sealed segments per stream kept in the Ray object store (older: Store)
     object_store_segments: int = 64
+    #: how long a token minted by rayflow is valid (the secret key mints them)
     token_ttl_s: int = 3600
+    #: ... a session's public access token (`sessions.start`, `POST
+    #: /api/v1/sessions`): Trigger.dev's 60 minutes; a client gets a fresh one
+    #: by starting the session again
+    session_token_ttl_s: int = Field(default=3600, ge=60)
     #: Inbox actors (on the head node) taking every send; a (run, input
     #: stream) always goes to the same one, by a hash of both
     inbox_shards: int = Field(default=2, ge=1, le=256)

@@ -14,9 +14,15 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from rayflow._response import Response, run_sync
-from rayflow._runtime import connection, session_inputs, session_io, session_runs
+from rayflow._runtime import (
+    connection,
+    session_inputs,
+    session_io,
+    session_runs,
+    session_writer,
+)
 from rayflow._runtime.adapters import adapter_for
-from rayflow._runtime.context import current_run, require_run
+from rayflow._runtime.context import RunContext, current_run, require_run
 from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.journal import MISSING
 from rayflow._runtime.session_io import RecordPage, S2Record, SentRecord
@@ -132,9 +138,13 @@ class SessionInput:
     def on(self, handler: Callable[[Any], Any]) -> Subscription:
         """Inside the session's run: call `handler` (sync or async) with every
         record from the first not yet taken, in order, until `off()` or the
-        end of the attempt. Each record reaches the handlers once across the
-        session's runs: a replay does not hand it over again. Use either
-        `on()` or `once()`/`wait()` on one stream."""
+        end of the attempt. A handed-over record is taken (journaled): when
+        the run is revived (after `.wait()` or a crash) and its code runs
+        again from the top, the re-registered handler gets the records it had
+        again, at the same points, and then the new ones — so what it builds
+        is rebuilt, and no record reaches it twice in one execution or goes
+        to another run of the session. Use either `on()` or
+        `once()`/`wait()` on one stream."""
         ctx = require_run("session.input.on()")
         if not self._session.startswith(session_runs.SESSION_PREFIX):
             if ctx.session is None:
@@ -218,6 +228,9 @@ class SessionOutput:
             if ctx is not None:
                 recorded = ctx.journal.replay("session-pipe", name)
                 if recorded is not MISSING:
+                    if "position" in recorded:
+                        # the appends after it number on past the pipe's
+                        (await self._writer(ctx)).advance_to(int(recorded["position"]))
                     return int(recorded["count"])
             count = 0
             if isinstance(source, AsyncIterable):
@@ -229,10 +242,18 @@ class SessionOutput:
                     await session_io.append_output(self._session, item, channel=self._channel)
                     count += 1
             if ctx is not None:
-                await ctx.journal.record("session-pipe", name, {"count": count})
+                position = (await self._writer(ctx)).position
+                await ctx.journal.record(
+                    "session-pipe", name, {"count": count, "position": position}
+                )
             return count
 
         return Response(go)
+
+    async def _writer(self, ctx: RunContext) -> session_writer.SessionWriter:
+        session_id = await session_runs.session_id_of(self._session)
+        path = session_io.session_stream_path(session_id, "out", self._channel)
+        return session_writer.writer_for(ctx, path)
 
     def writer(self) -> OutputWriter:
         """`async with session.output.writer() as w: w.write(x); ...`: records

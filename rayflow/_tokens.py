@@ -25,6 +25,13 @@ def run_scopes(run_id: str) -> list[str]:
     return [f"read:runs:{run_id}", f"write:inputStreams:{run_id}"]
 
 
+def session_scopes(session_id: str, external_id: str | None) -> list[str]:
+    """What a session's public access token carries: read and write the
+    session (every channel of it), named by id and by external id."""
+    names = [session_id] + ([external_id] if external_id else [])
+    return [f"{action}:sessions:{n}" for action in ("read", "write") for n in names]
+
+
 def token_claims(scopes: list[str], ttl_s: int) -> dict[str, Any]:
     """The claims of a new token. `jti` is random: two tokens minted in the
     same second with the same scopes differ, so their holders (told apart by

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic_core import to_jsonable_python
 
 from rayflow._runtime.adapters import adapter_for
-from rayflow._runtime.context import current_run
+from rayflow._runtime.context import current_run, reset_run, set_run
 from rayflow._runtime.journal import MISSING
 
 P = ParamSpec("P")
@@ -51,15 +51,23 @@ def step(name_or_fn: Any, fn: Callable[..., Any] | None = None, *args: Any, **kw
 
 async def _run_step(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     ctx = current_run()
-    if ctx is not None:
-        recorded = ctx.journal.replay("step", name)
-        if recorded is not MISSING:
-            return _revive(fn, recorded)
-    result = fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    if ctx is not None:
-        await ctx.journal.record("step", name, to_jsonable_python(result))
+    if ctx is None:
+        result = fn(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+    # the body writes as writers of its own: a replay skips it, and the
+    # writes after it must keep their numbers (`stream_journal`)
+    inner = ctx.for_step()
+    recorded = ctx.journal.replay("step", name)
+    if recorded is not MISSING:
+        return _revive(fn, recorded)
+    token = set_run(inner)
+    try:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    finally:
+        reset_run(token)
+    await ctx.journal.record("step", name, to_jsonable_python(result))
     return result
 
 

@@ -62,9 +62,6 @@ from rayflow.store.base import SessionRecord
 
 T = TypeVar("T")
 
-#: how long the public access token `start` returns is valid (Trigger.dev: 60 min)
-SESSION_TOKEN_TTL_S = 3600
-
 __all__ = [
     "CurrentSession",
     "OutputWriter",
@@ -138,7 +135,8 @@ class SessionInfo:
 @dataclass
 class StartedSession:
     """What `start` returns: the session, its first (or current) run, a
-    token for its streams, and whether it existed already."""
+    token for its streams (valid 60 minutes, `RAYFLOW_SESSION_TOKEN_TTL_S`;
+    start the session again for a fresh one), and whether it existed already."""
 
     id: str
     external_id: str | None
@@ -166,10 +164,11 @@ def _ms(at: datetime | None) -> int | None:
 
 
 def session_token(session: SessionRecord) -> str:
-    """A token reading and writing the session (by its id and external id)."""
-    names = [session.id] + ([session.external_id] if session.external_id else [])
-    scopes = [f"{op}:sessions:{n}" for n in names for op in ("read", "write")]
-    return _tokens.mint_token(connection.current().secret_key, scopes, SESSION_TOKEN_TTL_S)
+    """A token reading and writing the session (by its id and external id),
+    valid `session_token_ttl_s` (as the HTTP start route's)."""
+    conn = connection.current()
+    scopes = _tokens.session_scopes(session.id, session.external_id)
+    return _tokens.mint_token(conn.secret_key, scopes, conn.settings.session_token_ttl_s)
 
 
 def start(

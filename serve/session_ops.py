@@ -15,6 +15,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from rayflow import _tokens
 from rayflow._runtime.serving import append_output as runtime_append
 from rayflow._runtime.serving import close_session, current, end_and_continue, start_session
 from rayflow._runtime.serving import send_input as runtime_send
@@ -88,10 +89,8 @@ async def get(id_or_external_id: str) -> SessionRecord:
 
 
 def session_scopes(session: SessionRecord) -> list[str]:
-    """What a session's public access token carries: read and write the
-    session (every channel of it), named by id and by external id."""
-    names = [session.id] + ([session.external_id] if session.external_id else [])
-    return [f"{action}:sessions:{n}" for action in ("read", "write") for n in names]
+    """What a session's public access token carries (as Python's `sessions.start`)."""
+    return _tokens.session_scopes(session.id, session.external_id)
 
 
 def require(

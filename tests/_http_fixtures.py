@@ -57,6 +57,8 @@ _apps: dict[str, HttpApi] = {}
 STREAMS_PER_TOKEN = 128
 #: the test app's `run_shape_live_s`
 RUN_SHAPE_LIVE_S = 5.0
+#: the test app's `token_ttl_s` (not the session tokens' 3600 s)
+TOKEN_TTL_S = 7200
 #: Serve listens on one port per Ray session; a redeploy (another store) keeps it
 _port: list[int] = []
 
@@ -81,6 +83,9 @@ def http_api(rf: Any) -> HttpApi:
             # (tests/test_run_subscriptions.py waits it out once; 20 s by
             # default); one with a change is answered at once
             "run_shape_live_s": RUN_SHAPE_LIVE_S,
+            # tokens live TOKEN_TTL_S, a session's 60 min as everywhere (its
+            # own setting): tests/test_http_sessions.py tells them apart
+            "token_ttl_s": TOKEN_TTL_S,
         }
     )
     url = start(settings)

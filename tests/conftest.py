@@ -101,3 +101,19 @@ async def eventually_async(
             return last
         await asyncio.sleep(0.05)
     pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+
+
+def run_actor_pid(run_id: str) -> int | None:
+    """The process id of the RunActor executing `run_id` (None: none now,
+    or the Controller has not noticed that it died)."""
+    import ray
+
+    from rayflow._runtime import connection
+
+    _, actor = ray.get(connection.current().controller.locate.remote(run_id))
+    if actor is None:
+        return None
+    try:
+        return int(ray.get(actor.pid.remote()))
+    except ray.exceptions.RayActorError:
+        return None

@@ -3,12 +3,16 @@ the chat protocol's records on `.out` (UI message chunks as data records,
 `turn-complete` control records carrying the `.in` seq they answer), the run
 suspended between turns and revived without calling the model again, a
 continuation run that rebuilds the conversation, stop, regenerate, actions.
-(The browser side — `useChat` with `TriggerChatTransport` — is
-tests/test_chat_browser.py.)"""
+A turn cut by a killed RunActor is answered again by the revived run, and
+`.out` still holds each of its records once. (The browser side — `useChat`
+with `TriggerChatTransport` — is tests/test_chat_browser.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import eventually
+from conftest import eventually, run_actor_pid
 
 import rayflow
 from rayflow import chat, sessions
@@ -250,3 +254,36 @@ def test_a_message_sent_mid_turn_steers_it_or_is_the_next_turn(tmp_path: Path) -
     chunks, _ = out.turn()
     assert text_of(chunks).startswith("[3] you said: next")  # long one, also this, next
     assert chat.FakeModel(calls=calls).call_count() == 2
+
+
+def test_a_turn_cut_by_a_killed_run_actor_is_answered_once_on_out(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    model = chat.FakeModel(words=60, calls=calls)
+    session = start("chat-test-agent", calls)
+    run_id = sessions.retrieve(session.id).result().current_run_id
+    out = Out(session.id)
+    eventually(lambda: run_status(session.id) == "WAITING", what="the run suspended")
+    first = send(session.id, message("a long answer", calls, words=60, delay=0.05))
+    streamed = out.deltas(3)
+    pid = eventually(lambda: run_actor_pid(run_id), what="the run's RunActor")
+    os.kill(pid, signal.SIGKILL)
+    # revived from its journal: the cut turn runs again (its model too) and
+    # its records stored before the kill are not stored twice (`chat:<id>`)
+    chunks, headers = out.turn()
+    kinds = [c["type"] for c in streamed + chunks]
+    assert kinds.count("start") == 1 and kinds.count("finish") == 1, kinds
+    history = [chat.user_message("u", "a long answer")]
+    assert text_of(streamed + chunks) == model.answer(history)
+    assert dict(headers)["session-in-event-id"] == str(first)
+    assert model.call_count() == 2
+    # the next message is the next turn of the same run: nothing taken twice or lost
+    eventually(lambda: run_status(session.id) == "WAITING", what="the revived run suspended")
+    nxt = send(session.id, message("next", calls))
+    chunks, headers = out.turn()
+    history.append(chat.user_message("u", "next"))
+    assert text_of(chunks) == chat.FakeModel(words=8).answer(history)
+    assert dict(headers)["session-in-event-id"] == str(nxt)
+    assert sessions.retrieve(session.id).result().current_run_id == run_id
+    records = sessions.open(session.id).output.read().result().records
+    ids = [json.loads(r.body)["id"] for r in records if r.control is None]  # part ids
+    assert len(ids) == len(set(ids)) and model.call_count() == 3

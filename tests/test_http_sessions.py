@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, read_sse
+from _http_fixtures import TOKEN_TTL_S, HttpApi, read_sse
 from test_http_node_client import node_sdk, run_node  # noqa: F401  (fixture)
 
 import rayflow
-from rayflow import sessions, task
+from rayflow import _tokens, sessions, task
 from rayflow.client import Client
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
@@ -113,6 +113,16 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
     mine = await client.sessions.start(type="probe", task_id=AGENT, external_id=_ext("mine"))
     other = await client.sessions.start(type="probe", task_id=AGENT, external_id=_ext("other"))
     assert mine.public_access_token and not mine.is_cached
+    # a session token lives 60 min (Trigger.dev's), minted over HTTP or in
+    # Python, whatever the deployment's other tokens live (TOKEN_TTL_S here)
+    again = await sessions.start(type="probe", task_id=AGENT, external_id=mine.external_id)
+    assert again.is_cached and again.id == mine.id
+    for token in (mine.public_access_token, again.public_access_token):
+        claims = _tokens.decode_token(http_tasks.secret_key, token)
+        assert claims["exp"] - claims["iat"] == 3600 != TOKEN_TTL_S
+        names = (mine.id, mine.external_id)
+        scopes = [f"{op}:sessions:{name}" for op in ("read", "write") for name in names]
+        assert sorted(claims["scopes"]) == sorted(scopes)
     as_mine = Client(http_tasks.url, mine.public_access_token)
 
     # the session's own token: send, read (by external id and by id), retrieve

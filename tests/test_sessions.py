@@ -3,17 +3,21 @@ stores: start is idempotent; a session's run suspends on `.input.wait()`
 holding no process and a send revives it; a send to a session whose run
 ended (returned, cancelled, idled out) continues it with a fresh run that
 takes exactly the records not yet taken; concurrent starts and sends
-converge; channels wake nothing; a closed session refuses records."""
+converge; channels wake nothing; a closed session refuses records; a run
+revived after a wait or after its RunActor was killed stores each record
+once and hands its `.on()` handlers what they had again."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from typing import Any
 
 import pytest
 import ray
-from conftest import eventually
+from conftest import eventually, run_actor_pid
 
 import rayflow
 from rayflow import errors, sessions, task
@@ -256,3 +260,90 @@ def test_concurrent_starts_and_sends_converge_and_a_cancelled_run_is_continued_o
     assert echoes(sid) == ["r1", *in_order, "later", "once", "after"]
     previous = [o["previous"] for o in outs(sid) if o["type"] == "boot"]
     assert previous[:3] == [None, run1, run2] and previous[-1] == handoff.run_id
+
+
+@task(id="session-durable")
+async def session_durable(payload: dict) -> dict:  # type: ignore[type-arg]
+    me = sessions.current()
+    session = sessions.open(me.id)
+    ctl = session.channel("ctl")
+    seen: list[int] = []
+
+    async def note(value: dict) -> None:  # type: ignore[type-arg]
+        seen.append(value["n"])
+        await ctl.output.append({"noted": value["n"]})
+
+    ctl.input.on(note)
+    turns = 0
+    while True:
+        got = await session.input.wait()
+        if not got.ok:
+            return {"turns": turns, "seen": seen, "ended": type(got.error).__name__}
+        text, turns = got.output["text"], turns + 1
+        await session.output.append({"turn": text, "part": 0})
+        await rayflow.step("think", think, me.id, text)  # appends part 1
+        await session.output.append({"turn": text, "part": 2, "seen": list(seen)})
+        if text == "hold":  # holds its process until "go": killed here
+            (await session.channel("go").input.once(timeout_s=120)).unwrap()
+        await session.output.append({"turn": text, "part": 3})
+        if text == "bye":
+            return {"turns": turns, "seen": seen}
+
+
+async def think(session_id: str, text: str) -> None:
+    await sessions.open(session_id).output.append({"turn": text, "part": 1})
+
+
+def parts(session: str) -> list[tuple[str, int]]:
+    return [(o["turn"], o["part"]) for o in outs(session)]
+
+
+def test_a_run_revived_after_a_wait_or_a_kill_stores_records_once_and_replays_handlers() -> None:
+    started = sessions.start(type="durable", task_id="session-durable", trigger_config=BASE)
+    sid, run_id = started.result().id, started.result().run_id
+    assert run_id is not None
+    session, ctl = sessions.open(sid), sessions.open(sid).channel("ctl")
+
+    def noted() -> list[Any]:
+        return [r.value() for r in ctl.output.read().result().records]
+
+    def part(turn: str, n: int) -> dict[str, Any]:
+        found = [o for o in outs(sid) if (o["turn"], o["part"]) == (turn, n)]
+        assert len(found) == 1, (turn, n, outs(sid))
+        return found[0]
+
+    eventually(lambda: suspended(run_id), what="the run to suspend on .input.wait()")
+    ctl.input.send({"n": 1}).result()  # a channel wakes nothing: handed over once revived
+    session.input.send({"text": "one"}).result()
+    eventually(lambda: noted() == [{"noted": 1}], what="the handler to take ctl record 0")
+    eventually(lambda: ("one", 3) in parts(sid) and suspended(run_id), what="turn one")
+
+    # revived again: the replay hands the handler its record again (its list
+    # is rebuilt), and neither it nor the turn stores anything twice
+    session.input.send({"text": "two"}).result()
+    eventually(lambda: ("two", 3) in parts(sid) and suspended(run_id), what="turn two")
+    assert part("two", 2)["seen"] == [1]
+    assert noted() == [{"noted": 1}]
+
+    # killed mid-turn (holding its process in .once(), after appends past its
+    # last wait): revived from its journal, it appends nothing twice either
+    ctl.input.send({"n": 2}).result()
+    session.input.send({"text": "hold"}).result()
+    eventually(
+        lambda: ("hold", 2) in parts(sid) and noted() == [{"noted": 1}, {"noted": 2}],
+        what="turn hold to hold its process, the handler to take ctl record 1",
+    )
+    pid = eventually(lambda: run_actor_pid(run_id), what="the run's RunActor")
+    os.kill(pid, signal.SIGKILL)
+    session.channel("go").input.send({"go": True}).result()
+    eventually(lambda: ("hold", 3) in parts(sid), timeout_s=60, what="the revived run's part 3")
+    eventually(lambda: suspended(run_id), what="the revived run to suspend")
+    session.input.send({"text": "bye"}).result()
+    result = rayflow.runs.wait(run_id).result(timeout_s=60)
+    assert result.status == "COMPLETED" and result.output == {"turns": 4, "seen": [1, 2]}
+    # revived, not continued: every record once, no .in record taken twice or lost
+    assert sessions.retrieve(sid).result().current_run_id == run_id
+    assert parts(sid) == [(t, n) for t in ("one", "two", "hold", "bye") for n in range(4)]
+    assert part("bye", 2)["seen"] == [1, 2]
+    assert noted() == [{"noted": 1}, {"noted": 2}]
+    assert session.input.peek().result() is None and ctl.input.peek().result() is None

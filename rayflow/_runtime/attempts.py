@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pydantic_core import to_jsonable_python
 
 from rayflow._config import Settings
-from rayflow._runtime import registry, run_batches, stream_journal
+from rayflow._runtime import registry, run_batches, session_inputs, stream_journal
 from rayflow._runtime.context import RunContext, set_run
 from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffers import StreamBuffers
@@ -170,6 +170,7 @@ async def _execute(
         )
         ctx.inputs = execution.inputs
         await execution.inputs.prepare(journal)
+        await session_inputs.prepare(ctx)
         execution.inputs.bind(ctx)
         execution.task = asyncio.get_running_loop().create_task(_call(task, payload, ctx))
         try:
@@ -255,6 +256,8 @@ async def _suspend(store: Store, execution: Execution, waitpoint: Waitpoint) -> 
     transaction. A message stored before the waitpoint existed woke
     nobody: the run then resolves its own waitpoint and is queued again."""
     await execution.inputs.flush_records()
+    if execution.inputs.ctx is not None:
+        await session_inputs.settle(execution.inputs.ctx)
     await execution.buffers.drain()
     if execution.inputs.ctx is not None:
         # each writer's position, so a replay never writes past it (stream_journal)

@@ -27,7 +27,9 @@ class RunContext:
     inputs: Any = None
     #: writers created in an `.on()` handler are numbered per delivery
     #: ("on:<stream>:<seq>:"): a replay hands a message over at another
-    #: point among the task's own writes, and their ids must not shift
+    #: point among the task's own writes, and their ids must not shift.
+    #: Those created in a step, per step ("step<n>:"): a replay skips a
+    #: finished step's body, and the writes after it must not take its numbers
     writer_scope: str = ""
     #: the metadata the run was triggered with (`rayflow.metadata` starts from it)
     trigger_metadata: dict[str, Any] = field(default_factory=dict)
@@ -40,6 +42,7 @@ class RunContext:
     #: the attempt's readers of session input streams (`session_inputs`), by path
     session_readers: dict[str, Any] = field(default_factory=dict)
     _writers: int = field(default=0)
+    _steps: int = field(default=0)
 
     def next_writer_id(self, kind: str) -> str:
         """Deterministic writer ids, so a replayed write is recognised."""
@@ -48,7 +51,16 @@ class RunContext:
 
     def for_delivery(self, stream_id: str, seq: int) -> RunContext:
         """This run's context for an `.on()` handler handling message `seq`."""
-        return dataclasses.replace(self, writer_scope=f"on:{stream_id}:{seq}:", _writers=0)
+        return dataclasses.replace(
+            self, writer_scope=f"on:{stream_id}:{seq}:", _writers=0, _steps=0
+        )
+
+    def for_step(self) -> RunContext:
+        """This run's context for the body of its next step (steps are
+        counted whether they run or are replayed)."""
+        self._steps += 1
+        scope = f"{self.writer_scope}step{self._steps}:"
+        return dataclasses.replace(self, writer_scope=scope, _writers=0, _steps=0)
 
     def resolve_target(self, target: str) -> str:
         if target == "self":

@@ -6,10 +6,10 @@ instead of running, until the journal is exhausted and the run goes live.
 Entries are written to the Store before the operation returns, so whatever
 the task saw survives a crash.
 
-Messages handed to `.on()` handlers are journaled too ("on" entries), at the
-point they were delivered. On replay they are handed to the (re-registered)
-handler at that same point: before the next durable operation recorded
-after them.
+Messages handed to `.on()` handlers are journaled too ("on" entries for run
+input streams, "session-on" for a session's), at the point they were
+delivered. On replay they are handed to the (re-registered) handler at that
+same point: before the next durable operation recorded after them.
 
 Stream writes are journaled too (`_runtime/stream_journal.py`), out of the
 order the task's own operations are matched in: a "stream" entry records a
@@ -37,6 +37,8 @@ MISSING: Any = object()
 #: entries that are not one of the task's operations: "stream" entries are
 #: skipped wherever they are, "suspend" entries by the next `replay`
 STREAM, SUSPEND = "stream", "suspend"
+#: deliveries to `.on()` handlers, handed over again where the replay meets them
+DELIVERIES = ("on", "session-on")
 
 
 class Journal:
@@ -45,12 +47,16 @@ class Journal:
         self.entries: list[JournalEntry] = store.journal_load(run_id, attempt)
         self.cursor = 0
         self._persist = asyncio.Lock()
-        #: called with each "on" entry met on replay; returns False while the
-        #: handler it belongs to is not registered yet
-        self.dispatch_on: Callable[[JournalEntry], bool] | None = None
+        #: by kind (DELIVERIES): called with each delivery entry met on
+        #: replay; returns False while the handler it belongs to is not
+        #: registered yet
+        self.dispatch: dict[str, Callable[[JournalEntry], bool]] = {}
         #: called once when the journal is exhausted and the run goes live
         self.on_live: Callable[[], None] | None = None
         self._live = False
+        #: set once the journal is exhausted: deliveries made live from then
+        #: on are recorded after everything the replay handed over
+        self.live = asyncio.Event()
         #: set, and replaced, whenever the cursor passes a "suspend" entry
         self.passed = asyncio.Event()
         #: what `stream_journal` keeps of this attempt's writers, and what it
@@ -66,13 +72,18 @@ class Journal:
     def pump(self) -> None:
         """Hand recorded `.on()` deliveries at the cursor to their handlers,
         and go live when nothing is left to replay."""
-        while self.cursor < len(self.entries) and self.entries[self.cursor].kind in ("on", STREAM):
+        while self.cursor < len(self.entries) and (
+            self.entries[self.cursor].kind in DELIVERIES or self.entries[self.cursor].kind == STREAM
+        ):
             entry = self.entries[self.cursor]
-            if entry.kind == "on" and (self.dispatch_on is None or not self.dispatch_on(entry)):
-                return
+            if entry.kind != STREAM:
+                dispatch = self.dispatch.get(entry.kind)
+                if dispatch is None or not dispatch(entry):
+                    return
             self.cursor += 1
         if self.cursor >= len(self.entries) and not self._live:
             self._live = True
+            self.live.set()
             if self.on_live is not None:
                 self.on_live()
 

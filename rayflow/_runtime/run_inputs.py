@@ -101,7 +101,7 @@ class RunInputs:
     def bind(self, ctx: RunContext) -> None:
         """Start an attempt: fresh state, the journal decides what was taken."""
         self.ctx, self.live, self.streams = ctx, False, {}
-        ctx.journal.dispatch_on = self._dispatch_recorded
+        ctx.journal.dispatch["on"] = self._dispatch_recorded
         ctx.journal.on_live = self._go_live
         ctx.journal.pump()
 

@@ -14,9 +14,13 @@ waitpoint whose stream id is `session:<id>` — the RunActor then suspends
 the run (no process held) and settles the race with a send that committed
 first (`Store.settle_session_wait`); a send to the session queues the run.
 
-Records handed to `.on()` handlers move the cursor without a journal entry:
-each reaches the handlers once across the session's runs, and a replay does
-not hand them over again.
+A record handed to `.on()` handlers is a take too: its "session-on" entry
+commits with the cursor, then the handlers get it. A replay hands it to the
+re-registered handlers where the journal has it (`Journal.pump`; the records
+are read before the attempt starts, `prepare`), so a revived run's handlers
+rebuild what they had; live deliveries start once the replay is done, past
+the cursor. Each record reaches the run's handlers once per execution of its
+code, and no other run of the session gets it.
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayflow._runtime import connection, session_runs
-from rayflow._runtime.attempts import Suspended
+from rayflow._runtime import attempts, connection, session_runs
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow._runtime.journal import MISSING
 from rayflow._runtime.named_signals import signals
@@ -45,6 +48,8 @@ log = logging.getLogger("rayflow")
 
 Handler = Callable[[Any], Any]
 KIND = "session-in"
+#: a record handed to `.on()` handlers
+KIND_ON = "session-on"
 #: the most a read for handlers takes in at once
 _BATCH = 100
 
@@ -59,6 +64,10 @@ class _Reader:
     handlers: list[Handler] = field(default_factory=list)
     pump: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: records the journal hands to handlers on replay, by seq (`prepare`)
+    known: dict[int, bytes] = field(default_factory=dict)
+    #: the journal write of the live delivery in flight (awaited on suspension)
+    recording: asyncio.Future[None] | None = None
 
 
 def _reader(ctx: RunContext, session_id: str, channel: str | None) -> _Reader:
@@ -179,17 +188,74 @@ async def wait(ctx: RunContext, session_id: str, timeout_s: float | None) -> dic
             return {"closed": True}
     deadline = None if timeout_s is None else now_ms() + int(timeout_s * 1000)
     pending = WaitpointStatus.PENDING.value
-    raise Suspended(Waitpoint(ctx.run_id, stream_id, deadline, None, pending, None))
+    raise attempts.Suspended(Waitpoint(ctx.run_id, stream_id, deadline, None, pending, None))
+
+
+async def prepare(ctx: RunContext) -> None:
+    """Before the attempt starts: read (in a thread) the records its journal
+    hands to `.on()` handlers, so the replay hands them over from memory;
+    and let the journal dispatch them."""
+    wanted: dict[str, list[int]] = {}
+    for e in ctx.journal.entries:
+        if e.kind == KIND_ON:
+            wanted.setdefault(e.name, []).append(int(json.loads(e.value)["seq"]))
+    if wanted:
+        found = await asyncio.to_thread(_read_many, wanted)
+        for path, records in found.items():
+            session_id = path.split("/")[1]
+            r = ctx.session_readers.get(path)
+            if r is None:
+                r = ctx.session_readers[path] = _Reader(session_id, path)
+            r.known.update(records)
+    ctx.journal.dispatch[KIND_ON] = lambda entry: _dispatch_recorded(ctx, entry)
+
+
+def _read_many(wanted: dict[str, list[int]]) -> dict[str, dict[int, bytes]]:
+    store = connection.current().store
+    found: dict[str, dict[int, bytes]] = {}
+    for path, seqs in wanted.items():
+        want, got = set(seqs), found.setdefault(path, {})
+        start, last = min(seqs), max(seqs)
+        while start <= last:
+            read = store.named_read(path, start, min(_BATCH, last + 1 - start), 1 << 30)
+            if not read.chunks:
+                break
+            got.update((c.pos, c.data) for c in read.chunks if c.pos in want)
+            start = read.chunks[-1].pos + 1
+    return found
+
+
+def _dispatch_recorded(ctx: RunContext, entry: JournalEntry) -> bool:
+    """Hand a journaled delivery to the handlers again (False while none is
+    registered on its stream yet)."""
+    r = ctx.session_readers.get(entry.name)
+    if r is None or not r.handlers:
+        return False
+    seq = int(json.loads(entry.value)["seq"])
+    data = r.known.pop(seq, None)
+    if data is None:
+        raise RayflowError(
+            f"run {ctx.run_id}: record {seq} of session stream {entry.name} is journaled as"
+            " handed to its .on() handlers but missing from the Store (its stream expired?)"
+        )
+    r.next_seq, r.last_taken = seq + 1, seq
+    for handler in list(r.handlers):
+        _call(ctx, r.path, seq, handler, data)
+    return True
 
 
 def add_handler(ctx: RunContext, session_id: str, channel: str | None, handler: Handler) -> None:
     """Hand every record from the cursor on to `handler` until `remove_handler`
-    or the end of the attempt."""
+    or the end of the attempt (on replay: first those the journal recorded)."""
     r = _reader(ctx, session_id, channel)
     r.handlers.append(handler)
+    loop = asyncio.get_running_loop()
+    if ctx.journal.replaying:
+        # on the next turn: handlers registered together all get the first one
+        loop.call_soon(ctx.journal.pump)
     if r.pump is None or r.pump.done():
         owner = asyncio.current_task()
-        r.pump = asyncio.get_running_loop().create_task(_pump(ctx, r))
+        r.pump = loop.create_task(_pump(ctx, r))
         if owner is not None:
             pump = r.pump
             owner.add_done_callback(lambda _: pump.cancel())
@@ -202,12 +268,10 @@ def remove_handler(ctx: RunContext, session_id: str, channel: str | None, handle
 
 
 async def _pump(ctx: RunContext, r: _Reader) -> None:
+    """Live deliveries, once the replay handed over what the journal has
+    (recording one earlier would put it among the entries still replayed)."""
     store = connection.current().store
-    # records reach handlers only once the run is past what it did before
-    # its last suspension: a handler's appends made earlier would be taken
-    # for replayed ones (stored already) and skipped
-    while ctx.journal.next_suspension() is not None:
-        await ctx.journal.passed.wait()
+    await ctx.journal.live.wait()
     while r.handlers:
         changed = signals().event(r.path)
         async with r.lock:
@@ -215,22 +279,42 @@ async def _pump(ctx: RunContext, r: _Reader) -> None:
                 r.next_seq = await asyncio.to_thread(store.session_cursor, r.session_id, r.path)
             read = await asyncio.to_thread(store.named_read, r.path, r.next_seq, _BATCH, 1 << 30)
             for chunk in read.chunks:
-                for handler in list(r.handlers):
-                    _call(ctx, r.path, chunk.pos, handler, chunk.data)
-                r.next_seq, r.last_taken = chunk.end, chunk.pos
+                if not r.handlers:
+                    return
+                await _deliver(ctx, r, chunk.pos, chunk.data)
             if read.chunks:
-                await asyncio.to_thread(
-                    store.session_consume,
-                    ctx.run_id,
-                    ctx.attempt,
-                    None,
-                    r.session_id,
-                    r.path,
-                    r.next_seq,
-                )
                 continue
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(changed.wait(), REREAD_S)
+
+
+async def _deliver(ctx: RunContext, r: _Reader, seq: int, data: bytes) -> None:
+    """Journal the take with the cursor (one transaction), then hand it over."""
+    store = connection.current().store
+    run_id, attempt, session_id, path = ctx.run_id, ctx.attempt, r.session_id, r.path
+
+    def persist(entry: JournalEntry) -> None:
+        store.session_consume(run_id, attempt, entry, session_id, path, seq + 1)
+
+    # shielded: a suspension stops the pump, but a take half-way must commit
+    # (or fail) before the "suspend" entry is recorded (`settle`)
+    r.recording = asyncio.ensure_future(ctx.journal.record(KIND_ON, path, {"seq": seq}, persist))
+    await asyncio.shield(r.recording)
+    r.next_seq, r.last_taken = seq + 1, seq
+    for handler in list(r.handlers):
+        _call(ctx, path, seq, handler, data)
+
+
+async def settle(ctx: RunContext) -> None:
+    """The run suspends: stop live deliveries; a take in flight commits first."""
+    for r in ctx.session_readers.values():
+        if r.pump is not None and not r.pump.done():
+            r.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await r.pump
+        if r.recording is not None:
+            with contextlib.suppress(Exception):
+                await r.recording
 
 
 def _call(ctx: RunContext, path: str, seq: int, handler: Handler, data: bytes) -> None:

@@ -35,7 +35,14 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from rayflow._runtime import connection, locations, named_appender, named_feed, session_runs
+from rayflow._runtime import (
+    connection,
+    locations,
+    named_appender,
+    named_feed,
+    session_runs,
+    session_writer,
+)
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run
 from rayflow._runtime.named_signals import signals
@@ -210,33 +217,29 @@ async def append_control(
 
 
 async def _append(id_or_external: str, io: IO, record: Any, channel: str | None) -> int:
-    """-1 when skipped: inside a run replaying what it did before its last
-    suspension, every append it makes was stored before it suspended (an
-    append is durable before it returns), so it stores nothing again and
-    costs no I/O — wherever it comes from (a step, a pipe, a handler)."""
-    if replaying_stored():
-        return -1
+    """-1 when nothing was stored: inside a run, a replay's append of a
+    record stored before (`session_writer`: skipped without I/O before the
+    run's last suspension, a duplicate in the Store after a crash)."""
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, io, channel)
     data = encode(record, f"the record for {path}")
-    result = await append_encoded(path, data, channel, None)
-    return -1 if result.start is None else result.start
-
-
-def replaying_stored() -> bool:
-    """Whether the current run replays code that ran before its last
-    suspension (its session appends then are stored already). A run revived
-    after a crash has no suspension entry past its last wait: what it
-    appended after that wait is appended again (at least once)."""
     ctx = current_run()
-    return ctx is not None and ctx.journal.next_suspension() is not None
+    if ctx is None:
+        result: NamedWriteResult | None = await append_encoded(path, data, channel, None)
+    else:
+        result = await session_writer.writer_for(ctx, path).append(
+            lambda producer: append_encoded(path, data, channel, producer, gaps=True)
+        )
+    return -1 if result is None or result.start is None else result.start
 
 
 async def append_encoded(
-    path: str, data: bytes, channel: str | None, producer: Producer | None
+    path: str, data: bytes, channel: str | None, producer: Producer | None, *, gaps: bool = False
 ) -> NamedWriteResult:
-    """Append one encoded record to a session stream (created on first write)."""
-    write = NamedWrite(path, [data], JSON_TYPE, producer=producer)
+    """Append one encoded record to a session stream (created on first
+    write). `producer`: its stamp (a retry or replay with the same stamp
+    stores nothing); `gaps`: its seqs may skip numbers (`NamedWrite.producer_gaps`)."""
+    write = NamedWrite(path, [data], JSON_TYPE, producer=producer, producer_gaps=gaps)
     result = await named_appender.write(write)
     if result.outcome is NamedOutcome.MISSING:
         # created on first write, once the session is known to exist

@@ -26,6 +26,9 @@ A run revived after a crash has no such entry for the time after its last
 suspension: its writers' chunks up to what was committed are recognised as
 duplicates (writer id and number), and those past it come from the new
 attempt — a pipe cut mid-stream restarts its source.
+
+A session stream's writer inside a run (`session_writer.SessionWriter`) is
+journaled the same way: its number and id are the record's producer stamp.
 """
 
 from __future__ import annotations
@@ -33,13 +36,26 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rayflow._runtime.journal import STREAM, SUSPEND, Journal
 from rayflow.store.base import JournalEntry
 
-if TYPE_CHECKING:
-    from rayflow._runtime.writer import ChunkWriter
+
+class JournaledWriter(Protocol):
+    """A writer with a deterministic id inside a task: a run stream's
+    `ChunkWriter`, a session stream's `SessionWriter`."""
+
+    writer_id: str
+
+    @property
+    def position(self) -> int:
+        """How many writes it numbered so far."""
+        ...
+
+    def advance_to(self, position: int) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 @dataclass
@@ -49,7 +65,7 @@ class WriterLog:
     #: writer id -> its recorded completions, by segment number
     completions: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     #: the writers this execution created, by id (their positions at a suspension)
-    writers: dict[str, ChunkWriter] = field(default_factory=dict)
+    writers: dict[str, JournaledWriter] = field(default_factory=dict)
     #: "suspend" entries' positions, parsed once, by entry seq
     positions: dict[int, dict[str, int]] = field(default_factory=dict)
 
@@ -86,7 +102,7 @@ def _passed(log: WriterLog, entry: JournalEntry) -> None:
             writer.advance_to(position)
 
 
-def register(journal: Journal, writer: ChunkWriter) -> None:
+def register(journal: Journal, writer: JournaledWriter) -> None:
     """A writer of this attempt: its position goes into "suspend" entries;
     one created after the replay passed a suspension starts past what it
     wrote before it."""
@@ -142,8 +158,7 @@ async def mark_suspension(journal: Journal, stream_id: str) -> None:
         await asyncio.gather(*(w.flush() for w in log.writers.values()), return_exceptions=True)
         positions = {wid: w.position for wid, w in log.writers.items() if w.position > 0}
     # recorded even with no writer: it is also where a replay passes from
-    # what ran before the suspension to live code (`journal.next_suspension`;
-    # a session's appends are skipped before it, `session_io.replaying_stored`)
+    # what ran before the suspension to live code (`journal.next_suspension`)
     await journal.record(SUSPEND, stream_id, {"positions": positions})
 
 

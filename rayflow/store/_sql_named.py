@@ -198,7 +198,7 @@ class NamedStreamsSql(SqlBase):
                 producers[key] = self._producer(c, state.path, p.id)
             pstate = producers[key]
             if pstate is None:
-                if p.seq != 0:
+                if p.seq != 0 and not w.producer_gaps:
                     return _snapshot(NamedOutcome.SEQ_GAP, state, expected_seq=0)
             elif p.epoch < pstate.epoch:
                 return _snapshot(NamedOutcome.STALE_EPOCH, state, pstate.epoch)
@@ -207,7 +207,7 @@ class NamedStreamsSql(SqlBase):
                     return _snapshot(NamedOutcome.EPOCH_SEQ, state, pstate.epoch)
             elif p.seq <= pstate.last_seq:
                 return _snapshot(NamedOutcome.DUPLICATE, state, p.epoch, pstate.last_seq)
-            elif p.seq > pstate.last_seq + 1:
+            elif p.seq > pstate.last_seq + 1 and not w.producer_gaps:
                 return _snapshot(NamedOutcome.SEQ_GAP, state, expected_seq=pstate.last_seq + 1)
         if (
             w.stream_seq is not None

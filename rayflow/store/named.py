@@ -125,6 +125,10 @@ class NamedWrite:
     close: bool = False
     producer: Producer | None = None
     stream_seq: str | None = None
+    #: the producer's seqs may skip numbers (a run's session writer numbers
+    #: a write the Store refused too): a higher seq is stored, a lower one
+    #: is still a duplicate. Never for the Durable Streams protocol's producers
+    producer_gaps: bool = False
 
 
 @dataclass

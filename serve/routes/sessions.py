@@ -134,7 +134,7 @@ async def start_session(
         metadata=body.metadata,
         expires_at_ms=_ms(body.expires_at),
     )
-    token = st.mint(ops.session_scopes(session))
+    token = st.mint(ops.session_scopes(session), st.settings.session_token_ttl_s)
     if not created:
         response.status_code = 200
     return CreatedSession(
