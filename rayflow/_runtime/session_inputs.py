@@ -272,20 +272,26 @@ async def _pump(ctx: RunContext, r: _Reader) -> None:
     (recording one earlier would put it among the entries still replayed)."""
     store = connection.current().store
     await ctx.journal.live.wait()
-    while r.handlers:
-        changed = signals().event(r.path)
-        async with r.lock:
-            if r.next_seq is None:
-                r.next_seq = await asyncio.to_thread(store.session_cursor, r.session_id, r.path)
-            read = await asyncio.to_thread(store.named_read, r.path, r.next_seq, _BATCH, 1 << 30)
-            for chunk in read.chunks:
-                if not r.handlers:
-                    return
-                await _deliver(ctx, r, chunk.pos, chunk.data)
-            if read.chunks:
-                continue
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(changed.wait(), REREAD_S)
+    try:
+        while r.handlers:
+            changed = signals().event(r.path)
+            async with r.lock:
+                if r.next_seq is None:
+                    r.next_seq = await asyncio.to_thread(store.session_cursor, r.session_id, r.path)
+                read = await asyncio.to_thread(
+                    store.named_read, r.path, r.next_seq, _BATCH, 1 << 30
+                )
+                for chunk in read.chunks:
+                    if not r.handlers:
+                        return
+                    await _deliver(ctx, r, chunk.pos, chunk.data)
+                if read.chunks:
+                    continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), REREAD_S)
+    except RayflowError as e:
+        # e.g. the session moved on to another run (end_and_continue)
+        log.warning("run %s: .on() handlers of %s get no more records: %s", ctx.run_id, r.path, e)
 
 
 async def _deliver(ctx: RunContext, r: _Reader, seq: int, data: bytes) -> None:
