@@ -103,6 +103,14 @@ def test_producers_are_deduplicated_fenced_and_survive_a_restart(store_url: str)
         stale = send(store, 0, 2)
         assert (stale.outcome, stale.producer_epoch) == (NamedOutcome.STALE_EPOCH, 1)
         assert _text(store, "ds/p") == b"abc"
+        # a run's session writer: its seqs may skip (a refused write used
+        # its number); a lower one is still a duplicate
+        gaps = [
+            _write(store, "ds/p", d, producer=Producer("run", 0, n), producer_gaps=True)
+            for n, d in ((2, b"x"), (5, b"y"), (3, b"z"))
+        ]
+        assert [g.outcome for g in gaps] == [OK, OK, NamedOutcome.DUPLICATE]
+        assert _text(store, "ds/p") == b"abcxy"
     finally:
         store.close()
 
