@@ -299,8 +299,10 @@ def parts(session: str) -> list[tuple[str, int]]:
 
 
 def test_a_run_revived_after_a_wait_or_a_kill_stores_records_once_and_replays_handlers() -> None:
-    started = sessions.start(type="durable", task_id="session-durable", trigger_config=BASE)
-    sid, run_id = started.result().id, started.result().run_id
+    started = sessions.start(
+        type="durable", task_id="session-durable", trigger_config=BASE
+    ).result()
+    sid, run_id = started.id, started.run_id
     assert run_id is not None
     session, ctl = sessions.open(sid), sessions.open(sid).channel("ctl")
 
