@@ -12,7 +12,9 @@ client's receive time, per chunk:
     visible when it is told
     visible → reply (the RunActor's `follow_many` stream sent it) → arrived
     (the replica's `actor_polls` got it) → read (the replica's reader got
-    it) → sse_out (handed to the SSE encoder) → client (httpx parsed it)
+    it) → sse_out (handed to the SSE encoder) → client (httpx parsed it);
+    a chunk an outside writer pushed to the replica first (`push_inbox`):
+    stored (its commit returned) → pushed (sent to the replica) → arrived
 
 and the floors measured without rayflow: one SQLite `append_chunks` at
 synchronous=FULL / NORMAL, a durable PostgreSQL one, a bare Ray actor call.
@@ -30,6 +32,8 @@ from typing import Any
 
 WRITE_HOPS = ["write", "send", "actor", "commit_start", "committed", "visible"]
 READ_HOPS = ["visible", "reply", "arrived", "read", "sse_out", "client"]
+#: the read hops of a chunk the writer pushed to the replica (it arrived first that way)
+PUSHED_HOPS = ["stored", "pushed", "arrived", "read", "sse_out", "client"]
 
 
 class Hops:
@@ -61,7 +65,10 @@ class Hops:
                 wid = ""  # an HTTP append has no writer id: its early hops are unknown
             times: list[tuple[str, int | None]] = [("append call", sent.get(seq))]
             times += [(h, self.at[h].get(wid)) for h in WRITE_HOPS[:-1]]
-            times += [(h, self.at[h].get(sid)) for h in READ_HOPS[:-1]]
+            pushed = sid in self.at["taken_pushed"]
+            if pushed:
+                out["(chunks that came pushed)"].append(0.0)
+            times += [(h, self.at[h].get(sid)) for h in (PUSHED_HOPS if pushed else READ_HOPS)[:-1]]
             times.append(("client", recv))
             prev_name, prev = times[0]
             for name, t in times[1:]:

@@ -253,6 +253,64 @@ def baseline_system(base: str, redis: RedisClient) -> System:
     )
 
 
+class GroupCommit:
+    """A durable commit before each relay append, as rayflow's outside writer
+    makes (rayflow/_runtime/run_appender.py) without rayflow: everything
+    queued while a commit is in flight goes in the next one, one SQLite
+    transaction (WAL, `synchronous` as rayflow's) on a thread of its own."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        import sqlite3
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("CREATE TABLE IF NOT EXISTS chunks (k TEXT, seq INTEGER, data TEXT)")
+        self._queue: list[tuple[str, int, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1)
+
+    def _write(self, rows: list[tuple[str, int, str]]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT INTO chunks VALUES (?, ?, ?)", rows)
+        self._db.execute("COMMIT")
+
+    async def commit(self, key: str, seq: int, data: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((key, seq, data, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await loop.run_in_executor(self._thread, self._write, [b[:3] for b in batch])
+            for *_, future in batch:
+                future.set_result(None)
+
+    def close(self) -> None:
+        self._thread.shutdown()
+        self._db.close()
+
+
+def durable_baseline_system(base: str, redis: RedisClient, commit: GroupCommit) -> System:
+    """The baseline with `commit` before each XADD: what the relay costs with
+    rayflow's durability (acknowledged = durable), the floor under rayflow's
+    outside append → SSE since it pushes committed rows straight to the
+    replica (one crossing after the commit, as the relay's XREAD)."""
+    plain = baseline_system(base, redis)
+
+    async def append(part: str, i: int, chunk: str) -> None:
+        key = f"{part}:{i}"
+        await commit.commit(key, c.chunk_seq(chunk), chunk)
+        await plain.append(part, i, chunk)
+
+    return System("baseline + durable commit", plain.target, append, plain.write_fast)
+
+
 def rayflow_system(
     base: str, runs: list[tuple[str, str]], *, one_run: bool = False, keys_per_run: int = 1
 ) -> System:
@@ -725,6 +783,17 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
     both("lat1", "append ack, 1 stream (ms)", "ack_ms")
     both("lat10", "append ack, 10 streams (ms)", "ack_ms")
     for part, label in (("lat1", "1 stream"), ("lat10", "10 streams")):
+        durable = b.get(f"{part}_durable")
+        if durable and part in b:
+            rows.append(
+                lat_row(
+                    f"floor: the baseline with a durable group commit before XADD, {label}"
+                    " (ms; ratio to the baseline)",
+                    durable["sse_ms"],
+                    b[part]["sse_ms"],
+                )
+            )
+    for part, label in (("lat1", "1 stream"), ("lat10", "10 streams")):
         if part in r:
             rows.append(py_row(f"append → Python reader, no HTTP, {label} (ms)", r[part]))
     both("lat10", "append → SSE, 10 streams of one run (one RunActor) (ms)", ours="lat10_one")
@@ -878,13 +947,29 @@ def log(msg: str) -> None:
 
 
 async def bench_baseline(
-    base: str, redis: RedisClient, size: dict[str, Any], parts: list[str], pids: list[int]
+    base: str,
+    redis: RedisClient,
+    size: dict[str, Any],
+    parts: list[str],
+    pids: list[int],
+    synchronous: str,
 ) -> dict[str, Any]:
     try:
         fan_chunks = size["fan_chunks"] // BASELINE_FAN_SHARE
         system = baseline_system(base, redis)
         cpu_of = [os.getpid(), *pids]
-        return await run_parts(system, size, fan_chunks, None, parts, system, system, cpu_of)
+        out = await run_parts(system, size, fan_chunks, None, parts, system, system, cpu_of)
+        with tempfile.TemporaryDirectory(prefix="rayflow-http-relay-commit-") as tmp:
+            commit = GroupCommit(f"{tmp}/relay.db", synchronous)
+            durable = durable_baseline_system(base, redis, commit)
+            try:
+                for part, n in (("lat1", 1), ("lat10", 10)):
+                    if part in parts:
+                        log(f"floor: the relay with a durable commit, {n} stream(s)")
+                        out[f"{part}_durable"] = await latency(durable, n, size["lat_s"])
+            finally:
+                commit.close()
+        return out
     finally:
         await redis.close()
 
@@ -1039,8 +1124,12 @@ def goals_table(res: dict[str, Any]) -> str:
     # 1 stream at RATE/s: the processes sleep between chunks (paced floors);
     # 10 and 100 streams keep them busy (back-to-back floors, the lower ones)
     def sse_floor(part: str, kind: str) -> tuple[float, str]:
-        # append -> SSE crosses two Ray actor boundaries (writer -> RunActor
-        # -> replica) and a commit: the relay at the part's shape plus the commit
+        # an outside writer's commit is pushed straight to the replica (one
+        # crossing, as the relay's XREAD): the relay with a durable commit,
+        # measured in this run; else two Ray crossings (writer -> RunActor
+        # -> replica) and a commit: the Ray relay at the part's shape plus it
+        if f"{part}_durable" in b:
+            return b[f"{part}_durable"]["sse_ms"]["p50"], "the relay + a durable commit"
         if part in relay:
             return relay[part]["p50"] + floors[kind]["commit"]["p50"], "relay + commit"
         return floors[kind]["ray_call"]["p50"] + floor_of(kind), "Ray call + commit"
@@ -1266,7 +1355,9 @@ def main() -> None:
         log("starting Redis and the DIY SSE app")
         base, redis = start_baseline(servers)
         pids = [proc.pid for _, proc in servers.procs]
-        results["baseline"] = asyncio.run(bench_baseline(base, redis, size, parts, pids))
+        results["baseline"] = asyncio.run(
+            bench_baseline(base, redis, size, parts, pids, args.sqlite_synchronous)
+        )
         log("starting rayflow (local Ray, SQLite, Serve)")
         with tempfile.TemporaryDirectory(prefix="rayflow-http-bench-") as tmp:
             rf_base, secret, runs, proxy_base = start_rayflow(

@@ -74,7 +74,10 @@ class StreamHub:
         self.clients = 0
         self._stopped = False
         self._changed = asyncio.Event()
-        self._reader = ChunkReader(run_id, key, start, timeout_s=None, batch=BATCH_LIMIT)
+        # outside writers push their commits here too: one crossing, not two
+        self._reader = ChunkReader(
+            run_id, key, start, timeout_s=None, batch=BATCH_LIMIT, pushed=True
+        )
         # in no request's context: the hub outlives the client that made it
         self._task = shared_task(self._follow())
         self._watch = shared_task(self._wake_on_changes())

@@ -5,8 +5,10 @@ driver has. Pickled by value: Ray's workers cannot import the tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -62,9 +64,21 @@ class OutsideWriter:
         await asyncio.gather(*(one(values[c::coroutines]) for c in range(coroutines)))
         return acknowledged, errors
 
+    def pushed_frames(self) -> int:
+        """Frames this process pushed straight to readers' inboxes (`push_outbox`)."""
+        from rayflow._runtime import push_outbox
 
-def outside_writers(settings: Any, n: int) -> list[Any]:
-    """`n` writer processes connected to the deployment of `settings`."""
+        return push_outbox.frames
+
+
+@contextlib.contextmanager
+def outside_writers(settings: Any, n: int) -> Iterator[list[Any]]:
+    """`n` writer processes connected to the deployment of `settings`,
+    ended when the block is left."""
     writers = [OutsideWriter.remote(settings.model_dump_json()) for _ in range(n)]  # type: ignore[attr-defined]
-    ray.get([w.pid.remote() for w in writers])
-    return writers
+    try:
+        ray.get([w.pid.remote() for w in writers])
+        yield writers
+    finally:
+        for w in writers:
+            ray.kill(w)

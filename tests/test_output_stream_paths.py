@@ -209,7 +209,7 @@ async def test_a_reader_that_leaves_a_live_run_ends_its_stream_on_the_actor() ->
     loop = asyncio.get_running_loop()
 
     def following() -> bool:
-        return actor._actor_id in actor_polls._polls.get(loop, {})
+        return loop in actor_polls._loops and actor._actor_id in actor_polls._loops[loop].polls
 
     reader = ticks.read(handle.id, timeout_s=30).__aiter__()
     got = []
@@ -248,7 +248,7 @@ async def test_a_subscription_left_out_for_a_full_queue_that_leaves_ends_the_pol
     await eventually_async(
         lambda: len(sub.queue) >= actor_polls.MAX_QUEUED, what="the queue to fill"
     )
-    polls = actor_polls._polls[asyncio.get_running_loop()]
+    polls = actor_polls._loops[asyncio.get_running_loop()].polls
     assert actor._actor_id in polls
     sub.close()
     await eventually_async(

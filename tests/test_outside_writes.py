@@ -402,42 +402,42 @@ async def test_a_follower_misses_no_chunk_of_two_processes_writing_one_stream(rf
     flight): between a call's rows lie the other writer's. A reader already
     following the actor gets every acknowledged chunk once, in the Store's
     order — none skipped at the holes."""
-    writers = outside_writers(rf, 2)
-    handle = await hold.trigger({})
+    with outside_writers(rf, 2) as writers:
+        handle = await hold.trigger({})
 
-    async def executing() -> bool:
-        return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
+        async def executing() -> bool:
+            return (await rayflow.runs.retrieve(handle.id)).status == "EXECUTING"
 
-    await eventually_async(executing, timeout_s=60, what="run executing")
-    await streams.append("many", "start", target=handle.id)
-    following = asyncio.Event()
+        await eventually_async(executing, timeout_s=60, what="run executing")
+        await streams.append("many", "start", target=handle.id)
+        following = asyncio.Event()
 
-    async def follow() -> list[str]:
-        got: list[str] = []
-        async for x in streams.read(handle.id, "many", timeout_s=60):
-            following.set()
-            if x == "end":
-                break
-            got.append(x)
-        return got
+        async def follow() -> list[str]:
+            got: list[str] = []
+            async for x in streams.read(handle.id, "many", timeout_s=60):
+                following.set()
+                if x == "end":
+                    break
+                got.append(x)
+            return got
 
-    reader = asyncio.create_task(follow())
-    await asyncio.wait_for(following.wait(), 30)
-    for acknowledged, refused in await asyncio.gather(
-        *(
-            w.append.remote(handle.id, "many", [f"{name}{i}" for i in range(450)], coroutines=3)
-            for name, w in zip("AB", writers, strict=True)
-        )
-    ):
-        assert len(acknowledged) == 450 and not refused, refused
-    await streams.append("many", "end", target=handle.id)
-    got = await asyncio.wait_for(reader, 60)
-    stored = [x async for x in streams.read(handle.id, "many", timeout_s=0.3)]
-    assert len(stored) == 2 + 2 * 3 * 150
-    missing = [x for x in stored[:-1] if x not in set(got)]
-    assert got == stored[:-1], f"{len(missing)} acknowledged chunks skipped: {missing[:10]}"
-    await go.send(handle.id, {})
-    assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
+        reader = asyncio.create_task(follow())
+        await asyncio.wait_for(following.wait(), 30)
+        for acknowledged, refused in await asyncio.gather(
+            *(
+                w.append.remote(handle.id, "many", [f"{name}{i}" for i in range(450)], coroutines=3)
+                for name, w in zip("AB", writers, strict=True)
+            )
+        ):
+            assert len(acknowledged) == 450 and not refused, refused
+        await streams.append("many", "end", target=handle.id)
+        got = await asyncio.wait_for(reader, 60)
+        stored = [x async for x in streams.read(handle.id, "many", timeout_s=0.3)]
+        assert len(stored) == 2 + 2 * 3 * 150
+        missing = [x for x in stored[:-1] if x not in set(got)]
+        assert got == stored[:-1], f"{len(missing)} acknowledged chunks skipped: {missing[:10]}"
+        await go.send(handle.id, {})
+        assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
 
 
 def test_a_writer_whose_event_loop_ends_at_once_still_tells_the_run_actor() -> None:

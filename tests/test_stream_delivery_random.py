@@ -31,6 +31,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,12 +172,21 @@ async def family_pids(run_id: str) -> list[int]:
 
 
 _writers: dict[str, list[Any]] = {}
+#: ends them with this module (they would live for the rest of the session)
+_ending = contextlib.ExitStack()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _end_writers() -> Iterator[None]:
+    yield
+    _ending.close()
+    _writers.clear()
 
 
 def writers_for(settings: Any) -> list[Any]:
     key = settings.store_url()
     if key not in _writers:
-        _writers[key] = outside_writers(settings, WRITERS)
+        _writers[key] = _ending.enter_context(outside_writers(settings, WRITERS))
     return _writers[key]
 
 

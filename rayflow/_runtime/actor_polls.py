@@ -25,6 +25,13 @@ sealed segment, `closed`, `from_store` — or a failed call (every subscriber
 hears its error) ends the subscription: the reader decides what to do and
 subscribes again. A new subscription, or one that leaves, while a stream is
 in flight `kick`s it, so the stream starts again with the readers there are.
+
+A process whose readers take pushed rows (`take_pushes`: a Serve
+replica's hubs) names its loop's `push_inbox` in every `follow_many`
+call; writers outside the run then send their commits' rows there too
+(`push_outbox`). A subscription takes rows from either source where they
+continue from its position (`offer`), so neither order nor count depends
+on which came first.
 """
 
 from __future__ import annotations
@@ -39,9 +46,9 @@ from typing import Any
 
 import ray
 
-from rayflow._runtime import hops
+from rayflow._runtime import hops, push_inbox
 from rayflow._runtime.calls import call, shared_task
-from rayflow._runtime.stream_rows import ReadReply
+from rayflow._runtime.stream_rows import ReadReply, Row
 
 log = logging.getLogger("rayflow")
 
@@ -65,6 +72,22 @@ class Subscription:
         self.queue: deque[ReadReply | BaseException] = deque()
         self.active = True
         self._ready = asyncio.Event()
+
+    def offer(self, rows: list[Row]) -> int:
+        """Take the part of `rows` (one stream, ascending) that continues
+        from this subscription's position; how many rows that was. Nothing
+        when the rows hold a gap before the position (the next ones come
+        from the actor), or the reader took over."""
+        if not self.active:
+            return 0
+        at = self.position - rows[0][0]
+        if at < 0 or at >= len(rows):
+            return 0
+        fresh = rows[at:]
+        if fresh[-1][0] - fresh[0][0] != len(fresh) - 1:
+            return 0  # not contiguous: no writer sends that
+        self._deliver(ReadReply(rows=fresh))
+        return len(fresh)
 
     def _deliver(self, reply: ReadReply | BaseException) -> None:
         self.queue.append(reply)
@@ -97,8 +120,12 @@ class Subscription:
 class ActorPoll:
     """The one `follow_many` stream of this process on one RunActor."""
 
-    def __init__(self, actor: Any, forget: Any) -> None:
+    def __init__(
+        self, actor: Any, forget: Any, streams: dict[tuple[str, str], list[Subscription]]
+    ) -> None:
         self.actor = actor
+        #: the subscriptions of this loop's polls by stream (pushed rows go there)
+        self._streams = streams
         self.poll_id = uuid.uuid4().hex
         self.subs: list[Subscription] = []
         self._forget = forget
@@ -113,6 +140,7 @@ class ActorPoll:
     def subscribe(self, run_id: str, key: str, start: int) -> Subscription:
         sub = Subscription(self, run_id, key, start)
         self.subs.append(sub)
+        self._streams.setdefault((run_id, key), []).append(sub)
         self._poke()
         return sub
 
@@ -120,6 +148,12 @@ class ActorPoll:
         sub.active = False
         with contextlib.suppress(ValueError):
             self.subs.remove(sub)
+        same = self._streams.get((sub.run_id, sub.key))
+        if same is not None:
+            with contextlib.suppress(ValueError):
+                same.remove(sub)
+            if not same:
+                del self._streams[(sub.run_id, sub.key)]
         if sub in self._following:
             self._restart()  # the stream must not go on sending its rows
         # the poll may be idle, every subscription left out (full queues):
@@ -183,7 +217,10 @@ class ActorPoll:
         """One `follow_many` stream, until the actor ends it."""
         global calls
         calls += 1
-        stream = self.actor.follow_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id)
+        # where writers may push this process's rows (an actor learns it here)
+        inbox = push_inbox.address()
+        pushes = () if inbox is None else (inbox,)
+        stream = self.actor.follow_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id, *pushes)
         while True:
             try:
                 ref = await asyncio.wait_for(anext(stream), LONG_POLL_S + CALL_GRACE_S)
@@ -195,10 +232,14 @@ class ActorPoll:
                 if hops.enabled():
                     ids = [hops.stream_id(sub.run_id, sub.key, r[0]) for r in reply.rows]
                     hops.mark("arrived", ids)
-                # rows follow on from what this subscription was sent, unless
-                # it left (its rows are nobody's)
-                if sub.active and (not reply.rows or reply.rows[0][0] == sub.position):
-                    sub._deliver(reply)
+                # rows follow on from what this subscription holds (pushed
+                # rows may have come first), unless it left (its rows are
+                # nobody's)
+                if not reply.rows:
+                    if sub.active:
+                        sub._deliver(reply)
+                else:
+                    sub.offer(reply.rows)
                 if not reply.rows:
                     self._following.discard(sub)  # the actor let it go
                 if len(sub.queue) >= MAX_QUEUED:
@@ -212,14 +253,50 @@ BATCH = 1000
 calls = 0
 
 
-_polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, ActorPoll]] = (
+class _LoopPolls:
+    """One event loop's polls, by RunActor, and their subscriptions by stream."""
+
+    def __init__(self) -> None:
+        self.polls: dict[Any, ActorPoll] = {}
+        self.streams: dict[tuple[str, str], list[Subscription]] = {}
+
+    def deliver(self, run_id: str, key: str, rows: list[Row]) -> int:
+        """Pushed rows of one stream to its subscriptions here (`push_inbox`)."""
+        taken = 0
+        for sub in list(self.streams.get((run_id, key), ())):
+            # one with enough queued is left out of its poll: it asks again
+            n = sub.offer(rows) if len(sub.queue) < MAX_QUEUED else 0
+            if n and hops.enabled():
+                ids = [hops.stream_id(run_id, key, r[0]) for r in rows[-n:]]
+                hops.mark("arrived", ids)
+                hops.mark("taken_pushed", ids)  # this way first
+            taken += n
+        return taken
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPolls] = (
     weakref.WeakKeyDictionary()
 )
 
 
+def _here() -> _LoopPolls:
+    loop = asyncio.get_running_loop()
+    here = _loops.get(loop)
+    if here is None:
+        here = _loops[loop] = _LoopPolls()
+    return here
+
+
+async def take_pushes() -> None:
+    """Let writers outside the runs push committed rows to this event loop's
+    readers (`push_inbox`); for a long-lived loop (a Serve replica's)."""
+    await push_inbox.inbox(_here().deliver).start()
+
+
 def subscribe(actor: Any, run_id: str, key: str, start: int) -> Subscription:
     """Follow stream `key` of `run_id` on `actor` from index `start`."""
-    polls = _polls.setdefault(asyncio.get_running_loop(), {})
+    here = _here()
+    polls = here.polls
     actor_id = actor._actor_id
     poll = polls.get(actor_id)
     if poll is None:
@@ -228,5 +305,5 @@ def subscribe(actor: Any, run_id: str, key: str, start: int) -> Subscription:
             if polls.get(actor_id) is p:
                 del polls[actor_id]
 
-        poll = polls[actor_id] = ActorPoll(actor, forget)
+        poll = polls[actor_id] = ActorPoll(actor, forget, here.streams)
     return poll.subscribe(run_id, key, start)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rayflow._runtime.attempts import Execution
+    from rayflow._runtime.push_inbox import Address
     from rayflow._runtime.stream_buffers import StreamBuffers
 
 #: one reader's poll: (run id, stream key, next index)
@@ -31,8 +32,13 @@ class Follow:
         executing: Callable[[str], Execution | None],
         polls: list[Poll],
         claiming: Callable[[str], bool] = lambda run_id: False,
+        inbox: Address | None = None,
     ) -> None:
         self._executing = executing
+        #: where the reader process takes pushed rows (`push_inbox`), if it does
+        self.inbox = inbox
+        #: the runs polled when the call came (writers learn `inbox` for them)
+        self.runs = {run_id for run_id, _, _ in polls}
         #: whether a run is being claimed here (not executing yet, soon)
         self._claiming = claiming
         self.polls: dict[int, Poll] = dict(enumerate(polls))

@@ -60,6 +60,7 @@ class ChunkReader:
         start_index: int = 0,
         timeout_s: float | None = 60.0,
         batch: int = 1000,
+        pushed: bool = False,
     ) -> None:
         if start_index < 0:
             raise InvalidArgument(
@@ -68,6 +69,9 @@ class ChunkReader:
         self.run_id, self.key, self.batch = run_id, key, batch
         self.next_index = start_index
         self.timeout_s = timeout_s
+        #: also take rows that outside writers push to this event loop
+        #: (`push_inbox`; for a long-lived loop, e.g. a Serve replica's)
+        self.pushed = pushed
         #: set when the reader ended because the stream is closed
         self.closed = False
         #: `wake()` was called: look at the Store and locate the run at once
@@ -191,6 +195,8 @@ class ChunkReader:
                 ):
                     if self._sub is not None:
                         self._sub.close()
+                    if self.pushed:
+                        await actor_polls.take_pushes()
                     self._sub = actor_polls.subscribe(actor, self.run_id, self.key, self.next_index)
                 wait = (
                     LONG_POLL_S if idle_deadline is None else min(idle_deadline - now, LONG_POLL_S)

@@ -15,6 +15,7 @@ from rayflow._runtime import hops
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
+from rayflow._runtime.push_inbox import Address
 from rayflow._runtime.stream_commit import loop_committer
 from rayflow._runtime.stream_rows import ReadReply, Row
 
@@ -32,7 +33,12 @@ class StreamService:
     _claiming: Callable[[str], bool]
 
     async def follow_many(
-        self, polls: list[tuple[str, str, int]], limit: int, wait_s: float, poll_id: str
+        self,
+        polls: list[tuple[str, str, int]],
+        limit: int,
+        wait_s: float,
+        poll_id: str,
+        inbox: Address | None = None,
     ) -> AsyncIterator[dict[int, ReadReply]]:
         """Replies to many readers in one process as a stream (a Ray
         streaming generator, `actor_polls`): `polls` are (run id, key, next
@@ -48,10 +54,12 @@ class StreamService:
         `kick(poll_id)`, after `wait_s` in all (the caller follows again: a
         stream whose caller is gone cannot go on for long), or when no run
         it follows executes here. A key nobody wrote allocates nothing here;
-        its reader waits like the rest."""
+        its reader waits like the rest. `inbox`: where the reader process
+        also takes rows pushed by outside writers (`push_inbox`; `published`
+        names it to them)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming)
+        follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming, inbox)
         if poll_id in self._kicked:
             self._kicked.discard(poll_id)
             follow.kick()  # the kick came before this call: answer at once
@@ -136,17 +144,22 @@ class StreamService:
     #: (how many Ray calls outside writers cost; read through `published_calls`)
     published_count = 0
 
-    async def published(self, news: list[tuple[str, list[tuple[str, list[Row]]]]]) -> list[str]:
+    async def published(
+        self, news: list[tuple[str, list[tuple[str, list[Row]]]]]
+    ) -> tuple[list[str], dict[str, list[Address]]]:
         """Outside writers of one process committed `news` — per run, (key,
         rows) — to the streams of runs this actor executes (`run_appender`:
         one call per actor, however many of its runs were written): take the
         rows into the streams' tails and wake their readers. Answers the runs
-        this actor does not execute (the writer locates them again); while a
-        run is being claimed or released here there is nothing to do for it
-        (streams opened later load their length from the Store, and a
-        released run's readers read the Store)."""
+        this actor does not execute (the writer locates them again) and, per
+        run it executes, the inboxes of the processes following it now
+        (`push_inbox`: the writer pushes its next commits' rows there
+        itself). While a run is being claimed or released here there is
+        nothing to do for it (streams opened later load their length from
+        the Store, and a released run's readers read the Store)."""
         self.published_count += 1
         moved: list[str] = []
+        followers: dict[str, list[Address]] = {}
         learning = []
         for run_id, run_news in news:
             if run_id not in self._outcomes:
@@ -155,13 +168,16 @@ class StreamService:
             execution = self._executing(run_id)
             if execution is None or execution.buffers.closed:
                 continue
+            followers[run_id] = list(
+                {f.inbox for f in self._follows.values() if f.inbox and run_id in f.runs}
+            )
             buffers = execution.buffers
             learning += [buffers.get(key).learn(rows) for key, rows in run_news]
         if len(learning) == 1:
             await learning[0]
         elif learning:  # one stream waiting for its length holds up no other
             await asyncio.gather(*learning)
-        return moved
+        return moved, followers
 
     def published_calls(self) -> int:
         """Calls to `published` this actor has answered (all runs)."""

@@ -13,7 +13,10 @@ transaction (`Store.append_chunks_guarded`), one fsync, on the process's
 commit thread. The acknowledgement is that commit — no Ray call, no
 Controller, no RunActor on the way.
 
-Then the RunActor executing the run, if there is one, is told
+First the commit thread pushes the rows straight to the processes that
+follow the run and take pushes (a Serve replica's SSE readers:
+`push_outbox`, as the run's RunActor last named them), then the RunActor
+executing the run, if there is one, is told
 (`RunActor.published`, in the background; one call in flight per RunActor
 for every run it executes, what commits meanwhile goes in the next call):
 it takes the rows into its streams' tails and wakes the long polls of the
@@ -60,7 +63,7 @@ from typing import Any
 
 import ray
 
-from rayflow._runtime import connection, hops, locations
+from rayflow._runtime import connection, hops, locations, push_outbox
 from rayflow._runtime.calls import PerProcess, call, shared_task
 from rayflow._runtime.stream_commit import Entry, commit_thread
 from rayflow._runtime.stream_refusals import finished_error, refusal_error
@@ -215,6 +218,10 @@ def _append_and_tell(
                     [hops.write_id(w.writer_id, w.writer_seq) for w, _ in stored],
                 )
     if news:
+        try:  # the processes following these runs, first
+            push_outbox.push(news)
+        except Exception as e:  # committed all the same: the RunActor passes them on
+            log.warning("rayflow: pushing new chunks to their readers failed: %s", e)
         telling().tell(news)
     return outcomes
 
@@ -339,13 +346,16 @@ class _Teller:
     async def _tell(self, batch: dict[str, tuple[dict[str, list[Row]], int]]) -> None:
         news = [(run_id, list(keys.items())) for run_id, (keys, _) in batch.items()]
         try:
-            moved = await call(self.actor.published.remote(news))
+            moved, followers = await call(self.actor.published.remote(news))
         except ray.exceptions.RayActorError:
             moved = list(batch)  # the actor is gone: where do its runs execute now?
         except Exception as e:
             log.warning("rayflow: telling runs %s of new chunks failed: %s", list(batch), e)
             return
+        else:
+            push_outbox.learn(followers)  # the next commits go there straight
         for run_id in moved:
+            push_outbox.forget(run_id)
             locations.forget(run_id, self.actor)  # it left that actor: look again
             keys, tries = batch[run_id]
             if tries + 1 >= TELL_TRIES:
