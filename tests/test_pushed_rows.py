@@ -166,7 +166,9 @@ async def test_an_inbox_takes_frames_only_from_writers_that_know_its_token() -> 
 
     try:
         assert await send(b"0" * len(inbox.token) + frame(good)) == b""
-        assert await send(inbox.token.encode() + frame([["run_x", "k", [[0, 1, 2, None]]]])) == b""
+        # a frame with one bad row: none of it is delivered
+        bad = good + [["run_y", "k", [[0, 1, 2, None]]]]
+        assert await send(inbox.token.encode() + frame(bad)) == b""
         too_long = push_inbox.HEADER.pack(push_inbox.MAX_FRAME + 1)
         assert await send(inbox.token.encode() + too_long) == b""
         assert delivered == []

@@ -26,7 +26,8 @@ Invariants:
 - Only a writer that learned the inbox through Ray (a RunActor's answer)
   can push: the first frame of a connection is the inbox's random token,
   compared in constant time; a connection that fails it, or sends a frame
-  that is not what a writer sends, is closed and its frames dropped. The
+  that is not what a writer sends, is closed (nothing of that frame is
+  delivered). The
   inbox listens on 127.0.0.1 only; a writer on another node never pushes
   (the address names its node) and keeps the RunActor path.
 - Frames are JSON (never pickle): `[[run id, key, [[seq, data, created_at,
@@ -105,10 +106,9 @@ class Inbox:
                 (n,) = HEADER.unpack(await reader.readexactly(HEADER.size))
                 if n > MAX_FRAME:
                     return
-                for run_id, key, rows in json.loads(await reader.readexactly(n)):
-                    if not (isinstance(run_id, str) and isinstance(key, str) and rows):
-                        raise ValueError(f"not a stream's rows: {run_id!r}, {key!r}")
-                    taken += self._deliver(run_id, key, [check_row(r) for r in rows])
+                # the whole frame is checked before any of it is delivered
+                for run_id, key, rows in check_frame(json.loads(await reader.readexactly(n))):
+                    taken += self._deliver(run_id, key, rows)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the writer went away (or cut a frame short: dropped)
         except (ValueError, TypeError) as e:
@@ -141,8 +141,20 @@ def address() -> Address | None:
     return found.address if found is not None else None
 
 
-def check_row(row: Any) -> Row:
-    """A pushed row as a reader gets it, or ValueError."""
+def check_frame(frame: Any) -> list[tuple[str, str, list[Row]]]:
+    """A pushed frame as (run id, key, rows) whose rows a reader takes, or ValueError."""
+    if not isinstance(frame, list):
+        raise ValueError("a frame is a list")
+    out = []
+    for run_id, key, rows in frame:
+        if not (isinstance(run_id, str) and isinstance(key, str) and isinstance(rows, list)):
+            raise ValueError(f"not a stream's rows: {run_id!r}, {key!r}")
+        if rows:
+            out.append((run_id, key, [_check_row(r) for r in rows]))
+    return out
+
+
+def _check_row(row: Any) -> Row:
     seq, data, created_at, record_id = row
     if not (
         isinstance(seq, int)
