@@ -121,6 +121,9 @@ async def test_pushed_and_relayed_rows_reach_each_reader_once_in_order(
         assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
         by_sse, by_push = await asyncio.wait_for(asyncio.gather(*readers), 60)
 
+    here = push_inbox._inboxes.pop(asyncio.get_running_loop(), None)
+    if here is not None:  # this test's loop ends with the test
+        here.close()
     stored = [x async for x in mix.read(handle.id, timeout_s=1)]
     assert len(stored) == 1 + 60 + 300 + 60
     for name, n in (("in", 60), ("A", 150), ("B", 150), ("D", 60)):
