@@ -34,6 +34,18 @@ WRITE_HOPS = ["write", "send", "actor", "commit_start", "committed", "visible"]
 READ_HOPS = ["visible", "reply", "arrived", "read", "sse_out", "client"]
 #: the read hops of a chunk the writer pushed to the replica (it arrived first that way)
 PUSHED_HOPS = ["stored", "pushed", "arrived", "read", "sse_out", "client"]
+#: rows first in this order (an outside writer's pushed chunk's path), the rest after
+ORDER = [
+    "(chunks that came pushed)",
+    "append call → write",
+    "write → send",
+    "send → stored",
+    "stored → pushed",
+    "pushed → arrived",
+    "arrived → read",
+    "read → sse_out",
+    "sse_out → client",
+]
 
 
 class Hops:
@@ -78,13 +90,19 @@ class Hops:
                     out[f"{prev_name} → {name}"].append((t - prev) / 1e6)
                 prev_name, prev = name, t
             visible, ack = self.at["visible"].get(sid), self.at["ack"].get(wid)
-            if visible is not None and ack is not None:
+            if visible is not None and ack is not None and not pushed:
                 out["visible → ack (writer)"].append((ack - visible) / 1e6)
             if seq in sent:
                 out["TOTAL append call → client"].append((recv - sent[seq]) / 1e6)
                 if ack is not None:
                     out["TOTAL append call → ack"].append((ack - sent[seq]) / 1e6)
-        return out
+
+        def rank(hop: str) -> int:
+            if hop in ORDER:
+                return ORDER.index(hop)
+            return len(ORDER) + (2 if hop.startswith("TOTAL") else 1)
+
+        return dict(sorted(out.items(), key=lambda item: rank(item[0])))
 
 
 def pct(values: list[float], q: float) -> float:

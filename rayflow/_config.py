@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     #: extra wait before a writer outside the run sends when nothing is in
     #: flight; 0 sends at once (writes made meanwhile still share the next call)
     flush_interval_s: float = 0.0
+    #: a Serve replica's SSE readers take the rows writers outside the run
+    #: push to it after their commit (one process crossing, not two through
+    #: the RunActor: `_runtime/push_inbox.py`); false: the RunActor only
+    push_rows: bool = True
     #: chunks kept in a RunActor's memory per stream before sealing a segment;
     #: large enough that a segment of small chunks passes Ray's 100 KB inline
     #: limit and lands in the shared object store, not the actor's heap

@@ -75,8 +75,9 @@ class StreamHub:
         self._stopped = False
         self._changed = asyncio.Event()
         # outside writers push their commits here too: one crossing, not two
+        pushed = current().settings.push_rows
         self._reader = ChunkReader(
-            run_id, key, start, timeout_s=None, batch=BATCH_LIMIT, pushed=True
+            run_id, key, start, timeout_s=None, batch=BATCH_LIMIT, pushed=pushed
         )
         # in no request's context: the hub outlives the client that made it
         self._task = shared_task(self._follow())
