@@ -15,10 +15,15 @@ streams it to its user.
 - *rayflow*: ``@task async def`` that ``await out.append(token)``s (durable
   on return), embedded default (local Ray, SQLite ``synchronous=FULL``, or
   ``--store``); readers ``async for`` over ``out.read(run_id)``.
-- *floor*: one bare Ray async actor hosting the N coroutines
-  (``max_concurrency``), each appending to an in-memory list, read by the
-  same readers through long polls (``read(stream, start)`` answers once
-  there is something past ``start``). Nothing durable: the least Ray does.
+- *floor*: one bare Ray async actor hosting the N coroutines, each
+  appending to an in-memory list. Each reader process does what rayflow's
+  readers of one process do, without anything durable: it starts its runs
+  in one call (rayflow coalesces the triggers of a process) and follows all
+  of them through one push stream (a Ray streaming generator that sends,
+  per reply, every run's rows not sent yet: rayflow's ``follow_many``).
+  The least Ray does for this work. (Until 2026-12-07 the floor's readers
+  long-polled once per token each: above N = 100 its latency was the
+  floor actor's queue of 1,000 polls, no lower bound.)
 
 Figures (each with the 1-minute load average at the part's start and end):
 all done after (last reader's end − first trigger, and × D); runs executing
@@ -53,6 +58,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -97,52 +103,84 @@ async def once(p: dict) -> float | None:
 
 @ray.remote(num_cpus=0)
 class Floor:
-    """The floor: N coroutines on one async actor, streams in its memory."""
+    """The floor: N coroutines on one async actor, streams in its memory,
+    each reader process following all its runs through one push stream."""
 
     def __init__(self) -> None:
         self.rows: dict[str, list[str]] = {}
         self.closed: set[str] = set()
-        self.news: dict[str, asyncio.Event] = {}
+        #: per stream, the `follow` streams that carry it (called at news)
+        self.watchers: dict[str, list[Any]] = {}
+        self.tasks: set[asyncio.Task[int]] = set()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def _wake(self, sid: str) -> None:
-        event = self.news.pop(sid, None)
-        if event is not None:
-            event.set()
+    def _news(self, sid: str) -> None:
+        for watcher in self.watchers.get(sid, ()):
+            watcher(sid)
 
-    async def run(self, sid: str, n: int, interval: float) -> int:
-        rows = self.rows.setdefault(sid, [])
+    async def _run(self, sid: str, n: int, interval: float) -> int:
+        rows = self.rows[sid]
         start = time.monotonic()
         for i in range(n):
             rows.append(token(i))
-            self._wake(sid)
+            self._news(sid)
             delay = start + (i + 1) * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         self.closed.add(sid)
-        self._wake(sid)
+        self._news(sid)
         return n
 
-    async def read(self, sid: str, start: int, wait_s: float) -> tuple[list[str], bool]:
-        """Rows from `start` (at most 1,000) once there are any; and whether
-        the stream is closed with nothing after them."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            rows = self.rows.get(sid, [])
-            if len(rows) > start or sid in self.closed:
-                got = rows[start : start + 1000]
-                return got, sid in self.closed and start + len(got) >= len(rows)
-            event = self.news.setdefault(sid, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return [], False
+    def start(self, sids: list[str], n: int, interval: float) -> None:
+        """Start one coroutine per stream (a reader process's triggers, in one call)."""
+        loop = asyncio.get_running_loop()
+        for sid in sids:
+            self.rows[sid] = []
+            task = loop.create_task(self._run(sid, n, interval))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
-    def forget(self) -> None:
-        self.rows.clear()
-        self.closed.clear()
+    async def follow(self, sids: list[str]) -> AsyncIterator[dict[str, tuple[list[str], bool]]]:
+        """Every stream of `sids`, pushed as one stream of replies (a Ray
+        streaming generator, as rayflow's `follow_many`): each reply holds,
+        per stream with news, its rows not sent yet and whether it is
+        closed; news arriving while a reply is built goes in the next.
+        Ends when every stream is closed."""
+        sent = dict.fromkeys(sids, 0)
+        news: set[str] = set(sids)  # the first look: everything
+        wake = asyncio.Event()
+
+        def on_news(sid: str) -> None:
+            news.add(sid)
+            wake.set()
+
+        for sid in sids:
+            self.watchers.setdefault(sid, []).append(on_news)
+        try:
+            while sent:
+                if not news:
+                    wake.clear()
+                    await wake.wait()
+                looking, news = news, set()
+                out: dict[str, tuple[list[str], bool]] = {}
+                for sid in looking:
+                    if sid not in sent:
+                        continue
+                    rows, closed = self.rows.get(sid, []), sid in self.closed
+                    if len(rows) > sent[sid] or closed:
+                        out[sid] = (rows[sent[sid] :], closed)
+                        sent[sid] = len(rows)
+                        if closed:
+                            del sent[sid]
+                if out:
+                    yield out
+        finally:
+            for sid in sids:
+                watchers = self.watchers.get(sid, [])
+                if on_news in watchers:
+                    watchers.remove(on_news)
 
 
 # -- the readers (helper processes) ------------------------------------------------
@@ -197,33 +235,33 @@ async def _read_rayflow(job: dict[str, Any]) -> Follow:
     return follow
 
 
-async def _read_floor(job: dict[str, Any], floor: Any, i: int) -> Follow:
-    sid = f"{job['prefix']}-{i}"
-    follow = Follow(time.time_ns())
-    follow.run_id = sid
-    done = floor.run.remote(sid, job["tokens"], job["interval"])
-    follow.triggered_ns = time.time_ns()
-    start = 0
-    while True:
-        rows, closed = await floor.read.remote(sid, start, 10.0)
-        for chunk in rows:
-            follow.add(chunk)
-        start += len(rows)
-        if closed:
-            break
-    await done
-    follow.end_ns = time.time_ns()
-    return follow
+async def _read_floor(job: dict[str, Any], floor: Any) -> list[Follow]:
+    """The floor's side of a reader process: its runs started in one call,
+    then followed through one push stream (what rayflow's readers of one
+    process do: triggers coalesced, one `follow_many` per RunActor)."""
+    sids = [f"{job['prefix']}-{i}" for i in range(job["runs"])]
+    follows = {sid: Follow(time.time_ns()) for sid in sids}
+    await floor.start.remote(sids, job["tokens"], job["interval"])
+    triggered = time.time_ns()
+    for sid, follow in follows.items():
+        follow.run_id, follow.triggered_ns = sid, triggered
+    async for ref in floor.follow.remote(sids):
+        news: dict[str, tuple[list[str], bool]] = await ref
+        for sid, (rows, closed) in news.items():
+            follow = follows[sid]
+            for chunk in rows:
+                follow.add(chunk)
+            if closed:
+                follow.end_ns = time.time_ns()
+    return list(follows.values())
 
 
 async def _reader_job(job: dict[str, Any]) -> dict[str, Any]:
     await asyncio.sleep(max(0.0, job["go_at"] - time.time()))
     if job["part"] == "rayflow":
-        coros = [_read_rayflow(job) for _ in range(job["runs"])]
+        follows = await asyncio.gather(*(_read_rayflow(job) for _ in range(job["runs"])))
     else:
-        floor = ray.get_actor(FLOOR_NAME, namespace=FLOOR_NS)
-        coros = [_read_floor(job, floor, i) for i in range(job["runs"])]
-    follows = await asyncio.gather(*coros)
+        follows = await _read_floor(job, ray.get_actor(FLOOR_NAME, namespace=FLOOR_NS))
     return {"runs": [f.result() for f in follows]}
 
 
