@@ -292,6 +292,11 @@ def test_append_assigns_consecutive_indexes_and_reads_from_the_middle(store: Sto
     assert (info.length, info.closed) == (100, False)
     assert info.size_bytes == sum(len(json.dumps(i)) for i in range(100))
     assert store.stream_info("run_1", "missing") is None
+    # many in one read, in the order asked (the first writes of runs starting together)
+    keys = [("run_1", "missing"), ("run_1", "other"), ("run_2", "default"), ("run_1", "default")]
+    assert store.stream_infos(keys) == [store.stream_info(r, k) for r, k in keys]
+    assert [i.length if i else None for i in store.stream_infos(keys)] == [None, 1, None, 100]
+    assert store.stream_infos([]) == []
 
 
 def test_chunks_keep_their_json_text_and_record_id(store: Store) -> None:
@@ -595,6 +600,17 @@ def test_journal_appends_load_in_order_per_attempt(store: Store) -> None:
     ]
     assert store.journal_load("run_1", 1) == [JournalEntry(0, "step", "other", "null")]
     assert store.journal_load("run_2", 0) == []
+    # many journals in one read (the runs an actor starts together), in the
+    # order asked, each attempt its own, a key asked twice answered twice
+    keys = [("run_2", 0), ("run_1", 1), ("run_1", 0), ("run_1", 1)]
+    many = store.journal_load_many(keys)
+    assert many == [store.journal_load(r, a) for r, a in keys]
+    assert many[1] is not many[3]
+    many_runs = [(f"run_m{i}", 0) for i in range(700)]  # past one page of keys
+    store.journal_append("run_m650", 0, [JournalEntry(0, "step", "late", "1")])
+    loaded = store.journal_load_many(many_runs)
+    assert loaded[650] == [JournalEntry(0, "step", "late", "1")]
+    assert sum(len(entries) for entries in loaded) == 1
 
 
 # -- input streams -------------------------------------------------------------

@@ -42,9 +42,19 @@ DELIVERIES = ("on", "session-on")
 
 
 class Journal:
-    def __init__(self, store: Store, run_id: str, attempt: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        attempt: int,
+        entries: list[JournalEntry] | None = None,
+    ) -> None:
+        """The journal of `attempt`: `entries` as loaded (`journal_load_many`
+        for the runs starting together), else read from the Store now."""
         self.store, self.run_id, self.attempt = store, run_id, attempt
-        self.entries: list[JournalEntry] = store.journal_load(run_id, attempt)
+        self.entries: list[JournalEntry] = (
+            store.journal_load(run_id, attempt) if entries is None else entries
+        )
         self.cursor = 0
         self._persist = asyncio.Lock()
         #: by kind (DELIVERIES): called with each delivery entry met on

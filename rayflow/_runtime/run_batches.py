@@ -1,6 +1,7 @@
 """Claims and ends of the runs of one process, group-committed; their
-journals loaded in one thread hop for the runs that start together; and the
-task objects they load, read once for those runs.
+journals, and the lengths of the streams they write, loaded in one read for
+the runs that start together; and the task objects they load, read once for
+those runs.
 
 A RunActor starts and ends many runs at once — a batch trigger placed on it,
 a burst of revivals, runs that stream for the same time — and each claim
@@ -18,7 +19,7 @@ import weakref
 
 from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.journal import Journal
-from rayflow.store.base import Claim, Store
+from rayflow.store.base import Claim, Store, StreamInfo
 
 
 class RunBatches:
@@ -32,10 +33,19 @@ class RunBatches:
         self.finishes: GroupCommit[tuple[str, str, str | None, str | None], bool] = GroupCommit(
             store.finish_runs
         )
-        # one thread hop for many (the executor is shared by every run here)
+        # one read for the journals of the runs starting together
         self.journals: GroupCommit[tuple[str, int], Journal] = GroupCommit(
-            lambda items: [Journal(store, run_id, attempt) for run_id, attempt in items],
-            max_batch=100,
+            lambda items: [
+                Journal(store, run_id, attempt, entries)
+                for (run_id, attempt), entries in zip(
+                    items, store.journal_load_many(items), strict=True
+                )
+            ],
+            max_batch=500,
+        )
+        #: ... and the lengths of the streams they write first
+        self.stream_infos: GroupCommit[tuple[str, str], StreamInfo | None] = GroupCommit(
+            store.stream_infos, max_batch=500
         )
 
 
@@ -64,6 +74,12 @@ async def finish(
 async def journal(store: Store, run_id: str, attempt: int) -> Journal:
     """The run's journal of `attempt`, loaded with those of the runs asking meanwhile."""
     return await _for(store).journals.submit((run_id, attempt))
+
+
+async def stream_info(store: Store, run_id: str, key: str) -> StreamInfo | None:
+    """`store.stream_info`, in one read with the streams asked for meanwhile
+    (the first write of each of many runs that start together)."""
+    return await _for(store).stream_infos.submit((run_id, key))
 
 
 async def task_blob(store: Store, task_id: str) -> bytes | None:

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import pickle
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
@@ -77,13 +77,13 @@ class StreamBuffer:
         #: `activity`, what a RunActor's multiplexed long poll waits on)
         self.on_change: Callable[[], None] | None = None
 
-    def load(self, info: Callable[[], StreamInfo | None]) -> None:
-        """Start taking length and closed from the Store (`info` runs in a thread)."""
+    def load(self, info: Callable[[], Awaitable[StreamInfo | None]]) -> None:
+        """Start taking length and closed from the Store (`info` reads them)."""
         self._loading = asyncio.get_running_loop().create_task(self._load(info))
 
-    async def _load(self, info: Callable[[], StreamInfo | None]) -> None:
+    async def _load(self, info: Callable[[], Awaitable[StreamInfo | None]]) -> None:
         try:
-            found = await asyncio.to_thread(info)
+            found = await info()
         except Exception as e:  # StreamBuffers.get starts over with a new buffer
             self.load_error = e
             self._fail_pending(e)

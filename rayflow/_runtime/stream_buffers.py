@@ -9,6 +9,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from rayflow._runtime import run_batches
 from rayflow._runtime.stream_buffer import StreamBuffer
 from rayflow.store import Store
 
@@ -45,7 +46,7 @@ class StreamBuffers:
         reader naming any key it likes allocates nothing here."""
         buf = self.streams.get(key)
         if buf is None:
-            info = await asyncio.to_thread(self.store.stream_info, self.run_id, key)
+            info = await run_batches.stream_info(self.store, self.run_id, key)
             if info is not None:
                 buf = self.get(key)
         return buf
@@ -66,7 +67,8 @@ class StreamBuffers:
             )
             buf.closed = self.closed
             buf.on_change = self._wake
-            buf.load(functools.partial(self.store.stream_info, self.run_id, key))
+            # one read with the streams of the other runs starting now
+            buf.load(functools.partial(run_batches.stream_info, self.store, self.run_id, key))
             self.streams[key] = buf
             self._wake()
         return buf

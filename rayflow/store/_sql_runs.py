@@ -265,6 +265,23 @@ class RunsSql(SqlBase):
             ).fetchall()
         return [JournalEntry(seq=int(r[0]), kind=r[1], name=r[2], value=r[3]) for r in rows]
 
+    def journal_load_many(self, keys: list[tuple[str, int]]) -> list[list[JournalEntry]]:
+        found: dict[tuple[str, int], list[JournalEntry]] = {}
+        with self._read() as c:
+            for start in range(0, len(keys), 500):
+                page = keys[start : start + 500]
+                pairs = ", ".join("(?, ?)" for _ in page)
+                rows = c.execute(
+                    "SELECT run_id, attempt, seq, kind, name, value FROM journal"
+                    f" WHERE (run_id, attempt) IN (VALUES {pairs}) ORDER BY run_id, attempt, seq",
+                    [x for pair in page for x in pair],
+                ).fetchall()
+                for r in rows:
+                    entry = JournalEntry(seq=int(r[2]), kind=r[3], name=r[4], value=r[5])
+                    found.setdefault((r[0], int(r[1])), []).append(entry)
+        # each caller its own list (a key asked twice gets two)
+        return [list(found.get(k, ())) for k in keys]
+
     #: runs deleted per transaction by `delete_expired`: a long retention
     #: backlog must not hold SQLite's write lock (or PostgreSQL row locks) for
     #: the whole of it

@@ -327,6 +327,21 @@ class StreamsSql(SqlBase):
             found = row.fetchone()
         return _stream(found) if found else None
 
+    def stream_infos(self, keys: list[tuple[str, str]]) -> list[StreamInfo | None]:
+        found: dict[tuple[str, str], StreamInfo] = {}
+        with self._read() as c:
+            for start in range(0, len(keys), 500):
+                page = keys[start : start + 500]
+                pairs = ", ".join("(?, ?)" for _ in page)
+                rows = c.execute(
+                    _STREAM_SELECT + f" WHERE (run_id, key) IN (VALUES {pairs})",
+                    [x for pair in page for x in pair],
+                ).fetchall()
+                for row in rows:
+                    info = _stream(row)
+                    found[(info.run_id, info.key)] = info
+        return [found.get(k) for k in keys]
+
     def list_streams(self, run_id: str) -> list[StreamInfo]:
         with self._read() as c:
             rows = c.execute(_STREAM_SELECT + " WHERE run_id = ? ORDER BY key", (run_id,))

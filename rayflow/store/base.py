@@ -292,6 +292,9 @@ class Store(TokenAndSessionStore, Protocol):
         """Chunks with start <= seq, in order, at most `limit`; an index seek."""
 
     def stream_info(self, run_id: str, key: str) -> StreamInfo | None: ...
+    def stream_infos(self, keys: list[tuple[str, str]]) -> list[StreamInfo | None]:
+        """`stream_info` for many (run id, key) in one read, in the order given."""
+
     def list_streams(self, run_id: str) -> list[StreamInfo]: ...
     def close_stream(self, run_id: str, key: str) -> None: ...
     def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
@@ -304,6 +307,8 @@ class Store(TokenAndSessionStore, Protocol):
     # -- journal (durable operations of a run, for replay) ------------------
     def journal_append(self, run_id: str, attempt: int, entries: list[JournalEntry]) -> None: ...
     def journal_load(self, run_id: str, attempt: int) -> list[JournalEntry]: ...
+    def journal_load_many(self, keys: list[tuple[str, int]]) -> list[list[JournalEntry]]:
+        """`journal_load` for many (run id, attempt) in one read, in the order given."""
 
     # -- input streams -------------------------------------------------------
     def inbox_append(
