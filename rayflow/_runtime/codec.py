@@ -53,6 +53,8 @@ class Codec(Generic[T]):
         return [self.adapter.dump_json(t).decode() for t in typed]
 
     def encode(self, value: Any) -> str:
+        if self._strings and type(value) is str and _NEEDS_ESCAPE.search(value) is None:
+            return '"' + value + '"'  # what pydantic makes of it (`encode_many`)
         try:
             typed = self.adapter.validate_python(value)
         except PydanticValidationError as e:
