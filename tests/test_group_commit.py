@@ -28,7 +28,8 @@ from rayflow._runtime.connection import current
 from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow.errors import StreamTooLarge
 from rayflow.store import Store
-from rayflow.store.base import ChunkWrite, RunRecord
+from rayflow.store._sql_base import _Cursor
+from rayflow.store.base import AppendResult, ChunkWrite, RunRecord
 
 tokens_out = streams.define("gc-tokens", str)
 go = streams.input("gc-go", dict)
@@ -242,6 +243,51 @@ def test_one_round_over_many_existing_streams_numbers_dedups_and_limits(store: S
         assert [json.loads(c.data) for c in chunks] == ["a", "b", "anon", "c", "anon"]
         info = store.stream_info(r, "out")
         assert info is not None and (info.length, info.size_bytes) == (5, size)
+
+
+def test_one_round_creates_the_first_streams_of_runs_beside_runs_streaming(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs starting beside runs that stream already: one round's statements
+    create the new streams (each numbered from 0, the runs' change hook
+    told) and append to the existing ones — a handful of statements, not ~8
+    per new stream as one by one (the first tokens of 500 runs starting
+    together cost ~4,000 statements, one network round trip each on
+    PostgreSQL). A new stream of a run that has finished is still refused."""
+    mib = 1 << 20
+    run_ids = [new_run(store) for _ in range(200)]
+    streaming = run_ids[::2]  # interleaved with the new ones in the lock order
+    store.append_chunks_own([(r, "out", [write("a", 0)]) for r in streaming], mib)
+    changed: list[str] = []
+    monkeypatch.setattr(store, "on_run_change", changed.extend)
+    statements = 0
+    execute = _Cursor.execute
+
+    def counted(self: Any, sql: str, args: Any = ()) -> Any:
+        nonlocal statements
+        statements += 1
+        return execute(self, sql, args)
+
+    monkeypatch.setattr(_Cursor, "execute", counted)
+    items = [(r, "out", [write("a", 1) if r in streaming else write("n", 0)]) for r in run_ids]
+    results = store.append_chunks_own(items, mib)
+    assert statements <= 12, f"{statements} statements for one round of 200 streams"
+    monkeypatch.setattr(_Cursor, "execute", execute)
+    assert results == [
+        AppendResult(seqs=[1], length=2) if r in streaming else AppendResult(seqs=[0], length=1)
+        for r in run_ids
+    ]
+    assert sorted(set(changed)) == sorted(set(run_ids) - set(streaming))
+    for r in run_ids:
+        chunks = [json.loads(c.data) for c in store.read_chunks(r, "out", 0, 10)]
+        assert chunks == (["a", "a"] if r in streaming else ["n"])
+    finished = run_ids[1]
+    store.finish_run(finished, "CANCELED", None, None)
+    again = store.append_chunks_own(
+        [(finished, "late", [write("x", 0)]), (run_ids[0], "out", [write("a", 2)])], mib
+    )
+    assert [type(r).__name__ for r in again] == ["Refused", "AppendResult"]
+    assert [s.key for s in store.list_streams(finished)] == ["out"]
 
 
 @pytest.mark.usefixtures("rf")

@@ -5,25 +5,20 @@ consecutively; reads by index; closing; writer watermarks.
 
 `append_chunks_many` is one group commit of every run of a process (a
 RunActor hosting hundreds of runs, `_runtime/stream_commit.py`): its
-statements are per round, not per stream — one statement locks every
-stream row (in the same byte order as one-by-one locking, so no deadlock),
-one reads every writer's watermark, and the inserts and updates go as
-batches. On PostgreSQL that is a few round trips for 500 streams instead
-of ~2,000. A round that creates a stream takes the one-by-one path, which
-creates and locks rows strictly in order.
+statements are per round, not per stream (`_sql_stream_rounds`). A round
+that creates some of its streams and writes to others takes the one-by-one
+path here, which creates and locks rows strictly in order.
 """
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
-from rayflow.errors import StreamTooLarge
 from rayflow.store._sql_base import (
     _STREAM_SELECT,
-    SqlBase,
     _stream,
 )
+from rayflow.store._sql_stream_rounds import StreamRoundsSql, _too_large
 from rayflow.store.base import (
     FINISHED_STATUSES,
     AppendResult,
@@ -35,7 +30,7 @@ from rayflow.store.base import (
 )
 
 
-class StreamsSql(SqlBase):
+class StreamsSql(StreamRoundsSql):
     # -- output streams ------------------------------------------------------
     def append_chunks(
         self, run_id: str, key: str, writes: list[ChunkWrite], max_bytes: int
@@ -49,119 +44,23 @@ class StreamsSql(SqlBase):
         results: list[AppendResult | None] = [None] * len(items)
         new_streams: set[str] = set()
         with self._tx() as c:
-            batched = self._append_batch(c, items, max_bytes, now) if len(items) > 1 else None
-            if batched is not None:
-                return batched
-            # stream rows are locked in one order by every transaction: no deadlock
-            for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
-                run_id, key, writes = items[i]
-                results[i] = self._append_in(c, run_id, key, writes, max_bytes, now, new_streams)
+            batched = (
+                self._append_batch(c, items, max_bytes, now, new_streams)
+                if len(items) > 1
+                else None
+            )
+            if batched is None:
+                # stream rows are locked in one order by every transaction: no deadlock
+                for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
+                    run_id, key, writes = items[i]
+                    results[i] = self._append_in(
+                        c, run_id, key, writes, max_bytes, now, new_streams
+                    )
         if new_streams:
             self._changed(*sorted(new_streams))  # the runs' lists of streams grew
+        if batched is not None:
+            return batched
         return [r for r in results if r is not None]
-
-    def _append_batch(
-        self,
-        c: Any,
-        items: list[tuple[str, str, list[ChunkWrite]]],
-        max_bytes: int,
-        now: int,
-        own: bool = False,
-    ) -> list[AppendResult] | None:
-        """`append_chunks_many` with statements per round, not per stream;
-        None (nothing written) when a stream is new or named twice, or, when
-        `own`, closed (the one-by-one path answers its refusal)."""
-        pairs = sorted({(run_id, key) for run_id, key, _ in items})
-        if len(pairs) < len(items):
-            return None
-        found = 0
-        for group in _groups(pairs, _PAIRS_PER_STATEMENT):
-            found += len(
-                c.execute(
-                    "SELECT 1 FROM streams WHERE (run_id, key) IN (VALUES "
-                    + ", ".join(["(?, ?)"] * len(group))
-                    + ")",
-                    [x for pair in group for x in pair],
-                ).fetchall()
-            )
-        if found < len(pairs):
-            return None  # created one by one, strictly in order
-        order = f"run_id{self.binary_collation}, key{self.binary_collation}"
-        streams: dict[tuple[str, str], tuple[int, int]] = {}
-        closed = False
-        for group in _groups(pairs, _PAIRS_PER_STATEMENT):
-            rows = c.execute(
-                "SELECT run_id, key, length, size_bytes, closed FROM streams WHERE"
-                f" (run_id, key) IN (VALUES {', '.join(['(?, ?)'] * len(group))})"
-                f" ORDER BY {order}" + self.lock_clause,
-                [x for pair in group for x in pair],
-            ).fetchall()
-            streams.update({(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows})
-            closed = closed or any(r[4] for r in rows)
-        if len(streams) < len(pairs):
-            return None  # deleted meanwhile (retention): nothing was written yet
-        if own and closed:
-            return None  # refused item by item, in the same order
-        triples = sorted(
-            {
-                (run_id, key, w.writer_id)
-                for run_id, key, ws in items
-                for w in ws
-                if w.writer_id is not None
-            }
-        )
-        last_by_writer: dict[tuple[str, str, str], int] = dict.fromkeys(triples, -1)
-        for group in _groups(triples, _PAIRS_PER_STATEMENT):
-            rows = c.execute(
-                "SELECT run_id, key, writer_id, last_seq FROM stream_writers WHERE"
-                " (run_id, key, writer_id) IN (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(group))
-                + ")",
-                [x for triple in group for x in triple],
-            ).fetchall()
-            last_by_writer.update({(r[0], r[1], r[2]): int(r[3]) for r in rows})
-        results: list[AppendResult] = []
-        chunk_rows: list[tuple[object, ...]] = []
-        stream_rows: list[tuple[object, ...]] = []
-        touched: dict[tuple[str, str, str], int] = {}
-        for run_id, key, writes in items:
-            length, size = streams[(run_id, key)]
-            seqs: list[int | None] = []
-            for w in writes:
-                if w.writer_id is not None and w.writer_seq is not None:
-                    at = (run_id, key, w.writer_id)
-                    if w.writer_seq <= last_by_writer[at]:
-                        seqs.append(None)
-                        continue
-                    last_by_writer[at] = touched[at] = w.writer_seq
-                size += len(w.data.encode())
-                if size > max_bytes:
-                    raise _too_large(run_id, key, size, max_bytes)
-                seqs.append(length)
-                chunk_rows.append((run_id, key, length, w.data, w.record_id, now))
-                length += 1
-            if length != streams[(run_id, key)][0]:
-                stream_rows.append((length, size, now, run_id, key))
-            results.append(AppendResult(seqs=seqs, length=length))
-        if chunk_rows:
-            c.executemany(
-                "INSERT INTO chunks (run_id, key, seq, data, record_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                chunk_rows,
-            )
-            c.executemany(
-                "UPDATE streams SET length = ?, size_bytes = ?, updated_at = ?"
-                " WHERE run_id = ? AND key = ?",
-                stream_rows,
-            )
-        if touched:
-            c.executemany(
-                "INSERT INTO stream_writers (run_id, key, writer_id, last_seq)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (run_id, key, writer_id)"
-                " DO UPDATE SET last_seq = excluded.last_seq",
-                [(*at, last) for at, last in touched.items()],
-            )
-        return results
 
     def append_chunks_own(
         self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
@@ -170,15 +69,21 @@ class StreamsSql(SqlBase):
         results: list[AppendResult | Refused | None] = [None] * len(items)
         new_streams: set[str] = set()
         with self._tx() as c:
-            if len(items) > 1 and (batched := self._append_batch(c, items, max_bytes, now, True)):
-                return list(batched)
-            for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
-                run_id, key, writes = items[i]
-                results[i] = self._append_in(
-                    c, run_id, key, writes, max_bytes, now, new_streams, own=True
-                )
+            batched = (
+                self._append_batch(c, items, max_bytes, now, new_streams, True)
+                if len(items) > 1
+                else None
+            )
+            if batched is None:
+                for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
+                    run_id, key, writes = items[i]
+                    results[i] = self._append_in(
+                        c, run_id, key, writes, max_bytes, now, new_streams, own=True
+                    )
         if new_streams:
             self._changed(*sorted(new_streams))
+        if batched is not None:
+            return list(batched)
         return [r for r in results if r is not None]
 
     def append_chunks_guarded(
@@ -364,27 +269,6 @@ class StreamsSql(SqlBase):
                 "SELECT key, writer_id, last_seq FROM stream_writers WHERE run_id = ?", (run_id,)
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
-
-
-#: (run, key) pairs named in one statement (SQLite allows 32,766 parameters)
-_PAIRS_PER_STATEMENT = 500
-
-
-def _groups(values: list[Any], size: int) -> list[list[Any]]:
-    it = iter(values)
-    return list(iter(lambda: list(islice(it, size)), []))
-
-
-def _too_large(run_id: str, key: str, size: int, max_bytes: int) -> StreamTooLarge:
-    return StreamTooLarge(
-        f"stream {key!r} of run {run_id} would grow to {size} bytes, over its"
-        f" limit of {max_bytes}; nothing of this write was stored. Write large"
-        " results elsewhere and stream references to them.",
-        run_id=run_id,
-        stream=key,
-        size=size,
-        limit=max_bytes,
-    )
 
 
 def _stored(w: ChunkWrite, last_by_writer: dict[str, int]) -> bool:
