@@ -133,7 +133,7 @@ class Floor:
         self._news(sid)
         return n
 
-    def start(self, sids: list[str], n: int, interval: float) -> None:
+    async def start(self, sids: list[str], n: int, interval: float) -> None:
         """Start one coroutine per stream (a reader process's triggers, in one call)."""
         loop = asyncio.get_running_loop()
         for sid in sids:
