@@ -26,6 +26,7 @@ from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
 from rayflow import errors
 from rayflow.store import Store, open_store
 from rayflow.store._schema import SCHEMA_VERSION
+from rayflow.store._sql_base import _Cursor
 from rayflow.store.base import (
     AppendResult,
     ChunkWrite,
@@ -868,6 +869,43 @@ def test_claims_and_ends_of_many_runs_share_one_transaction_each_answering_per_r
     assert (runs["run_b"].status, runs["run_c"].status) == ("FAILED", "CANCELED")
     info = store.stream_info("run_a", "out")
     assert info is not None and info.closed
+
+
+def test_claiming_the_runs_placed_on_an_actor_together_costs_statements_per_page(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 runs placed on one actor at once (past one page of 500): a few
+    statements per page, not three per run (one network round trip each on
+    PostgreSQL); a run named twice is taken by its first claim only, and a
+    revived run's resolved waitpoint comes with its claim (and is gone)."""
+    ids = [f"run_{i:04d}" for i in range(600)]
+    store.create_runs([_run(run_id) for run_id in ids])
+    assert store.claim_run("run_0007", "actor").claimed
+    assert store.suspend_run(Waitpoint("run_0007", "go", None, None, "PENDING", None))
+    message, woke = store.inbox_send("run_0007", "go", "1", "m1")
+    assert woke
+    statements = 0
+    execute = _Cursor.execute
+
+    def counted(self: Any, sql: str, args: Any = ()) -> Any:
+        nonlocal statements
+        statements += 1
+        return execute(self, sql, args)
+
+    monkeypatch.setattr(_Cursor, "execute", counted)
+    claims = store.claim_runs([(r, "actor-9") for r in reversed(ids)] + [("run_0003", "other")])
+    monkeypatch.setattr(_Cursor, "execute", execute)
+    assert statements <= 12, f"{statements} statements to claim 600 runs"
+    assert all(c.claimed and c.run is not None for c in claims[:-1])
+    assert [c.run.id for c in claims[:-1] if c.run] == list(reversed(ids))
+    assert {c.run.actor_name for c in claims if c.run} == {"actor-9"}
+    twice = claims[-1]
+    assert not twice.claimed and twice.run is not None and twice.run.actor_name == "actor-9"
+    revived = claims[ids[::-1].index("run_0007")]
+    assert revived.waitpoint is not None and revived.waitpoint.inbox_seq == message.seq
+    assert [c for c in claims if c.waitpoint is not None] == [revived]
+    assert store.get_waitpoint("run_0007") is None
+    assert {r.status for r in store.get_runs(ids) if r} == {"EXECUTING"}
 
 
 def test_a_claim_of_a_canceled_or_unknown_run_fails(store: Store) -> None:

@@ -3,11 +3,11 @@
 Subclasses supply a connection (`_transaction`), the placeholder style and
 the row-locking clause (`_sql_base.SqlBase`); every query lives in this
 package, split by job — runs, tasks, journal and retention (`_sql_runs`),
-output streams (`_sql_streams`, a group commit's round `_sql_stream_rounds`), input streams and waitpoints
-(`_sql_inputs`), named streams owned by no run (`_sql_named`,
-`_sql_named_life`), wait tokens (`_sql_tokens`), sessions (`_sql_sessions`, their streams
-`_sql_session_io`) — so both
-stores behave alike.
+output streams (`_sql_streams`; a group commit's round `_sql_stream_rounds`),
+input streams and waitpoints (`_sql_inputs`), named streams owned by no run
+(`_sql_named`, `_sql_named_life`), wait tokens (`_sql_tokens`), sessions
+(`_sql_sessions`, their streams `_sql_session_io`) — so both stores behave
+alike.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from rayflow.store.base import (
     Claim,
     JournalEntry,
     RunRecord,
+    Waitpoint,
     now_ms,
 )
 
@@ -96,7 +97,7 @@ class RunsSql(SqlBase):
             for start in range(0, len(run_ids), 500):
                 page = run_ids[start : start + 500]
                 marks = ", ".join("?" for _ in page)
-                for row in c.execute(_RUN_SELECT + f" WHERE id IN ({marks})", page):
+                for row in c.execute(_RUN_SELECT + f" WHERE id IN ({marks})", page).fetchall():
                     run = _run(row)
                     found[run.id] = run
         return [found.get(run_id) for run_id in run_ids]
@@ -125,34 +126,62 @@ class RunsSql(SqlBase):
 
     def claim_runs(self, claims: list[tuple[str, str]]) -> list[Claim]:
         now = now_ms()
-        out: list[Claim | None] = [None] * len(claims)
+        # the first claim of a run named twice may take it; the others see it taken
+        first: dict[str, int] = {}
+        for i, (run_id, _) in enumerate(claims):
+            first.setdefault(run_id, i)
+        ids = sorted(first)
+        found: dict[str, RunRecord] = {}
+        taken: set[str] = set()
+        waitpoints: dict[str, Waitpoint] = {}
         with self._tx() as c:
-            # run rows in one order, as every transaction on several runs
-            # takes them (`append_chunks_guarded`): no deadlock
-            for i in sorted(range(len(claims)), key=lambda i: claims[i][0]):
-                run_id, actor_name = claims[i]
-                cur = c.execute(
-                    "UPDATE runs SET status = ?, actor_name = ?,"
-                    " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
-                    " started_at = COALESCE(started_at, ?), updated_at = ?"
-                    " WHERE id = ? AND status = ?",
-                    (EXECUTING, actor_name, now, now, run_id, QUEUED),
-                )
-                claimed = bool(cur.rowcount)
-                row = c.execute(_RUN_SELECT + " WHERE id = ?", (run_id,)).fetchone()
-                waitpoint = None
-                if claimed:
-                    found = c.execute(
-                        _WP_SELECT + " WHERE run_id = ? AND status <> ?", (run_id, PENDING)
-                    ).fetchone()
-                    if found:
-                        waitpoint = _waitpoint(found)
-                        c.execute("DELETE FROM waitpoints WHERE run_id = ?", (run_id,))
-                out[i] = Claim(run=_run(row) if row else None, claimed=claimed, waitpoint=waitpoint)
-        claimed_ids = [c.run.id for c in out if c is not None and c.claimed and c.run is not None]
-        if claimed_ids:
-            self._changed(*claimed_ids)  # QUEUED -> EXECUTING
-        return [c for c in out if c is not None]
+            # statements per 500 runs, not per run (a RunActor claims the
+            # runs placed on it together); run rows locked in one order, as
+            # every transaction on several runs takes them: no deadlock
+            for page in _pages(ids):
+                marks = ", ".join("?" for _ in page)
+                rows = c.execute(
+                    f"SELECT id, status FROM runs WHERE id IN ({marks})"
+                    f" ORDER BY id{self.binary_collation}" + self.lock_clause,
+                    page,
+                ).fetchall()
+                queued = [r[0] for r in rows if r[1] == QUEUED]
+                for actor_name in sorted({claims[first[r]][1] for r in queued}):
+                    mine = [r for r in queued if claims[first[r]][1] == actor_name]
+                    c.execute(
+                        "UPDATE runs SET status = ?, actor_name = ?,"
+                        " attempt = CASE WHEN attempt < 1 THEN 1 ELSE attempt END,"
+                        " started_at = COALESCE(started_at, ?), updated_at = ?"
+                        f" WHERE id IN ({', '.join('?' for _ in mine)})",
+                        (EXECUTING, actor_name, now, now, *mine),
+                    )
+                taken.update(queued)
+                for row in c.execute(_RUN_SELECT + f" WHERE id IN ({marks})", page).fetchall():
+                    run = _run(row)
+                    found[run.id] = run
+                if queued:
+                    marks = ", ".join("?" for _ in queued)
+                    for row in c.execute(
+                        _WP_SELECT + f" WHERE run_id IN ({marks}) AND status <> ?",
+                        (*queued, PENDING),
+                    ).fetchall():
+                        waitpoints[row[0]] = _waitpoint(row)
+                    if waitpoints:
+                        resolved = [r for r in queued if r in waitpoints]
+                        if resolved:
+                            c.execute(
+                                "DELETE FROM waitpoints WHERE run_id IN"
+                                f" ({', '.join('?' for _ in resolved)})",
+                                resolved,
+                            )
+        out = []
+        for i, (run_id, _) in enumerate(claims):
+            claimed = run_id in taken and first[run_id] == i
+            waitpoint = waitpoints.get(run_id) if claimed else None
+            out.append(Claim(run=found.get(run_id), claimed=claimed, waitpoint=waitpoint))
+        if taken:
+            self._changed(*sorted(taken))  # QUEUED -> EXECUTING
+        return out
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         return self.finish_runs([(run_id, status, output, error)])[0]
@@ -316,3 +345,7 @@ class RunsSql(SqlBase):
                 (WaitTokenStatus.WAITING.value, finished_before),
             )
         return deleted
+
+
+def _pages(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
