@@ -628,6 +628,10 @@ def test_inbox_messages_are_numbered_per_stream_and_read_in_order(store: Store) 
     assert store.inbox_read("run_1", "approval", 5, 10) == []
     assert store.inbox_streams("run_1") == ["approval", "cancel"]
     assert store.inbox_streams("run_2") == []
+    # many runs in one read (the runs an actor starts together), in the order asked
+    many = store.inbox_streams_many(["run_2", "run_1", "run_2"])
+    assert many == [[], ["approval", "cancel"], []]
+    assert many[0] is not many[2]
 
 
 def test_concurrent_senders_to_one_run_get_gapless_ordered_seqs(store_url: str) -> None:

@@ -1,7 +1,7 @@
 """Claims and ends of the runs of one process, group-committed; their
-journals, and the lengths of the streams they write, loaded in one read for
-the runs that start together; and the task objects they load, read once for
-those runs.
+journals, the input streams with messages for them and the lengths of the
+streams they write, loaded in one read each for the runs that start
+together; and the task objects they load, read once for those runs.
 
 A RunActor starts and ends many runs at once — a batch trigger placed on it,
 a burst of revivals, runs that stream for the same time — and each claim
@@ -43,6 +43,10 @@ class RunBatches:
             ],
             max_batch=500,
         )
+        #: ... the input streams with messages for them
+        self.inbox_streams: GroupCommit[str, list[str]] = GroupCommit(
+            store.inbox_streams_many, max_batch=500
+        )
         #: ... and the lengths of the streams they write first
         self.stream_infos: GroupCommit[tuple[str, str], StreamInfo | None] = GroupCommit(
             store.stream_infos, max_batch=500
@@ -80,6 +84,12 @@ async def stream_info(store: Store, run_id: str, key: str) -> StreamInfo | None:
     """`store.stream_info`, in one read with the streams asked for meanwhile
     (the first write of each of many runs that start together)."""
     return await _for(store).stream_infos.submit((run_id, key))
+
+
+async def inbox_streams(store: Store, run_id: str) -> list[str]:
+    """`store.inbox_streams`, in one read with the runs asking meanwhile (the
+    runs that start together look for messages sent before they started)."""
+    return await _for(store).inbox_streams.submit(run_id)
 
 
 async def task_blob(store: Store, task_id: str) -> bytes | None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayflow._runtime import run_batches
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow._runtime.journal import Journal
 from rayflow._status import WaitpointStatus
@@ -128,7 +129,8 @@ class RunInputs:
         self._discovering = asyncio.get_running_loop().create_task(self._discover())
 
     async def _discover(self) -> None:
-        for stream_id in await asyncio.to_thread(self.store.inbox_streams, self.run_id):
+        # one read with the runs starting beside it
+        for stream_id in await run_batches.inbox_streams(self.store, self.run_id):
             self.stream(stream_id)
 
     def poke(self, stream_id: str, message: InboxMessage | None) -> None:

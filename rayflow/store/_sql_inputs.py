@@ -155,6 +155,20 @@ class InputsSql(SqlBase):
             ).fetchall()
         return [r[0] for r in rows]
 
+    def inbox_streams_many(self, run_ids: list[str]) -> list[list[str]]:
+        found: dict[str, list[str]] = {}
+        with self._read() as c:
+            for start in range(0, len(run_ids), 500):
+                page = sorted(set(run_ids[start : start + 500]))
+                rows = c.execute(
+                    "SELECT DISTINCT run_id, stream_id FROM inbox WHERE run_id IN"
+                    f" ({', '.join('?' for _ in page)}) ORDER BY run_id, stream_id",
+                    page,
+                ).fetchall()
+                for r in rows:
+                    found.setdefault(r[0], []).append(r[1])
+        return [list(found.get(run_id, ())) for run_id in run_ids]
+
     def put_waitpoint(self, wp: Waitpoint) -> None:
         with self._tx() as c:
             self._upsert_waitpoint(c, wp)

@@ -342,6 +342,9 @@ class Store(TokenAndSessionStore, Protocol):
         self, run_id: str, stream_id: str, start: int, limit: int
     ) -> list[InboxMessage]: ...
     def inbox_streams(self, run_id: str) -> list[str]: ...
+    def inbox_streams_many(self, run_ids: list[str]) -> list[list[str]]:
+        """`inbox_streams` for many runs in one read, in the order given."""
+
     def inbox_usage(self, run_id: str) -> dict[str, tuple[int, int]]:
         """Per input stream of the run: (messages, characters of their JSON
         text), without reading them (quotas, counts for the dashboard)."""
