@@ -121,6 +121,10 @@ async def test_pushed_and_relayed_rows_reach_each_reader_once_in_order(
         assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
         by_sse, by_push = await asyncio.wait_for(asyncio.gather(*readers), 60)
 
+    # the writer processes end with their block (they used to live on for the session)
+    for w in writers:
+        with pytest.raises(ray.exceptions.RayActorError):
+            await asyncio.wait_for(w.pid.remote(), 30)
     here = push_inbox._inboxes.pop(asyncio.get_running_loop(), None)
     if here is not None:  # this test's loop ends with the test
         here.close()
