@@ -42,8 +42,9 @@ log = logging.getLogger("rayflow")
 RETRY_S = 1.0
 #: connecting to an inbox on loopback takes no longer than this
 CONNECT_S = 0.5
-#: an inbox a RunActor stopped naming is pushed to this long after it last did
-#: (longer than `actor_polls.LONG_POLL_S`, the gap between a process's calls)
+#: an inbox a RunActor stopped naming is pushed to this long after it last did:
+#: a reader process's `follow_many` call ends every `actor_polls.LONG_POLL_S`
+#: and the actor does not name it until the next one has come
 KEEP_S = 10.0
 #: runs whose followers are remembered (oldest forgotten first)
 MAX_RUNS = 10_000
