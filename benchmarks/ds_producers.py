@@ -4,10 +4,10 @@
 reference Node server (`@durable-streams/server`, in memory) in the same
 run. Reports acknowledgement latency (p50 / p99) and appends per second.
 
-    .venv/bin/python benchmarks/ds_producers.py --seconds 10 [--store URL]
+    .venv/bin/python benchmarks/ds_producers.py --seconds 10 [--store URL] [--ingress serve]
 
 The load is tests/node/ds_load.mjs. Floors in the same run, same load:
-rayflow's `GET /healthz` (Serve's direct ingress + FastAPI, nothing behind
+rayflow's `GET /healthz` (the replica's listener + FastAPI, nothing behind
 it) and a bare uvicorn no-op (benchmarks/_noop_http.py: what any Python
 HTTP server costs per request on this box, before any framework or Store).
 Each producer sends its next append when the previous one is acknowledged
@@ -99,6 +99,13 @@ def main() -> None:
     parser.add_argument("--store", default="")
     parser.add_argument("--reps", type=int, default=1, help="alternating runs (median)")
     parser.add_argument("--no-floors", dest="floors", action="store_false", help="skip the floors")
+    parser.add_argument(
+        "--ingress",
+        default="rayflow",
+        choices=["rayflow", "serve"],
+        help="who serves rayflow's HTTP port in the replica: rayflow's own listener (the"
+        " default, RAYFLOW_HTTP_INGRESS) or Ray Serve's direct ingress",
+    )
     args = parser.parse_args()
 
     import rayflow
@@ -111,7 +118,9 @@ def main() -> None:
         serve=True,
         http_port=port,
         durable_streams_anonymous=True,
+        http_ingress=args.ingress,
     )
+    print(f"rayflow's HTTP port served by: {args.ingress} (load {loadavg()})", flush=True)
     from serve.app import wait_ready
 
     wait_ready(f"http://127.0.0.1:{port}")

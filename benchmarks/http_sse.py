@@ -38,9 +38,10 @@ by `_servers.Servers`, the app's Redis pool raised from redis-py's default
 
 `--breakdown` prints rayflow's per-hop latency instead (benchmarks/_breakdown.py);
 rayflow is started the way `rayflow dev` starts it: its one Serve replica
-serves the HTTP port itself (Ray Serve's direct ingress); the `proxy` part
-measures the same deployment through Serve's proxy beside it (A/B in one
-run); `--ingress proxy` puts the proxy on the HTTP port instead.
+serves the HTTP port itself (rayflow's own listener; `--ingress serve`: Ray
+Serve's direct ingress); the `proxy` part measures the same deployment
+through Serve's proxy beside it (A/B in one run); `--ingress proxy` puts the
+proxy on the HTTP port instead.
 
 Both are read by the same client: httpx streaming in this process, the
 chunk's 64 bytes carrying its index and the wall clock at the append call
@@ -666,8 +667,9 @@ def start_rayflow(
 
     Started the way `rayflow dev` starts it: with `ingress="direct"` (the
     product's default) the one Serve replica listens on the HTTP port itself
-    (Ray Serve's direct ingress, rayflow/_runtime/ingress.py) and Serve's
-    proxy on another port; `ingress="proxy"` keeps the proxy on the HTTP port.
+    (rayflow's own listener, rayflow/_runtime/ingress.py; `ingress="serve"`:
+    Ray Serve's direct ingress) and Serve's proxy on another port;
+    `ingress="proxy"` keeps the proxy on the HTTP port.
     Returns (base URL, secret key, runs, the proxy's base URL)."""
     from ray import serve
 
@@ -680,6 +682,8 @@ def start_rayflow(
     os.environ.setdefault("RAY_worker_niceness", "0")
     if ingress == "proxy":
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+    elif ingress == "serve":
+        os.environ["RAYFLOW_HTTP_INGRESS"] = "serve"
     port = free_port()
     # the pool as deployed (`pool_size` 2: the runs share its warm RunActors,
     # up to `runs_per_actor` each); `--pool-size 11` gives each run an actor
@@ -1323,9 +1327,10 @@ def main() -> None:
     p.add_argument(
         "--ingress",
         default="direct",
-        choices=["proxy", "direct"],
-        help="rayflow's HTTP port served by the replica itself (Serve's direct ingress,"
-        " the default, as `rayflow dev` does) or by Serve's proxy",
+        choices=["proxy", "direct", "serve"],
+        help="rayflow's HTTP port served by the replica itself (rayflow's own listener,"
+        " the default, as `rayflow dev` does), by Ray Serve's direct ingress in the"
+        " replica (`serve`), or by Serve's proxy",
     )
     p.add_argument(
         "--pool-size",

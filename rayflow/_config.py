@@ -7,6 +7,7 @@ RunActor) so that all processes of one deployment agree.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,14 @@ class Settings(BaseSettings):
     #: may use as its API (`?api=`); it sends the secret key or token there
     dashboard_api_origins: list[str] = []
     http_port: int = 8000
+    #: who listens on `http_host:http_port` when the process that serves the
+    #: API also started the local Ray (`rayflow.init(serve=True)`, `rayflow
+    #: dev`; one replica): "rayflow" — rayflow's own HTTP server (uvicorn) in
+    #: the Serve replica, on the replica's event loop, with none of Serve's
+    #: per-request path; "serve" — Ray Serve's direct ingress (that path costs
+    #: about half a replica's CPU per small request: benchmarks/README.md).
+    #: Elsewhere (a cluster, several replicas) Serve's proxy listens on it
+    http_ingress: Literal["rayflow", "serve"] = "rayflow"
     retention_days: float = 28.0
     max_stream_bytes: int = 300 * MiB
     max_input_bytes: int = 1 * MiB
@@ -108,6 +117,12 @@ class Settings(BaseSettings):
     #: requests without a key or token: for local development and the
     #: protocol's conformance suite; refused unless `http_host` is loopback
     durable_streams_anonymous: bool = False
+    #: a Durable Streams producer (Producer-Id) that has not written to a
+    #: stream for this long is forgotten there (its epoch and seq; the
+    #: reference server's 7 days): idempotence holds for retries within it,
+    #: and per-stream state stays bounded when clients use a fresh id per
+    #: session. Producer state also goes with its stream
+    durable_streams_producer_ttl_s: float = Field(default=7 * 86_400.0, gt=0)
     #: how long a Durable Streams long poll waits for data before its 204
     durable_streams_long_poll_s: float = 20.0
     #: how long a live run subscription (`/realtime/v1/runs…?live=true`)

@@ -8,9 +8,10 @@
 The listen address is `RAYFLOW_HTTP_HOST`:`RAYFLOW_HTTP_PORT` (default
 127.0.0.1:8000). Replicas hold no state; run as many as you like. When the
 process that calls `start` also started the local Ray for it, the one
-replica listens on that address itself (Ray Serve's direct ingress,
-`rayflow/_runtime/ingress.py`: no proxy hop per request or SSE event);
-otherwise Serve's proxy does and routes to the replicas.
+replica listens on that address itself (`rayflow/_runtime/ingress.py`): with
+rayflow's own listener (`serve/listener.py`, the default) or Ray Serve's
+direct ingress — no proxy hop per request or SSE event; otherwise Serve's
+proxy does and routes to the replicas.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def _keep_replica_grpc_on_loopback() -> None:
 class RayflowHTTP:
     """One replica: connects to the rayflow deployment and serves the API."""
 
-    def __init__(self, settings_json: str, secret_key: str) -> None:
+    def __init__(self, settings_json: str, secret_key: str, listen: bool = False) -> None:
+        """`listen`: serve `http_host:http_port` with rayflow's own listener
+        (`serve/listener.py`) once the app is built."""
         from rayflow._runtime.serving import ingress, start_control_plane
 
         # before Serve starts this replica's direct-ingress server, if any
@@ -76,16 +79,33 @@ class RayflowHTTP:
         start_control_plane(settings)
         if settings.http_host in LOOPBACK_HOSTS:
             _keep_replica_grpc_on_loopback()
-        self._settings, self._secret_key = settings, secret_key
+        self._settings, self._secret_key, self._listen = settings, secret_key, listen
+        self._listener: Any = None
 
-    def __serve_build_asgi_app__(self) -> Any:
-        from serve.api import create_app
+    async def __serve_build_asgi_app__(self) -> Any:
+        from serve import listener
+        from serve.api import create_app, listener_app
 
-        return create_app(self._settings, self._secret_key)
+        app = create_app(self._settings, self._secret_key)
+        if self._listen:
+            host, port = self._settings.http_host, self._settings.http_port
+            self._listener = await listener.start(listener_app(app), host, port)
+        return app
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: the replica's listener still serves."""
+        if self._listener is not None:
+            self._listener.check()
+
+    def __del__(self) -> None:
+        # Serve calls it on a graceful stop (on the replica's loop)
+        if getattr(self, "_listener", None) is not None:
+            self._listener.stop()
 
 
-def application(settings: Settings, *, num_replicas: int = 1) -> Application:
-    """The Serve application for `settings` (its secret key resolved)."""
+def application(settings: Settings, *, num_replicas: int = 1, listen: bool = False) -> Application:
+    """The Serve application for `settings` (its secret key resolved);
+    `listen`: its one replica serves the HTTP port with rayflow's listener."""
     from rayflow._runtime.serving import secret_key_for
 
     if settings.durable_streams_anonymous and settings.http_host not in LOOPBACK_HOSTS:
@@ -108,7 +128,7 @@ def application(settings: Settings, *, num_replicas: int = 1) -> Application:
     deployment: Any = RayflowHTTP  # Serve's decorator returns a Deployment
     app: Application = deployment.options(
         num_replicas=num_replicas, logging_config=serve_logging_config(settings)
-    ).bind(settings_json, secret)
+    ).bind(settings_json, secret, listen)
     return app
 
 
@@ -120,8 +140,8 @@ def build(args: dict[str, str]) -> Application:
 
 def proxy_port(settings: Settings) -> int:
     """The port Serve's proxy listens on: `http_port`, unless the replica
-    serves it itself (direct ingress, `rayflow/_runtime/ingress.py`); then a
-    free port of the same host (Serve always runs a proxy)."""
+    serves it itself (`rayflow/_runtime/ingress.py`); then a free port of the
+    same host (Serve always runs a proxy)."""
     from rayflow._runtime.serving import ingress
 
     if ingress.direct_port() != settings.http_port:
@@ -136,14 +156,15 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
     """Start Serve on `settings.http_host:http_port` and deploy the API; returns
     its base URL. Ray must be initialised (rayflow.init()). When this process
     started Ray for it (`rayflow.init(serve=True)`, `rayflow dev`), the one
-    replica listens on that port itself and Serve's proxy on a free one."""
+    replica listens on that port itself (rayflow's listener, or Serve's
+    direct ingress: `Settings.http_ingress`) and Serve's proxy on a free one."""
     from rayflow._runtime.serving import ingress
 
     if ingress.direct_port() == settings.http_port:
         if num_replicas != 1:
             raise RayflowError(
-                f"the replica serves port {settings.http_port} itself (Ray Serve direct ingress),"
-                " so there is one; for more, start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
+                f"the replica serves port {settings.http_port} itself, so there is one;"
+                " for more, start Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
             )
         # Serve would retry the replica on a taken port, then fail the whole
         # deployment with a generic error after ~20 s (measured): say it now
@@ -160,8 +181,9 @@ def start(settings: Settings, *, num_replicas: int = 1) -> str:
         http_options={"host": settings.http_host, "port": proxy_port(settings)},
         logging_config=serve_logging_config(settings),
     )
+    listen = ingress.own_listener(settings.http_port)
     serve.run(
-        application(settings, num_replicas=num_replicas),
+        application(settings, num_replicas=num_replicas, listen=listen),
         name=APP_NAME,
         route_prefix="/",
         blocking=False,

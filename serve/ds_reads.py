@@ -18,13 +18,13 @@ from starlette.responses import Response, StreamingResponse
 from rayflow._config import Settings
 from rayflow._runtime.serving import current
 from rayflow.store.base import now_ms
-from rayflow.store.named import NamedStreamInfo
+from rayflow.store.named import DURABLE_STREAMS_PREFIX, NamedStreamInfo
 from serve import ds_wire as wire
 from serve.ds_sources import NamedSource, RunSource, Slice, Tail
 from serve.ds_wire import WireError
 
 #: where the protocol's streams live among the Store's named streams
-STORE_PREFIX = "ds/"
+STORE_PREFIX = DURABLE_STREAMS_PREFIX
 
 Source = NamedSource | RunSource
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from rayflow._runtime.serving import current, feed_key, signals
+from rayflow._runtime.serving import current, feed_key, named_signals, signals
 from rayflow.store.named import NamedStreamInfo
 from serve import run_feed
 from serve.fanout import HubSource
@@ -91,6 +91,12 @@ class NamedSource:
             left = deadline - loop.time()
             if got is None or got.chunks or got.tail.closed or got.tail.gone or left <= 0:
                 return got
+            info = got.tail.info
+            if info is not None and named_signals.unleased(info.followed_until):
+                # commits in other processes tell this one from now on; read again
+                await named_signals.follow(current().store, self.path)
+                continue
+            left = named_signals.wait_s(left)
             waits = [
                 asyncio.ensure_future(event.wait()),
                 asyncio.ensure_future(feed.wait_for(since, {feed_key(self.path)}, left)),

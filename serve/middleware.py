@@ -52,18 +52,26 @@ def default_body_limits(max_input_bytes: int, max_append_bytes: int) -> BodyLimi
     ]
 
 
+#: any origin, echoed with `Vary: Origin`; every method and header
+CORS: dict[str, Any] = {
+    "allow_origin_regex": ".*",
+    "allow_methods": ["*"],
+    "allow_headers": ["*"],
+    "expose_headers": ["*"],
+    "max_age": 86400,
+}
+
+
 def install_middleware(app: FastAPI, limits: BodyLimits) -> None:
     """Body limits and the last-resort 500 inside, CORS around them."""
     app.add_middleware(EdgeMiddleware, limits=limits)
     # added last = outermost: what EdgeMiddleware answers itself gets the headers too
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origin_regex=".*",  # echoed, with `Vary: Origin`
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["*"],
-        max_age=86400,
-    )
+    app.add_middleware(CORSMiddleware, **CORS)
+
+
+def edge(inner: ASGIApp, limits: BodyLimits) -> ASGIApp:
+    """`inner` behind the same layers `install_middleware` puts around the app."""
+    return CORSMiddleware(EdgeMiddleware(inner, limits=limits), **CORS)
 
 
 class EdgeMiddleware:

@@ -1,5 +1,6 @@
 """The HTTP port of a local deployment is served by the Serve replica itself
-(Ray Serve's direct ingress, rayflow/_runtime/ingress.py), not by Serve's proxy.
+(rayflow's own listener in it, serve/listener.py; rayflow/_runtime/ingress.py),
+not by Serve's proxy.
 
 A script starts the embedded default with the HTTP API
 (`rayflow.init(serve=True)`) and a run that holds. The test finds which
@@ -129,6 +130,10 @@ def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
         assert "Replica" in name, f"port {port} is served by {name}, not the replica"
         proxies = [p for p, (_, n) in listeners.items() if "Proxy" in n]
         assert proxies and port not in proxies, listeners
+        # rayflow's own listener (serve/listener.py), not Serve's direct
+        # ingress, which would answer its own `/-/routes` with 200
+        routes = httpx.get(f"{api.url}/-/routes", timeout=10)
+        assert routes.status_code == 404 and "error" in routes.json(), routes.text
 
         path = f"/realtime/v1/streams/{run_id}/out"
 
@@ -179,7 +184,7 @@ def test_the_replica_serves_the_http_port_and_takes_it_back_after_a_crash(
 
 
 def test_a_taken_http_port_is_reported_before_serve_tries_it() -> None:
-    """With direct ingress the replica binds the HTTP port; a port another
+    """The replica binds the HTTP port itself; a port another
     process holds is named at once (Serve itself fails the deployment with a
     generic error after retrying for ~20 s)."""
     with socket.socket() as taken:

@@ -158,7 +158,7 @@ def test_a_batch_of_writes_to_many_streams_commits_once_each_alone_in_order(
     for path in ("ds/1", "ds/2"):
         store.named_create(NamedStreamSpec(path, "text/plain"), [], MiB)
     changed: list[list[str]] = []
-    store.on_named_change = changed.append
+    store.on_named_change = lambda paths, followed: changed.append(paths)
     results = store.named_write_many(
         [
             NamedWrite("ds/2", [b"a"]),
@@ -326,7 +326,7 @@ def test_the_appender_commits_writes_made_meanwhile_together(store: Store) -> No
         store.named_create(NamedStreamSpec(path, "text/plain"), [], MiB)
     commits: list[list[str]] = []
 
-    def changed(paths: list[str]) -> None:
+    def changed(paths: list[str], followed: list[str]) -> None:
         commits.append(paths)
         named_signals.signals().notify(paths)
 
@@ -346,3 +346,65 @@ def test_the_appender_commits_writes_made_meanwhile_together(store: Store) -> No
     assert [r.outcome for r in results] == [OK] * 11
     assert commits == [["ds/g1"], ["ds/g1", "ds/g2"]]
     assert _text(store, "ds/g1") == b"a02468" and _text(store, "ds/g2") == b"13579"
+
+
+def test_leased_writes_tell_other_processes_only_while_a_reader_follows(store: Store) -> None:
+    """A Durable Streams append (`leased`) is told to other processes only
+    while a reader holds a follow lease on its stream; the lease is seen
+    under the commit's row lock, survives until it runs out, and is renewed
+    only when short; every other write is always told."""
+    for path in ("ds/f", "ds/g"):
+        store.named_create(NamedStreamSpec(path, "text/plain"), [], MiB)
+    told: list[tuple[list[str], list[str]]] = []
+    store.on_named_change = lambda paths, followed: told.append((paths, followed))
+    both = [NamedWrite("ds/f", [b"a"], leased=True), NamedWrite("ds/g", [b"b"], leased=True)]
+    store.named_write_many(both, MiB)
+    assert told.pop() == (["ds/f", "ds/g"], [])  # local readers woken, no one else told
+    store.named_write_many([NamedWrite("ds/f", [b"c"])], MiB)  # not leased: always told
+    assert told.pop() == (["ds/f"], ["ds/f"])
+
+    now = now_ms()
+    assert store.named_follow("ds/f", now + 600_000, now + 300_000) is True
+    assert store.named_follow("ds/f", now + 600_000, now + 300_000) is False  # long enough
+    assert store.named_follow("ds/nope", now + 600_000, now + 300_000) is False
+    info = store.named_info("ds/f")
+    assert info is not None and info.followed_until == now + 600_000
+    store.named_write_many(both, MiB)
+    assert told.pop() == (["ds/f", "ds/g"], ["ds/f"])
+    later = now + 400_000  # renewed when less than the margin is left
+    assert store.named_follow("ds/f", later + 600_000, later + 300_000) is True
+    assert store.named_info("ds/f").followed_until == later + 600_000  # type: ignore[union-attr]
+
+    # a lease that ran out tells no one any more
+    store.named_follow("ds/g", now - 1, now - 1)  # written: the lease ended already
+    store.named_write_many(both[1:], MiB)
+    assert told.pop() == (["ds/g"], [])
+
+
+def test_idle_producers_of_durable_streams_are_forgotten(store: Store) -> None:
+    """The protocol's producer state cleanup: a producer that has not written
+    to a stream since `before` is forgotten there (its retry is no longer a
+    duplicate: a new producer starts at seq 0), others and other prefixes
+    are kept, and the sweep goes `limit` rows at a time."""
+    store.named_create(NamedStreamSpec("ds/p", "text/plain"), [], MiB)
+    store.named_create(NamedStreamSpec("sessions/s/out", "text/plain"), [], MiB)
+    for i in range(3):
+        assert _write(store, "ds/p", b"x", producer=Producer(f"old{i}", 0, 0)).outcome is OK
+    assert _write(store, "sessions/s/out", b"x", producer=Producer("old", 0, 0)).outcome is OK
+    cutoff = now_ms() + 1
+    while now_ms() < cutoff:  # the next writes are after the cutoff
+        pass
+    assert _write(store, "ds/p", b"y", producer=Producer("fresh", 0, 0)).outcome is OK
+
+    assert store.named_expire_producers("ds/", cutoff, limit=2) == 2
+    assert store.named_expire_producers("ds/", cutoff, limit=2) == 1
+    assert store.named_expire_producers("ds/", cutoff) == 0
+    retry = _write(store, "ds/p", b"x", producer=Producer("old0", 0, 0))
+    assert retry.outcome is OK  # forgotten: seq 0 is a new producer's first write
+    gap = _write(store, "ds/p", b"x", producer=Producer("old1", 0, 1))
+    assert gap.outcome is NamedOutcome.SEQ_GAP and gap.expected_seq == 0
+    # kept: the producer that wrote after the cutoff, and other prefixes' producers
+    dup = _write(store, "ds/p", b"y", producer=Producer("fresh", 0, 0))
+    assert dup.outcome is NamedOutcome.DUPLICATE
+    again = _write(store, "sessions/s/out", b"x", producer=Producer("old", 0, 0))
+    assert again.outcome is NamedOutcome.DUPLICATE

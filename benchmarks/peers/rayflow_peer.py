@@ -404,7 +404,7 @@ def main(argv: list[str]) -> None:
         from rayflow._runtime import bootstrap
 
         # started as `rayflow dev` starts it: workload 5's HTTP port is served
-        # by the Serve replica itself (direct ingress, rayflow/_runtime/ingress.py)
+        # by the Serve replica itself (its own listener, rayflow/_runtime/ingress.py)
         bootstrap.start_ray(rayflow.Settings(), serve_port=cfg["free_ports"][0])
         cfg["_settings"] = rayflow.init(data_dir=_data_dir(cfg), pool_idle_s=5)
         cfg["_ray_address"] = ray.get_runtime_context().gcs_address

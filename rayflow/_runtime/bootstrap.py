@@ -33,11 +33,11 @@ def start_ray(settings: Settings, *, serve_port: int | None = None) -> None:
 
     `serve_port`: this process will serve the HTTP API on that port with one
     replica; a local Ray is started so that the replica listens on it itself
-    (Serve's direct ingress, `ingress.py`)."""
+    (rayflow's listener or Serve's direct ingress, `ingress.py`)."""
     if ray.is_initialized():
         return  # as it was started (`ingress.direct_port()` tells)
     if settings.address is None:
-        ingress.configure(serve_port)
+        ingress.configure(serve_port, settings.http_ingress)
         # keep a local Ray on 127.0.0.1 only (docs/scaling.md)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":

@@ -43,6 +43,7 @@ from rayflow._runtime.supervisor import Supervisor
 from rayflow._status import RunStatus
 from rayflow.errors import IdempotencyConflict, RunNotFound
 from rayflow.store.base import ACTIVE_STATUSES, RunRecord, now_ms
+from rayflow.store.named import DURABLE_STREAMS_PREFIX
 
 
 @ray.remote
@@ -249,6 +250,11 @@ class Controller:
         cutoff = now_ms() - int(self.settings.retention_days * 86_400_000)
         # named streams past their TTL or expiry (a read of one already sees it gone)
         while await asyncio.to_thread(self.store.named_delete_expired) >= 500:
+            pass
+        # idle Durable Streams producers, as the protocol's reference server does
+        idle = now_ms() - int(self.settings.durable_streams_producer_ttl_s * 1000)
+        expire = self.store.named_expire_producers
+        while await asyncio.to_thread(expire, DURABLE_STREAMS_PREFIX, idle) >= 500:
             pass
         return await asyncio.to_thread(self.store.delete_expired, cutoff)
 

@@ -1,37 +1,45 @@
-"""Ray Serve's direct ingress for a local deployment: the replica itself listens
-on the HTTP port, with no Serve proxy between the client and the app.
+"""Who listens on the HTTP port of a local deployment: the Serve replica
+itself, with no Serve proxy between the client and the app.
 
-Measured (benchmarks/README.md, latency section): the proxy costs ~0.9 ms
-of every SSE chunk and half of an HTTP append's time on this hardware.
-Serve (2.60) turns direct ingress on for a whole Ray cluster from
-`RAY_SERVE_*` environment variables that its controller and replicas read
-when they start, so `configure(port)` must run before the local Ray does
-(`bootstrap.start_ray`); the workers inherit the driver's environment.
+Two ways, `Settings.http_ingress`:
+- "rayflow" (the default): rayflow's own HTTP server in the replica
+  (`serve/listener.py`: uvicorn on the replica's event loop, serving the
+  same FastAPI app). Ray Serve's direct ingress stays off; nothing of Serve
+  runs per request. Measured (benchmarks/README.md, Durable Streams):
+  Serve's direct-ingress request path (request metadata, its receive task,
+  route matching for metrics, the access-log record, metrics) was ~65 % of
+  the replica's CPU under 64 producers of small appends.
+- "serve": Ray Serve's direct ingress (2.60), turned on for the whole Ray
+  cluster by `RAY_SERVE_*` environment variables that its controller and
+  replicas read when they start, so `configure(port, ...)` must run before
+  the local Ray does (`bootstrap.start_ray`); the workers inherit the
+  driver's environment.
+Either way the proxy hop is gone (~0.9 ms of every SSE chunk and half of an
+HTTP append's time on this hardware, measured before).
 
 Invariants:
 - Only a Ray that rayflow starts here is configured; joining a cluster
-  (`address=`) leaves Serve as the cluster was started.
-- The replica's port range is exactly the HTTP port: the one replica binds
-  `http_host:http_port` (loopback by default) and nothing else; a second
-  replica could get no port, so direct ingress serves one replica (more
-  replicas go through the proxy: `rayflow dev --replicas N`).
-- Serve still runs its proxy (direct ingress requires it); it listens on a
-  free port of the same host (`serve/app.py`).
+  (`address=`) leaves Serve as the cluster was started (its proxy serves).
+- One replica serves the port (a second could not bind it), so this serves
+  one replica; more replicas go through the proxy: `rayflow dev --replicas N`.
+- Serve still runs its proxy; it listens on a free port of the same host
+  (`serve/app.py`).
 - A variable the user set wins: `RAY_SERVE_ENABLE_DIRECT_INGRESS=0` (or any
   `RAY_SERVE_DIRECT_INGRESS_*` of their own) keeps Serve's proxy on the port.
-- No port quarantine and no drain period: those exist so an external load
-  balancer can deregister a replica; here the port must come back to the
-  restarted replica at once.
-- The replica binds with `SO_REUSEADDR` (`reuse_address`, called in the
-  replica's constructor). Serve 2.60 binds a replica's port without it, so
-  after a replica dies with connections open (an SSE reader is always open)
-  their server-side ends sit in TIME_WAIT for Linux's fixed 60 s and every
-  replacement's bind fails (Serve then blocks the port and reports
-  `NoAvailablePortError`) until they expire: measured 62 s. With it the port
-  comes back as soon as the new replica is up (~10 s after a SIGKILL on this
-  box; `tests/test_http_ingress.py`). `SO_REUSEADDR` (what uvicorn, asyncio
-  and Serve's own proxy set) still refuses a port that another socket
-  listens on, so one port still means one replica.
+- "serve": no port quarantine and no drain period: those exist so an
+  external load balancer can deregister a replica; here the port must come
+  back to the restarted replica at once. Its range is exactly the HTTP port.
+- The port is bound with `SO_REUSEADDR` either way ("serve":
+  `reuse_address`, called in the replica's constructor). Serve 2.60 binds a
+  replica's port without it, so after a replica dies with connections open
+  (an SSE reader is always open) their server-side ends sit in TIME_WAIT
+  for Linux's fixed 60 s and every replacement's bind fails (Serve then
+  blocks the port and reports `NoAvailablePortError`) until they expire:
+  measured 62 s. With it the port comes back as soon as the new replica is
+  up (~10 s after a SIGKILL on this box; `tests/test_http_ingress.py`).
+  `SO_REUSEADDR` (what uvicorn, asyncio and Serve's own proxy set) still
+  refuses a port that another socket listens on, so one port still means
+  one replica.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ QUARANTINE = "RAY_SERVE_PORT_QUARANTINE_S"
 _ours: dict[str, str] = {}
 #: the port a replica serves itself in the Ray this process started, if any
 _direct_port: int | None = None
+#: who serves `_direct_port`: "rayflow" (its own listener) or "serve"
+_mode = "rayflow"
 
 
 def _user_decided() -> bool:
@@ -59,10 +69,12 @@ def _user_decided() -> bool:
     return any(os.environ[k] != _ours.get(k) for k in names)
 
 
-def configure(port: int | None) -> None:
-    """Before starting a local Ray: let the replica serve `port` itself (None:
-    leave Serve's proxy on the HTTP port, removing what an earlier call set)."""
-    global _direct_port
+def configure(port: int | None, mode: str = "rayflow") -> None:
+    """Before starting a local Ray: let the replica serve `port` itself, with
+    rayflow's own listener (`mode` "rayflow") or Serve's direct ingress
+    ("serve"); None: leave Serve's proxy on the HTTP port. Removes what an
+    earlier call set."""
+    global _direct_port, _mode
     _direct_port = None
     if _user_decided():
         return
@@ -71,10 +83,12 @@ def configure(port: int | None) -> None:
     _ours.clear()
     if port is None:
         return
+    _direct_port, _mode = port, mode
+    if mode == "rayflow":
+        return  # Serve's direct ingress stays off: the replica starts rayflow's listener
     _ours.update({ENABLE: "1", MIN_PORT: str(port), MAX_PORT: str(port + 1)})
     _ours.update({k: "0" for k in (DRAIN, QUARANTINE) if k not in os.environ})
     os.environ.update(_ours)
-    _direct_port = port
 
 
 def not_started() -> None:
@@ -87,6 +101,12 @@ def direct_port() -> int | None:
     """The HTTP port the Serve replica listens on itself, in the Ray this
     process started; None when Serve's proxy serves the HTTP port."""
     return _direct_port
+
+
+def own_listener(port: int) -> bool:
+    """The replica serves `port` with rayflow's own listener (not Serve's
+    direct ingress, not the proxy)."""
+    return _direct_port == port and _mode == "rayflow"
 
 
 class _ReusingSockets:

@@ -30,7 +30,15 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from rayflow._runtime import hops, ingress, locations, named_appender, run_events, wait_tokens
+from rayflow._runtime import (
+    hops,
+    ingress,
+    locations,
+    named_appender,
+    named_signals,
+    run_events,
+    wait_tokens,
+)
 from rayflow._runtime.bootstrap import start_control_plane
 from rayflow._runtime.calls import shared_task
 from rayflow._runtime.connection import Connection, current, secret_key_for
@@ -188,6 +196,7 @@ __all__ = [
     "ingress",
     "keyed_message_id",
     "named_appender",
+    "named_signals",
     "parse_duration",
     "prefetch_location",
     "run_events",

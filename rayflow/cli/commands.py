@@ -50,7 +50,7 @@ DataDir = Annotated[
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # as the replica binds it (ingress.reuse_address): connections of a
+        # as the replica binds it (serve/listener.py): connections of a
         # server that stopped, left in TIME_WAIT, do not keep the port
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -123,7 +123,8 @@ def dev(
     quiet_ray_logs(settings)
     loopback_ray()
     with spinner(f"starting Ray, the store and the HTTP API on {host}:{port}"):
-        # one replica serves the port itself (Serve's direct ingress): Ray must know first
+        # one replica serves the port itself (rayflow's listener or Serve's direct
+        # ingress, `_runtime/ingress.py`): Ray must know first
         bootstrap.start_ray(settings, serve_port=port if replicas == 1 else None)
         resolved = rayflow.init(data_dir=settings.data_dir, http_host=host, http_port=port)
         start_quiet_serve(host, serve_app.proxy_port(resolved), settings)

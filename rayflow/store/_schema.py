@@ -213,6 +213,13 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (path, send_key)
         )""",
     ],
+    # 8: named streams' follow leases (`Store.named_follow`: until then a
+    #    commit tells other processes' readers), and idle producers found by
+    #    index to expire them (`Store.named_expire_producers`)
+    [
+        "ALTER TABLE named_streams ADD COLUMN followed_until BIGINT",
+        "CREATE INDEX IF NOT EXISTS named_producers_updated ON named_producers (updated_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

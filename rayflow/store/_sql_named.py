@@ -9,7 +9,7 @@ transaction and one commit: stream rows are locked in path order first (no
 deadlock with another batch), then the requests are applied in the order
 given, each to its own outcome.
 
-Creating, forking, deleting and expiry: `_sql_named_life.py`.
+Creating, forking, deleting, expiry and follow leases: `_sql_named_life.py`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _COLUMNS = (
     " expires_at, touched_at, last_stream_seq, forked_from, fork_offset, fork_sub_offset,"
     " deleted, created_at, updated_at"
 )
-_SELECT = f"SELECT {_COLUMNS} FROM named_streams"
+_SELECT = f"SELECT {_COLUMNS}, followed_until FROM named_streams"
 
 
 def _info(row: Any) -> NamedStreamInfo:
@@ -60,6 +60,7 @@ def _info(row: Any) -> NamedStreamInfo:
         deleted=bool(row[14]),
         created_at=int(row[15]),
         updated_at=int(row[16]),
+        followed_until=None if row[17] is None else int(row[17]),
     )
 
 
@@ -123,23 +124,34 @@ class NamedStreamsSql(SqlBase):
         return self.named_write_many([write], max_bytes)[0]
 
     def named_write_many(self, writes: list[NamedWrite], max_bytes: int) -> list[NamedWriteResult]:
+        now = now_ms()
         with self._tx() as c:
-            results, changed = self._write_in(c, writes, max_bytes, now_ms())
+            results, changed = self._write_in(c, writes, max_bytes, now)
         if changed:
-            self._named_changed(*sorted(changed))
+            # read under the row lock: a lease committed before this commit
+            # is seen, one committed after it is followed by a read that sees
+            # this commit (`named_follow`)
+            leased = {w.path for w in writes if w.leased}
+            followed = [p for p, s in changed.items() if p not in leased or s.followed(now)]
+            self._named_changed(*sorted(changed), followed=sorted(followed))
         return results  # each shows the stream as its own request left it
 
     def _write_in(
         self, c: Any, writes: list[NamedWrite], max_bytes: int, now: int
-    ) -> tuple[list[NamedWriteResult], set[str]]:
+    ) -> tuple[list[NamedWriteResult], dict[str, NamedStreamInfo]]:
         """`named_write_many` inside the caller's transaction: (outcomes, the
-        paths changed — tell their readers after the commit)."""
+        streams changed by path, as locked — tell their readers after the
+        commit)."""
         results: list[NamedWriteResult] = []
         states: dict[str, NamedStreamInfo | None] = {}
         for path in sorted({w.path for w in writes}):  # one lock order: no deadlock
             states[path] = self._locked(c, path)
-        producers: dict[tuple[str, str], _ProducerState | None] = {}
-        changed: set[str] = set()
+        # the batch's producers in one query per stream, its rows in one
+        # statement each: one execute per append cost the commit thread (and
+        # the GIL the event loop needs) more than SQLite's own work
+        producers = self._producers(c, writes)
+        rows: list[tuple[str, int, int, int, bytes, int]] = []
+        changed: dict[str, NamedStreamInfo] = {}
         for write in writes:
             state = states[write.path]
             if state is None or (state.expired(now) and not state.deleted):
@@ -147,24 +159,55 @@ class NamedStreamsSql(SqlBase):
             elif state.deleted:
                 results.append(NamedWriteResult(NamedOutcome.GONE, state))
             else:
-                result = self._apply(c, write, state, producers, max_bytes, now)
+                result = self._apply(c, write, state, producers, max_bytes, now, rows)
                 if result.outcome is NamedOutcome.OK:
-                    changed.add(write.path)
+                    changed[write.path] = state
                 results.append(result)
+        self._insert_chunks(c, rows)
         for path in sorted(changed):
-            state = states[path]
-            assert state is not None
-            self._save(c, state)
-        for (path, producer_id), p in producers.items():
-            if p is not None and p.dirty:
-                c.execute(
-                    "INSERT INTO named_producers (path, producer_id, epoch, last_seq,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (path, producer_id)"
-                    " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
-                    " updated_at = excluded.updated_at",
-                    (path, producer_id, p.epoch, p.last_seq, now),
-                )
+            self._save(c, changed[path])
+        dirty = [(k, p) for k, p in producers.items() if p is not None and p.dirty]
+        if dirty:
+            c.executemany(
+                "INSERT INTO named_producers (path, producer_id, epoch, last_seq,"
+                " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (path, producer_id)"
+                " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
+                " updated_at = excluded.updated_at",
+                [(path, pid, p.epoch, p.last_seq, now) for (path, pid), p in dirty],
+            )
         return results, changed
+
+    def _producers(
+        self, c: Any, writes: list[NamedWrite]
+    ) -> dict[tuple[str, str], _ProducerState | None]:
+        """The stored state of the producers that `writes` name (None: new)."""
+        wanted: dict[str, set[str]] = {}
+        for w in writes:
+            if w.producer is not None:
+                wanted.setdefault(w.path, set()).add(w.producer.id)
+        found: dict[tuple[str, str], _ProducerState | None] = {}
+        for path, ids in wanted.items():
+            names = sorted(ids)
+            for i in range(0, len(names), 500):  # SQLite's bound parameters
+                part = names[i : i + 500]
+                marks = ", ".join("?" for _ in part)
+                rows = c.execute(
+                    "SELECT producer_id, epoch, last_seq FROM named_producers"
+                    f" WHERE path = ? AND producer_id IN ({marks})",
+                    (path, *part),
+                ).fetchall()
+                found.update({(path, pid): None for pid in part})
+                found.update({(path, r[0]): _ProducerState(int(r[1]), int(r[2])) for r in rows})
+        return found
+
+    @staticmethod
+    def _insert_chunks(c: Any, rows: list[tuple[str, int, int, int, bytes, int]]) -> None:
+        if rows:
+            c.executemany(
+                "INSERT INTO named_chunks (path, end_pos, pos, span_end, data, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def _apply(
         self,
@@ -174,10 +217,12 @@ class NamedStreamsSql(SqlBase):
         producers: dict[tuple[str, str], _ProducerState | None],
         max_bytes: int,
         now: int,
+        rows: list[tuple[str, int, int, int, bytes, int]] | None = None,
     ) -> NamedWriteResult:
         """Check and apply one write to the locked `state` (updated in place;
         the caller saves it). Checks in the protocol's order: closed, content
-        type, producer, Stream-Seq, size."""
+        type, producer, Stream-Seq, size. Its chunk rows go to `rows` (the
+        caller inserts them), or are inserted now."""
         p = w.producer
         if state.closed:
             if p is not None and state.closed_by == p:
@@ -222,24 +267,21 @@ class NamedStreamsSql(SqlBase):
             return result
         start = state.length
         if w.messages:
+            new: list[tuple[str, int, int, int, bytes, int]]
             if state.json:
                 end = start + len(w.messages)
-                c.executemany(
-                    "INSERT INTO named_chunks (path, end_pos, pos, span_end, data, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (state.path, start + i + 1, start + i, end, m, now)
-                        for i, m in enumerate(w.messages)
-                    ],
-                )
+                new = [
+                    (state.path, start + i + 1, start + i, end, m, now)
+                    for i, m in enumerate(w.messages)
+                ]
             else:
                 data = b"".join(w.messages)
                 end = start + len(data)
-                c.execute(
-                    "INSERT INTO named_chunks (path, end_pos, pos, span_end, data, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (state.path, end, start, end, data, now),
-                )
+                new = [(state.path, end, start, end, data, now)]
+            if rows is None:
+                self._insert_chunks(c, new)
+            else:
+                rows += new
             state.length, state.size_bytes = end, state.size_bytes + added
         if p is not None:
             producers[(state.path, p.id)] = _ProducerState(p.epoch, p.seq, dirty=True)
@@ -301,11 +343,12 @@ class NamedStreamsSql(SqlBase):
         ).fetchone()
         return _info(row) if row else None
 
-    def _named_changed(self, *paths: str) -> None:
-        """Tell this process's and other processes' readers (after the commit)."""
+    def _named_changed(self, *paths: str, followed: list[str] | None = None) -> None:
+        """Tell this process's readers of `paths`, and other processes' of
+        `followed` (default: of all), after the commit."""
         hook = self.on_named_change
         if hook is not None and paths:
-            hook(list(paths))
+            hook(list(paths), list(paths) if followed is None else followed)
 
 
 def _snapshot(

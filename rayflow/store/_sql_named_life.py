@@ -1,5 +1,6 @@
 """Named streams' lifecycle in SQL: creating (and forking), deleting with
-tombstones, expiry. Appends and reads are `_sql_named.py`.
+tombstones, expiry, readers' follow leases and idle producers. Appends and
+reads are `_sql_named.py`.
 
 Forks copy the source's rows below the fork position (a sub-offset inside
 a byte append splits that row): a fork reads like any stream and lives on
@@ -14,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from rayflow.store._sql_named import _COLUMNS, _SELECT, NamedStreamsSql
+from rayflow.store._sql_named import _COLUMNS, _SELECT, NamedStreamsSql, _like_prefix
 from rayflow.store.base import now_ms
 from rayflow.store.named import (
     DEFAULT_CONTENT_TYPE,
@@ -161,6 +162,39 @@ class NamedLifecycleSql(NamedStreamsSql):
             )
             size += len(head)
         return size
+
+    # -- readers' follow leases, idle producers --------------------------------
+    def named_follow(self, path: str, until: int, renew_before: int) -> bool:
+        """A reader somewhere waits for changes of `path`: make sure commits
+        that change it until `renew_before` (ms) tell other processes (the
+        lease runs to `until`). False when the lease already did (nothing
+        written) or the stream does not exist."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT followed_until FROM named_streams WHERE path = ?", (path,)
+            ).fetchone()
+        if row is None or (row[0] is not None and int(row[0]) >= renew_before):
+            return False
+        with self._tx() as c:
+            # the row lock orders it against writers (`named_write_many`)
+            c.execute(
+                "UPDATE named_streams SET followed_until = ? WHERE path = ?"
+                " AND (followed_until IS NULL OR followed_until < ?)",
+                (until, path, until),
+            )
+        return True
+
+    def named_expire_producers(self, prefix: str, before: int, limit: int = 500) -> int:
+        """Forget the state of producers of streams under `prefix` that last
+        wrote before `before` (ms), at most `limit`; how many."""
+        with self._tx() as c:
+            cur = c.execute(
+                "DELETE FROM named_producers WHERE (path, producer_id) IN"
+                " (SELECT path, producer_id FROM named_producers WHERE updated_at < ?"
+                " AND path LIKE ? ESCAPE '!' LIMIT ?)",
+                (before, _like_prefix(prefix), limit),
+            )
+            return int(cur.rowcount)
 
     # -- deleting ------------------------------------------------------------
     def named_delete(self, path: str) -> NamedOutcome:

@@ -22,14 +22,7 @@ from rayflow._status import ACTIVE_STATUSES as ACTIVE_STATUSES
 from rayflow._status import FINISHED_STATUSES as FINISHED_STATUSES
 from rayflow._status import RunStatus
 from rayflow.errors import RunFinished, RunNotFound
-from rayflow.store.named import (
-    NamedOutcome,
-    NamedRead,
-    NamedStreamInfo,
-    NamedStreamSpec,
-    NamedWrite,
-    NamedWriteResult,
-)
+from rayflow.store.named import NamedStreamStore
 from rayflow.store.waits import SESSION_WAIT_PREFIX as SESSION_WAIT_PREFIX
 from rayflow.store.waits import TOKEN_WAIT_PREFIX as TOKEN_WAIT_PREFIX
 from rayflow.store.waits import SessionRecord as SessionRecord
@@ -165,11 +158,13 @@ class Claim:
 #: that pushes the ids to run subscriptions
 RunChangeHook = Callable[[list[str]], None]
 #: called with the paths of named streams that changed (data, closed,
-#: created, deleted), after the commit, in the process that committed it
-NamedChangeHook = Callable[[list[str]], None]
+#: created, deleted), after the commit, in the process that committed it,
+#: and those of them that a reader elsewhere follows (`named_follow`): only
+#: these need telling other processes
+NamedChangeHook = Callable[[list[str], list[str]], None]
 
 
-class Store(TokenAndSessionStore, Protocol):
+class Store(TokenAndSessionStore, NamedStreamStore, Protocol):
     url: str
     on_run_change: RunChangeHook | None
     on_named_change: NamedChangeHook | None
@@ -358,50 +353,3 @@ class Store(TokenAndSessionStore, Protocol):
     def delete_waitpoint(self, run_id: str) -> None: ...
     def due_waitpoints(self, now: int) -> list[Waitpoint]: ...
     def pending_waitpoints(self) -> list[Waitpoint]: ...
-
-    # -- named streams: owned by no run (store/named.py) ----------------------
-    def named_create(
-        self, spec: NamedStreamSpec, messages: list[bytes], max_bytes: int
-    ) -> NamedWriteResult:
-        """Create the stream at `spec.path` with `messages` as its first data
-        (closed at once when `spec.closed`), or a fork of `spec.forked_from`.
-        OK when created; EXISTS when the path holds a stream of the same
-        configuration (content type, expiry, closed, fork), CONFLICT when it
-        holds another or a tombstone; SOURCE_MISSING / SOURCE_GONE /
-        BAD_OFFSET / CONFLICT (content type) for a fork; TOO_LARGE stores
-        nothing. An expired stream at the path is replaced."""
-
-    def named_write(self, write: NamedWrite, max_bytes: int) -> NamedWriteResult:
-        """`named_write_many` of one write."""
-
-    def named_write_many(self, writes: list[NamedWrite], max_bytes: int) -> list[NamedWriteResult]:
-        """Check and apply each write in order, in one transaction (one
-        commit for all): each gets its own outcome — OK (stored and/or
-        closed), DUPLICATE (a producer's retry: nothing stored), MISSING,
-        GONE, CLOSED, CONTENT_TYPE, STALE_EPOCH, EPOCH_SEQ, SEQ_GAP,
-        STREAM_SEQ, TOO_LARGE — and the stream as it left it. Producer state
-        commits with the data, so a retry after a crash or a lost answer is
-        recognised."""
-
-    def named_read(self, path: str, start: int, limit: int, max_bytes: int) -> NamedRead:
-        """The stream and at most `limit` chunks from position `start` (about
-        `max_bytes` of data, at least one chunk), from one snapshot. The
-        stream is None when missing or expired; a tombstone has no chunks."""
-
-    def named_info(self, path: str) -> NamedStreamInfo | None:
-        """The stream, None when missing or expired (a tombstone: `deleted`)."""
-
-    def named_list(
-        self, prefix: str = "", after: str | None = None, limit: int = 100
-    ) -> list[NamedStreamInfo]:
-        """Live streams whose path starts with `prefix`, by path, after `after`."""
-
-    def named_touch(self, paths: list[str]) -> None:
-        """The streams were read: their sliding TTLs start again."""
-
-    def named_delete(self, path: str) -> NamedOutcome:
-        """OK (deleted; kept as a tombstone while forks of it live), MISSING,
-        or GONE (already a tombstone)."""
-
-    def named_delete_expired(self, now: int | None = None, limit: int = 500) -> int:
-        """Delete up to `limit` streams past their expiry; how many."""

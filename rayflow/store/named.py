@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class NamedOutcome(str, enum.Enum):
@@ -79,6 +80,12 @@ class NamedStreamInfo:
     deleted: bool
     created_at: int
     updated_at: int
+    #: until when (ms) a reader in some process follows it (`named_follow`):
+    #: till then a commit that changes it tells the other processes
+    followed_until: int | None = None
+
+    def followed(self, now: int) -> bool:
+        return self.followed_until is not None and self.followed_until > now
 
     @property
     def json(self) -> bool:
@@ -129,6 +136,10 @@ class NamedWrite:
     #: a write the Store refused too): a higher seq is stored, a lower one
     #: is still a duplicate. Never for the Durable Streams protocol's producers
     producer_gaps: bool = False
+    #: the stream's readers in other processes lease it before they wait
+    #: (`Store.named_follow`; the Durable Streams endpoint's do): its commit
+    #: tells other processes only while one does. False: always
+    leased: bool = False
 
 
 @dataclass
@@ -180,3 +191,70 @@ def is_json(content_type: str) -> bool:
 
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: the Store's paths of the Durable Streams endpoint's streams (`ds/<path>`)
+DURABLE_STREAMS_PREFIX = "ds/"
+
+
+class NamedStreamStore(Protocol):
+    """The Store's named streams (`Store` has these methods too)."""
+
+    def named_create(
+        self, spec: NamedStreamSpec, messages: list[bytes], max_bytes: int
+    ) -> NamedWriteResult:
+        """Create the stream at `spec.path` with `messages` as its first data
+        (closed at once when `spec.closed`), or a fork of `spec.forked_from`.
+        OK when created; EXISTS when the path holds a stream of the same
+        configuration (content type, expiry, closed, fork), CONFLICT when it
+        holds another or a tombstone; SOURCE_MISSING / SOURCE_GONE /
+        BAD_OFFSET / CONFLICT (content type) for a fork; TOO_LARGE stores
+        nothing. An expired stream at the path is replaced."""
+
+    def named_write(self, write: NamedWrite, max_bytes: int) -> NamedWriteResult:
+        """`named_write_many` of one write."""
+
+    def named_write_many(self, writes: list[NamedWrite], max_bytes: int) -> list[NamedWriteResult]:
+        """Check and apply each write in order, in one transaction (one
+        commit for all): each gets its own outcome — OK (stored and/or
+        closed), DUPLICATE (a producer's retry: nothing stored), MISSING,
+        GONE, CLOSED, CONTENT_TYPE, STALE_EPOCH, EPOCH_SEQ, SEQ_GAP,
+        STREAM_SEQ, TOO_LARGE — and the stream as it left it. Producer state
+        commits with the data, so a retry after a crash or a lost answer is
+        recognised."""
+
+    def named_read(self, path: str, start: int, limit: int, max_bytes: int) -> NamedRead:
+        """The stream and at most `limit` chunks from position `start` (about
+        `max_bytes` of data, at least one chunk), from one snapshot. The
+        stream is None when missing or expired; a tombstone has no chunks."""
+
+    def named_info(self, path: str) -> NamedStreamInfo | None:
+        """The stream, None when missing or expired (a tombstone: `deleted`)."""
+
+    def named_list(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> list[NamedStreamInfo]:
+        """Live streams whose path starts with `prefix`, by path, after `after`."""
+
+    def named_follow(self, path: str, until: int, renew_before: int) -> bool:
+        """A reader in some process waits for changes of `path`: commits
+        that change it (`NamedWrite.leased` ones too) tell other processes
+        (`on_named_change`'s second list) until at least `renew_before` (ms;
+        the lease is set to `until`). True when it wrote the lease. Either
+        way the caller reads the stream again before it waits: that read
+        sees every commit that did not see the lease. False when the lease
+        was already long enough, or there is no such stream."""
+
+    def named_expire_producers(self, prefix: str, before: int, limit: int = 500) -> int:
+        """Forget the idempotence state of producers of the streams under
+        `prefix` whose last write was before `before` (ms), at most `limit`;
+        how many. Such a producer is new again: its next write must be seq 0
+        (a retry of an older one is a gap, not a duplicate)."""
+
+    def named_touch(self, paths: list[str]) -> None:
+        """The streams were read: their sliding TTLs start again."""
+
+    def named_delete(self, path: str) -> NamedOutcome:
+        """OK (deleted; kept as a tombstone while forks of it live), MISSING,
+        or GONE (already a tombstone)."""
+
+    def named_delete_expired(self, now: int | None = None, limit: int = 500) -> int:
+        """Delete up to `limit` streams past their expiry; how many."""

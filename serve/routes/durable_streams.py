@@ -291,6 +291,7 @@ async def post(path: str, request: Request) -> Response:
         close=close,
         producer=producer,
         stream_seq=h.get(wire.SEQ),
+        leased=True,  # its readers lease the stream (serve/ds_sources.py)
     )
     result = await named_appender.write(write)
     stream = result.stream
