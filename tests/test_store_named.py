@@ -362,6 +362,8 @@ def test_leased_writes_tell_other_processes_only_while_a_reader_follows(store: S
     assert told.pop() == (["ds/f", "ds/g"], [])  # local readers woken, no one else told
     store.named_write_many([NamedWrite("ds/f", [b"c"])], MiB)  # not leased: always told
     assert told.pop() == (["ds/f"], ["ds/f"])
+    store.named_write_many([both[0], NamedWrite("ds/f", [b"d"]), both[1]], MiB)  # mixed
+    assert told.pop() == (["ds/f", "ds/g"], ["ds/f"])
 
     now = now_ms()
     assert store.named_follow("ds/f", now + 600_000, now + 300_000) is True

@@ -131,8 +131,8 @@ class NamedStreamsSql(SqlBase):
             # read under the row lock: a lease committed before this commit
             # is seen, one committed after it is followed by a read that sees
             # this commit (`named_follow`)
-            leased = {w.path for w in writes if w.leased}
-            followed = [p for p, s in changed.items() if p not in leased or s.followed(now)]
+            always = {w.path for w in writes if not w.leased}
+            followed = [p for p, s in changed.items() if p in always or s.followed(now)]
             self._named_changed(*sorted(changed), followed=sorted(followed))
         return results  # each shows the stream as its own request left it
 
