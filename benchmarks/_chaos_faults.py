@@ -8,7 +8,8 @@ process's descendants, so never another Ray session's), `postgres` (the
 caller's `restart_store`: stop, stay down 0.5–3 s, start).
 
 Recovered means: `run_actor` — the run executes on another actor (or has
-suspended or finished); `inbox` — the Inbox answers a send again;
+suspended or finished); `inbox` — the killed Inbox answers from its new
+process and a send is answered;
 `controller` and `postgres` — a new run is triggered, executed and finished;
 `serve` — the HTTP API answers a run lookup.
 """
@@ -78,7 +79,10 @@ class Faults:
             if all(st.finished for st in states):
                 break  # faults hit runs at work, not an idle deployment
             kind = kinds[n % len(kinds)] if len(kinds) > 1 else kinds[0]
-            fault = await self._fault(kind, states)
+            try:
+                fault = await self._fault(kind, states)
+            except ray.exceptions.RayActorError:
+                fault = None  # its target is still restarting from an earlier fault
             if fault is None:
                 continue  # nothing to hit (e.g. no run live right now)
             t0, probe = fault
@@ -96,12 +100,18 @@ class Faults:
         if kind == "run_actor":
             return await self._kill_run_actor(states)
         if kind == "inbox":
+            name = actor_name(IN, states[0].id) if states else "rayflow-inbox-0"
             try:  # the Inbox starts with the stream's first send: none yet, no fault
-                name = actor_name(IN, states[0].id) if states else "rayflow-inbox-0"
                 inbox = ray.get_actor(name, namespace=conn.settings.namespace)
-            except ValueError:
-                return None
-            return kill(await inbox.pid.remote()), self._probe_inbox
+                pid = await inbox.pid.remote()
+            except (ValueError, ray.exceptions.RayActorError):
+                return None  # not started yet, or restarting: nothing to hit now
+            t0 = kill(pid)
+
+            async def probe(client: httpx.AsyncClient, name: str = name, pid: int = pid) -> None:
+                await self._probe_inbox(client, name, pid)
+
+            return t0, probe
         if kind == "controller":
             return kill(await conn.controller.pid.remote()), self._probe_run
         if kind == "serve":
@@ -149,9 +159,20 @@ class Faults:
                     return
             await asyncio.sleep(0.05)
 
-    async def _probe_inbox(self, _: httpx.AsyncClient) -> None:
-        """The Inbox answers a send (to a finished run: refused, by the Inbox)."""
+    async def _probe_inbox(self, _: httpx.AsyncClient, name: str, dead_pid: int) -> None:
+        """The killed Inbox (`name`) answers from a new process, and a send
+        is answered (to a finished run: refused, by its Inbox). The finished
+        run's Inbox may be another shard: asking only it, the soak once took
+        the killed one for recovered and its next fault met that one still
+        restarting (`ActorUnavailableError`, which ended the phase)."""
         assert self._finished_run is not None
+        namespace = connection.current().settings.namespace
+        while True:
+            with contextlib.suppress(Exception):
+                inbox = ray.get_actor(name, namespace=namespace)
+                if await asyncio.wait_for(inbox.pid.remote(), 5) != dead_pid:
+                    break
+            await asyncio.sleep(0.05)
         while True:
             try:
                 await asyncio.wait_for(inp.send(self._finished_run, {"n": "probe"}), 5)

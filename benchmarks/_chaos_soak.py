@@ -55,6 +55,9 @@ from httpx_sse import EventSource
 
 from rayflow._runtime import connection
 
+#: how long the end of a phase waits for its cancelled readers and senders
+CANCEL_WAIT_S = 30.0
+
 
 def backoff_s(failures: int) -> float:
     """How long a reader or sender waits before trying again: 0.1 s, doubling
@@ -123,10 +126,17 @@ class Soak:
                 await asyncio.wait_for(asyncio.gather(*everything), timeout_s)
             except asyncio.TimeoutError:
                 result.problems.append(f"phase {name} did not finish within {timeout_s} s")
+            except Exception as e:  # the harness's own failure: reported, never a hang
+                result.problems.append(f"phase {name} stopped: {e!r}")
             finally:
                 for t in everything:
                     t.cancel()
-                await asyncio.gather(*everything, return_exceptions=True)
+                # a reader of rayflow's can miss its cancellation on Python 3.11
+                # (asyncio.wait_for returns a result that met the cancel) and,
+                # following a stream without a timeout, would hang the soak here
+                _, stuck = await asyncio.wait(everything, timeout=CANCEL_WAIT_S)
+                for t in stuck:
+                    result.problems.append(f"{t.get_coro()!r} ignored its cancellation")
         await self._verify(states, result)
         result.seconds = time.monotonic() - started
         return result
@@ -212,9 +222,11 @@ class Soak:
         for r in range(st.rounds):
             seen = asyncio.ensure_future(st.round_seen[r].wait())
             ended = asyncio.ensure_future(st.ended.wait())
-            await asyncio.wait({seen, ended}, return_when=asyncio.FIRST_COMPLETED)
-            seen.cancel()
-            ended.cancel()
+            try:
+                await asyncio.wait({seen, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                seen.cancel()
+                ended.cancel()
             if not st.round_seen[r].is_set():
                 return  # the run ended without this round: the verdict says how
             # a person or a backend takes a while: the run waits (suspended in .wait())
