@@ -8,7 +8,6 @@ journaling in `rayflow._runtime.triggers`, the result types in
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -83,14 +82,6 @@ def _validate(adapter: TypeAdapter[Any] | None, value: Any, what: str) -> Any:
         raise ValidationError(f"{what} is invalid: {e}") from None
 
 
-def _code_text(fn: Callable[..., Any]) -> str:
-    try:
-        return inspect.getsource(fn)
-    except (OSError, TypeError):
-        code = fn.__code__
-        return repr((code.co_code, code.co_consts, code.co_names))
-
-
 class Task(Generic[T, R]):
     """A task: an `async def` function that runs as a rayflow run on Ray.
 
@@ -160,11 +151,7 @@ class Task(Generic[T, R]):
     def fingerprint(self) -> str:
         """A hash of the function's code: two registrations with different
         fingerprints come from different code versions."""
-        # a library's wrapper (a chat agent) names the user's function it runs:
-        # its code is the version too, not only the shared wrapper's
-        user_fn = getattr(self.fn, "__rayflow_user_fn__", None)
-        text = "\n".join(_code_text(f) for f in (self.fn, user_fn) if f is not None)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return registry.code_fingerprint(self.fn)
 
     async def invoke(self, payload: Any) -> R:
         """Run the function on a payload (inside the RunActor)."""

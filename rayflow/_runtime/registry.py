@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -92,6 +94,23 @@ def _schema(type_: Any) -> dict[str, Any]:
     except Exception:  # a type pydantic cannot describe: accept anything
         return {}
     return schema
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """A hash of a task function's code. A library's wrapper (a chat agent)
+    names the user's function it runs (`__rayflow_user_fn__`): its code is
+    the version too, not only the shared wrapper's."""
+    user_fn = getattr(fn, "__rayflow_user_fn__", None)
+    text = "\n".join(_code_text(f) for f in (fn, user_fn) if f is not None)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _code_text(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = fn.__code__
+        return repr((code.co_code, code.co_consts, code.co_names))
 
 
 _registered: dict[tuple[str, str], Any] = {}
