@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     #: about half a replica's CPU per small request: benchmarks/README.md).
     #: Elsewhere (a cluster, several replicas) Serve's proxy listens on it
     http_ingress: Literal["rayflow", "serve"] = "rayflow"
+    #: finished runs, and sessions closed or expired, are deleted this long
+    #: after they ended (with their streams, journals, channels)
     retention_days: float = 28.0
+    #: how long a send to a session stream with a part id (`X-Part-Id`, the
+    #: SDK's per-send idempotency key) dedupes a retry of it; later the same
+    #: id stores a new record. A part id guards one send's retries (seconds);
+    #: a day keeps the keys table to a day of sends
+    session_send_key_ttl_s: float = Field(default=86_400.0, gt=0)
     max_stream_bytes: int = 300 * MiB
     max_input_bytes: int = 1 * MiB
     #: messages one run's input streams keep, all streams together; a send

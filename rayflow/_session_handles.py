@@ -217,6 +217,20 @@ class SessionOutput:
 
         return Response(go)
 
+    def trim_to(self, earliest_seq: int) -> Response[int]:
+        """Delete the records before `earliest_seq` (the SDK's
+        `out.trimTo`, S2's trim): a `trim` command record is appended (its
+        seq is returned; readers skip it) and the stream keeps what is at or
+        after `earliest_seq`, never past its tail. Monotonic: trimming below
+        an earlier trim deletes nothing. A reader asking for a trimmed seq
+        starts at the first record left — keep what a reload must replay
+        (chat agents trim back to the previous `turn-complete`)."""
+
+        async def go() -> int:
+            return await session_io.trim_output(self._session, earliest_seq, channel=self._channel)
+
+        return Response(go)
+
     def pipe(self, source: AsyncIterable[Any] | Iterable[Any]) -> Response[int]:
         """Append every item of `source` in order; returns how many. Inside
         a run the pipe is one durable operation: a replay returns the count

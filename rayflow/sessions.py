@@ -246,7 +246,7 @@ def list(
                 task_ids=many(task_id),
                 tags=many(tag),
                 external_id=external_id,
-                status=status,
+                statuses=None if status is None else [status],
                 limit=limit,
             )
         )

@@ -43,6 +43,8 @@ def default_body_limits(max_input_bytes: int, max_append_bytes: int) -> BodyLimi
     return [
         # one session record: 1 MiB, as Trigger.dev's (and S2's) ceiling
         ("POST", re.compile(session), max_input_bytes),
+        # an S2 append (serve/routes/s2.py): a batch, each record at most 1 MiB
+        ("POST", re.compile(r"^/s2/v1/streams/[^/]+/records$"), 2 * max_input_bytes),
         ("POST", re.compile(stream + r"/input/[^/]+$"), max_input_bytes),
         # a wait token's data (completion, or a webhook on its callback url)
         ("POST", re.compile(token + r"/(complete|callback/[^/]+)$"), max_input_bytes),

@@ -145,8 +145,8 @@ async def list_sessions(
     after: str | None,
 ) -> tuple[list[SessionRecord], str | None]:
     """Newest first; the cursor `<created ms>:<session id>` names the last one
-    returned. Several statuses, and the creation window, are applied to the
-    page the Store returns."""
+    returned. Every filter is in the Store's query: a page holds `limit`
+    matches, and the cursor walks every match."""
     before = None
     if after:
         if not _CURSOR.fullmatch(after) or int(after.split(":", 1)[0]) >= MAX_INDEX:
@@ -160,25 +160,14 @@ async def list_sessions(
         task_ids=task_ids,
         tags=tags,
         external_id=external_id,
-        status=statuses[0] if statuses and len(statuses) == 1 else None,
+        statuses=statuses,
+        created_from=created_from,
+        created_to=created_to,
         before=before,
         limit=limit,
     )
     cursor = f"{found[-1].created_at}:{found[-1].id}" if len(found) == limit else None
-    if statuses and len(statuses) > 1:
-        found = [s for s in found if status_of(s) in statuses]
-    if created_from is not None:
-        found = [s for s in found if s.created_at >= created_from]
-    if created_to is not None:
-        found = [s for s in found if s.created_at <= created_to]
     return found, cursor
-
-
-def status_of(session: SessionRecord) -> str:
-    if session.closed_at is not None:
-        return "CLOSED"
-    now = int(datetime.now(timezone.utc).timestamp() * 1000)
-    return "EXPIRED" if session.closed_or_expired(now) else "ACTIVE"
 
 
 async def update(session: SessionRecord, tags: list[str] | None, metadata: Any) -> SessionRecord:

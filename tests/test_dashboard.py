@@ -301,7 +301,7 @@ def test_a_run_can_be_canceled_from_its_page(
     _wait(page, "section.stream[data-ended='true']", "its streams closed", 30)
 
 
-def test_the_run_list_shows_sessions_with_their_current_run(
+def test_the_run_list_shows_sessions_and_a_session_page_its_records_live(
     page: Any,  # noqa: F811
     dev_server: DevServer,  # noqa: F811
 ) -> None:
@@ -322,7 +322,32 @@ def test_the_run_list_shows_sessions_with_their_current_run(
     link = _wait(page, f"{row} td.current-run a", "the session with its current run", 30)
     assert link.text_content() == session["runId"]
     assert page.text_content(f"{row} td.status") == "ACTIVE"
-    link.click()
+
+    # the session's page shows its .in and .out records live, control records by kind
+    page.click(f"{row} a.session-link")
+    page.wait_for_url(f"**/session.html?id={session['id']}", timeout=30_000)
+    _wait(page, "section.stream[data-io='out'] .live-dot.live", "the .out reader live", 30)
+    base = f"{dev_server.url}/realtime/v1/sessions/{session['id']}"
+    for io, record in (("in", {"text": "hello"}), ("out", {"reply": "hi"})):
+        r = httpx.post(f"{base}/{io}/append", json=record, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+    control = {"records": [{"body": "", "headers": [["trigger-control", "turn-complete"]]}]}
+    r = httpx.post(
+        f"{dev_server.url}/s2/v1/streams/{session['id']}:out/records",
+        json=control,
+        headers=headers,
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["start"]["seq_num"] == 1, r.text
+    sent = _wait(page, "section.stream[data-io='in'] li[data-seq='0']", "the .in record", 30)
+    assert sent.text_content() == '#0{"text":"hello"}'
+    reply = _wait(page, "section.stream[data-io='out'] li[data-seq='0']", "the .out record", 30)
+    assert reply.text_content() == '#0{"reply":"hi"}'
+    done = _wait(page, "section.stream[data-io='out'] li[data-kind='control']", "a control", 30)
+    assert done.text_content() == "#1⟨turn-complete⟩"
+    assert page.text_content("#session-status") == "ACTIVE"
+
+    page.click(f"#session-run a[href*='{session['runId']}']")
     page.wait_for_url(f"**/run.html?id={session['runId']}", timeout=30_000)
     closed = httpx.post(
         f"{dev_server.url}/api/v1/sessions/{session['id']}/close", headers=headers, timeout=30

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,21 @@ async def test_sdk_sessions_start_send_read_channel_continue_close(
         "continued": True,
     }
     assert after["currentRunId"] not in (None, first["runId"])
+    # out.writeControl and out.trimTo: a reader from seq 0 skips what was trimmed
+    trimmed = by_type["trimmed"][0]
+    assert trimmed["refusedPut"] == 403  # the session's token writes no .out
+    assert trimmed["resumed"] == {"type": "reply", "text": "echo: post-trim", "continued": True}
+    cut = int(trimmed["lastEventId"])
+    async with http_tasks.client() as c:
+        r = await c.get(
+            f"/realtime/v1/sessions/{first['id']}/out/records", headers=http_tasks.headers()
+        )
+    left = r.json()["records"]  # the trim point on (the agent's own records interleave)
+    assert left[0]["seqNum"] == cut and left[0]["data"] is None
+    assert left[0]["headers"] == [["trigger-control", "turn-complete"], ["note", "from-node"]]
+    trims = [x for x in left if x.get("headers") == [["", "trim"]]]
+    assert len(trims) == 1 and trims[0]["data"] is None and trims[0]["seqNum"] > cut
+    assert [x["data"] for x in left if x["data"] is not None][0]["text"] == "echo: post-trim"
     closed = by_type["closed"][0]["session"]
     assert closed["closedAt"] is not None and closed["closedReason"] == "done"
     late = by_type["late-send"][0]
@@ -234,6 +250,7 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
         with pytest.raises(rayflow.errors.SessionClosed):
             await client.sessions.start(type="probe", task_id=AGENT, external_id=mine.external_id)
 
+    await _list_filters_fill_pages_and_the_cursor_walks_every_match(http_tasks, client)
     closed_ones = await client.sessions.list(type="probe", status="CLOSED", limit=5)
     assert [s.id for s in closed_ones] == [mine.id]
     both = await client.sessions.list(type="probe", limit=5)
@@ -241,6 +258,66 @@ async def test_session_routes_refuse_bad_input_and_foreign_tokens(http_tasks: Ht
     await client.sessions.close(other.id)
     await client.aclose()
     await as_mine.aclose()
+
+
+async def _list_filters_fill_pages_and_the_cursor_walks_every_match(
+    http_tasks: HttpApi, client: Client
+) -> None:
+    """Several statuses and a creation window are in the Store's query: a
+    page is full and the cursor reaches every match (they were applied to
+    each page after the query: short pages)."""
+    kind = _ext("filters")
+    past = "2020-01-01T00:00:00Z"
+    made: list[tuple[str, str]] = []  # (id, status), oldest first
+    async with http_tasks.client() as c:
+        for status in ("ACTIVE", "CLOSED", "ACTIVE", "EXPIRED", "CLOSED", "ACTIVE", "ACTIVE"):
+            body = {
+                "type": kind,
+                "taskIdentifier": AGENT,
+                "triggerConfig": {"basePayload": {}},
+                **({"expiresAt": past} if status == "EXPIRED" else {}),
+            }
+            r = await c.post("/api/v1/sessions", headers=http_tasks.headers(), json=body)
+            assert r.status_code == 201, r.text
+            made.append((r.json()["id"], status))
+            if status == "CLOSED":
+                await client.sessions.close(made[-1][0])
+
+        async def walk(query: dict[str, str]) -> list[list[str]]:
+            pages: list[list[str]] = []
+            params = {"filter[type]": kind, "page[size]": "2", **query}
+            while True:
+                r = await c.get("/api/v1/sessions", headers=http_tasks.headers(), params=params)
+                assert r.status_code == 200, r.text
+                pages.append([s["id"] for s in r.json()["data"]])
+                after = r.json()["pagination"].get("next")
+                if after is None:
+                    return pages
+                params["page[after]"] = after
+
+        newest_first = [sid for sid, _ in reversed(made)]
+        ended = [sid for sid, st in reversed(made) if st in ("CLOSED", "EXPIRED")]
+        pages = await walk({"filter[status]": "CLOSED,EXPIRED"})
+        assert pages[0] == ended[:2] and sum(pages, []) == ended  # 3 matches: 2 + 1
+        assert len(pages) == 2
+        active = await walk({"filter[status]": "ACTIVE,ACTIVE"})
+        assert sum(active, []) == [sid for sid, st in reversed(made) if st == "ACTIVE"]
+        assert [len(p) for p in active] == [2, 2]
+        # a creation window, with a status: every match, full pages
+        listed = await c.get(f"/api/v1/sessions/{made[2][0]}", headers=http_tasks.headers())
+        since = int(datetime.fromisoformat(listed.json()["createdAt"]).timestamp() * 1000)
+        windowed = await walk({"filter[createdAt][from]": str(since)})
+        expected = [sid for sid in newest_first if sid in {m[0] for m in made[2:]}]
+        assert sum(windowed, []) == expected and [len(p) for p in windowed][0] == 2
+        r = await c.get(
+            "/api/v1/sessions",
+            headers=http_tasks.headers(),
+            params={"filter[status]": "ACTIVE,OPEN"},
+        )
+        assert r.status_code == 400 and "OPEN" in r.json()["error"]
+    for sid, status in made:
+        if status != "CLOSED":
+            await client.sessions.close(sid)
 
 
 def _ext(name: str) -> str:

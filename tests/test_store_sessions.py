@@ -15,6 +15,7 @@ from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
 from rayflow import errors
 from rayflow.store import Store, open_store
 from rayflow.store.base import RunRecord, SessionRecord, now_ms
+from rayflow.store.named import NamedOutcome, NamedStreamSpec, NamedWrite
 
 
 def _session(session_id: str, external_id: str | None, **fields: object) -> SessionRecord:
@@ -131,11 +132,97 @@ def test_sessions_list_by_type_tag_status_and_page(store: Store) -> None:
     store.close_session("session_c", None)
     assert [s.id for s in store.list_sessions(tags=["user:1"])] == ["session_b", "session_a"]
     assert [s.id for s in store.list_sessions(types=["chat.agent"])] == ["session_b"]
-    assert [s.id for s in store.list_sessions(status="CLOSED")] == ["session_c"]
-    assert {s.id for s in store.list_sessions(status="ACTIVE")} == {"session_a", "session_b"}
+    assert [s.id for s in store.list_sessions(statuses=["CLOSED"])] == ["session_c"]
+    assert {s.id for s in store.list_sessions(statuses=["ACTIVE"])} == {"session_a", "session_b"}
+    # several statuses are one query: a page holds `limit` matches
+    both = store.list_sessions(statuses=["CLOSED", "EXPIRED", "ACTIVE"], limit=2)
+    assert len(both) == 2
+    with pytest.raises(errors.InvalidArgument):
+        store.list_sessions(statuses=["OPEN"])
     first = store.list_sessions(limit=2)
     rest = store.list_sessions(before=(first[-1].created_at, first[-1].id), limit=2)
     assert len({s.id for s in first + rest}) == 3
     updated = store.update_session("session_a", tags=["user:3"], metadata='{"k": 2}')
     assert updated is not None and updated.tags == ["user:3"] and updated.metadata == '{"k": 2}'
     assert store.update_session("session_nope", tags=[]) is None
+
+
+def _send(store: Store, session_id: str, text: str, key: str | None, window_ms: int | None = None):  # type: ignore[no-untyped-def]
+    write = NamedWrite(f"sessions/{session_id}/in", [json.dumps({"data": text}).encode()])
+    return store.session_send(
+        session_id, write, 1 << 20, wakes=False, next_run=None, send_key=key,
+        send_key_window_ms=window_ms,
+    )  # fmt: skip
+
+
+def test_retention_deletes_sessions_ended_long_ago_with_their_streams_and_old_send_keys(
+    store: Store,
+) -> None:
+    now = now_ms()
+    for sid, fields in (
+        ("session_a", {}),  # closed below: ended now
+        ("session_ab", {}),  # active, its id a prefix-neighbour of session_a's
+        ("session_old", {"expires_at": now - 10_000}),  # expired 10 s ago
+        ("session_new", {"expires_at": now - 1_000}),  # expired 1 s ago
+    ):
+        store.start_session(_session(sid, None, **fields), _run(f"run_{sid}"))
+        _send(store, sid, "hi", key=f"k-{sid}")
+        for path in (f"sessions/{sid}/out", f"sessions/{sid}/channels/side/in"):
+            store.named_create(NamedStreamSpec(path, "application/json"), [b"{}"], 1 << 20)
+    store.session_consume("run_session_a", 1, None, "session_a", "sessions/session_a/in", 1)
+    store.close_session("session_a", "done")
+
+    # retention of 5 s: only the session that expired 10 s ago goes, all of it
+    assert store.delete_expired_sessions(now_ms() - 5_000, keys_before=0) == 1
+    assert store.get_session("session_old") is None
+    assert store.named_info("sessions/session_old/out") is None
+    assert store.named_list("sessions/session_old/") == []
+    assert store.get_session("session_new") is not None
+    # every session that ended before the cutoff: the closed one with its
+    # streams, channels, cursor and keys; the active neighbour keeps all
+    assert store.delete_expired_sessions(now_ms() + 1, keys_before=0) == 2
+    assert store.get_session("session_a") is None and store.get_session("session_new") is None
+    assert store.named_list("sessions/session_a/") == []
+    assert store.session_cursor("session_a", "sessions/session_a/in") == 0
+    kept = {i.path for i in store.named_list("sessions/session_ab/")}
+    assert kept == {f"sessions/session_ab/{p}" for p in ("in", "out", "channels/side/in")}
+    assert store.get_run("run_session_a") is not None  # runs go by run retention
+
+    # a send key dedupes within its window, then not; retention deletes it
+    again = _send(store, "session_ab", "hi", key="k-session_ab", window_ms=60_000)
+    assert again.duplicate and again.seq == 0
+    late = _send(store, "session_ab", "hi again", key="k-session_ab", window_ms=-1)
+    assert not late.duplicate and late.seq == 1  # past its window: a new record
+    assert _send(store, "session_ab", "x", key="k-session_ab", window_ms=60_000).seq == 1
+    store.delete_expired_sessions(0, keys_before=now_ms() + 1)
+    fresh = _send(store, "session_ab", "y", key="k-session_ab", window_ms=60_000)
+    assert not fresh.duplicate and fresh.seq == 2
+
+
+def test_a_trim_deletes_the_records_before_it_and_never_moves_back(store: Store) -> None:
+    path = "sessions/session_t/out"
+    store.named_create(NamedStreamSpec(path, "application/json"), [], 1 << 20)
+    store.named_write(NamedWrite(path, [f'{{"n": {i}}}'.encode() for i in range(5)]), 1 << 20)
+    size = store.named_info(path).size_bytes  # type: ignore[union-attr]
+
+    def trim(earliest: int) -> int:
+        result = store.named_trim(
+            NamedWrite(path, [b'{"headers": [["", "trim"]]}']), earliest, 1 << 20
+        )
+        assert result.outcome is NamedOutcome.OK and result.start is not None
+        return result.start
+
+    def positions() -> list[int]:
+        return [c.pos for c in store.named_read(path, 0, 100, 1 << 20).chunks]
+
+    assert trim(3) == 5  # the trim record takes the next seq
+    assert positions() == [3, 4, 5]  # a read from 0 starts at the first record left
+    info = store.named_info(path)
+    freed = sum(len(f'{{"n": {i}}}') for i in range(3))
+    assert info is not None and info.length == 6
+    assert info.size_bytes == size - freed + len(b'{"headers": [["", "trim"]]}')
+    assert trim(1) == 6 and positions() == [3, 4, 5, 6]  # backwards: deletes nothing
+    assert trim(1_000) == 7 and positions() == [7]  # never past the tail: the trim stays
+    assert [c.pos for c in store.named_read(path, 6, 100, 1 << 20).chunks] == [7]
+    missing = store.named_trim(NamedWrite("sessions/none/out", [b"{}"]), 1, 1 << 20)
+    assert missing.outcome is NamedOutcome.MISSING

@@ -256,6 +256,10 @@ class Controller:
         expire = self.store.named_expire_producers
         while await asyncio.to_thread(expire, DURABLE_STREAMS_PREFIX, idle) >= 500:
             pass
+        # sessions ended as long ago (their runs go with the runs below), and
+        # send keys past their dedupe window
+        keys_before = now_ms() - int(self.settings.session_send_key_ttl_s * 1000)
+        await asyncio.to_thread(self.store.delete_expired_sessions, cutoff, keys_before)
         return await asyncio.to_thread(self.store.delete_expired, cutoff)
 
     async def pid(self) -> int:

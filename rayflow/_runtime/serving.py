@@ -57,6 +57,7 @@ from rayflow._runtime.session_io import (
     read_records,
     send_input,
     session_stream_path,
+    trim_output,
     wait_records,
 )
 from rayflow._runtime.session_runs import (
@@ -174,6 +175,7 @@ __all__ = [
     "S2Record",
     "SentRecord",
     "append_control",
+    "trim_output",
     "append_output",
     "check_channel",
     "check_external_id",

@@ -90,6 +90,14 @@ class S2Record:
         """The `trigger-control` subtype of a control record, else None."""
         return next((v for n, v in self.headers if n == "trigger-control"), None)
 
+    @property
+    def command(self) -> str | None:
+        """The S2 command (`trim`) of a command record (first header's name
+        empty), else None; readers skip these."""
+        if self.headers and self.headers[0][0] == "":
+            return self.headers[0][1]
+        return None
+
     def value(self) -> Any:
         """A data record's value (the `data` of its envelope); None for a
         control record."""
@@ -185,6 +193,7 @@ async def send_input(
         next_run=next_run,
         send_key=idempotency_key,
         ttl_s=CHANNEL_TTL_S if channel is not None else None,
+        send_key_window_ms=int(conn.settings.session_send_key_ttl_s * 1000),
     )
     _check(sent.result, path)
     assert sent.seq is not None
@@ -216,6 +225,32 @@ async def append_control(
     return await _append(id_or_external, "out", record, channel)
 
 
+async def trim_output(id_or_external: str, earliest: int, *, channel: str | None = None) -> int:
+    """S2's trim (the SDK's `session.out.trimTo`): append a trim command
+    record (`headers [["", "trim"]]`) to the session's `.out` (or a
+    channel's) and delete the records before `earliest` — never past the
+    stream's tail, never back (a trim below an earlier one deletes nothing
+    but still takes a seq). A reader asking for a trimmed seq starts at the
+    first record left, as S2 clamps. Returns the trim record's seq."""
+    if isinstance(earliest, bool) or not isinstance(earliest, int) or earliest < 0:
+        raise InvalidArgument(f"a trim point is a seq_num, 0 or more, not {earliest!r}")
+    if replaying_stored():
+        return -1
+    session_id = await session_runs.session_id_of(id_or_external)
+    path = session_stream_path(session_id, "out", channel)
+    data = encode({"headers": [["", "trim"]], "trim": earliest}, f"the trim of {path}")
+    conn = connection.current()
+    write = NamedWrite(path, [data], JSON_TYPE)
+    max_bytes = conn.settings.max_stream_bytes
+    result = await asyncio.to_thread(conn.store.named_trim, write, earliest, max_bytes)
+    if result.outcome is NamedOutcome.MISSING:  # nothing written yet: created now
+        await _create(path, channel)
+        result = await asyncio.to_thread(conn.store.named_trim, write, earliest, max_bytes)
+    _check(result, path)
+    assert result.start is not None
+    return result.start
+
+
 async def _append(id_or_external: str, io: IO, record: Any, channel: str | None) -> int:
     """-1 when nothing was stored: inside a run, a replay's append of a
     record stored before (`session_writer`: skipped without I/O before the
@@ -242,19 +277,24 @@ async def append_encoded(
     write = NamedWrite(path, [data], JSON_TYPE, producer=producer, producer_gaps=gaps)
     result = await named_appender.write(write)
     if result.outcome is NamedOutcome.MISSING:
-        # created on first write, once the session is known to exist
-        await session_runs.get_session(path.split("/")[1])
-        ttl = CHANNEL_TTL_S if channel is not None else None
-        conn = connection.current()
-        await asyncio.to_thread(
-            conn.store.named_create,
-            NamedStreamSpec(path, JSON_TYPE, ttl_s=ttl),
-            [],
-            conn.settings.max_stream_bytes,
-        )
+        await _create(path, channel)
         result = await named_appender.write(write)
     _check(result, path)
     return result
+
+
+async def _create(path: str, channel: str | None) -> None:
+    """Create a session stream on its first write, once the session is
+    known to exist."""
+    await session_runs.get_session(path.split("/")[1])
+    ttl = CHANNEL_TTL_S if channel is not None else None
+    conn = connection.current()
+    await asyncio.to_thread(
+        conn.store.named_create,
+        NamedStreamSpec(path, JSON_TYPE, ttl_s=ttl),
+        [],
+        conn.settings.max_stream_bytes,
+    )
 
 
 def _check(result: NamedWriteResult, path: str) -> None:

@@ -220,6 +220,13 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE named_streams ADD COLUMN followed_until BIGINT",
         "CREATE INDEX IF NOT EXISTS named_producers_updated ON named_producers (updated_at)",
     ],
+    # 9: session retention (Store.delete_expired_sessions): sessions closed or
+    #    expired long ago, and send keys past their window, found by index
+    [
+        "CREATE INDEX IF NOT EXISTS sessions_closed ON sessions (closed_at)",
+        "CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires_at)",
+        "CREATE INDEX IF NOT EXISTS session_sent_keys_created ON session_sent_keys (created_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

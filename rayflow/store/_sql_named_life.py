@@ -245,6 +245,35 @@ class NamedLifecycleSql(NamedStreamsSql):
             self._named_changed(*(r[0] for r in rows))
         return len(rows)
 
+    # -- trimming ------------------------------------------------------------
+    def named_trim(self, write: NamedWrite, earliest: int, max_bytes: int) -> NamedWriteResult:
+        """Append `write` (one message: the trim record itself) and delete the
+        messages before min(`earliest`, the position it got), in one
+        transaction — S2's trim: monotonic (a trim below an earlier one
+        deletes nothing, yet takes its position), never past the tail. A
+        read from a trimmed position starts at the first message left."""
+        now = now_ms()
+        with self._tx() as c:
+            results, changed = self._write_in(c, [write], max_bytes, now)
+            result = results[0]
+            if result.outcome is NamedOutcome.OK and result.start is not None:
+                cut = min(earliest, result.start)
+                freed = c.execute(
+                    "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM named_chunks"
+                    " WHERE path = ? AND end_pos <= ?",
+                    (write.path, cut),
+                ).fetchone()[0]
+                c.execute(
+                    "DELETE FROM named_chunks WHERE path = ? AND end_pos <= ?", (write.path, cut)
+                )
+                c.execute(
+                    "UPDATE named_streams SET size_bytes = size_bytes - ? WHERE path = ?",
+                    (int(freed), write.path),
+                )
+        if changed:
+            self._named_changed(*sorted(changed))
+        return result
+
     def _has_forks(self, c: Any, path: str) -> bool:
         row = c.execute(
             "SELECT 1 FROM named_streams WHERE forked_from = ? LIMIT 1", (path,)

@@ -68,8 +68,11 @@ class SessionIoSql(NamedLifecycleSql):
         next_run: Callable[[SessionRecord], RunRecord] | None,
         send_key: str | None = None,
         ttl_s: int | None = None,
+        send_key_window_ms: int | None = None,
     ) -> SessionSend:
         now = now_ms()
+        # a key older than its window dedupes nothing (retention deletes it later)
+        keys_from = 0 if send_key_window_ms is None else now - send_key_window_ms
         runs_changed: list[str] = []
         with self._tx() as c:
             session = self._session_row(c, session_id)
@@ -77,8 +80,9 @@ class SessionIoSql(NamedLifecycleSql):
                 raise _closed(session)
             if send_key is not None:
                 row = c.execute(
-                    "SELECT seq FROM session_sent_keys WHERE path = ? AND send_key = ?",
-                    (write.path, send_key),
+                    "SELECT seq FROM session_sent_keys WHERE path = ? AND send_key = ?"
+                    " AND created_at >= ?",
+                    (write.path, send_key, keys_from),
                 ).fetchone()
                 if row is not None:
                     result = NamedWriteResult(NamedOutcome.DUPLICATE, self._locked(c, write.path))
@@ -95,7 +99,8 @@ class SessionIoSql(NamedLifecycleSql):
             if send_key is not None:
                 c.execute(
                     "INSERT INTO session_sent_keys (path, send_key, seq, created_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (path, send_key) DO UPDATE"
+                    " SET seq = excluded.seq, created_at = excluded.created_at",
                     (write.path, send_key, sent.seq, now),
                 )
             if wakes:
@@ -216,3 +221,54 @@ class SessionIoSql(NamedLifecycleSql):
             )
         self._changed(run.id)
         return run.id, True
+
+    # -- retention -------------------------------------------------------------
+    #: sessions deleted per transaction by `delete_expired_sessions`
+    session_expire_batch = 200
+
+    def delete_expired_sessions(self, ended_before: int, keys_before: int) -> int:
+        sessions = 0
+        while True:
+            now = now_ms()
+            with self._tx() as c:
+                ids = [
+                    r[0]
+                    for r in c.execute(
+                        "SELECT id FROM sessions WHERE closed_at < ?"
+                        " UNION SELECT id FROM sessions WHERE closed_at IS NULL"
+                        " AND expires_at < ? ORDER BY id LIMIT ?",
+                        (ended_before, ended_before, self.session_expire_batch),
+                    ).fetchall()
+                ]
+                paths: list[str] = []
+                for session_id in ids:
+                    paths += self._drop_session(c, session_id, now)
+            sessions += len(ids)
+            if paths:
+                self._named_changed(*paths)
+            if len(ids) < self.session_expire_batch:
+                break
+        with self._tx() as c:
+            c.execute("DELETE FROM session_sent_keys WHERE created_at < ?", (keys_before,))
+        return sessions
+
+    def _drop_session(self, c: Any, session_id: str, now: int) -> list[str]:
+        """Delete a session with its streams (every channel), cursors and
+        send keys; the paths of the streams deleted. Its runs are runs:
+        run retention deletes them."""
+        self._session_row(c, session_id)  # its lock: no send or close is deciding on it
+        low, high = f"sessions/{session_id}/", f"sessions/{session_id}0"  # "0" follows "/"
+        paths = [
+            r[0]
+            for r in c.execute(
+                "SELECT path FROM named_streams WHERE path >= ? AND path < ?", (low, high)
+            ).fetchall()
+        ]
+        for path in paths:
+            state = self._locked(c, path)
+            if state is not None and not state.deleted:
+                self._delete_in(c, state, now)
+        c.execute("DELETE FROM session_sent_keys WHERE path >= ? AND path < ?", (low, high))
+        c.execute("DELETE FROM session_cursors WHERE session_id = ?", (session_id,))
+        c.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        return paths

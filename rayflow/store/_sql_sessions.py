@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayflow.errors import SessionClosed, SessionNotFound
+from rayflow.errors import InvalidArgument, SessionClosed, SessionNotFound
 from rayflow.store._sql_base import SqlBase
 from rayflow.store.base import FINISHED_STATUSES, RunRecord, SessionRecord, now_ms
 
@@ -25,6 +25,12 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM sessions"
 #: the prefix of every session id; an external id may not start with it
 SESSION_PREFIX = "session_"
+#: a session status -> its condition on a row (and how many `now` it takes)
+_STATUS_SQL = {
+    "CLOSED": ("closed_at IS NOT NULL", 0),
+    "EXPIRED": ("(closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?)", 1),
+    "ACTIVE": ("(closed_at IS NULL AND (expires_at IS NULL OR expires_at > ?))", 1),
+}
 
 
 def _session(row: Any) -> SessionRecord:
@@ -138,7 +144,9 @@ class SessionsSql(SqlBase):
         task_ids: list[str] | None = None,
         tags: list[str] | None = None,
         external_id: str | None = None,
-        status: str | None = None,
+        statuses: list[str] | None = None,
+        created_from: int | None = None,
+        created_to: int | None = None,
         before: tuple[int, str] | None = None,
         limit: int = 100,
     ) -> list[SessionRecord]:
@@ -151,15 +159,26 @@ class SessionsSql(SqlBase):
         if external_id is not None:
             where.append("external_id = ?")
             args.append(external_id)
-        now = now_ms()
-        if status == "CLOSED":
-            where.append("closed_at IS NOT NULL")
-        elif status == "EXPIRED":
-            where.append("closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?")
-            args.append(now)
-        elif status == "ACTIVE":
-            where.append("closed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
-            args.append(now)
+        if created_from is not None:
+            where.append("created_at >= ?")
+            args.append(created_from)
+        if created_to is not None:
+            where.append("created_at <= ?")
+            args.append(created_to)
+        if statuses:
+            # in the query, not after it: a page holds `limit` matches and the
+            # cursor walks every one of them
+            now = now_ms()
+            either: list[str] = []
+            for status in dict.fromkeys(statuses):
+                if status not in _STATUS_SQL:
+                    raise InvalidArgument(
+                        f"session status {status!r} is not ACTIVE, CLOSED or EXPIRED"
+                    )
+                sql, uses_now = _STATUS_SQL[status]
+                either.append(sql)
+                args += [now] * uses_now
+            where.append("(" + " OR ".join(either) + ")")
         rows = self._newest_first(_SELECT, where, args, before=before, tags=tags, limit=limit)
         return [_session(r) for r in rows]
 

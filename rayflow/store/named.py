@@ -258,3 +258,7 @@ class NamedStreamStore(Protocol):
 
     def named_delete_expired(self, now: int | None = None, limit: int = 500) -> int:
         """Delete up to `limit` streams past their expiry; how many."""
+
+    def named_trim(self, write: NamedWrite, earliest: int, max_bytes: int) -> NamedWriteResult:
+        """Append `write` (one message, the trim record) and delete the
+        messages before min(`earliest`, its position) in one transaction."""

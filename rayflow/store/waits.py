@@ -102,11 +102,15 @@ class TokenAndSessionStore(Protocol):
         task_ids: list[str] | None = None,
         tags: list[str] | None = None,
         external_id: str | None = None,
-        status: str | None = None,
+        statuses: list[str] | None = None,
+        created_from: int | None = None,
+        created_to: int | None = None,
         before: tuple[int, str] | None = None,
         limit: int = 100,
     ) -> list[SessionRecord]:
-        """Newest first; `status` ACTIVE, CLOSED or EXPIRED; `tags`: every one."""
+        """Newest first, at most `limit` matches after the cursor `before`
+        (created_at, id); `statuses`: any of ACTIVE, CLOSED, EXPIRED; `tags`:
+        every one; `created_from`/`created_to`: ms, inclusive."""
 
     def update_session(
         self, session_id: str, *, tags: list[str] | None = None, metadata: str | None = None
@@ -131,15 +135,16 @@ class TokenAndSessionStore(Protocol):
         next_run: Callable[[SessionRecord], RunRecord] | None,
         send_key: str | None = None,
         ttl_s: int | None = None,
+        send_key_window_ms: int | None = None,
     ) -> SessionSend:
         """Append `write` (to one of the session's streams, created with
         `ttl_s` when missing) under the session row's lock; when it is stored
         and `wakes`: queue the current run if it waits on the session
         (`SESSION_WAIT_PREFIX`), or — when it has ended — insert
         `next_run(session)` and make it current. One transaction: two sends
-        continue a session once. A `send_key` seen before on that stream
-        stores nothing (`duplicate`, the first seq). Raises SessionNotFound,
-        SessionClosed."""
+        continue a session once. A `send_key` seen on that stream within
+        `send_key_window_ms` stores nothing (`duplicate`, the first seq).
+        Raises SessionNotFound, SessionClosed."""
 
     def session_consume(
         self,
@@ -169,6 +174,11 @@ class TokenAndSessionStore(Protocol):
         """After the run suspended on its session's `.in`: when a record past
         the cursor is there already (or the session was closed), resolve
         its waitpoint and queue it; True when this call queued it."""
+
+    def delete_expired_sessions(self, ended_before: int, keys_before: int) -> int:
+        """Retention: delete the sessions closed (or expired) before
+        `ended_before` with their streams, channels, cursors and send keys,
+        and every send key stored before `keys_before`; how many sessions."""
 
     # -- wait tokens -----------------------------------------------------------
     def create_wait_token(self, token: WaitTokenRecord) -> tuple[WaitTokenRecord, bool]:

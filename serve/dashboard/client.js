@@ -159,6 +159,11 @@ export class RayflowClient {
     return data?.data || [];
   }
 
+  /** One session by its id or external id (docs/wire.md "Sessions"). */
+  async retrieveSession(sessionId, { signal } = {}) {
+    return this.request("GET", `/api/v1/sessions/${encodeURIComponent(sessionId)}`, { signal });
+  }
+
   async cancelRun(runId) {
     return (await this.request("POST", `/api/v2/runs/${encodeURIComponent(runId)}/cancel`)).data;
   }
@@ -203,6 +208,18 @@ export class RayflowClient {
     yield* this._readSSE(path, opts);
   }
 
+  /**
+   * Read a session's `.in` or `.out` (docs/wire.md "Sessions") as an async
+   * iterator of `{index, data, id, headers, timestamp}` from `startIndex`,
+   * live; same options as readStream. A control record (`trigger-control`)
+   * or an S2 command record (`["", "trim"]`) has `data` undefined and its
+   * `headers`.
+   */
+  async *readSession(sessionId, io, opts = {}) {
+    const path = `/realtime/v1/sessions/${encodeURIComponent(sessionId)}/${encodeURIComponent(io)}`;
+    yield* this._readSSE(path, opts);
+  }
+
   async *_readSSE(path, { startIndex = 0, timeoutSeconds, signal, maxRetries = 8 } = {}) {
     let last = typeof startIndex === "number" && startIndex > 0 ? startIndex - 1 : -1;
     const latest = startIndex === "latest";
@@ -243,13 +260,16 @@ export class RayflowClient {
             const index = Number(rec.seq_num);
             if (index <= last) continue;
             let body = rec.body;
-            if (typeof body === "string") body = JSON.parse(body);
+            // a session's control and command records carry headers, no body
+            if (typeof body === "string") body = body === "" ? null : JSON.parse(body);
             last = index;
             if (body?.id != null) {
               if (seen.has(body.id)) continue;
               seen.add(body.id);
             }
-            yield { index, data: body?.data, id: body?.id ?? null, timestamp: rec.timestamp };
+            const chunk = { index, data: body?.data, id: body?.id ?? null, timestamp: rec.timestamp };
+            if (rec.headers?.length) chunk.headers = rec.headers;
+            yield chunk;
           }
         }
         return; // a clean end of the body means the stream finished: do not reconnect
@@ -267,10 +287,19 @@ export class RayflowClient {
    * `onEnd(error|null)` once. Returns `{close()}`.
    */
   subscribeStream(runId, key, onChunk, { onEnd, ...opts } = {}) {
+    return this._subscribe((signal) => this.readStream(runId, key, { ...opts, signal }), onChunk, onEnd);
+  }
+
+  /** Callback form of readSession (`onRecord`, `onEnd`); returns `{close()}`. */
+  subscribeSession(sessionId, io, onRecord, { onEnd, ...opts } = {}) {
+    return this._subscribe((signal) => this.readSession(sessionId, io, { ...opts, signal }), onRecord, onEnd);
+  }
+
+  _subscribe(read, onChunk, onEnd) {
     const ctl = new AbortController();
     (async () => {
       try {
-        for await (const chunk of this.readStream(runId, key, { ...opts, signal: ctl.signal })) onChunk(chunk);
+        for await (const chunk of read(ctl.signal)) onChunk(chunk);
         onEnd?.(null);
       } catch (err) {
         onEnd?.(err);

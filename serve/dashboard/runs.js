@@ -33,7 +33,7 @@ function renderSessions(sessions) {
   sessionsBody.replaceChildren(
     ...sessions.map((s) =>
       el("tr", { dataset: { sessionId: s.id } },
-        el("td", { class: "mono" }, s.id),
+        el("td", {}, el("a", { class: "mono session-link", href: pageURL("session.html", { id: s.id }) }, s.id)),
         el("td", { class: "mono" }, s.externalId || ""),
         el("td", {}, s.type),
         el("td", { class: "current-run" }, s.currentRunId

@@ -12,7 +12,9 @@ and a side channel's `/realtime/v1/sessions/{session}/channels/{name}/{io}`.
   the sessions runtime, which wakes or continues the session's run;
   answers `{"ok": true, "seq"}`. `X-Part-Id` makes a retry store nothing.
   `POST …/out/append` (secret key): one record on `.out`.
-- `PUT …/{io}`: the SDK's S2 writer set-up; rayflow has no S2, so 501.
+- `PUT …/out`: the SDK's S2 writer set-up — S2 credentials in headers for
+  rayflow's S2 append route (`serve/routes/s2.py`), which the SDK's one-shot
+  `writeControl` and `trimTo` use.
 
 A session's token (`read:sessions:<id>` / `write:sessions:<id>`, id or
 external id) reaches that session only; a channel-scoped one, that channel.
@@ -35,6 +37,7 @@ from serve import session_records as records
 from serve.auth import Principal
 from serve.deps import MAX_INDEX, AppState, Caller, whole_number
 from serve.errors import BadRequest, error_response
+from serve.routes import s2
 from serve.routes.streams import SSE_RESPONSES, idle_timeout, start_position
 from serve.sse import sse_response
 
@@ -237,25 +240,49 @@ async def append_channel_record(
     return await _append(who, request, session, io, channel, x_part_id)
 
 
-def _no_s2() -> Response:
-    return error_response(
-        501,
-        "rayflow has no S2 endpoint: write a session's .out from Python"
-        " (rayflow.sessions.open(id).output.append) or POST one record to …/out/append"
-        " with the secret key",
-        "NotImplemented",
+#: how long the S2 credentials a `PUT` hands out last (the SDK asks again
+#: when an append with them fails)
+S2_TOKEN_TTL_S = 3600
+
+
+async def _s2_credentials(
+    who: Principal, st: AppState, request: Request, session: str, io: str, channel: str | None
+) -> Response:
+    """The SDK's S2 writer set-up: S2 credentials, in headers, for this one
+    stream — a token that writes it only (`write:s2:<stream>`), basin
+    `rayflow`, the stream's S2 name and rayflow's S2 endpoint
+    (`serve/routes/s2.py`: unary appends, which `writeControl` and `trimTo`
+    use). Only `.out`, and only for the secret key (a session's runs)."""
+    found = await _target(who, "write", session, io, channel)
+    if io != "out":
+        raise BadRequest(
+            "a session's .in takes records by POST …/in/append (it wakes the session's run)"
+        )
+    who.require_secret("writing a session's .out (only its runs do)")
+    name = s2.stream_name(found.id, io, channel)
+    endpoint = str(request.base_url).rstrip("/") + "/s2/v1"
+    return JSONResponse(
+        {"version": "v2"},
+        headers={
+            "X-S2-Access-Token": st.mint([f"write:s2:{name}"], S2_TOKEN_TTL_S),
+            "X-S2-Basin": s2.BASIN,
+            "X-S2-Stream-Name": name,
+            "X-S2-Endpoint": endpoint,
+        },
     )
 
 
 @router.put(_PREFIX + "/{io}", include_in_schema=False)
-async def initialize_session_stream(session: str, io: str, who: Caller) -> Response:
-    """The SDK's S2 writer set-up: 501 (see `_no_s2`)."""
-    await _target(who, "write", session, io, None)
-    return _no_s2()
+async def initialize_session_stream(
+    session: str, io: str, request: Request, who: Caller, st: AppState
+) -> Response:
+    """The SDK's S2 writer set-up: S2 credentials for the session's `.out`."""
+    return await _s2_credentials(who, st, request, session, io, None)
 
 
 @router.put(_CHANNEL + "/{io}", include_in_schema=False)
-async def initialize_channel_stream(session: str, channel: str, io: str, who: Caller) -> Response:
-    """The SDK's S2 writer set-up for a channel: 501."""
-    await _target(who, "write", session, io, channel)
-    return _no_s2()
+async def initialize_channel_stream(
+    session: str, channel: str, io: str, request: Request, who: Caller, st: AppState
+) -> Response:
+    """The SDK's S2 writer set-up for a side channel's `.out`."""
+    return await _s2_credentials(who, st, request, session, io, channel)

@@ -7,6 +7,7 @@
 //   start twice (the second is cached) -> open(externalId).in.send -> .out.read the echo
 //   -> a side channel: channel.in.send, the agent answers on channel.out
 //   -> "bye" ends the run -> a send continues the session on a fresh run
+//   -> out.writeControl + out.trimTo (S2 appends) -> a reader from seq 0 starts past the trim
 //   -> close -> a send is refused with 409 session_closed.
 // The last line is {"type": "end"} or {"type": "error", ...}.
 import { auth, runs, sessions } from "@trigger.dev/sdk";
@@ -76,6 +77,29 @@ async function scenario(cmd) {
     out({ type: "continued", reply });
     const continued = await sessions.retrieve(started.id);
     out({ type: "retrieved", session: continued });
+
+    // the one-shot S2 writes, as a backend (PUT .../out hands the secret key's
+    // holder S2 credentials for rayflow's S2 append route): a control record,
+    // then a trim back to it; the session's own token may not write .out
+    let refusedPut = null;
+    try {
+      await session.out.writeControl("turn-complete");
+    } catch (err) {
+      refusedPut = err.status ?? String(err);
+    }
+    const control = await auth.withAuth({ baseURL: cmd.baseURL, accessToken: cmd.token }, async () => {
+      const backend = sessions.open(started.id);
+      const written = await backend.out.writeControl("turn-complete", [["note", "from-node"]]);
+      await backend.out.trimTo(Number(written.lastEventId));
+      return written;
+    });
+    await session.in.send({ text: "post-trim" });
+    // a reader resuming from before the trim point starts at the first record left
+    const resumed = await first(
+      await session.out.read({ timeoutInSeconds: 30, lastEventId: "0" }),
+      () => true,
+    );
+    out({ type: "trimmed", lastEventId: control.lastEventId, resumed, refusedPut });
 
     const closed = await sessions.close(started.id, { reason: "done" });
     out({ type: "closed", session: closed });
