@@ -300,6 +300,8 @@ async def _list_filters_fill_pages_and_the_cursor_walks_every_match(
         pages = await walk({"filter[status]": "CLOSED,EXPIRED"})
         assert pages[0] == ended[:2] and sum(pages, []) == ended  # 3 matches: 2 + 1
         assert len(pages) == 2
+        listed = await client.sessions.list(type=kind, status=["CLOSED", "EXPIRED"], limit=10)
+        assert [x.id for x in listed] == ended
         active = await walk({"filter[status]": "ACTIVE,ACTIVE"})
         assert sum(active, []) == [sid for sid, st in reversed(made) if st == "ACTIVE"]
         assert [len(p) for p in active] == [2, 2]

@@ -171,6 +171,10 @@ def test_retention_deletes_sessions_ended_long_ago_with_their_streams_and_old_se
             store.named_create(NamedStreamSpec(path, "application/json"), [b"{}"], 1 << 20)
     store.session_consume("run_session_a", 1, None, "session_a", "sessions/session_a/in", 1)
     store.close_session("session_a", "done")
+    # a session whose run is still alive is kept, however long ago it ended
+    assert store.delete_expired_sessions(now_ms() + 1, keys_before=0) == 0
+    for sid in ("session_a", "session_old", "session_new"):
+        store.finish_run(f"run_{sid}", "COMPLETED", "null", None)
 
     # retention of 5 s: only the session that expired 10 s ago goes, all of it
     assert store.delete_expired_sessions(now_ms() - 5_000, keys_before=0) == 1

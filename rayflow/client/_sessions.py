@@ -210,11 +210,14 @@ class Sessions:
         type: str | None = None,
         task_id: str | None = None,
         tags: list[str] | None = None,
-        status: str | None = None,
+        status: str | list[str] | None = None,
         external_id: str | None = None,
         limit: int = 100,
     ) -> Response[list[SessionInfo]]:
-        """Sessions, newest first (every page, up to `limit`)."""
+        """Sessions, newest first (every page, up to `limit`); `status`: ACTIVE,
+        CLOSED, EXPIRED, or a list of them (any)."""
+        if isinstance(status, list):
+            status = ",".join(status)
         params: dict[str, Any] = {"page[size]": min(limit, 100)}
         for name, value in (
             ("filter[type]", type),

@@ -230,14 +230,18 @@ class SessionIoSql(NamedLifecycleSql):
         sessions = 0
         while True:
             now = now_ms()
+            finished = ", ".join("?" for _ in FINISHED_STATUSES)
             with self._tx() as c:
+                # ended long ago, and its run too: a run still alive (or
+                # waiting) keeps its session, as run retention keeps the run
                 ids = [
                     r[0]
                     for r in c.execute(
-                        "SELECT id FROM sessions WHERE closed_at < ?"
-                        " UNION SELECT id FROM sessions WHERE closed_at IS NULL"
-                        " AND expires_at < ? ORDER BY id LIMIT ?",
-                        (ended_before, ended_before, self.session_expire_batch),
+                        "SELECT s.id FROM sessions s LEFT JOIN runs r ON r.id = s.current_run_id"
+                        " WHERE (s.closed_at < ? OR (s.closed_at IS NULL AND s.expires_at < ?))"
+                        f" AND (r.id IS NULL OR r.status IN ({finished}))"
+                        " ORDER BY s.id LIMIT ?",
+                        (ended_before, ended_before, *FINISHED_STATUSES, self.session_expire_batch),
                     ).fetchall()
                 ]
                 paths: list[str] = []
