@@ -305,9 +305,9 @@ async def _list_filters_fill_pages_and_the_cursor_walks_every_match(
         active = await walk({"filter[status]": "ACTIVE,ACTIVE"})
         assert sum(active, []) == [sid for sid, st in reversed(made) if st == "ACTIVE"]
         assert [len(p) for p in active] == [2, 2]
-        # a creation window, with a status: every match, full pages
-        listed = await c.get(f"/api/v1/sessions/{made[2][0]}", headers=http_tasks.headers())
-        since = int(datetime.fromisoformat(listed.json()["createdAt"]).timestamp() * 1000)
+        # a creation window: every match, full pages
+        third = await c.get(f"/api/v1/sessions/{made[2][0]}", headers=http_tasks.headers())
+        since = round(datetime.fromisoformat(third.json()["createdAt"]).timestamp() * 1000)
         windowed = await walk({"filter[createdAt][from]": str(since)})
         expected = [sid for sid in newest_first if sid in {m[0] for m in made[2:]}]
         assert sum(windowed, []) == expected and [len(p) for p in windowed][0] == 2
