@@ -111,7 +111,10 @@ async def settled(session_id: str, channel: str | None) -> bool:
     while end > 0:
         start = max(0, end - 16)
         page = await read(session_id, "out", channel, start, limit=end - start)
-        for record in reversed([r for r in page.records if r.seq_num < end]):
+        window = [r for r in page.records if r.seq_num < end]
+        if not window:
+            return False  # trimmed: a trim deletes every record below its point
+        for record in reversed(window):
             if not is_command(record):
                 return record.control == TURN_COMPLETE
         end = start
