@@ -13,7 +13,9 @@ timestamp = 2) — field numbers from S2's `s2.proto`.
 
 from __future__ import annotations
 
+import binascii
 import json
+from base64 import b64decode
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +37,21 @@ class AppendInput:
     fencing_token: str | None = None
 
 
-def parse_json(body: bytes) -> AppendInput:
-    """A JSON `AppendInput` (string records: bodies and headers as text)."""
+def parse_json(body: bytes, *, base64: bool = False) -> AppendInput:
+    """A JSON `AppendInput`: bodies and headers as text (S2's `raw` format),
+    or base64 (`S2-Format: base64`)."""
+
+    def raw(value: Any) -> bytes:
+        text = str(value or "")
+        return b64decode(text, validate=True) if base64 else text.encode()
+
     try:
         doc = json.loads(body)
         records = [
-            AppendRecord(
-                [(str(n).encode(), str(v).encode()) for n, v in r.get("headers") or []],
-                str(r.get("body") or "").encode(),
-            )
+            AppendRecord([(raw(n), raw(v)) for n, v in r.get("headers") or []], raw(r.get("body")))
             for r in doc["records"]
         ]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
         raise BadRequest(f"not an S2 AppendInput: {e}") from None
     return AppendInput(records, doc.get("match_seq_num"), doc.get("fencing_token"))
 

@@ -66,7 +66,11 @@ async def append_records(stream: str, request: Request, who: Caller) -> Response
                 "records reach a session's .in by POST …/in/append (it wakes the session's run)"
             )
         body = await request.body()
-        given = s2_wire.parse_protobuf(body) if protobuf else s2_wire.parse_json(body)
+        if protobuf:
+            given = s2_wire.parse_protobuf(body)
+        else:
+            base64 = request.headers.get("s2-format", "raw").strip().lower() == "base64"
+            given = s2_wire.parse_json(body, base64=base64)
         if given.match_seq_num is not None or given.fencing_token is not None:
             raise BadRequest("rayflow's S2 appends take no match_seq_num or fencing token")
         if not given.records:
