@@ -40,12 +40,17 @@ class RecordsPanel {
         if (err) {
           this.body.append(el("div", { class: "result bad" }, `stream error: ${err.message}`));
         } else if (!session?.closedAt) {
-          this.open(); // quiet for the read's timeout: read on
+          // quiet for the read's timeout, or closed since the last refresh: look again
+          setTimeout(() => (session?.closedAt ? this.ended() : this.open()), 1000);
         } else {
-          this.root.dataset.ended = "true";
+          this.ended();
         }
       },
     });
+  }
+
+  ended() {
+    this.root.dataset.ended = "true";
   }
 
   add(record) {
