@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     #: Elsewhere (a cluster, several replicas) Serve's proxy listens on it
     http_ingress: Literal["rayflow", "serve"] = "rayflow"
     #: finished runs, and sessions closed or expired, are deleted this long
-    #: after they ended (with their streams, journals, channels)
+    #: after they ended (with their streams, journals, inputs)
     retention_days: float = 28.0
     #: how long a send to a session stream with a part id (`X-Part-Id`, the
     #: SDK's per-send idempotency key) dedupes a retry of it; later the same

@@ -147,6 +147,9 @@ def test_sessions_list_by_type_tag_status_and_page(store: Store) -> None:
     assert store.update_session("session_nope", tags=[]) is None
 
 
+JSON = "application/json"
+
+
 def _send(store: Store, session_id: str, text: str, key: str | None, window_ms: int | None = None):  # type: ignore[no-untyped-def]
     write = NamedWrite(f"sessions/{session_id}/in", [json.dumps({"data": text}).encode()])
     return store.session_send(
@@ -167,8 +170,9 @@ def test_retention_deletes_sessions_ended_long_ago_with_their_streams_and_old_se
     ):
         store.start_session(_session(sid, None, **fields), _run(f"run_{sid}"))
         _send(store, sid, "hi", key=f"k-{sid}")
-        for path in (f"sessions/{sid}/out", f"sessions/{sid}/channels/side/in"):
-            store.named_create(NamedStreamSpec(path, "application/json"), [b"{}"], 1 << 20)
+        store.named_create(NamedStreamSpec(f"sessions/{sid}/out", JSON), [b"{}"], 1 << 20)
+        side = NamedStreamSpec(f"sessions/{sid}/channels/side/in", JSON, ttl_s=60)
+        store.named_create(side, [b"{}"], 1 << 20)
     store.session_consume("run_session_a", 1, None, "session_a", "sessions/session_a/in", 1)
     store.close_session("session_a", "done")
     # a session whose run is still alive is kept, however long ago it ended
@@ -180,13 +184,16 @@ def test_retention_deletes_sessions_ended_long_ago_with_their_streams_and_old_se
     assert store.delete_expired_sessions(now_ms() - 5_000, keys_before=0) == 1
     assert store.get_session("session_old") is None
     assert store.named_info("sessions/session_old/out") is None
-    assert store.named_list("sessions/session_old/") == []
+    assert store.named_info("sessions/session_old/in") is None
     assert store.get_session("session_new") is not None
     # every session that ended before the cutoff: the closed one with its
     # streams, channels, cursor and keys; the active neighbour keeps all
     assert store.delete_expired_sessions(now_ms() + 1, keys_before=0) == 2
     assert store.get_session("session_a") is None and store.get_session("session_new") is None
-    assert store.named_list("sessions/session_a/") == []
+    # its side channel goes by its own sliding TTL, like every channel
+    assert [i.path for i in store.named_list("sessions/session_a/")] == [
+        "sessions/session_a/channels/side/in"
+    ]
     assert store.session_cursor("session_a", "sessions/session_a/in") == 0
     kept = {i.path for i in store.named_list("sessions/session_ab/")}
     assert kept == {f"sessions/session_ab/{p}" for p in ("in", "out", "channels/side/in")}

@@ -257,22 +257,20 @@ class SessionIoSql(NamedLifecycleSql):
         return sessions
 
     def _drop_session(self, c: Any, session_id: str, now: int) -> list[str]:
-        """Delete a session with its streams (every channel), cursors and
-        send keys; the paths of the streams deleted. Its runs are runs:
-        run retention deletes them."""
+        """Delete a session with its `.in` and `.out`, cursors and send keys;
+        the paths of the streams deleted. Its side channels go by their own
+        sliding TTL (`CHANNEL_TTL_S` after their last use: a path-prefix
+        scan per session would not use the path index on PostgreSQL under
+        a non-C collation); its runs by run retention."""
         self._session_row(c, session_id)  # its lock: no send or close is deciding on it
-        low, high = f"sessions/{session_id}/", f"sessions/{session_id}0"  # "0" follows "/"
-        paths = [
-            r[0]
-            for r in c.execute(
-                "SELECT path FROM named_streams WHERE path >= ? AND path < ?", (low, high)
-            ).fetchall()
-        ]
-        for path in paths:
+        paths: list[str] = []
+        for io in ("in", "out"):
+            path = f"sessions/{session_id}/{io}"
             state = self._locked(c, path)
             if state is not None and not state.deleted:
                 self._delete_in(c, state, now)
-        c.execute("DELETE FROM session_sent_keys WHERE path >= ? AND path < ?", (low, high))
+                paths.append(path)
+            c.execute("DELETE FROM session_sent_keys WHERE path = ?", (path,))
         c.execute("DELETE FROM session_cursors WHERE session_id = ?", (session_id,))
         c.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         return paths

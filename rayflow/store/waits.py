@@ -178,8 +178,9 @@ class TokenAndSessionStore(Protocol):
     def delete_expired_sessions(self, ended_before: int, keys_before: int) -> int:
         """Retention: delete the sessions closed (or expired) before
         `ended_before` whose current run has finished (or is gone), with
-        their streams, channels, cursors and send keys, and every send key
-        stored before `keys_before`; how many sessions."""
+        their `.in` and `.out`, cursors and send keys (side channels expire
+        by their own TTL), and every send key stored before `keys_before`;
+        how many sessions."""
 
     # -- wait tokens -----------------------------------------------------------
     def create_wait_token(self, token: WaitTokenRecord) -> tuple[WaitTokenRecord, bool]:
