@@ -30,7 +30,7 @@ from rayflow.errors import RayflowError
 from serve import s2_wire
 from serve import session_ops as ops
 from serve.deps import Caller
-from serve.errors import BadRequest, error_response, plain
+from serve.errors import BadRequest, error_body, plain
 
 router = APIRouter(tags=["sessions"])
 
@@ -79,7 +79,8 @@ async def append_records(stream: str, request: Request, who: Caller) -> Response
     except RayflowError as e:
         e = plain(e)
         # S2's client shows `message`; rayflow's body beside it
-        return error_response(e.http_status, str(e), type(e).__name__, message=str(e))
+        refused = error_body(e.http_status, str(e), type(e).__name__)
+        return JSONResponse({**refused, "message": str(e)}, status_code=e.http_status)
     now = int(time.time() * 1000)
     answer = s2_wire.ack((seqs[0], now), (seqs[-1] + 1, now), protobuf)
     if isinstance(answer, bytes):
