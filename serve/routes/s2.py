@@ -2,7 +2,7 @@
 `writeControl(subtype, headers)` and `trimTo(seq)` (`@trigger.dev/core`'s
 `sessionStreamOneshot.js`) ask `PUT /realtime/v1/sessions/{id}/out` for S2
 credentials (`session_streams.py` answers the secret key's holder with a
-token that writes this one stream, `write:s2:<stream>`, basin `rayflow` and
+token that writes this one stream, `write:s2:<stream>`, basin `rayflow-sessions` and
 this endpoint) and then append through the S2
 client: `POST /s2/v1/streams/{stream}/records` (docs/wire.md, "Sessions").
 
@@ -34,8 +34,8 @@ from serve.errors import BadRequest, error_body, plain
 
 router = APIRouter(tags=["sessions"])
 
-#: the basin rayflow's S2 credentials name (one: streams are named by session)
-BASIN = "rayflow"
+#: the basin rayflow's S2 credentials name (S2: 8-48 of [a-z0-9-]; streams are named by session)
+BASIN = "rayflow-sessions"
 #: an S2 stream name: `<session id>:<io>`, a channel's `<id>:channels:<name>:<io>`
 _STREAM = re.compile(
     r"(session_[A-Za-z0-9_-]{1,64})(?::channels:([A-Za-z0-9._-]{1,128}))?:(in|out)"

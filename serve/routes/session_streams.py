@@ -250,7 +250,7 @@ async def _s2_credentials(
 ) -> Response:
     """The SDK's S2 writer set-up: S2 credentials, in headers, for this one
     stream — a token that writes it only (`write:s2:<stream>`), basin
-    `rayflow`, the stream's S2 name and rayflow's S2 endpoint
+    `rayflow-sessions`, the stream's S2 name and rayflow's S2 endpoint
     (`serve/routes/s2.py`: unary appends, which `writeControl` and `trimTo`
     use). Only `.out`, and only for the secret key (a session's runs)."""
     found = await _target(who, "write", session, io, channel)
