@@ -145,8 +145,8 @@ async def list_sessions(
     after: str | None,
 ) -> tuple[list[SessionRecord], str | None]:
     """Newest first; the cursor `<created ms>:<session id>` names the last one
-    returned. Every filter is in the Store's query: a page holds `limit`
-    matches, and the cursor walks every match."""
+    returned, present only when more match. Every filter is in the Store's
+    query: a page holds `limit` matches, and the cursor walks every match."""
     before = None
     if after:
         if not _CURSOR.fullmatch(after) or int(after.split(":", 1)[0]) >= MAX_INDEX:
@@ -164,9 +164,10 @@ async def list_sessions(
         created_from=created_from,
         created_to=created_to,
         before=before,
-        limit=limit,
+        limit=limit + 1,  # one past the page: a next page only when there is one
     )
-    cursor = f"{found[-1].created_at}:{found[-1].id}" if len(found) == limit else None
+    found, more = found[:limit], len(found) > limit
+    cursor = f"{found[-1].created_at}:{found[-1].id}" if more else None
     return found, cursor
 
 
