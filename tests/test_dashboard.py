@@ -346,11 +346,16 @@ def test_the_run_list_shows_sessions_and_a_session_page_its_records_live(
     done = _wait(page, "section.stream[data-io='out'] li[data-kind='control']", "a control", 30)
     assert done.text_content() == "#1⟨turn-complete⟩"
     assert page.text_content("#session-status") == "ACTIVE"
+    assert page.text_content("#session-external") == body["externalId"]
 
-    page.click(f"#session-run a[href*='{session['runId']}']")
-    page.wait_for_url(f"**/run.html?id={session['runId']}", timeout=30_000)
+    # its current run (the first one, or the run a send continued it with)
+    current = httpx.get(f"{dev_server.url}/api/v1/sessions/{session['id']}", headers=headers)
+    run_id = current.json()["currentRunId"]
+    page.click(f"#session-run a[href*='{run_id}']")
+    page.wait_for_url(f"**/run.html?id={run_id}", timeout=30_000)
     closed = httpx.post(
         f"{dev_server.url}/api/v1/sessions/{session['id']}/close", headers=headers, timeout=30
     )
     assert closed.status_code == 200
-    httpx.post(f"{dev_server.url}/api/v2/runs/{session['runId']}/cancel", headers=headers)
+    for run in {session["runId"], run_id}:
+        httpx.post(f"{dev_server.url}/api/v2/runs/{run}/cancel", headers=headers)

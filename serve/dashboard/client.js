@@ -161,7 +161,7 @@ export class RayflowClient {
 
   /** One session by its id or external id (docs/wire.md "Sessions"). */
   async retrieveSession(sessionId, { signal } = {}) {
-    return this.request("GET", `/api/v1/sessions/${encodeURIComponent(sessionId)}`, { signal });
+    return (await this.request("GET", `/api/v1/sessions/${encodeURIComponent(sessionId)}`, { signal })).data;
   }
 
   async cancelRun(runId) {
