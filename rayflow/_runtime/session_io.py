@@ -234,8 +234,8 @@ async def trim_output(id_or_external: str, earliest: int, *, channel: str | None
     first record left, as S2 clamps. Returns the trim record's seq."""
     if isinstance(earliest, bool) or not isinstance(earliest, int) or earliest < 0:
         raise InvalidArgument(f"a trim point is a seq_num, 0 or more, not {earliest!r}")
-    if replaying_stored():
-        return -1
+    # not deduplicated inside a run: a replayed trim deletes nothing more
+    # (monotonic) and adds one more command record, which readers skip
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, "out", channel)
     data = encode({"headers": [["", "trim"]], "trim": earliest}, f"the trim of {path}")
