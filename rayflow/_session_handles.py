@@ -18,6 +18,7 @@ from rayflow._runtime import (
     connection,
     session_inputs,
     session_io,
+    session_reads,
     session_runs,
     session_writer,
 )
@@ -165,7 +166,7 @@ class SessionInput:
             path = session_io.session_stream_path(session_id, "in", self._channel)
             store = connection.current().store
             cursor = await asyncio.to_thread(store.session_cursor, session_id, path)
-            page = await session_io.read_records(
+            page = await session_reads.read_records(
                 session_id, "in", channel=self._channel, start=cursor, limit=1
             )
             return page.records[0].value() if page.records else None
@@ -305,14 +306,16 @@ class RecordReader(Response[RecordPage]):
     async def _page(self) -> RecordPage:
         session, io, channel, start, limit, wait_s, _ = self._args
         if wait_s > 0:
-            return await session_io.wait_records(
+            return await session_reads.wait_records(
                 session, io, channel=channel, start=start, limit=limit, timeout_s=wait_s
             )
-        return await session_io.read_records(session, io, channel=channel, start=start, limit=limit)
+        return await session_reads.read_records(
+            session, io, channel=channel, start=start, limit=limit
+        )
 
     def _batches(self) -> AsyncIterator[builtins.list[S2Record]]:
         session, io, channel, start, _, _, timeout_s = self._args
-        return session_io.follow_records(
+        return session_reads.follow_records(
             session, io, channel=channel, start=start, timeout_s=timeout_s
         )
 

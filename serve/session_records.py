@@ -7,9 +7,12 @@ envelope `{"data": <the value>, "id": <its part id>}` as stored, for `.in` as
 for `.out` (the SDK's reader takes `JSON.parse(body).data`); a control
 record's body is `""` with its `headers`.
 
-Live readers are woken by the named streams' signals (a commit in this
-process) and the replica's change feed (a commit anywhere, one shared long
-poll per replica), then read again: the Store is the truth.
+Live readers follow the sessions runtime's `RecordFollower`: woken by the
+named streams' signals (a commit in this process) and the replica's change
+feed (a commit anywhere, one shared long poll per replica), then they read
+the Store again (the truth); a `.out` reader of a session whose run is live
+is also handed the rows the run commits by its RunActor (no feed hop, no
+Store read; `rayflow/_runtime/session_reads.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rayflow._runtime.serving import (
+    Armed,
+    RecordFollower,
     RecordPage,
     S2Record,
     feed_key,
     read_records,
-    session_stream_path,
     signals,
 )
 from serve import run_feed
@@ -36,7 +40,7 @@ READ_ROWS = 1000
 TURN_COMPLETE = "turn-complete"
 
 
-def wire(record: S2Record, io: str) -> dict[str, Any]:
+def wire(record: S2Record) -> dict[str, Any]:
     """The record in an SSE `batch`."""
     found = {"seq_num": record.seq_num, "timestamp": record.timestamp, "body": record.body}
     if record.headers:
@@ -44,7 +48,7 @@ def wire(record: S2Record, io: str) -> dict[str, Any]:
     return found
 
 
-def drained(record: S2Record, io: str) -> dict[str, Any]:
+def drained(record: S2Record) -> dict[str, Any]:
     """The record in a `records` drain: `data` parsed, its seq as its id."""
     data = record.value() if record.body else None
     found: dict[str, Any] = {"data": data, "id": str(record.seq_num), "seqNum": record.seq_num}
@@ -76,32 +80,27 @@ async def read_all(session_id: str, io: str, channel: str | None, start: int) ->
         start = page.records[-1].seq_num + 1
 
 
-async def wait(
-    session_id: str, io: str, channel: str | None, start: int, timeout_s: float
-) -> RecordPage:
-    """Like `read`, waiting up to `timeout_s` for a record when there is none."""
-    path = session_stream_path(session_id, io, channel)  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+async def feed_waiter(path: str) -> Armed:
+    """A wait for a change of `path`, armed before the read it follows: a
+    commit in this process (its signal) or anywhere (the replica's shared
+    change feed, `run_feed`) after the arming ends it."""
+    event = signals().event(path)
     feed = run_feed.feed()
-    while True:
-        # both taken before the read: a commit after it wakes the wait
-        event = signals().event(path)
-        since = await feed.changes()
-        page = await read(session_id, io, channel, start)
-        left = deadline - loop.time()
-        if page.records or page.closed or left <= 0:
-            return page
+    since = await feed.changes()
+
+    async def wait(timeout_s: float) -> None:
         waits = [
             asyncio.ensure_future(event.wait()),
-            asyncio.ensure_future(feed.wait_for(since, {feed_key(path)}, left)),
+            asyncio.ensure_future(feed.wait_for(since, {feed_key(path)}, timeout_s)),
         ]
         try:
-            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
-            await asyncio.wait(waits)
+            await asyncio.wait(waits)  # never raises what the waits raised
+
+    return wait
 
 
 async def settled(session_id: str, channel: str | None) -> bool:
@@ -121,12 +120,12 @@ async def settled(session_id: str, channel: str | None) -> bool:
     return False
 
 
-def encode(records: list[S2Record], io: str, tail: int) -> bytes:
+def encode(records: list[S2Record], tail: int) -> bytes:
     """One `event: batch`, its `id` the last record's seq (what a browser's
     EventSource resumes from), with the stream's tail."""
     data = json.dumps(
         {
-            "records": [wire(r, io) for r in records],
+            "records": [wire(r) for r in records],
             "tail": {"seq_num": tail, "timestamp": int(time.time() * 1000)},
         },
         separators=(",", ":"),
@@ -142,14 +141,25 @@ async def events(
     is there)."""
     loop = asyncio.get_running_loop()
     last_activity = loop.time()
-    while True:
-        idle_left = last_activity + idle_timeout_s - loop.time()
-        got = await wait(session_id, io, channel, start, max(idle_left, 0.0))
-        if got.records:
-            yield encode(got.records, io, got.tail)
-            start = got.records[-1].seq_num + 1
-            last_activity = loop.time()
-            continue
-        if got.closed or idle_left <= 0:
-            yield DONE
-            return
+    follower = RecordFollower(
+        session_id,
+        io,  # type: ignore[arg-type]
+        channel,
+        feed_waiter,
+        closed_ends=True,
+        reread_s=None,  # the feed says when it lost track
+    )
+    try:
+        while True:
+            idle_left = last_activity + idle_timeout_s - loop.time()
+            got = await follower.next(start, READ_ROWS, max(idle_left, 0.0))
+            if got.records:
+                yield encode(got.records, got.tail)
+                start = got.records[-1].seq_num + 1
+                last_activity = loop.time()
+                continue
+            if got.closed or idle_left <= 0:
+                yield DONE
+                return
+    finally:
+        follower.close()

@@ -12,8 +12,11 @@ actor, read from one process: one look per commit, not 1,000).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from rayflow._runtime.named_tails import NamedTail, path_of, tails
 
 if TYPE_CHECKING:
     from rayflow._runtime.attempts import Execution
@@ -48,6 +51,8 @@ class Follow:
         #: runs with news since they were last looked at
         self.changed: set[str] = set()
         self._watched: dict[str, StreamBuffers] = {}
+        #: (run id, path) -> the named tail watched for that run's readers
+        self._tails: dict[tuple[str, str], tuple[NamedTail, Callable[[], None]]] = {}
 
     def _on_change(self, run_id: str) -> None:
         self.changed.add(run_id)
@@ -67,7 +72,9 @@ class Follow:
     def watching(self) -> bool:
         """Whether any run polled executes here or is being claimed here
         (there is something to wait on)."""
-        return bool(self._watched) or any(self._claiming(r) for r, _, _ in self.polls.values())
+        if self._watched or self._tails:
+            return True
+        return any(self._claiming(r) for r, _, _ in self.polls.values())
 
     def watch(self) -> None:
         """Watch the buffers of every polled run executing here now, and no
@@ -87,6 +94,19 @@ class Follow:
             if buffers is not None:
                 buffers.watchers.add(self._on_change)
                 self._watched[run_id] = buffers
+        named: set[tuple[str, str]] = set()
+        for run_id, key, _ in self.polls.values():
+            path = path_of(key)
+            if path is not None and run_id in self._watched:
+                named.add((run_id, path))
+        for pair in [p for p in self._tails if p not in named]:
+            tail, watcher = self._tails.pop(pair)
+            tail.watchers.discard(watcher)
+        for run_id, path in named - self._tails.keys():
+            tail = tails().tail(path)
+            watcher = functools.partial(self._on_change, run_id)
+            tail.watchers.add(watcher)
+            self._tails[(run_id, path)] = (tail, watcher)
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()
@@ -96,3 +116,6 @@ class Follow:
         for buffers in self._watched.values():
             buffers.watchers.discard(self._on_change)
         self._watched.clear()
+        for tail, watcher in self._tails.values():
+            tail.watchers.discard(watcher)
+        self._tails.clear()

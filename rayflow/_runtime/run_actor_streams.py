@@ -15,6 +15,7 @@ from rayflow._runtime import hops
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
+from rayflow._runtime.named_tails import path_of, tails
 from rayflow._runtime.push_inbox import Address
 from rayflow._runtime.stream_commit import loop_committer
 from rayflow._runtime.stream_rows import ReadReply, Row
@@ -56,7 +57,9 @@ class StreamService:
         it follows executes here. A key nobody wrote allocates nothing here;
         its reader waits like the rest. `inbox`: where the reader process
         also takes rows pushed by outside writers (`push_inbox`; `published`
-        names it to them)."""
+        names it to them). A key
+        `named_tails.NAMED_KEY + path` follows a named stream the run
+        writes (a session's `.out`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming, inbox)
@@ -118,6 +121,11 @@ class StreamService:
             if self._claiming(run_id):
                 return None  # its reader waits here: the claim wakes it (`_started`)
             return ReadReply(rows=[], from_store=True)
+        path = path_of(key)
+        if path is not None:
+            # a named stream (a session's `.out`) the run writes: the rows
+            # this process committed to it (`named_tails`)
+            return tails().peek(path, start, limit)
         buffers = execution.buffers
         # the Store is asked about a key this actor has no buffer for once
         # per poll; after that only a write through this actor creates it

@@ -54,10 +54,15 @@ from rayflow._runtime.session_io import (
     append_control,
     append_output,
     check_channel,
-    read_records,
     send_input,
     session_stream_path,
     trim_output,
+)
+from rayflow._runtime.session_reads import (
+    Armed,
+    RecordFollower,
+    Waiter,
+    read_records,
     wait_records,
 )
 from rayflow._runtime.session_runs import (
@@ -169,8 +174,10 @@ async def writer_position(run_id: str, key: str, writer_id: str) -> int:
 
 
 __all__ = [
+    "Armed",
     "CHANNEL_TTL_S",
     "FEED_PREFIX",
+    "RecordFollower",
     "RecordPage",
     "S2Record",
     "SentRecord",
@@ -188,6 +195,7 @@ __all__ = [
     "session_stream_path",
     "start_session",
     "wait_records",
+    "Waiter",
     "ChunkReader",
     "Connection",
     "append_writes",

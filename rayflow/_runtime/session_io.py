@@ -13,7 +13,9 @@ What a record holds: on an input stream, the value sent; on an output
 stream, `{"data": value, "id": part id}` (a data record: exactly the S2
 body the SDK writes) or `{"headers": [[name, value], …]}` (a control record,
 e.g. `trigger-control: turn-complete`, whose S2 body is empty).
-`S2Record.to_wire()` is the record as the HTTP API serves it.
+`S2Record.to_wire()` is the record as the HTTP API serves it. Reading them
+(from the Store, woken by the change feed, pushed by a live run's RunActor)
+is `session_reads`.
 
 Invariant: a send to `.in` and the decision it causes — wake the session's
 waiting run, or continue the session with a fresh run when its run ended —
@@ -24,12 +26,9 @@ commit in one transaction under the session row's lock
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,15 +38,13 @@ from rayflow._runtime import (
     connection,
     locations,
     named_appender,
-    named_feed,
+    named_tails,
     session_runs,
     session_writer,
 )
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import current_run
-from rayflow._runtime.named_signals import signals
 from rayflow.errors import InvalidArgument, PayloadTooLarge, RayflowError, SessionNotFound
-from rayflow.store.base import SessionRecord
 from rayflow.store.named import (
     NamedOutcome,
     NamedStreamSpec,
@@ -57,8 +54,6 @@ from rayflow.store.named import (
 )
 
 IO = Literal["in", "out"]
-#: waits for a change of a path: (path, this process's event for it, timeout)
-Waiter = Callable[[str, asyncio.Event, float], Awaitable[None]]
 JSON_TYPE = "application/json"
 #: a side channel's streams expire this long after their last read or write
 CHANNEL_TTL_S = 7 * 24 * 3600
@@ -155,11 +150,12 @@ def encode(value: Any, what: str) -> bytes:
     return data
 
 
-def _record(seq: int, end: int, data: bytes, created_at: int) -> S2Record:
+def s2_record(seq: int, data: bytes | str, created_at: int) -> S2Record:
+    """The record stored at `seq` (its JSON text) as S2 shows it."""
     stored = json.loads(data)
     if isinstance(stored, dict) and "headers" in stored and "data" not in stored:
         return S2Record(seq, created_at, "", [list(h) for h in stored["headers"]])
-    return S2Record(seq, created_at, data.decode())
+    return S2Record(seq, created_at, data if isinstance(data, str) else data.decode())
 
 
 def envelope(value: Any, part_id: str | None) -> dict[str, Any]:
@@ -280,6 +276,9 @@ async def append_encoded(
         await _create(path, channel)
         result = await named_appender.write(write)
     _check(result, path)
+    if current_run() is not None:
+        # readers elsewhere following this run are handed the row (`named_tails`)
+        named_tails.tails().learned(path, result, [data])
     return result
 
 
@@ -322,87 +321,3 @@ async def poke(run_id: str, paths: list[str]) -> None:
             return  # e.g. RunNotFound: nothing to poke
         except Exception:
             locations.forget(run_id)
-
-
-# -- reading --------------------------------------------------------------------
-async def read_records(
-    id_or_external: str,
-    io: IO,
-    *,
-    channel: str | None = None,
-    start: int = 0,
-    limit: int = 1000,
-) -> RecordPage:
-    """The records at `start` and after (at most `limit`), without waiting."""
-    session = await session_runs.get_session(id_or_external)
-    return await _read(session, session_stream_path(session.id, io, channel), start, limit)
-
-
-async def _read(session: SessionRecord, path: str, start: int, limit: int) -> RecordPage:
-    if start < 0:
-        raise InvalidArgument(f"start must be 0 or more, not {start}")
-    conn = connection.current()
-    read = await asyncio.to_thread(
-        conn.store.named_read, path, start, limit, conn.settings.max_input_bytes * 4
-    )
-    records = [_record(c.pos, c.end, c.data, c.created_at) for c in read.chunks]
-    tail = read.stream.length if read.stream is not None else 0
-    return RecordPage(session.id, records, tail, _closed(session))
-
-
-async def wait_records(
-    id_or_external: str,
-    io: IO,
-    *,
-    channel: str | None = None,
-    start: int = 0,
-    limit: int = 1000,
-    timeout_s: float = 60.0,
-    waiter: Waiter | None = None,
-) -> RecordPage:
-    """`read_records`, waiting up to `timeout_s` while there are none at
-    `start`. `waiter(path, local_event, timeout_s)` waits for a change of
-    `path`; by default this process's feed follower sets `local_event`
-    (`named_feed`) — a Serve replica passes one built on its shared feed
-    (`serve/run_feed.py`)."""
-    session = await session_runs.get_session(id_or_external)
-    path = session_stream_path(session.id, io, channel)
-    if waiter is None:
-        named_feed.follower()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        changed = signals().event(path)  # before reading: a commit after it is not missed
-        page = await _read(session, path, start, limit)
-        remaining = deadline - time.monotonic()
-        if page.records or remaining <= 0:
-            return page
-        await (waiter or _changed)(path, changed, min(remaining, REREAD_S))
-
-
-async def follow_records(
-    id_or_external: str,
-    io: IO,
-    *,
-    channel: str | None = None,
-    start: int = 0,
-    timeout_s: float = 60.0,
-) -> AsyncIterator[list[S2Record]]:
-    """Batches of records from `start` on, live, until `timeout_s` passes
-    with none (resume from the last `seq_num` + 1)."""
-    while True:
-        page = await wait_records(
-            id_or_external, io, channel=channel, start=start, timeout_s=timeout_s
-        )
-        if not page.records:
-            return
-        yield page.records
-        start = page.records[-1].seq_num + 1
-
-
-async def _changed(path: str, local: asyncio.Event, timeout_s: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(local.wait(), timeout_s)
-
-
-def _closed(session: SessionRecord) -> bool:
-    return session.closed_or_expired(int(time.time() * 1000))

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rayflow import sessions
-from rayflow._runtime import session_io
+from rayflow._runtime import session_io, session_reads
 from rayflow.chat import _wire
 from rayflow.errors import SessionClosed
 from rayflow.store.named import Producer
@@ -49,7 +49,7 @@ class SessionIO:
     async def watch_input(self, after: int) -> AsyncIterator[tuple[int, Any]]:
         start = after + 1
         while True:
-            page = await session_io.wait_records(
+            page = await session_reads.wait_records(
                 self.session_id, "in", start=start, timeout_s=WATCH_POLL_S
             )
             for record in page.records:
@@ -63,12 +63,12 @@ class SessionIO:
         return TurnWriter(self.session_id, key)
 
     async def load_snapshot(self) -> dict[str, Any] | None:
-        head = await session_io.read_records(
+        head = await session_reads.read_records(
             self.session_id, "out", channel=SNAPSHOT_CHANNEL, limit=1
         )
         if head.tail == 0:
             return None
-        last = await session_io.read_records(
+        last = await session_reads.read_records(
             self.session_id, "out", channel=SNAPSHOT_CHANNEL, start=head.tail - 1, limit=1
         )
         if not last.records:

@@ -139,7 +139,7 @@ async def _drain(
     if after is not None and after.strip():
         start = whole_number(after, "afterEventId", below=MAX_INDEX) + 1
     got = await records.read_all(found.id, io, channel, start)
-    return {"records": [records.drained(r, io) for r in got]}
+    return {"records": [records.drained(r) for r in got]}
 
 
 @router.get(_PREFIX + "/{io}/records")

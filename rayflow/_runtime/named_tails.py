@@ -1,0 +1,126 @@
+"""The rows a RunActor's runs appended lately to named streams (a session's
+`.out`, a channel's), handed to readers in other processes as they commit.
+
+A session's `.out` reader elsewhere (the driver's `session.output.read()`,
+a Serve replica's SSE route) would otherwise learn of a record from the
+change feed (two actor hops after the commit) and then read the Store. A
+run's appends commit in its RunActor's process (`named_appender`), so that
+process knows the rows the moment they are durable: it keeps the newest of
+them per path here, and a reader following the session's live run polls the
+run's RunActor (`follow_many`, key `NAMED_KEY + path`) like a run stream's
+reader, which answers from this tail (`run_actor_streams._peek`).
+
+Invariants:
+- Only committed rows are learned (after `named_write_many` answered OK), at
+  the positions the Store gave them: a pushed row is exactly the Store's.
+- A tail knows only what this process wrote: a reader at `start` gets rows
+  only when the tail holds `start` and the rows after it; when the tail
+  knows rows past `start` but not `start` itself (written elsewhere, or
+  dropped from this bounded tail) it is told `from_store`; when it knows
+  nothing past `start` it waits here — and on the change feed, which still
+  wakes it for rows written by any other process.
+- Bounded: at most MAX_ROWS rows and MAX_BYTES bytes per path (always the
+  newest row), at most MAX_PATHS paths not being watched (oldest dropped).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from rayflow._runtime.stream_rows import ReadReply, Row
+from rayflow.store.named import NamedOutcome, NamedWriteResult
+
+#: a `follow_many` key naming a named stream of this path, not a run's stream
+NAMED_KEY = "\x00named:"
+MAX_ROWS = 64
+MAX_BYTES = 256 * 1024
+MAX_PATHS = 1024
+
+
+def named_key(path: str) -> str:
+    return NAMED_KEY + path
+
+
+def path_of(key: str) -> str | None:
+    """The named stream a poll key names, or None for a run's stream key."""
+    return key[len(NAMED_KEY) :] if key.startswith(NAMED_KEY) else None
+
+
+class NamedTail:
+    """The newest rows of one named stream this process committed."""
+
+    def __init__(self) -> None:
+        self.stream_id: str | None = None
+        self.rows: dict[int, Row] = {}
+        self.bytes = 0
+        #: called when rows arrive (a `follow_many` watching a run's readers)
+        self.watchers: set[Callable[[], None]] = set()
+
+    def learn(self, stream_id: str, start: int, messages: list[bytes], created_at: int) -> None:
+        if stream_id != self.stream_id:  # a new incarnation of the path
+            self.stream_id, self.rows, self.bytes = stream_id, {}, 0
+        for i, data in enumerate(messages):
+            self.rows[start + i] = (start + i, data.decode(), created_at, None)
+            self.bytes += len(data)
+        while len(self.rows) > 1 and (len(self.rows) > MAX_ROWS or self.bytes > MAX_BYTES):
+            oldest = min(self.rows)
+            self.bytes -= len(self.rows.pop(oldest)[1])
+        for watcher in tuple(self.watchers):
+            watcher()
+
+    def peek(self, start: int, limit: int) -> ReadReply | None:
+        """The rows from `start` (contiguous), `from_store` when the Store
+        holds `start` and this tail does not, None while nothing is known
+        past `start` (the reader waits)."""
+        if start not in self.rows:
+            if self.rows and max(self.rows) > start:
+                return ReadReply(rows=[], from_store=True)
+            return None
+        rows: list[Row] = []
+        pos = start
+        while pos in self.rows and len(rows) < limit:
+            rows.append(self.rows[pos])
+            pos += 1
+        return ReadReply(rows=rows, length=max(self.rows) + 1)
+
+
+class NamedTails:
+    """This process's tails, by path."""
+
+    def __init__(self) -> None:
+        self._tails: OrderedDict[str, NamedTail] = OrderedDict()
+
+    def tail(self, path: str) -> NamedTail:
+        found = self._tails.get(path)
+        if found is None:
+            found = self._tails[path] = NamedTail()
+            self._trim()
+        self._tails.move_to_end(path)
+        return found
+
+    def learned(self, path: str, result: NamedWriteResult, messages: list[bytes]) -> None:
+        """A write of `messages` to `path` committed with `result`."""
+        stream = result.stream
+        if result.outcome is not NamedOutcome.OK or result.start is None or stream is None:
+            return
+        # a write's chunks carry the commit's time, which is the stream's
+        # `updated_at` in the result (taken after this write)
+        self.tail(path).learn(stream.stream_id, result.start, messages, stream.updated_at)
+
+    def peek(self, path: str, start: int, limit: int) -> ReadReply | None:
+        found = self._tails.get(path)
+        return None if found is None else found.peek(start, limit)
+
+    def _trim(self) -> None:
+        idle = [p for p, t in self._tails.items() if not t.watchers]
+        for path in idle[: max(0, len(idle) - MAX_PATHS)]:
+            del self._tails[path]
+
+
+_tails = NamedTails()
+
+
+def tails() -> NamedTails:
+    """This process's tails (a RunActor's: its runs' appends; touched from its event loop only)."""
+    return _tails

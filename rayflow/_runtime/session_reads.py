@@ -1,0 +1,292 @@
+"""Reading a session's streams by sequence number, live, from any process.
+
+The Store is the truth: every look reads it (`named_read` from the reader's
+position). A reader with nothing new waits for two things at once:
+
+- the change feed (`Waiter`): a commit to the path anywhere wakes it, then
+  it reads the Store again. Outside Serve this process's feed follower sets
+  the path's signal (`named_feed`); a Serve replica passes a waiter on its
+  shared feed (`serve/session_records.py`). A waiter is *armed before the
+  read* and waited on after it, so a commit in between wakes the wait.
+- while the session's current run executes (its `.out` and its channels'
+  `.out`: what a run writes), the run's RunActor, which pushes the rows
+  its run commits to the path (`named_tails`; one `follow_many` stream per
+  reader process and actor, `actor_polls`): those rows need no feed hop and
+  no Store read. Rows pushed are exactly the Store's at their positions, and
+  a reader takes them only when they start at its position, so pushed and
+  read rows never overlap or leave a gap. When the actor does not execute
+  the run (it suspended, ended, moved) or does not know the rows at the
+  reader's position (written by another process), the reader goes on with
+  the feed and the Store; after a continuation it follows the new run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import ray
+
+from rayflow._runtime import actor_polls, connection, locations, named_feed, session_runs
+from rayflow._runtime.context import current_run
+from rayflow._runtime.named_signals import signals
+from rayflow._runtime.named_tails import named_key
+from rayflow._runtime.session_io import (
+    IO,
+    REREAD_S,
+    RecordPage,
+    S2Record,
+    s2_record,
+    session_stream_path,
+)
+from rayflow._runtime.stream_rows import Row
+from rayflow._status import RunStatus
+from rayflow.errors import InvalidArgument, RayflowError, SessionNotFound
+from rayflow.store.base import RunRecord, SessionRecord
+
+log = logging.getLogger("rayflow")
+
+#: waits, after a read, for a change of the path since its arming (or the timeout)
+Armed = Callable[[float], Awaitable[None]]
+#: arms a wait for a change of `path`; called BEFORE the read it follows
+Waiter = Callable[[str], Awaitable[Armed]]
+
+
+async def local_waiter(path: str) -> Armed:
+    """This process's signal for `path`, set by a commit here or by the
+    process's feed follower (`named_feed`) for a commit anywhere."""
+    named_feed.follower()
+    event = signals().event(path)
+
+    async def wait(timeout_s: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
+
+    return wait
+
+
+async def read_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    limit: int = 1000,
+) -> RecordPage:
+    """The records at `start` and after (at most `limit`), without waiting."""
+    session = await session_runs.get_session(id_or_external)
+    path = session_stream_path(session.id, io, channel)
+    _check_start(start)
+    conn = connection.current()
+    read = await asyncio.to_thread(
+        conn.store.named_read, path, start, limit, conn.settings.max_input_bytes * 4
+    )
+    return _page(session, read)
+
+
+async def wait_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    limit: int = 1000,
+    timeout_s: float = 60.0,
+    waiter: Waiter | None = None,
+) -> RecordPage:
+    """`read_records`, waiting up to `timeout_s` while there are none at
+    `start` (see the module: the feed, and the live run's pushed rows).
+    `waiter`: how this process hears of commits elsewhere (default: its
+    feed follower)."""
+    session_id = await session_runs.session_id_of(id_or_external)
+    follower = RecordFollower(session_id, io, channel, waiter)
+    try:
+        return await follower.next(start, limit, timeout_s)
+    finally:
+        follower.close()
+
+
+async def follow_records(
+    id_or_external: str,
+    io: IO,
+    *,
+    channel: str | None = None,
+    start: int = 0,
+    timeout_s: float = 60.0,
+) -> AsyncIterator[list[S2Record]]:
+    """Batches of records from `start` on, live, until `timeout_s` passes
+    with none (resume from the last `seq_num` + 1)."""
+    session_id = await session_runs.session_id_of(id_or_external)
+    follower = RecordFollower(session_id, io, channel)
+    try:
+        while True:
+            page = await follower.next(start, 1000, timeout_s)
+            if not page.records:
+                return
+            yield page.records
+            start = page.records[-1].seq_num + 1
+    finally:
+        follower.close()
+
+
+class RecordFollower:
+    """One reader of one session stream, page after page (see the module).
+    Keep one for a reader's life: its push subscription follows on from
+    page to page. `close()` it at the end."""
+
+    def __init__(
+        self,
+        session_id: str,
+        io: IO,
+        channel: str | None = None,
+        waiter: Waiter | None = None,
+        *,
+        closed_ends: bool = False,
+        reread_s: float | None = REREAD_S,
+    ) -> None:
+        """`closed_ends`: `next` returns at once, with no records, when the
+        session is closed and nothing is left at the reader's position.
+        `reread_s`: a waiting reader reads the Store at least this often
+        (a lost wake-up of this process's feed follower delays a record by
+        at most this); None for a waiter whose feed says when it lost track."""
+        self.session_id = session_id
+        self.path = session_stream_path(session_id, io, channel)
+        self._arm = waiter or local_waiter
+        self._closed_ends = closed_ends
+        self._reread_s = reread_s
+        # runs write `.out` streams; `.in` is written by senders (no push).
+        # A reader inside a run hears its own process's commits directly
+        self._pushable = io == "out" and current_run() is None
+        self._push: actor_polls.Subscription | None = None
+        #: (run id, actor id) of a RunActor that said it does not execute the run
+        self._refused: tuple[str, Any] | None = None
+
+    async def next(self, start: int, limit: int, timeout_s: float) -> RecordPage:
+        """The records at `start` and after, waiting up to `timeout_s` while
+        there are none (then a page without records)."""
+        _check_start(start)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = await self._arm(self.path)  # before the read: a commit after it wakes us
+            session, run, page = await self._look(start, limit)
+            left = deadline - time.monotonic()
+            if page.records or left <= 0 or (self._closed_ends and page.closed):
+                return page
+            if self._reread_s is not None:
+                left = min(left, self._reread_s)
+            push = await self._follow(run, start)
+            if push is None:
+                await wait(left)
+                continue
+            rows = await self._pushed(push, wait, start, left)
+            if rows:
+                records = [s2_record(r[0], r[1], r[2]) for r in rows]
+                return RecordPage(session.id, records, rows[-1][0] + 1, page.closed)
+
+    def close(self) -> None:
+        if self._push is not None:
+            self._push.close()
+            self._push = None
+
+    async def _look(
+        self, start: int, limit: int
+    ) -> tuple[SessionRecord, RunRecord | None, RecordPage]:
+        """The session, its current run (when it may push) and the records
+        at `start`, in one thread hop."""
+        conn = connection.current()
+        store, pushable = conn.store, self._pushable
+
+        def look() -> tuple[SessionRecord | None, RunRecord | None, Any]:
+            session = store.get_session(self.session_id)
+            if session is None:
+                return None, None, None
+            run_id = session.current_run_id
+            run = store.get_run(run_id) if pushable and run_id is not None else None
+            read = store.named_read(self.path, start, limit, conn.settings.max_input_bytes * 4)
+            return session, run, read
+
+        session, run, read = await asyncio.to_thread(look)
+        if session is None:
+            raise SessionNotFound(f"session {self.session_id!r} not found")
+        return session, run, _page(session, read)
+
+    async def _follow(self, run: RunRecord | None, start: int) -> actor_polls.Subscription | None:
+        """The subscription to the live run's pushed rows from `start`, or
+        None while the session has no run executing (or it cannot be found)."""
+        if run is None or run.status != RunStatus.EXECUTING:
+            self.close()
+            return None
+        push = self._push
+        if (
+            push is not None
+            and push.run_id == run.id
+            and push.active
+            and push.position == start
+            and not push.queue
+        ):
+            return push
+        self.close()  # another run, or rows already read from the Store
+        try:
+            _, actor = await locations.locate(run.id)
+        except RayflowError:
+            return None
+        if actor is None or self._refused == (run.id, actor._actor_id):
+            return None
+        self._push = actor_polls.subscribe(actor, run.id, named_key(self.path), start)
+        return self._push
+
+    async def _pushed(
+        self, push: actor_polls.Subscription, wait: Armed, start: int, timeout_s: float
+    ) -> list[Row] | None:
+        """Rows pushed from `start`, or None once the feed woke us (read
+        the Store), at the timeout, or when the push ended."""
+        got = asyncio.ensure_future(push.get(timeout_s))
+        woke = asyncio.ensure_future(wait(timeout_s))
+        try:
+            await asyncio.wait((got, woke), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (got, woke):
+                task.cancel()
+            await asyncio.wait((got, woke))
+        if not got.done() or got.cancelled():
+            return None
+        try:
+            reply = got.result()
+        except Exception as e:  # the actor is gone or its poll failed: the feed and the Store
+            if not isinstance(e, ray.exceptions.RayActorError):
+                log.warning("session %s: following its run's pushed rows failed: %r", self.path, e)
+            locations.forget(push.run_id, push.poll.actor)
+            self.close()
+            return None
+        if reply is None:
+            return None
+        if reply.rows:
+            if reply.rows[0][0] == start:
+                return reply.rows
+            self.close()  # not where this reader is: follow again from there
+            return None
+        # the actor does not execute the run (any more): the Store and the
+        # feed until the session's run is found live elsewhere
+        self._refused = (push.run_id, push.poll.actor._actor_id)
+        locations.forget(push.run_id, push.poll.actor)
+        self.close()
+        return None
+
+
+def _check_start(start: int) -> None:
+    if start < 0:
+        raise InvalidArgument(f"start must be 0 or more, not {start}")
+
+
+def _page(session: SessionRecord, read: Any) -> RecordPage:
+    records = [s2_record(c.pos, c.data, c.created_at) for c in read.chunks]
+    tail = read.stream.length if read.stream is not None else 0
+    return RecordPage(session.id, records, tail, _closed(session))
+
+
+def _closed(session: SessionRecord) -> bool:
+    return session.closed_or_expired(int(time.time() * 1000))
