@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -135,11 +136,14 @@ class RunFeed:
         return True
 
 
-_feed: RunFeed | None = None
+_feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RunFeed] = weakref.WeakKeyDictionary()
 
 
 def feed() -> RunFeed:
-    global _feed
-    if _feed is None:
-        _feed = RunFeed()
-    return _feed
+    """The running event loop's feed (a replica has one loop; its events
+    and its follower task belong to that loop)."""
+    loop = asyncio.get_running_loop()
+    found = _feeds.get(loop)
+    if found is None:
+        found = _feeds[loop] = RunFeed()
+    return found

@@ -5,6 +5,7 @@ the one in the SDK's docs (`docs/ai-chat/sessions.mdx`). Both stores."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from _http_fixtures import *  # noqa: F403
 from _http_fixtures import TOKEN_TTL_S, HttpApi, read_sse
+from conftest import eventually_async
 from test_http_node_client import node_sdk, run_node  # noqa: F401  (fixture)
 
 import rayflow
@@ -53,6 +55,60 @@ async def http_inbox_agent(payload: dict) -> dict:  # type: ignore[type-arg]
             await session.output.append(reply)
         await session.output.write_control("turn-complete", [("session-in-event-id", str(seq))])
         handled += 1
+
+
+@task(id="http-live-agent")
+async def http_live_agent(payload: dict) -> dict:  # type: ignore[type-arg]
+    """Holds its process (`.once()`, no suspension): one reply per record;
+    `"bye"` ends the run."""
+    session = sessions.open(sessions.current().id)
+    while True:
+        got = await session.input.once(timeout_s=120)
+        if not got.ok or got.output["text"] == "bye":
+            return {"bye": True}
+        await session.output.append({"echo": got.output["text"]})
+
+
+async def test_sse_follows_a_live_runs_output_across_a_continuation_and_resumes(
+    http_tasks: HttpApi,
+) -> None:
+    """An SSE reader of a live run's `.out` (pushed by its RunActor) reads
+    on across the run's end and the continuation run: each record once, in
+    order; `Last-Event-ID` resumes after a seq."""
+    started = await sessions.start(
+        type="live", task_id="http-live-agent", external_id=_ext("live"), trigger_config={}
+    )
+    run1 = started.run_id
+    assert run1 is not None
+    session = sessions.open(started.id)
+
+    async def executing() -> bool:
+        return (await rayflow.runs.retrieve(run1)).status == "EXECUTING"
+
+    await eventually_async(executing, what="the live run to execute")
+    path = f"/realtime/v1/sessions/{started.id}/out"
+    token = started.public_access_token
+    reading = asyncio.ensure_future(
+        read_sse(http_tasks, path, token=token, headers={"Timeout-Seconds": "30"}, max_records=4)
+    )
+    for text in ("a", "b", "bye"):
+        await session.input.send({"text": text})
+    assert (await rayflow.runs.wait(run1)).output == {"bye": True}
+    sent = [await session.input.send({"text": text}) for text in ("c", "d")]
+    assert sent[0].continued and sent[0].run_id not in (None, run1)
+    res = await reading
+    assert res.chunks == [
+        (0, {"echo": "a"}),
+        (1, {"echo": "b"}),
+        (2, {"echo": "c"}),
+        (3, {"echo": "d"}),
+    ]
+    resumed = await read_sse(
+        http_tasks, path, token=token, headers={"Last-Event-ID": "1", "Timeout-Seconds": "1"}
+    )
+    assert resumed.chunks == echoes[2:] and resumed.done
+    await session.input.send({"text": "bye"})
+    await sessions.close(started.id)
 
 
 async def test_sdk_sessions_start_send_read_channel_continue_close(

@@ -13,15 +13,18 @@ import asyncio
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
 import ray
-from conftest import eventually, run_actor_pid
+from conftest import eventually, eventually_async, run_actor_pid
 
 import rayflow
 from rayflow import errors, sessions, task
 from rayflow._runtime import connection
+from rayflow._runtime.session_reads import Armed, RecordFollower, local_waiter
+from serve.session_records import feed_waiter
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -61,6 +64,18 @@ async def session_echo(payload: dict) -> dict:  # type: ignore[type-arg]
         await session.output.append({"type": "echo", "text": text, "in_seq": seq, **payload})
         if text == "bye":
             return {"ended": "bye", "taken": taken}
+
+
+@task(id="session-live")
+async def session_live(payload: dict) -> dict:  # type: ignore[type-arg]
+    """Holds its process (`.once()`): `n` output records per input record."""
+    session = sessions.open(sessions.current().id)
+    while True:
+        got = await session.input.once(timeout_s=120)
+        if not got.ok or got.output.get("bye"):
+            return {"bye": True}
+        for k in range(got.output["n"]):
+            await session.output.append({"i": got.output["i"], "k": k})
 
 
 async def greet(session_id: str) -> None:
@@ -349,3 +364,80 @@ def test_a_run_revived_after_a_wait_or_a_kill_stores_records_once_and_replays_ha
     assert part("bye", 2)["seen"] == [1, 2]
     assert noted() == [{"noted": 1}, {"noted": 2}]
     assert session.input.peek().result() is None and ctl.input.peek().result() is None
+
+
+async def never(path: str) -> Armed:
+    """A waiter that never wakes: a reader using it gets only pushed rows."""
+
+    async def wait(timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+
+    return wait
+
+
+async def test_a_live_runs_output_is_pushed_to_its_readers_and_followed_across_runs() -> None:
+    started = await sessions.start(type="live", task_id="session-live", trigger_config=BASE)
+    sid, run1 = started.id, started.run_id
+    assert run1 is not None
+    session = sessions.open(sid)
+    await eventually_async(lambda: run_status(run1) == "EXECUTING", what="run 1 to execute")
+
+    async def pushed(follower: RecordFollower, start: int, n: int, send: dict[str, Any]) -> list:
+        """Send once the follower waits on the live run's RunActor: no feed
+        and no Store re-read can wake it, only the rows the run pushes."""
+        page = asyncio.ensure_future(follower.next(start, 100, 30))
+        await eventually_async(lambda: follower.following, what="the reader to follow the run")
+        await session.input.send(send)
+        got = (await page).records
+        while len(got) < n:  # the run's appends may come in more than one push
+            got += (await follower.next(got[-1].seq_num + 1, 100, 30)).records
+        return [(r.seq_num, r.value()) for r in got]
+
+    async def stored(start: int) -> list[sessions.S2Record]:
+        return (await session.output.read(start=start)).records
+
+    follower = RecordFollower(sid, "out", waiter=never, reread_s=None)
+    try:
+        assert await pushed(follower, 0, 3, {"i": 0, "n": 3}) == [
+            (0, {"i": 0, "k": 0}),
+            (1, {"i": 0, "k": 1}),
+            (2, {"i": 0, "k": 2}),
+        ]
+        assert await pushed(follower, 3, 1, {"i": 1, "n": 1}) == [(3, {"i": 1, "k": 0})]
+
+        # a waiter armed before a read wakes for a commit made after it, in
+        # another process (the run's), before the wait began
+        for arm in (local_waiter, feed_waiter):
+            tail = len((await session.output.read()).records)
+            wait = await arm(f"sessions/{sid}/out")
+            await session.input.send({"i": 2, "n": 1})
+            await eventually_async(lambda t=tail: stored(t), what="the run's reply in the Store")
+            woke = time.monotonic()
+            await wait(30)
+            assert time.monotonic() - woke < 10, f"{arm.__name__} missed a commit"
+
+        # the run ends; a live reader (the public iterator) reads on across
+        # the continuation: every record once, in order
+        await session.input.send({"bye": True})
+        assert (await rayflow.runs.wait(run1)).output == {"bye": True}
+        tail = len((await session.output.read()).records)
+        assert tail == 6
+        live = session.output.read(start=tail - 1, timeout_s=30).__aiter__()
+        assert (await anext(live)).seq_num == tail - 1
+        sent = await session.input.send({"i": 3, "n": 2})
+        assert sent.continued and sent.run_id not in (None, run1)
+        assert [(r.seq_num, r.value()) for r in [await anext(live), await anext(live)]] == [
+            (6, {"i": 3, "k": 0}),
+            (7, {"i": 3, "k": 1}),
+        ]
+        await live.aclose()
+        # the next run's actor pushes to the same follower
+        run2 = sent.run_id
+        await eventually_async(lambda: run_status(run2) == "EXECUTING", what="run 2 to execute")
+        assert await pushed(follower, 8, 1, {"i": 4, "n": 1}) == [(8, {"i": 4, "k": 0})]
+    finally:
+        follower.close()
+    store_says = [(r.seq_num, r.value()) for r in (await session.output.read()).records]
+    assert [seq for seq, _ in store_says] == list(range(9))
+    await session.input.send({"bye": True})
+    await sessions.close(sid)

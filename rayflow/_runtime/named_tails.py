@@ -14,11 +14,10 @@ Invariants:
 - Only committed rows are learned (after `named_write_many` answered OK), at
   the positions the Store gave them: a pushed row is exactly the Store's.
 - A tail knows only what this process wrote: a reader at `start` gets rows
-  only when the tail holds `start` and the rows after it; when the tail
-  knows rows past `start` but not `start` itself (written elsewhere, or
-  dropped from this bounded tail) it is told `from_store`; when it knows
-  nothing past `start` it waits here — and on the change feed, which still
-  wakes it for rows written by any other process.
+  only when the tail holds `start` and the rows after it; otherwise it
+  waits here — and on the change feed, armed before its last Store read,
+  which wakes it for a row written by any other process (or dropped from
+  this bounded tail): it reads the Store then, and follows on from there.
 - Bounded: at most MAX_ROWS rows and MAX_BYTES bytes per path (always the
   newest row), at most MAX_PATHS paths not being watched (oldest dropped).
 """
@@ -70,12 +69,9 @@ class NamedTail:
             watcher()
 
     def peek(self, start: int, limit: int) -> ReadReply | None:
-        """The rows from `start` (contiguous), `from_store` when the Store
-        holds `start` and this tail does not, None while nothing is known
-        past `start` (the reader waits)."""
+        """The rows from `start` (contiguous), or None while this tail does
+        not hold `start` (the reader waits; see the module)."""
         if start not in self.rows:
-            if self.rows and max(self.rows) > start:
-                return ReadReply(rows=[], from_store=True)
             return None
         rows: list[Row] = []
         pos = start

@@ -187,6 +187,11 @@ class RecordFollower:
                 records = [s2_record(r[0], r[1], r[2]) for r in rows]
                 return RecordPage(session.id, records, rows[-1][0] + 1, page.closed)
 
+    @property
+    def following(self) -> bool:
+        """Whether it follows the live run's pushed rows now."""
+        return self._push is not None and self._push.active
+
     def close(self) -> None:
         if self._push is not None:
             self._push.close()
