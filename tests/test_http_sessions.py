@@ -97,12 +97,8 @@ async def test_sse_follows_a_live_runs_output_across_a_continuation_and_resumes(
     sent = [await session.input.send({"text": text}) for text in ("c", "d")]
     assert sent[0].continued and sent[0].run_id not in (None, run1)
     res = await reading
-    assert res.chunks == [
-        (0, {"echo": "a"}),
-        (1, {"echo": "b"}),
-        (2, {"echo": "c"}),
-        (3, {"echo": "d"}),
-    ]
+    echoes = [(i, {"echo": text}) for i, text in enumerate("abcd")]
+    assert res.chunks == echoes
     resumed = await read_sse(
         http_tasks, path, token=token, headers={"Last-Event-ID": "1", "Timeout-Seconds": "1"}
     )
