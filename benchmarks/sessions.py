@@ -184,13 +184,14 @@ async def part_many(n: int) -> dict[str, Any]:
     settled_s = time.monotonic() - t0
     processes = sup.run_actor_processes()
 
-    async def one(sid: str) -> float:
+    async def one(sid: str) -> tuple[float, float]:
         sent = time.time_ns()
         await sessions.open(sid).input.send({"i": 0})
+        send_ms = (time.time_ns() - sent) / 1e6
         while True:
             page = await sessions.open(sid).output.read(start=0, wait_s=60)
             if page.records:
-                return (time.time_ns() - sent) / 1e6
+                return send_ms, (time.time_ns() - sent) / 1e6
 
     t1 = time.monotonic()
     lat = await asyncio.gather(*(one(i) for i in ids))
@@ -199,7 +200,8 @@ async def part_many(n: int) -> dict[str, Any]:
         "settled_s": settled_s,
         "processes_while_waiting": processes,
         "all_replied_s": time.monotonic() - t1,
-        "lat": list(lat),
+        "send": [s for s, _ in lat],
+        "lat": [r for _, r in lat],
     }
 
 
@@ -241,6 +243,7 @@ def main() -> None:
                     f" runs WAITING after {many['settled_s']:.1f} s; RunActor processes"
                     f" {many['processes_while_waiting']}   [{sup.load()}]"
                 )
+                sup.line("   send returned (stored, run queued)", many["send"])
                 sup.line("   send -> reply, all at once", many["lat"])
                 print(f"   all {a.sessions:,} replied after {many['all_replied_s']:.1f} s")
         finally:
