@@ -184,14 +184,15 @@ async def part_many(n: int) -> dict[str, Any]:
     settled_s = time.monotonic() - t0
     processes = sup.run_actor_processes()
 
-    async def one(sid: str) -> tuple[float, float]:
+    async def one(sid: str) -> tuple[float, float, float]:
         sent = time.time_ns()
         await sessions.open(sid).input.send({"i": 0})
         send_ms = (time.time_ns() - sent) / 1e6
         while True:
             page = await sessions.open(sid).output.read(start=0, wait_s=60)
             if page.records:
-                return send_ms, (time.time_ns() - sent) / 1e6
+                committed_ms = page.records[0].timestamp - sent / 1e6  # the Store's clock
+                return send_ms, committed_ms, (time.time_ns() - sent) / 1e6
 
     t1 = time.monotonic()
     lat = await asyncio.gather(*(one(i) for i in ids))
@@ -200,8 +201,9 @@ async def part_many(n: int) -> dict[str, Any]:
         "settled_s": settled_s,
         "processes_while_waiting": processes,
         "all_replied_s": time.monotonic() - t1,
-        "send": [s for s, _ in lat],
-        "lat": [r for _, r in lat],
+        "send": [s for s, _, _ in lat],
+        "committed": [c for _, c, _ in lat],
+        "lat": [r for _, _, r in lat],
     }
 
 
@@ -244,6 +246,7 @@ def main() -> None:
                     f" {many['processes_while_waiting']}   [{sup.load()}]"
                 )
                 sup.line("   send returned (stored, run queued)", many["send"])
+                sup.line("   send -> reply committed (run revived)", many["committed"])
                 sup.line("   send -> reply, all at once", many["lat"])
                 print(f"   all {a.sessions:,} replied after {many['all_replied_s']:.1f} s")
         finally:

@@ -385,6 +385,7 @@ async def test_a_live_runs_output_is_pushed_to_its_readers_and_followed_across_r
     async def pushed(follower: RecordFollower, start: int, n: int, send: dict[str, Any]) -> list:
         """Send once the follower waits on the live run's RunActor: no feed
         and no Store re-read can wake it, only the rows the run pushes."""
+        follower.close()  # an earlier subscription (another position, an ended run)
         page = asyncio.ensure_future(follower.next(start, 100, 30))
         await eventually_async(lambda: follower.following, what="the reader to follow the run")
         await session.input.send(send)
