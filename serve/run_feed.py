@@ -40,7 +40,9 @@ class Changes:
 
 
 class RunFeed:
-    def __init__(self) -> None:
+    def __init__(self, namespace: str | None = None) -> None:
+        #: the deployment whose feed this follows
+        self.namespace = namespace
         self.gen = 0
         #: (gen, run id or None for "everything may have changed")
         self.recent: deque[tuple[int, str | None]] = deque(maxlen=WINDOW)
@@ -57,12 +59,13 @@ class RunFeed:
 
     async def _follow(self) -> None:
         settings = current().settings
+        namespace = self.namespace or settings.namespace
         after = -1
         actor: Any = None
         while True:
             try:
                 if actor is None:
-                    actor = run_events.start(settings.namespace, {"num_cpus": 0})
+                    actor = run_events.start(namespace, {"num_cpus": 0})
                 seq, run_ids = await actor.wait.remote(after, 0 if after < 0 else POLL_S)
                 if after >= 0 and (run_ids is None or run_ids):
                     self._record(run_ids)
@@ -87,6 +90,10 @@ class RunFeed:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), READY_S)
         return Changes(self.gen)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     def changed_since(self, since: Changes, run_ids: set[str] | None) -> bool:
         if self.gen == since.gen:
@@ -140,10 +147,14 @@ _feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RunFeed] = weakref.
 
 
 def feed() -> RunFeed:
-    """The running event loop's feed (a replica has one loop; its events
-    and its follower task belong to that loop)."""
+    """The running event loop's feed of the current deployment (a replica
+    has one loop and one deployment; a process that connects to another
+    deployment gets a new feed, the old one stops)."""
     loop = asyncio.get_running_loop()
+    namespace = current().settings.namespace
     found = _feeds.get(loop)
-    if found is None:
-        found = _feeds[loop] = RunFeed()
+    if found is None or found.namespace != namespace:
+        if found is not None:
+            found.stop()
+        found = _feeds[loop] = RunFeed(namespace)
     return found
