@@ -19,7 +19,9 @@ Invariants:
   which wakes it for a row written by any other process (or dropped from
   this bounded tail): it reads the Store then, and follows on from there.
 - Bounded: at most MAX_ROWS rows and MAX_BYTES bytes per path (always the
-  newest row), at most MAX_PATHS paths not being watched (oldest dropped).
+  newest row); at most MAX_PATHS paths and MAX_TOTAL_BYTES in all, the
+  least recently written dropped first (a dropped row is read from the
+  Store, woken by the feed).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ NAMED_KEY = "\x00named:"
 MAX_ROWS = 64
 MAX_BYTES = 256 * 1024
 MAX_PATHS = 1024
+MAX_TOTAL_BYTES = 16 * 1024 * 1024
 
 
 def named_key(path: str) -> str:
@@ -85,14 +88,15 @@ class NamedTails:
     """This process's tails, by path."""
 
     def __init__(self) -> None:
+        #: least recently written first
         self._tails: OrderedDict[str, NamedTail] = OrderedDict()
+        self._bytes = 0
 
     def tail(self, path: str) -> NamedTail:
         found = self._tails.get(path)
         if found is None:
             found = self._tails[path] = NamedTail()
-            self._trim()
-        self._tails.move_to_end(path)
+            self._trim(keep=path)
         return found
 
     def learned(self, path: str, result: NamedWriteResult, messages: list[bytes]) -> None:
@@ -100,23 +104,39 @@ class NamedTails:
         stream = result.stream
         if result.outcome is not NamedOutcome.OK or result.start is None or stream is None:
             return
+        tail = self.tail(path)
+        self._tails.move_to_end(path)
+        self._bytes -= tail.bytes
         # a write's chunks carry the commit's time, which is the stream's
         # `updated_at` in the result (taken after this write)
-        self.tail(path).learn(stream.stream_id, result.start, messages, stream.updated_at)
+        tail.learn(stream.stream_id, result.start, messages, stream.updated_at)
+        self._bytes += tail.bytes
+        if self._bytes > MAX_TOTAL_BYTES:
+            self._trim(keep=path)
 
     def peek(self, path: str, start: int, limit: int) -> ReadReply | None:
         found = self._tails.get(path)
         return None if found is None else found.peek(start, limit)
 
-    def _trim(self) -> None:
-        idle = [p for p, t in self._tails.items() if not t.watchers]
-        for path in idle[: max(0, len(idle) - MAX_PATHS)]:
-            del self._tails[path]
+    def _trim(self, keep: str) -> None:
+        """Drop the least recently written paths but `keep` (a watched one
+        keeps its place, empty) until within MAX_PATHS and MAX_TOTAL_BYTES."""
+        for path, tail in list(self._tails.items()):
+            if len(self._tails) <= MAX_PATHS and self._bytes <= MAX_TOTAL_BYTES:
+                return
+            if path == keep:
+                continue
+            self._bytes -= tail.bytes
+            if tail.watchers:
+                tail.rows, tail.bytes = {}, 0
+            else:
+                del self._tails[path]
 
 
 _tails = NamedTails()
 
 
 def tails() -> NamedTails:
-    """This process's tails (a RunActor's: its runs' appends; touched from its event loop only)."""
+    """This process's tails (a RunActor's: its runs' appends; used from
+    its event loop only)."""
     return _tails
