@@ -119,18 +119,21 @@ class NamedTails:
         return None if found is None else found.peek(start, limit)
 
     def _trim(self, keep: str) -> None:
-        """Drop the least recently written paths but `keep` (a watched one
-        keeps its place, empty) until within MAX_PATHS and MAX_TOTAL_BYTES."""
+        """Drop the least recently written paths but `keep` until within
+        MAX_PATHS and MAX_TOTAL_BYTES; a watched path stays (its readers'
+        registration is on it), emptied when bytes are over."""
         for path, tail in list(self._tails.items()):
-            if len(self._tails) <= MAX_PATHS and self._bytes <= MAX_TOTAL_BYTES:
+            over_bytes = self._bytes > MAX_TOTAL_BYTES
+            if len(self._tails) <= MAX_PATHS and not over_bytes:
                 return
             if path == keep:
                 continue
-            self._bytes -= tail.bytes
-            if tail.watchers:
-                tail.rows, tail.bytes = {}, 0
-            else:
+            if not tail.watchers:
+                self._bytes -= tail.bytes
                 del self._tails[path]
+            elif over_bytes:
+                self._bytes -= tail.bytes
+                tail.rows, tail.bytes = {}, 0
 
 
 _tails = NamedTails()
