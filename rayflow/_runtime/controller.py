@@ -170,6 +170,16 @@ class Controller:
             return False
         return self.admission.launch(run_id, json.loads(run.options).get("resources"), front=True)
 
+    async def revive_many(self, run_ids: list[str]) -> list[bool | Exception]:
+        """`revive` for the runs one process asked for together
+        (`wait_tokens.revive`): one call, the reads in one batch; each run's
+        outcome alone (its error, as a RuntimeError the caller can unpickle)."""
+        outcomes = await asyncio.gather(*(self.revive(r) for r in run_ids), return_exceptions=True)
+        return [
+            RuntimeError(f"{type(o).__name__}: {o}") if isinstance(o, BaseException) else o
+            for o in outcomes
+        ]
+
     async def locate(self, run_id: str) -> tuple[str, Any]:
         """(status, the RunActor executing it or None)."""
         found = (await self.locate_many([run_id]))[0]

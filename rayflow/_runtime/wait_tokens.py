@@ -14,10 +14,12 @@ import hmac
 import json
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from rayflow._runtime import connection
 from rayflow._runtime.attempts import Suspended
+from rayflow._runtime.batching import CallGroup
 from rayflow._runtime.calls import call
 from rayflow._runtime.context import RunContext, current_run
 from rayflow._runtime.journal import MISSING
@@ -137,15 +139,37 @@ async def complete(token_id: str, output_json: str) -> WaitTokenRecord:
 
 
 async def revive(run_id: str) -> None:
-    """Ask the Controller to launch a run a completion queued. A failure
-    only delays it: the Controller's sweep launches stray queued runs."""
+    """Ask the Controller to launch a run a completion (or a session's
+    send) queued. The revivals this event loop asks for together share one
+    Controller call (1,000 sessions sent to at once: one call per batch, not
+    1,000). A failure only delays it: the Controller's sweep launches stray
+    queued runs."""
     for attempt in range(_REVIVE_TRIES):
         try:
-            await call(connection.current().controller.revive.remote(run_id))
+            await _revivals(connection.current()).submit(run_id)
             return
         except Exception as e:
             log.warning("run %s: asking the Controller to revive it failed: %r", run_id, e)
             await asyncio.sleep(0.1 * (attempt + 1))
+
+
+#: per event loop, per connection: the revivals waiting for the call in flight
+_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, CallGroup[str, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _revivals(conn: connection.Connection) -> CallGroup[str, bool]:
+    groups = _groups.setdefault(asyncio.get_running_loop(), {})
+    group = groups.get(id(conn))
+    if group is None:
+        groups.clear()  # an earlier connection's (rayflow.init after shutdown)
+
+        async def revive_many(run_ids: list[str]) -> list[bool | BaseException]:
+            return list(await call(conn.controller.revive_many.remote(run_ids)))
+
+        group = groups[id(conn)] = CallGroup(revive_many)
+    return group
 
 
 async def wait_outcome(ctx: RunContext, token_id: str) -> dict[str, Any]:
