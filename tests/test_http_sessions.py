@@ -76,7 +76,10 @@ async def test_sse_follows_a_live_runs_output_across_a_continuation_and_resumes(
     on across the run's end and the continuation run: each record once, in
     order; `Last-Event-ID` resumes after a seq."""
     started = await sessions.start(
-        type="live", task_id="http-live-agent", external_id=_ext("live"), trigger_config={}
+        type="live",
+        task_id="http-live-agent",
+        external_id=_ext("live"),
+        trigger_config={"base_payload": {}},
     )
     run1 = started.run_id
     assert run1 is not None
