@@ -53,7 +53,7 @@ import ray  # noqa: E402
 
 import rayflow  # noqa: E402
 from rayflow import sessions, task  # noqa: E402
-from rayflow._runtime import connection  # noqa: E402
+from rayflow._runtime import connection, session_reads  # noqa: E402
 
 
 @task(id="bench-session-live")
@@ -226,6 +226,8 @@ def main() -> None:
             sup.line("   send -> first .out record", e2e)
             sup.line("   send -> .once() returned", once)
             print(f"   ratio (goal <= 1.5): {ratio(e2e, once)}   [{sup.load()}]")
+            pages = session_reads.pages
+            print(f"   reader pages pushed by the run's RunActor / read after a wake: {pages}")
 
             print("2. suspended run: send -> first output record vs a cold actor")
             revived, not_suspended = part_suspended(a.sends)

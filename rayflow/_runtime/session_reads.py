@@ -50,6 +50,10 @@ from rayflow.store.base import RunRecord, SessionRecord
 
 log = logging.getLogger("rayflow")
 
+#: pages this process's readers got pushed by a run's RunActor / read from
+#: the Store after a wait (benchmarks and tests count them)
+pages = {"pushed": 0, "woken": 0}
+
 #: waits, after a read, for a change of the path since its arming (or the timeout)
 Armed = Callable[[float], Awaitable[None]]
 #: arms a wait for a change of `path`; called BEFORE the read it follows
@@ -170,20 +174,25 @@ class RecordFollower:
         there are none (then a page without records)."""
         _check_start(start)
         deadline = time.monotonic() + timeout_s
+        waited = False
         while True:
             wait = await self._arm(self.path)  # before the read: a commit after it wakes us
             session, run, page = await self._look(start, limit)
             left = deadline - time.monotonic()
             if page.records or left <= 0 or (self._closed_ends and page.closed):
+                if page.records and waited:
+                    pages["woken"] += 1
                 return page
             if self._reread_s is not None:
                 left = min(left, self._reread_s)
+            waited = True
             push = await self._follow(run, start)
             if push is None:
                 await wait(left)
                 continue
             rows = await self._pushed(push, wait, start, left)
             if rows:
+                pages["pushed"] += 1
                 records = [s2_record(r[0], r[1], r[2]) for r in rows]
                 return RecordPage(session.id, records, rows[-1][0] + 1, page.closed)
 
