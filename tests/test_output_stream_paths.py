@@ -452,7 +452,9 @@ async def test_a_long_poll_that_fails_reaches_every_reader_in_it() -> None:
 
     @ray.remote
     class StoreGone:
-        async def follow_many(self, polls: Any, limit: int, wait_s: float, poll_id: str) -> Any:
+        async def follow_many(
+            self, polls: Any, limit: int, wait_s: float, poll_id: str, inbox: Any = None
+        ) -> Any:  # RunActor.follow_many's signature (a process with a push inbox names it)
             raise errors.Unavailable("the Store did not answer")
             yield {}  # a streaming generator, as RunActor.follow_many
 
