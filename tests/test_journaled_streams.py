@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import ray
-from conftest import eventually
+from conftest import eventually, run_actor_pid
 
 import rayflow
 from rayflow import streams, task
-from rayflow._runtime import connection
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -79,16 +77,6 @@ def wait_status(run_id: str, status: str) -> None:
         timeout_s=60,
         what=f"run {run_id} to be {status}",
     )
-
-
-def run_actor_pid(run_id: str) -> int | None:
-    _, actor = ray.get(connection.current().controller.locate.remote(run_id))
-    if actor is None:
-        return None
-    try:
-        return int(ray.get(actor.pid.remote()))
-    except ray.exceptions.RayActorError:
-        return None
 
 
 # -- pipe, then wait (the chat pattern) ----------------------------------------

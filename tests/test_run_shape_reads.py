@@ -19,7 +19,6 @@ import rayflow
 from rayflow import task
 from rayflow._runtime.connection import current
 from rayflow.store.base import RunRecord
-from serve import run_feed
 from serve.run_feed import feed
 from serve.run_shapes import ShapeRequest, serve_shape
 
@@ -31,12 +30,7 @@ async def shape_quick(payload: dict) -> int:  # type: ignore[type-arg]
     return 1
 
 
-async def test_a_tag_shape_reads_again_only_for_its_runs_and_once_per_change(
-    rf: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a replica serves one deployment for its life; this process met another
-    # store (and event loop) before: follow this one's change feed
-    monkeypatch.setattr(run_feed, "_feed", None)
+async def test_a_tag_shape_reads_again_only_for_its_runs_and_once_per_change(rf: Any) -> None:
     tag = f"shape-{uuid.uuid4().hex[:8]}"
     shape_id = f"tags:{tag}:None"
     store = current().store
