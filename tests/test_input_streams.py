@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import eventually
+from conftest import eventually, run_actor_pid
 from pydantic import BaseModel
 from ray.util import state as ray_state
 
@@ -134,16 +134,6 @@ async def publish_post(payload: dict) -> dict:
     if not result.ok:
         return {"draft": draft, "timed_out": True}
     return {"draft": draft, "approved": result.unwrap().approved, "by": result.output.reviewer}
-
-
-def run_actor_pid(run_id: str) -> int | None:
-    _, actor = ray.get(connection.current().controller.locate.remote(run_id))
-    if actor is None:
-        return None
-    try:
-        return int(ray.get(actor.pid.remote()))
-    except ray.exceptions.RayActorError:
-        return None  # the Controller has not noticed its death yet
 
 
 def test_wait_holds_no_actor_while_suspended_and_resumes_after_send(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ path here, which creates and locks rows strictly in order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rayflow.store._sql_base import (
     _STREAM_SELECT,
@@ -40,12 +40,24 @@ class StreamsSql(StreamRoundsSql):
     def append_chunks_many(
         self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
     ) -> list[AppendResult]:
+        return cast(list[AppendResult], self._append_chunks(items, max_bytes, own=False))
+
+    def append_chunks_own(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
+    ) -> list[AppendResult | Refused]:
+        return self._append_chunks(items, max_bytes, own=True)
+
+    def _append_chunks(
+        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int, own: bool
+    ) -> list[AppendResult | Refused]:
+        """`append_chunks_many` and, `own`, `append_chunks_own`: per round
+        when it can (`_append_batch`), else stream by stream."""
         now = now_ms()
-        results: list[AppendResult | None] = [None] * len(items)
+        results: list[AppendResult | Refused | None] = [None] * len(items)
         new_streams: set[str] = set()
         with self._tx() as c:
             batched = (
-                self._append_batch(c, items, max_bytes, now, new_streams)
+                self._append_batch(c, items, max_bytes, now, new_streams, own)
                 if len(items) > 1
                 else None
             )
@@ -54,34 +66,10 @@ class StreamsSql(StreamRoundsSql):
                 for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
                     run_id, key, writes = items[i]
                     results[i] = self._append_in(
-                        c, run_id, key, writes, max_bytes, now, new_streams
+                        c, run_id, key, writes, max_bytes, now, new_streams, own=own
                     )
         if new_streams:
             self._changed(*sorted(new_streams))  # the runs' lists of streams grew
-        if batched is not None:
-            return batched
-        return [r for r in results if r is not None]
-
-    def append_chunks_own(
-        self, items: list[tuple[str, str, list[ChunkWrite]]], max_bytes: int
-    ) -> list[AppendResult | Refused]:
-        now = now_ms()
-        results: list[AppendResult | Refused | None] = [None] * len(items)
-        new_streams: set[str] = set()
-        with self._tx() as c:
-            batched = (
-                self._append_batch(c, items, max_bytes, now, new_streams, True)
-                if len(items) > 1
-                else None
-            )
-            if batched is None:
-                for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
-                    run_id, key, writes = items[i]
-                    results[i] = self._append_in(
-                        c, run_id, key, writes, max_bytes, now, new_streams, own=True
-                    )
-        if new_streams:
-            self._changed(*sorted(new_streams))
         if batched is not None:
             return list(batched)
         return [r for r in results if r is not None]
