@@ -36,6 +36,7 @@ from rayflow.store.base import (
     Waitpoint,
     now_ms,
 )
+from rayflow.store.sqlite import SQLiteStore
 
 MiB = 1024 * 1024
 _spawn = multiprocessing.get_context("spawn")
@@ -76,8 +77,6 @@ def _connect_unmigrated(url: str) -> Any:
         from rayflow.store.postgres import PostgresStore
 
         return PostgresStore(url)
-    from rayflow.store.sqlite import SQLiteStore
-
     return SQLiteStore(url.removeprefix("sqlite:///"))
 
 
@@ -514,6 +513,32 @@ def test_concurrent_appends_from_two_processes_into_a_new_stream_are_gapless(
         _assert_gapless_race(opened, [got[0], got[1]], writers=2, per_writer=200)
     finally:
         opened.close()
+
+
+def _open_new_files(paths: list[str], barrier: Any, out: Any) -> None:
+    failures = []
+    for path in paths:
+        barrier.wait(timeout=60)
+        try:
+            SQLiteStore(path).close()
+        except Exception as e:  # noqa: BLE001  (reported to the test)
+            failures.append(repr(e))
+    out.put(failures)
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # switching a new file to WAL is not covered by SQLite's busy handler: four
+    # processes racing to open it saw "database is locked" in ~1 open of 12
+    paths = [str(tmp_path / f"new{i}.db") for i in range(10)]
+    barrier, out = _spawn.Barrier(4), _spawn.Queue()
+    procs = [_spawn.Process(target=_open_new_files, args=(paths, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    failures = [f for _ in procs for f in out.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=60)
+    assert failures == []
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
 
 
 def _assert_gapless_race(

@@ -53,10 +53,17 @@ class SQLiteStore(SqlStore):
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._writers = open(f"{self.path}-writers", "a+b")  # noqa: SIM115
+        # switching a new file to WAL takes its exclusive lock, and SQLite's busy
+        # handler does not cover that: two processes opening one new file at
+        # once would see "database is locked". Switch in line with the writers.
+        fcntl.flock(self._writers, fcntl.LOCK_EX)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
 
     @contextlib.contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
