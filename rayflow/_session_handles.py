@@ -109,7 +109,10 @@ class SessionInput:
         """Inside the session's run: take the next record, holding the
         process while it waits up to `timeout_s` (None: forever). A failed
         `Result` on timeout (`WaitTimeout`) or when the session is closed
-        (`SessionClosed`)."""
+        (`SessionClosed`). A record counts as handled once the run asks for
+        the next one, suspends on the session or returns: if the run fails,
+        crashes, is cancelled or times out before that, the run that
+        continues the session gets it again (at least once)."""
         ctx = require_run("session.input.once()")
         session_id = await self._session_id()
         outcome = await session_inputs.once(ctx, session_id, self._channel, timeout_s)
@@ -122,7 +125,10 @@ class SessionInput:
         for the rules). `timeout` (seconds or "30s", "5m", "1h"; default: the
         session's `idle_timeout_s`, else forever): then a failed `Result`
         (`WaitTimeout`); return from the task then, and the next send starts a
-        fresh run. Not on channels (a channel never wakes a run)."""
+        fresh run. Not on channels (a channel never wakes a run). As with
+        `once()`, a record the run took but had not finished with when it
+        failed (the next take, a suspension or a return finishes it) goes to
+        the run that continues the session."""
         ctx = require_run("session.input.wait()")
         if self._channel is not None:
             raise InvalidArgument(
@@ -143,8 +149,10 @@ class SessionInput:
         the run is revived (after `.wait()` or a crash) and its code runs
         again from the top, the re-registered handler gets the records it had
         again, at the same points, and then the new ones — so what it builds
-        is rebuilt, and no record reaches it twice in one execution or goes
-        to another run of the session. Use either `on()` or
+        is rebuilt, and no record reaches it twice in one execution. Records
+        handed over since the run last suspended on the session go to the
+        run that continues it if this one fails, crashes or is cancelled
+        (at least once); after a return they are done. Use either `on()` or
         `once()`/`wait()` on one stream."""
         ctx = require_run("session.input.on()")
         if not self._session.startswith(session_runs.SESSION_PREFIX):

@@ -287,3 +287,21 @@ def test_a_turn_cut_by_a_killed_run_actor_is_answered_once_on_out(tmp_path: Path
     records = sessions.open(session.id).output.read().result().records
     ids = [json.loads(r.body)["id"] for r in records if r.control is None]  # part ids
     assert len(ids) == len(set(ids)) and model.call_count() == 3
+
+    # the run is cancelled mid-turn: that message was never answered, so the
+    # run that continues the session (on the next message) answers it first
+    eventually(lambda: run_status(session.id) == "WAITING", what="the run suspended")
+    cut = send(session.id, message("cut short", calls, words=40, delay=0.05))
+    out.deltas(3)
+    rayflow.runs.cancel(run_id).result()
+    eventually(lambda: run_status(session.id) == "CANCELED", what="the run cancelled")
+    after = send(session.id, message("after the cut", calls))
+    for text, seq in (("cut short", cut), ("after the cut", after)):
+        chunks, headers = out.turn()
+        history.append(chat.user_message("u", text))
+        if seq == cut:  # its first records are the cancelled run's (stored once)
+            assert chat.FakeModel(words=40).answer(history).endswith(text_of(chunks))
+        else:
+            assert text_of(chunks) == chat.FakeModel(words=8).answer(history)
+        assert dict(headers)["session-in-event-id"] == str(seq)
+    assert sessions.retrieve(session.id).result().current_run_id != run_id

@@ -1,8 +1,9 @@
 """Sessions through the public API (`rayflow.sessions`), on real Ray, on both
 stores: start is idempotent; a session's run suspends on `.input.wait()`
 holding no process and a send revives it; a send to a session whose run
-ended (returned, cancelled, idled out) continues it with a fresh run that
-takes exactly the records not yet taken; concurrent starts and sends
+ended (returned, cancelled, idled out, failed) continues it with a fresh run
+that takes the records not yet taken, and those a failed run took but never
+finished with; concurrent starts and sends
 converge; channels wake nothing; a closed session refuses records; a run
 revived after a wait or after its RunActor was killed stores each record
 once and hands its `.on()` handlers what they had again."""
@@ -57,6 +58,9 @@ async def session_echo(payload: dict) -> dict:  # type: ignore[type-arg]
                 verdict = "refused"
             await session.output.append({"type": "steal", "verdict": verdict})
             continue
+        if text == "fail" and me.previous_run_id != got.output["unless_previous"]:
+            # ends FAILED holding the record it took: the next run answers it
+            raise RuntimeError("failed while handling a record")
         if text == "handoff":
             run_id, swapped = await sessions.end_and_continue(reason="upgrade")
             return {"ended": "handoff", "next": run_id, "swapped": swapped}
@@ -164,17 +168,36 @@ def test_a_session_suspends_between_records_and_continues_after_its_run_returns(
         {"text": "again"},
     ]
 
-    # close: the waiting run wakes and ends; records and starts are refused
+    # a run that fails while it handles a record it took (crashes, is
+    # cancelled…) never answered it: the run that continues the session does
     eventually(lambda: suspended(run2), what="the second run to suspend")
+    assert inbox.input.send({"text": "fail", "unless_previous": run2}).result().woke
+    eventually(lambda: run_status(run2) == "FAILED", what="the second run to fail")
+    sent = inbox.input.send({"text": "later"}).result()
+    assert sent.continued and sent.run_id not in (None, run1, run2)
+    run3 = sent.run_id
+    assert run3 is not None
+    eventually(lambda: echoes(first.id)[-1:] == ["later"], what="the third run's replies")
+    echo_records = [o for o in outs(first.id) if o["type"] == "echo"]
+    assert [(o["text"], o["in_seq"]) for o in echo_records] == [
+        ("hello", 0),
+        ("bye", 1),
+        ("again", 2),
+        ("fail", 3),
+        ("later", 4),
+    ]
+
+    # close: the waiting run wakes and ends; records and starts are refused
+    eventually(lambda: suspended(run3), what="the third run to suspend")
     closed = sessions.close("alice", reason="signed out").result()
     assert closed.closed and closed.closed_reason == "signed out"
-    assert rayflow.runs.wait(run2).result().output == {"ended": "SessionClosed", "taken": 1}
+    assert rayflow.runs.wait(run3).result().output == {"ended": "SessionClosed", "taken": 2}
     with pytest.raises(errors.SessionClosed):
         inbox.input.send({"text": "late"}).result()
     with pytest.raises(errors.SessionClosed):
         sessions.start(type="inbox", task_id="session-echo", external_id="alice").result()
     assert sessions.close(first.id, reason="again").result().closed_reason == "signed out"
-    assert len(inbox.input.read().result().records) == 3  # nothing stored by the refused send
+    assert len(inbox.input.read().result().records) == 5  # nothing stored by the refused send
     # this file's sessions only: earlier tests' closed sessions share the store
     closed = sessions.list(status="CLOSED", task_id="session-echo").result()
     assert [s.id for s in closed] == [first.id]

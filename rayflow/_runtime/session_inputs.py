@@ -5,7 +5,11 @@ A take is a durable operation: the journal entry ("session-in", the
 stream's path, `{"seq": n}`) commits in one transaction with the session's
 consumed cursor (`Store.session_consume`). So a replay hands the run the
 same records, and a continuation run — a fresh run of the session after
-this one ended — starts exactly past what this run took.
+this one ended — starts past what this run took and finished with: a take
+settles the takes before it on its stream, a suspension on the session
+(`Store.settle_session_wait`) all of them, a return everything; after a
+run that failed, crashed, was cancelled or timed out, the continuation
+starts at the first record not settled (at least once, never dropped).
 
 `wait()` follows the waitpoint protocol of `.wait()` on run input streams
 (`waitpoints.py`): a journaled outcome, else a record already there past the
@@ -20,7 +24,8 @@ re-registered handlers where the journal has it (`Journal.pump`; the records
 are read before the attempt starts, `prepare`), so a revived run's handlers
 rebuild what they had; live deliveries start once the replay is done, past
 the cursor. Each record reaches the run's handlers once per execution of its
-code, and no other run of the session gets it.
+code; a delivery settles nothing (handlers run on their own), so a run that
+fails leaves what it was handed since its last suspension to the next run.
 """
 
 from __future__ import annotations
@@ -125,11 +130,21 @@ async def _take_next(ctx: RunContext, r: _Reader) -> dict[str, Any] | None:
     session_id, path = r.session_id, r.path
 
     def persist(entry: JournalEntry) -> None:
-        store.session_consume(run_id, attempt, entry, session_id, path, seq + 1)
+        # asking for the next record, the run is done with the ones before
+        store.session_consume(run_id, attempt, entry, session_id, path, seq + 1, seq)
 
     await ctx.journal.record(KIND, r.path, {"seq": seq}, persist=persist)
     r.next_seq, r.last_taken = seq + 1, seq
     return {"seq": seq, "data": chunk.data}
+
+
+async def settle_through(ctx: RunContext, session_id: str, seq: int) -> None:
+    """The run has finished with `.in` up to `seq` (a chat turn answered
+    it): a run continuing the session after this one fails starts past it."""
+    _reader(ctx, session_id, None)  # only the session's own run
+    path = session_stream_path(session_id, "in")
+    store = connection.current().store
+    await asyncio.to_thread(store.session_settle, ctx.run_id, session_id, path, seq + 1)
 
 
 async def _closed(session_id: str) -> bool:

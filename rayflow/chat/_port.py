@@ -23,6 +23,12 @@ class SessionPort(Protocol):
         """`.in` records past seq `after` as they arrive, consuming nothing."""
         ...
 
+    async def settle(self, seq: int) -> None:
+        """The `.in` records up to `seq` are answered (a `turn-complete` says
+        so): a run that continues the session after this one fails does not
+        answer them again."""
+        ...
+
     def writer(self, key: str) -> TurnWriter:
         """The writer of one turn's records (`key`: the turn's message id)."""
         ...

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rayflow import sessions
-from rayflow._runtime import session_io, session_reads
+from rayflow._runtime import session_inputs, session_io, session_reads
+from rayflow._runtime.context import require_run
 from rayflow.chat import _wire
 from rayflow.errors import SessionClosed
 from rayflow.store.named import Producer
@@ -57,6 +58,10 @@ class SessionIO:
                 start = record.seq_num + 1
             if page.closed and not page.records:
                 return
+
+    async def settle(self, seq: int) -> None:
+        ctx = require_run("a chat turn")
+        await session_inputs.settle_through(ctx, self.session_id, seq)
 
     def writer(self, key: str) -> TurnWriter:
         """The writer of one turn's records (`key`: the turn's message id)."""

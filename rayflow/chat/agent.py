@@ -170,6 +170,8 @@ class _Loop:
         # may send at once, and a run that continues the session reads it
         await writer.snapshot({"messages": [m.wire() for m in messages]})
         await writer.control(_wire.turn_complete_headers(outcome["consumed"]))
+        if outcome["consumed"] is not None:
+            await self.port.settle(outcome["consumed"])
         return outcome
 
     async def _action(self, action: Any, in_seq: int | None) -> dict[str, Any]:
@@ -180,4 +182,6 @@ class _Loop:
             if changed is not None:
                 await writer.snapshot({"messages": [m.wire() for m in changed]})
         await writer.control(_wire.turn_complete_headers(in_seq))
+        if in_seq is not None:
+            await self.port.settle(in_seq)
         return {"messages": None if changed is None else [m.wire() for m in changed]}

@@ -227,6 +227,15 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires_at)",
         "CREATE INDEX IF NOT EXISTS session_sent_keys_created ON session_sent_keys (created_at)",
     ],
+    # 10: what a session's runs *settled* of each input stream: records from
+    #    `settled_seq` to `next_seq` were taken by a run that has not finished
+    #    with them yet (its next take, suspension or return settles them); a
+    #    run that ends any other way (failed, crashed, cancelled, timed out)
+    #    leaves them to the run that continues the session
+    [
+        "ALTER TABLE session_cursors ADD COLUMN settled_seq BIGINT",
+        "UPDATE session_cursors SET settled_seq = next_seq",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

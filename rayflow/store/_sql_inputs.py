@@ -20,6 +20,7 @@ from rayflow.store._sql_base import (
 )
 from rayflow.store.base import (
     FINISHED_STATUSES,
+    SESSION_WAIT_PREFIX,
     InboxMessage,
     Waitpoint,
     now_ms,
@@ -32,6 +33,13 @@ class InputsSql(SqlBase):
             if not self._set_active(c, wp.run_id, WAITING, actor_name=None):
                 return False
             self._upsert_waitpoint(c, wp)
+            if wp.stream_id.startswith(SESSION_WAIT_PREFIX):
+                # suspended on its session: done with every record it took
+                # (in this transaction: a cancel of the WAITING run keeps that)
+                c.execute(
+                    "UPDATE session_cursors SET settled_seq = next_seq WHERE session_id = ?",
+                    (wp.stream_id.removeprefix(SESSION_WAIT_PREFIX),),
+                )
         self._changed(wp.run_id)  # -> WAITING
         return True
 

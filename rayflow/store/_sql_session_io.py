@@ -13,7 +13,14 @@ its waitpoint is never missed.
 A session's consumed cursor (`session_cursors`, one row per input stream)
 moves in the transaction that journals the take (`session_consume`): the run
 replays the take from its journal, and a continuation run starts at the
-cursor — no record is handed out twice or skipped across runs.
+cursor — no record is handed out twice or skipped across runs. Beside it,
+the settled cursor: the records a run took and has finished with (a take
+settles the takes before it on that stream, a suspension on the session
+all of them, a return everything the run took). When the run ends any other
+way (failed, crashed, cancelled, timed out), the send that continues the
+session moves the consumed cursor back to the settled one, so the records
+whose handling never finished go to the next run: at least once, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from rayflow.store.named import NamedOutcome, NamedStreamSpec, NamedWrite, Named
 
 _PENDING = WaitpointStatus.PENDING.value
 _WAITING = "WAITING"
+_COMPLETED = "COMPLETED"
 JSON_TYPE = "application/json"
 
 
@@ -125,6 +133,14 @@ class SessionIoSql(NamedLifecycleSql):
         if run_id is None or status is None or status in FINISHED_STATUSES:
             if next_run is None:
                 return
+            if status is not None and status != _COMPLETED:
+                # it ended before it finished with what it took: the next run
+                # gets those records again
+                c.execute(
+                    "UPDATE session_cursors SET next_seq = settled_seq"
+                    " WHERE session_id = ? AND settled_seq < next_seq",
+                    (session.id,),
+                )
             run = next_run(session)
             self._insert_run(c, run)
             c.execute(
@@ -135,12 +151,15 @@ class SessionIoSql(NamedLifecycleSql):
         elif status == _WAITING and self._resolve_session_wait(c, run_id, session.id):
             sent.woke = run_id
 
-    def _resolve_session_wait(self, c: Any, run_id: str, session_id: str) -> bool:
+    def _waits_on(self, c: Any, run_id: str, session_id: str) -> bool:
         row = c.execute(
             "SELECT stream_id FROM waitpoints WHERE run_id = ? AND status = ?",
             (run_id, _PENDING),
         ).fetchone()
-        if row is None or row[0] != SESSION_WAIT_PREFIX + session_id:
+        return row is not None and bool(row[0] == SESSION_WAIT_PREFIX + session_id)
+
+    def _resolve_session_wait(self, c: Any, run_id: str, session_id: str) -> bool:
+        if not self._waits_on(c, run_id, session_id):
             return False  # it waits on something else: this record waits for it
         return self._resolve(c, run_id, WaitpointStatus.RESOLVED.value, None)
 
@@ -152,7 +171,17 @@ class SessionIoSql(NamedLifecycleSql):
         session_id: str,
         path: str,
         next_seq: int,
+        settled_seq: int | None = None,
     ) -> None:
+        # no settled seq (a delivery to `.on()` handlers): a new row settles
+        # nothing of what this take hands out
+        settled = next_seq - 1 if settled_seq is None else settled_seq
+        settles = (
+            ""
+            if settled_seq is None
+            else ", settled_seq = CASE WHEN excluded.settled_seq > session_cursors.settled_seq"
+            " THEN excluded.settled_seq ELSE session_cursors.settled_seq END"
+        )
         with self._tx() as c:
             row = c.execute(
                 "SELECT current_run_id FROM sessions WHERE id = ?", (session_id,)
@@ -172,12 +201,30 @@ class SessionIoSql(NamedLifecycleSql):
                     (run_id, attempt, entry.seq, entry.kind, entry.name, entry.value),
                 )
             c.execute(
-                "INSERT INTO session_cursors (session_id, path, next_seq) VALUES (?, ?, ?)"
-                " ON CONFLICT (session_id, path) DO UPDATE SET next_seq ="
+                "INSERT INTO session_cursors (session_id, path, next_seq, settled_seq)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (session_id, path) DO UPDATE SET next_seq ="
                 " CASE WHEN excluded.next_seq > session_cursors.next_seq"
-                " THEN excluded.next_seq ELSE session_cursors.next_seq END",
-                (session_id, path, next_seq),
+                " THEN excluded.next_seq ELSE session_cursors.next_seq END" + settles,
+                (session_id, path, next_seq, settled),
             )
+
+    def session_settle(self, run_id: str, session_id: str, path: str, settled_seq: int) -> bool:
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT current_run_id FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None or row[0] != run_id:
+                return False  # not its session's run (any more): it settles nothing
+            c.execute(
+                "INSERT INTO session_cursors (session_id, path, next_seq, settled_seq)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (session_id, path) DO UPDATE SET"
+                " next_seq = CASE WHEN excluded.next_seq > session_cursors.next_seq"
+                " THEN excluded.next_seq ELSE session_cursors.next_seq END,"
+                " settled_seq = CASE WHEN excluded.settled_seq > session_cursors.settled_seq"
+                " THEN excluded.settled_seq ELSE session_cursors.settled_seq END",
+                (session_id, path, settled_seq, settled_seq),
+            )
+        return True
 
     def session_cursor(self, session_id: str, path: str) -> int:
         with self._read() as c:

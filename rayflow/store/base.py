@@ -212,7 +212,8 @@ class Store(TokenAndSessionStore, NamedStreamStore, Protocol):
 
     def suspend_run(self, wp: Waitpoint) -> bool:
         """EXECUTING -> WAITING (no actor) with its PENDING waitpoint, in one
-        transaction. False, changing nothing, when the run has finished."""
+        transaction (a wait on a session settles what the run took of it:
+        `session_cursors`). False, changing nothing, when the run has finished."""
 
     def finish_run(self, run_id: str, status: str, output: str | None, error: str | None) -> bool:
         """Move an active run to a finished status; closes all its streams.

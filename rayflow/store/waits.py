@@ -154,10 +154,14 @@ class TokenAndSessionStore(Protocol):
         session_id: str,
         path: str,
         next_seq: int,
+        settled_seq: int | None = None,
     ) -> None:
         """Journal `entry` (if any) and move the session's cursor on `path` to
-        `next_seq` (never back) in one transaction. Raises InvalidArgument
-        when `run_id` is not the session's current run."""
+        `next_seq` (never back) in one transaction, and its settled cursor
+        to `settled_seq` when given (the run has finished with the records
+        before it; never back). Raises InvalidArgument when `run_id` is not
+        the session's current run. A continuation after a run that did not
+        return starts again at the settled cursor (`session_send`)."""
 
     def session_swap(
         self, session_id: str, calling_run_id: str, next_run: Callable[[SessionRecord], RunRecord]
@@ -167,13 +171,20 @@ class TokenAndSessionStore(Protocol):
         session's current run after, whether it was swapped). Raises
         SessionNotFound, SessionClosed."""
 
+    def session_settle(self, run_id: str, session_id: str, path: str, settled_seq: int) -> bool:
+        """The run has finished with the records of `path` before
+        `settled_seq` (a chat turn answered them): move the settled and the
+        consumed cursor there (never back). Nothing (False) when `run_id` is
+        not the session's current run."""
+
     def session_cursor(self, session_id: str, path: str) -> int:
         """The next seq of `path` no run of the session has consumed."""
 
     def settle_session_wait(self, run_id: str, session_id: str) -> bool:
-        """After the run suspended on its session's `.in`: when a record past
-        the cursor is there already (or the session was closed), resolve
-        its waitpoint and queue it; True when this call queued it."""
+        """After the run suspended on its session's `.in` (`suspend_run`
+        settled what it took): when a record past the cursor is there
+        already (or the session was closed), resolve its waitpoint and
+        queue it; True when this call queued it."""
 
     def delete_expired_sessions(self, ended_before: int, keys_before: int) -> int:
         """Retention: delete the sessions closed (or expired) before
