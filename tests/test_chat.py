@@ -1,6 +1,7 @@
 """`rayflow.chat` agents on sessions, through the public API, on both stores:
 the chat protocol's records on `.out` (UI message chunks as data records,
-`turn-complete` control records carrying the `.in` seq they answer), the run
+`turn-complete` control records carrying the `.in` seq they answer and a
+refreshed public access token), the run
 suspended between turns and revived without calling the model again, a
 continuation run that rebuilds the conversation, stop, regenerate, actions.
 A turn cut by a killed RunActor is answered again by the revived run, and
@@ -23,7 +24,8 @@ import pytest
 from conftest import eventually, run_actor_pid
 
 import rayflow
-from rayflow import chat, sessions
+from rayflow import _tokens, chat, sessions
+from rayflow._runtime import connection
 
 pytestmark = pytest.mark.usefixtures("rf")
 
@@ -119,6 +121,18 @@ class Out:
         return seen
 
 
+def refreshed(headers: list[list[str]], session: Any) -> list[list[str]]:
+    """The headers without the refreshed token, which must be a token for
+    the session (by id and external id) and its current run."""
+    token = dict(headers)["public-access-token"]
+    claims = _tokens.decode_token(connection.current().secret_key, token)
+    run_id = sessions.retrieve(session.id).result().current_run_id
+    assert sorted(claims["scopes"]) == sorted(
+        [*_tokens.session_scopes(session.id, session.external_id), f"read:runs:{run_id}"]
+    )
+    return [h for h in headers if h[0] != "public-access-token"]
+
+
 def text_of(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
 
@@ -142,7 +156,8 @@ def test_turns_stream_ui_chunks_the_run_waits_between_them_and_the_model_is_call
     assert kinds[-4:] == ["text-end", "data-turn", "finish-step", "finish"], kinds
     assert text_of(chunks) == model.answer([chat.user_message("u", "hello")])
     assert chunks[-3]["data"] == {"users": 1}
-    assert headers == [["trigger-control", "turn-complete"]]  # the payload's message: no .in seq
+    # the payload's message: no .in seq; a refreshed token for the transport
+    assert refreshed(headers, session) == [["trigger-control", "turn-complete"]]
 
     history = [chat.user_message("u1", "hello")]
     for text, extra in (
@@ -155,7 +170,10 @@ def test_turns_stream_ui_chunks_the_run_waits_between_them_and_the_model_is_call
         history.append(chat.user_message("u", text))
         assert extra in [c["type"] for c in chunks]
         assert text_of(chunks) == model.answer(history)  # the run kept the conversation
-        assert headers == [["trigger-control", "turn-complete"], ["session-in-event-id", str(seq)]]
+        assert refreshed(headers, session) == [
+            ["trigger-control", "turn-complete"],
+            ["session-in-event-id", str(seq)],
+        ]
     assert model.call_count() == 3  # two revivals replayed the earlier turns without the model
 
     # the run ends (cancelled while it waits): the next message continues the
@@ -164,7 +182,8 @@ def test_turns_stream_ui_chunks_the_run_waits_between_them_and_the_model_is_call
     rayflow.runs.cancel(first_run).result()
     eventually(lambda: run_status(session.id) == "CANCELED", what="the run cancelled")
     send(session.id, message("still there?", calls))
-    chunks, _ = out.turn()
+    chunks, headers = out.turn()
+    refreshed(headers, session)  # names the new run
     history.append(chat.user_message("u", "still there?"))
     assert text_of(chunks) == model.answer(history)
     assert sessions.retrieve(session.id).result().current_run_id != first_run

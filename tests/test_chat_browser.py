@@ -215,7 +215,16 @@ def test_use_chat_talks_to_a_python_agent_through_reload_stop_and_a_second_tab(
     wait_json(page, "snapshot", "v === 6")
     control = wait_json(page, "control", "v && v.seqNum > 0")
     assert control["subtype"] == "turn-complete"
-    assert control["headers"][1][0] == "session-in-event-id"
+    assert [h[0] for h in control["headers"]][1:] == ["public-access-token", "session-in-event-id"]
+    # the transport took the refreshed token from the turn-complete (its
+    # onSessionChange state, which the page keeps): it reads and writes the chat
+    stored = json.loads(page.evaluate(f"localStorage.getItem('chat-session:{chat_id}')"))
+    assert stored["publicAccessToken"] != query["token"]
+    r = httpx.get(
+        f"{http_api.url}/api/v1/sessions/{chat_id}",
+        headers={"Authorization": f"Bearer {stored['publicAccessToken']}"},
+    )
+    assert r.is_success and r.json()["id"] == session_id, r.text
 
     # turn 4: stopped mid-answer; the answer keeps what streamed, and the run waits again
     wait_status(session_id, "WAITING")

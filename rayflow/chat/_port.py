@@ -23,6 +23,11 @@ class SessionPort(Protocol):
         """`.in` records past seq `after` as they arrive, consuming nothing."""
         ...
 
+    async def refreshed_token(self) -> str:
+        """A fresh public access token for the session (its `turn-complete`
+        carries it to the client)."""
+        ...
+
     async def settle(self, seq: int) -> None:
         """The `.in` records up to `seq` are answered (a `turn-complete` says
         so): a run that continues the session after this one fails does not

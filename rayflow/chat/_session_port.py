@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rayflow import sessions
-from rayflow._runtime import session_inputs, session_io, session_reads
+from rayflow import _tokens, sessions
+from rayflow._runtime import connection, session_inputs, session_io, session_reads, session_runs
 from rayflow._runtime.context import require_run
 from rayflow.chat import _wire
 from rayflow.errors import SessionClosed
@@ -38,6 +38,8 @@ class SessionIO:
         self.chat_id = chat_id
         #: why the last `wait_input` gave nothing: "idle" (timeout) or "closed"
         self.ended = "idle"
+        #: the session's external id ("": none), read once for tokens
+        self.external_id: str | None = None
 
     async def wait_input(self, timeout_s: float | None) -> tuple[int, Any] | None:
         result = await self.session.input.wait(timeout=timeout_s)
@@ -58,6 +60,17 @@ class SessionIO:
                 start = record.seq_num + 1
             if page.closed and not page.records:
                 return
+
+    async def refreshed_token(self) -> str:
+        ctx = require_run("a chat turn")
+        if self.external_id is None:
+            self.external_id = (await session_runs.get_session(self.session_id)).external_id or ""
+        conn = connection.current()
+        # what the session's start gave the client, and its current run
+        # (Trigger.dev encodes the live run in the refreshed token)
+        scopes = _tokens.session_scopes(self.session_id, self.external_id or None)
+        scopes.append(f"read:runs:{ctx.run_id}")
+        return _tokens.mint_token(conn.secret_key, scopes, conn.settings.session_token_ttl_s)
 
     async def settle(self, seq: int) -> None:
         ctx = require_run("a chat turn")

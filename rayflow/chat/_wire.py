@@ -21,6 +21,7 @@ TRIGGER_CONTROL = "trigger-control"
 TURN_COMPLETE = "turn-complete"
 SESSION_CLOSED = "session-closed"
 SESSION_IN_EVENT_ID = "session-in-event-id"
+PUBLIC_ACCESS_TOKEN = "public-access-token"
 SESSION_CLOSED_REASON = "session-closed-reason"
 
 
@@ -74,8 +75,13 @@ def data_record(chunk: dict[str, Any], part_id: str) -> dict[str, Any]:
     return {"data": chunk, "id": part_id}
 
 
-def turn_complete_headers(in_seq: int | None) -> list[list[str]]:
+def turn_complete_headers(in_seq: int | None, token: str | None = None) -> list[list[str]]:
+    """A `turn-complete` record's headers: the `.in` seq the turn answered,
+    and a refreshed public access token (the transport replaces its own
+    with it, so a long chat's browser token never runs out)."""
     headers = [[TRIGGER_CONTROL, TURN_COMPLETE]]
+    if token is not None:
+        headers.append([PUBLIC_ACCESS_TOKEN, token])
     if in_seq is not None:
         headers.append([SESSION_IN_EVENT_ID, str(in_seq)])
     return headers

@@ -169,7 +169,8 @@ class _Loop:
         # the snapshot before the turn-complete: a client that saw the turn end
         # may send at once, and a run that continues the session reads it
         await writer.snapshot({"messages": [m.wire() for m in messages]})
-        await writer.control(_wire.turn_complete_headers(outcome["consumed"]))
+        token = await self.port.refreshed_token()
+        await writer.control(_wire.turn_complete_headers(outcome["consumed"], token))
         if outcome["consumed"] is not None:
             await self.port.settle(outcome["consumed"])
         return outcome
@@ -181,7 +182,8 @@ class _Loop:
             changed = await self.on_action(action, list(self.history))
             if changed is not None:
                 await writer.snapshot({"messages": [m.wire() for m in changed]})
-        await writer.control(_wire.turn_complete_headers(in_seq))
+        token = await self.port.refreshed_token()
+        await writer.control(_wire.turn_complete_headers(in_seq, token))
         if in_seq is not None:
             await self.port.settle(in_seq)
         return {"messages": None if changed is None else [m.wire() for m in changed]}
