@@ -27,6 +27,7 @@ from pydantic_core import to_jsonable_python
 from rayflow._config import Settings
 from rayflow._runtime import registry, run_batches, session_inputs, stream_journal
 from rayflow._runtime.context import RunContext, set_run
+from rayflow._runtime.journal import Journal
 from rayflow._runtime.run_inputs import RunInputs
 from rayflow._runtime.stream_buffers import StreamBuffers
 from rayflow._status import RunStatus, WaitpointStatus
@@ -114,7 +115,8 @@ async def _execute(
     its status (SKIPPED when it could not be claimed, QUEUED when a message
     woke it while it suspended). `started` is handed the run's `Execution`
     as soon as the claim succeeded (the actor keeps it as its current run)."""
-    claim = await run_batches.claim(store, run_id, actor_name)
+    start = await run_batches.start(store, run_id, actor_name)
+    claim = start.claim
     run = claim.run
     if run is None:
         return SKIPPED
@@ -122,12 +124,12 @@ async def _execute(
         return run.status if run.finished else SKIPPED
     execution = Execution(
         run_id,
-        StreamBuffers(run_id, store, settings),
-        RunInputs(store, run_id, resolved=claim.waitpoint),
+        StreamBuffers(run_id, store, settings, known=start.streams),
+        RunInputs(store, run_id, resolved=claim.waitpoint, with_messages=start.inbox_streams),
         task_id=run.task_id,
     )
     started(execution)
-    blob = await run_batches.task_blob(store, run.task_id)
+    blob = start.blob
     if blob is None:
         error = {"name": "TaskNotFound", "message": f"task {run.task_id!r} is not registered"}
         await run_batches.finish(store, run_id, RunStatus.FAILED, None, json.dumps(error))
@@ -154,7 +156,11 @@ async def _execute(
     output: str | None = None
     error_text: str | None = None
     while True:
-        journal = await run_batches.journal(store, run_id, attempt)
+        if attempt == run.attempt:
+            # the claimed attempt's, read with the claim
+            journal = Journal(store, run_id, attempt, start.journal)
+        else:
+            journal = await run_batches.journal(store, run_id, attempt)
         if execution.canceled.is_set():
             return RunStatus.CANCELED
         ctx = RunContext(

@@ -71,6 +71,10 @@ class RunActor(StreamService):
         self._outcomes: dict[str, asyncio.Future[tuple[str, bool]]] = {}
         #: cancels that came while their run was being claimed
         self._cancel_pending: set[str] = set()
+        #: per run being claimed: (input streams poked, output streams written
+        #: from outside) meanwhile — maybe after the claim's reads (`Start`),
+        #: so the run reads them from the Store when it starts
+        self._claim_news: dict[str, tuple[set[str], set[str]]] = {}
         self._watch: LoopWatch | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: `follow_many` calls in progress, by poll id
@@ -186,6 +190,7 @@ class RunActor(StreamService):
         finally:
             self._outcomes.pop(run_id, None)
             self._cancel_pending.discard(run_id)
+            self._claim_news.pop(run_id, None)
             self._look_at(run_id)  # a reader that waited for a failed claim moves on
 
     def _started(self, execution: Execution) -> None:
@@ -194,6 +199,10 @@ class RunActor(StreamService):
         self.executions[execution.run_id] = execution
         if execution.run_id in self._cancel_pending:
             execution.canceled.set()
+        news = self._claim_news.pop(execution.run_id, None)
+        if news is not None:
+            execution.inputs.poked(news[0])
+            execution.buffers.forget(news[1])
         self._look_at(execution.run_id)
 
     def _look_at(self, run_id: str) -> None:
@@ -207,6 +216,14 @@ class RunActor(StreamService):
         """Whether the run was handed to this actor and is being claimed (a
         reader that found it through the Controller may come before the claim)."""
         return run_id in self._outcomes and run_id not in self.executions
+
+    def _news_while_claiming(
+        self, run_id: str, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()
+    ) -> None:
+        """Streams of a run being claimed that changed meanwhile (see `_claim_news`)."""
+        news = self._claim_news.setdefault(run_id, (set(), set()))
+        news[0].update(inputs)
+        news[1].update(outputs)
 
     def _whose(self, task: Any) -> tuple[str, str] | None:
         """The run an asyncio task belongs to (on `loop_watch`'s thread: reads only)."""
@@ -252,6 +269,8 @@ class RunActor(StreamService):
         when this actor does not execute the run (it reads the Store instead)."""
         execution = self._executing(run_id)
         if execution is None:
+            if self._claiming(run_id):
+                self._news_while_claiming(run_id, inputs=(stream_id,))
             return False
         execution.inputs.poke(stream_id, message)
         return True

@@ -32,6 +32,7 @@ class StreamService:
     _outcomes: dict[str, Any]
     _executing: Callable[[str], Execution | None]
     _claiming: Callable[[str], bool]
+    _news_while_claiming: Callable[..., None]
 
     async def follow_many(
         self,
@@ -163,8 +164,9 @@ class StreamService:
         run it executes, the inboxes of the processes following it now
         (`push_inbox`: the writer pushes its next commits' rows there
         itself). While a run is being claimed or released here there is
-        nothing to do for it (streams opened later load their length from
-        the Store, and a released run's readers read the Store)."""
+        nothing to do for it (a claimed run's streams written meanwhile load
+        their length from the Store, `RunActor._claim_news`; a released
+        run's readers read the Store)."""
         self.published_count += 1
         moved: list[str] = []
         followers: dict[str, list[Address]] = {}
@@ -174,6 +176,9 @@ class StreamService:
                 moved.append(run_id)
                 continue
             execution = self._executing(run_id)
+            if execution is None and self._claiming(run_id):
+                # the claim's reads may not have seen these rows: read then
+                self._news_while_claiming(run_id, outputs=tuple(k for k, _ in run_news))
             if execution is None or execution.buffers.closed:
                 continue
             followers[run_id] = list(

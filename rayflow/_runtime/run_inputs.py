@@ -52,8 +52,20 @@ class _Stream:
 
 
 class RunInputs:
-    def __init__(self, store: Store, run_id: str, resolved: Waitpoint | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        resolved: Waitpoint | None = None,
+        with_messages: list[str] | None = None,
+    ) -> None:
         self.store, self.run_id = store, run_id
+        #: the input streams that had messages for the run when it was
+        #: claimed (read with the claim, `run_batches.Start`); None: read
+        #: them when the run goes live
+        self.with_messages = with_messages
+        #: streams poked before the run went live (after the claim's read)
+        self._poked_early: set[str] = set()
         self.streams: dict[str, _Stream] = {}
         self.ctx: RunContext | None = None
         self.live = False
@@ -124,8 +136,14 @@ class RunInputs:
             s.consumed = self.ctx.journal.consumed(s.stream_id)
             s.next_seq = 0
             self.pull(s.stream_id)
-        # streams the task has not named yet but that have messages: found in
-        # a thread; `stream()` sets up each one the task names meanwhile
+        # streams the task has not named yet but that have messages
+        if self.with_messages is not None:
+            # (the first attempt's: a retry's reads the Store again)
+            known, self.with_messages = {*self.with_messages, *self._poked_early}, None
+            for stream_id in sorted(known):
+                self.stream(stream_id)
+            return
+        # ... found in a thread; `stream()` sets up each one the task names meanwhile
         self._discovering = asyncio.get_running_loop().create_task(self._discover())
 
     async def _discover(self) -> None:
@@ -133,10 +151,17 @@ class RunInputs:
         for stream_id in await run_batches.inbox_streams(self.store, self.run_id):
             self.stream(stream_id)
 
+    def poked(self, stream_ids: set[str]) -> None:
+        """Messages came for these streams before the run executed here
+        (maybe after `with_messages` was read): pulled when it goes live."""
+        self._poked_early |= stream_ids
+
     def poke(self, stream_id: str, message: InboxMessage | None) -> None:
         """The Inbox says a message is durable; take it (and any gap) in."""
         if not self.live:
-            return  # replaying: going live pulls everything from the Store
+            # replaying: going live pulls everything from the Store
+            self._poked_early.add(stream_id)
+            return
         s = self.stream(stream_id)
         if message is not None and message.seq < s.next_seq:
             return  # already taken in

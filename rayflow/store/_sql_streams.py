@@ -240,6 +240,22 @@ class StreamsSql(StreamRoundsSql):
             rows = c.execute(_STREAM_SELECT + " WHERE run_id = ? ORDER BY key", (run_id,))
             return [_stream(r) for r in rows.fetchall()]
 
+    def list_streams_many(self, run_ids: list[str]) -> list[list[StreamInfo]]:
+        found: dict[str, list[StreamInfo]] = {}
+        unique = sorted(set(run_ids))
+        with self._read() as c:
+            for start in range(0, len(unique), 500):
+                page = unique[start : start + 500]
+                rows = c.execute(
+                    _STREAM_SELECT + f" WHERE run_id IN ({', '.join('?' for _ in page)})"
+                    " ORDER BY run_id, key",
+                    page,
+                ).fetchall()
+                for row in rows:
+                    info = _stream(row)
+                    found.setdefault(info.run_id, []).append(info)
+        return [list(found.get(run_id, ())) for run_id in run_ids]
+
     def close_stream(self, run_id: str, key: str) -> None:
         now = now_ms()
         with self._tx() as c:

@@ -292,6 +292,9 @@ class Store(TokenAndSessionStore, NamedStreamStore, Protocol):
         """`stream_info` for many (run id, key) in one read, in the order given."""
 
     def list_streams(self, run_id: str) -> list[StreamInfo]: ...
+    def list_streams_many(self, run_ids: list[str]) -> list[list[StreamInfo]]:
+        """`list_streams` for many runs in one read, in the order given."""
+
     def close_stream(self, run_id: str, key: str) -> None: ...
     def writer_positions(self, run_id: str) -> dict[tuple[str, str], int]:
         """(key, writer_id) -> last stored writer_seq, for a reviving run."""
