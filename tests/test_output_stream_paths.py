@@ -467,3 +467,43 @@ async def test_a_long_poll_that_fails_reaches_every_reader_in_it() -> None:
         with pytest.raises(errors.Unavailable, match="did not answer"):
             await sub.get(30)
     ray.kill(actor)
+
+
+async def test_a_claimed_run_opens_its_streams_without_a_read_and_rereads_those_written_meanwhile(
+    tmp_path: Any,
+) -> None:
+    """A claim reads the run's streams with it (`run_batches.Start`): a
+    stream opened then takes its length and closed flag from that read (no
+    read of its own before the run's first commit), a key not among them has
+    no rows — but a stream written from outside while the run was being
+    claimed (`StreamBuffers.forget`) is read from the Store again."""
+    from rayflow._config import Settings
+    from rayflow._runtime import run_batches
+    from rayflow._runtime.stream_buffers import StreamBuffers
+    from rayflow.errors import StreamClosed
+    from rayflow.store.base import ChunkWrite, RunRecord
+
+    store = open_store(f"sqlite:///{tmp_path / 'start.db'}")
+    store.put_task("t", b"blob", "{}")
+    store.create_run(RunRecord(id="run_s", task_id="t"))
+    store.append_chunks("run_s", "k", [ChunkWrite(f'"{i}"') for i in range(3)], 1 << 20)
+    store.close_stream("run_s", "shut")
+    (start,) = run_batches.start_many(store, [("run_s", "actor-1")])
+    assert start.claim.claimed and start.blob == b"blob" and start.journal == []
+    assert sorted(start.streams) == ["k", "shut"]
+    store.append_chunks("run_s", "late", [ChunkWrite('"outside"')], 1 << 20)
+
+    buffers = StreamBuffers("run_s", store, Settings(), known=start.streams)
+    buffers.forget({"late"})
+    k = buffers.get("k")
+    assert k.loaded and k.length == 3
+    assert await k.submit(ChunkWrite('"mine"')) == 3
+    with pytest.raises(StreamClosed):
+        await buffers.get("shut").submit(ChunkWrite('"no"'))
+    assert await buffers.find("nobody") is None
+    late = await buffers.find("late")
+    assert late is not None
+    await late.ready()
+    assert late.length == 1
+    await buffers.drain()
+    store.close()

@@ -297,6 +297,14 @@ def test_append_assigns_consecutive_indexes_and_reads_from_the_middle(store: Sto
     assert store.stream_infos(keys) == [store.stream_info(r, k) for r, k in keys]
     assert [i.length if i else None for i in store.stream_infos(keys)] == [None, 1, None, 100]
     assert store.stream_infos([]) == []
+    # every stream of many runs in one read (what the runs claimed together start with)
+    assert store.list_streams_many(["run_2", "run_1", "run_2"]) == [
+        [],
+        store.list_streams("run_1"),
+        [],
+    ]
+    assert [i.key for i in store.list_streams_many(["run_1"])[0]] == ["default", "other"]
+    assert store.list_streams_many([]) == []
 
 
 def test_chunks_keep_their_json_text_and_record_id(store: Store) -> None:
