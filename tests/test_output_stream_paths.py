@@ -224,6 +224,37 @@ async def test_a_reader_that_leaves_a_live_run_ends_its_stream_on_the_actor() ->
     await rayflow.runs.cancel(handle.id)
 
 
+async def test_a_reader_cancelled_as_its_next_rows_arrive_ends_cancelled() -> None:
+    """A reader's task cancelled in the loop step its next rows arrive in
+    must end, cancelled. With `asyncio.wait_for` in its wait (Python 3.11)
+    the cancellation was swallowed: the reader went on, and without an idle
+    timeout it followed the stream for ever."""
+    from rayflow._runtime.stream_rows import ReadReply
+
+    handle = await suspend_between_writes.trigger({})  # "before", then waits live
+    reader = trail.read(handle.id, timeout_s=None)
+    got: list[str] = []
+
+    async def read() -> None:
+        async for x in reader:
+            got.append(x)
+
+    task = asyncio.create_task(read())
+
+    def waiting() -> Any:  # caught up: it waits on its actor's poll
+        sub = reader._reader._sub
+        return sub if got == ["before"] and sub is not None and not sub.queue else None
+
+    sub = await eventually_async(waiting, timeout_s=60, what="the reader to wait on its actor")
+    # its rows arrive, and its task is cancelled, in one step of the loop
+    sub._deliver(ReadReply(rows=[(1, '"next"', 0, None)]))
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert task in done, f"the cancelled reader went on reading (it got {got})"
+    assert task.cancelled()
+    await rayflow.runs.cancel(handle.id)
+
+
 async def test_a_subscription_left_out_for_a_full_queue_that_leaves_ends_the_poll() -> None:
     """A subscription whose reader stopped taking replies is left out of its
     actor's stream once MAX_QUEUED wait; when it then leaves, the process's

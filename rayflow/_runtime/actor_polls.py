@@ -48,7 +48,8 @@ import ray
 
 from rayflow._runtime import hops, push_inbox
 from rayflow._runtime.calls import call, shared_task
-from rayflow._runtime.stream_rows import ReadReply, Row
+from rayflow._runtime.stream_rows import FollowReply, ReadReply, Row, unpack_rows
+from rayflow._runtime.wake import Wake
 
 log = logging.getLogger("rayflow")
 
@@ -71,7 +72,7 @@ class Subscription:
         self.position = start
         self.queue: deque[ReadReply | BaseException] = deque()
         self.active = True
-        self._ready = asyncio.Event()
+        self._ready = Wake()
 
     def offer(self, rows: list[Row]) -> int:
         """Take the part of `rows` (one stream, ascending) that continues
@@ -102,8 +103,7 @@ class Subscription:
         `timeout_s` without one."""
         if not self.queue:
             self._ready.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            await self._ready.wait(timeout_s)
         if not self.queue:
             return None
         reply = self.queue.popleft()
@@ -226,24 +226,23 @@ class ActorPoll:
                 ref = await asyncio.wait_for(anext(stream), LONG_POLL_S + CALL_GRACE_S)
             except StopAsyncIteration:
                 return
-            replies = await asyncio.wait_for(call(ref), CALL_GRACE_S)
-            for i, reply in replies.items():
+            reply: FollowReply = await asyncio.wait_for(call(ref), CALL_GRACE_S)
+            for i, rows in unpack_rows(reply):
                 sub = subs[i]
                 if hops.enabled():
-                    ids = [hops.stream_id(sub.run_id, sub.key, r[0]) for r in reply.rows]
+                    ids = [hops.stream_id(sub.run_id, sub.key, r[0]) for r in rows]
                     hops.mark("arrived", ids)
                 # rows follow on from what this subscription holds (pushed
                 # rows may have come first), unless it left (its rows are
                 # nobody's)
-                if not reply.rows:
-                    if sub.active:
-                        sub._deliver(reply)
-                else:
-                    sub.offer(reply.rows)
-                if not reply.rows:
-                    self._following.discard(sub)  # the actor let it go
+                sub.offer(rows)
                 if len(sub.queue) >= MAX_QUEUED:
                     self._restart()  # the stream goes on without it
+            for i, other in reply[1].items():
+                sub = subs[i]
+                if sub.active:
+                    sub._deliver(other)
+                self._following.discard(sub)  # the actor let it go
 
 
 #: rows per reply (a reader's batch)

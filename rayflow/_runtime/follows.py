@@ -45,6 +45,14 @@ class Follow:
         #: whether a run is being claimed here (not executing yet, soon)
         self._claiming = claiming
         self.polls: dict[int, Poll] = dict(enumerate(polls))
+        #: positions of the polls of each run
+        self.by_run: dict[str, list[int]] = {}
+        for i, (run_id, _, _) in self.polls.items():
+            self.by_run.setdefault(run_id, []).append(i)
+        #: whether any poll names a named stream (`named_tails`)
+        self._named = any(path_of(key) is not None for _, key, _ in polls)
+        #: a poll left since the last `watch`: it looks at every run again
+        self._left = False
         #: set when a watched run has news, at the deadline and at a kick
         self.wake = asyncio.Event()
         self.kicked = False
@@ -65,7 +73,7 @@ class Follow:
     def look_at(self, run_id: str) -> None:
         """A run was claimed here, or left (or its claim failed): look at it
         again (and watch it) if it is polled."""
-        if any(r == run_id for r, _, _ in self.polls.values()):
+        if run_id in self.by_run:
             self._on_change(run_id)
 
     @property
@@ -74,15 +82,38 @@ class Follow:
         (there is something to wait on)."""
         if self._watched or self._tails:
             return True
-        return any(self._claiming(r) for r, _, _ in self.polls.values())
+        return any(self._claiming(r) for r in self.by_run)
 
-    def watch(self) -> None:
+    def forget(self, i: int) -> None:
+        """Poll `i` leaves the call (its reader was sent something other than rows)."""
+        run_id = self.polls.pop(i)[0]
+        same = self.by_run[run_id]
+        same.remove(i)
+        if not same:
+            del self.by_run[run_id]
+        self._left = True
+
+    def looking_at(self, runs: set[str] | None) -> list[int]:
+        """The polls of `runs` (None: all), by position."""
+        if runs is None:
+            return list(self.polls)
+        by_run = self.by_run
+        return [i for run_id in runs for i in by_run.get(run_id, ())]
+
+    def watch(self, runs: set[str] | None = None) -> None:
         """Watch the buffers of every polled run executing here now, and no
-        others. Called before looking, so a commit in between is not missed."""
-        runs = {run_id for run_id, _, _ in self.polls.values()}
-        for run_id in [r for r in self._watched if r not in runs]:
-            self._watched.pop(run_id).watchers.discard(self._on_change)
+        others. Called before looking, so a commit in between is not missed.
+        `runs`: only these runs may have changed (news, a claim, a run that
+        left: each tells this follow), unless a poll left since the last
+        call; None: look at all."""
+        if runs is None or self._left:
+            self._left = False
+            for run_id in [r for r in self._watched if r not in self.by_run]:
+                self._watched.pop(run_id).watchers.discard(self._on_change)
+            runs = set(self.by_run)
         for run_id in runs:
+            if run_id not in self.by_run:
+                continue
             execution = self._executing(run_id)
             buffers = execution.buffers if execution is not None else None
             watched = self._watched.get(run_id)
@@ -94,6 +125,8 @@ class Follow:
             if buffers is not None:
                 buffers.watchers.add(self._on_change)
                 self._watched[run_id] = buffers
+        if not self._named and not self._tails:
+            return  # no poll of a named stream (the usual case)
         named: set[tuple[str, str]] = set()
         for run_id, key, _ in self.polls.values():
             path = path_of(key)

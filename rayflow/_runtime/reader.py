@@ -26,6 +26,7 @@ import ray
 from rayflow._runtime import actor_polls, connection, hops, locations
 from rayflow._runtime.actor_polls import LONG_POLL_S
 from rayflow._runtime.stream_rows import Row, rows_from_chunks, segment_rows
+from rayflow._runtime.wake import Wake
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
 from rayflow.store.base import FINISHED_STATUSES, RunRecord
@@ -48,6 +49,14 @@ def idle_pause(idle_s: float) -> float:
     if idle_s < IDLE_RAMP_S:
         return POLL_S
     return min(POLL_MAX_S, POLL_S + (idle_s - IDLE_RAMP_S) / 10)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to cancel and has not
+    recovered (`Task.cancelling`, Python 3.11+)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() > 0
 
 
 class ChunkReader:
@@ -76,7 +85,7 @@ class ChunkReader:
         self.closed = False
         #: `wake()` was called: look at the Store and locate the run at once
         self._woken = False
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         #: `stop()` was called: end at the next look, whatever it finds
         self._stopped = False
         #: this reader's place in its RunActor's multiplexed long poll
@@ -91,16 +100,16 @@ class ChunkReader:
 
     def stop(self) -> None:
         """End the reader at its next step (its owner is gone). Cancelling
-        its task is not enough on Python 3.11: `asyncio.wait_for` can swallow
-        a cancellation that meets its result, and a reader without a timeout
-        would then follow the stream forever."""
+        its task is not enough when code the reader does not own swallows
+        the cancellation (`asyncio.wait_for` on Python 3.10/3.11 does, when
+        it meets its result): the reader's own waits never do (`wake`), and
+        it ends at its next step when its task is being cancelled."""
         self._stopped = True
         self.wake()
 
     async def _idle(self, pause_s: float) -> None:
         if not self._woken:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause_s)
+            await self._wake.wait(pause_s)
         self._wake.clear()
 
     async def _read_store(self, start: int) -> list[Row]:
@@ -174,6 +183,10 @@ class ChunkReader:
             status, actor = await locations.locate(self.run_id)
             located_at = time.monotonic()
         while not self._stopped:
+            if _being_cancelled():
+                # a cancellation swallowed on the way (see `stop`): a reader
+                # without a timeout would otherwise follow the stream for ever
+                raise asyncio.CancelledError
             now = time.monotonic()
             if idle_deadline is not None and now >= idle_deadline:
                 return

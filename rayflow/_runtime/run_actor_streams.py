@@ -18,7 +18,10 @@ from rayflow._runtime.follows import Follow
 from rayflow._runtime.named_tails import path_of, tails
 from rayflow._runtime.push_inbox import Address
 from rayflow._runtime.stream_commit import loop_committer
-from rayflow._runtime.stream_rows import ReadReply, Row
+from rayflow._runtime.stream_rows import FollowReply, ReadReply, Row, pack_replies
+
+#: `_peek_now` could not answer without awaiting
+_AWAIT: Any = object()
 
 
 class StreamService:
@@ -41,7 +44,7 @@ class StreamService:
         wait_s: float,
         poll_id: str,
         inbox: Address | None = None,
-    ) -> AsyncIterator[dict[int, ReadReply]]:
+    ) -> AsyncIterator[FollowReply]:
         """Replies to many readers in one process as a stream (a Ray
         streaming generator, `actor_polls`): `polls` are (run id, key, next
         index), of any runs this actor executes. Yields, by position in
@@ -70,29 +73,35 @@ class StreamService:
         first = True
         try:
             while follow.polls:
-                # watch before looking: a commit while looking is not missed
-                follow.watch()
-                follow.wake.clear()
                 runs = None if first else follow.take_changed()
+                # watch before looking: a commit while looking is not missed
+                follow.watch(runs)
+                follow.wake.clear()
                 self.polls_served += 1
-                out: dict[int, ReadReply] = {}
-                for i, (run_id, key, start) in list(follow.polls.items()):
-                    if runs is not None and run_id not in runs:
-                        continue
-                    reply = await self._peek(run_id, key, start, limit, look=first)
+                rows_out: list[tuple[int, list[Row]]] = []
+                others: dict[int, ReadReply] = {}
+                for i in follow.looking_at(runs):
+                    poll = follow.polls.get(i)
+                    if poll is None:
+                        continue  # it left while this look awaited
+                    run_id, key, start = poll
+                    reply = self._peek_now(run_id, key, start, limit)
+                    if reply is _AWAIT:
+                        reply = await self._peek(run_id, key, start, limit, look=first)
                     if reply is None:
                         continue
-                    out[i] = reply
                     if reply.rows:
+                        rows_out.append((i, reply.rows))
                         follow.polls[i] = (run_id, key, reply.rows[-1][0] + 1)
                         if hops.enabled():
                             ids = [hops.stream_id(run_id, key, r[0]) for r in reply.rows]
                             hops.mark("reply", ids)
                     else:
-                        del follow.polls[i]
+                        others[i] = reply
+                        follow.forget(i)
                 first = False
-                if out:
-                    yield out
+                if rows_out or others:
+                    yield pack_replies(rows_out, others)
                 if follow.kicked or not follow.polls:
                     return
                 left = deadline - loop.time()
@@ -113,6 +122,17 @@ class StreamService:
             follow.close()
             if self._follows.get(poll_id) is follow:
                 del self._follows[poll_id]
+
+    def _peek_now(self, run_id: str, key: str, start: int, limit: int) -> Any:
+        """`_peek` without a coroutine for the usual case (a run executing
+        here, its stream's buffer loaded); `_AWAIT` when it must be awaited."""
+        execution = self._executing(run_id)
+        if execution is None:
+            return _AWAIT
+        buf = execution.buffers.streams.get(key)
+        if buf is None or not buf.loaded or buf.load_error is not None:
+            return _AWAIT
+        return buf.peek_now(start, limit)
 
     async def _peek(
         self, run_id: str, key: str, start: int, limit: int, *, look: bool

@@ -350,6 +350,12 @@ class StreamBuffer:
         """What a reader at `start` gets now, or None while there is nothing
         new for it (it waits for `StreamBuffers.activity`)."""
         await self.ready()
+        return self.peek_now(start, limit)
+
+    def peek_now(self, start: int, limit: int) -> ReadReply | None:
+        """`peek` once the buffer is `loaded`."""
+        if start >= self.length and not self.closed:
+            return None  # the usual answer: nothing new yet
         reply = self._serve(start, limit)
         if reply.rows or reply.ref is not None or reply.from_store or reply.closed:
             return reply

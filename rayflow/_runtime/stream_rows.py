@@ -33,6 +33,26 @@ class ReadReply:
     closed: bool = False
 
 
+#: one reply of a `follow_many` stream to the readers of one process: the
+#: rows for each reader that has some — (position in the call, rows), pickled
+#: into one blob — and what the others are told instead (a sealed segment,
+#: `from_store`, `closed`) by position. One blob, not a dict of ReadReply
+#: objects: Ray's pickler visits every object of a reply through a Python
+#: hook and its reader rebuilds every dataclass (measured: ~17 % of a
+#: reader process's CPU for 1,000 runs of a token each 100 ms); plain pickle
+#: of tuples is a few C calls each way.
+FollowReply = tuple[bytes, dict[int, ReadReply]]
+
+
+def pack_replies(rows: list[tuple[int, list[Row]]], others: dict[int, ReadReply]) -> FollowReply:
+    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), others
+
+
+def unpack_rows(reply: FollowReply) -> list[tuple[int, list[Row]]]:
+    rows: list[tuple[int, list[Row]]] = pickle.loads(reply[0])
+    return rows
+
+
 def segment_rows(blob: bytes) -> list[Row]:
     """The rows of a sealed segment (what its ObjectRef holds)."""
     rows: list[Row] = pickle.loads(blob)
