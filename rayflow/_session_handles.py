@@ -233,7 +233,8 @@ class SessionOutput:
         after `earliest_seq`, never past its tail. Monotonic: trimming below
         an earlier trim deletes nothing. A reader asking for a trimmed seq
         starts at the first record left — keep what a reload must replay
-        (chat agents trim back to the previous `turn-complete`)."""
+        (chat agents trim back to the previous `turn-complete`). Inside a
+        run a replay does not trim again (and returns -1)."""
 
         async def go() -> int:
             return await session_io.trim_output(self._session, earliest_seq, channel=self._channel)

@@ -93,6 +93,7 @@ class Out:
         self.session_id = session_id
         self.output = sessions.open(session_id).output
         self.next = 0
+        self.turn_completes: list[int] = []  # their seqs
 
     def turn(self, *, until: int | None = None) -> tuple[list[dict[str, Any]], list[list[str]]]:
         """The data chunks up to the next turn-complete, and its headers."""
@@ -103,7 +104,10 @@ class Out:
             assert page.records, f"no turn-complete on {self.session_id}/out"
             for record in page.records:
                 self.next = record.seq_num + 1
+                if record.command == "trim":  # the agent trims after each turn
+                    continue
                 if record.control == "turn-complete":
+                    self.turn_completes.append(record.seq_num)
                     return chunks, record.headers
                 chunks.append(record.value())
 
@@ -117,7 +121,8 @@ class Out:
             for record in page.records:
                 self.next = record.seq_num + 1
                 assert record.control is None
-                seen.append(record.value())
+                if record.command is None:
+                    seen.append(record.value())
         return seen
 
 
@@ -175,6 +180,21 @@ def test_turns_stream_ui_chunks_the_run_waits_between_them_and_the_model_is_call
             ["session-in-event-id", str(seq)],
         ]
     assert model.call_count() == 3  # two revivals replayed the earlier turns without the model
+
+    # after each turn-complete .out is trimmed back to the previous one, and
+    # the snapshot channel keeps the last snapshot only
+    def out_records() -> list[Any]:
+        return list(sessions.open(session.id).output.read().result().records)
+
+    # (the trim follows the turn-complete just read)
+    records = eventually(
+        lambda: (r := out_records())[0].seq_num == out.turn_completes[-2] and r,
+        what="the trim after the third turn",
+    )
+    assert records[0].control == "turn-complete"
+    assert [r.command for r in records].count("trim") == 2
+    snapshots = sessions.open(session.id).channel("chat.snapshot").output.read().result()
+    assert [len(r.value()["messages"]) for r in snapshots.records if r.command is None] == [6]
 
     # the run ends (cancelled while it waits): the next message continues the
     # session with a new run, which starts from the conversation's snapshot
@@ -304,7 +324,7 @@ def test_a_turn_cut_by_a_killed_run_actor_is_answered_once_on_out(tmp_path: Path
     assert dict(headers)["session-in-event-id"] == str(nxt)
     assert sessions.retrieve(session.id).result().current_run_id == run_id
     records = sessions.open(session.id).output.read().result().records
-    ids = [json.loads(r.body)["id"] for r in records if r.control is None]  # part ids
+    ids = [json.loads(r.body)["id"] for r in records if r.body]  # part ids
     assert len(ids) == len(set(ids)) and model.call_count() == 3
 
     # the run is cancelled mid-turn: that message was never answered, so the

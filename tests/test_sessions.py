@@ -61,6 +61,10 @@ async def session_echo(payload: dict) -> dict:  # type: ignore[type-arg]
         if text == "fail" and me.previous_run_id != got.output["unless_previous"]:
             # ends FAILED holding the record it took: the next run answers it
             raise RuntimeError("failed while handling a record")
+        if text == "trim":  # replayed after the next wake: trims (and records) once
+            trimmed = await session.output.trim_to(got.output["to"])
+            await session.output.append({"type": "trimmed", "seq": trimmed})
+            continue
         if text == "handoff":
             run_id, swapped = await sessions.end_and_continue(reason="upgrade")
             return {"ended": "handoff", "next": run_id, "swapped": swapped}
@@ -298,6 +302,25 @@ def test_concurrent_starts_and_sends_converge_and_a_cancelled_run_is_continued_o
     assert echoes(sid) == ["r1", *in_order, "later", "once", "after"]
     previous = [o["previous"] for o in outs(sid) if o["type"] == "boot"]
     assert previous[:3] == [None, run1, run2] and previous[-1] == handoff.run_id
+
+    # the run trims .out, suspends, and is revived: its replay trims no more
+    keep = len(outs(sid)) - 1
+    bob.input.send({"text": "trim", "to": keep}).result()
+    eventually(lambda: suspended(ended["next"]), what="the run to suspend after its trim")
+    bob.input.send({"text": "trimmed?"}).result()
+
+    def last_echo() -> str | None:
+        records = bob.output.read(start=keep).result().records
+        bodies = [json.loads(r.body)["data"] for r in records if r.body]
+        return next((b["text"] for b in reversed(bodies) if b["type"] == "echo"), None)
+
+    eventually(lambda: last_echo() == "trimmed?", what="the reply after the trim")
+    records = bob.output.read().result().records
+    assert records[0].seq_num == keep  # what the trim left
+    trims = [r.seq_num for r in records if r.headers and r.headers[0] == ["", "trim"]]
+    trimmed = [json.loads(r.body)["data"] for r in records if r.body]
+    assert trims == [keep + 1]
+    assert [t["seq"] for t in trimmed if t["type"] == "trimmed"] == [keep + 1]
 
 
 @task(id="session-durable")

@@ -227,24 +227,43 @@ async def trim_output(id_or_external: str, earliest: int, *, channel: str | None
     channel's) and delete the records before `earliest` — never past the
     stream's tail, never back (a trim below an earlier one deletes nothing
     but still takes a seq). A reader asking for a trimmed seq starts at the
-    first record left, as S2 clamps. Returns the trim record's seq."""
+    first record left, as S2 clamps. Returns the trim record's seq (-1
+    inside a run when a replay did not trim again: it trimmed before)."""
     if isinstance(earliest, bool) or not isinstance(earliest, int) or earliest < 0:
         raise InvalidArgument(f"a trim point is a seq_num, 0 or more, not {earliest!r}")
-    # not deduplicated inside a run: a replayed trim deletes nothing more
-    # (monotonic) and adds one more command record, which readers skip
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, "out", channel)
+    ctx = current_run()
+    if ctx is None:
+        result: NamedWriteResult | None = await trim_encoded(path, earliest, channel, None)
+    else:
+        # numbered with the run's appends to the stream: a replay makes no
+        # second trim record (skipped, or a duplicate after a crash)
+        result = await session_writer.writer_for(ctx, path).append(
+            lambda producer: trim_encoded(path, earliest, channel, producer, gaps=True)
+        )
+    return -1 if result is None or result.start is None else result.start
+
+
+async def trim_encoded(
+    path: str, earliest: int, channel: str | None, producer: Producer | None, *, gaps: bool = False
+) -> NamedWriteResult:
+    """Append the trim command record of `earliest` to a session stream and
+    trim it there (one transaction), with `producer`'s stamp as
+    `append_encoded` (a stamp stored before trims nothing again)."""
     data = encode({"headers": [["", "trim"]], "trim": earliest}, f"the trim of {path}")
     conn = connection.current()
-    write = NamedWrite(path, [data], JSON_TYPE)
+    write = NamedWrite(path, [data], JSON_TYPE, producer=producer, producer_gaps=gaps)
     max_bytes = conn.settings.max_stream_bytes
     result = await asyncio.to_thread(conn.store.named_trim, write, earliest, max_bytes)
     if result.outcome is NamedOutcome.MISSING:  # nothing written yet: created now
         await _create(path, channel)
         result = await asyncio.to_thread(conn.store.named_trim, write, earliest, max_bytes)
     _check(result, path)
-    assert result.start is not None
-    return result.start
+    if current_run() is not None:
+        # the trim record is a row like any: the run's pushed tail stays whole
+        named_tails.tails().learned(path, result, [data])
+    return result
 
 
 async def _append(id_or_external: str, io: IO, record: Any, channel: str | None) -> int:

@@ -48,10 +48,16 @@ class TurnWriter(Protocol):
         """Append one UI message chunk as a data record."""
         ...
 
-    async def control(self, headers: list[list[str]]) -> None:
-        """Append a control record (headers only)."""
+    async def control(self, headers: list[list[str]]) -> int | None:
+        """Append a control record (headers only); its seq (None: the turn
+        runs again after a crash and stored it before)."""
         ...
 
     async def snapshot(self, snapshot: dict[str, Any]) -> None:
-        """Keep the conversation for the session's next run."""
+        """Keep the conversation for the session's next run (only the last
+        snapshot is kept)."""
+        ...
+
+    async def trim(self, earliest: int) -> None:
+        """Delete the `.out` records before seq `earliest` (S2's trim)."""
         ...

@@ -29,6 +29,8 @@ from rayflow.store.named import Producer
 SNAPSHOT_CHANNEL = "chat.snapshot"
 #: a watch of `.in` re-asks this often (it is cancelled when its turn ends)
 WATCH_POLL_S = 30.0
+#: records read back to find the last snapshot (a trim record may follow it)
+_SNAPSHOT_LOOKBACK = 4
 
 
 class SessionIO:
@@ -86,12 +88,18 @@ class SessionIO:
         )
         if head.tail == 0:
             return None
+        # the last snapshot, and after it the trim that dropped the one before
         last = await session_reads.read_records(
-            self.session_id, "out", channel=SNAPSHOT_CHANNEL, start=head.tail - 1, limit=1
+            self.session_id,
+            "out",
+            channel=SNAPSHOT_CHANNEL,
+            start=max(0, head.tail - _SNAPSHOT_LOOKBACK),
+            limit=_SNAPSHOT_LOOKBACK,
         )
-        if not last.records:
+        kept = [r for r in last.records if r.command is None and r.body]
+        if not kept:
             return None
-        snapshot: dict[str, Any] = last.records[0].value()
+        snapshot: dict[str, Any] = kept[-1].value()
         return snapshot
 
 
@@ -113,20 +121,30 @@ class TurnWriter:
         self.key = key
         self.next: dict[str, int] = {}
 
-    async def _write(self, record: dict[str, Any], channel: str | None = None) -> None:
-        path = session_io.session_stream_path(self.session_id, "out", channel)
+    def _producer(self, path: str) -> Producer:
         seq = self.next.get(path, 0)
         self.next[path] = seq + 1
-        producer = Producer(f"chat:{self.key}", 0, seq)
+        return Producer(f"chat:{self.key}", 0, seq)
+
+    async def _write(self, record: dict[str, Any], channel: str | None = None) -> int | None:
+        path = session_io.session_stream_path(self.session_id, "out", channel)
+        producer = self._producer(path)
         data = session_io.encode(record, f"the record for {path}")
-        await session_io.append_encoded(path, data, channel, producer)
+        result = await session_io.append_encoded(path, data, channel, producer)
+        return result.start  # None: stored before (the turn runs again)
 
     async def data(self, chunk: dict[str, Any]) -> None:
         index = self.next.get(session_io.session_stream_path(self.session_id, "out"), 0)
         await self._write(_wire.data_record(chunk, f"{self.key}:{index}"))
 
-    async def control(self, headers: list[list[str]]) -> None:
-        await self._write({"headers": headers})
+    async def control(self, headers: list[list[str]]) -> int | None:
+        return await self._write({"headers": headers})
 
     async def snapshot(self, snapshot: dict[str, Any]) -> None:
-        await self._write(_wire.data_record(snapshot, self.key), SNAPSHOT_CHANNEL)
+        seq = await self._write(_wire.data_record(snapshot, self.key), SNAPSHOT_CHANNEL)
+        if seq is not None:  # only the last snapshot is read: drop the ones before
+            await self.trim(seq, SNAPSHOT_CHANNEL)
+
+    async def trim(self, earliest: int, channel: str | None = None) -> None:
+        path = session_io.session_stream_path(self.session_id, "out", channel)
+        await session_io.trim_encoded(path, earliest, channel, self._producer(path))

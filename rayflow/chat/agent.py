@@ -21,7 +21,7 @@ from typing import Any
 from rayflow import durable
 from rayflow._runtime.durations import parse_duration
 from rayflow.chat import _wire
-from rayflow.chat._port import SessionPort
+from rayflow.chat._port import SessionPort, TurnWriter
 from rayflow.chat._turn import Turn, TurnFunction, run_turn
 from rayflow.chat.messages import UIMessage, overlay_tool_states
 from rayflow.task import Task, task
@@ -92,6 +92,8 @@ class _Loop:
         self.skip: set[int] = set()  # `.in` seqs a turn took as steering
         self.cursor = -1  # the last `.in` seq consumed
         self.turns = 0
+        #: the seq of the last turn-complete on `.out` (the next turn trims to it)
+        self.turn_complete: int | None = None
 
     async def run(self, timeout_s: float | None) -> dict[str, Any]:
         boot = await durable.step("chat-boot", self._boot)
@@ -125,6 +127,8 @@ class _Loop:
         assert payload is not None
         if payload.trigger == "action":
             done = await durable.step("chat-action", self._action, payload.action, record.seq)
+            if done.get("turn_complete") is not None:
+                self.turn_complete = done["turn_complete"]
             if done["messages"] is not None:
                 self.history = [UIMessage.model_validate(m) for m in done["messages"]]
             return
@@ -141,6 +145,8 @@ class _Loop:
         self.history += [UIMessage.model_validate(m) for m in outcome["steered"]]
         self.history.append(UIMessage.model_validate(outcome["message"]))
         self.skip.update(outcome["taken"] + outcome["stops"])
+        if outcome.get("turn_complete") is not None:
+            self.turn_complete = outcome["turn_complete"]
         self.turns += 1
 
     async def _turn(self, payload: _wire.WirePayload, in_seq: int | None) -> dict[str, Any]:
@@ -170,10 +176,18 @@ class _Loop:
         # may send at once, and a run that continues the session reads it
         await writer.snapshot({"messages": [m.wire() for m in messages]})
         token = await self.port.refreshed_token()
-        await writer.control(_wire.turn_complete_headers(outcome["consumed"], token))
+        done_at = await writer.control(_wire.turn_complete_headers(outcome["consumed"], token))
+        await self._trim(writer)
         if outcome["consumed"] is not None:
             await self.port.settle(outcome["consumed"])
-        return outcome
+        return {**outcome, "turn_complete": done_at}
+
+    async def _trim(self, writer: TurnWriter) -> None:
+        """`.out` keeps the previous turn-complete and what came after it (a
+        reload resumes the last turn from there; the conversation is in the
+        snapshot), as Trigger.dev's agent trims after each turn-complete."""
+        if self.turn_complete is not None:
+            await writer.trim(self.turn_complete)
 
     async def _action(self, action: Any, in_seq: int | None) -> dict[str, Any]:
         changed = None
@@ -183,7 +197,9 @@ class _Loop:
             if changed is not None:
                 await writer.snapshot({"messages": [m.wire() for m in changed]})
         token = await self.port.refreshed_token()
-        await writer.control(_wire.turn_complete_headers(in_seq, token))
+        done_at = await writer.control(_wire.turn_complete_headers(in_seq, token))
+        await self._trim(writer)
         if in_seq is not None:
             await self.port.settle(in_seq)
-        return {"messages": None if changed is None else [m.wire() for m in changed]}
+        messages = None if changed is None else [m.wire() for m in changed]
+        return {"messages": messages, "turn_complete": done_at}
