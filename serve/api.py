@@ -9,10 +9,16 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rayflow._config import Settings
-from serve import ds_wire, openapi
+from serve import ds_append, ds_wire, openapi
 from serve.deps import MAX_APPEND_BYTES, ServeState
 from serve.errors import ERROR_RESPONSES, install_error_handlers
-from serve.middleware import BodyLimits, default_body_limits, edge, install_middleware
+from serve.middleware import (
+    BodyLimits,
+    EdgeMiddleware,
+    default_body_limits,
+    edge,
+    install_middleware,
+)
 from serve.routes import (
     batches,
     dashboard,
@@ -89,13 +95,19 @@ def listener_app(app: FastAPI) -> ASGIApp:
     walk: ~30 % of the replica's event loop under 64 producers of small
     appends, benchmarks/README.md); every other request goes to `app`.
     The route answers its own errors (`serve/routes/durable_streams.py`)."""
-    direct = edge(_durable_stream, _limits(app.state.rayflow.settings))
+    limits = _limits(app.state.rayflow.settings)
+    direct = edge(_durable_stream, limits)
+    limits_only = EdgeMiddleware(_durable_stream, limits=limits)
+    st: ServeState = app.state.rayflow
     prefix = durable_streams.PREFIX
     methods = set(durable_streams.METHODS)
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(prefix) and scope["method"] in methods:
+            if scope["method"] == "POST":  # a producer's append: raw ASGI
+                await ds_append.append(st, limits_only, scope, receive, send, path[len(prefix) :])
+                return
             scope["app"] = app  # what `request.app` is under FastAPI
             scope["path_params"] = {"path": path[len(prefix) :]}
             await direct(scope, receive, send)

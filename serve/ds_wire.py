@@ -17,7 +17,7 @@ import random
 import re
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.responses import Response
 
@@ -50,6 +50,30 @@ _DECIMAL = re.compile(r"^(0|[1-9]\d*)$")
 _DIGITS = re.compile(r"^\d+$")
 #: the largest producer epoch or seq (2**53 - 1: JavaScript clients read them exactly)
 MAX_SAFE = 2**53 - 1
+
+
+class HeaderSource(Protocol):
+    """A request's headers by name, any case: Starlette's `Headers`, or
+    `RawHeaders` on rayflow's listener."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+class RawHeaders:
+    """An ASGI scope's headers read once into a dict (the first of a
+    repeated name wins, as with Starlette's `Headers.get`); names are
+    lower case in the scope (ASGI)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, scope_headers: list[tuple[bytes, bytes]]) -> None:
+        self.raw: dict[bytes, bytes] = {}
+        for name, value in scope_headers:
+            self.raw.setdefault(name, value)
+
+    def get(self, key: str, /) -> str | None:
+        value = self.raw.get(key.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
 
 
 class WireError(Exception):
@@ -132,11 +156,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def json_messages(body: bytes, *, append: bool) -> list[bytes]:
     """A JSON-mode body as messages: an array is flattened one level (an
     empty one is refused on append, an empty stream on create)."""
-    try:
-        value = json.loads(body, parse_constant=_no_constant)
+    try:  # json.loads, with a decoder made once
+        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as e:
         raise WireError(400, f"the body is not valid JSON: {e}") from None
     values = value if isinstance(value, list) else [value]
@@ -149,7 +176,10 @@ def json_messages(body: bytes, *, append: bool) -> list[bytes]:
 
 
 def _dump(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(value).encode()
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def json_array(messages: list[bytes]) -> bytes:

@@ -106,6 +106,10 @@ class ReplicaListener:
         """Stop accepting, finish (or after `STOP_GRACE_S` cut) open responses."""
         self._server.should_exit = True
 
+    async def stopped(self) -> None:
+        """Return once the server has stopped (after `stop`)."""
+        await asyncio.shield(self._task)
+
 
 def bind(host: str, port: int, wait_s: float = BIND_WAIT_S) -> socket.socket:
     """A listening-ready socket bound to `host:port` with `SO_REUSEADDR`,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -90,7 +90,8 @@ class EdgeMiddleware:
         self.limits = limits
         self.default_limit = default_limit
 
-    def _limit(self, method: str, path: str) -> int | None:
+    def limit(self, method: str, path: str) -> int | None:
+        """The body limit of a `method` request to `path` (None: none)."""
         for m, pattern, limit in self.limits:
             if m == method and pattern.match(path):
                 return limit
@@ -101,16 +102,12 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        limit = self._limit(method, scope["path"])
+        limit = self.limit(method, scope["path"])
         length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
-        if limit is not None and length is not None:
-            if not length.strip().isdigit() or len(length.strip()) > 16:
-                await _send_error(send, 400, "invalid Content-Length header", "BadRequest")
-                return
-            if int(length) > limit:
-                message = f"request body is {int(length)} bytes; the limit here is {limit} bytes"
-                await _send_error(send, 413, message, "PayloadTooLarge")
-                return
+        refused = length_refusal(length, limit)
+        if refused is not None:
+            await send_error(send, *refused)
+            return
 
         started = False
 
@@ -130,7 +127,41 @@ class EdgeMiddleware:
                 log.debug("%s %s ended: %r", method, scope["path"], exc)
                 return
             log.error("unexpected error on %s %s", method, scope["path"], exc_info=exc)
-            await _send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError")
+            await send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError")
+
+
+def length_refusal(length: bytes | None, limit: int | None) -> tuple[int, str, str] | None:
+    """(status, message, code) for a `Content-Length` that is malformed or over
+    `limit` (None: no limit); None when the request may go on."""
+    if limit is None or length is None:
+        return None
+    if not length.strip().isdigit() or len(length.strip()) > 16:
+        return 400, "invalid Content-Length header", "BadRequest"
+    if int(length) > limit:
+        message = f"request body is {int(length)} bytes; the limit here is {limit} bytes"
+        return 413, message, "PayloadTooLarge"
+    return None
+
+
+def cors_headers(origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The headers `CORSMiddleware` (set up with `CORS`) adds to a simple
+    (not preflight) response that has no `Vary` of its own, for a request
+    whose `Origin` is `origin`: for callers that answer without the
+    middleware (`serve/ds_append.py`)."""
+    if origin is None or not _CORS.is_allowed_origin(origin.decode("latin-1")):
+        return [*_CORS_SIMPLE, (b"vary", b"Origin")] if origin is not None else [_VARY]
+    return [*_CORS_SIMPLE, (b"access-control-allow-origin", origin), _VARY]
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotImplementedError
+
+
+_CORS = CORSMiddleware(_no_app, **CORS)
+_CORS_SIMPLE = [
+    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _CORS.simple_headers.items()
+]
+_VARY = (b"vary", b"Origin")
 
 
 def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
@@ -148,8 +179,12 @@ def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
     return limited_receive
 
 
-async def _send_error(send: Send, status: int, message: str, code: str) -> None:
+async def send_error(
+    send: Send, status: int, message: str, code: str, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A JSON error answered at the edge (`extra`: headers to add)."""
     body = json.dumps(error_body(status, message, code)).encode()
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

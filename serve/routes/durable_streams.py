@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -59,13 +60,13 @@ METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE"]
 _CONTENT_TYPE = r"^[\w.+-]+/[\w.+-]+"
 
 
-def caller(request: Request) -> Principal | None:
-    """The caller; None for an anonymous one where that is allowed."""
-    st: ServeState = request.app.state.rayflow
+def caller(st: ServeState, authorization: str | None) -> Principal | None:
+    """The caller (from its `Authorization` header); None for an anonymous
+    one where that is allowed."""
     settings = st.settings
     if settings.durable_streams_anonymous and settings.http_host in LOOPBACK_HOSTS:
         return None
-    header = request.headers.get("authorization", "")
+    header = authorization or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise missing_bearer(header)
@@ -138,8 +139,11 @@ async def durable_stream(request: Request) -> Response:
     no dependency solving per append."""
     path: str = request.path_params["path"]
     method = request.method
+    st: ServeState = request.app.state.rayflow
+    if method == "POST":
+        return await append(st, path, request.headers, request.body)
     try:
-        who = caller(request)
+        who = caller(st, request.headers.get("authorization"))
     except RayflowError as e:
         return wire.error(e.http_status, str(e))
     try:
@@ -155,11 +159,33 @@ async def durable_stream(request: Request) -> Response:
             return wire.error(405, f"{path} is read-only here: {method} is not allowed")
         if method == "PUT":
             return await put(path, request)
-        if method == "POST":
-            return await post(path, request)
         return await delete(path)
     except WireError as e:
         return wire.error(e.status, str(e), e.headers)
+    except RayflowError as e:  # Forbidden, Unavailable, ...
+        return wire.error(e.http_status, str(e))
+
+
+async def append(
+    st: ServeState, path: str, h: wire.HeaderSource, body: Callable[[], Awaitable[bytes]]
+) -> Response:
+    """A POST to `path` (an append, a close): its caller, its path, then
+    `post` with the body `body()` reads; every refusal answered. Shared by the
+    route and rayflow's listener (`serve/ds_append.py`)."""
+    try:
+        who = caller(st, h.get("authorization"))
+    except RayflowError as e:
+        return wire.error(e.http_status, str(e))
+    try:
+        _check_path(path)
+        _require(who, "write", path)
+        if path.startswith(("runs/", "sessions/")):
+            return wire.error(405, f"{path} is read-only here: POST is not allowed")
+        return await post(path, h, await body())
+    except WireError as e:
+        return wire.error(e.status, str(e), e.headers)
+    except HTTPException as e:  # a chunked body cut off at its limit (413)
+        return wire.error(e.status_code, str(e.detail))
     except RayflowError as e:  # Forbidden, Unavailable, ...
         return wire.error(e.http_status, str(e))
 
@@ -243,7 +269,7 @@ def _create_refusal(outcome: NamedOutcome, path: str) -> tuple[int, str]:
     }.get(outcome, (500, f"unexpected outcome {outcome.value}"))
 
 
-def _producer(headers: Headers) -> Producer | None:
+def _producer(headers: wire.HeaderSource) -> Producer | None:
     names = (wire.PRODUCER_ID, wire.PRODUCER_EPOCH, wire.PRODUCER_SEQ)
     given = [headers.get(n) for n in names]
     if all(v is None for v in given):
@@ -261,11 +287,11 @@ def _producer(headers: Headers) -> Producer | None:
     )
 
 
-async def post(path: str, request: Request) -> Response:
-    h = request.headers
+async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
+    """An append (or a close): `h` the request's headers, `body` its body.
+    Raises WireError for a request the protocol refuses before the Store."""
     producer = _producer(h)
     close = wire.is_true(h.get(wire.CLOSED))
-    body = await request.body()
     content_type = h.get("content-type")
     if not body and not close:
         raise WireError(400, "the body is empty: send data, or Stream-Closed: true to close")
