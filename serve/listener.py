@@ -72,6 +72,7 @@ class ReplicaListener:
                 ws="none",
                 lifespan="off",  # Serve already ran the app's lifespan
                 access_log=False,
+                server_header=False,  # a header every response carries for nothing
                 log_config=None,
                 proxy_headers=False,  # the edge: no proxy in front to trust
                 timeout_keep_alive=KEEP_ALIVE_S,

@@ -6,7 +6,9 @@ POSTs, a session's `.out.append`) hands its `NamedWrite`s to the loop's
 write leaves at once (on the next turn of the loop, so writes made in one go
 share the commit); writes made meanwhile, to any stream, queue and leave
 together in the next one — at most `MAX_BATCH` writes, one transaction
-(`Store.named_write_many`), one fsync, on the process's commit thread.
+(`Store.named_write_many`), one fsync, on the process's commit thread. Under
+a flood commits begin at least `MIN_GAP_S` apart (larger batches); a lone
+writer's commits are farther apart than that and never wait.
 
 Invariants:
 - Acknowledged = durable = visible: a write's future resolves with its
@@ -32,6 +34,12 @@ from rayflow.store.named import NamedWrite, NamedWriteResult
 
 #: most writes in one commit
 MAX_BATCH = 2_000
+#: under a flood a commit starts at least this long after the one before it
+#: began, and the writes made meanwhile share it: fewer, larger commits
+#: (a commit's fixed cost, ~100 µs of the commit thread's CPU and a wake-up
+#: of the loop, is most of a small write's; benchmarks/README.md, Durable
+#: Streams). A write with no commit begun this recently leaves at once.
+MIN_GAP_S = 0.002
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, NamedAppender] = (
     weakref.WeakKeyDictionary()
@@ -59,6 +67,8 @@ class NamedAppender:
         self._store, self._max_bytes = store, max_bytes
         self._queue: list[tuple[NamedWrite, asyncio.Future[NamedWriteResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: when (loop time) the last commit began
+        self._began = float("-inf")
 
     def submit(self, w: NamedWrite) -> asyncio.Future[NamedWriteResult]:
         future: asyncio.Future[NamedWriteResult] = asyncio.get_running_loop().create_future()
@@ -69,8 +79,13 @@ class NamedAppender:
         return future
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                wait = self._began + MIN_GAP_S - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._began = loop.time()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 await self._commit(batch)
         except BaseException as e:  # e.g. cancelled as the loop closes: nobody may hang
