@@ -93,7 +93,9 @@ def listener_app(app: FastAPI) -> ASGIApp:
     CORS, body limits and last-resort 500 (`serve/middleware.py`) but none of
     FastAPI's own layers (exception middlewares, an exit stack, the router's
     walk: ~30 % of the replica's event loop under 64 producers of small
-    appends, benchmarks/README.md); every other request goes to `app`.
+    appends, benchmarks/README.md); a POST (a producer's append) is
+    answered in raw ASGI (`serve/ds_append.py`, the same answers); every
+    other request goes to `app`.
     The route answers its own errors (`serve/routes/durable_streams.py`)."""
     limits = _limits(app.state.rayflow.settings)
     direct = edge(_durable_stream, limits)
