@@ -239,6 +239,46 @@ class StreamBuffer:
         finally:
             self._land(entries)
 
+    def settle_now(self, entries: list[Entry], result: AppendResult) -> bool:
+        """`settle` without awaiting, in the usual case: every write is new
+        and its rows continue the tail exactly (no hole to read from the
+        Store, no merge in progress). False, having done nothing: await
+        `settle` (a coroutine chain and a lock per stream per round)."""
+        seqs = result.seqs
+        if not seqs or self._merging.locked() or seqs[0] != self.length:
+            return False
+        last = seqs[-1]
+        if last is None or last - self.length != len(seqs) - 1 or result.length != last + 1:
+            return False
+        if None in seqs:
+            return False
+        now = now_ms()
+        writes = [w for e in entries for w in e.writes]
+        first = self.length
+        try:
+            self.tail.extend((first + i, w.data, now, w.record_id) for i, w in enumerate(writes))
+            self.length = result.length
+            self._seal()
+            self._notify()
+            if hops.enabled():
+                hops.mark(
+                    "visible",
+                    [hops.stream_id(self.run_id, self.key, first + i) for i in range(len(seqs))],
+                    [hops.write_id(w.writer_id, w.writer_seq) for w in writes],
+                )
+        except Exception as e:  # committed, but not visible here: the writer hears it
+            for entry in entries:
+                entry.fail(e)
+            self._land(entries)
+            return True
+        at = 0
+        for entry in entries:
+            n = len(entry.writes)
+            entry.settle(seqs[at : at + n])
+            at += n
+        self._land(entries)
+        return True
+
     async def _publish(self, entries: list[Entry], result: AppendResult) -> None:
         writes = [w for e in entries for w in e.writes]
         now = now_ms()

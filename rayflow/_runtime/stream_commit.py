@@ -220,7 +220,7 @@ class StreamCommitter:
             for (buf, entries), result in zip(taken, results, strict=True):
                 if isinstance(result, Refused):
                     buf.refused(entries, result)
-                else:
+                elif not buf.settle_now(entries, result):
                     await buf.settle(entries, result)
             return
 
