@@ -1,6 +1,6 @@
 """A stream's codec: validates chunks against the stream's type and turns
 them into JSON text, once, where they are written; str and untyped streams
-skip pydantic when nothing in the string needs escaping."""
+skip pydantic when nothing in the string needs escaping, both ways."""
 
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ class Codec(Generic[T]):
         )
 
     def decode(self, data: str) -> T:
+        if self._strings and len(data) > 1 and data[0] == '"' and data[-1] == '"':
+            inner = data[1:-1]
+            if _NEEDS_ESCAPE.search(inner) is None:
+                # a JSON string with nothing escaped is its text (`encode`'s inverse)
+                return inner  # type: ignore[return-value]
         value: T = self.adapter.validate_json(data)
         return value
 
