@@ -15,7 +15,7 @@ from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
 from rayflow import errors
 from rayflow.store import Store, open_store
 from rayflow.store.base import RunRecord, SessionRecord, now_ms
-from rayflow.store.named import NamedOutcome, NamedStreamSpec, NamedWrite
+from rayflow.store.named import NamedOutcome, NamedStreamSpec, NamedWrite, Producer
 
 
 def _session(session_id: str, external_id: str | None, **fields: object) -> SessionRecord:
@@ -211,6 +211,49 @@ def test_retention_deletes_sessions_ended_long_ago_with_their_streams_and_old_se
     store.delete_expired_sessions(0, keys_before=now_ms() + 1)
     fresh = _send(store, "session_ab", "y", key="k-session_ab", window_ms=60_000)
     assert not fresh.duplicate and fresh.seq == 2
+
+
+def test_retention_trims_what_ended_runs_took_from_an_open_sessions_input(store: Store) -> None:
+    store.start_session(_session("session_in", None), _run("run_in1"))
+    path = "sessions/session_in/in"
+    for text in ("a", "b", "c"):
+        _send(store, "session_in", text, key=None)
+
+    def kept() -> list[int]:
+        return [c.pos for c in store.named_read(path, 0, 10, 1 << 20).chunks]
+
+    store.session_consume("run_in1", 1, None, "session_in", path, 1, 0)
+    store.session_consume("run_in1", 1, None, "session_in", path, 2, 1)
+    # what the current run took stays: a replay of it reads those records
+    store.delete_expired_sessions(now_ms() + 1, keys_before=0)
+    assert kept() == [0, 1, 2]
+    # it returns; a record continues the session with a run that takes from 2
+    store.claim_run("run_in1", "actor")
+    store.finish_run("run_in1", "COMPLETED", "null", None)
+    write = NamedWrite(path, [json.dumps({"data": "d"}).encode()])
+    sent = store.session_send(
+        "session_in", write, 1 << 20, wakes=True, next_run=lambda _: _run("run_in2")
+    )
+    assert sent.continued == "run_in2"
+    size = store.named_info(path).size_bytes  # type: ignore[union-attr]
+    store.delete_expired_sessions(0, keys_before=0)  # nothing that old
+    assert kept() == [0, 1, 2, 3]
+    store.delete_expired_sessions(now_ms() + 1, keys_before=0)
+    assert kept() == [2, 3]  # a and b: taken by the run that ended
+    info = store.named_info(path)
+    assert info is not None and info.length == 4 and info.size_bytes < size
+    assert store.session_cursor("session_in", path) == 2
+
+    # session streams' producer state expires after its window (the
+    # Controller passes `session_send_key_ttl_s`): then a stamp is new again
+    out = NamedWrite(
+        "sessions/session_in/out", [b"{}"], JSON, producer=Producer("run_in2:1:s", 0, 0)
+    )
+    store.named_create(NamedStreamSpec(out.path, JSON), [], 1 << 20)
+    assert store.named_write(out, 1 << 20).outcome is NamedOutcome.OK
+    assert store.named_write(out, 1 << 20).outcome is NamedOutcome.DUPLICATE
+    assert store.named_expire_producers("sessions/", now_ms() + 1) == 1
+    assert store.named_write(out, 1 << 20).outcome is NamedOutcome.OK
 
 
 def test_a_trim_deletes_the_records_before_it_and_never_moves_back(store: Store) -> None:

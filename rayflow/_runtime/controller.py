@@ -43,7 +43,7 @@ from rayflow._runtime.supervisor import Supervisor
 from rayflow._status import RunStatus
 from rayflow.errors import IdempotencyConflict, RunNotFound
 from rayflow.store.base import ACTIVE_STATUSES, RunRecord, now_ms
-from rayflow.store.named import DURABLE_STREAMS_PREFIX
+from rayflow.store.named import DURABLE_STREAMS_PREFIX, SESSIONS_PREFIX
 
 
 @ray.remote
@@ -270,6 +270,10 @@ class Controller:
         # send keys past their dedupe window
         keys_before = now_ms() - int(self.settings.session_send_key_ttl_s * 1000)
         await asyncio.to_thread(self.store.delete_expired_sessions, cutoff, keys_before)
+        # session streams' producers (a run's writers, a chat turn's): a stamp
+        # dedupes a replay or a retry for the send keys' window, then goes
+        while await asyncio.to_thread(expire, SESSIONS_PREFIX, keys_before) >= 500:
+            pass
         return await asyncio.to_thread(self.store.delete_expired, cutoff)
 
     async def pid(self) -> int:

@@ -236,6 +236,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE session_cursors ADD COLUMN settled_seq BIGINT",
         "UPDATE session_cursors SET settled_seq = next_seq",
     ],
+    # 11: where the session's current run began taking each input stream:
+    #    records before it (and settled) were taken by runs that have ended,
+    #    whose journals no replay reads again, so retention may delete them
+    #    while the session is open (`Store.delete_expired_sessions`)
+    [
+        "ALTER TABLE session_cursors ADD COLUMN run_from_seq BIGINT",
+        "UPDATE session_cursors SET run_from_seq = 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

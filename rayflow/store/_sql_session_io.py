@@ -141,12 +141,18 @@ class SessionIoSql(NamedLifecycleSql):
                     " WHERE session_id = ? AND settled_seq < next_seq",
                     (session.id,),
                 )
+            elif status == _COMPLETED:  # it returned: done with all it took
+                c.execute(
+                    "UPDATE session_cursors SET settled_seq = next_seq WHERE session_id = ?",
+                    (session.id,),
+                )
             run = next_run(session)
             self._insert_run(c, run)
             c.execute(
                 "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
                 (run.id, now_ms(), session.id),
             )
+            self._runs_from_cursor(c, session.id)
             sent.continued = sent.run_id = run.id
         elif status == _WAITING and self._resolve_session_wait(c, run_id, session.id):
             sent.woke = run_id
@@ -266,8 +272,17 @@ class SessionIoSql(NamedLifecycleSql):
                 "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
                 (run.id, now_ms(), session.id),
             )
+            self._runs_from_cursor(c, session.id)
         self._changed(run.id)
         return run.id, True
+
+    def _runs_from_cursor(self, c: Any, session_id: str) -> None:
+        """A new current run takes from the cursors on: what lies before
+        them is no replay's business any more (retention may drop it)."""
+        c.execute(
+            "UPDATE session_cursors SET run_from_seq = next_seq WHERE session_id = ?",
+            (session_id,),
+        )
 
     # -- retention -------------------------------------------------------------
     #: sessions deleted per transaction by `delete_expired_sessions`
@@ -301,7 +316,46 @@ class SessionIoSql(NamedLifecycleSql):
                 break
         with self._tx() as c:
             c.execute("DELETE FROM session_sent_keys WHERE created_at < ?", (keys_before,))
+        self._trim_taken_inputs(ended_before)
         return sessions
+
+    def _trim_taken_inputs(self, before: int) -> None:
+        """Delete the input records (`.in`, channels' `in`) of open sessions
+        stored before `before` that ended runs took and settled: below both
+        the settled cursor and where the current run began taking (its
+        replay reads what it took), as S2's retention would."""
+        after: tuple[str, str] = ("", "")
+        while True:
+            changed: list[str] = []
+            with self._tx() as c:
+                rows = c.execute(
+                    "SELECT session_id, path, settled_seq, run_from_seq FROM session_cursors"
+                    " WHERE session_id > ? OR (session_id = ? AND path > ?)"
+                    " ORDER BY session_id, path LIMIT ?",
+                    (after[0], after[0], after[1], self.session_expire_batch),
+                ).fetchall()
+                for _, path, settled, run_from in rows:
+                    cut = min(int(settled or 0), int(run_from or 0))
+                    if cut <= 0:
+                        continue
+                    where = " FROM named_chunks WHERE path = ? AND end_pos <= ? AND created_at < ?"
+                    freed = c.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0)" + where,
+                        (path, cut, before),
+                    ).fetchone()
+                    if not freed[0]:
+                        continue
+                    c.execute("DELETE" + where, (path, cut, before))
+                    c.execute(
+                        "UPDATE named_streams SET size_bytes = size_bytes - ? WHERE path = ?",
+                        (int(freed[1]), path),
+                    )
+                    changed.append(path)
+            if changed:
+                self._named_changed(*changed)
+            if len(rows) < self.session_expire_batch:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def _drop_session(self, c: Any, session_id: str, now: int) -> list[str]:
         """Delete a session with its `.in` and `.out`, cursors and send keys;

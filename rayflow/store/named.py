@@ -193,6 +193,8 @@ def is_json(content_type: str) -> bool:
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: the Store's paths of the Durable Streams endpoint's streams (`ds/<path>`)
 DURABLE_STREAMS_PREFIX = "ds/"
+#: session streams' paths start with this (`sessions/<id>/in`, …)
+SESSIONS_PREFIX = "sessions/"
 
 
 class NamedStreamStore(Protocol):

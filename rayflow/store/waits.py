@@ -191,7 +191,9 @@ class TokenAndSessionStore(Protocol):
         `ended_before` whose current run has finished (or is gone), with
         their `.in` and `.out`, cursors and send keys (side channels expire
         by their own TTL), and every send key stored before `keys_before`;
-        how many sessions."""
+        and of open sessions the input records stored before `ended_before`
+        that runs which have ended took and finished with (the current run's
+        replay keeps what it took); how many sessions."""
 
     # -- wait tokens -----------------------------------------------------------
     def create_wait_token(self, token: WaitTokenRecord) -> tuple[WaitTokenRecord, bool]:
