@@ -47,6 +47,7 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
@@ -64,8 +65,9 @@ async def live_agent(payload: dict) -> int:  # type: ignore[type-arg]
         got = await me.input.once(timeout_s=300)
         if not got.ok or got.output.get("bye"):
             return n
-        took_ms = (time.time_ns() - got.output["ts"]) / 1e6
-        await me.output.append({"i": got.output["i"], "once_ms": took_ms})
+        once_ns = time.time_ns()
+        took_ms = (once_ns - got.output["ts"]) / 1e6
+        await me.output.append({"i": got.output["i"], "once_ms": took_ms, "once_ns": once_ns})
         n += 1
 
 
@@ -116,7 +118,10 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"x{sup.p50(a) / sup.p50(b):.3f} (p50), x{sup.pct(a, 0.99) / sup.pct(b, 0.99):.3f} (p99)"
 
 
-def part_live(sends: int, gap_s: float) -> tuple[list[float], list[float]]:
+def part_live(
+    sends: int, gap_s: float, stamps: list[dict[str, int]] | None = None
+) -> tuple[list[float], list[float]]:
+    """`stamps`: filled with each send's clock (`--breakdown`)."""
     sid = start("bench-session-live")
     user = sessions.open(sid)
     e2e, once = [], []
@@ -124,11 +129,109 @@ def part_live(sends: int, gap_s: float) -> tuple[list[float], list[float]]:
         time.sleep(gap_s)
         t0 = time.time_ns()
         user.input.send({"i": i, "ts": t0}).result()
+        sent = time.time_ns()
         got = reply(sid, i)
-        e2e.append((time.time_ns() - t0) / 1e6)
+        t1 = time.time_ns()
+        e2e.append((t1 - t0) / 1e6)
         once.append(float(got["once_ms"]))
+        if stamps is not None:
+            stamps.append(
+                {"sid": sid, "i": i, "send": t0, "sent": sent, "once": got["once_ns"], "client": t1}
+            )  # type: ignore[dict-item]
     user.input.send({"bye": True}).result()
     return e2e, once
+
+
+#: the stages of one live send, in order: (hop, stream) — `in`: the sent
+#: record's, `out`: the reply's; `send`, `once`, `client`: the benchmark's clocks
+STAGES = [
+    ("send", ""),
+    ("stored", "in"),
+    ("changed", "in"),
+    ("read_in", "in"),
+    ("consumed", "in"),
+    ("once", ""),
+    ("commit_start", "out"),
+    ("committed", "out"),
+    ("resolved", "out"),
+    ("learned", "out"),
+    ("reply", "out"),
+    ("arrived", "out"),
+    ("taken", "out"),
+    ("client", ""),
+]
+
+
+def breakdown(hops_dir: str, stamps: list[dict[str, Any]]) -> None:
+    """Per stage of a live send, ms from the stage before (rayflow's hop
+    lines, `rayflow/_runtime/hops.py`, joined with the benchmark's clocks)."""
+    import glob
+    from collections import defaultdict
+
+    at: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for f in glob.glob(os.path.join(hops_dir, "*.tsv")):
+        for line in Path(f).read_text().splitlines():
+            hop, ident, ns = line.split("\t")[:3]
+            if hop in ("poll_sent", "poll_got", "look", "looked"):
+                ident = ident.split("\x00named:")[-1]
+                at[(hop, ident)].append(int(ns))
+                continue
+            if "\x00named:" in ident:  # a RunActor's poll: run/\x00named:path/seq
+                path, _, seq = ident.split("\x00named:", 1)[1].rpartition("/")
+                ident = f"{path}@{seq}"
+            if hop.startswith("taken_"):
+                at[("taken", ident)].append(int(ns))
+                at[(hop, ident)].append(int(ns))
+            else:
+                at[(hop, ident)].append(int(ns))
+    rows: dict[str, list[float]] = defaultdict(list)
+    how: dict[str, int] = defaultdict(int)
+    for st in stamps:
+        ids = {
+            "in": f"sessions/{st['sid']}/in@{st['i']}",
+            "out": f"sessions/{st['sid']}/out@{st['i']}",
+        }
+        prev_name, prev = "send", st["send"]
+        # a reply pushed from the commit thread went committed -> pushed -> taken
+        pushed = bool(at[("pushed", ids["out"])]) and bool(at[("taken_pushed", ids["out"])])
+        actor_path = {"resolved", "learned", "reply", "arrived"}
+        for hop, stream in STAGES[1:]:
+            if hop in actor_path and pushed:
+                continue
+            if hop == "taken" and pushed:
+                t = min(at[("pushed", ids["out"])])
+                rows[f"{prev_name} -> pushed"].append((t - prev) / 1e6)
+                prev_name, prev = "pushed", t
+            if stream == "":
+                t = st[hop]
+            elif hop == "changed":  # one line per poke, by path: the first after the store
+                t = min((x for x in at[(hop, ids["in"].split("@")[0])] if x >= prev), default=None)
+            else:
+                t = min(at[(hop, ids[stream])], default=None)
+            if t is None:
+                continue
+            rows[f"{prev_name} -> {hop}"].append((t - prev) / 1e6)
+            prev_name, prev = hop, t
+        path = ids["out"].split("@")[0]
+        for hop in ("look", "looked", "poll_sent", "poll_got"):
+            t = min((x for x in at[(hop, path)] if x >= st["sent"]), default=None)
+            if t is not None:
+                rows[f"(reader: sent -> {hop})"].append((t - st["sent"]) / 1e6)
+        rows["(reader: sent -> committed)"].append(
+            (min(at[("committed", ids["out"])], default=st["sent"]) - st["sent"]) / 1e6
+        )
+        for kind in ("taken_pushed", "taken_woken", "taken_read"):
+            if at[(kind, ids["out"])]:
+                how[kind] += 1
+        rows["TOTAL send -> once"].append((st["once"] - st["send"]) / 1e6)
+        rows["TOTAL once -> client"].append((st["client"] - st["once"]) / 1e6)
+        rows["(send returned: send -> sent)"].append((st["sent"] - st["send"]) / 1e6)
+    print(f"   breakdown of {len(stamps)} live sends (ms from the stage before):")
+    for name, xs in rows.items():
+        print(
+            f"     {name:<34} p50 {sup.p50(xs):7.2f}   p99 {sup.pct(xs, 0.99):7.2f}   n={len(xs)}"
+        )
+    print(f"     reply taken: {dict(how)}")
 
 
 def part_suspended(sends: int) -> tuple[list[float], int]:
@@ -214,13 +317,28 @@ def main() -> None:
     p.add_argument("--cold", type=int, default=10, help="cold actors for the floor")
     p.add_argument("--sessions", type=int, default=1000, help="sessions of part 3 (0: skip)")
     p.add_argument("--store", help="a PostgreSQL URL (default: SQLite in a temp dir)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only part 1, traced: where a live send's time goes, stage by stage",
+    )
     a = p.parse_args()
     print(f"benchmarks/sessions.py {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"  before: {sup.load()}")
     with tempfile.TemporaryDirectory(prefix="rayflow-sessions-") as tmp:
         kw: dict[str, Any] = {"store": a.store} if a.store else {}
+        if a.breakdown:
+            kw["trace_hops_dir"] = os.path.join(tmp, "hops")
         rayflow.init(data_dir=tmp, **kw)
         try:
+            if a.breakdown:
+                stamps: list[dict[str, Any]] = []
+                e2e, once = part_live(a.sends, a.gap, stamps)
+                sup.line("   send -> first .out record (traced)", e2e)
+                sup.line("   send -> .once() returned (traced)", once)
+                print(f"   ratio: {ratio(e2e, once)}   [{sup.load()}]")
+                breakdown(kw["trace_hops_dir"], stamps[1:])  # the first: a fresh session
+                return
             print("1. live run: send -> first output record vs send -> .once() returned")
             e2e, once = part_live(a.sends, a.gap)
             sup.line("   send -> first .out record", e2e)

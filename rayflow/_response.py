@@ -7,6 +7,7 @@ it is awaited or `.result()` is called, and errors are raised there.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import threading
@@ -23,6 +24,8 @@ _portal: BlockingPortal | None = None
 #: kept so the portal is never garbage-collected (its exit would stop the loop)
 _portal_cm: AbstractContextManager[BlockingPortal] | None = None
 _portal_lock = threading.Lock()
+#: the portal's event loop (see `io_loop`)
+_portal_loop: asyncio.AbstractEventLoop | None = None
 
 
 class _ProcessExit(Exception):
@@ -33,9 +36,9 @@ def _stop_portal() -> None:
     """Stop the portal while its thread still runs. Left to the interpreter's
     finalisation, the portal's exit waits on a loop whose daemon thread is
     already frozen, and the process never exits."""
-    global _portal, _portal_cm
+    global _portal, _portal_cm, _portal_loop
     with _portal_lock:
-        cm, _portal, _portal_cm = _portal_cm, None, None
+        cm, _portal, _portal_cm, _portal_loop = _portal_cm, None, None, None
     if cm is None:
         return
 
@@ -53,13 +56,27 @@ def portal() -> BlockingPortal:
     """The process's rayflow I/O loop (an anyio blocking portal on a daemon
     thread), for blocking callers. One for the life of the process: readers
     and writers created through it stay bound to its loop."""
-    global _portal, _portal_cm
+    global _portal, _portal_cm, _portal_loop
     with _portal_lock:
         if _portal is None:
             _portal_cm = start_blocking_portal(name="rayflow-io")
             _portal = _portal_cm.__enter__()
+            _portal_loop = _portal.call(_running_loop)
             atexit.register(_stop_portal)
         return _portal
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+def on_io_loop() -> bool:
+    """Whether the caller runs on the process's rayflow I/O loop (long-lived:
+    what it sets up, e.g. a listener, lasts as long as the process)."""
+    try:
+        return _portal_loop is not None and asyncio.get_running_loop() is _portal_loop
+    except RuntimeError:
+        return False
 
 
 async def _await(coro: Coroutine[Any, Any, T]) -> T:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 import weakref
@@ -48,6 +49,7 @@ import ray
 
 from rayflow._runtime import hops, push_inbox
 from rayflow._runtime.calls import call, shared_task
+from rayflow._runtime.named_tails import path_of
 from rayflow._runtime.stream_rows import FollowReply, ReadReply, Row, unpack_rows
 from rayflow._runtime.wake import Wake
 
@@ -112,6 +114,19 @@ class Subscription:
         if isinstance(reply, BaseException):
             raise reply
         return reply
+
+    def skip_to(self, start: int) -> None:
+        """Drop the queued rows before `start` (the reader got them pushed
+        another way), so the subscription serves a reader at `start`."""
+        while self.queue:
+            head = self.queue[0]
+            if isinstance(head, BaseException) or not head.rows or head.rows[0][0] >= start:
+                return
+            if head.rows[-1][0] < start:
+                self.queue.popleft()
+                continue
+            self.queue[0] = dataclasses.replace(head, rows=[r for r in head.rows if r[0] >= start])
+            return
 
     def close(self) -> None:
         self.poll.unsubscribe(self)
@@ -220,6 +235,8 @@ class ActorPoll:
         # where writers may push this process's rows (an actor learns it here)
         inbox = push_inbox.address()
         pushes = () if inbox is None else (inbox,)
+        if hops.enabled():
+            hops.mark("poll_sent", [k for _, k, _ in polls])
         stream = self.actor.follow_many.remote(polls, BATCH, LONG_POLL_S, self.poll_id, *pushes)
         while True:
             try:
@@ -252,16 +269,72 @@ BATCH = 1000
 calls = 0
 
 
+class Listener:
+    """A reader of a named stream (a session's `.out`) waiting for rows
+    pushed to this loop's inbox from `position` on, by whichever run's
+    RunActor commits them (`named_tails.push`) — also while it has no
+    `follow_many` subscription in flight (between two reads, or before the
+    first look). Rows are committed rows at their Store positions."""
+
+    def __init__(self, listeners: dict[str, list[Listener]], path: str, start: int) -> None:
+        self._listeners, self.path = listeners, path
+        self.position = start
+        self.rows: list[Row] = []
+        self._ready = asyncio.Event()
+        listeners.setdefault(path, []).append(self)
+
+    def at(self, start: int) -> None:
+        """Listen from `start` on, keeping the rows held from there."""
+        held = [r for r in self.rows if r[0] >= start]
+        self.rows = held if held and held[0][0] == start else []
+        self.position = self.rows[-1][0] + 1 if self.rows else start
+
+    def offer(self, rows: list[Row]) -> int:
+        at = self.position - rows[0][0]
+        if at < 0 or at >= len(rows):
+            return 0
+        fresh = rows[at:]
+        self.rows += fresh
+        self.position = fresh[-1][0] + 1
+        self._ready.set()
+        return len(fresh)
+
+    def take(self) -> list[Row]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until rows are held (or `timeout_s`)."""
+        if not self.rows:
+            self._ready.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    def close(self) -> None:
+        same = self._listeners.get(self.path)
+        if same is not None:
+            with contextlib.suppress(ValueError):
+                same.remove(self)
+            if not same:
+                del self._listeners[self.path]
+
+
 class _LoopPolls:
     """One event loop's polls, by RunActor, and their subscriptions by stream."""
 
     def __init__(self) -> None:
         self.polls: dict[Any, ActorPoll] = {}
         self.streams: dict[tuple[str, str], list[Subscription]] = {}
+        #: readers of named streams by path (`listen`)
+        self.listeners: dict[str, list[Listener]] = {}
 
     def deliver(self, run_id: str, key: str, rows: list[Row]) -> int:
         """Pushed rows of one stream to its subscriptions here (`push_inbox`)."""
+        path = path_of(key)
         taken = 0
+        if path is not None:
+            for listener in list(self.listeners.get(path, ())):
+                taken += listener.offer(rows)
         for sub in list(self.streams.get((run_id, key), ())):
             # one with enough queued is left out of its poll: it asks again
             n = sub.offer(rows) if len(sub.queue) < MAX_QUEUED else 0
@@ -290,6 +363,14 @@ async def take_pushes() -> None:
     """Let writers outside the runs push committed rows to this event loop's
     readers (`push_inbox`); for a long-lived loop (a Serve replica's)."""
     await push_inbox.inbox(_here().deliver).start()
+
+
+def listen(path: str, start: int) -> Listener | None:
+    """Wait for the rows of named stream `path` pushed to this loop from
+    `start` on (`Listener`); None when this loop takes no pushes (`take_pushes`)."""
+    if push_inbox.address() is None:
+        return None
+    return Listener(_here().listeners, path, start)
 
 
 def subscribe(actor: Any, run_id: str, key: str, start: int) -> Subscription:

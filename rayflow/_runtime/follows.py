@@ -133,13 +133,22 @@ class Follow:
             if path is not None and run_id in self._watched:
                 named.add((run_id, path))
         for pair in [p for p in self._tails if p not in named]:
-            tail, watcher = self._tails.pop(pair)
-            tail.watchers.discard(watcher)
+            self._unwatch(pair)
         for run_id, path in named - self._tails.keys():
             tail = tails().tail(path)
             watcher = functools.partial(self._on_change, run_id)
             tail.watchers.add(watcher)
             self._tails[(run_id, path)] = (tail, watcher)
+            if self.inbox is not None:
+                # its commits are pushed there from now on (`named_tails.push`)
+                tail.followed(self.inbox, run_id)
+
+    def _unwatch(self, pair: tuple[str, str]) -> None:
+        tail, watcher = self._tails.pop(pair)
+        tail.watchers.discard(watcher)
+        if self.inbox is not None:
+            # pushed to a while longer: its process reads on between two calls
+            tail.followed(self.inbox, pair[0])
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()
@@ -149,6 +158,5 @@ class Follow:
         for buffers in self._watched.values():
             buffers.watchers.discard(self._on_change)
         self._watched.clear()
-        for tail, watcher in self._tails.values():
-            tail.watchers.discard(watcher)
-        self._tails.clear()
+        for pair in list(self._tails):
+            self._unwatch(pair)

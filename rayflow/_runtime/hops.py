@@ -38,11 +38,11 @@ def enabled() -> bool:
     return _enabled
 
 
-def mark(hop: str, ids: list[str], other: list[str] | None = None) -> None:
-    """Record that the chunks `ids` passed `hop` now."""
+def mark(hop: str, ids: list[str], other: list[str] | None = None, at: int | None = None) -> None:
+    """Record that the chunks `ids` passed `hop` now (or at `at`, ns)."""
     if not enabled() or _file is None:
         return
-    now = time.time_ns()
+    now = time.time_ns() if at is None else at
     if other is None:
         lines = "".join(f"{hop}\t{i}\t{now}\n" for i in ids)
     else:
@@ -53,6 +53,11 @@ def mark(hop: str, ids: list[str], other: list[str] | None = None) -> None:
 
 def stream_id(run_id: str, key: str, seq: int) -> str:
     return f"{run_id}/{key}/{seq}"
+
+
+def named_id(path: str, seq: int) -> str:
+    """A record of a named stream (a session's): `path@seq`."""
+    return f"{path}@{seq}"
 
 
 def write_id(writer_id: str | None, writer_seq: int | None) -> str:

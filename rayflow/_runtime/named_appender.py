@@ -24,13 +24,18 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import weakref
+from collections.abc import Callable
 
-from rayflow._runtime import connection
+from rayflow._runtime import connection, hops
 from rayflow._runtime.calls import shared_task
 from rayflow._runtime.stream_commit import commit_thread
 from rayflow.store import Store
 from rayflow.store.named import NamedWrite, NamedWriteResult
+
+log = logging.getLogger("rayflow")
 
 #: most writes in one commit
 MAX_BATCH = 2_000
@@ -40,6 +45,11 @@ MAX_BATCH = 2_000
 #: of the loop, is most of a small write's; benchmarks/README.md, Durable
 #: Streams). A write with no commit begun this recently leaves at once.
 MIN_GAP_S = 0.002
+
+#: called on the commit thread with a write's result right after its commit
+AfterCommit = Callable[[NamedWriteResult], None]
+#: a write, its future, what to call after its commit
+Queued = tuple[NamedWrite, "asyncio.Future[NamedWriteResult]", AfterCommit | None]
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, NamedAppender] = (
     weakref.WeakKeyDictionary()
@@ -55,9 +65,12 @@ def named_appender() -> NamedAppender:
     return appender
 
 
-async def write(w: NamedWrite) -> NamedWriteResult:
-    """Commit `w` with whatever else this loop writes meanwhile."""
-    return await named_appender().submit(w)
+async def write(w: NamedWrite, after: AfterCommit | None = None) -> NamedWriteResult:
+    """Commit `w` with whatever else this loop writes meanwhile. `after`:
+    called with its result on the commit thread as soon as the commit
+    returns, before the loop hears of it (its errors are logged, never
+    raised: the write is durable either way)."""
+    return await named_appender().submit(w, after)
 
 
 class NamedAppender:
@@ -65,14 +78,16 @@ class NamedAppender:
         """Writes to `store` (default: the connection's), limited to `max_bytes`
         per stream (default: `max_stream_bytes`)."""
         self._store, self._max_bytes = store, max_bytes
-        self._queue: list[tuple[NamedWrite, asyncio.Future[NamedWriteResult]]] = []
+        self._queue: list[Queued] = []
         self._flusher: asyncio.Task[None] | None = None
         #: when (loop time) the last commit began
         self._began = float("-inf")
 
-    def submit(self, w: NamedWrite) -> asyncio.Future[NamedWriteResult]:
+    def submit(
+        self, w: NamedWrite, after: AfterCommit | None = None
+    ) -> asyncio.Future[NamedWriteResult]:
         future: asyncio.Future[NamedWriteResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((w, future))
+        self._queue.append((w, future, after))
         if self._flusher is None or self._flusher.done():
             # in no request's context: it commits for every request of the loop
             self._flusher = shared_task(self._flush_loop())
@@ -90,31 +105,55 @@ class NamedAppender:
                 await self._commit(batch)
         except BaseException as e:  # e.g. cancelled as the loop closes: nobody may hang
             queued, self._queue = self._queue, []
-            for _, future in queued:
+            for _, future, _ in queued:
                 if not future.done():
                     future.set_exception(e)
             if not isinstance(e, Exception):
                 raise
 
-    async def _commit(
-        self, batch: list[tuple[NamedWrite, asyncio.Future[NamedWriteResult]]]
-    ) -> None:
+    async def _commit(self, batch: list[Queued]) -> None:
         store, max_bytes = self._store, self._max_bytes
         if store is None or max_bytes is None:
             conn = connection.current()
             store = store or conn.store
             max_bytes = max_bytes or conn.settings.max_stream_bytes
+        writes = [w for w, _, _ in batch]
+
+        def commit() -> list[NamedWriteResult]:
+            began = time.time_ns()
+            results = store.named_write_many(writes, max_bytes)
+            if hops.enabled():
+                ids = _ids(writes, results)
+                hops.mark("commit_start", ids, at=began)
+                hops.mark("committed", ids)
+            for (_, _, after), result in zip(batch, results, strict=True):
+                if after is not None:
+                    try:
+                        after(result)
+                    except Exception:
+                        log.exception("rayflow: after the commit to %s", result)
+            return results
+
         try:
-            results = await commit_thread().run(
-                store.named_write_many, [w for w, _ in batch], max_bytes
-            )
+            results = await commit_thread().run(commit)
         except BaseException as e:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(e)
             if not isinstance(e, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        if hops.enabled():
+            hops.mark("resolved", _ids(writes, results))
+
+
+def _ids(writes: list[NamedWrite], results: list[NamedWriteResult]) -> list[str]:
+    return [
+        hops.named_id(w.path, r.start + i)
+        for w, r in zip(writes, results, strict=True)
+        if r.start is not None
+        for i in range(len(w.messages))
+    ]

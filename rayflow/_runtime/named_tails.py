@@ -26,11 +26,18 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
+from rayflow._runtime import hops, push_outbox
+from rayflow._runtime.push_inbox import Address
 from rayflow._runtime.stream_rows import ReadReply, Row
 from rayflow.store.named import NamedOutcome, NamedWriteResult
+
+log = logging.getLogger("rayflow")
 
 #: a `follow_many` key naming a named stream of this path, not a run's stream
 NAMED_KEY = "\x00named:"
@@ -38,6 +45,12 @@ MAX_ROWS = 64
 MAX_BYTES = 256 * 1024
 MAX_PATHS = 1024
 MAX_TOTAL_BYTES = 16 * 1024 * 1024
+#: reader processes pushed to per path at most (the most recent kept)
+MAX_READERS = 64
+
+#: where a commit's rows are pushed: (reader process's inbox, the run id its
+#: readers follow the path under)
+Target = tuple[Address, str]
 
 
 def named_key(path: str) -> str:
@@ -58,6 +71,27 @@ class NamedTail:
         self.bytes = 0
         #: called when rows arrive (a `follow_many` watching a run's readers)
         self.watchers: set[Callable[[], None]] = set()
+        #: reader processes that followed the path lately (`push_outbox.KEEP_S`):
+        #: when each was last seen following, by (inbox, run id)
+        self.readers: OrderedDict[Target, float] = OrderedDict()
+
+    def followed(self, inbox: Address, run_id: str) -> None:
+        """A reader process following the path under `run_id` takes pushed
+        rows at `inbox` (seen now: a `follow_many` call began or ended)."""
+        target = (inbox, run_id)
+        self.readers[target] = time.monotonic()
+        self.readers.move_to_end(target)
+        while len(self.readers) > MAX_READERS:
+            self.readers.popitem(last=False)
+
+    def targets(self) -> list[Target]:
+        """The reader processes to push this path's next commit to."""
+        if not self.readers:
+            return []
+        now = time.monotonic()
+        for target in [t for t, at in self.readers.items() if now - at >= push_outbox.KEEP_S]:
+            del self.readers[target]
+        return list(self.readers)
 
     def learn(self, stream_id: str, start: int, messages: list[bytes], created_at: int) -> None:
         if stream_id != self.stream_id:  # a new incarnation of the path
@@ -118,6 +152,11 @@ class NamedTails:
         found = self._tails.get(path)
         return None if found is None else found.peek(start, limit)
 
+    def targets(self, path: str) -> list[Target]:
+        """Where to push the rows of a commit to `path` (see `push`)."""
+        found = self._tails.get(path)
+        return [] if found is None else found.targets()
+
     def _trim(self, keep: str) -> None:
         """Drop the least recently written paths but `keep` until within
         MAX_PATHS and MAX_TOTAL_BYTES; a watched path stays (its readers'
@@ -143,3 +182,31 @@ def tails() -> NamedTails:
     """This process's tails (a RunActor's: its runs' appends; used from
     its event loop only)."""
     return _tails
+
+
+def push(targets: list[Target], path: str, result: NamedWriteResult, messages: list[bytes]) -> None:
+    """Send the rows a write to `path` committed (`messages` at
+    `result.start`) to the reader processes `targets` (`push_outbox`): on
+    the commit thread, right after the commit — before the RunActor's loop
+    hears of it, and whether or not a `follow_many` call of theirs is in
+    flight (a reader between two reads still gets the next reply at once:
+    it waits for it on its process's `actor_polls.listen`). A shortcut only:
+    `follow_many` still hands the same rows on."""
+    stream = result.stream
+    if result.outcome is not NamedOutcome.OK or result.start is None or stream is None:
+        return
+    try:
+        key = named_key(path)
+        rows = [
+            [result.start + i, data.decode(), stream.updated_at, None]
+            for i, data in enumerate(messages)
+        ]
+        by_inbox: dict[Address, list[Any]] = {}
+        for inbox, run_id in targets:
+            if push_outbox.on_this_node(inbox):
+                by_inbox.setdefault(inbox, []).append([run_id, key, rows])
+        push_outbox.send(by_inbox)
+        if by_inbox and hops.enabled():
+            hops.mark("pushed", [hops.named_id(path, result.start + i) for i in range(len(rows))])
+    except Exception:  # never in the way of the commit: the reader has `follow_many`
+        log.exception("rayflow: pushing the rows of %s to its readers failed", path)

@@ -111,6 +111,11 @@ class Inbox:
                     taken += self._deliver(run_id, key, rows)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the writer went away (or cut a frame short: dropped)
+        except asyncio.CancelledError:
+            # the loop is closing (the process exits): this connection ends
+            # here. Not re-raised: Python 3.11's stream server logs a
+            # cancelled handler as an unhandled error
+            pass
         except (ValueError, TypeError) as e:
             log.warning("rayflow: a malformed push was dropped (%s)", e)
         finally:

@@ -93,11 +93,25 @@ def forget(run_id: str) -> None:
 def push(news: dict[str, list[tuple[str, list[Row]]]]) -> None:
     """Send each run's committed rows (per run: (key, rows)) to the inboxes
     following it; on the commit thread, after the commit."""
-    global frames
     by_inbox: dict[Address, list[Any]] = {}
     for run_id, run_news in news.items():
         for inbox in _followers.get(run_id, {}):
             by_inbox.setdefault(inbox, []).extend([run_id, key, rows] for key, rows in run_news)
+    send(by_inbox)
+
+
+def on_this_node(inbox: Address) -> bool:
+    """Whether this process can push to `inbox` (it listens on this node's loopback)."""
+    global _node_id
+    if _node_id is None:
+        _node_id = ray.get_runtime_context().get_node_id()
+    return inbox[0] == _node_id
+
+
+def send(by_inbox: dict[Address, list[Any]]) -> None:
+    """Send each inbox its frame (`[[run id, key, rows], ...]`, committed
+    rows only), one non-blocking send each; on the commit thread."""
+    global frames
     if not by_inbox:
         return
     with _lock:

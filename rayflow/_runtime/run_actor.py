@@ -45,7 +45,7 @@ from typing import Any
 import ray
 
 from rayflow._config import Settings
-from rayflow._runtime import attempts, connection, named_signals, recycling
+from rayflow._runtime import attempts, connection, hops, named_signals, recycling
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.follows import Follow
 from rayflow._runtime.loop_watch import LoopWatch
@@ -286,6 +286,8 @@ class RunActor(StreamService):
         not execute the run."""
         if self._executing(run_id) is None:
             return False
+        if hops.enabled():
+            hops.mark("changed", paths)
         named_signals.signals().notify(paths)
         return True
 

@@ -64,6 +64,8 @@ class StreamService:
         names it to them). A key
         `named_tails.NAMED_KEY + path` follows a named stream the run
         writes (a session's `.out`)."""
+        if hops.enabled():
+            hops.mark("poll_got", [k for _, k, _ in polls])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming, inbox)

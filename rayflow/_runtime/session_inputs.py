@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayflow._runtime import attempts, connection, session_runs
+from rayflow._runtime import attempts, connection, hops, session_runs
 from rayflow._runtime.context import RunContext, reset_run, set_run
 from rayflow._runtime.journal import MISSING
 from rayflow._runtime.named_signals import signals
@@ -127,6 +127,8 @@ async def _take_next(ctx: RunContext, r: _Reader) -> dict[str, Any] | None:
         return None
     chunk = read.chunks[0]
     seq, run_id, attempt = chunk.pos, ctx.run_id, ctx.attempt
+    if hops.enabled():
+        hops.mark("read_in", [hops.named_id(r.path, seq)])
     session_id, path = r.session_id, r.path
 
     def persist(entry: JournalEntry) -> None:
@@ -135,6 +137,8 @@ async def _take_next(ctx: RunContext, r: _Reader) -> dict[str, Any] | None:
 
     await ctx.journal.record(KIND, r.path, {"seq": seq}, persist=persist)
     r.next_seq, r.last_taken = seq + 1, seq
+    if hops.enabled():
+        hops.mark("consumed", [hops.named_id(r.path, seq)])
     return {"seq": seq, "data": chunk.data}
 
 

@@ -36,6 +36,7 @@ from pydantic_core import to_jsonable_python
 
 from rayflow._runtime import (
     connection,
+    hops,
     locations,
     named_appender,
     named_tails,
@@ -193,11 +194,15 @@ async def send_input(
     )
     _check(sent.result, path)
     assert sent.seq is not None
+    if hops.enabled():
+        hops.mark("stored", [hops.named_id(path, sent.seq)])
     run_id, queued = sent.run_id, sent.continued or sent.woke
     if queued is not None:
         await session_runs.launch(queued)
     elif run_id is not None and not sent.duplicate:
         await poke(run_id, [path])
+        if hops.enabled():
+            hops.mark("poked", [hops.named_id(path, sent.seq)])
     return SentRecord(sent.seq, session.id, run_id, sent.continued is not None, bool(sent.woke))
 
 
@@ -290,15 +295,27 @@ async def append_encoded(
     write). `producer`: its stamp (a retry or replay with the same stamp
     stores nothing); `gaps`: its seqs may skip numbers (`NamedWrite.producer_gaps`)."""
     write = NamedWrite(path, [data], JSON_TYPE, producer=producer, producer_gaps=gaps)
-    result = await named_appender.write(write)
+    after = _pusher(path, data) if current_run() is not None else None
+    result = await named_appender.write(write, after)
     if result.outcome is NamedOutcome.MISSING:
         await _create(path, channel)
-        result = await named_appender.write(write)
+        result = await named_appender.write(write, after)
     _check(result, path)
     if current_run() is not None:
         # readers elsewhere following this run are handed the row (`named_tails`)
         named_tails.tails().learned(path, result, [data])
+        if hops.enabled() and result.start is not None:
+            hops.mark("learned", [hops.named_id(path, result.start)])
     return result
+
+
+def _pusher(path: str, data: bytes) -> named_appender.AfterCommit | None:
+    """Inside a run: hands the committed record to the reader processes that
+    follow `path` lately, from the commit thread (`named_tails.push`)."""
+    targets = named_tails.tails().targets(path)
+    if not targets:
+        return None
+    return lambda result: named_tails.push(targets, path, result, [data])
 
 
 async def _create(path: str, channel: str | None) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 
 import ray
 
-from rayflow._runtime import actor_polls, connection, locations, named_feed, session_runs
+from rayflow._response import on_io_loop
+from rayflow._runtime import actor_polls, connection, hops, locations, named_feed, session_runs
 from rayflow._runtime.context import current_run
 from rayflow._runtime.named_signals import signals
 from rayflow._runtime.named_tails import named_key
@@ -111,7 +112,8 @@ async def wait_records(
     try:
         return await follower.next(start, limit, timeout_s)
     finally:
-        follower.close()
+        # once the page is handed back: ending its `follow_many` is a Ray call
+        asyncio.get_running_loop().call_soon(follower.close)
 
 
 async def follow_records(
@@ -151,12 +153,16 @@ class RecordFollower:
         *,
         closed_ends: bool = False,
         reread_s: float | None = REREAD_S,
+        take_pushes: bool = False,
     ) -> None:
         """`closed_ends`: `next` returns at once, with no records, when the
         session is closed and nothing is left at the reader's position.
         `reread_s`: a waiting reader reads the Store at least this often
         (a lost wake-up of this process's feed follower delays a record by
-        at most this); None for a waiter whose feed says when it lost track."""
+        at most this); None for a waiter whose feed says when it lost track.
+        `take_pushes`: its event loop lives long (a Serve replica's): it may
+        listen for rows pushed by runs' commit threads (`named_tails.push`);
+        the process's rayflow I/O loop always does."""
         self.session_id = session_id
         self.path = session_stream_path(session_id, io, channel)
         self._arm = waiter or local_waiter
@@ -166,6 +172,8 @@ class RecordFollower:
         # A reader inside a run hears its own process's commits directly
         self._pushable = io == "out" and current_run() is None
         self._push: actor_polls.Subscription | None = None
+        self._take_pushes = take_pushes
+        self._listener: actor_polls.Listener | None = None
         #: (run id, actor id) of a RunActor that said it does not execute the run
         self._refused: tuple[str, Any] | None = None
 
@@ -175,25 +183,32 @@ class RecordFollower:
         _check_start(start)
         deadline = time.monotonic() + timeout_s
         waited = False
+        listener = await self._listen(start)  # before the look: a push after it is held
         while True:
+            if hops.enabled():
+                hops.mark("look", [self.path])
             wait = await self._arm(self.path)  # before the read: a commit after it wakes us
             session, run, page = await self._look(start, limit)
+            if hops.enabled():
+                hops.mark("looked", [self.path])
             left = deadline - time.monotonic()
             if page.records or left <= 0 or (self._closed_ends and page.closed):
                 if page.records and waited:
                     pages["woken"] += 1
+                if page.records and hops.enabled():
+                    hop = "taken_woken" if waited else "taken_read"
+                    hops.mark(hop, [hops.named_id(self.path, r.seq_num) for r in page.records])
                 return page
             if self._reread_s is not None:
                 left = min(left, self._reread_s)
             waited = True
             push = await self._follow(run, start)
-            if push is None:
-                await wait(left)
-                continue
-            rows = await self._pushed(push, wait, start, left)
+            rows = await self._wait(push, listener, wait, start, left)
             if rows:
                 pages["pushed"] += 1
-                records = [s2_record(r[0], r[1], r[2]) for r in rows]
+                if hops.enabled():
+                    hops.mark("taken_pushed", [hops.named_id(self.path, r[0]) for r in rows])
+                records = [s2_record(r[0], r[1], r[2]) for r in rows[:limit]]
                 return RecordPage(session.id, records, rows[-1][0] + 1, page.closed)
 
     @property
@@ -202,9 +217,28 @@ class RecordFollower:
         return self._push is not None and self._push.active
 
     def close(self) -> None:
+        self._unfollow()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _unfollow(self) -> None:
         if self._push is not None:
             self._push.close()
             self._push = None
+
+    async def _listen(self, start: int) -> actor_polls.Listener | None:
+        """This loop's listener for the rows pushed to the path from `start`
+        (`actor_polls.listen`), when the reader may be pushed to and its
+        loop lives long enough to listen (the I/O loop, a Serve replica's)."""
+        if not self._pushable or not (self._take_pushes or on_io_loop()):
+            return None
+        if self._listener is None:
+            await actor_polls.take_pushes()
+            self._listener = actor_polls.listen(self.path, start)
+        else:
+            self._listener.at(start)
+        return self._listener
 
     async def _look(
         self, start: int, limit: int
@@ -232,7 +266,7 @@ class RecordFollower:
         """The subscription to the live run's pushed rows from `start`, or
         None while the session has no run executing (or it cannot be found)."""
         if run is None or run.status != RunStatus.EXECUTING:
-            self.close()
+            self._unfollow()
             return None
         push = self._push
         if (
@@ -243,7 +277,7 @@ class RecordFollower:
             and not push.queue
         ):
             return push
-        self.close()  # another run, or rows already read from the Store
+        self._unfollow()  # another run, or rows already read from the Store
         try:
             _, actor = await locations.locate(run.id)
         except RayflowError:
@@ -253,20 +287,33 @@ class RecordFollower:
         self._push = actor_polls.subscribe(actor, run.id, named_key(self.path), start)
         return self._push
 
-    async def _pushed(
-        self, push: actor_polls.Subscription, wait: Armed, start: int, timeout_s: float
+    async def _wait(
+        self,
+        push: actor_polls.Subscription | None,
+        listener: actor_polls.Listener | None,
+        wait: Armed,
+        start: int,
+        timeout_s: float,
     ) -> list[Row] | None:
-        """Rows pushed from `start`, or None once the feed woke us (read
-        the Store), at the timeout, or when the push ended."""
-        got = asyncio.ensure_future(push.get(timeout_s))
+        """Rows pushed from `start` (by the live run's RunActor: `push`, or
+        straight from its commit thread: `listener`), or None once the feed
+        woke us (read the Store), at the timeout, or when the push ended."""
+        got = asyncio.ensure_future(push.get(timeout_s)) if push is not None else None
+        heard = asyncio.ensure_future(listener.wait(timeout_s)) if listener is not None else None
         woke = asyncio.ensure_future(wait(timeout_s))
+        tasks = [t for t in (got, heard, woke) if t is not None]
         try:
-            await asyncio.wait((got, woke), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (got, woke):
+            for task in tasks:
                 task.cancel()
-            await asyncio.wait((got, woke))
-        if not got.done() or got.cancelled():
+            await asyncio.wait(tasks)
+        if listener is not None and listener.rows and listener.rows[0][0] == start:
+            rows = listener.take()
+            if push is not None:
+                push.skip_to(rows[-1][0] + 1)
+            return rows
+        if push is None or got is None or not got.done() or got.cancelled():
             return None
         try:
             reply = got.result()
@@ -274,20 +321,22 @@ class RecordFollower:
             if not isinstance(e, ray.exceptions.RayActorError):
                 log.warning("session %s: following its run's pushed rows failed: %r", self.path, e)
             locations.forget(push.run_id, push.poll.actor)
-            self.close()
+            self._unfollow()
             return None
         if reply is None:
             return None
         if reply.rows:
             if reply.rows[0][0] == start:
+                if listener is not None:
+                    listener.at(reply.rows[-1][0] + 1)
                 return reply.rows
-            self.close()  # not where this reader is: follow again from there
+            self._unfollow()  # not where this reader is: follow again from there
             return None
         # the actor does not execute the run (any more): the Store and the
         # feed until the session's run is found live elsewhere
         self._refused = (push.run_id, push.poll.actor._actor_id)
         locations.forget(push.run_id, push.poll.actor)
-        self.close()
+        self._unfollow()
         return None
 
 
