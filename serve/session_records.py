@@ -11,8 +11,9 @@ Live readers follow the sessions runtime's `RecordFollower`: woken by the
 named streams' signals (a commit in this process) and the replica's change
 feed (a commit anywhere, one shared long poll per replica), then they read
 the Store again (the truth); a `.out` reader of a session whose run is live
-is also handed the rows the run commits by its RunActor (no feed hop, no
-Store read; `rayflow/_runtime/session_reads.py`).
+is also handed the rows the run commits, straight from its RunActor's commit
+thread to this replica's loopback inbox (no feed hop, no Store read, no Ray
+call; `rayflow/_runtime/session_reads.py`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ async def events(
         feed_waiter,
         closed_ends=True,
         reread_s=None,  # the feed says when it lost track
+        take_pushes=True,  # a replica's loop: the run's commit thread pushes here
     )
     try:
         while True:

@@ -85,3 +85,48 @@ def test_a_tail_serves_committed_rows_from_the_readers_position_only(monkeypatch
     small.learned("p5", result(0), [msg(5, 2000)])
     assert seqs(small.peek("p5", 0, 1)) == [0]  # the newest row of the path written now
     assert small.tail("p0") is watched and small.peek("p0", 0, 1) is None  # emptied
+
+
+async def test_push_targets_outlive_a_follow_and_a_listener_holds_contiguous_rows(
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Where a commit's rows are pushed: the reader processes that followed
+    the path lately (`push_outbox.KEEP_S`), not only while a `follow_many`
+    call of theirs is in flight; what a reader's `Listener` keeps of them."""
+    from rayflow._runtime import actor_polls, push_outbox
+
+    tails = NamedTails()
+    path = "sessions/x/out"
+    assert tails.targets(path) == []
+    inbox = ("node", 1, "token")
+    tails.tail(path).followed(inbox, "run_a")
+    tails.tail(path).followed(inbox, "run_a")  # seen again: one target
+    assert tails.targets(path) == [(inbox, "run_a")]
+    tails.tail(path).followed(("node", 2, "t2"), "run_b")
+    tails.tail(path).readers[(inbox, "run_a")] -= push_outbox.KEEP_S  # left long ago
+    assert tails.targets(path) == [(("node", 2, "t2"), "run_b")]
+    for i in range(named_tails.MAX_READERS + 5):
+        tails.tail(path).followed(("node", i, "t"), "run_c")
+    assert len(tails.targets(path)) == named_tails.MAX_READERS  # the most recent
+
+    held: dict[str, list[actor_polls.Listener]] = {}
+    listener = actor_polls.Listener(held, path, 3)
+
+    def rows(*seq: int) -> list:  # type: ignore[type-arg]
+        return [(s, f"r{s}", 1234, None) for s in seq]
+
+    assert listener.offer(rows(4, 5)) == 0  # a gap before it: nothing
+    assert listener.offer(rows(1, 2, 3, 4)) == 2  # from its position on
+    assert listener.offer(rows(4)) == 0  # held already
+    await listener.wait(5)  # rows held: at once
+    assert [r[0] for r in listener.rows] == [3, 4]
+    listener.at(4)  # the reader got 3 another way
+    assert [r[0] for r in listener.take()] == [4] and listener.position == 5
+    listener.at(9)
+    monkeypatch.setattr(actor_polls, "MAX_HELD", 3)
+    assert listener.offer(rows(9, 10, 11, 12)) == 0 and listener.full  # too far behind
+    assert listener.offer(rows(9)) == 0 and listener.rows == []
+    listener.at(9)  # its reader read the Store and listens again
+    assert listener.offer(rows(9)) == 1
+    listener.close()
+    assert held == {}

@@ -22,8 +22,9 @@ import ray
 from conftest import eventually, eventually_async, run_actor_pid
 
 import rayflow
-from rayflow import errors, sessions, task
-from rayflow._runtime import connection
+from rayflow import _response, errors, sessions, task
+from rayflow._runtime import actor_polls, connection, named_tails
+from rayflow._runtime.session_io import s2_record
 from rayflow._runtime.session_reads import Armed, RecordFollower, local_waiter
 from serve.session_records import feed_waiter
 
@@ -443,7 +444,9 @@ async def test_a_live_runs_output_is_pushed_to_its_readers_and_followed_across_r
     async def stored(start: int) -> list[sessions.S2Record]:
         return (await session.output.read(start=start)).records
 
-    follower = RecordFollower(sid, "out", waiter=never, reread_s=None)
+    path = f"sessions/{sid}/out"
+    # this loop takes pushed rows, like a Serve replica's (and the I/O loop)
+    follower = RecordFollower(sid, "out", waiter=never, reread_s=None, take_pushes=True)
     try:
         assert await pushed(follower, 0, 3, {"i": 0, "n": 3}) == [
             (0, {"i": 0, "k": 0}),
@@ -463,28 +466,61 @@ async def test_a_live_runs_output_is_pushed_to_its_readers_and_followed_across_r
             await wait(30)
             assert time.monotonic() - woke < 10, f"{arm.__name__} missed a commit"
 
+        # between two reads (no `follow_many` call of this loop in flight) the
+        # run's commit thread pushes its replies here: exactly the Store's rows
+        follower.close()
+        listener = actor_polls.listen(path, 6)
+        assert listener is not None and not actor_polls._here().streams
+        try:
+            await session.input.send({"i": 9, "n": 2})
+            await eventually_async(lambda: len(listener.rows) >= 2, what="the pushed replies")
+            store_rows = (await session.output.read(start=6)).records
+            assert [s2_record(*r[:3]) for r in listener.rows] == store_rows[:2]
+            assert [r.value() for r in store_rows] == [{"i": 9, "k": 0}, {"i": 9, "k": 1}]
+        finally:
+            listener.close()
+
+        # the public reader page after page (`read(start=, wait_s=)`, each call
+        # its own, on the rayflow I/O loop): one follow of the run for them all
+        def following() -> bool:  # the I/O loop's reader waits on the run
+            io_polls = actor_polls._loops.get(_response._portal_loop)  # type: ignore[arg-type]
+            streams = dict(io_polls.streams) if io_polls is not None else {}
+            return bool(streams.get((run1, named_tails.named_key(path))))
+
+        calls = actor_polls.calls
+        for i in range(8, 13):
+            reading = asyncio.ensure_future(
+                asyncio.to_thread(lambda at=i: session.output.read(start=at, wait_s=30).result())
+            )
+            await eventually_async(following, what="the public reader to follow the run")
+            await session.input.send({"i": i, "n": 1})
+            assert [(r.seq_num, r.value()) for r in (await reading).records] == [
+                (i, {"i": i, "k": 0})
+            ]
+        assert actor_polls.calls - calls <= 2, "a follow_many call per read"
+
         # the run ends; a live reader (the public iterator) reads on across
         # the continuation: every record once, in order
         await session.input.send({"bye": True})
         assert (await rayflow.runs.wait(run1)).output == {"bye": True}
         tail = len((await session.output.read()).records)
-        assert tail == 6
+        assert tail == 13
         live = session.output.read(start=tail - 1, timeout_s=30).__aiter__()
         assert (await anext(live)).seq_num == tail - 1
         sent = await session.input.send({"i": 3, "n": 2})
         assert sent.continued and sent.run_id not in (None, run1)
         assert [(r.seq_num, r.value()) for r in [await anext(live), await anext(live)]] == [
-            (6, {"i": 3, "k": 0}),
-            (7, {"i": 3, "k": 1}),
+            (13, {"i": 3, "k": 0}),
+            (14, {"i": 3, "k": 1}),
         ]
         await live.aclose()
         # the next run's actor pushes to the same follower
         run2 = sent.run_id
         await eventually_async(lambda: run_status(run2) == "EXECUTING", what="run 2 to execute")
-        assert await pushed(follower, 8, 1, {"i": 4, "n": 1}) == [(8, {"i": 4, "k": 0})]
+        assert await pushed(follower, 15, 1, {"i": 4, "n": 1}) == [(15, {"i": 4, "k": 0})]
     finally:
         follower.close()
     store_says = [(r.seq_num, r.value()) for r in (await session.output.read()).records]
-    assert [seq for seq, _ in store_says] == list(range(9))
+    assert [seq for seq, _ in store_says] == list(range(16))
     await session.input.send({"bye": True})
     await sessions.close(sid)

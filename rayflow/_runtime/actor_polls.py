@@ -31,7 +31,11 @@ replica's hubs) names its loop's `push_inbox` in every `follow_many`
 call; writers outside the run then send their commits' rows there too
 (`push_outbox`). A subscription takes rows from either source where they
 continue from its position (`offer`), so neither order nor count depends
-on which came first.
+on which came first. A reader of a named stream (a session's `.out`) also
+`listen`s: a `Listener` takes the rows pushed for its path from its position
+on, whichever run's RunActor pushed them, also while it has no subscription
+(`named_tails.push`: the RunActor pushes to the processes that followed the
+path lately, from its commit thread).
 """
 
 from __future__ import annotations
@@ -127,6 +131,18 @@ class Subscription:
                 continue
             self.queue[0] = dataclasses.replace(head, rows=[r for r in head.rows if r[0] >= start])
             return
+
+    def take_at(self, start: int) -> list[Row]:
+        """The rows queued from `start` on (those before it dropped), when
+        the next reply holds them; else none."""
+        self.skip_to(start)
+        head = self.queue[0] if self.queue else None
+        if not isinstance(head, ReadReply) or not head.rows or head.rows[0][0] != start:
+            return []
+        self.queue.popleft()
+        if len(self.queue) == MAX_QUEUED - 1 and self.active:
+            self.poll.resumed()
+        return head.rows
 
     def close(self) -> None:
         self.poll.unsubscribe(self)
@@ -264,6 +280,8 @@ class ActorPoll:
 
 #: rows per reply (a reader's batch)
 BATCH = 1000
+#: rows a `Listener` holds for its reader at most
+MAX_HELD = 1000
 
 #: `follow_many` calls this process made (tests count them)
 calls = 0
@@ -280,6 +298,8 @@ class Listener:
         self._listeners, self.path = listeners, path
         self.position = start
         self.rows: list[Row] = []
+        #: held MAX_HELD rows the reader did not take: holds nothing until `at`
+        self.full = False
         self._ready = asyncio.Event()
         listeners.setdefault(path, []).append(self)
 
@@ -288,12 +308,17 @@ class Listener:
         held = [r for r in self.rows if r[0] >= start]
         self.rows = held if held and held[0][0] == start else []
         self.position = self.rows[-1][0] + 1 if self.rows else start
+        self.full = False
 
     def offer(self, rows: list[Row]) -> int:
         at = self.position - rows[0][0]
-        if at < 0 or at >= len(rows):
+        if self.full or at < 0 or at >= len(rows):
             return 0
         fresh = rows[at:]
+        if len(self.rows) + len(fresh) > MAX_HELD:
+            # a reader this far behind reads the Store: hold nothing more
+            self.rows, self.full = [], True
+            return 0
         self.rows += fresh
         self.position = fresh[-1][0] + 1
         self._ready.set()

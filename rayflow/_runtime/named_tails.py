@@ -18,6 +18,13 @@ Invariants:
   waits here — and on the change feed, armed before its last Store read,
   which wakes it for a row written by any other process (or dropped from
   this bounded tail): it reads the Store then, and follows on from there.
+- Pushed from the commit thread too (`push`): the RunActor remembers which
+  reader processes (their loop's `push_inbox`) followed each path lately
+  (`followed`, for `push_outbox.KEEP_S`), and sends them a commit's rows
+  right after the commit returns — before the loop hears of it and whether
+  or not their `follow_many` call is in flight. Only committed rows, at the
+  Store's positions (after `named_write_many` answered OK); a shortcut only,
+  `follow_many` still hands the same rows on.
 - Bounded: at most MAX_ROWS rows and MAX_BYTES bytes per path (always the
   newest row); at most MAX_PATHS paths and MAX_TOTAL_BYTES in all, the
   least recently written dropped first (a dropped row is read from the
