@@ -58,7 +58,7 @@ from rayflow._runtime.session_io import (
     s2_record,
     session_stream_path,
 )
-from rayflow._runtime.stream_rows import Row
+from rayflow._runtime.stream_rows import ReadReply, Row
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RayflowError, SessionNotFound
 from rayflow.store.base import RunRecord, SessionRecord
@@ -361,14 +361,19 @@ class RecordFollower:
             self._unfollow()
             return None
         push = self._push
-        if (
-            push is not None
-            and push.run_id == run.id
-            and push.active
-            and push.position == start
-            and not push.queue
-        ):
-            return push
+        if push is not None and push.run_id == run.id and push.active:
+            push.skip_to(start)  # rows the reader got another way
+            head = push.queue[0] if push.queue else None
+            if head is None and (
+                push.position == start
+                # behind: its rows up to `start` come (the reader had them
+                # pushed from the commit thread first) and are skipped; the
+                # listener has what is pushed from `start` meanwhile
+                or (self._listener is not None and push.position < start)
+            ):
+                return push
+            if isinstance(head, ReadReply) and head.rows and head.rows[0][0] == start:
+                return push
         self._unfollow()  # another run, or rows already read from the Store
         try:
             _, actor = await locations.locate(run.id)
@@ -418,10 +423,13 @@ class RecordFollower:
         if reply is None:
             return None
         if reply.rows:
-            if reply.rows[0][0] == start:
+            rows = [r for r in reply.rows if r[0] >= start]
+            if not rows:
+                return None  # rows the reader had already (pushed first): look again
+            if rows[0][0] == start:
                 if listener is not None:
-                    listener.at(reply.rows[-1][0] + 1)
-                return reply.rows
+                    listener.at(rows[-1][0] + 1)
+                return rows
             self._unfollow()  # not where this reader is: follow again from there
             return None
         # the actor does not execute the run (any more): the Store and the
