@@ -470,7 +470,9 @@ async def test_a_live_runs_output_is_pushed_to_its_readers_and_followed_across_r
         # run's commit thread pushes its replies here: exactly the Store's rows
         follower.close()
         listener = actor_polls.listen(path, 6)
-        assert listener is not None and not actor_polls._here().streams
+        assert listener is not None
+        key = named_tails.named_key(path)
+        assert not [k for k in actor_polls._here().streams if k[1] == key], "still subscribed"
         try:
             await session.input.send({"i": 9, "n": 2})
             await eventually_async(lambda: len(listener.rows) >= 2, what="the pushed replies")
