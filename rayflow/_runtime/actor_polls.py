@@ -300,7 +300,7 @@ class Listener:
         self.rows: list[Row] = []
         #: held MAX_HELD rows the reader did not take: holds nothing until `at`
         self.full = False
-        self._ready = asyncio.Event()
+        self._ready = Wake()
         listeners.setdefault(path, []).append(self)
 
     def at(self, start: int) -> None:
@@ -332,8 +332,7 @@ class Listener:
         """Until rows are held (or `timeout_s`)."""
         if not self.rows:
             self._ready.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            await self._ready.wait(timeout_s)
 
     def close(self) -> None:
         same = self._listeners.get(self.path)
