@@ -37,7 +37,7 @@ import rayflow
 from rayflow import chat, sessions
 
 pytestmark = [
-    pytest.mark.parametrize("rf", ["sqlite"], indirect=True),
+    pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True),
     pytest.mark.browser,
     pytest.mark.node,
 ]

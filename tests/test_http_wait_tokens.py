@@ -18,7 +18,7 @@ from test_http_node_client import node_sdk, run_node  # noqa: F401  (fixture)
 import rayflow
 from rayflow import streams, task, wait
 
-pytestmark = pytest.mark.parametrize("rf", ["sqlite"], indirect=True)
+pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
 
 token_ids = streams.define("token-ids", str)
 

@@ -33,7 +33,7 @@ import rayflow
 from rayflow import metadata, streams, task, wait
 
 pytestmark = [
-    pytest.mark.parametrize("rf", ["sqlite"], indirect=True),
+    pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True),
     pytest.mark.browser,
     pytest.mark.node,
 ]
