@@ -93,7 +93,7 @@ async def test_push_targets_outlive_a_follow_and_a_listener_holds_contiguous_row
     """Where a commit's rows are pushed: the reader processes that followed
     the path lately (`push_outbox.KEEP_S`), not only while a `follow_many`
     call of theirs is in flight; what a reader's `Listener` keeps of them."""
-    from rayflow._runtime import actor_polls, push_outbox
+    from rayflow._runtime import push_listener, push_outbox
 
     tails = NamedTails()
     path = "sessions/x/out"
@@ -109,8 +109,8 @@ async def test_push_targets_outlive_a_follow_and_a_listener_holds_contiguous_row
         tails.tail(path).followed(("node", i, "t"), "run_c")
     assert len(tails.targets(path)) == named_tails.MAX_READERS  # the most recent
 
-    held: dict[str, list[actor_polls.Listener]] = {}
-    listener = actor_polls.Listener(held, path, 3)
+    held: dict[str, list[push_listener.Listener]] = {}
+    listener = push_listener.Listener(held, path, 3)
 
     def rows(*seq: int) -> list:  # type: ignore[type-arg]
         return [(s, f"r{s}", 1234, None) for s in seq]
@@ -123,7 +123,7 @@ async def test_push_targets_outlive_a_follow_and_a_listener_holds_contiguous_row
     listener.at(4)  # the reader got 3 another way
     assert [r[0] for r in listener.take()] == [4] and listener.position == 5
     listener.at(9)
-    monkeypatch.setattr(actor_polls, "MAX_HELD", 3)
+    monkeypatch.setattr(push_listener, "MAX_HELD", 3)
     assert listener.offer(rows(9, 10, 11, 12)) == 0 and listener.full  # too far behind
     assert listener.offer(rows(9)) == 0 and listener.rows == []
     listener.at(9)  # its reader read the Store and listens again

@@ -24,8 +24,9 @@ from conftest import eventually, eventually_async, run_actor_pid
 import rayflow
 from rayflow import _response, errors, sessions, task
 from rayflow._runtime import actor_polls, connection, named_tails
+from rayflow._runtime.session_follow_waits import Armed, local_waiter
 from rayflow._runtime.session_io import s2_record
-from rayflow._runtime.session_reads import Armed, RecordFollower, local_waiter
+from rayflow._runtime.session_reads import RecordFollower
 from serve.session_records import feed_waiter
 
 pytestmark = pytest.mark.usefixtures("rf")

@@ -46,6 +46,7 @@ from rayflow._runtime.durations import parse_duration
 from rayflow._runtime.named_signals import FEED_PREFIX, feed_key, signals
 from rayflow._runtime.reader import ChunkReader
 from rayflow._runtime.sends import keyed_message_id
+from rayflow._runtime.session_follow_waits import Armed, Waiter
 from rayflow._runtime.session_io import (
     CHANNEL_TTL_S,
     RecordPage,
@@ -58,13 +59,7 @@ from rayflow._runtime.session_io import (
     session_stream_path,
     trim_output,
 )
-from rayflow._runtime.session_reads import (
-    Armed,
-    RecordFollower,
-    Waiter,
-    read_records,
-    wait_records,
-)
+from rayflow._runtime.session_reads import RecordFollower, read_records, wait_records
 from rayflow._runtime.session_runs import (
     check_external_id,
     close_session,

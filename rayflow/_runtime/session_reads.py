@@ -36,20 +36,19 @@ one `follow_many` call for all of them, not one (and a kick) per page.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 
 from rayflow._response import on_io_loop
-from rayflow._runtime import actor_polls, connection, hops, locations, named_feed, session_runs
+from rayflow._runtime import actor_polls, connection, hops, locations, session_runs
 from rayflow._runtime.context import current_run
-from rayflow._runtime.named_signals import signals
 from rayflow._runtime.named_tails import named_key
+from rayflow._runtime.push_listener import Listener
+from rayflow._runtime.session_follow_waits import Armed, Waiter, lingering, local_waiter
 from rayflow._runtime.session_io import (
     IO,
     REREAD_S,
@@ -68,24 +67,6 @@ log = logging.getLogger("rayflow")
 #: pages this process's readers got pushed by a run's RunActor / read from
 #: the Store after a wait (benchmarks and tests count them)
 pages = {"pushed": 0, "woken": 0}
-
-#: waits, after a read, for a change of the path since its arming (or the timeout)
-Armed = Callable[[float], Awaitable[None]]
-#: arms a wait for a change of `path`; called BEFORE the read it follows
-Waiter = Callable[[str], Awaitable[Armed]]
-
-
-async def local_waiter(path: str) -> Armed:
-    """This process's signal for `path`, set by a commit here or by the
-    process's feed follower (`named_feed`) for a commit anywhere."""
-    named_feed.follower()
-    event = signals().event(path)
-
-    async def wait(timeout_s: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
-
-    return wait
 
 
 async def read_records(
@@ -123,60 +104,14 @@ async def wait_records(
     feed follower)."""
     session_id = await session_runs.session_id_of(id_or_external)
     key = (session_stream_path(session_id, io, channel), waiter)
-    follower = _lingering.take(key) or RecordFollower(session_id, io, channel, waiter)
+    follower = lingering.take(key) or RecordFollower(session_id, io, channel, waiter)
     try:
         page = await follower.next(start, limit, timeout_s)
     except BaseException:
         follower.close()
         raise
-    _lingering.keep(key, follower)
+    lingering.keep(key, follower)
     return page
-
-
-class _Lingering:
-    """The followers of `wait_records` calls that returned lately, kept
-    `LINGER_S` for the same reader's next call (a user reading page after
-    page: `read(start=…, wait_s=…)` in a loop, each call its own): its next
-    call goes on with the same push subscription and listener — no Ray call
-    to follow the run again, and the rows pushed in between are held. On the
-    process's rayflow I/O loop only (it lives as long as the process); a
-    follower is used by one call at a time."""
-
-    def __init__(self) -> None:
-        self._kept: OrderedDict[Any, tuple[RecordFollower, asyncio.TimerHandle]] = OrderedDict()
-
-    def take(self, key: Any) -> RecordFollower | None:
-        found = self._kept.pop(key, None)
-        if found is None:
-            return None
-        found[1].cancel()
-        return found[0]
-
-    def keep(self, key: Any, follower: RecordFollower) -> None:
-        loop = asyncio.get_running_loop()
-        if not on_io_loop() or key in self._kept:  # another call's is kept already
-            # once the page is handed back: ending its `follow_many` is a Ray call
-            loop.call_soon(follower.close)
-            return
-        timer = loop.call_later(LINGER_S, self._expire, key, follower)
-        self._kept[key] = (follower, timer)
-        while len(self._kept) > MAX_LINGERING:
-            _, (oldest, oldest_timer) = self._kept.popitem(last=False)
-            oldest_timer.cancel()
-            oldest.close()
-
-    def _expire(self, key: Any, follower: RecordFollower) -> None:
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is follower:
-            del self._kept[key]
-        follower.close()
-
-
-#: a `wait_records` follower is kept this long for the reader's next call
-LINGER_S = 5.0
-#: at most this many kept (the least recently used closed first)
-MAX_LINGERING = 256
-_lingering = _Lingering()
 
 
 async def follow_records(
@@ -236,7 +171,7 @@ class RecordFollower:
         self._pushable = io == "out" and current_run() is None
         self._push: actor_polls.Subscription | None = None
         self._take_pushes = take_pushes
-        self._listener: actor_polls.Listener | None = None
+        self._listener: Listener | None = None
         #: whether the session was closed at the last look
         self._closed = False
         #: (run id, actor id) of a RunActor that said it does not execute the run
@@ -290,7 +225,7 @@ class RecordFollower:
         records = [s2_record(r[0], r[1], r[2]) for r in rows]
         return RecordPage(self.session_id, records, rows[-1][0] + 1, closed)
 
-    def _held(self, listener: actor_polls.Listener | None, start: int) -> list[Row]:
+    def _held(self, listener: Listener | None, start: int) -> list[Row]:
         """Rows from `start` pushed before this call and held (by the
         listener, or queued on the subscription)."""
         if listener is not None and listener.rows and listener.rows[0][0] == start:
@@ -319,7 +254,7 @@ class RecordFollower:
             self._push.close()
             self._push = None
 
-    async def _listen(self, start: int) -> actor_polls.Listener | None:
+    async def _listen(self, start: int) -> Listener | None:
         """This loop's listener for the rows pushed to the path from `start`
         (`actor_polls.listen`), when the reader may be pushed to and its
         loop lives long enough to listen (the I/O loop, a Serve replica's)."""
@@ -387,7 +322,7 @@ class RecordFollower:
     async def _wait(
         self,
         push: actor_polls.Subscription | None,
-        listener: actor_polls.Listener | None,
+        listener: Listener | None,
         wait: Armed,
         start: int,
         timeout_s: float,

@@ -18,7 +18,6 @@ read from the Store by an index seek. A segment is put as one pickled blob
 from __future__ import annotations
 
 import asyncio
-import logging
 import pickle
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,11 +28,9 @@ import ray
 from rayflow._runtime import hops
 from rayflow._runtime.stream_commit import Entry, StreamCommitter, loop_committer
 from rayflow._runtime.stream_refusals import closed_error, refusal_error
-from rayflow._runtime.stream_rows import ReadReply, Row
+from rayflow._runtime.stream_rows import ReadReply, Row, fill_holes
 from rayflow.store import Store
 from rayflow.store.base import AppendResult, ChunkWrite, Refused, StreamInfo, now_ms
-
-log = logging.getLogger("rayflow")
 
 
 class StreamBuffer:
@@ -322,40 +319,12 @@ class StreamBuffer:
             if end <= self.length:
                 return
             if len(rows) != end - self.length:  # holes: before, between or after the rows
-                rows = await self._fill(rows, end)
+                rows = await fill_holes(self.store, self.run_id, self.key, rows, self.length, end)
             if rows:
                 self.tail.extend(rows)
                 self.length = rows[-1][0] + 1
                 self._seal()
                 self._notify()
-
-    async def _fill(self, rows: list[Row], end: int) -> list[Row]:
-        """`rows` with the seqs they lack in [length, end) read from the Store
-        (one read, from the first hole to the last), cut at the first seq the
-        Store does not have either (none: everything below `end` is committed)."""
-        at = self.length
-        known = {r[0]: r for r in rows}
-        first = next(s for s in range(at, end) if s not in known)
-        last = next(s for s in range(end - 1, at - 1, -1) if s not in known)
-        chunks = await asyncio.to_thread(
-            self.store.read_chunks, self.run_id, self.key, first, last + 1 - first
-        )
-        known.update((c.seq, (c.seq, c.data, c.created_at, c.record_id)) for c in chunks)
-        filled: list[Row] = []
-        for seq in range(at, end):
-            row = known.get(seq)
-            if row is None:
-                log.warning(
-                    "rayflow: run %s stream %s: chunk %d committed but not found in the"
-                    " store; its followers read from %d on from the store",
-                    self.run_id,
-                    self.key,
-                    seq,
-                    seq,
-                )
-                break
-            filled.append(row)
-        return filled
 
     def _seal(self) -> None:
         while len(self.tail) >= 2 * self.tail_chunks:

@@ -8,11 +8,16 @@ chunks into the same `Row`s.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
+from rayflow.store import Store
 from rayflow.store.base import Chunk
+
+log = logging.getLogger("rayflow")
 
 #: one chunk as sent to readers: (seq, JSON text, created_at ms, record id)
 Row = tuple[int, str, int, str | None]
@@ -61,3 +66,32 @@ def segment_rows(blob: bytes) -> list[Row]:
 
 def rows_from_chunks(chunks: list[Chunk]) -> list[Row]:
     return [(c.seq, c.data, c.created_at, c.record_id) for c in chunks]
+
+
+async def fill_holes(
+    store: Store, run_id: str, key: str, rows: list[Row], at: int, end: int
+) -> list[Row]:
+    """`rows` (ascending seqs) with the seqs they lack in [at, end) read
+    from the Store (one read, from the first hole to the last), cut at the
+    first seq the Store does not have either (none: everything below `end`
+    is committed)."""
+    known = {r[0]: r for r in rows}
+    first = next(s for s in range(at, end) if s not in known)
+    last = next(s for s in range(end - 1, at - 1, -1) if s not in known)
+    chunks = await asyncio.to_thread(store.read_chunks, run_id, key, first, last + 1 - first)
+    known.update((c.seq, (c.seq, c.data, c.created_at, c.record_id)) for c in chunks)
+    filled: list[Row] = []
+    for seq in range(at, end):
+        row = known.get(seq)
+        if row is None:
+            log.warning(
+                "rayflow: run %s stream %s: chunk %d committed but not found in the"
+                " store; its followers read from %d on from the store",
+                run_id,
+                key,
+                seq,
+                seq,
+            )
+            break
+        filled.append(row)
+    return filled
