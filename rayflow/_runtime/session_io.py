@@ -29,6 +29,7 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -238,16 +239,12 @@ async def trim_output(id_or_external: str, earliest: int, *, channel: str | None
         raise InvalidArgument(f"a trim point is a seq_num, 0 or more, not {earliest!r}")
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, "out", channel)
-    ctx = current_run()
-    if ctx is None:
-        result: NamedWriteResult | None = await trim_encoded(path, earliest, channel, None)
-    else:
-        # numbered with the run's appends to the stream: a replay makes no
-        # second trim record (skipped, or a duplicate after a crash)
-        result = await session_writer.writer_for(ctx, path).append(
-            lambda producer: trim_encoded(path, earliest, channel, producer, gaps=True)
-        )
-    return -1 if result is None or result.start is None else result.start
+    # numbered with the run's appends to the stream: a replay makes no
+    # second trim record (skipped, or a duplicate after a crash)
+    return await _written(
+        path,
+        lambda producer: trim_encoded(path, earliest, channel, producer, gaps=producer is not None),
+    )
 
 
 async def trim_encoded(
@@ -278,13 +275,23 @@ async def _append(id_or_external: str, io: IO, record: Any, channel: str | None)
     session_id = await session_runs.session_id_of(id_or_external)
     path = session_stream_path(session_id, io, channel)
     data = encode(record, f"the record for {path}")
+    return await _written(
+        path,
+        lambda producer: append_encoded(path, data, channel, producer, gaps=producer is not None),
+    )
+
+
+async def _written(
+    path: str, write: Callable[[Producer | None], Awaitable[NamedWriteResult]]
+) -> int:
+    """`write` the record outside a run (no stamp), or inside one through the
+    run's writer of `path` (stamped: skipped on replay, a duplicate after a
+    crash); its seq, -1 when nothing was stored."""
     ctx = current_run()
     if ctx is None:
-        result: NamedWriteResult | None = await append_encoded(path, data, channel, None)
+        result: NamedWriteResult | None = await write(None)
     else:
-        result = await session_writer.writer_for(ctx, path).append(
-            lambda producer: append_encoded(path, data, channel, producer, gaps=True)
-        )
+        result = await session_writer.writer_for(ctx, path).append(write)
     return -1 if result is None or result.start is None else result.start
 
 
