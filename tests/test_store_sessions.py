@@ -1,7 +1,8 @@
 """The Store's sessions (store/_sql_sessions.py), directly against SQLite and
 PostgreSQL: a start creates the session and its first run in one
 transaction, concurrent starts converge, a closed or expired session starts
-nothing, a continuation creates one run and moves `current_run_id`."""
+nothing, a send that wakes a session whose run ended continues it once (one
+new run, `current_run_id` moved)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def _session(session_id: str, external_id: str | None, **fields: object) -> Sess
 
 def _run(run_id: str) -> RunRecord:
     return RunRecord(id=run_id, task_id="inbox-agent")
+
+
+def _continue(store: Store, session_id: str, run_id: str) -> str | None:
+    """Send a record that wakes the session: the run it continued with (the
+    new `run_id`) or None when its current run is alive and takes it."""
+    write = NamedWrite(f"sessions/{session_id}/in", [b'{"data": "hi"}'])
+    sent = store.session_send(
+        session_id, write, 1 << 20, wakes=True, next_run=lambda _: _run(run_id)
+    )
+    assert sent.result.outcome is NamedOutcome.OK, sent.result
+    return sent.continued
 
 
 def test_a_start_creates_the_session_and_its_first_run_then_is_cached(store: Store) -> None:
@@ -86,23 +98,21 @@ def test_a_closed_or_expired_session_starts_and_continues_nothing(store: Store) 
     with pytest.raises(errors.SessionClosed):
         store.start_session(_session("session_2", "chat-1"), _run("run_2"))
     with pytest.raises(errors.SessionClosed):
-        store.continue_session("session_1", _run("run_3"))
+        _continue(store, "session_1", "run_3")
     store.start_session(_session("session_4", "chat-4", expires_at=now_ms() - 1), _run("run_4"))
     with pytest.raises(errors.SessionClosed):
         store.start_session(_session("session_5", "chat-4"), _run("run_5"))
     assert store.get_run("run_2") is None and store.get_run("run_5") is None
     with pytest.raises(errors.SessionNotFound):
-        store.continue_session("session_nope", _run("run_6"))
+        _continue(store, "session_nope", "run_6")
 
 
 def test_a_continuation_replaces_a_finished_run_once(store_url: str) -> None:
     setup = open_store(store_url)
     setup.start_session(_session("session_1", "chat-1"), _run("run_1"))
     # the current run is alive: no continuation
-    assert setup.continue_session("session_1", _run("run_x")) == (
-        setup.get_session("session_1"),
-        False,
-    )
+    assert _continue(setup, "session_1", "run_x") is None
+    assert setup.get_run("run_x") is None
     setup.claim_run("run_1", "actor")
     setup.finish_run("run_1", "COMPLETED", "null", None)
     stores = [open_store(store_url) for _ in range(4)]
@@ -110,7 +120,7 @@ def test_a_continuation_replaces_a_finished_run_once(store_url: str) -> None:
 
     def go(i: int) -> bool:
         barrier.wait(timeout=30)
-        return stores[i].continue_session("session_1", _run(f"run_c{i}"))[1]
+        return _continue(stores[i], "session_1", f"run_c{i}") is not None
 
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:

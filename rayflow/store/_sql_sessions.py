@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayflow.errors import InvalidArgument, SessionClosed, SessionNotFound
+from rayflow.errors import InvalidArgument, SessionClosed
 from rayflow.store._sql_base import SqlBase
-from rayflow.store.base import FINISHED_STATUSES, RunRecord, SessionRecord, now_ms
+from rayflow.store.base import RunRecord, SessionRecord, now_ms
 
 _COLUMNS = (
     "id, external_id, type, task_id, trigger_config, current_run_id, tags, metadata,"
@@ -210,25 +210,3 @@ class SessionsSql(SqlBase):
                 (found.closed_at, reason, found.updated_at, session_id),
             )
         return found
-
-    def continue_session(self, session_id: str, run: RunRecord) -> tuple[SessionRecord, bool]:
-        with self._tx() as c:
-            found = self._find(c, "id", session_id, lock=True)
-            if found is None:
-                raise SessionNotFound(f"session {session_id} not found; check the id")
-            if found.closed_or_expired(now_ms()):
-                raise _closed(found)
-            if found.current_run_id is not None:
-                current = c.execute(
-                    "SELECT status FROM runs WHERE id = ?", (found.current_run_id,)
-                ).fetchone()
-                if current is not None and current[0] not in FINISHED_STATUSES:
-                    return found, False  # its run is alive (or waiting): it takes the record
-            self._insert_run(c, run)
-            found.current_run_id, found.updated_at = run.id, now_ms()
-            c.execute(
-                "UPDATE sessions SET current_run_id = ?, updated_at = ? WHERE id = ?",
-                (run.id, found.updated_at, session_id),
-            )
-        self._changed(run.id)
-        return found, True

@@ -120,11 +120,6 @@ class TokenAndSessionStore(Protocol):
     def close_session(self, session_id: str, reason: str | None) -> SessionRecord | None:
         """Close it (idempotent: the first close's time and reason stand)."""
 
-    def continue_session(self, session_id: str, run: RunRecord) -> tuple[SessionRecord, bool]:
-        """When the session's current run has finished (or it has none),
-        create `run` and make it current, in one transaction; (session,
-        whether `run` was created). Raises SessionNotFound, SessionClosed."""
-
     def session_send(
         self,
         session_id: str,
