@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from _store_fixtures import *  # noqa: F403  (store, store_url, ... fixtures)
+from conftest import eventually
 
 from rayflow import errors
 from rayflow.store import Store, open_store
@@ -567,6 +569,35 @@ def _assert_gapless_race(
         assert [seq for seq, _ in mine] == results[i]
     info = store.stream_info("run_1", "race")
     assert info is not None and info.length == total
+
+
+def test_sqlite_commits_are_checkpointed_on_a_thread_not_in_the_commit(tmp_path: Path) -> None:
+    # SQLite's own checkpoint ran inside the COMMIT that took the WAL past
+    # 1,000 pages, the writers' lock held: every other process's commit
+    # waited for it. Now a thread copies the WAL into the database file after
+    # commits, however few pages they wrote, and COMMIT never does.
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.migrate()
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1_000
+        store.append_chunks("run_1", "k", _chunks(*range(50)), MiB)
+
+        def checkpointed() -> int:
+            # the database file alone (no WAL beside it) holds the chunks
+            copy = tmp_path / f"copy-{uuid.uuid4().hex}.db"
+            copy.write_bytes((tmp_path / "s.db").read_bytes())
+            alone = sqlite3.connect(copy)
+            try:
+                n = alone.execute("SELECT count(*) FROM chunks WHERE run_id = 'run_1'").fetchone()
+                return int(n[0])
+            except sqlite3.DatabaseError:
+                return 0  # copied while the checkpoint wrote it: look again
+            finally:
+                alone.close()
+
+        eventually(lambda: checkpointed() == 50, what="the chunks in the database file")
+    finally:
+        store.close()
 
 
 def test_close_stream_marks_it_closed_even_before_its_first_chunk(store: Store) -> None:
