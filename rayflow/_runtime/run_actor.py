@@ -36,6 +36,7 @@ the methods readers and writers of its runs' streams call in
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -58,6 +59,15 @@ log = logging.getLogger("rayflow")
 #: `join` for a run this actor does not execute
 LOST = "LOST"
 
+#: the cyclic GC's young-generation threshold in a RunActor (Python's
+#: default is 700). Its runs allocate a few objects per chunk that die young
+#: (futures, coroutines, rows in flight): with 1,000 runs streaming on 2
+#: actors the default made ~50 young collections a second per actor and a
+#: full one every ~2.5 s (20-50 ms with 500 runs' tasks), ~65 ms of each
+#: actor's loop per second; at 10,000, ~0.6 young ones (3-5 ms) a second and
+#: hardly a full one (benchmarks/README.md, "Density")
+GC_YOUNG_OBJECTS = 10_000
+
 
 @ray.remote
 class RunActor(StreamService):
@@ -66,6 +76,8 @@ class RunActor(StreamService):
         # the runs' group commit works on its own thread beside the busy loop
         # (`stream_commit`): hand the GIL over sooner than every 5 ms
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # a young collection every GC_YOUNG_OBJECTS, not every 700: see there
+        gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
         self.conn = connection.connect(settings, run_actor=True)
         self.settings = settings
         self.name = ray.get_runtime_context().get_actor_name() or ""
