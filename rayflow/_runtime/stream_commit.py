@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 #: loop (RunActors). The commit thread gives the GIL up at every SQL call and
 #: then waits for the loop to hand it back, by default after up to 5 ms —
 #: while it holds the Store's write lock: measured with 1,000 runs streaming
-#: on 2 actors, a round took 35 ms for 9 ms of CPU; at 0.5 ms, ~12 ms
-SWITCH_INTERVAL_S = 0.0005
+#: on 2 actors, a round took 35 ms for 9 ms of CPU; at 0.5 ms, ~12 ms; at
+#: 0.2 ms, with the GC's pauses gone too (`run_actor.GC_YOUNG_OBJECTS`),
+#: append -> reader p99 41-48 ms where 0.5 ms gave 57-63 (one sitting)
+SWITCH_INTERVAL_S = 0.0002
 #: most chunks of one stream in one group commit: a flood becomes visible
 #: in steps, not all at once after one huge transaction
 COMMIT_BATCH = 2048
