@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rayflow._config import Settings
-from serve import ds_append, ds_wire, openapi
+from serve import ds_append, ds_wire, openapi, realtime_append
 from serve.deps import MAX_APPEND_BYTES, ServeState
 from serve.errors import ERROR_RESPONSES, install_error_handlers
 from serve.middleware import (
@@ -94,8 +94,9 @@ def listener_app(app: FastAPI) -> ASGIApp:
     FastAPI's own layers (exception middlewares, an exit stack, the router's
     walk: ~30 % of the replica's event loop under 64 producers of small
     appends, benchmarks/README.md); a POST (a producer's append) is
-    answered in raw ASGI (`serve/ds_append.py`, the same answers); every
-    other request goes to `app`.
+    answered in raw ASGI (`serve/ds_append.py`, the same answers); so is a
+    run stream's `POST …/{run_id}/{target}/{key}/append` (a backend's
+    append: `serve/realtime_append.py`); every other request goes to `app`.
     The route answers its own errors (`serve/routes/durable_streams.py`)."""
     limits = _limits(app.state.rayflow.settings)
     direct = edge(_durable_stream, limits)
@@ -103,9 +104,16 @@ def listener_app(app: FastAPI) -> ASGIApp:
     st: ServeState = app.state.rayflow
     prefix = durable_streams.PREFIX
     methods = set(durable_streams.METHODS)
+    run_append = realtime_append.PATH
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.endswith("/append"):
+            match = run_append.match(path)
+            if match is not None:
+                params = match.groupdict()
+                await realtime_append.append(st, limits_only, scope, receive, send, params)
+                return
         if scope["type"] == "http" and path.startswith(prefix) and scope["method"] in methods:
             if scope["method"] == "POST":  # a producer's append: raw ASGI
                 await ds_append.append(st, limits_only, scope, receive, send, path[len(prefix) :])

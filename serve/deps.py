@@ -74,6 +74,15 @@ async def principal(
     return authenticate(credentials.credentials, st.secret_key)
 
 
+def bearer_caller(authorization: str | None, secret_key: str) -> Principal:
+    """`principal` from the raw `Authorization` header, read as `bearer`
+    reads it: for what answers without FastAPI (`serve/realtime_append.py`)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if not authorization or scheme.lower() != "bearer" or not token.strip():
+        raise missing_bearer(authorization)
+    return authenticate(token.strip(), secret_key)
+
+
 #: the authenticated caller of a route
 Caller = Annotated[Principal, Depends(principal)]
 #: the app's settings and secret key

@@ -112,6 +112,20 @@ def rayflow_error_response(exc: RayflowError) -> JSONResponse:
     return error_response(exc.http_status, str(exc), type(exc).__name__, **extra)
 
 
+def answer_rayflow_error(exc: RayflowError) -> JSONResponse:
+    """What the app answers for `exc` (a 5xx is logged with its traceback)."""
+    if exc.http_status >= 500:
+        log.error("request failed: %s", exc, exc_info=exc)
+    return rayflow_error_response(exc)
+
+
+def answer_http_error(exc: HTTPException) -> JSONResponse:
+    """What the app answers for Starlette's `exc` (e.g. a body over its limit)."""
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    code = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+    return error_response(exc.status_code, message, code.get(exc.status_code, "HTTPError"))
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -125,9 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_rayflow(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RayflowError)
-        if exc.http_status >= 500:
-            log.error("request failed: %s", exc, exc_info=exc)
-        return rayflow_error_response(exc)
+        return answer_rayflow_error(exc)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -135,9 +147,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        code = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
-        return error_response(exc.status_code, message, code.get(exc.status_code, "HTTPError"))
+        return answer_http_error(exc)
 
     app.add_exception_handler(RayflowError, on_rayflow)
     app.add_exception_handler(RequestValidationError, on_validation)

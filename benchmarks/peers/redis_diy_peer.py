@@ -87,14 +87,37 @@ def sender_job(r: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def sse_app() -> Any:
+    """The relay: SSE over `XREAD BLOCK`, and `POST /streams/{key}/append`
+    (one chunk, the raw body, `XADD`ed; acknowledged once Redis answered)
+    behind a bearer key (`PEER_SECRET`, none when unset): the way a team
+    exposes appends to backends outside its workers."""
+    import hmac
+
     import redis.asyncio as aredis
-    from fastapi import FastAPI
+    from fastapi import FastAPI, HTTPException, Request
     from sse_starlette.sse import EventSourceResponse
 
     app = FastAPI()
     r = aredis.Redis(
         host="127.0.0.1", port=int(os.environ["PEER_REDIS_PORT"]), decode_responses=True
     )
+    expected = f"Bearer {os.environ.get('PEER_SECRET', '')}".encode()
+
+    async def append(key: str, request: Request) -> dict[str, bool]:
+        given = request.headers.get("authorization", "").encode()
+        if "PEER_SECRET" in os.environ and not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "a bearer key is needed")
+        body = await request.body()
+        try:
+            chunk = body.decode()
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the chunk must be UTF-8 text") from None
+        await r.xadd(key, {"c": chunk})
+        return {"ok": True}
+
+    # this module's annotations are strings, and `Request` is not a global here
+    append.__annotations__["request"] = Request
+    app.add_api_route("/streams/{key}/append", append, methods=["POST"])
 
     @app.get("/streams/{key}")
     async def stream(key: str, offset: int = 0) -> EventSourceResponse:

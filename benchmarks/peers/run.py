@@ -53,6 +53,9 @@ PEER_PACKAGES = [
     "sse-starlette==3.7.0",
     "redis==8.1.0",
     "uvicorn==0.54.0",
+    # uvicorn[standard]'s parser and loop: rayflow's replica runs on both
+    "httptools==0.9.0",
+    "uvloop==0.23.0",
     "httpx==0.28.1",
 ]
 RESTATE_NPM = "@restatedev/restate-server@1.7.12"

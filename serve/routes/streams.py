@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -16,6 +17,7 @@ from sse_starlette import EventSourceResponse
 
 from rayflow.errors import PayloadTooLarge
 from serve import core, open_streams
+from serve.auth import Principal
 from serve.deps import MAX_APPEND_BYTES, MAX_INDEX, AppState, Caller, whole_number
 from serve.errors import BadRequest
 from serve.sse import event_stream, parse_last_event_id, sse_response
@@ -121,17 +123,31 @@ async def append_chunk(
 ) -> AppendResponse:
     """Append one chunk (the raw request body, stored as a string) to a run's
     stream from outside the run. At most 512 KiB; 400 when the run finished."""
+    await append(who, run_id, target, key, request.body, x_part_id)
+    return AppendResponse()
+
+
+async def append(
+    who: Principal,
+    run_id: str,
+    target: str,
+    key: str,
+    body: Callable[[], Awaitable[bytes]],
+    part_id: str | None,
+) -> None:
+    """`append_chunk`'s work once the caller is known, with the body that
+    `body()` reads: shared by the route and rayflow's listener
+    (`serve/realtime_append.py`). Raises what the route answers."""
     who.require_secret("appending to a stream")
     target_id = await resolve_target(run_id, target)
-    body = await request.body()
+    data = await body()
     try:
-        text = body.decode()
+        text = data.decode()
     except UnicodeDecodeError as e:
         raise BadRequest("the chunk must be UTF-8 text", run_id=target_id, stream=key) from e
     # a closed stream (or a finished run) is refused by the appender's guarded
     # commit itself: no Store read here
-    await core.append(target_id, key, text, x_part_id)
-    return AppendResponse()
+    await core.append(target_id, key, text, part_id)
 
 
 @router.put("/realtime/v1/streams/{run_id}/{target}/{key}", response_model=CreateStreamResponse)
