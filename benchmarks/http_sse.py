@@ -546,13 +546,21 @@ def cpu_seconds(roots: list[int]) -> float:
 
 
 async def sustained(
-    system: System, streams_n: int, rate: int, seconds: float, cpu_of: list[int]
+    system: System,
+    streams_n: int,
+    rate: int,
+    seconds: float,
+    cpu_of: list[int],
+    calls: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """Appends only, `streams_n` streams × `rate`/s, open loop: ack latency,
     the rate of acknowledged appends, how many failed (e.g. timed out), and
-    the CPU per acknowledged append (every process, the client's included)."""
+    the CPU per acknowledged append (every process, the client's included);
+    `calls`: a counter whose growth is reported per append (rayflow: calls
+    telling the RunActors)."""
     part = f"sus-{uuid.uuid4().hex[:6]}"
     failed: list[BaseException] = []
+    calls0 = await asyncio.to_thread(calls) if calls else 0
     t0, cpu0, by_process = time.perf_counter(), cpu_seconds(cpu_of), cpu_by_process(cpu_of)
     acks = await paced_appends(system, part, streams_n, seconds, rate, failed)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(cpu_of) - cpu0
@@ -565,6 +573,8 @@ async def sustained(
         "cpu_us_per_append": cpu / n * 1e6,
         "cpu_us_by_process": {name: sec / n * 1e6 for name, sec in spent.items()},
     }
+    if calls:
+        out["calls_per_s"] = (await asyncio.to_thread(calls) - calls0) / elapsed
     if failed:
         out["error"] = f"{len(failed)} appends failed ({type(failed[0]).__name__})"
     return out
@@ -745,6 +755,18 @@ def start_rayflow(
     return base, settings.secret_key, runs, proxy_base
 
 
+def published_calls(run_ids: list[str]) -> int:
+    """Calls to `RunActor.published` the RunActors executing `run_ids` answered."""
+    import ray
+
+    from rayflow._runtime.connection import current
+
+    controller = current().controller
+    located = ray.get([controller.locate.remote(r) for r in run_ids])
+    actors = {actor._actor_id: actor for _, actor in located if actor is not None}
+    return sum(ray.get([a.published_calls.remote() for a in actors.values()]))
+
+
 def run_actors(run_ids: list[str]) -> set[Any]:
     """The distinct RunActors executing `run_ids`."""
     import ray
@@ -866,6 +888,9 @@ def table(res: dict[str, Any], size: dict[str, Any]) -> str:
         rows.append(f"| {label} | {cr:,.0f} | {cb:,.0f} | {ratio(cr, cb)} |")
         if r["sustained"].get("cpu_us_by_process"):
             rows.append(by_process_row(r["sustained"]))
+        if "calls_per_s" in r["sustained"]:
+            label = "… calls telling the RunActors (`published`) per s"
+            rows.append(f"| {label} | {r['sustained']['calls_per_s']:,.0f} | | |")
     if "sustained" in r and "sustained_xadd" in b:
         x = b["sustained_xadd"]
         label = f"floor: the relay's XADD without HTTP at 10 × {SUSTAINED_RATE}/s (ms)"
@@ -982,7 +1007,10 @@ async def run_parts(
         out["many_inside"] = await many_inside(many, runs, size["lat_s"], cpu_of)
     if "sustained" in parts:
         log(f"{appender.name}: sustained appends, 10 streams × {SUSTAINED_RATE}/s")
-        out["sustained"] = await sustained(appender, 10, SUSTAINED_RATE, size["lat_s"], cpu_of)
+        calls = (lambda: published_calls([r for r, _ in runs])) if runs else None
+        out["sustained"] = await sustained(
+            appender, 10, SUSTAINED_RATE, size["lat_s"], cpu_of, calls
+        )
     return out
 
 

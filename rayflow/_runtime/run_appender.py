@@ -18,9 +18,10 @@ follow the run and take pushes (a Serve replica's SSE readers:
 `push_outbox`, as the run's RunActor last named them), then the RunActor
 executing the run, if there is one, is told
 (`RunActor.published`, in the background; one call in flight per RunActor
-for every run it executes, what commits meanwhile goes in the next call):
-it takes the rows into its streams' tails and wakes the long polls of the
-readers following them.
+for every run it executes, what commits meanwhile goes in the next call,
+and under a flood calls at least `TELL_GAP_S` apart): it takes the rows
+into its streams' tails and wakes the long polls of the readers following
+them.
 The commit thread hands the stored rows over as soon as its commit returns,
 and telling runs on the process's own telling thread (`telling`), not on
 the writer's event loop: a busy loop (a replica's, a benchmark's SSE
@@ -78,6 +79,14 @@ log = logging.getLogger("rayflow")
 
 #: most writes in one commit (a flood is committed in bounded transactions)
 MAX_BATCH = 10_000
+#: under a flood (commits to its runs came while a call was out) calls
+#: telling one RunActor begin at least this far apart: a call costs the
+#: actor ~0.6 ms of CPU whatever it carries (Ray's machinery; measured at
+#: 2,000 HTTP appends/s, benchmarks/README.md), so a flood's commits are
+#: told together. A commit while no call is out is told at once. Readers
+#: that take pushes (a Serve replica's SSE) do not wait for it; those
+#: following the RunActor (`streams.read`) may, under a flood only.
+TELL_GAP_S = 0.02
 #: how often telling a RunActor is tried when the run keeps moving
 TELL_TRIES = 10
 
@@ -316,8 +325,9 @@ telling = PerProcess(_Telling)
 class _Teller:
     """Tells one RunActor about this process's commits to the runs it
     executes: one call in flight; what commits meanwhile, to any of its
-    runs, goes in the next call together (a flood costs the actor one call
-    per round trip, not one per commit, stream or run)."""
+    runs, goes in the next call together, which under a flood begins
+    `TELL_GAP_S` after the last (a flood costs the actor one call per
+    `TELL_GAP_S`, not one per commit, stream or run)."""
 
     def __init__(self, actor: Any, key: Any, telling: _Telling) -> None:
         self.actor, self.key, self._telling = actor, key, telling
@@ -335,10 +345,18 @@ class _Teller:
             self._task = shared_task(self._loop())
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._news:
+                began = loop.time()
                 batch, self._news = self._news, {}
                 await self._tell(batch)
+                if self._news:
+                    # commits came while the call was out (a flood): what
+                    # commits until TELL_GAP_S after it began goes in the next
+                    wait = began + TELL_GAP_S - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
         finally:
             if not self._news:
                 self._telling.done(self)
