@@ -30,9 +30,21 @@ WAITING, PENDING = RunStatus.WAITING.value, WaitpointStatus.PENDING.value
 
 _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = "SELECT " + ", ".join(_RUN_COLUMNS) + " FROM runs"
-_STREAM_SELECT = (
-    "SELECT run_id, key, length, size_bytes, closed, created_at, updated_at FROM streams"
-)
+_STREAM_COLUMNS = "SELECT run_id, key, length, size_bytes, closed, created_at, updated_at"
+_STREAM_SELECT = _STREAM_COLUMNS + " FROM streams"
+
+
+def from_keys(table: str, columns: tuple[str, ...], n: int) -> str:
+    """`FROM` the rows of `table` whose `columns` equal one of `n` tuples of
+    parameters, looked up by key: the list drives the join (`CROSS JOIN`
+    keeps that order on SQLite). SQLite plans `WHERE (a, b) IN (VALUES …)`
+    as a scan of the whole table, probing the list per row: a commit round
+    or a start read then cost every stream (journal entry) ever stored."""
+    row = "(" + ", ".join(["?"] * len(columns)) + ")"
+    on = " AND ".join(f"{table}.{c} = v.column{i}" for i, c in enumerate(columns, 1))
+    return f" FROM (VALUES {', '.join([row] * n)}) AS v CROSS JOIN {table} WHERE {on}"
+
+
 _WP_SELECT = (
     "SELECT run_id, stream_id, deadline, idempotency_key, status, inbox_seq, created_at"
     " FROM waitpoints"

@@ -21,6 +21,7 @@ from rayflow.store._sql_base import (
     SqlBase,
     _run,
     _waitpoint,
+    from_keys,
 )
 from rayflow.store.base import (
     FINISHED_STATUSES,
@@ -296,13 +297,15 @@ class RunsSql(SqlBase):
 
     def journal_load_many(self, keys: list[tuple[str, int]]) -> list[list[JournalEntry]]:
         found: dict[tuple[str, int], list[JournalEntry]] = {}
+        # each key once: the join below yields a key's rows once per time it is named
+        unique = list(dict.fromkeys(keys))
         with self._read() as c:
-            for start in range(0, len(keys), 500):
-                page = keys[start : start + 500]
-                pairs = ", ".join("(?, ?)" for _ in page)
+            for start in range(0, len(unique), 500):
+                page = unique[start : start + 500]
                 rows = c.execute(
-                    "SELECT run_id, attempt, seq, kind, name, value FROM journal"
-                    f" WHERE (run_id, attempt) IN (VALUES {pairs}) ORDER BY run_id, attempt, seq",
+                    "SELECT journal.run_id, journal.attempt, seq, kind, name, value"
+                    + from_keys("journal", ("run_id", "attempt"), len(page))
+                    + " ORDER BY journal.run_id, journal.attempt, seq",
                     [x for pair in page for x in pair],
                 ).fetchall()
                 for r in rows:

@@ -18,7 +18,7 @@ from itertools import islice
 from typing import Any
 
 from rayflow.errors import StreamTooLarge
-from rayflow.store._sql_base import SqlBase
+from rayflow.store._sql_base import SqlBase, from_keys
 from rayflow.store.base import FINISHED_STATUSES, AppendResult, ChunkWrite
 
 
@@ -43,8 +43,8 @@ class StreamRoundsSql(SqlBase):
         looked: dict[tuple[str, str], Any] = {}
         for group in _groups(pairs, _PAIRS_PER_STATEMENT):
             rows = c.execute(
-                "SELECT run_id, key, length, size_bytes, closed FROM streams"
-                " WHERE (run_id, key) IN (VALUES " + ", ".join(["(?, ?)"] * len(group)) + ")",
+                "SELECT streams.run_id, streams.key, length, size_bytes, closed"
+                + from_keys("streams", ("run_id", "key"), len(group)),
                 [x for pair in group for x in pair],
             ).fetchall()
             looked.update(((r[0], r[1]), r) for r in rows)
@@ -74,10 +74,8 @@ class StreamRoundsSql(SqlBase):
         last_by_writer: dict[tuple[str, str, str], int] = dict.fromkeys(triples, -1)
         for group in _groups(triples, _PAIRS_PER_STATEMENT):
             rows = c.execute(
-                "SELECT run_id, key, writer_id, last_seq FROM stream_writers WHERE"
-                " (run_id, key, writer_id) IN (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(group))
-                + ")",
+                "SELECT stream_writers.run_id, stream_writers.key, writer_id, last_seq"
+                + from_keys("stream_writers", ("run_id", "key", "writer_id"), len(group)),
                 [x for triple in group for x in triple],
             ).fetchall()
             last_by_writer.update({(r[0], r[1], r[2]): int(r[3]) for r in rows})

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 from rayflow.store._sql_base import (
+    _STREAM_COLUMNS,
     _STREAM_SELECT,
     _stream,
+    from_keys,
 )
 from rayflow.store._sql_stream_rounds import StreamRoundsSql, _too_large
 from rayflow.store.base import (
@@ -222,12 +224,12 @@ class StreamsSql(StreamRoundsSql):
 
     def stream_infos(self, keys: list[tuple[str, str]]) -> list[StreamInfo | None]:
         found: dict[tuple[str, str], StreamInfo] = {}
+        unique = list(dict.fromkeys(keys))
         with self._read() as c:
-            for start in range(0, len(keys), 500):
-                page = keys[start : start + 500]
-                pairs = ", ".join("(?, ?)" for _ in page)
+            for start in range(0, len(unique), 500):
+                page = unique[start : start + 500]
                 rows = c.execute(
-                    _STREAM_SELECT + f" WHERE (run_id, key) IN (VALUES {pairs})",
+                    _STREAM_COLUMNS + from_keys("streams", ("run_id", "key"), len(page)),
                     [x for pair in page for x in pair],
                 ).fetchall()
                 for row in rows:
