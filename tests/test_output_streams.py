@@ -78,6 +78,37 @@ async def test_async_iteration_and_awaitable_trigger() -> None:
     assert got == list(range(12))
 
 
+async def test_readers_starting_together_share_one_first_look() -> None:
+    """Readers that start together in one process look at the Store in one
+    thread hop and a few reads (`reader.first_looks`), each with its own
+    answer: a finished run's history from where it starts, an unknown
+    run's RunNotFound, a key nobody wrote ending with its run, a live run
+    followed to its end."""
+    from rayflow._runtime import reader
+
+    done = await count_slowly.trigger({"n": 5})
+    assert (await rayflow.runs.wait(done.id)).status == "COMPLETED"
+    live = await count_slowly.trigger({"n": 3, "delay": 0.05})
+
+    async def read(run_id: str, start: int = 0, stream: Any = numbers) -> list[Any]:
+        return [c async for c in stream.read(run_id, start_index=start, timeout_s=30)]
+
+    looks = reader.first_look_batches
+    got = await asyncio.gather(
+        read(done.id),
+        read(done.id, 3),
+        read("run_nosuchrun"),
+        read(done.id, stream=gate),
+        read(live.id),
+        read(done.id, 5),
+        return_exceptions=True,
+    )
+    assert reader.first_look_batches == looks + 1
+    assert got[:2] == [[0, 1, 2, 3, 4], [3, 4]]
+    assert isinstance(got[2], errors.RunNotFound) and got[2].run_id == "run_nosuchrun"
+    assert got[3:] == [[], [0, 1, 2], []]
+
+
 def test_typed_chunk_is_validated_and_a_wrong_one_stores_nothing() -> None:
     handle = typed_tokens.trigger({}).result()
     run = rayflow.runs.wait(handle.id).result()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -25,11 +26,12 @@ import ray
 
 from rayflow._runtime import actor_polls, connection, hops, locations
 from rayflow._runtime.actor_polls import LONG_POLL_S
+from rayflow._runtime.batching import GroupCommit
 from rayflow._runtime.stream_rows import Row, rows_from_chunks, segment_rows
 from rayflow._runtime.wake import Wake
 from rayflow._status import RunStatus
 from rayflow.errors import InvalidArgument, RunNotFound
-from rayflow.store.base import FINISHED_STATUSES, RunRecord
+from rayflow.store.base import FINISHED_STATUSES, RunRecord, Store
 
 #: how often a reader without a live actor asks where the run went
 RELOCATE_S = 0.25
@@ -49,6 +51,52 @@ def idle_pause(idle_s: float) -> float:
     if idle_s < IDLE_RAMP_S:
         return POLL_S
     return min(POLL_MAX_S, POLL_S + (idle_s - IDLE_RAMP_S) / 10)
+
+
+#: one reader's first look: (run id, key, start index, batch)
+Look = tuple[str, str, int, int]
+
+#: per event loop, per Store: the first looks of the readers starting meanwhile
+_looks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[int, GroupCommit[Look, tuple[RunRecord | None, list[Row]]]]
+] = weakref.WeakKeyDictionary()
+
+
+#: batches of first looks this process made (tests count them)
+first_look_batches = 0
+
+
+def first_looks(store: Store, looks: list[Look]) -> list[tuple[RunRecord | None, list[Row]]]:
+    """Per look, its run and the first batch of its stream, for many readers
+    at once (in the caller's thread): the runs in one read, then which of
+    their streams hold chunks past the reader's start in one more; only
+    those are read (a burst of readers of new runs: two reads in all). The
+    runs are read first, as one reader did: a run that has finished has
+    every chunk of its streams committed."""
+    global first_look_batches
+    first_look_batches += 1
+    found = store.get_runs([run_id for run_id, _, _, _ in looks])
+    live = [(look, run) for look, run in zip(looks, found, strict=True) if run is not None]
+    infos = store.stream_infos([(run_id, key) for (run_id, key, _, _), _ in live])
+    batches = {}
+    for ((run_id, key, start, batch), _), info in zip(live, infos, strict=True):
+        if info is not None and info.length > start:
+            batches[(run_id, key, start, batch)] = store.read_chunks(run_id, key, start, batch)
+    return [
+        (run, rows_from_chunks(batches.get(look, [])) if run is not None else [])
+        for look, run in zip(looks, found, strict=True)
+    ]
+
+
+def _first_looks(store: Store) -> GroupCommit[Look, tuple[RunRecord | None, list[Row]]]:
+    groups = _looks.setdefault(asyncio.get_running_loop(), {})
+    group = groups.get(id(store))
+    if group is None:
+        groups.clear()  # an earlier connection's (rayflow.init after shutdown)
+        group = groups[id(store)] = GroupCommit(
+            lambda looks: first_looks(store, looks), max_batch=500
+        )
+    return group
 
 
 def _being_cancelled() -> bool:
@@ -120,17 +168,10 @@ class ChunkReader:
         return rows_from_chunks(chunks)
 
     async def _first_look(self) -> tuple[RunRecord, list[Row]]:
-        """The run and the first batch from the Store, in one thread hop."""
-        store = connection.current().store
-
-        def look() -> tuple[RunRecord | None, list[Row]]:
-            run = store.get_run(self.run_id)
-            if run is None:
-                return None, []
-            chunks = store.read_chunks(self.run_id, self.key, self.next_index, self.batch)
-            return run, rows_from_chunks(chunks)
-
-        run, rows = await asyncio.to_thread(look)
+        """The run and the first batch from the Store, in one thread hop
+        shared with the readers of this event loop starting meanwhile."""
+        looks = _first_looks(connection.current().store)
+        run, rows = await looks.submit((self.run_id, self.key, self.next_index, self.batch))
         if run is None:
             raise RunNotFound(
                 f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key

@@ -58,14 +58,16 @@ log = logging.getLogger("rayflow")
 
 #: `join` for a run this actor does not execute
 LOST = "LOST"
-
 #: the cyclic GC's young-generation threshold in a RunActor (Python's
 #: default is 700). Its runs allocate a few objects per chunk that die young
 #: (futures, coroutines, rows in flight): with 1,000 runs streaming on 2
 #: actors the default made ~50 young collections a second per actor and a
 #: full one every ~2.5 s (20-50 ms with 500 runs' tasks), ~65 ms of each
 #: actor's loop per second; at 10,000, ~0.6 young ones (3-5 ms) a second and
-#: hardly a full one (benchmarks/README.md, "Density")
+#: hardly a full one. Runs starting together, whose objects all live on:
+#: at 700, ~150 collections in the first second of 500 runs starting on an
+#: actor, 90-115 ms of its loop (gen-1 passes over the runs' young objects);
+#: at 10,000, ~7 young ones, 20-38 ms (benchmarks/README.md, "Density")
 GC_YOUNG_OBJECTS = 10_000
 
 
