@@ -87,6 +87,17 @@ def _limits(settings: Settings) -> BodyLimits:
     return default_body_limits(settings.max_input_bytes, MAX_APPEND_BYTES)
 
 
+def listener_protocol(app: FastAPI) -> type:
+    """The HTTP protocol of rayflow's listener serving `listener_app(app)`:
+    uvicorn's, with a Durable Streams append whose body is whole answered
+    below ASGI (`serve/ds_protocol.py`, `serve/ds_append.py: DirectAppends`;
+    the same answers as `listener_app` gives)."""
+    from serve.ds_protocol import protocol_for
+
+    limits = EdgeMiddleware(_durable_stream, limits=_limits(app.state.rayflow.settings))
+    return protocol_for(ds_append.DirectAppends(app.state.rayflow, limits))
+
+
 def listener_app(app: FastAPI) -> ASGIApp:
     """`app` as rayflow's listener serves it (`serve/listener.py`): a
     Durable Streams stream URL goes straight to its route, behind the same

@@ -84,12 +84,14 @@ class RayflowHTTP:
 
     async def __serve_build_asgi_app__(self) -> Any:
         from serve import listener
-        from serve.api import create_app, listener_app
+        from serve.api import create_app, listener_app, listener_protocol
 
         app = create_app(self._settings, self._secret_key)
         if self._listen:
             host, port = self._settings.http_host, self._settings.http_port
-            self._listener = await listener.start(listener_app(app), host, port)
+            self._listener = await listener.start(
+                listener_app(app), host, port, listener_protocol(app)
+            )
         return app
 
     def check_health(self) -> None:

@@ -1,29 +1,53 @@
 """A Durable Streams append (a POST to a stream URL) as rayflow's listener
-answers it: raw ASGI, for a producer's hot path (benchmarks/README.md,
-Durable Streams: 64 producers).
+answers it, for a producer's hot path (benchmarks/README.md, Durable
+Streams: 64 producers). Two ways, the same answers:
 
-What the edge layers and Starlette do per request is done here once and
+- `DirectAppends`: below ASGI. rayflow's listener protocol
+  (`serve/ds_protocol.py`) hands it a request already whole (a
+  `Content-Length` within the limit); it checks the request and queues its
+  write synchronously, and answers from the commit's callback — no task, no
+  coroutine, no ASGI messages per append. A request that needs the Store
+  before its write (a body that is not JSON: the stream may refuse it for
+  an earlier reason) or after it (a sliding TTL to restart) goes the
+  route's own way in a task.
+- `append`: raw ASGI, for every other append on the listener (a chunked
+  body, a pipelined request, `Expect: 100-continue`).
+
+What the edge layers and Starlette do per request is done once and
 directly: the headers are read into one dict, the body limit, the CORS
 headers and the last-resort 500 are `serve/middleware.py`'s
-(`length_refusal`, `cors_headers`, `send_error`), the body is read in
-place, the answer leaves as two ASGI messages. The protocol's work (auth,
-path, the append, every refusal) is the route's own
-(`serve/routes/durable_streams.py: append`), so both answer the same
-request with the same status, headers and body
-(tests/test_ds_listener.py checks it).
+(`length_refusal`, `cors_headers`, `send_error`). The protocol's work
+(auth, path, the append, every refusal) is the route's own
+(`serve/routes/durable_streams.py`: `append_refusal`, `prepare_post`,
+`post_answer`), so every way answers the same request with the same status,
+headers and body (tests/test_ds_listener.py checks it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from rayflow._runtime.serving import named_appender
+from rayflow.store.named import NamedWrite, NamedWriteResult
+from serve import ds_reads
 from serve.deps import ServeState
 from serve.ds_wire import RawHeaders
-from serve.middleware import EdgeMiddleware, cors_headers, length_refusal, send_error
+from serve.middleware import (
+    EdgeMiddleware,
+    cors_headers,
+    error_answer,
+    length_refusal,
+    send_error,
+)
 from serve.routes import durable_streams
 
 log = logging.getLogger("rayflow.serve")
@@ -73,3 +97,119 @@ async def append(
         }
     )
     await send({"type": "http.response.body", "body": response.body})
+
+
+#: writes an answer (status, headers, body) on the request's connection
+Reply = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
+
+
+class DirectAppends:
+    """A listener's appends answered below ASGI (see the module docstring)."""
+
+    def __init__(self, st: ServeState, edge: EdgeMiddleware) -> None:
+        self._st, self._edge = st, edge
+        #: the tasks of appends that went the route's way (kept until done)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def limit(self, path: str) -> int | None:
+        """The body limit of a POST to the URL path `path`."""
+        return self._edge.limit("POST", path)
+
+    def start(
+        self, raw_headers: list[tuple[bytes, bytes]], path: str, body: bytes, reply: Reply
+    ) -> None:
+        """Answer the POST to the stream `path` (its headers `raw_headers`,
+        names in lower case; its whole body `body`) with `reply`, now or
+        once its write is committed."""
+        headers = RawHeaders(raw_headers)
+        cors = cors_headers(headers.raw.get(b"origin"))
+        st = self._st
+        try:
+            response = durable_streams.append_refusal(st, path, headers)
+            if response is None:
+                write = durable_streams.prepare_post(path, headers, body)
+                future = named_appender.named_appender().submit(write)
+                future.add_done_callback(partial(self._written, path, write, cors, reply))
+                return
+        except durable_streams.NotJson:
+            self._the_route_way(path, headers, body, cors, reply)
+            return
+        except Exception as exc:
+            response = _answer_to(exc, path)
+        _send(reply, response, cors)
+
+    def _written(
+        self,
+        path: str,
+        write: NamedWrite,
+        cors: list[tuple[bytes, bytes]],
+        reply: Reply,
+        future: asyncio.Future[NamedWriteResult],
+    ) -> None:
+        if future.cancelled():  # the loop is closing
+            response = _answer_to(asyncio.CancelledError(), path)
+        elif (error := future.exception()) is not None:
+            response = _answer_to(error, path)
+        else:
+            result = future.result()
+            if result.stream is not None and ds_reads.touch_due(result.stream):
+                self._spawn(self._touch_and_answer(path, write, result, cors, reply))
+                return
+            response = durable_streams.post_answer(path, write, result)
+        _send(reply, response, cors)
+
+    async def _touch_and_answer(
+        self,
+        path: str,
+        write: NamedWrite,
+        result: NamedWriteResult,
+        cors: list[tuple[bytes, bytes]],
+        reply: Reply,
+    ) -> None:
+        try:
+            assert result.stream is not None
+            await ds_reads.touch_info(result.stream)
+            response = durable_streams.post_answer(path, write, result)
+        except Exception as exc:
+            response = _answer_to(exc, path)
+        _send(reply, response, cors)
+
+    def _the_route_way(
+        self,
+        path: str,
+        headers: RawHeaders,
+        body: bytes,
+        cors: list[tuple[bytes, bytes]],
+        reply: Reply,
+    ) -> None:
+        async def whole() -> bytes:
+            return body
+
+        async def answer() -> None:
+            try:
+                response = await durable_streams.append(self._st, path, headers, whole)
+            except Exception as exc:
+                response = _answer_to(exc, path)
+            _send(reply, response, cors)
+
+        self._spawn(answer())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _answer_to(exc: BaseException, path: str) -> Response:
+    """The route's answer to an append that raised `exc`; the edge's 500
+    (logged) for anything that is not a refusal."""
+    answer = durable_streams.refusal(exc) if isinstance(exc, Exception) else None
+    if answer is not None:
+        return answer
+    log.error("unexpected error on POST %s%s", durable_streams.PREFIX, path, exc_info=exc)
+    headers, body = error_answer(500, f"internal error: {type(exc).__name__}", "InternalError")
+    return Response(body, 500, {k.decode(): v.decode() for k, v in headers})
+
+
+def _send(reply: Reply, response: Response, cors: list[tuple[bytes, bytes]]) -> None:
+    reply(response.status_code, [*response.raw_headers, *cors], bytes(response.body))

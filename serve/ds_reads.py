@@ -209,12 +209,17 @@ async def _touch(tail: Tail) -> None:
         await touch_info(tail.info)
 
 
+def touch_due(info: NamedStreamInfo) -> bool:
+    """A read or write of `info` must tell the Store (`touch_info`)."""
+    if info.ttl_s is None or info.deleted:
+        return False
+    return now_ms() - info.touched_at >= min(1000, info.ttl_s * 100)
+
+
 async def touch_info(info: NamedStreamInfo) -> None:
     """A read or write restarts a sliding TTL; the Store is told only when
     a tenth of the TTL has passed since (a busy stream costs no write per read)."""
-    if info.ttl_s is None or info.deleted:
-        return
-    now = now_ms()
-    if now - info.touched_at >= min(1000, info.ttl_s * 100):
+    if touch_due(info):
+        now = now_ms()
         await asyncio.to_thread(current().store.named_touch, [info.path])
         info.touched_at = now

@@ -3,7 +3,8 @@
 When the process that deploys the API also started the local Ray
 (`rayflow.init(serve=True)`, `rayflow dev`; `Settings.http_ingress` =
 "rayflow", the default), the one replica serves `http_host:http_port`
-itself with a plain uvicorn server (httptools) on the replica's own event
+itself with a plain uvicorn server (httptools; a Durable Streams append
+answered below ASGI, `serve/ds_protocol.py`) on the replica's own event
 loop, serving the app the replica built (`serve/api.py`): every route,
 the same auth, body limits, CORS and errors. Nothing of Ray Serve's
 per-request path runs (request metadata, its disconnect-watching receive
@@ -58,7 +59,9 @@ class ReplicaListener:
     """One uvicorn server on an already bound socket, run as a task of the
     replica's event loop."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, protocol: type | None = None) -> None:
+        """`protocol`: the HTTP protocol class (a subclass of uvicorn's
+        httptools one: `serve/ds_protocol.py`); default uvicorn's."""
         # uvicorn's logger otherwise prints every connection's lifecycle
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         host, port = sock.getsockname()[:2]
@@ -68,7 +71,7 @@ class ReplicaListener:
                 app,
                 host=host,
                 port=port,
-                http="httptools",
+                http=protocol or "httptools",
                 ws="none",
                 lifespan="off",  # Serve already ran the app's lifespan
                 access_log=False,
@@ -133,9 +136,10 @@ def bind(host: str, port: int, wait_s: float = BIND_WAIT_S) -> socket.socket:
         time.sleep(0.2)
 
 
-async def start(app: Any, host: str, port: int) -> ReplicaListener:
-    """Serve `app` on `host:port` from the running event loop."""
+async def start(app: Any, host: str, port: int, protocol: type | None = None) -> ReplicaListener:
+    """Serve `app` on `host:port` from the running event loop (`protocol`:
+    see `ReplicaListener`)."""
     sock = await asyncio.to_thread(bind, host, port)
-    listener = ReplicaListener(app, sock)
+    listener = ReplicaListener(app, sock, protocol)
     await listener.started()
     return listener

@@ -183,8 +183,16 @@ async def send_error(
     send: Send, status: int, message: str, code: str, extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """A JSON error answered at the edge (`extra`: headers to add)."""
+    headers, body = error_answer(status, message, code, extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_answer(
+    status: int, message: str, code: str, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of `send_error`'s answer."""
     body = json.dumps(error_body(status, message, code)).encode()
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
     headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return headers, body

@@ -42,6 +42,7 @@ from rayflow.store.named import (
     NamedOutcome,
     NamedStreamSpec,
     NamedWrite,
+    NamedWriteResult,
     Producer,
     is_json,
 )
@@ -166,12 +167,9 @@ async def durable_stream(request: Request) -> Response:
         return wire.error(e.http_status, str(e))
 
 
-async def append(
-    st: ServeState, path: str, h: wire.HeaderSource, body: Callable[[], Awaitable[bytes]]
-) -> Response:
-    """A POST to `path` (an append, a close): its caller, its path, then
-    `post` with the body `body()` reads; every refusal answered. Shared by the
-    route and rayflow's listener (`serve/ds_append.py`)."""
+def append_refusal(st: ServeState, path: str, h: wire.HeaderSource) -> Response | None:
+    """The answer to a POST to `path` refused before its body is read (its
+    caller, its path, a read-only stream); None when it may go on."""
     try:
         who = caller(st, h.get("authorization"))
     except RayflowError as e:
@@ -179,15 +177,42 @@ async def append(
     try:
         _check_path(path)
         _require(who, "write", path)
-        if path.startswith(("runs/", "sessions/")):
-            return wire.error(405, f"{path} is read-only here: POST is not allowed")
-        return await post(path, h, await body())
     except WireError as e:
         return wire.error(e.status, str(e), e.headers)
-    except HTTPException as e:  # a chunked body cut off at its limit (413)
-        return wire.error(e.status_code, str(e.detail))
-    except RayflowError as e:  # Forbidden, Unavailable, ...
+    except RayflowError as e:  # Forbidden
         return wire.error(e.http_status, str(e))
+    if path.startswith(("runs/", "sessions/")):
+        return wire.error(405, f"{path} is read-only here: POST is not allowed")
+    return None
+
+
+def refusal(e: Exception) -> Response | None:
+    """The answer to an append that raised `e` on its way (None: not a
+    refusal; the edge answers 500)."""
+    if isinstance(e, WireError):
+        return wire.error(e.status, str(e), e.headers)
+    if isinstance(e, HTTPException):  # a chunked body cut off at its limit (413)
+        return wire.error(e.status_code, str(e.detail))
+    if isinstance(e, RayflowError):  # Unavailable, ...
+        return wire.error(e.http_status, str(e))
+    return None
+
+
+async def append(
+    st: ServeState, path: str, h: wire.HeaderSource, body: Callable[[], Awaitable[bytes]]
+) -> Response:
+    """A POST to `path` (an append, a close): `append_refusal`, then `post`
+    with the body `body()` reads; every refusal answered. Shared by the route
+    and rayflow's listener (`serve/ds_append.py`)."""
+    refused = append_refusal(st, path, h)
+    if refused is not None:
+        return refused
+    try:
+        return await post(path, h, await body())
+    except (WireError, HTTPException, RayflowError) as e:
+        answer = refusal(e)
+        assert answer is not None
+        return answer
 
 
 router.routes.append(
@@ -287,9 +312,19 @@ def _producer(headers: wire.HeaderSource) -> Producer | None:
     )
 
 
-async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
-    """An append (or a close): `h` the request's headers, `body` its body.
-    Raises WireError for a request the protocol refuses before the Store."""
+class NotJson(WireError):
+    """A JSON-mode append whose body is not JSON: refused 400, unless the
+    stream refuses it for an earlier reason (`_refusal_before_json`)."""
+
+    def __init__(self, error: WireError, content_type: str) -> None:
+        super().__init__(error.status, str(error), error.headers)
+        self.content_type = content_type
+
+
+def prepare_post(path: str, h: wire.HeaderSource, body: bytes) -> NamedWrite:
+    """The write a POST to `path` asks for (`h` its headers, `body` its
+    body). Raises WireError for a request the protocol refuses before the
+    Store (NotJson for a body that is not JSON)."""
     producer = _producer(h)
     close = wire.is_true(h.get(wire.CLOSED))
     content_type = h.get("content-type")
@@ -297,21 +332,17 @@ async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
         raise WireError(400, "the body is empty: send data, or Stream-Closed: true to close")
     if body and not content_type:
         raise WireError(400, "send the stream's Content-Type with the data")
-    store_path = STORE_PREFIX + path
     messages: list[bytes] = []
     if body:
         if content_type is not None and is_json(content_type):
             try:
                 messages = wire.json_messages(body, append=True)
-            except WireError:
-                refused = await _refusal_before_json(store_path, path, content_type)
-                if refused is not None:
-                    return refused
-                raise
+            except WireError as e:
+                raise NotJson(e, content_type) from None
         else:
             messages = [body]
-    write = NamedWrite(
-        store_path,
+    return NamedWrite(
+        STORE_PREFIX + path,
         messages,
         content_type=content_type if body else None,
         close=close,
@@ -319,11 +350,28 @@ async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
         stream_seq=h.get(wire.SEQ),
         leased=True,  # its readers lease the stream (serve/ds_sources.py)
     )
+
+
+async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
+    """An append (or a close): `h` the request's headers, `body` its body.
+    Raises WireError for a request the protocol refuses before the Store."""
+    try:
+        write = prepare_post(path, h, body)
+    except NotJson as e:
+        refused = await _refusal_before_json(STORE_PREFIX + path, path, e.content_type)
+        if refused is not None:
+            return refused
+        raise
     result = await named_appender.write(write)
-    stream = result.stream
-    if stream is not None:
-        await ds_reads.touch_info(stream)
-    outcome = result.outcome
+    if result.stream is not None:
+        await ds_reads.touch_info(result.stream)
+    return post_answer(path, write, result)
+
+
+def post_answer(path: str, write: NamedWrite, result: NamedWriteResult) -> Response:
+    """The answer to the POST to `path` that asked for `write`, committed
+    with `result` (its stream's sliding TTL already restarted)."""
+    producer, stream, outcome = write.producer, result.stream, result.outcome
     tail = {wire.NEXT_OFFSET: wire.offset(stream.length)} if stream else {}
     closed = {wire.CLOSED: "true"} if stream and stream.closed else {}
     stamp = (
@@ -332,7 +380,7 @@ async def post(path: str, h: wire.HeaderSource, body: bytes) -> Response:
         else {}
     )
     if outcome is NamedOutcome.OK:
-        status = 200 if producer and messages else 204
+        status = 200 if producer and write.messages else 204
         return wire.response(status, headers={**tail, **closed, **stamp})
     if outcome is NamedOutcome.DUPLICATE:
         return wire.response(204, headers={**tail, **closed, **stamp})
