@@ -14,12 +14,8 @@ Appends go through the replica's `NamedAppender` (group commit: appends
 made while a commit is in flight share the next one). Live reads wake on
 the Store's change signals (`serve/ds_sources.py`).
 
-Auth: the secret key; or a public access token whose scopes name the path:
-`read:streams:<prefix>` / `write:streams:<prefix>` (`<prefix>` a path or a
-folder of paths, segment by segment; no id: every stream), or
-`read:runs:<id>` for that run's streams, `read:sessions:<session id>` for a
-session's (`…:channels:<name>` for one side channel's). `RAYFLOW_DURABLE_STREAMS_ANONYMOUS`
-lets anyone in, only while the API listens on loopback.
+Auth (who may read or write which path): `serve/ds_auth.py`. Appends on
+rayflow's own listener: `serve/ds_append.py` (the same answers).
 """
 
 from __future__ import annotations
@@ -33,10 +29,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rayflow._config import LOOPBACK_HOSTS
 from rayflow._runtime.serving import current, named_appender
-from rayflow._tokens import allows
-from rayflow.errors import Forbidden, RayflowError
+from rayflow.errors import RayflowError
 from rayflow.store.named import (
     DEFAULT_CONTENT_TYPE,
     NamedOutcome,
@@ -46,9 +40,8 @@ from rayflow.store.named import (
     Producer,
     is_json,
 )
-from serve import ds_reads
+from serve import ds_auth, ds_reads
 from serve import ds_wire as wire
-from serve.auth import Principal, authenticate, missing_bearer
 from serve.deps import ServeState
 from serve.ds_reads import STORE_PREFIX, Source
 from serve.ds_sources import NamedSource, RunSource
@@ -61,78 +54,13 @@ METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE"]
 _CONTENT_TYPE = r"^[\w.+-]+/[\w.+-]+"
 
 
-def caller(st: ServeState, authorization: str | None) -> Principal | None:
-    """The caller (from its `Authorization` header); None for an anonymous
-    one where that is allowed."""
-    settings = st.settings
-    if settings.durable_streams_anonymous and settings.http_host in LOOPBACK_HOSTS:
-        return None
-    header = authorization or ""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise missing_bearer(header)
-    return authenticate(token, st.secret_key)
-
-
-def _require(who: Principal | None, action: str, path: str) -> None:
-    if who is None or who.secret or "admin" in who.scopes:
-        return
-    scopes = list(who.scopes)
-    for scope in scopes:
-        parts = scope.split(":", 2)
-        if parts[:2] != [action, "streams"]:
-            continue
-        if len(parts) == 2 or _within(path, parts[2]):
-            return
-    run = _run_stream(path)
-    if action == "read" and run is not None and allows(scopes, "read", "runs", run[0]):
-        return
-    if action == "read" and any(
-        allows(scopes, "read", "sessions", s) for s in _session_scopes(path)
-    ):
-        return
-    raise Forbidden(f"token does not allow {action}:streams:{path}; its scopes are {scopes}")
-
-
-def _within(path: str, prefix: str) -> bool:
-    """`path` is `prefix` or inside it, segment by segment (`a/b` holds
-    `a/b/c`, not `a/bc`)."""
-    prefix = prefix.rstrip("/")
-    return path == prefix or path.startswith(prefix + "/") or prefix == ""
-
-
-def _run_stream(path: str) -> tuple[str, str] | None:
-    if not path.startswith("runs/"):
-        return None
-    run_id, _, key = path.removeprefix("runs/").partition("/")
-    return (run_id, key) if run_id and key else None
-
-
-def _session_scopes(path: str) -> list[str]:
-    """The `read:sessions:<…>` ids that reach a session stream
-    (`sessions/<id>/in`, `sessions/<id>/channels/<name>/out`): the session's
-    id, and for a channel `<id>:channels:<name>` and `…:<name>:<io>`."""
-    parts = path.split("/")
-    if parts[0] != "sessions" or len(parts) < 3:
-        return []
-    found = [parts[1]]
-    if len(parts) == 5 and parts[2] == "channels":
-        found += [f"{parts[1]}:channels:{parts[3]}", f"{parts[1]}:channels:{parts[3]}:{parts[4]}"]
-    return found
-
-
 def _source(path: str) -> Source:
-    run = _run_stream(path)
+    run = ds_auth.run_stream(path)
     if run is not None:
         return RunSource(*run)
     if path.startswith("sessions/"):  # a session's streams, as sessions keep them
         return NamedSource(path)
     return NamedSource(STORE_PREFIX + path)
-
-
-def _check_path(path: str) -> None:
-    if not path or len(path) > 1024 or any(p in ("", ".", "..") for p in path.split("/")):
-        raise WireError(400, f"invalid stream path {path!r}")
 
 
 async def durable_stream(request: Request) -> Response:
@@ -144,18 +72,18 @@ async def durable_stream(request: Request) -> Response:
     if method == "POST":
         return await append(st, path, request.headers, request.body)
     try:
-        who = caller(st, request.headers.get("authorization"))
+        who = ds_auth.caller(st, request.headers.get("authorization"))
     except RayflowError as e:
         return wire.error(e.http_status, str(e))
     try:
-        _check_path(path)
+        ds_auth.check_path(path)
         if method in ("GET", "HEAD"):
-            _require(who, "read", path)
+            ds_auth.require(who, "read", path)
             source = _source(path)
             if method == "HEAD":
                 return await ds_reads.head(source)
             return await ds_reads.get(source, request)
-        _require(who, "write", path)
+        ds_auth.require(who, "write", path)
         if path.startswith(("runs/", "sessions/")):
             return wire.error(405, f"{path} is read-only here: {method} is not allowed")
         if method == "PUT":
@@ -171,12 +99,12 @@ def append_refusal(st: ServeState, path: str, h: wire.HeaderSource) -> Response 
     """The answer to a POST to `path` refused before its body is read (its
     caller, its path, a read-only stream); None when it may go on."""
     try:
-        who = caller(st, h.get("authorization"))
+        who = ds_auth.caller(st, h.get("authorization"))
     except RayflowError as e:
         return wire.error(e.http_status, str(e))
     try:
-        _check_path(path)
-        _require(who, "write", path)
+        ds_auth.check_path(path)
+        ds_auth.require(who, "write", path)
     except WireError as e:
         return wire.error(e.status, str(e), e.headers)
     except RayflowError as e:  # Forbidden
@@ -280,7 +208,7 @@ def _path_of(forked_from: str) -> str:
             value = value[len(prefix) :]
             break
     value = value.lstrip("/")
-    _check_path(value)
+    ds_auth.check_path(value)
     return value
 
 
