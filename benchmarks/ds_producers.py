@@ -1,8 +1,12 @@
 """The Durable Streams shape: 64 concurrent idempotent producers appending
 100-byte JSON messages to one stream, against rayflow's endpoint
 (`rayflow.init(serve=True)`, SQLite or PostgreSQL) and the protocol's
-reference Node server (`@durable-streams/server`, in memory) in the same
-run. Reports acknowledgement latency (p50 / p99) and appends per second.
+reference Node server (`@durable-streams/server`) in the same run: in
+memory (what the goal is judged against) and in its durable mode
+(`dataDir`: each append written to a segment file, concurrent appends
+sharing one `fdatasync`; rayflow acknowledges after a SQLite commit with
+`synchronous=FULL`). Reports acknowledgement latency (p50 / p99) and
+appends per second.
 
     .venv/bin/python benchmarks/ds_producers.py --seconds 10 [--store URL] [--ingress serve]
 
@@ -54,12 +58,14 @@ def load(base: str, producers: int, seconds: float, floor: bool = False) -> dict
     return result
 
 
-def start_reference() -> tuple[subprocess.Popen[str], str]:
+def start_reference(data_dir: str | None = None) -> tuple[subprocess.Popen[str], str]:
+    """The reference server: in memory, or durable in `data_dir`."""
     port = free_port()
+    durable = {"DATA_DIR": data_dir} if data_dir else {}
     proc = subprocess.Popen(
         ["node", "ds_reference_server.mjs"],
         cwd=NODE_DIR,
-        env={**os.environ, "PORT": str(port)},
+        env={**os.environ, "PORT": str(port), **durable},
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -125,10 +131,12 @@ def main() -> None:
 
     wait_ready(f"http://127.0.0.1:{port}")
     reference, ref_url = start_reference()
+    durable, durable_url = start_reference(tempfile.mkdtemp(prefix="ds-ref-"))
     noop, noop_url = start_noop()
     targets = [
         ("rayflow", f"http://127.0.0.1:{port}/durable-streams", False),
         ("reference", ref_url, False),
+        ("reference, durable", durable_url, False),
     ]
     if args.floors:
         targets += [
@@ -145,7 +153,7 @@ def main() -> None:
                 r["load"] = loadavg()  # type: ignore[assignment]
                 runs[name].append(r)
     finally:
-        for proc in (reference, noop):
+        for proc in (reference, durable, noop):
             proc.terminate()
             proc.wait()
     results = {}
@@ -161,8 +169,15 @@ def main() -> None:
         f"rayflow / reference: throughput x{ours['appends_per_s'] / ref['appends_per_s']:.2f},"
         f" p50 x{ours['p50_ms'] / ref['p50_ms']:.2f}, p99 x{ours['p99_ms'] / ref['p99_ms']:.2f}"
     )
+    durable_ref = results["reference, durable"]
+    print(
+        "rayflow / reference, durable: throughput"
+        f" x{ours['appends_per_s'] / durable_ref['appends_per_s']:.2f},"
+        f" p50 x{ours['p50_ms'] / durable_ref['p50_ms']:.2f},"
+        f" p99 x{ours['p99_ms'] / durable_ref['p99_ms']:.2f}"
+    )
     for name in runs:
-        if name.startswith("floor"):
+        if name.startswith("floor") or name == "reference, durable":
             f = results[name]
             ratio = f["appends_per_s"] / ref["appends_per_s"]
             print(f"{name} / reference: throughput x{ratio:.2f}")
