@@ -69,7 +69,11 @@ def start_reference(data_dir: str | None = None) -> tuple[subprocess.Popen[str],
         stdout=subprocess.PIPE,
         text=True,
     )
-    url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    url = ""
+    while not url.startswith("http"):  # the durable mode logs its recovery first
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if not url and proc.poll() is not None:
+            raise RuntimeError("the reference server exited at start")
     return proc, url
 
 
