@@ -28,7 +28,13 @@ class GroupCommit(Generic[I, R]):
         self._runner: asyncio.Task[None] | None = None
 
     async def submit(self, item: I) -> R:
-        return (await self.submit_many([item]))[0]
+        # one future, no `gather` (500 runs starting on an actor submit one each)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run())
+        return await future
 
     async def submit_many(self, items: list[I]) -> list[R]:
         loop = asyncio.get_running_loop()
