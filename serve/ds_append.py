@@ -16,7 +16,8 @@ Streams: 64 producers). Two ways, the same answers:
 What the edge layers and Starlette do per request is done once and
 directly: the headers are read into one dict, the body limit, the CORS
 headers and the last-resort 500 are `serve/middleware.py`'s
-(`length_refusal`, `cors_headers`, `send_error`). The protocol's work
+(`length_refusal`, `cors_headers`, `body_reader`, `send_error`,
+`send_unexpected`). The protocol's work
 (auth, path, the append, every refusal) is the route's own
 (`serve/routes/durable_streams.py`: `append_refusal`, `prepare_post`,
 `post_answer`), so every way answers the same request with the same status,
@@ -27,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -43,10 +42,13 @@ from serve.deps import ServeState
 from serve.ds_wire import RawHeaders
 from serve.middleware import (
     EdgeMiddleware,
+    body_reader,
     cors_headers,
     error_answer,
     length_refusal,
     send_error,
+    send_response,
+    send_unexpected,
 )
 from serve.routes import durable_streams
 
@@ -66,37 +68,14 @@ async def append(
         await send_error(send, *refused, cors)
         return
 
-    async def body() -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if limit is not None and total > limit:
-                raise HTTPException(413, f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     try:
-        response = await durable_streams.append(st, path, headers, body)
+        response = await durable_streams.append(st, path, headers, body_reader(receive, limit))
     except ClientDisconnect:
         return  # nothing stored (the body never came whole), nobody to answer
     except Exception as exc:
-        log.error("unexpected error on POST %s", scope["path"], exc_info=exc)
-        await send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError", cors)
+        await send_unexpected(send, "POST", scope["path"], exc, cors)
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [*response.raw_headers, *cors],
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})
+    await send_response(send, response, cors)
 
 
 #: writes an answer (status, headers, body) on the request's connection
@@ -153,12 +132,12 @@ class DirectAppends:
         else:
             result = future.result()
             if result.stream is not None and ds_reads.touch_due(result.stream):
-                self._spawn(self._touch_and_answer(path, write, result, cors, reply))
+                self._touch_and_answer(path, write, result, cors, reply)
                 return
             response = durable_streams.post_answer(path, write, result)
         _send(reply, response, cors)
 
-    async def _touch_and_answer(
+    def _touch_and_answer(
         self,
         path: str,
         write: NamedWrite,
@@ -166,13 +145,12 @@ class DirectAppends:
         cors: list[tuple[bytes, bytes]],
         reply: Reply,
     ) -> None:
-        try:
+        async def touched() -> Response:
             assert result.stream is not None
             await ds_reads.touch_info(result.stream)
-            response = durable_streams.post_answer(path, write, result)
-        except Exception as exc:
-            response = _answer_to(exc, path)
-        _send(reply, response, cors)
+            return durable_streams.post_answer(path, write, result)
+
+        self._answer_in_task(path, cors, reply, touched)
 
     def _the_route_way(
         self,
@@ -185,17 +163,27 @@ class DirectAppends:
         async def whole() -> bytes:
             return body
 
+        self._answer_in_task(
+            path, cors, reply, partial(durable_streams.append, self._st, path, headers, whole)
+        )
+
+    def _answer_in_task(
+        self,
+        path: str,
+        cors: list[tuple[bytes, bytes]],
+        reply: Reply,
+        respond: Callable[[], Awaitable[Response]],
+    ) -> None:
+        """Answer with what `respond` gives, in a task kept until done."""
+
         async def answer() -> None:
             try:
-                response = await durable_streams.append(self._st, path, headers, whole)
+                response = await respond()
             except Exception as exc:
                 response = _answer_to(exc, path)
             _send(reply, response, cors)
 
-        self._spawn(answer())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(answer())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

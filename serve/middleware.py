@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import error_body
@@ -126,8 +128,7 @@ class EdgeMiddleware:
                 # can be sent any more, and the client resumes by Last-Event-ID
                 log.debug("%s %s ended: %r", method, scope["path"], exc)
                 return
-            log.error("unexpected error on %s %s", method, scope["path"], exc_info=exc)
-            await send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError")
+            await send_unexpected(send, method, scope["path"], exc)
 
 
 def length_refusal(length: bytes | None, limit: int | None) -> tuple[int, str, str] | None:
@@ -177,6 +178,44 @@ def _limited(receive: Receive, limit: int) -> Callable[[], Any]:
         return message
 
     return limited_receive
+
+
+def body_reader(receive: Receive, limit: int | None) -> Callable[[], Awaitable[bytes]]:
+    """Reads a request's whole body in place, for callers that answer
+    without the edge layers (`serve/ds_append.py`, `serve/realtime_append.py`):
+    `ClientDisconnect` when the client goes before it is whole, the edge's
+    413 past `limit` (None: no limit)."""
+    receive = receive if limit is None else _limited(receive, limit)
+
+    async def body() -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    return body
+
+
+async def send_response(
+    send: Send, response: Response, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """`response`, already rendered, as two ASGI messages (`extra`: headers to add)."""
+    headers = [*response.raw_headers, *extra]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def send_unexpected(
+    send: Send, method: str, path: str, exc: Exception, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """The last-resort JSON 500 for `exc`, raised answering `method` `path`:
+    its traceback goes to the log, never to the client."""
+    log.error("unexpected error on %s %s", method, path, exc_info=exc)
+    await send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError", extra)
 
 
 async def send_error(

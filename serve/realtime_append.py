@@ -5,10 +5,11 @@ issue 23: HTTP appends at 2,000/s).
 
 What FastAPI and the edge layers do per request is done here once and
 directly: the headers read into one dict, the body limit, the CORS headers
-and the last-resort 500 are `serve/middleware.py`'s (`length_refusal`,
-`cors_headers`, `send_error`), the caller is the route's (`deps.bearer_caller`
-reads `Authorization` as the route's `bearer` does), the body is read in
-place, the answer leaves as two ASGI messages. The append's work (the
+the body read in place and the last-resort 500 are `serve/middleware.py`'s
+(`length_refusal`, `cors_headers`, `body_reader`, `send_error`,
+`send_unexpected`), the caller is the route's (`deps.bearer_caller`
+reads `Authorization` as the route's `bearer` does), the answer leaves as
+two ASGI messages. The append's work (the
 target, the body's text, the commit, every refusal) is the route's own
 (`serve/routes/streams.py: append`) and its errors are answered by the
 app's handlers (`serve/errors.py`), so both answer the same request with
@@ -18,8 +19,6 @@ it).
 
 from __future__ import annotations
 
-import logging
-
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
@@ -28,10 +27,16 @@ from starlette.types import Receive, Scope, Send
 from rayflow.errors import RayflowError
 from serve.deps import ServeState, bearer_caller
 from serve.errors import answer_http_error, answer_rayflow_error
-from serve.middleware import EdgeMiddleware, cors_headers, length_refusal, send_error
+from serve.middleware import (
+    EdgeMiddleware,
+    body_reader,
+    cors_headers,
+    length_refusal,
+    send_error,
+    send_response,
+    send_unexpected,
+)
 from serve.routes import streams
-
-log = logging.getLogger("rayflow.serve")
 
 #: the route's path, matched as Starlette matches it (`$` and all)
 PATH = compile_path("/realtime/v1/streams/{run_id}/{target}/{key}/append")[0]
@@ -64,21 +69,6 @@ async def append(
         await send_error(send, *refused, cors)
         return
 
-    async def body() -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if limit is not None and total > limit:
-                raise HTTPException(413, f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     authorization = raw.get(b"authorization")
     part_id = raw.get(b"x-part-id")
     try:
@@ -90,7 +80,7 @@ async def append(
             params["run_id"],
             params["target"],
             params["key"],
-            body,
+            body_reader(receive, limit),
             None if part_id is None else part_id.decode("latin-1"),
         )
     except RayflowError as e:
@@ -100,18 +90,10 @@ async def append(
     except ClientDisconnect:
         return  # nothing stored (the body never came whole), nobody to answer
     except Exception as exc:
-        log.error("unexpected error on POST %s", scope["path"], exc_info=exc)
-        await send_error(send, 500, f"internal error: {type(exc).__name__}", "InternalError", cors)
+        await send_unexpected(send, "POST", scope["path"], exc, cors)
         return
     else:
         await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS + cors})
         await send({"type": "http.response.body", "body": _OK_BODY})
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [*response.raw_headers, *cors],
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})
+    await send_response(send, response, cors)

@@ -26,6 +26,24 @@ from pydantic import BaseModel
 import rayflow
 from rayflow import streams, task
 
+#: response headers the server or Serve's proxy adds, not the app
+TRANSPORT_HEADERS = {"date", "server", "x-request-id"}
+
+
+def comparable_answer(
+    r: httpx.Response, names: list[str]
+) -> tuple[int, list[tuple[str, str]], str]:
+    """Status, the app's headers and the body of `r`, each of `names` (the
+    streams each side writes) replaced by NAME: two servers' answers to the
+    same request compare equal when the app answered them alike."""
+    headers = [
+        (k.lower(), v) for k, v in r.headers.multi_items() if k.lower() not in TRANSPORT_HEADERS
+    ]
+    text = r.text
+    for name in names:
+        text = text.replace(name, "NAME")
+    return r.status_code, headers, text
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

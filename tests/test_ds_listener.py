@@ -25,24 +25,13 @@ from typing import Any
 import httpx
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, free_port
+from _http_fixtures import HttpApi, comparable_answer, free_port
 
 from serve import listener
 from serve.api import create_app, listener_app, listener_protocol
 from serve.middleware import CORS
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
-
-#: what the server or Serve's proxy adds, not the app
-_TRANSPORT = {"date", "server", "x-request-id"}
-
-
-def _answer(r: httpx.Response, names: list[str]) -> tuple[int, list[tuple[str, str]], str]:
-    headers = [(k.lower(), v) for k, v in r.headers.multi_items() if k.lower() not in _TRANSPORT]
-    text = r.text
-    for name in names:
-        text = text.replace(name, "NAME")
-    return r.status_code, headers, text
 
 
 async def test_the_listener_answers_appends_as_the_app_does(http_api: HttpApi, rf: Any) -> None:
@@ -107,7 +96,7 @@ async def test_the_listener_answers_appends_as_the_app_does(http_api: HttpApi, r
                 for suffix, headers, body in steps:
                     content = _chunked(body) if isinstance(body, list) else body
                     r = await client.post(stream + suffix, headers=headers, content=content)
-                    got.append(_answer(r, list(names.values())))
+                    got.append(comparable_answer(r, list(names.values())))
     finally:
         ours.stop()
         await ours.stopped()

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from _http_fixtures import *  # noqa: F403
-from _http_fixtures import HttpApi, free_port, read_sse, trigger, wait_finished
+from _http_fixtures import HttpApi, comparable_answer, free_port, read_sse, trigger, wait_finished
 
 import rayflow
 from rayflow.streams import close_stream
@@ -31,17 +31,6 @@ from serve.deps import MAX_APPEND_BYTES
 from serve.middleware import CORS
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
-
-#: what the server or Serve's proxy adds, not the app
-_TRANSPORT = {"date", "server", "x-request-id"}
-
-
-def _answer(r: httpx.Response, names: list[str]) -> tuple[int, list[tuple[str, str]], str]:
-    headers = [(k.lower(), v) for k, v in r.headers.multi_items() if k.lower() not in _TRANSPORT]
-    text = r.text
-    for name in names:
-        text = text.replace(name, "NAME")
-    return r.status_code, headers, text
 
 
 async def _chunked(n: int, size: int) -> AsyncIterator[bytes]:
@@ -98,7 +87,7 @@ async def test_the_listener_answers_run_stream_appends_as_the_app_does(
                         headers=headers,
                         content=content,
                     )
-                    got.append(_answer(r, list(names.values())))
+                    got.append(comparable_answer(r, list(names.values())))
     finally:
         ours.stop()
         await ours.stopped()
