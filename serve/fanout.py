@@ -15,14 +15,19 @@ stalling the hub every other client of the stream reads from. The window
 is bounded in records and in bytes (WINDOW, WINDOW_BYTES; trimmed when
 either is exceeded twice over).
 
-A client naming a stream that does not exist (yet) gets no hub: it waits on
-the replica's run change feed (serve/run_feed.py; the Store reports a new
-stream of a run, a closed one and every status change) until the stream
-exists or the run has finished (and looks again every RECHECK_S, should a
-notification be lost). Any number of made-up keys cost no reader, no
-RunActor buffer and one Store look per RECHECK_S (and, for a live run, one
-`locate` per run while they wait: `prefetch_location`, so that a real
-stream's reader starts without a Controller call when its stream appears).
+A client naming a stream that does not exist (yet) of a run that executes
+gets its hub at once: the hub's reader follows the key at the run's RunActor
+(which allocates nothing for a key nobody wrote), so the stream's first
+commit comes to it like every later one — the RunActor's reply to the
+outside writer's first `published` call names this replica, and the writer
+pushes its next commits here itself — not through the change feed and a
+Store look after it. For a run that does not execute (queued, suspended) it
+gets no hub: it waits on the replica's run change feed (serve/run_feed.py;
+the Store reports a new stream of a run, a closed one and every status
+change) until the stream exists, the run executes or the run has finished
+(and looks again every RECHECK_S, should a notification be lost). Made-up
+keys of such runs cost no reader and one Store look per RECHECK_S; of a
+live run, a reader like any stream's, and nothing on the RunActor.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from rayflow._runtime.serving import (
     ChunkReader,
     current,
     hops,
-    prefetch_location,
     shared_task,
 )
 from rayflow._status import RunStatus
@@ -177,7 +181,7 @@ class HubSource:
         self.run_id, self.key = run_id, key
         self.position = start
         self._hub: StreamHub | None = None
-        #: the stream's length when it was found to exist
+        #: the stream's length when the hub was made (0: it did not exist yet)
         self._length = 0
 
     async def _from_store(self, until: int) -> list[Record]:
@@ -188,9 +192,11 @@ class HubSource:
         )
         return [Record(c.seq, c.data, c.created_at, c.record_id) for c in chunks]
 
-    async def _stream_exists(self, deadline: float) -> bool | None:
-        """True once the stream exists, False when the run finished without
-        it, None at the deadline. Waits on the change feed, not the Store."""
+    async def _followable(self, deadline: float) -> bool | None:
+        """True once the stream exists or its run executes (its hub then
+        follows the key at the run's RunActor, which hands it the stream's
+        first commit), False when the run finished without it, None at the
+        deadline. Waits on the change feed, not the Store."""
         store = current().store
         feed = run_feed.feed()
         loop = asyncio.get_running_loop()
@@ -212,8 +218,9 @@ class HubSource:
                 return True
             if finished:
                 return False
-            if executing:  # its reader will need its actor the moment the stream appears
-                prefetch_location(self.run_id)
+            if executing:
+                self._length = 0
+                return True
             left = deadline - loop.time()
             if left <= 0:
                 return None
@@ -223,10 +230,10 @@ class HubSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if self._hub is None:
-            exists = await self._stream_exists(deadline)
-            if exists is None:
+            followable = await self._followable(deadline)
+            if followable is None:
                 return Batch([])
-            if not exists:
+            if not followable:
                 return Batch([], closed=True)
             # never past the stream's end: a far-future position must not
             # hold back the hub of the stream's other clients

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from contextlib import aclosing
 
 import httpx
 import pytest
@@ -14,9 +16,11 @@ import ray
 from _http_fixtures import *  # noqa: F403
 from _http_fixtures import HttpApi, approval, read_sse, trigger, wait_finished
 from conftest import eventually_async
+from httpx_sse import EventSource
 
 import rayflow
 from rayflow import streams, task
+from rayflow._runtime import push_outbox
 from rayflow._runtime.connection import current
 
 pytestmark = pytest.mark.parametrize("rf", ["sqlite", "postgres"], indirect=True)
@@ -120,6 +124,63 @@ async def test_a_reader_of_an_unknown_key_of_a_run_that_ends_ends(http_tasks: Ht
     await rayflow.runs.cancel(live)
     result = await asyncio.wait_for(reader, 30)
     assert result.status == 200 and result.done and not result.records
+
+
+async def test_a_new_stream_of_a_live_run_is_followed_at_its_run_actor(
+    http_tasks: HttpApi,
+) -> None:
+    """An SSE reader (and a Python one) waiting for a stream a live run has
+    not written yet follows the key at the run's RunActor before the stream
+    exists (issue 23): the first commit comes to it from the actor, not
+    through the change feed and a Store look after it (14-24 ms), and the
+    actor's answer to the outside writer's first `published` call names the
+    replica, so the writer pushes the second chunk straight to it."""
+    run_id, token = await trigger(http_tasks, "http-hold", {"hold_s": 60})
+    actor = await run_actor(run_id)
+    key = "first-chunks"
+    got: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+
+    async def sse() -> None:
+        headers = {"Accept": "text/event-stream", **http_tasks.headers(token)}
+        async with (
+            http_tasks.client(timeout=httpx.Timeout(60)) as c,
+            c.stream("GET", f"/realtime/v1/streams/{run_id}/{key}", headers=headers) as r,
+        ):
+            assert r.status_code == 200, (await r.aread()).decode()
+            async with aclosing(EventSource(r).aiter_sse()) as events:
+                async for ev in events:
+                    for rec in json.loads(ev.data)["records"] if ev.event == "batch" else []:
+                        got.put_nowait((rec["seq_num"], json.loads(rec["body"])["data"]))
+
+    async def python() -> list[str]:
+        out: list[str] = []
+        async for value in streams.read(run_id, key, timeout_s=60):
+            out.append(value)
+            if len(out) == 2:
+                return out
+        return out
+
+    sse_reader, py_reader = asyncio.create_task(sse()), asyncio.create_task(python())
+
+    async def both_follow() -> bool:
+        # the replica and this process, at the RunActor before anyone wrote the key
+        return bool(await actor.follower_count.remote(run_id) == 2)  # type: ignore[attr-defined]
+
+    await eventually_async(both_follow, timeout_s=30, what="both readers at the RunActor")
+    frames = push_outbox.frames
+    await streams.append(key, "c0", target=run_id)
+    assert await asyncio.wait_for(got.get(), 30) == (0, "c0")
+    await eventually_async(
+        lambda: push_outbox.following(run_id) >= 1, timeout_s=10, what="the writer to learn"
+    )
+    await streams.append(key, "c1", target=run_id)
+    assert await asyncio.wait_for(got.get(), 30) == (1, "c1")
+    assert push_outbox.frames > frames, "the second chunk was not pushed to the replica"
+    assert await asyncio.wait_for(py_reader, 30) == ["c0", "c1"]
+    sse_reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sse_reader
+    await rayflow.runs.cancel(run_id)
 
 
 async def test_an_unknown_run_is_404(http_tasks: HttpApi) -> None:

@@ -85,6 +85,11 @@ def learn(followers: dict[str, list[Address]]) -> None:
         _followers[run_id] = merged
 
 
+def following(run_id: str) -> int:
+    """How many inboxes this process pushes the run's commits to (tests count them)."""
+    return len(_followers.get(run_id, {}))
+
+
 def forget(run_id: str) -> None:
     """The run left the actor that named its followers."""
     _followers.pop(run_id, None)

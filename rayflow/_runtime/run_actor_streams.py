@@ -157,6 +157,11 @@ class StreamService:
             return ReadReply(rows=[], closed=True) if buffers.closed else None
         return await buf.peek(start, limit)
 
+    def follower_count(self, run_id: str) -> int:
+        """How many reader processes follow streams of the run here now (open
+        `follow_many` calls polling it; tests count them)."""
+        return sum(1 for f in self._follows.values() if run_id in f.by_run)
+
     def poll_count(self) -> int:
         """How many looks (steps of `follow_many`) this actor has answered."""
         return self.polls_served
