@@ -1468,6 +1468,17 @@ def breakdown(
                     for hop, values in hops.per_hop(runs[i][0], part, rd.sent, rd.received).items():
                         merged.setdefault(hop, []).extend(values)
                 parts.append((label, merged))
+                # the stream's first chunk alone: it takes another path (the
+                # reader waits for the stream, the writer has not learned who
+                # follows the run yet)
+                rd = readers[0]
+                first = {0: rd.sent[0]}, {0: rd.received[0]}
+                parts.append(
+                    (
+                        f"{label}, the first chunk of stream 0",
+                        hops.per_hop(runs[0][0], part, *first),
+                    )
+                )
         finally:
             stop_rayflow(runs)
             if ray.is_initialized():
