@@ -277,7 +277,17 @@ def reader_main(args: argparse.Namespace) -> None:
             namespace=args.namespace,
         )
 
-    c.helper_main(lambda _ctx, job: loop.run_until_complete(_reader_job(job)), setup)
+    def handle(_ctx: Any, job: dict[str, Any]) -> dict[str, Any]:
+        if not args.profile_readers:
+            return loop.run_until_complete(_reader_job(job))
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            result = loop.run_until_complete(_reader_job(job))
+        prof.dump_stats(f"{args.profile_readers}/{job['prefix']}.prof")
+        return result
+
+    c.helper_main(handle, setup)
 
 
 # -- measuring (the driver) ---------------------------------------------------------
@@ -785,6 +795,12 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a rayflow setting"
     )
     p.add_argument("--json", help="write the raw report here")
+    p.add_argument(
+        "--profile-readers",
+        default="",
+        metavar="DIR",
+        help="cProfile each reader process's part (its main thread) into DIR/<part>-<i>.prof",
+    )
     # a reader helper (started by the driver)
     p.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -843,6 +859,8 @@ def main() -> None:
         settings.namespace,
         "--store",
         store,
+        "--profile-readers",
+        args.profile_readers,
     ]
     readers = [c.Helper(list(argv)) for _ in range(args.reader_procs)]
     sizes = [int(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else [args.runs]

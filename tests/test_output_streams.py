@@ -109,6 +109,22 @@ async def test_readers_starting_together_share_one_first_look() -> None:
     assert got[3:] == [[], [0, 1, 2], []]
 
 
+async def test_a_reader_of_an_executing_run_follows_the_actor_its_row_names() -> None:
+    """A reader whose first look finds the run EXECUTING follows the RunActor
+    the run's row names (`locations.named`), without asking the Controller
+    where the run is (`locate_many`): a burst of readers saves that round."""
+    from rayflow._runtime import locations
+
+    live = await count_slowly.trigger({"n": 20, "delay": 0.05})
+    async for first in numbers.read(live.id, timeout_s=30):
+        assert first == 0  # the run is executing: its row names its actor
+        break
+    locations.forget(live.id)  # as in a process that never met the run
+    calls = locations.locate_calls
+    assert [c async for c in numbers.read(live.id, timeout_s=30)] == list(range(20))
+    assert locations.locate_calls == calls
+
+
 def test_typed_chunk_is_validated_and_a_wrong_one_stores_nothing() -> None:
     handle = typed_tokens.trigger({}).result()
     run = rayflow.runs.wait(handle.id).result()

@@ -8,6 +8,13 @@ a cached handle may execute another run later, and every RunActor method
 takes the run id and answers `RunMoved` (writes) or `from_store` (reads)
 when it does not execute that run; a dead actor raises `RayActorError`.
 The caller then `forget`s the entry and locates again.
+
+A reader's first look at the Store names the RunActor too: an EXECUTING
+run's row carries its actor's Ray name (`RunRecord.actor_name`), and `named`
+turns names into handles once per actor per process — a burst of readers of
+runs on two actors asks Ray twice, not the Controller once per batch of runs
+(its `locate_many` reads every run again). A row's name is as stale-prone as
+a cached entry and found stale the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import asyncio
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
+
+import ray
 
 from rayflow._runtime import connection
 from rayflow._runtime.batching import CallGroup
@@ -26,6 +36,10 @@ from rayflow._runtime.calls import call
 MAX_ENTRIES = 10_000
 
 _actors: OrderedDict[str, Any] = OrderedDict()
+#: RunActors by Ray name, as looked up (`named`); oldest forgotten first
+_named: OrderedDict[str, Any] = OrderedDict()
+#: actors remembered by name per process (a pool rarely holds more)
+MAX_NAMED = 1000
 #: the process's telling thread (`run_appender`) uses it beside the event loops
 _lock = threading.Lock()
 
@@ -66,10 +80,51 @@ def _group(conn: connection.Connection) -> CallGroup[str, tuple[str, Any]]:
         groups.clear()  # an earlier connection's (rayflow.init after shutdown)
 
         async def locate_many(run_ids: list[str]) -> list[Any]:
+            global locate_calls
+            locate_calls += 1
             return list(await call(conn.controller.locate_many.remote(run_ids)))
 
         group = groups[id(conn)] = CallGroup(locate_many)
     return group
+
+
+#: `locate_many` calls this process made (tests count them)
+locate_calls = 0
+
+
+def named(names: Iterable[str], namespace: str) -> dict[str, Any]:
+    """The RunActors called `names` (run rows' `actor_name`) that Ray knows:
+    each looked up once per process (a blocking Ray call: call this in a
+    thread), the same handle after that. A name Ray does not know (its
+    actor is gone) is left out; the caller locates that run instead."""
+    found: dict[str, Any] = {}
+    missing = []
+    with _lock:
+        for name in names:
+            actor = _named.get(name)
+            if actor is None:
+                missing.append(name)
+            else:
+                found[name] = actor
+    for name in missing:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+        found[name] = actor
+        with _lock:
+            _named[name] = actor
+            while len(_named) > MAX_NAMED:
+                _named.popitem(last=False)
+    return found
+
+
+def dead(actor: Any) -> None:
+    """`actor` is gone (a call raised `RayActorError`): no run row's name
+    leads to it any more."""
+    with _lock:
+        for name in [n for n, a in _named.items() if a._actor_id == actor._actor_id]:
+            del _named[name]
 
 
 def remember(run_id: str, actor: Any) -> None:

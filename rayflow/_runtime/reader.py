@@ -5,7 +5,9 @@ status and the first batch (acknowledged = durable = visible, so every
 chunk a writer was told about is there). A finished, queued or suspended
 run is read from the Store only. A live run's reader, once it has caught
 up, long-polls the run's RunActor (one Ray call per batch, not per chunk),
-found through the `locations` cache; chunks the actor no longer holds come
+found through the `locations` cache or named by the run's row at the first
+look (`RunRecord.actor_name`; the Controller is asked only when neither
+knows it); chunks the actor no longer holds come
 from a sealed segment in the Ray object store or from the Store. When the
 actor does not execute the run (any more) it says `from_store`, and the
 reader reads the Store and looks for the run again. It ends when the
@@ -55,11 +57,14 @@ def idle_pause(idle_s: float) -> float:
 
 #: one reader's first look: (run id, key, start index, batch)
 Look = tuple[str, str, int, int]
+#: what a first look saw: the run, the first batch of rows, and the RunActor
+#: the run's row names when it is EXECUTING (None when Ray does not know it)
+Seen = tuple[RunRecord | None, list[Row], Any]
 
 #: per event loop, per Store: the first looks of the readers starting meanwhile
-_looks: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[int, GroupCommit[Look, tuple[RunRecord | None, list[Row]]]]
-] = weakref.WeakKeyDictionary()
+_looks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, GroupCommit[Look, Seen]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 #: batches of first looks this process made (tests count them)
@@ -88,13 +93,31 @@ def first_looks(store: Store, looks: list[Look]) -> list[tuple[RunRecord | None,
     ]
 
 
-def _first_looks(store: Store) -> GroupCommit[Look, tuple[RunRecord | None, list[Row]]]:
+def _executing_on(run: RunRecord | None) -> str | None:
+    """The Ray name of the RunActor an EXECUTING run's row names."""
+    if run is None or run.status != RunStatus.EXECUTING:
+        return None
+    return run.actor_name
+
+
+def first_looks_with_actors(store: Store, namespace: str, looks: list[Look]) -> list[Seen]:
+    """`first_looks`, and per EXECUTING run the RunActor its row names
+    (`locations.named`: one Ray lookup per actor this process has not met):
+    its reader follows it without asking the Controller where it runs."""
+    seen = first_looks(store, looks)
+    names = {name for run, _ in seen if (name := _executing_on(run)) is not None}
+    actors = locations.named(names, namespace) if names else {}
+    return [(run, rows, actors.get(_executing_on(run) or "")) for run, rows in seen]
+
+
+def _first_looks(conn: connection.Connection) -> GroupCommit[Look, Seen]:
     groups = _looks.setdefault(asyncio.get_running_loop(), {})
+    store, namespace = conn.store, conn.settings.namespace
     group = groups.get(id(store))
     if group is None:
         groups.clear()  # an earlier connection's (rayflow.init after shutdown)
         group = groups[id(store)] = GroupCommit(
-            lambda looks: first_looks(store, looks), max_batch=500
+            lambda looks: first_looks_with_actors(store, namespace, looks), max_batch=500
         )
     return group
 
@@ -167,16 +190,17 @@ class ChunkReader:
         )
         return rows_from_chunks(chunks)
 
-    async def _first_look(self) -> tuple[RunRecord, list[Row]]:
-        """The run and the first batch from the Store, in one thread hop
-        shared with the readers of this event loop starting meanwhile."""
-        looks = _first_looks(connection.current().store)
-        run, rows = await looks.submit((self.run_id, self.key, self.next_index, self.batch))
+    async def _first_look(self) -> tuple[RunRecord, list[Row], Any]:
+        """The run, the first batch from the Store and the RunActor the row
+        names (or None), in one thread hop shared with the readers of this
+        event loop starting meanwhile."""
+        looks = _first_looks(connection.current())
+        run, rows, actor = await looks.submit((self.run_id, self.key, self.next_index, self.batch))
         if run is None:
             raise RunNotFound(
                 f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
             )
-        return run, rows
+        return run, rows, actor
 
     async def _store_says_closed(self) -> bool:
         store = connection.current().store
@@ -212,7 +236,7 @@ class ChunkReader:
             if self.timeout_s is not None:
                 idle_deadline = time.monotonic() + self.timeout_s
 
-        run, rows = await self._first_look()
+        run, rows, named = await self._first_look()
         status: str | None = run.status
         if rows:
             self._advance(rows)
@@ -221,7 +245,14 @@ class ChunkReader:
         actor: Any = None
         located_at = 0.0
         if status == RunStatus.EXECUTING:
-            status, actor = await locations.locate(self.run_id)
+            # the actor this process last saw executing it, else the one its
+            # row names; the Controller only when neither is known
+            actor = locations.cached(self.run_id)
+            if actor is None and named is not None:
+                actor = named
+                locations.remember(self.run_id, actor)
+            if actor is None:
+                status, actor = await locations.locate(self.run_id)
             located_at = time.monotonic()
         while not self._stopped:
             if _being_cancelled():
@@ -261,6 +292,7 @@ class ChunkReader:
                     self._sub.close()
                     self._sub = None
                     locations.forget(self.run_id, actor)
+                    locations.dead(actor)
                     actor, located_at = None, 0.0
                     continue
                 if reply is None:
