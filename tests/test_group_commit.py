@@ -290,6 +290,47 @@ def test_one_round_creates_the_first_streams_of_runs_beside_runs_streaming(
     assert [s.key for s in store.list_streams(finished)] == ["out"]
 
 
+def test_rounds_of_every_size_reuse_a_few_statement_texts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's statements name a padded number of rows: rounds of 2..40
+    streams issue a few statement texts (prepared once, from SQLite's
+    statement cache), not 5 per size (parsed and planned every round) —
+    and the padding stores nothing: each stream holds exactly its chunks,
+    numbered on, its writer's retries still dropped."""
+    mib = 1 << 20
+    run_ids = [new_run(store) for _ in range(40)]
+    store.append_chunks_own([(r, "out", [write("a", 0)]) for r in run_ids], mib)
+    texts: set[str] = set()
+    execute = _Cursor.execute
+
+    def noted(self: Any, sql: str, args: Any = ()) -> Any:
+        texts.add(sql)
+        return execute(self, sql, args)
+
+    monkeypatch.setattr(_Cursor, "execute", noted)
+    written = dict.fromkeys(run_ids, 1)
+    for size in range(2, 41):
+        some = run_ids[:size]
+        items = [(r, "out", [write(size, written[r])]) for r in some]
+        results = store.append_chunks_own(items, mib)
+        assert results == [AppendResult(seqs=[written[r]], length=written[r] + 1) for r in some]
+        for r in some:
+            written[r] += 1
+    retried = store.append_chunks_own([(r, "out", [write(0, 1)]) for r in run_ids[:7]], mib)
+    monkeypatch.setattr(_Cursor, "execute", execute)
+    writes = [t for t in texts if not t.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+    # 5 statements a round (6 on PostgreSQL: it locks the rows too), each at
+    # one of 6 sizes (2, 4, 8, 16, 32, 64 rows); unpadded, ~5 per size (195)
+    assert len(writes) <= 36, f"{len(writes)} statement texts for rounds of 2..40 streams"
+    assert retried == [AppendResult(seqs=[None], length=written[r]) for r in run_ids[:7]]
+    for n, r in enumerate(run_ids):
+        chunks = store.read_chunks(r, "out", 0, 100)
+        assert [json.loads(c.data) for c in chunks] == ["a", *range(max(2, n + 1), 41)]
+        info = store.stream_info(r, "out")
+        assert info is not None and info.length == written[r] == len(chunks)
+
+
 @pytest.mark.usefixtures("rf")
 def test_runs_sharing_an_actor_commit_their_tokens_together() -> None:
     """Through the public API: async runs on shared RunActors, each awaiting

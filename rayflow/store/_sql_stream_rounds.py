@@ -10,6 +10,14 @@ together) creates them and locks the existing ones in one upsert per 500
 streams, row by row in that same order: a burst of 500 runs' first tokens
 is a handful of statements, not the ~8 per stream of the one-by-one path
 (`_sql_streams`).
+
+Every statement of a round names a number of rows padded up to a power of
+two (`_padded`; the padding rows are all NULL and match or insert nothing):
+a round's size varies from round to round, and a statement text per size
+overflowed SQLite's statement cache, so most rounds parsed and planned
+their 3-5 statements of hundreds of parameters anew — ~10 µs of the
+commit thread's CPU per chunk (benchmarks/README.md, "Density"). Padded,
+a round's statements are one of ~10 texts each, prepared once.
 """
 
 from __future__ import annotations
@@ -42,10 +50,11 @@ class StreamRoundsSql(SqlBase):
             return None
         looked: dict[tuple[str, str], Any] = {}
         for group in _groups(pairs, _PAIRS_PER_STATEMENT):
+            n = _padded(len(group))
             rows = c.execute(
                 "SELECT streams.run_id, streams.key, length, size_bytes, closed"
-                + from_keys("streams", ("run_id", "key"), len(group)),
-                [x for pair in group for x in pair],
+                + from_keys("streams", ("run_id", "key"), n),
+                [x for pair in group for x in pair] + [None] * (2 * (n - len(group))),
             ).fetchall()
             looked.update(((r[0], r[1]), r) for r in rows)
         new = [pair for pair in pairs if pair not in looked]
@@ -73,10 +82,11 @@ class StreamRoundsSql(SqlBase):
         )
         last_by_writer: dict[tuple[str, str, str], int] = dict.fromkeys(triples, -1)
         for group in _groups(triples, _PAIRS_PER_STATEMENT):
+            n = _padded(len(group))
             rows = c.execute(
                 "SELECT stream_writers.run_id, stream_writers.key, writer_id, last_seq"
-                + from_keys("stream_writers", ("run_id", "key", "writer_id"), len(group)),
-                [x for triple in group for x in triple],
+                + from_keys("stream_writers", ("run_id", "key", "writer_id"), n),
+                [x for triple in group for x in triple] + [None] * (3 * (n - len(group))),
             ).fetchall()
             last_by_writer.update({(r[0], r[1], r[2]): int(r[3]) for r in rows})
         results: list[AppendResult] = []
@@ -108,9 +118,10 @@ class StreamRoundsSql(SqlBase):
         # beside a busy loop)
         _insert_many(
             c,
-            "INSERT INTO chunks (run_id, key, seq, data, record_id, created_at) VALUES ",
+            "INSERT INTO chunks (run_id, key, seq, data, record_id, created_at)"
+            " SELECT * FROM (VALUES ",
             "(?, ?, ?, ?, ?, ?)",
-            "",
+            ") AS v WHERE v.column1 IS NOT NULL",
             chunk_rows,
         )
         _insert_many(
@@ -123,8 +134,9 @@ class StreamRoundsSql(SqlBase):
         )
         _insert_many(
             c,
-            "INSERT INTO stream_writers (run_id, key, writer_id, last_seq) VALUES ",
+            "INSERT INTO stream_writers (run_id, key, writer_id, last_seq) SELECT * FROM (VALUES ",
             "(?, ?, ?, ?)",
+            ") AS v WHERE v.column1 IS NOT NULL"
             " ON CONFLICT (run_id, key, writer_id) DO UPDATE SET last_seq = excluded.last_seq",
             [(*at, last) for at, last in touched.items()],
         )
@@ -140,11 +152,12 @@ class StreamRoundsSql(SqlBase):
         found: list[Any] = []
         for group in _groups(pairs, _PAIRS_PER_STATEMENT):
             if not create:
+                n = _padded(len(group))
                 found += c.execute(
                     "SELECT run_id, key, length, size_bytes, closed FROM streams WHERE"
-                    f" (run_id, key) IN (VALUES {', '.join(['(?, ?)'] * len(group))})"
+                    f" (run_id, key) IN (VALUES {', '.join(['(?, ?)'] * n)})"
                     f" ORDER BY {order}" + self.lock_clause,
-                    [x for pair in group for x in pair],
+                    [x for pair in group for x in pair] + [None] * (2 * (n - len(group))),
                 ).fetchall()
             else:
                 # new streams created and existing ones locked in one
@@ -172,7 +185,7 @@ class StreamRoundsSql(SqlBase):
 
 
 #: (run, key) pairs named in one statement (SQLite allows 32,766 parameters)
-_PAIRS_PER_STATEMENT = 500
+_PAIRS_PER_STATEMENT = 512
 
 
 def _groups(values: list[Any], size: int) -> list[list[Any]]:
@@ -180,15 +193,25 @@ def _groups(values: list[Any], size: int) -> list[list[Any]]:
     return list(iter(lambda: list(islice(it, size)), []))
 
 
-#: rows in one multi-row statement (6 parameters each: 3,000 of SQLite's 32,766)
-_ROWS_PER_STATEMENT = 500
+#: rows in one multi-row statement (6 parameters each: 3,072 of SQLite's 32,766)
+_ROWS_PER_STATEMENT = 512
+
+
+def _padded(n: int) -> int:
+    """The rows a statement for `n` rows names: the next power of two (a
+    statement text per size would overflow the statement cache)."""
+    return 1 << (n - 1).bit_length()
 
 
 def _insert_many(c: Any, head: str, row: str, tail: str, rows: list[tuple[object, ...]]) -> None:
     """`head` + `row` once per row, comma-separated, + `tail`: one statement
-    per `_ROWS_PER_STATEMENT` rows."""
+    per `_ROWS_PER_STATEMENT` rows, padded with rows of NULLs (`_padded`;
+    `tail` must keep them out: a NULL key matches and inserts nothing)."""
     for group in _groups(rows, _ROWS_PER_STATEMENT):
-        c.execute(head + ", ".join([row] * len(group)) + tail, [x for r in group for x in r])
+        n = _padded(len(group))
+        args = [x for r in group for x in r]
+        args += [None] * (len(group[0]) * (n - len(group)))
+        c.execute(head + ", ".join([row] * n) + tail, args)
 
 
 def _too_large(run_id: str, key: str, size: int, max_bytes: int) -> StreamTooLarge:
