@@ -69,6 +69,9 @@ _looks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, GroupComm
 
 #: batches of first looks this process made (tests count them)
 first_look_batches = 0
+#: Store reads a reader of this process made on its own, each a thread hop
+#: (`ChunkReader._read_store`, `_store_says_closed`; tests count them)
+lone_reads = 0
 
 
 def first_looks(store: Store, looks: list[Look]) -> list[tuple[RunRecord | None, list[Row]]]:
@@ -184,6 +187,8 @@ class ChunkReader:
         self._wake.clear()
 
     async def _read_store(self, start: int) -> list[Row]:
+        global lone_reads
+        lone_reads += 1
         store = connection.current().store
         chunks = await asyncio.to_thread(
             store.read_chunks, self.run_id, self.key, start, self.batch
@@ -194,15 +199,21 @@ class ChunkReader:
         """The run, the first batch from the Store and the RunActor the row
         names (or None), in one thread hop shared with the readers of this
         event loop starting meanwhile."""
-        looks = _first_looks(connection.current())
-        run, rows, actor = await looks.submit((self.run_id, self.key, self.next_index, self.batch))
+        run, rows, actor = await self._look()
         if run is None:
             raise RunNotFound(
                 f"run {self.run_id} does not exist", run_id=self.run_id, stream=self.key
             )
         return run, rows, actor
 
+    async def _look(self) -> Seen:
+        """A first look from where this reader is (`first_looks_with_actors`)."""
+        looks = _first_looks(connection.current())
+        return await looks.submit((self.run_id, self.key, self.next_index, self.batch))
+
     async def _store_says_closed(self) -> bool:
+        global lone_reads
+        lone_reads += 2
         store = connection.current().store
         run = await asyncio.to_thread(store.get_run, self.run_id)
         if run is None or run.status in FINISHED_STATUSES:
@@ -313,19 +324,32 @@ class ChunkReader:
                     offset = self.next_index - reply.ref_start
                     rows = segment[offset : offset + self.batch]
                 elif reply.from_store:
-                    rows = await self._read_store(self.next_index)
+                    # the rows are too old for the actor, or it does not
+                    # execute this run (any more): the run, its rows and the
+                    # actor its row names, in one look shared with the readers
+                    # of this loop looking meanwhile (a burst of runs ending
+                    # together: one thread hop, not five per reader)
+                    seen, rows, named = await self._look()
                     if not rows:
-                        # the actor does not execute this run (any more): the
-                        # Store is the truth until the run is found again
+                        if seen is None or seen.status in FINISHED_STATUSES:
+                            # the look read the run first: a finished run
+                            # had every chunk committed
+                            self.closed = True
+                            return
+                        # the Store is the truth until the run is found again
                         locations.forget(self.run_id, actor)
-                        actor, located_at = None, time.monotonic()
                         self._sub.close()
                         self._sub = None
+                        status, located_at = seen.status, time.monotonic()
+                        moved = named is not None and named._actor_id != actor._actor_id
+                        actor = named if moved else None
+                        if moved:
+                            locations.remember(self.run_id, actor)
                         continue
                 elif reply.closed:
                     # a last look: a chunk that reached the Store directly
                     # (while the run was not live for its writer) before the close
-                    rows = await self._read_store(self.next_index)
+                    _, rows, _ = await self._look()
                     if not rows:
                         self.closed = True
                         return
