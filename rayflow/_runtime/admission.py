@@ -65,6 +65,15 @@ class Admission:
         self._spawn(self._start(run_id, resources))
         return True
 
+    def take_slot(self, *, child: bool = False) -> bool:
+        """A slot for a run being created, if one is free now and no run
+        waits for one (the Controller then places it as it creates it);
+        False: it is created QUEUED and `launch`ed."""
+        if self.queue or (self.slots >= self.max_live_runs and not child):
+            return False
+        self.slots += 1
+        return True
+
     def release_slot(self) -> None:
         """A run left its actor: give its slot to the next queued run."""
         self.slots -= 1

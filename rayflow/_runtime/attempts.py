@@ -94,11 +94,12 @@ async def execute(
     run_id: str,
     actor_name: str,
     started: Callable[[Execution], None],
+    fresh: run_batches.Start | None = None,
 ) -> str:
     """`_execute`, or UNAVAILABLE when rayflow's own infrastructure (the
     Store, an Inbox) stayed unreachable past its retries on the way."""
     try:
-        return await _execute(store, settings, run_id, actor_name, started)
+        return await _execute(store, settings, run_id, actor_name, started, fresh)
     except Unavailable as e:
         log.warning("run %s: %s; it resumes from its journal when the Store answers", run_id, e)
         return UNAVAILABLE
@@ -110,12 +111,15 @@ async def _execute(
     run_id: str,
     actor_name: str,
     started: Callable[[Execution], None],
+    fresh: run_batches.Start | None,
 ) -> str:
     """Claim `run_id` and run it to its end or its next suspension; returns
     its status (SKIPPED when it could not be claimed, QUEUED when a message
     woke it while it suspended). `started` is handed the run's `Execution`
-    as soon as the claim succeeded (the actor keeps it as its current run)."""
-    start = await run_batches.start(store, run_id, actor_name)
+    as soon as the claim succeeded (the actor keeps it as its current run).
+    `fresh`: a new run the Controller created on this actor — claimed by
+    its creation, it starts with what it holds, no Store round."""
+    start = fresh if fresh is not None else await run_batches.start(store, run_id, actor_name)
     claim = start.claim
     run = claim.run
     if run is None:

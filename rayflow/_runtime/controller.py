@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Coroutine
 from typing import Any
@@ -55,8 +56,13 @@ class Controller:
         self.pool = RunActorPool(self.settings, settings_json)
         self._background: set[asyncio.Task[Any]] = set()
         self.admission = Admission(self.settings.max_live_runs, self._spawn, self._run_on_actor)
-        self.supervisor = Supervisor(self.store, self.pool, self.admission, self._spawn)
-        self.creation = RunCreation(self.store, self.admission)
+        #: newer for each Controller (a RunActor refuses fresh starts from an
+        #: older one once it heard of a newer: `RunActor.execute_many`)
+        self.incarnation = time.time_ns()
+        self.supervisor = Supervisor(
+            self.store, self.pool, self.admission, self._spawn, self.incarnation
+        )
+        self.creation = RunCreation(self.store, self.admission, self.supervisor)
         #: revivals arriving together read their runs in one query
         self._reads: GroupCommit[str, RunRecord | None] = GroupCommit(self.store.get_runs)
         self._started = False
@@ -92,7 +98,12 @@ class Controller:
             self._started = True
             self.pool.fill_soon()
             await recover(
-                self.store, self.settings.namespace, self.admission, self.supervisor, self._attached
+                self.store,
+                self.settings.namespace,
+                self.admission,
+                self.supervisor,
+                self._attached,
+                self.incarnation,
             )
             self._spawn(timers.retention_loop(self.cleanup_expired))
             self._spawn(

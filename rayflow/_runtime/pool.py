@@ -250,6 +250,16 @@ class RunActorPool:
                 raise
         return name, handle
 
+    def take_now(self, resources: dict[str, Any] | None) -> tuple[str, Any] | None:
+        """`take` when an actor of this shape has room now and no run waits
+        for one; else None (the run then waits in `take`)."""
+        shape = self._shape(resources)
+        actor = shape.place() if not shape.waiting() else None
+        if actor is None:
+            return None
+        actor.add_run()
+        return actor.name, actor.handle
+
     def _grow_soon(self, shape: _Shape) -> None:
         if shape.grower is None or shape.grower.done():
             shape.grower = asyncio.get_running_loop().create_task(self._grow(shape))

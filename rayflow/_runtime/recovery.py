@@ -33,12 +33,13 @@ async def recover(
     admission: Admission,
     supervisor: Supervisor,
     attached_event: asyncio.Event,
+    incarnation: int = 0,
 ) -> None:
     """Re-attach to RunActors still executing runs, stop the idle ones a
     previous Controller pooled, and launch every active run left without
     an actor. Sets `attached_event` once the re-attachment is done."""
     try:
-        attached = await reattach(store, namespace, supervisor)
+        attached = await reattach(store, namespace, supervisor, incarnation)
     finally:
         attached_event.set()
     # a page at a time: a Store with 100,000 active runs is not read into
@@ -67,10 +68,14 @@ async def recover(
 
 
 async def reattach(
-    store: Store, namespace: str, supervisor: Supervisor
+    store: Store, namespace: str, supervisor: Supervisor, incarnation: int = 0
 ) -> dict[str, tuple[str, Any]]:
     """Supervise again the runs RunActors are still executing; stop the idle
-    ones the previous Controller pooled. Returns run id -> (name, actor)."""
+    ones the previous Controller pooled. Returns run id -> (name, actor).
+    Each actor asked learns this Controller's `incarnation`: a run an
+    earlier Controller created on it and had not handed over yet is
+    relaunched below, and that Controller's call, if it still comes, starts
+    no second execution of it (`RunActor.execute_many`)."""
     attached: dict[str, tuple[str, Any]] = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name = entry["name"]
@@ -78,7 +83,7 @@ async def reattach(
             continue
         try:
             actor = ray.get_actor(name, namespace=namespace)
-            run_ids: list[str] = await asyncio.wait_for(actor.run_ids.remote(), 10)
+            run_ids: list[str] = await asyncio.wait_for(actor.run_ids.remote(incarnation), 10)
         except (ValueError, asyncio.TimeoutError, ray.exceptions.RayActorError):
             continue
         if not run_ids:

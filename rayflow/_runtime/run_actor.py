@@ -40,19 +40,20 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 
 from rayflow._config import Settings
-from rayflow._runtime import attempts, connection, hops, named_signals, recycling
+from rayflow._runtime import attempts, connection, hops, named_signals, recycling, run_batches
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.follows import Follow
 from rayflow._runtime.loop_watch import LoopWatch
 from rayflow._runtime.run_actor_streams import StreamService
 from rayflow._runtime.stream_commit import SWITCH_INTERVAL_S
-from rayflow.store.base import InboxMessage
+from rayflow.store.base import Claim, InboxMessage, RunRecord
 
 log = logging.getLogger("rayflow")
 
@@ -69,6 +70,10 @@ LOST = "LOST"
 #: actor, 90-115 ms of its loop (gen-1 passes over the runs' young objects);
 #: at 10,000, ~7 young ones, 20-38 ms (benchmarks/README.md, "Density")
 GC_YOUNG_OBJECTS = 10_000
+#: how long what came for a run this actor does not know is kept for it
+#: (`RunActor._early`): its `execute_many` follows the Controller's
+#: placement within milliseconds
+EARLY_KEEP_S = 60.0
 
 
 @ray.remote
@@ -94,6 +99,17 @@ class RunActor(StreamService):
         #: from outside) meanwhile — maybe after the claim's reads (`Start`),
         #: so the run reads them from the Store when it starts
         self._claim_news: dict[str, tuple[set[str], set[str]]] = {}
+        #: what came for runs this actor does not know yet — maybe runs the
+        #: Controller placed here as it created them, whose `execute_many`
+        #: is still on its way (`fresh`: they start without reading the
+        #: Store, so they take this instead): per run, when it came first,
+        #: (input streams poked, output streams written) and whether a
+        #: cancel came; kept EARLY_KEEP_S
+        self._early: dict[str, tuple[float, set[str], set[str], bool]] = {}
+        #: the newest Controller incarnation heard of: a fresh start from an
+        #: older one (a stale call of a dead Controller, whose runs a new
+        #: one may have relaunched elsewhere) is claimed in the Store instead
+        self._controller_at = 0
         self._watch: LoopWatch | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: `follow_many` calls in progress, by poll id
@@ -109,8 +125,11 @@ class RunActor(StreamService):
     def pid(self) -> int:
         return os.getpid()
 
-    def run_ids(self) -> list[str]:
-        """The runs handed to this actor that have not left it."""
+    def run_ids(self, incarnation: int = 0) -> list[str]:
+        """The runs handed to this actor that have not left it. A restarted
+        Controller passes its `incarnation`: fresh starts from an older one
+        are refused from now on (their runs may be relaunched elsewhere)."""
+        self._controller_at = max(self._controller_at, incarnation)
         return list(self._outcomes)
 
     def loop_lag(self) -> float:
@@ -145,13 +164,31 @@ class RunActor(StreamService):
         return await asyncio.shield(outcome)
 
     async def execute_many(
-        self, run_ids: list[str]
+        self,
+        run_ids: list[str],
+        fresh: dict[str, RunRecord] | None = None,
+        blobs: dict[str, bytes | None] | None = None,
+        incarnation: int = 0,
     ) -> AsyncIterator[dict[str, tuple[str, bool] | Exception]]:
         """`execute` for the runs the Controller placed here together, in one
         call (a Ray streaming generator, `execute_calls`): yields their
         outcomes by run id as they come (runs that end together in one
         reply) until every run has one; a run that could not be executed
-        gets the error instead."""
+        gets the error instead.
+
+        `fresh`: runs the Controller created already EXECUTING on this
+        actor (their rows as inserted), with their tasks' pickles in
+        `blobs`: they start without a claim or a Store read — a new run has
+        no journal, no streams and no inputs but what came here meanwhile
+        (`_early`). From a Controller older than one heard of since
+        (`incarnation`), they are claimed instead (and found taken)."""
+        starts: dict[str, run_batches.Start] = {}
+        if fresh and incarnation >= self._controller_at:
+            self._controller_at = incarnation
+            starts = {
+                run_id: self._fresh(run, (blobs or {}).get(run.task_id))
+                for run_id, run in fresh.items()
+            }
         outcomes: asyncio.Queue[tuple[str, tuple[str, bool] | Exception]] = asyncio.Queue()
 
         def report(run_id: str, outcome: asyncio.Future[tuple[str, bool]]) -> None:
@@ -171,7 +208,7 @@ class RunActor(StreamService):
                 continue
             self._start_watching()
             self.served += 1
-            outcome = asyncio.ensure_future(self._execute_and_reset(run_id))
+            outcome = asyncio.ensure_future(self._execute_and_reset(run_id, starts.get(run_id)))
             self._outcomes[run_id] = outcome
             outcome.add_done_callback(lambda f, r=run_id: report(r, f))  # type: ignore[misc]
         left = len(run_ids)
@@ -191,11 +228,45 @@ class RunActor(StreamService):
             return LOST, True
         return await asyncio.shield(outcome)
 
-    async def _execute_and_reset(self, run_id: str) -> tuple[str, bool]:
+    def _fresh(self, run: RunRecord, blob: bytes | None) -> run_batches.Start:
+        """The `Start` of a run created on this actor: what a claim would
+        have read of a new run (nothing), and what came for it before it
+        got here (`_early`: taken as if it came while it was claimed)."""
+        early = self._early.pop(run.id, None)
+        if early is not None:
+            _, inputs, outputs, canceled = early
+            if inputs or outputs:
+                self._news_while_claiming(run.id, tuple(inputs), tuple(outputs))
+            if canceled:
+                self._cancel_pending.add(run.id)
+        return run_batches.Start(Claim(run, claimed=True), blob)
+
+    def _came_early(
+        self,
+        run_id: str,
+        inputs: tuple[str, ...] = (),
+        outputs: tuple[str, ...] = (),
+        canceled: bool = False,
+    ) -> None:
+        """Something came for a run this actor does not know (yet): keep it
+        EARLY_KEEP_S for a fresh start of it (`_fresh`)."""
+        now = time.monotonic()
+        early = self._early
+        while early:
+            oldest = next(iter(early))
+            if now - early[oldest][0] < EARLY_KEEP_S:
+                break
+            del early[oldest]
+        at, ins, outs, was = early.get(run_id) or (now, set(), set(), False)
+        early[run_id] = (at, ins | set(inputs), outs | set(outputs), was or canceled)
+
+    async def _execute_and_reset(
+        self, run_id: str, fresh: run_batches.Start | None = None
+    ) -> tuple[str, bool]:
         try:
             try:
                 status = await attempts.execute(
-                    self.conn.store, self.settings, run_id, self.name, self._started
+                    self.conn.store, self.settings, run_id, self.name, self._started, fresh
                 )
             finally:
                 execution = self.executions.pop(run_id, None)
@@ -290,6 +361,8 @@ class RunActor(StreamService):
         if execution is None:
             if self._claiming(run_id):
                 self._news_while_claiming(run_id, inputs=(stream_id,))
+            elif run_id not in self._outcomes:
+                self._came_early(run_id, inputs=(stream_id,))
             return False
         execution.inputs.poke(stream_id, message)
         return True
@@ -312,6 +385,8 @@ class RunActor(StreamService):
         if execution is None:
             if run_id in self._outcomes:
                 self._cancel_pending.add(run_id)  # still claiming it
+            else:
+                self._came_early(run_id, canceled=True)
             return
         execution.canceled.set()
         if execution.task is not None and not execution.task.done():

@@ -36,6 +36,7 @@ class StreamService:
     _executing: Callable[[str], Execution | None]
     _claiming: Callable[[str], bool]
     _news_while_claiming: Callable[..., None]
+    _came_early: Callable[..., None]
 
     async def follow_many(
         self,
@@ -200,6 +201,8 @@ class StreamService:
         learning = []
         for run_id, run_news in news:
             if run_id not in self._outcomes:
+                # (maybe placed here and on its way: a fresh start takes it)
+                self._came_early(run_id, outputs=tuple(k for k, _ in run_news))
                 moved.append(run_id)
                 continue
             execution = self._executing(run_id)

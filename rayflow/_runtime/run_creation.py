@@ -13,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayflow._runtime.admission import Admission, Resources
 from rayflow._runtime.batching import GroupCommit
+from rayflow._status import RunStatus
 from rayflow.errors import IdempotencyConflict, RunNotFound, TaskNotFound
 from rayflow.store.base import RunRecord, Store
+
+if TYPE_CHECKING:
+    from rayflow._runtime.supervisor import Supervisor
 
 CONFLICT = "an idempotency key was reused with a different payload: "
 
@@ -31,11 +35,17 @@ def new_run_id() -> str:
 
 
 class RunCreation:
-    def __init__(self, store: Store, admission: Admission) -> None:
+    def __init__(
+        self, store: Store, admission: Admission, supervisor: Supervisor | None = None
+    ) -> None:
         self.store = store
         self.admission = admission
+        self.supervisor = supervisor
         #: task id -> its defaults (JSON), as registered
         self._defaults: dict[str, str] = {}
+        #: task id -> its pickle, as registered (a run placed as it is
+        #: created takes it to its actor: `Supervisor.start_placed`)
+        self._blobs: dict[str, bytes | None] = {}
         self._creates: GroupCommit[RunRecord, tuple[RunRecord, bool]] = GroupCommit(
             store.create_runs
         )
@@ -43,6 +53,7 @@ class RunCreation:
     async def register_task(self, task_id: str, blob: bytes, defaults_json: str) -> None:
         await asyncio.to_thread(self.store.put_task, task_id, blob, defaults_json)
         self._defaults[task_id] = defaults_json
+        self._blobs[task_id] = blob
 
     async def task_defaults(self, task_id: str) -> dict[str, Any]:
         defaults = self._defaults.get(task_id)
@@ -89,28 +100,54 @@ class RunCreation:
             if parent is None:
                 raise RunNotFound(f"parent run {parent_id} does not exist", run_id=parent_id)
             root_id = parent.root_id or parent.id
+        if task_id not in self._blobs and self.supervisor is not None:
+            self._blobs[task_id] = await asyncio.to_thread(self.store.get_task, task_id)
+        child = parent_id is not None
         records: list[RunRecord] = []
         resources: list[Resources] = []
+        #: the runs placed on an actor as they are created: created EXECUTING
+        #: there (claimed by their creation) and started without a claim
+        placed: set[str] = set()
         for payload_json, options, idempotency_key, tags in items:
             run_options = {**defaults, **options}
             run_id = new_run_id()
-            resources.append(run_options.get("resources"))
-            records.append(
-                RunRecord(
-                    id=run_id,
-                    task_id=task_id,
-                    payload=payload_json,
-                    options=json.dumps(run_options),
-                    tags=json.dumps(tags or []),
-                    parent_id=parent_id,
-                    root_id=root_id or run_id,
-                    idempotency_key=idempotency_key,
-                )
+            needs = run_options.get("resources")
+            resources.append(needs)
+            record = RunRecord(
+                id=run_id,
+                task_id=task_id,
+                payload=payload_json,
+                options=json.dumps(run_options),
+                tags=json.dumps(tags or []),
+                parent_id=parent_id,
+                root_id=root_id or run_id,
+                idempotency_key=idempotency_key,
             )
-        created = await self._creates.submit_many(records)
-        for (run, new), needs in zip(created, resources, strict=True):
-            if new:
-                self.admission.launch(run.id, needs, child=parent_id is not None)
+            actor_name = (
+                self.supervisor.place_now(run_id, needs, child=child)
+                if self.supervisor is not None
+                else None
+            )
+            if actor_name is not None:
+                placed.add(run_id)
+                record.status, record.actor_name = RunStatus.EXECUTING.value, actor_name
+                record.attempt, record.started_at = 1, record.created_at
+            records.append(record)
+        try:
+            created = await self._creates.submit_many(records)
+        except BaseException:
+            for rec, needs in zip(records, resources, strict=True):
+                if rec.id in placed and self.supervisor is not None:
+                    self.supervisor.unplace(rec.id, needs)
+            raise
+        for (run, new), rec, needs in zip(created, records, resources, strict=True):
+            if rec.id in placed and self.supervisor is not None:
+                if new:
+                    self.supervisor.start_placed(run, needs, self._blobs.get(task_id))
+                else:
+                    self.supervisor.unplace(rec.id, needs)
+            elif new:
+                self.admission.launch(run.id, needs, child=child)
         # a key names one trigger: reused with another payload it is a mistake
         # (or someone else's key), never a retry; the new runs above still start
         outcomes: list[tuple[str, bool] | IdempotencyConflict] = []

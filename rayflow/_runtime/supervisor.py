@@ -62,6 +62,7 @@ class Supervisor:
         pool: RunActorPool,
         admission: Admission,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        incarnation: int = 0,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -72,7 +73,7 @@ class Supervisor:
         self._crashes: dict[str, tuple[int, Progress]] = {}
         self._outages: dict[str, int] = {}
         #: runs placed together leave in one call per actor
-        self.execute_calls = ExecuteCalls()
+        self.execute_calls = ExecuteCalls(incarnation)
 
     async def run_on_actor(self, run_id: str, resources: Resources) -> None:
         try:
@@ -82,6 +83,37 @@ class Supervisor:
         self.admission.live[run_id] = (name, actor)
         outcome = self.execute_calls.execute(name, actor, run_id)
         await self.supervise(run_id, name, actor, resources, outcome)
+
+    def place_now(self, run_id: str, resources: Resources, *, child: bool) -> str | None:
+        """Place a run being created on an actor with room now, if a slot
+        is free and an actor has room (`Admission.take_slot`,
+        `RunActorPool.take_now`): the run is live there from now on (a
+        `locate` that finds its row finds its actor) and its row is created
+        EXECUTING on it (`start_placed`, or `unplace` if it is not created).
+        Returns the actor's name, or None (the run is created QUEUED)."""
+        if not self.admission.take_slot(child=child):
+            return None
+        taken = self.pool.take_now(resources)
+        if taken is None:
+            self.admission.release_slot()
+            return None
+        self.admission.live[run_id] = taken
+        return taken[0]
+
+    def start_placed(self, run: RunRecord, resources: Resources, blob: bytes | None) -> None:
+        """Start a run created on the actor `place_now` chose: it starts
+        there without a claim (`RunActor.execute_many`'s `fresh`), and is
+        supervised as any run."""
+        name, actor = self.admission.live[run.id]
+        outcome = self.execute_calls.execute(name, actor, run.id, run, blob)
+        self._spawn(self.supervise(run.id, name, actor, resources, outcome))
+
+    def unplace(self, run_id: str, resources: Resources) -> None:
+        """A run `place_now` placed was not created (its idempotency key
+        named another run, or the insert failed): its place goes back."""
+        name, actor = self.admission.live.pop(run_id)
+        self.pool.give_back(name, actor, resources)
+        self.admission.release_slot()
 
     def adopt(self, run_id: str, name: str, actor: Any, resources: Resources) -> None:
         """Supervise a RunActor an earlier Controller started (recovery)."""
