@@ -132,6 +132,21 @@ def run_output(handle: Any) -> Any:
     return run.output
 
 
+def claim_rounds() -> dict[int, int]:
+    """Per live RunActor process (pid): the claim transactions it made."""
+    namespace = connection.current().settings.namespace
+    rounds = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace or not entry["name"].startswith("rayflow-run-"):
+            continue
+        try:
+            actor = ray.get_actor(entry["name"], namespace=namespace)
+            rounds[ray.get(actor.pid.remote())] = ray.get(actor.claim_rounds.remote())
+        except (ValueError, ray.exceptions.RayActorError):
+            continue  # stopped meanwhile
+    return rounds
+
+
 def pool_stats() -> dict[str, int]:
     return dict(ray.get(connection.current().controller.pool_stats.remote()))
 
@@ -296,6 +311,17 @@ def test_a_burst_of_async_runs_shares_one_process(separate_deployment: Any) -> N
     assert 1 <= stats["execute_calls"] <= 3, stats
     # they slept at once: 40 one after another would take 40 s
     assert time.monotonic() - began < 20
+    # each was created on the actor and started there without a claim
+    # transaction (nor the reads that come with one)
+    (pid,) = pids
+    assert claim_rounds() == {pid: 0}
+    # its actor killed right after they were placed on it, the runs are
+    # resumed elsewhere (claimed there: their rows say EXECUTING on the dead one)
+    handles = shared_sleeper.batch_trigger([{"s": 0.2}] * 10).result()
+    os.kill(pid, signal.SIGKILL)
+    assert {run_output(h) for h in handles}.isdisjoint({pid})
+    assert {rayflow.runs.retrieve(h.id).result().attempt_count for h in handles} == {1}
+    assert sum(claim_rounds().values()) >= 1
 
 
 def test_the_pool_grows_under_a_burst_and_shrinks_back_to_its_minimum(

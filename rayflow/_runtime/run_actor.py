@@ -132,6 +132,10 @@ class RunActor(StreamService):
         self._controller_at = max(self._controller_at, incarnation)
         return list(self._outcomes)
 
+    def claim_rounds(self) -> int:
+        """Claim transactions this actor made (`run_batches.claim_rounds`)."""
+        return run_batches.claim_rounds
+
     def loop_lag(self) -> float:
         """How late (seconds) the event loop ran its timer at worst since the
         last call: the pool places no new run here while it is too late."""

@@ -44,9 +44,16 @@ class Start:
     inbox_streams: list[str] = field(default_factory=list)
 
 
+#: claim transactions this process made (`start_many`: tests count them —
+#: a new run the Controller placed as it created it needs none)
+claim_rounds = 0
+
+
 def start_many(store: Store, claims: list[tuple[str, str]]) -> list[Start]:
     """`store.claim_runs`, then the reads that the claimed runs start with,
     a few statements for them all (in the caller's thread)."""
+    global claim_rounds
+    claim_rounds += 1
     starts = [Start(c) for c in store.claim_runs(claims)]
     claimed = [s for s in starts if s.claim.claimed and s.claim.run is not None]
     if not claimed:
