@@ -3,9 +3,11 @@
 The actor claims the run in the Store (one transaction: QUEUED -> EXECUTING
 on this actor) and loads everything else from there — payload, the pickled
 task, the journal — so a run can start, resume after a crash or be revived
-after a wait on any actor. Each attempt gets a fresh journal and context; a
-failed attempt is retried with exponential backoff while `retry.max_attempts`
-allows and the run is not canceled. `.wait()` unwinds the task with
+after a wait on any actor. A new run the Controller created on this actor
+comes with its row and task instead (`fresh`): its creation claimed it.
+Each attempt gets a fresh journal and context; a failed attempt is retried
+with exponential backoff while `retry.max_attempts` allows and the run is
+not canceled. `.wait()` unwinds the task with
 `Suspended`: then everything written is made durable before the run goes
 WAITING, so a revived run reads back all it wrote.
 """

@@ -8,7 +8,9 @@ resumes the runs whose actors are gone.
 A run is created QUEUED (triggers arriving together share one transaction),
 then handed to a RunActor from the elastic pool, which claims it in the
 Store (QUEUED -> EXECUTING, one claimant only) — so a run launched twice by
-a race or a recovery still executes once. Whoever resolves a waitpoint (a
+a race or a recovery still executes once. A new run that finds a slot and
+an actor with room as it is created is created EXECUTING on that actor
+instead, and starts there without a claim (`Supervisor.place_now`). Whoever resolves a waitpoint (a
 send, the deadline timer) queues the run in the same transaction and asks
 the Controller to revive it; a periodic sweep launches any queued run that
 such a request never reached.

@@ -4,7 +4,9 @@ The Controller hands a RunActor a run id (`execute`); the actor claims the
 run in the Store (one transaction: QUEUED -> EXECUTING on this actor) and
 loads everything else from there (payload, the pickled task, the journal),
 so a run can be started, resumed after a crash or revived after a wait on
-any node and on any actor. `execute` returns when the run has finished or
+any node and on any actor. A new run placed as it was created comes
+already EXECUTING here, with its row and task (`execute_many`'s `fresh`):
+it starts without a Store round. `execute` returns when the run has finished or
 suspended. Then nothing of the run is left in the actor — its streams,
 inputs, journal, task object and context belong to an `Execution` that is
 dropped.

@@ -1,5 +1,6 @@
-"""Run creation: the task registry's defaults and the QUEUED runs a trigger
-makes.
+"""Run creation: the task registry's defaults and the runs a trigger makes —
+QUEUED, or, when a slot and an actor with room are free at once, EXECUTING
+on that actor (placed as created: it starts there without a claim).
 
 Triggers arriving together share one Store transaction (`GroupCommit`). An
 idempotency key names one trigger: reused with the same payload it returns
