@@ -43,6 +43,7 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,6 +77,12 @@ GC_YOUNG_OBJECTS = 10_000
 #: (`RunActor._early`): its `execute_many` follows the Controller's
 #: placement within milliseconds
 EARLY_KEEP_S = 60.0
+#: how long a reader's poll of a run never seen here waits for the run to
+#: arrive (a new run's row names its actor from its INSERT on, before the
+#: Controller's `execute_many` gets here) before it is told to read the Store
+EXPECT_S = 2.0
+#: how many runs that left are remembered (`RunActor._left`)
+LEFT_KEPT = 10_000
 
 
 @ray.remote
@@ -112,6 +119,11 @@ class RunActor(StreamService):
         #: older one (a stale call of a dead Controller, whose runs a new
         #: one may have relaunched elsewhere) is claimed in the Store instead
         self._controller_at = 0
+        #: runs that left this actor lately (oldest first, LEFT_KEPT): a
+        #: reader looking for one of them here is told to read the Store at
+        #: once; one looking for a run never seen here waits a little for it
+        #: (`_expected`)
+        self._left: OrderedDict[str, None] = OrderedDict()
         self._watch: LoopWatch | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: `follow_many` calls in progress, by poll id
@@ -287,6 +299,9 @@ class RunActor(StreamService):
             self._outcomes.pop(run_id, None)
             self._cancel_pending.discard(run_id)
             self._claim_news.pop(run_id, None)
+            self._left[run_id] = None
+            if len(self._left) > LEFT_KEPT:
+                self._left.popitem(last=False)
             self._look_at(run_id)  # a reader that waited for a failed claim moves on
 
     def _started(self, execution: Execution) -> None:
@@ -312,6 +327,26 @@ class RunActor(StreamService):
         """Whether the run was handed to this actor and is being claimed (a
         reader that found it through the Controller may come before the claim)."""
         return run_id in self._outcomes and run_id not in self.executions
+
+    def _expected(self, run_id: str) -> bool:
+        """Whether a reader's poll of a run this actor does not know should
+        wait for it: the run did not leave here lately and was first looked
+        for less than EXPECT_S ago (its `execute_many` may be on its way:
+        the run's row names this actor from its creation on). Then a look
+        at it follows EXPECT_S later (the poll answers `from_store` if it
+        has not come)."""
+        if run_id in self._outcomes or run_id in self._left:
+            return False
+        early = self._early.get(run_id)
+        if early is None:
+            self._came_early(run_id)
+            asyncio.get_running_loop().call_later(EXPECT_S, self._look_at, run_id)
+            return True
+        return time.monotonic() - early[0] < EXPECT_S
+
+    def _arriving(self, run_id: str) -> bool:
+        """Being claimed here, or expected (`_expected`): a reader waits."""
+        return self._claiming(run_id) or self._expected(run_id)
 
     def _news_while_claiming(
         self, run_id: str, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ class StreamService:
     _claiming: Callable[[str], bool]
     _news_while_claiming: Callable[..., None]
     _came_early: Callable[..., None]
+    _arriving: Callable[[str], bool]
 
     async def follow_many(
         self,
@@ -69,7 +70,7 @@ class StreamService:
             hops.mark("poll_got", [k for _, k, _ in polls])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        follow = self._follows[poll_id] = Follow(self._executing, polls, self._claiming, inbox)
+        follow = self._follows[poll_id] = Follow(self._executing, polls, self._arriving, inbox)
         if poll_id in self._kicked:
             self._kicked.discard(poll_id)
             follow.kick()  # the kick came before this call: answer at once
@@ -142,8 +143,9 @@ class StreamService:
     ) -> ReadReply | None:
         execution = self._executing(run_id)
         if execution is None:
-            if self._claiming(run_id):
-                return None  # its reader waits here: the claim wakes it (`_started`)
+            if self._arriving(run_id):
+                # its reader waits here: the claim (or the run's arrival) wakes it
+                return None
             return ReadReply(rows=[], from_store=True)
         path = path_of(key)
         if path is not None:
