@@ -64,6 +64,12 @@ class OutsideWriter:
         await asyncio.gather(*(one(values[c::coroutines]) for c in range(coroutines)))
         return acknowledged, errors
 
+    def controller_locates(self) -> int:
+        """Calls this process made to the Controller to locate runs (`locations`)."""
+        from rayflow._runtime import locations
+
+        return locations.locate_calls
+
     def pushed_frames(self) -> int:
         """Frames this process pushed straight to readers' inboxes (`push_outbox`)."""
         from rayflow._runtime import push_outbox

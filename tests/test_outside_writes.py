@@ -428,7 +428,8 @@ async def test_a_follower_misses_no_chunk_of_two_processes_writing_one_stream(rf
     RunActor of its commits (several commits per call while one is in
     flight): between a call's rows lie the other writer's. A reader already
     following the actor gets every acknowledged chunk once, in the Store's
-    order — none skipped at the holes."""
+    order — none skipped at the holes. Neither writer asks the Controller
+    where the run is."""
     with outside_writers(rf, 2) as writers:
         handle = await hold.trigger({})
 
@@ -463,6 +464,10 @@ async def test_a_follower_misses_no_chunk_of_two_processes_writing_one_stream(rf
         assert len(stored) == 2 + 2 * 3 * 150
         missing = [x for x in stored[:-1] if x not in set(got)]
         assert got == stored[:-1], f"{len(missing)} acknowledged chunks skipped: {missing[:10]}"
+        # each writer process learned the run's RunActor from its first
+        # commit (the run's row names it): no Controller call before telling
+        # it (2-6 ms of a new stream's first chunk)
+        assert [await w.controller_locates.remote() for w in writers] == [0, 0]
         await go.send(handle.id, {})
         assert (await rayflow.runs.wait(handle.id)).status == "COMPLETED"
 

@@ -119,6 +119,13 @@ def named(names: Iterable[str], namespace: str) -> dict[str, Any]:
     return found
 
 
+def named_now(name: str) -> Any:
+    """The RunActor called `name` if `named` looked it up before, else None
+    (no Ray call)."""
+    with _lock:
+        return _named.get(name)
+
+
 def dead(actor: Any) -> None:
     """`actor` is gone (a call raised `RayActorError`): no run row's name
     leads to it any more."""

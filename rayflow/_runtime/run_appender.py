@@ -38,10 +38,12 @@ Invariants:
   never skips a chunk: a commit of its own that lands after an outside one
   fills the gap from the Store (`StreamBuffer.merge`).
 - Who is told: the RunActor found executing the run *after* the commit
-  (through the `locations` cache; a run the actor answers as not its
-  own, or a dead actor, means: locate again). A RunActor that starts
-  executing the run later loads its streams' lengths from the Store after
-  the commit, so it has the chunks.
+  (through the `locations` cache, else the actor the run's row names in
+  the commit itself — no Controller call before a process's first write
+  to a run is told —, else the Controller; a run the actor answers as not
+  its own, or a dead actor, means: locate again, through the Controller).
+  A RunActor that starts executing the run later loads its streams'
+  lengths from the Store after the commit, so it has the chunks.
 - The run is checked in the same transaction: a write to a run that does not
   exist or has finished, or to a closed stream, stores nothing and fails with
   RunNotFound / RunFinished / StreamClosed — only that (run, key)'s writes,
@@ -210,7 +212,7 @@ def _append_and_tell(
     """`_append`, then the runs' RunActors told of the stored rows straight
     from the commit thread: the writer's event loop (busy, or about to
     close) is not on the way to the readers."""
-    outcomes = _append(store, max_bytes, items)
+    outcomes, actors = _append(store, max_bytes, items)
     created_at = now_ms()
     news: dict[str, list[tuple[str, list[Row]]]] = {}
     for (run_id, key, writes), outcome in zip(items, outcomes, strict=True):
@@ -231,16 +233,17 @@ def _append_and_tell(
             push_outbox.push(news)
         except Exception as e:  # committed all the same: the RunActor passes them on
             log.warning("rayflow: pushing new chunks to their readers failed: %s", e)
-        telling().tell(news)
+        telling().tell(news, actors)
     return outcomes
 
 
 def _append(
     store: Store, max_bytes: int, items: list[tuple[str, str, list[ChunkWrite]]]
-) -> list[Outcome]:
+) -> tuple[list[Outcome], dict[str, str]]:
     """One guarded commit of every item (on the commit thread); when one
     stream would grow past its limit (nothing stored), item by item, so only
-    that stream's writes fail."""
+    that stream's writes fail. Also, per run stored to, the name of the
+    actor its row says executes it (`AppendResult.actor_name`)."""
     results: list[AppendResult | Refused | Exception]
     try:
         results = list(store.append_chunks_guarded(items, max_bytes))
@@ -252,15 +255,18 @@ def _append(
             except StreamTooLarge as e:
                 results.append(e)
     outcomes: list[Outcome] = []
+    actors: dict[str, str] = {}
     for (run_id, key, _), result in zip(items, results, strict=True):
         if isinstance(result, AppendResult):
             outcomes.append(result.seqs)
+            if result.actor_name:
+                actors[run_id] = result.actor_name
         elif isinstance(result, Refused):
             error = refusal_error(run_id, key, result)
             outcomes.append((error, result.duplicates) if result.duplicates else error)
         else:
             outcomes.append(result)
-    return outcomes
+    return outcomes, actors
 
 
 class _Telling:
@@ -274,20 +280,36 @@ class _Telling:
         self._tellers: dict[Any, _Teller] = {}
         #: per run whose RunActor is being located, the rows waiting for it
         self._locating: dict[str, dict[str, list[Row]]] = {}
+        #: the RunActor names being looked up (`locations.named`)
+        self._naming: dict[str, asyncio.Future[Any]] = {}
         threading.Thread(target=self._loop.run_forever, name="rayflow-tell", daemon=True).start()
 
-    def tell(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
-        """Tell each run's RunActor of its committed rows (from any thread)."""
-        self._loop.call_soon_threadsafe(self._add, news)
+    def tell(
+        self, news: dict[str, list[tuple[str, list[Row]]]], actors: dict[str, str] | None = None
+    ) -> None:
+        """Tell each run's RunActor of its committed rows (from any thread);
+        `actors`: per run, the name of the actor its row says executes it."""
+        self._loop.call_soon_threadsafe(self._add, news, actors or {})
 
-    def _add(self, news: dict[str, list[tuple[str, list[Row]]]]) -> None:
+    def _add(self, news: dict[str, list[tuple[str, list[Row]]]], actors: dict[str, str]) -> None:
         for run_id, run_news in news.items():
-            self.route(run_id, run_news, 0)
+            self.route(run_id, run_news, 0, actors.get(run_id))
 
-    def route(self, run_id: str, news: list[tuple[str, list[Row]]], tries: int) -> None:
+    def route(
+        self, run_id: str, news: list[tuple[str, list[Row]]], tries: int, name: str | None = None
+    ) -> None:
         """To the teller of the RunActor last seen executing the run, or
-        (unknown here) once the Controller says which it is."""
+        (unknown here) the actor named `name` — the run's row named it in the
+        commit, so a process's first write to a run is told without asking
+        the Controller — or else once the Controller says which it is. A
+        name is a hint: an actor that no longer executes the run answers so,
+        and the run is located again (`tries` > 0 takes no hint)."""
         actor = locations.cached(run_id)
+        if actor is None and name is not None and tries == 0:
+            # already looked up here: no thread hop
+            actor = locations.named_now(name)
+            if actor is not None:
+                locations.remember(run_id, actor)
         if actor is not None:
             key = actor._actor_id
             teller = self._tellers.get(key)
@@ -298,13 +320,19 @@ class _Telling:
         waiting = self._locating.get(run_id)
         if waiting is None:
             waiting = self._locating[run_id] = {}
-            shared_task(self._locate(run_id, tries))
+            shared_task(self._locate(run_id, tries, name if tries == 0 else None))
         for key_, rows in news:
             waiting.setdefault(key_, []).extend(rows)
 
-    async def _locate(self, run_id: str, tries: int) -> None:
+    async def _locate(self, run_id: str, tries: int, name: str | None) -> None:
+        actor = None
+        if name is not None:
+            actor = await self._by_name(name)
+            if actor is not None:
+                locations.remember(run_id, actor)
         try:
-            _, actor = await locations.locate(run_id)
+            if actor is None:
+                _, actor = await locations.locate(run_id)
         except Exception:  # e.g. the Controller is restarting: readers find the Store
             log.debug("rayflow: could not locate run %s to tell it of new chunks", run_id)
             actor = None
@@ -312,6 +340,25 @@ class _Telling:
         if actor is not None and news:
             # not live: whoever executes it next loads its streams from the Store
             self.route(run_id, list(news.items()), tries)
+
+    async def _by_name(self, name: str) -> Any:
+        """The RunActor named `name` (`locations.named`: one Ray lookup per
+        actor and process, shared by the runs waiting for it), or None when
+        Ray knows none."""
+        looking = self._naming.get(name)
+        if looking is None:
+            looking = self._naming[name] = asyncio.ensure_future(self._look_up(name))
+            looking.add_done_callback(lambda _: self._naming.pop(name, None))
+        return await asyncio.shield(looking)
+
+    async def _look_up(self, name: str) -> Any:
+        try:
+            namespace = connection.current().settings.namespace
+            found = await asyncio.to_thread(locations.named, [name], namespace)
+        except Exception as e:  # GCS trouble: the Controller knows where the run is
+            log.debug("rayflow: no RunActor named %s: %s", name, e)
+            return None
+        return found.get(name)
 
     def done(self, teller: _Teller) -> None:
         if self._tellers.get(teller.key) is teller:
@@ -367,6 +414,7 @@ class _Teller:
             moved, followers = await call(self.actor.published.remote(news))
         except ray.exceptions.RayActorError:
             moved = list(batch)  # the actor is gone: where do its runs execute now?
+            locations.dead(self.actor)
         except Exception as e:
             log.warning("rayflow: telling runs %s of new chunks failed: %s", list(batch), e)
             return

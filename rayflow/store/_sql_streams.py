@@ -86,9 +86,11 @@ class StreamsSql(StreamRoundsSql):
             # run rows first, then stream rows, each in one order (as
             # `finish_run` does): no deadlock
             refusals: dict[str, Refused | None] = {}
+            actors: dict[str, str | None] = {}
             for run_id in sorted({item[0] for item in items}):
                 row = c.execute(
-                    "SELECT status FROM runs WHERE id = ?" + self.share_lock_clause, (run_id,)
+                    "SELECT status, actor_name FROM runs WHERE id = ?" + self.share_lock_clause,
+                    (run_id,),
                 ).fetchone()
                 if row is None:
                     refusals[run_id] = Refused("missing")
@@ -96,15 +98,19 @@ class StreamsSql(StreamRoundsSql):
                     refusals[run_id] = Refused("finished", row[0])
                 else:
                     refusals[run_id] = None
+                    actors[run_id] = row[1]
             for i in sorted(range(len(items)), key=lambda i: items[i][:2]):
                 run_id, key, writes = items[i]
                 refusal = refusals[run_id]
                 if refusal is not None and refusal.reason == "missing":
                     results[i] = refusal
                 else:
-                    results[i] = self._append_in(
+                    result = self._append_in(
                         c, run_id, key, writes, max_bytes, now, new_streams, True, refusal
                     )
+                    if isinstance(result, AppendResult):
+                        result.actor_name = actors.get(run_id)
+                    results[i] = result
         if new_streams:
             self._changed(*sorted(new_streams))
         return [r for r in results if r is not None]

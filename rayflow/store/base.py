@@ -102,6 +102,9 @@ class AppendResult:
 
     seqs: list[int | None]
     length: int  # stream length after the append
+    #: `append_chunks_guarded` only: the Ray actor executing the run when the
+    #: write committed (its row's `actor_name`), a hint for whom to tell
+    actor_name: str | None = None
 
 
 @dataclass
@@ -282,7 +285,8 @@ class Store(TokenAndSessionStore, NamedStreamStore, Protocol):
         writes that are all duplicates of stored ones answer their None seqs
         (a retry after a lost answer). The run's row is locked (shared) first,
         so `finish_run` is either before a guarded append (refused) or after
-        it (stored, then closed)."""
+        it (stored, then closed). A stored item's `AppendResult.actor_name`
+        is the run row's, read in the same statement."""
 
     def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[Chunk]:
         """Chunks with start <= seq, in order, at most `limit`; an index seek."""
