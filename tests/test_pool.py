@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,19 +133,39 @@ def run_output(handle: Any) -> Any:
     return run.output
 
 
+def run_actors() -> list[Any]:
+    """The deployment's RunActors that Ray knows by name now."""
+    namespace = connection.current().settings.namespace
+    found = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == namespace and entry["name"].startswith("rayflow-run-"):
+            try:
+                found.append(ray.get_actor(entry["name"], namespace=namespace))
+            except ValueError:
+                continue  # stopped meanwhile
+    return found
+
+
 def claim_rounds() -> dict[int, int]:
     """Per live RunActor process (pid): the claim transactions it made."""
-    namespace = connection.current().settings.namespace
     rounds = {}
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != namespace or not entry["name"].startswith("rayflow-run-"):
-            continue
+    for actor in run_actors():
         try:
-            actor = ray.get_actor(entry["name"], namespace=namespace)
             rounds[ray.get(actor.pid.remote())] = ray.get(actor.claim_rounds.remote())
-        except (ValueError, ray.exceptions.RayActorError):
+        except ray.exceptions.RayActorError:
             continue  # stopped meanwhile
     return rounds
+
+
+def follow_once(actor: Any, run_id: str, wait_s: float) -> tuple[float, dict[int, str]]:
+    """One reader's `follow_many` call at `actor` for `run_id`'s output:
+    (seconds until it ended, what each poll was told other than rows)."""
+    began = time.monotonic()
+    told: dict[int, str] = {}
+    for ref in actor.follow_many.remote([(run_id, "out", 0)], 100, wait_s, uuid.uuid4().hex):
+        for i, reply in ray.get(ref)[1].items():
+            told[i] = "from_store" if reply.from_store else repr(reply)
+    return time.monotonic() - began, told
 
 
 def pool_stats() -> dict[str, int]:
@@ -315,6 +336,14 @@ def test_a_burst_of_async_runs_shares_one_process(separate_deployment: Any) -> N
     # transaction (nor the reads that come with one)
     (pid,) = pids
     assert claim_rounds() == {pid: 0}
+    # a reader's poll at the actor a new run's row names may come before
+    # the run does (the row names it from the INSERT on): it waits for the
+    # run there; a poll of a run that left answers `from_store` at once
+    actor = next(a for a in run_actors() if ray.get(a.pid.remote()) == pid)
+    left = follow_once(actor, handles[0].id, 5.0)
+    assert left[0] < 1.0 and left[1] == {0: "from_store"}, left
+    unknown = follow_once(actor, "run_" + "0" * 20, 0.5)
+    assert unknown[0] >= 0.5 and unknown[1] == {}, unknown
     # its actor killed right after they were placed on it, the runs are
     # resumed elsewhere (claimed there: their rows say EXECUTING on the dead one)
     handles = shared_sleeper.batch_trigger([{"s": 0.2}] * 10).result()
