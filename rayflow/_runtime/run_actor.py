@@ -42,8 +42,6 @@ import gc
 import logging
 import os
 import sys
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,6 +49,7 @@ import ray
 
 from rayflow._config import Settings
 from rayflow._runtime import attempts, connection, hops, named_signals, recycling, run_batches
+from rayflow._runtime.arrivals import Arrivals
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.follows import Follow
 from rayflow._runtime.loop_watch import LoopWatch
@@ -73,16 +72,6 @@ LOST = "LOST"
 #: actor, 90-115 ms of its loop (gen-1 passes over the runs' young objects);
 #: at 10,000, ~7 young ones, 20-38 ms (benchmarks/README.md, "Density")
 GC_YOUNG_OBJECTS = 10_000
-#: how long what came for a run this actor does not know is kept for it
-#: (`RunActor._early`): its `execute_many` follows the Controller's
-#: placement within milliseconds
-EARLY_KEEP_S = 60.0
-#: how long a reader's poll of a run never seen here waits for the run to
-#: arrive (a new run's row names its actor from its INSERT on, before the
-#: Controller's `execute_many` gets here) before it is told to read the Store
-EXPECT_S = 2.0
-#: how many runs that left are remembered (`RunActor._left`)
-LEFT_KEPT = 10_000
 
 
 @ray.remote
@@ -108,22 +97,12 @@ class RunActor(StreamService):
         #: from outside) meanwhile — maybe after the claim's reads (`Start`),
         #: so the run reads them from the Store when it starts
         self._claim_news: dict[str, tuple[set[str], set[str]]] = {}
-        #: what came for runs this actor does not know yet — maybe runs the
-        #: Controller placed here as it created them, whose `execute_many`
-        #: is still on its way (`fresh`: they start without reading the
-        #: Store, so they take this instead): per run, when it came first,
-        #: (input streams poked, output streams written) and whether a
-        #: cancel came; kept EARLY_KEEP_S
-        self._early: dict[str, tuple[float, set[str], set[str], bool]] = {}
+        #: what came for runs not here yet, and the runs that left (`arrivals`)
+        self._arrivals = Arrivals()
         #: the newest Controller incarnation heard of: a fresh start from an
         #: older one (a stale call of a dead Controller, whose runs a new
         #: one may have relaunched elsewhere) is claimed in the Store instead
         self._controller_at = 0
-        #: runs that left this actor lately (oldest first, LEFT_KEPT): a
-        #: reader looking for one of them here is told to read the Store at
-        #: once; one looking for a run never seen here waits a little for it
-        #: (`_expected`)
-        self._left: OrderedDict[str, None] = OrderedDict()
         self._watch: LoopWatch | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: `follow_many` calls in progress, by poll id
@@ -198,7 +177,7 @@ class RunActor(StreamService):
         actor (their rows as inserted), with their tasks' pickles in
         `blobs`: they start without a claim or a Store read — a new run has
         no journal, no streams and no inputs but what came here meanwhile
-        (`_early`). From a Controller older than one heard of since
+        (`arrivals`). From a Controller older than one heard of since
         (`incarnation`), they are claimed instead (and found taken)."""
         starts: dict[str, run_batches.Start] = {}
         if fresh and incarnation >= self._controller_at:
@@ -249,8 +228,8 @@ class RunActor(StreamService):
     def _fresh(self, run: RunRecord, blob: bytes | None) -> run_batches.Start:
         """The `Start` of a run created on this actor: what a claim would
         have read of a new run (nothing), and what came for it before it
-        got here (`_early`: taken as if it came while it was claimed)."""
-        early = self._early.pop(run.id, None)
+        got here (`arrivals`: taken as if it came while it was claimed)."""
+        early = self._arrivals.take(run.id)
         if early is not None:
             _, inputs, outputs, canceled = early
             if inputs or outputs:
@@ -266,17 +245,8 @@ class RunActor(StreamService):
         outputs: tuple[str, ...] = (),
         canceled: bool = False,
     ) -> None:
-        """Something came for a run this actor does not know (yet): keep it
-        EARLY_KEEP_S for a fresh start of it (`_fresh`)."""
-        now = time.monotonic()
-        early = self._early
-        while early:
-            oldest = next(iter(early))
-            if now - early[oldest][0] < EARLY_KEEP_S:
-                break
-            del early[oldest]
-        at, ins, outs, was = early.get(run_id) or (now, set(), set(), False)
-        early[run_id] = (at, ins | set(inputs), outs | set(outputs), was or canceled)
+        """Something came for a run this actor does not know (yet)."""
+        self._arrivals.came(run_id, inputs, outputs, canceled)
 
     async def _execute_and_reset(
         self, run_id: str, fresh: run_batches.Start | None = None
@@ -299,9 +269,7 @@ class RunActor(StreamService):
             self._outcomes.pop(run_id, None)
             self._cancel_pending.discard(run_id)
             self._claim_news.pop(run_id, None)
-            self._left[run_id] = None
-            if len(self._left) > LEFT_KEPT:
-                self._left.popitem(last=False)
+            self._arrivals.gone(run_id)
             self._look_at(run_id)  # a reader that waited for a failed claim moves on
 
     def _started(self, execution: Execution) -> None:
@@ -329,20 +297,8 @@ class RunActor(StreamService):
         return run_id in self._outcomes and run_id not in self.executions
 
     def _expected(self, run_id: str) -> bool:
-        """Whether a reader's poll of a run this actor does not know should
-        wait for it: the run did not leave here lately and was first looked
-        for less than EXPECT_S ago (its `execute_many` may be on its way:
-        the run's row names this actor from its creation on). Then a look
-        at it follows EXPECT_S later (the poll answers `from_store` if it
-        has not come)."""
-        if run_id in self._outcomes or run_id in self._left:
-            return False
-        early = self._early.get(run_id)
-        if early is None:
-            self._came_early(run_id)
-            asyncio.get_running_loop().call_later(EXPECT_S, self._look_at, run_id)
-            return True
-        return time.monotonic() - early[0] < EXPECT_S
+        """A run not here that a reader's poll should wait for (`arrivals`)."""
+        return run_id not in self._outcomes and self._arrivals.expected(run_id, self._look_at)
 
     def _arriving(self, run_id: str) -> bool:
         """Being claimed here, or expected (`_expected`): a reader waits."""
