@@ -184,7 +184,7 @@ def test_a_flood_of_outside_commits_tells_the_actor_once_per_gap() -> None:
     took a call every round trip (~2 ms here); under a flood calls begin
     `TELL_GAP_S` apart, carrying every commit since the last. Every chunk
     still reaches the actor's readers once, in order."""
-    from rayflow._runtime.run_appender import TELL_GAP_S
+    from rayflow._runtime.run_tells import TELL_GAP_S
 
     run_id = live_run(hold)
     actor = actor_of(run_id)
