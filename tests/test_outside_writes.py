@@ -196,11 +196,13 @@ def test_a_flood_of_outside_commits_tells_the_actor_once_per_gap() -> None:
             assert await streams.append("flood", i, target=run_id) == i
         return time.perf_counter() - t0
 
-    took = asyncio.run(flood())
-    assert list(streams.read(run_id, "flood", timeout_s=0.5)) == list(range(400))
-    calls = ray.get(actor.published_calls.remote()) - before
-    assert calls <= took / TELL_GAP_S + 3, (calls, took)
-    go.send(run_id, {}).result()
+    try:
+        took = asyncio.run(flood())
+        assert list(streams.read(run_id, "flood", timeout_s=0.5)) == list(range(400))
+        calls = ray.get(actor.published_calls.remote()) - before
+        assert calls <= took / TELL_GAP_S + 3, (calls, took)
+    finally:  # a failure here must not leave a live run on a shared actor
+        go.send(run_id, {}).result()
     assert rayflow.runs.wait(run_id).result().status == "COMPLETED"
 
 

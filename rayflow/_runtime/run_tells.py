@@ -29,7 +29,8 @@ log = logging.getLogger("rayflow")
 #: telling one RunActor begin at least this far apart: a call costs the
 #: actor ~0.6 ms of CPU whatever it carries (Ray's machinery; measured at
 #: 2,000 HTTP appends/s, benchmarks/README.md), so a flood's commits are
-#: told together. A commit while no call is out is told at once. Readers
+#: told together (a flood lasts until no commit came for TELL_GAP_S after
+#: a call began). Otherwise a commit while no call is out is told at once. Readers
 #: that take pushes (a Serve replica's SSE) do not wait for it; those
 #: following the RunActor (`streams.read`) may, under a flood only.
 TELL_GAP_S = 0.02
@@ -161,14 +162,18 @@ class _Teller:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        flood = False
         try:
             while self._news:
                 began = loop.time()
                 batch, self._news = self._news, {}
                 await self._tell(batch)
-                if self._news:
-                    # commits came while the call was out (a flood): what
-                    # commits until TELL_GAP_S after it began goes in the next
+                # commits came while the call was out (a flood), or came
+                # during one earlier and the flood may go on (the next
+                # commit can land just after the call returned): what
+                # commits until TELL_GAP_S after it began goes in the next
+                flood = flood or bool(self._news)
+                if flood:
                     wait = began + TELL_GAP_S - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
