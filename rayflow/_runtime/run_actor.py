@@ -238,16 +238,6 @@ class RunActor(StreamService):
                 self._cancel_pending.add(run.id)
         return run_batches.Start(Claim(run, claimed=True), blob)
 
-    def _came_early(
-        self,
-        run_id: str,
-        inputs: tuple[str, ...] = (),
-        outputs: tuple[str, ...] = (),
-        canceled: bool = False,
-    ) -> None:
-        """Something came for a run this actor does not know (yet)."""
-        self._arrivals.came(run_id, inputs, outputs, canceled)
-
     async def _execute_and_reset(
         self, run_id: str, fresh: run_batches.Start | None = None
     ) -> tuple[str, bool]:
@@ -359,7 +349,7 @@ class RunActor(StreamService):
             if self._claiming(run_id):
                 self._news_while_claiming(run_id, inputs=(stream_id,))
             elif run_id not in self._outcomes:
-                self._came_early(run_id, inputs=(stream_id,))
+                self._arrivals.came(run_id, inputs=(stream_id,))
             return False
         execution.inputs.poke(stream_id, message)
         return True
@@ -383,7 +373,7 @@ class RunActor(StreamService):
             if run_id in self._outcomes:
                 self._cancel_pending.add(run_id)  # still claiming it
             else:
-                self._came_early(run_id, canceled=True)
+                self._arrivals.came(run_id, canceled=True)
             return
         execution.canceled.set()
         if execution.task is not None and not execution.task.done():

@@ -12,6 +12,7 @@ from typing import Any
 
 from rayflow._config import Settings
 from rayflow._runtime import hops
+from rayflow._runtime.arrivals import Arrivals
 from rayflow._runtime.attempts import Execution
 from rayflow._runtime.calls import RunMoved
 from rayflow._runtime.follows import Follow
@@ -36,7 +37,7 @@ class StreamService:
     _executing: Callable[[str], Execution | None]
     _claiming: Callable[[str], bool]
     _news_while_claiming: Callable[..., None]
-    _came_early: Callable[..., None]
+    _arrivals: Arrivals
     _arriving: Callable[[str], bool]
 
     async def follow_many(
@@ -204,7 +205,7 @@ class StreamService:
         for run_id, run_news in news:
             if run_id not in self._outcomes:
                 # (maybe placed here and on its way: a fresh start takes it)
-                self._came_early(run_id, outputs=tuple(k for k, _ in run_news))
+                self._arrivals.came(run_id, outputs=tuple(k for k, _ in run_news))
                 moved.append(run_id)
                 continue
             execution = self._executing(run_id)
